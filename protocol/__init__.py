@@ -1,0 +1,77 @@
+"""The entityd wire protocol: signed msgpack envelopes, replay protection, message kinds.
+
+PROTOCOL.md in this package is the normative specification.
+"""
+
+from . import kinds, subjects
+from .envelope import (
+    BROADCAST,
+    DOMAIN,
+    MAX_WIRE_BYTES,
+    VERSION,
+    Envelope,
+    new_id,
+    now_ms,
+    open,
+    seal,
+)
+from .errors import (
+    REASON_CODES,
+    BadPayload,
+    BadSignature,
+    Malformed,
+    MalformedBody,
+    ProtocolError,
+    Replayed,
+    StaleTimestamp,
+    TooLarge,
+    UnknownKey,
+    UnknownKind,
+    UnsupportedVersion,
+    WrongDestination,
+    WrongSender,
+    WrongSubject,
+)
+from .keyring import KeyEntry, Keyring
+from .kinds import ActorStatus, Error, Event, Ping, Pong, Status, StatusGet, kind
+from .replay import ReplayGuard
+
+__all__ = [
+    "BROADCAST",
+    "DOMAIN",
+    "MAX_WIRE_BYTES",
+    "REASON_CODES",
+    "VERSION",
+    "ActorStatus",
+    "BadPayload",
+    "BadSignature",
+    "Envelope",
+    "Error",
+    "Event",
+    "KeyEntry",
+    "Keyring",
+    "Malformed",
+    "MalformedBody",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "ReplayGuard",
+    "Replayed",
+    "StaleTimestamp",
+    "Status",
+    "StatusGet",
+    "TooLarge",
+    "UnknownKey",
+    "UnknownKind",
+    "UnsupportedVersion",
+    "WrongDestination",
+    "WrongSender",
+    "WrongSubject",
+    "kind",
+    "kinds",
+    "new_id",
+    "now_ms",
+    "open",
+    "seal",
+    "subjects",
+]

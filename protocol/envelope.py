@@ -1,0 +1,278 @@
+"""The signed envelope of protocol version 1: seal() signs exact bytes, open() verifies them.
+
+    wire = msgpack [1, kid: bin(32), body: bin, sig: bin(64)]
+    sig  = Ed25519(secret, DOMAIN + body)
+
+PROTOCOL.md is the normative description; the order of checks in `open` follows it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from nacl.signing import SigningKey
+
+from . import kinds, subjects
+from .errors import (
+    Malformed,
+    MalformedBody,
+    ProtocolError,
+    TooLarge,
+    UnknownKind,
+    UnsupportedVersion,
+    WrongDestination,
+    WrongSender,
+    WrongSubject,
+)
+from .keyring import KEY_BYTES, Keyring
+from .replay import ReplayGuard
+
+VERSION = 1
+DOMAIN = b"entityd/v1/envelope\x00"
+ID_BYTES = 16
+SIG_BYTES = 64
+MAX_WIRE_BYTES = 1024 * 1024
+BROADCAST = "*"
+
+_BODY_FIELDS = ("id", "src", "dst", "subj", "typ", "ts", "corr", "enc", "payload")
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An opened envelope: the verified body fields, the signer, and the typed message.
+
+    `message` is the kind's record; for an encrypted envelope (`enc`) it is None and
+    `payload` holds the ciphertext for the peer layer to open.
+    """
+
+    id: bytes
+    src: str
+    dst: str
+    subj: str
+    typ: str
+    ts: int
+    corr: bytes | None
+    enc: bool
+    payload: Any
+    message: Any
+    kid: bytes
+    signer: str
+
+    @property
+    def src_entity(self) -> str:
+        return self.src.split("/", 1)[0]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def new_id() -> bytes:
+    return os.urandom(ID_BYTES)
+
+
+def seal(
+    key: SigningKey,
+    *,
+    src: str,
+    dst: str,
+    subj: str,
+    message: object | None = None,
+    typ: str | None = None,
+    payload: Any = None,
+    corr: bytes | None = None,
+    enc: bool = False,
+    msg_id: bytes | None = None,
+    ts: int | None = None,
+) -> tuple[bytes, bytes]:
+    """Sign a message for `subj`; returns (wire bytes, envelope id).
+
+    Pass a registered record as `message`, or a raw `typ` and `payload` (encrypted
+    payloads, test vectors).
+    """
+    if message is not None:
+        typ = kinds.kind_name(message)
+        payload = kinds.encode(message)
+    if typ is None:
+        raise TypeError("seal() needs a message record or a typ")
+    msg_id = msg_id if msg_id is not None else new_id()
+    body = msgpack.packb(
+        {
+            "id": msg_id,
+            "src": src,
+            "dst": dst,
+            "subj": subj,
+            "typ": typ,
+            "ts": ts if ts is not None else now_ms(),
+            "corr": corr,
+            "enc": enc,
+            "payload": payload,
+        },
+        use_bin_type=True,
+    )
+    sig = key.sign(DOMAIN + body).signature
+    wire = msgpack.packb([VERSION, bytes(key.verify_key), body, sig], use_bin_type=True)
+    return wire, msg_id
+
+
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise ValueError("duplicate map key")
+    return result
+
+
+def _unpack(data: bytes, *, max_bytes: int) -> Any:
+    return msgpack.unpackb(
+        data,
+        raw=False,
+        strict_map_key=False,
+        object_pairs_hook=_no_duplicates,
+        max_bin_len=max_bytes,
+        max_str_len=max_bytes,
+        max_array_len=max_bytes,
+        max_map_len=max_bytes,
+        max_ext_len=max_bytes,
+    )
+
+
+def _split_wire(wire: bytes, max_bytes: int) -> tuple[bytes, bytes, bytes]:
+    try:
+        outer = msgpack.unpackb(wire, raw=False, use_list=True, max_bin_len=max_bytes)
+    except Exception as exc:
+        raise Malformed(f"outer array does not decode: {exc}") from None
+    if not isinstance(outer, list) or len(outer) != 4:
+        raise Malformed("outer value must be an array of 4")
+    version, kid, body, sig = outer
+    if type(version) is not int or version != VERSION:
+        raise UnsupportedVersion(f"version {version!r} is not {VERSION}")
+    if not isinstance(kid, bytes) or len(kid) != KEY_BYTES:
+        raise Malformed(f"kid must be {KEY_BYTES} bytes of bin")
+    if not isinstance(body, bytes):
+        raise Malformed("body must be bin")
+    if not isinstance(sig, bytes) or len(sig) != SIG_BYTES:
+        raise Malformed(f"sig must be {SIG_BYTES} bytes of bin")
+    return kid, body, sig
+
+
+def _decode_body(body: bytes, max_bytes: int) -> dict[str, Any]:
+    try:
+        fields = _unpack(body, max_bytes=max_bytes)
+    except Exception as exc:
+        raise MalformedBody(f"body does not decode: {exc}") from None
+    if not isinstance(fields, dict):
+        raise MalformedBody("body must be a map")
+    missing = [name for name in _BODY_FIELDS if name not in fields]
+    if missing:
+        raise MalformedBody(f"body lacks {', '.join(missing)}")
+    extra = sorted(str(k) for k in fields if k not in _BODY_FIELDS)
+    if extra:
+        raise MalformedBody(f"body has unknown fields {', '.join(extra)}")
+    checks = (
+        ("id", lambda v: isinstance(v, bytes) and len(v) == ID_BYTES),
+        ("src", lambda v: isinstance(v, str) and _address(v, allow_broadcast=False)),
+        ("dst", lambda v: isinstance(v, str) and _address(v, allow_broadcast=True)),
+        ("subj", lambda v: isinstance(v, str) and 0 < len(v) <= 1024),
+        ("typ", lambda v: isinstance(v, str) and 0 < len(v) <= 64),
+        ("ts", lambda v: type(v) is int and v >= 0),
+        ("corr", lambda v: v is None or (isinstance(v, bytes) and len(v) == ID_BYTES)),
+        ("enc", lambda v: type(v) is bool),
+    )
+    for name, ok in checks:
+        if not ok(fields[name]):
+            raise MalformedBody(f"field {name!r} has a bad value: {fields[name]!r:.80}")
+    if fields["enc"] and not isinstance(fields["payload"], bytes):
+        raise MalformedBody("an encrypted payload must be bin")
+    return fields
+
+
+def _address(value: str, *, allow_broadcast: bool) -> bool:
+    if value == BROADCAST:
+        return allow_broadcast
+    entity, sep, actor = value.partition("/")
+    return bool(sep) and subjects.valid_name(entity) and subjects.valid_name(actor)
+
+
+def _matches(dst: str, local: str) -> bool:
+    """`local` is the receiver: "entity/actor", or "entity" for any actor of it."""
+    if "/" in local:
+        return dst == local
+    return dst.split("/", 1)[0] == local
+
+
+def open(
+    wire: bytes,
+    *,
+    subject: str,
+    local: str,
+    keyring: Keyring,
+    replay: ReplayGuard,
+    now: int | None = None,
+    max_bytes: int = MAX_WIRE_BYTES,
+) -> Envelope:
+    """Verify and decode `wire` received on `subject` by `local`; raise ProtocolError."""
+    try:
+        return _open(wire, subject, local, keyring, replay, now, max_bytes)
+    except ProtocolError as exc:
+        exc.subject = exc.subject or subject
+        raise
+    except Exception as exc:
+        raise Malformed(f"unexpected decoding failure: {type(exc).__name__}: {exc}") from exc
+
+
+def _open(
+    wire: bytes,
+    subject: str,
+    local: str,
+    keyring: Keyring,
+    replay: ReplayGuard,
+    now: int | None,
+    max_bytes: int,
+) -> Envelope:
+    if len(wire) > max_bytes:
+        raise TooLarge(f"{len(wire)} bytes is over the limit of {max_bytes}")
+    kid, body, sig = _split_wire(wire, max_bytes)
+    signer = keyring.verify(kid, DOMAIN + body, sig)
+    fields = _decode_body(body, max_bytes)
+    if fields["subj"] != subject:
+        raise WrongSubject(f"signed for {fields['subj']!r}")
+    src_entity = fields["src"].split("/", 1)[0]
+    if src_entity != signer.entity:
+        raise WrongSender(f"src {fields['src']!r} but the key speaks for {signer.entity!r}")
+    route = subjects.route(subject)
+    if route is None:
+        raise WrongSubject("not a subject of the entityd layout")
+    if route.sender is not None and route.sender != src_entity:
+        raise WrongSender(f"src {fields['src']!r} may not publish on this subject")
+    dst = fields["dst"]
+    if dst == BROADCAST:
+        if route.family != "evt":
+            raise WrongDestination("'*' is only a destination for events")
+    elif route.family == "evt":
+        raise WrongDestination("an event's destination must be '*'")
+    elif not _matches(dst, local) or not route.accepts(dst):
+        raise WrongDestination(f"addressed to {dst!r}, this is {local!r} on {subject!r}")
+    replay.check(fields["id"], fields["ts"], now if now is not None else now_ms())
+    message = None
+    if not fields["enc"]:
+        message = kinds.decode(fields["typ"], fields["payload"])
+    elif not kinds.is_kind(fields["typ"]):
+        raise UnknownKind(f"no message kind {fields['typ']!r}")
+    return Envelope(
+        id=fields["id"],
+        src=fields["src"],
+        dst=dst,
+        subj=subject,
+        typ=fields["typ"],
+        ts=fields["ts"],
+        corr=fields["corr"],
+        enc=fields["enc"],
+        payload=fields["payload"],
+        message=message,
+        kid=kid,
+        signer=signer.label,
+    )

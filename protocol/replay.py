@@ -1,0 +1,54 @@
+"""Replay protection: a timestamp window plus a bounded cache of ids seen inside it."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .errors import Replayed, StaleTimestamp
+
+DEFAULT_WINDOW_MS = 90_000
+DEFAULT_CAPACITY = 100_000
+
+
+class ReplayGuard:
+    """Accepts each envelope id once while its timestamp is inside ±window of now.
+
+    Ids are remembered until their timestamp leaves the window, so a replay is either
+    caught here or rejected as stale. When more than `capacity` ids are live at once the
+    guard does not forget: it raises the floor of acceptable timestamps to the oldest id
+    it still remembers, so an evicted id can never come back inside the window.
+    """
+
+    def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, capacity: int = DEFAULT_CAPACITY):
+        if window_ms <= 0 or capacity <= 0:
+            raise ValueError("replay window and capacity must be positive")
+        self.window_ms = window_ms
+        self.capacity = capacity
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._floor_ms = 0
+
+    def check(self, msg_id: bytes, ts_ms: int, now_ms: int) -> None:
+        """Raise StaleTimestamp or Replayed, else remember the id."""
+        if abs(ts_ms - now_ms) > self.window_ms:
+            raise StaleTimestamp(f"timestamp {ts_ms} is {ts_ms - now_ms} ms from now")
+        if ts_ms < self._floor_ms:
+            raise StaleTimestamp(f"timestamp {ts_ms} is older than the replay cache holds")
+        self._expire(now_ms)
+        if msg_id in self._seen:
+            raise Replayed(f"id {msg_id.hex()} was already accepted")
+        self._seen[msg_id] = ts_ms
+        if len(self._seen) > self.capacity:
+            _, oldest_ts = self._seen.popitem(last=False)
+            self._floor_ms = max(self._floor_ms, oldest_ts + 1)
+
+    def _expire(self, now_ms: int) -> None:
+        horizon = now_ms - self.window_ms
+        seen = self._seen
+        while seen:
+            msg_id, ts = next(iter(seen.items()))
+            if ts >= horizon:
+                break
+            del seen[msg_id]
+
+    def __len__(self) -> int:
+        return len(self._seen)

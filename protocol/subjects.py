@@ -1,0 +1,76 @@
+"""The NATS subject layout: building subjects and reading who sent and who receives."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+TOKEN_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+
+
+def valid_name(name: str) -> bool:
+    """An entity or actor name: 1-32 of lowercase letters, digits and '-'."""
+    return bool(NAME_RE.match(name))
+
+
+def local(entity: str, actor: str, op: str) -> str:
+    return f"loc.{entity}.{actor}.{op}"
+
+
+def event(entity: str, actor: str, typ: str) -> str:
+    return f"fed.evt.{entity}.{actor}.{typ}"
+
+
+def request(dst: str, src: str, op: str) -> str:
+    return f"fed.req.{dst}.{src}.{op}"
+
+
+def command(dst: str, src: str, op: str) -> str:
+    return f"fed.cmd.{dst}.{src}.{op}"
+
+
+def inbox_prefix(entity: str) -> str:
+    return f"_i.{entity}"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a subject says about a message: its family, the sending entity and the receiver.
+
+    `sender` is None where the subject does not name one (reply inboxes); `receiver` is
+    None for events, which go to everyone.
+    """
+
+    family: str
+    sender: str | None
+    receiver: str | None
+    actor: str | None = None
+
+    def accepts(self, dst: str) -> bool:
+        """Whether a message for `dst` belongs on this subject."""
+        if self.receiver is None:
+            return True
+        entity, _, actor = dst.partition("/")
+        if entity != self.receiver:
+            return False
+        return self.family != "loc" or actor == self.actor
+
+
+def route(subject: str) -> Route | None:
+    """Parse a subject of the entityd layout; None when it is not one."""
+    tokens = subject.split(".")
+    head = tokens[0]
+    if head == "loc" and len(tokens) == 4:
+        _, entity, actor, _op = tokens
+        return Route("loc", entity, entity, actor)
+    if head == "fed" and len(tokens) == 5:
+        _, family, first, second, _last = tokens
+        if family == "evt":
+            return Route("evt", first, None, second)
+        if family in ("req", "cmd"):
+            return Route(family, second, first)
+        return None
+    if head == "_i" and len(tokens) >= 3:
+        return Route("reply", None, tokens[1])
+    return None
