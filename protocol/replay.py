@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
 
 from .errors import Replayed, StaleTimestamp
 
@@ -15,8 +15,11 @@ class ReplayGuard:
 
     Ids are remembered until their timestamp leaves the window, so a replay is either
     caught here or rejected as stale. When more than `capacity` ids are live at once the
-    guard does not forget: it raises the floor of acceptable timestamps to the oldest id
-    it still remembers, so an evicted id can never come back inside the window.
+    guard does not forget: it drops the id with the oldest timestamp and raises the floor
+    of acceptable timestamps just past it, so an evicted id can never come back inside the
+    window. Ids are ordered by timestamp, not by arrival, because senders' clocks differ:
+    one message from a peer whose clock runs ahead must neither hold older ids in the
+    cache past their window nor, when evicted first, lift the floor above the present.
     """
 
     def __init__(self, window_ms: int = DEFAULT_WINDOW_MS, capacity: int = DEFAULT_CAPACITY):
@@ -24,7 +27,8 @@ class ReplayGuard:
             raise ValueError("replay window and capacity must be positive")
         self.window_ms = window_ms
         self.capacity = capacity
-        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        self._seen: set[bytes] = set()
+        self._by_ts: list[tuple[int, bytes]] = []  # a heap: the oldest timestamp first
         self._floor_ms = 0
 
     def check(self, msg_id: bytes, ts_ms: int, now_ms: int) -> None:
@@ -36,19 +40,19 @@ class ReplayGuard:
         self._expire(now_ms)
         if msg_id in self._seen:
             raise Replayed(f"id {msg_id.hex()} was already accepted")
-        self._seen[msg_id] = ts_ms
+        self._seen.add(msg_id)
+        heapq.heappush(self._by_ts, (ts_ms, msg_id))
         if len(self._seen) > self.capacity:
-            _, oldest_ts = self._seen.popitem(last=False)
+            oldest_ts, oldest_id = heapq.heappop(self._by_ts)
+            self._seen.discard(oldest_id)
             self._floor_ms = max(self._floor_ms, oldest_ts + 1)
 
     def _expire(self, now_ms: int) -> None:
         horizon = now_ms - self.window_ms
-        seen = self._seen
-        while seen:
-            msg_id, ts = next(iter(seen.items()))
-            if ts >= horizon:
-                break
-            del seen[msg_id]
+        by_ts = self._by_ts
+        while by_ts and by_ts[0][0] < horizon:
+            _, msg_id = heapq.heappop(by_ts)
+            self._seen.discard(msg_id)
 
     def __len__(self) -> int:
         return len(self._seen)

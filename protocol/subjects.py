@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-NAME_RE = re.compile(r"^[a-z0-9-]{1,32}$")
-TOKEN_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+# \A and \Z, not ^ and $: "$" also matches before a trailing newline, so "peer\n" passed.
+NAME_RE = re.compile(r"\A[a-z0-9-]{1,32}\Z")
+TOKEN_RE = re.compile(r"\A[a-z0-9_-]{1,64}\Z")
 
 
 def valid_name(name: str) -> bool:
