@@ -33,7 +33,7 @@ from .errors import (
     WrongSubject,
 )
 from .keyring import KeyEntry, Keyring
-from .kinds import ActorStatus, Error, Event, Ping, Pong, Status, StatusGet, kind
+from .kinds import Ack, ActorStatus, Error, Event, Ping, Pong, Status, StatusGet, kind
 from .replay import ReplayGuard
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "MAX_WIRE_BYTES",
     "REASON_CODES",
     "VERSION",
+    "Ack",
     "ActorStatus",
     "BadPayload",
     "BadSignature",

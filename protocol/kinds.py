@@ -55,7 +55,7 @@ def is_kind(name: str) -> bool:
 
 def encode(record: object) -> dict[str, Any]:
     """The wire payload (a plain map) of a record."""
-    return _to_plain(record)  # type: ignore[no-any-return]
+    return _to_plain(record)
 
 
 def _to_plain(value: Any) -> Any:
@@ -142,7 +142,8 @@ def _check(hint: Any, value: Any, where: str) -> Any:
             return value
     elif isinstance(hint, type) and isinstance(value, hint):
         return value
-    raise BadPayload(f"{where}: expected {getattr(hint, '__name__', hint)}, got {type(value).__name__}")
+    expected = getattr(hint, "__name__", hint)
+    raise BadPayload(f"{where}: expected {expected}, got {type(value).__name__}")
 
 
 # ---- the kinds of protocol version 1 -------------------------------------------------
@@ -158,6 +159,12 @@ class Ping:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Pong:
     """Answer to `ping`."""
+
+
+@kind("ack")
+@dataclasses.dataclass(frozen=True, slots=True)
+class Ack:
+    """The reply to a request whose handler had nothing to return."""
 
 
 @kind("error")

@@ -1,0 +1,29 @@
+"""The health actor: answers `ping` and `status_get` for entityctl, peers and monitors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from entityd.actor import Actor
+from protocol import Envelope, Ping, Pong, Status, StatusGet
+
+
+class HealthActor(Actor):
+    name = "health"
+
+    def __init__(self, status: Callable[[], Status]) -> None:
+        self._status = status
+
+    async def handle(self, envelope: Envelope) -> object | None:
+        match envelope.message:
+            case StatusGet():
+                return self._status()
+            case Ping():
+                return Pong()
+            case _:
+                raise UnexpectedMessage(envelope.typ)
+
+
+class UnexpectedMessage(Exception):
+    def __init__(self, typ: str) -> None:
+        super().__init__(f"health does not handle {typ!r}")

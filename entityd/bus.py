@@ -1,0 +1,95 @@
+"""The NATS connection: reconnect forever, our reply-inbox prefix, every state change logged."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import nats
+import nats.errors
+from nats.aio.client import Client
+
+from protocol import subjects
+
+from .logs import get
+
+log = get("entityd.bus")
+
+
+ERROR_LOG_INTERVAL_S = 10.0
+
+
+async def connect(
+    url: str,
+    *,
+    entity: str,
+    client_name: str,
+    connect_timeout: float = 5.0,
+    retry_forever: bool = True,
+) -> Client:
+    """Connect to `url`; the daemon retries forever, entityctl fails at once."""
+    last_error = [0.0]
+
+    async def disconnected() -> None:
+        last_error[0] = 0.0
+        log.warning("nats_disconnected", url=url)
+
+    async def reconnected() -> None:
+        log.info("nats_reconnected", url=nc.connected_url.geturl() if nc.connected_url else url)
+
+    async def error(exc: Exception) -> None:
+        # While the server is down every reconnect attempt fails: log them now and then.
+        now = time.monotonic()
+        if now - last_error[0] >= ERROR_LOG_INTERVAL_S:
+            last_error[0] = now
+            log.warning("nats_error", error=f"{type(exc).__name__}: {exc}")
+
+    async def closed() -> None:
+        log.info("nats_closed", url=url)
+
+    delay = 0.2
+    while True:
+        nc = Client()
+        try:
+            await _connect(
+                nc,
+                None if retry_forever else connect_timeout,
+                servers=[url],
+                name=client_name,
+                inbox_prefix=subjects.inbox_prefix(entity),
+                connect_timeout=connect_timeout,
+                allow_reconnect=retry_forever,
+                max_reconnect_attempts=-1 if retry_forever else 0,
+                reconnect_time_wait=0.25,
+                ping_interval=10,
+                max_outstanding_pings=3,
+                disconnected_cb=disconnected,
+                reconnected_cb=reconnected,
+                error_cb=error,
+                closed_cb=closed,
+            )
+        except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+            if not retry_forever:
+                with contextlib.suppress(Exception):
+                    await nc.close()
+                raise ConnectionError(
+                    f"cannot connect to {url}: {str(exc) or 'timed out'}"
+                ) from None
+            log.warning("nats_connect_failed", url=url, error=str(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        log.info("nats_connected", url=url)
+        return nc
+
+
+async def _connect(nc: Client, deadline: float | None, **options: Any) -> None:
+    # nats-py keeps retrying a refused first connect even with allow_reconnect=False:
+    # a one-shot client (entityctl) bounds it by the connect timeout instead.
+    if deadline is None:
+        await nc.connect(**options)
+        return
+    async with asyncio.timeout(deadline):
+        await nc.connect(**options)

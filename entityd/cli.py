@@ -1,0 +1,90 @@
+"""`entityd`: init an entity, run the daemon, make operator keys."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from protocol import subjects
+
+from . import config as config_mod
+from . import identity, logs
+from .errors import EntitydError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="entityd", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    init = sub.add_parser("init", help="write a starter config and a new key")
+    init.add_argument("name", help="the entity's name, e.g. entity-a")
+    init.add_argument(
+        "--data-dir", required=True, type=Path, help="where config, key and state live"
+    )
+    init.add_argument("--nats-port", type=int, default=4222, help="embedded nats-server port")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", required=True, type=Path)
+
+    keygen = sub.add_parser("keygen", help="make an operator key for entityctl --key")
+    keygen.add_argument("path", type=Path, help="file to write the secret key to (0600)")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "init":
+            return _init(args.name, args.data_dir, args.nats_port)
+        if args.command == "run":
+            return _run(args.config)
+        return _keygen(args.path)
+    except EntitydError as exc:
+        print(f"entityd: {exc}", file=sys.stderr)
+        return 2
+
+
+def _init(name: str, data_dir: Path, port: int) -> int:
+    if not subjects.valid_name(name):
+        print(
+            f"entityd: name {name!r} must be 1-32 of lowercase letters, digits and '-'",
+            file=sys.stderr,
+        )
+        return 2
+    data_dir = data_dir.expanduser().resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config_path = data_dir / config_mod.CONFIG_NAME
+    if config_path.exists():
+        print(f"entityd: {config_path} already exists; not overwriting it", file=sys.stderr)
+        return 2
+    key = identity.key_path(data_dir)
+    if not key.exists():
+        identity.create(data_dir)
+    config_path.write_text(config_mod.STARTER.format(name=name, data_dir=data_dir, port=port))
+    print(f"wrote {config_path}")
+    print(f"key   {key} (public {identity.read_public(data_dir).hex()})")
+    print(f"run:  entityd run --config {config_path}")
+    return 0
+
+
+def _run(path: Path) -> int:
+    from .daemon import Daemon
+
+    cfg = config_mod.load(path)
+    logs.configure(cfg.log.level, cfg.log.format)
+    daemon = Daemon(cfg)
+    return asyncio.run(daemon.run())
+
+
+def _keygen(path: Path) -> int:
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    identity.write_key(path, key)
+    print(f"wrote {path}")
+    print(f"public key: {bytes(key.verify_key).hex()}")
+    print('add it to the entity\'s config as:  [operators]  NAME = "<public key>"')
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,286 @@
+"""Daemon configuration: a TOML file, then ENTITYD_<SECTION>_<KEY> environment overrides.
+
+Every value is checked on load; a bad one raises ConfigError naming the key, what was
+found and what is expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from protocol import subjects
+
+from .errors import ConfigError
+
+CONFIG_NAME = "entityd.toml"
+ENV_PREFIX = "ENTITYD_"
+
+
+@dataclass(frozen=True)
+class EntitySection:
+    name: str = ""
+    data_dir: str = ""
+
+
+@dataclass(frozen=True)
+class NatsSection:
+    url: str = ""
+    host: str = "127.0.0.1"
+    port: int = 4222
+    server_binary: str = ""
+    config: str = ""
+    connect_timeout: float = 5.0
+    ready_timeout: float = 20.0
+
+
+@dataclass(frozen=True)
+class RuntimeSection:
+    ask_timeout: float = 5.0
+    queue_size: int = 1024
+    restart_budget: int = 5
+    restart_window: float = 60.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+    drain_timeout: float = 10.0
+
+
+@dataclass(frozen=True)
+class ProtocolSection:
+    replay_window: float = 90.0
+    replay_capacity: int = 100_000
+    max_message_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LogSection:
+    level: str = "info"
+    format: str = "auto"
+
+
+@dataclass(frozen=True)
+class Config:
+    entity: EntitySection
+    nats: NatsSection = field(default_factory=NatsSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
+    protocol: ProtocolSection = field(default_factory=ProtocolSection)
+    log: LogSection = field(default_factory=LogSection)
+    operators: Mapping[str, str] = field(default_factory=dict)
+    path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entity.name
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.entity.data_dir)
+
+    @property
+    def embedded_nats(self) -> bool:
+        return not self.nats.url
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "entity": EntitySection,
+    "nats": NatsSection,
+    "runtime": RuntimeSection,
+    "protocol": ProtocolSection,
+    "log": LogSection,
+}
+
+_LEVELS = ("debug", "info", "warning", "error")
+_FORMATS = ("auto", "json", "console")
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and check the config at `path`; environment overrides win over the file."""
+    path = Path(path).expanduser().resolve()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(str(path), "no such file; create one with `entityd init NAME`") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    return from_mapping(raw, environ=os.environ if environ is None else environ, path=path)
+
+
+def from_mapping(
+    raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, path: Path | None = None
+) -> Config:
+    environ = environ or {}
+    unknown = sorted(set(raw) - set(_SECTIONS) - {"operators"})
+    if unknown:
+        raise ConfigError(
+            unknown[0], f"unknown section; known: {', '.join([*_SECTIONS, 'operators'])}"
+        )
+    sections = {
+        name: _section(name, cls, raw.get(name, {}), environ) for name, cls in _SECTIONS.items()
+    }
+    entity: EntitySection = sections["entity"]
+    if not entity.name:
+        raise ConfigError("entity.name", "missing; set it to the entity's name, e.g. entity-a")
+    if not subjects.valid_name(entity.name):
+        raise ConfigError(
+            "entity.name", f"{entity.name!r} must be 1-32 of lowercase letters, digits and '-'"
+        )
+    base = path.parent if path else Path.cwd()
+    data_dir = Path(entity.data_dir).expanduser() if entity.data_dir else base
+    if not data_dir.is_absolute():
+        data_dir = (base / data_dir).resolve()
+    sections["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
+    _check_values(sections)
+    operators = _operators(raw.get("operators", {}))
+    return Config(operators=operators, path=path, **sections)
+
+
+def _section(name: str, cls: type[Any], raw: Any, environ: Mapping[str, str]) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(name, "must be a table, e.g. [" + name + "]")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}", f"unknown key; known keys: {', '.join(fields)}")
+    values: dict[str, Any] = {}
+    for key, f in fields.items():
+        env_name = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
+        if env_name in environ:
+            values[key] = _from_env(f"{name}.{key} (from {env_name})", f.type, environ[env_name])
+        elif key in raw:
+            values[key] = _typed(f"{name}.{key}", f.type, raw[key])
+    return cls(**values)
+
+
+def _typed(key: str, type_name: Any, value: Any) -> Any:
+    expected = {"str": str, "int": int, "float": float, "bool": bool}[str(type_name)]
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(key, f"expected an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(key, f"expected {_describe(expected)}, got {value!r}")
+    return value
+
+
+def _from_env(key: str, type_name: Any, text: str) -> Any:
+    kind = str(type_name)
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(key, f"expected {kind_name(kind)}, got {text!r}") from None
+    if kind == "bool":
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(key, f"expected true or false, got {text!r}")
+    return text
+
+
+def kind_name(kind: str) -> str:
+    return {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, "a string")
+
+
+def _describe(expected: type) -> str:
+    return kind_name(expected.__name__)
+
+
+def _check_values(sections: dict[str, Any]) -> None:
+    nats: NatsSection = sections["nats"]
+    if nats.url and not nats.url.startswith(("nats://", "tls://", "ws://", "wss://")):
+        raise ConfigError("nats.url", f"{nats.url!r} is not a nats:// or tls:// URL")
+    if not 0 < nats.port < 65536:
+        raise ConfigError("nats.port", f"{nats.port} is not a TCP port (1-65535)")
+    positive = [
+        ("nats.connect_timeout", nats.connect_timeout),
+        ("nats.ready_timeout", nats.ready_timeout),
+    ]
+    rt: RuntimeSection = sections["runtime"]
+    positive += [
+        ("runtime.ask_timeout", rt.ask_timeout),
+        ("runtime.queue_size", rt.queue_size),
+        ("runtime.restart_budget", rt.restart_budget),
+        ("runtime.restart_window", rt.restart_window),
+        ("runtime.backoff_initial", rt.backoff_initial),
+        ("runtime.backoff_max", rt.backoff_max),
+        ("runtime.drain_timeout", rt.drain_timeout),
+    ]
+    pr: ProtocolSection = sections["protocol"]
+    positive += [
+        ("protocol.replay_window", pr.replay_window),
+        ("protocol.replay_capacity", pr.replay_capacity),
+        ("protocol.max_message_bytes", pr.max_message_bytes),
+    ]
+    for key, value in positive:
+        if value <= 0:
+            raise ConfigError(key, f"must be greater than 0, got {value}")
+    if rt.backoff_max < rt.backoff_initial:
+        raise ConfigError("runtime.backoff_max", "must be at least runtime.backoff_initial")
+    log: LogSection = sections["log"]
+    if log.level not in _LEVELS:
+        raise ConfigError("log.level", f"{log.level!r} is not one of {', '.join(_LEVELS)}")
+    if log.format not in _FORMATS:
+        raise ConfigError("log.format", f"{log.format!r} is not one of {', '.join(_FORMATS)}")
+
+
+def _operators(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise ConfigError("operators", 'must be a table of name = "hex public key"')
+    result = {}
+    for name, key in raw.items():
+        where = f"operators.{name}"
+        if not isinstance(key, str) or len(key) != 64:
+            raise ConfigError(where, "expected a 64-character hex Ed25519 public key")
+        try:
+            bytes.fromhex(key)
+        except ValueError:
+            raise ConfigError(where, "expected a 64-character hex Ed25519 public key") from None
+        result[name] = key.lower()
+    return result
+
+
+STARTER = """\
+# entityd configuration for {name}. Every key can be overridden from the environment
+# as ENTITYD_<SECTION>_<KEY>, e.g. ENTITYD_NATS_URL=nats://127.0.0.1:4222.
+
+[entity]
+name = "{name}"
+# Where the key, the embedded nats-server's JetStream store and later the memory live.
+data_dir = "{data_dir}"
+
+[nats]
+# Empty: start an embedded nats-server on host:port. Set a URL to use an existing server.
+url = ""
+host = "127.0.0.1"
+port = {port}
+
+[runtime]
+ask_timeout = 5.0
+queue_size = 1024
+restart_budget = 5      # crashes of one actor allowed within restart_window ...
+restart_window = 60.0   # ... seconds; past that the daemon exits non-zero
+backoff_initial = 0.1
+backoff_max = 10.0
+drain_timeout = 10.0
+
+[protocol]
+replay_window = 90.0
+max_message_bytes = 1048576
+
+[log]
+level = "info"
+format = "auto"         # auto: JSON when not on a terminal, key=value on one
+
+[operators]
+# Extra keys allowed to drive this entity with entityctl, as name = "hex public key".
+# Create one with `entityd keygen FILE`.
+"""

@@ -1,0 +1,180 @@
+"""The daemon: wires config, identity, NATS, the runtime and its actors; runs until SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable
+
+from nats.aio.client import Client
+
+from actors.health import HealthActor
+from protocol import Keyring, Status
+
+from . import bus, identity
+from .actor import Actor
+from .config import Config
+from .errors import NatsServerError, RestartBudgetExceeded
+from .logs import get
+from .natsserver import EmbeddedNatsServer
+from .runtime import Runtime
+from .sdnotify import Notifier
+from .transport import Transport, wait_closed
+
+log = get("entityd.daemon")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def build_keyring(config: Config, own: identity.Identity) -> Keyring:
+    keyring = Keyring()
+    keyring.add(own.public_key, config.name, config.name)
+    for name, key in config.operators.items():
+        keyring.add(bytes.fromhex(key), config.name, f"operator:{name}")
+    return keyring
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        extra_actors: dict[str, Callable[[], Actor]] | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.extra_actors = extra_actors or {}
+        self.notifier = notifier or Notifier()
+        self.identity = identity.load(config.name, config.data_dir)
+        self.started_at = time.time()
+        self._started_mono = time.monotonic()
+        self._stop = asyncio.Event()
+        self._server: EmbeddedNatsServer | None = None
+        self._nc: Client | None = None
+        self.runtime: Runtime | None = None
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until asked to stop; the process exit code."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        try:
+            return await self._run()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    async def _run(self) -> int:
+        cfg = self.config
+        log.info("entityd_starting", entity=cfg.name, public_key=self.identity.public_hex)
+        try:
+            await self._serve()
+        except* (RestartBudgetExceeded, NatsServerError) as group:
+            for exc in group.exceptions:
+                log.error("entityd_failed", reason=str(exc))
+            failed = True
+        else:
+            failed = False
+        finally:
+            await self._shutdown()
+        if failed:
+            return EXIT_FAILED
+        log.info("entityd_stopped", entity=cfg.name)
+        return EXIT_OK
+
+    async def _serve(self) -> None:
+        cfg = self.config
+        url = await self._start_server()
+        self._nc = await bus.connect(
+            url,
+            entity=cfg.name,
+            client_name=f"entityd-{cfg.name}",
+            connect_timeout=cfg.nats.connect_timeout,
+        )
+        transport = Transport(
+            self._nc,
+            entity=cfg.name,
+            key=self.identity.signing_key,
+            keyring=build_keyring(cfg, self.identity),
+            replay_window_ms=int(cfg.protocol.replay_window * 1000),
+            replay_capacity=cfg.protocol.replay_capacity,
+            max_bytes=cfg.protocol.max_message_bytes,
+        )
+        self.runtime = Runtime(transport, cfg.runtime)
+        self.runtime.add(HealthActor.name, lambda: HealthActor(self.status))
+        for name, factory in self.extra_actors.items():
+            self.runtime.add(name, factory)
+        async with asyncio.TaskGroup() as tg:
+            await self.runtime.start(tg)
+            background = [tg.create_task(self._watch_server(), name="nats-server-watch")]
+            if self.notifier.watchdog_interval:
+                background.append(tg.create_task(self._watchdog(), name="sd-watchdog"))
+            self.notifier.ready(f"entity {cfg.name} serving")
+            log.info("entityd_ready", entity=cfg.name, nats=url)
+            await self._stop.wait()
+            log.info("entityd_stopping", entity=cfg.name)
+            self.notifier.stopping()
+            await self.runtime.stop()
+            for task in background:
+                task.cancel()
+
+    async def _start_server(self) -> str:
+        cfg = self.config
+        if not cfg.embedded_nats:
+            return cfg.nats.url
+        self._server = EmbeddedNatsServer(
+            name=cfg.name,
+            data_dir=cfg.data_dir,
+            host=cfg.nats.host,
+            port=cfg.nats.port,
+            binary=cfg.nats.server_binary,
+            config=cfg.nats.config,
+            ready_timeout=cfg.nats.ready_timeout,
+        )
+        await self._server.start()
+        return self._server.url
+
+    async def _watch_server(self) -> None:
+        if self._server is None:
+            return
+        code = await self._server.wait()
+        if not self._stop.is_set():
+            raise NatsServerError(f"the embedded nats-server exited unexpectedly (code {code})")
+
+    async def _watchdog(self) -> None:
+        interval = self.notifier.watchdog_interval or 10.0
+        while True:
+            self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    async def _shutdown(self) -> None:
+        if self.runtime is not None:
+            self.runtime.transport.closing = True
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await wait_closed(self._nc, timeout=5.0)
+        if self._server is not None:
+            await self._server.stop()
+
+    def status(self) -> Status:
+        nc = self._nc
+        url = nc.connected_url.geturl() if nc and nc.connected_url else "(disconnected)"
+        runtime = self.runtime
+        return Status(
+            entity=self.config.name,
+            public_key=self.identity.public_hex,
+            uptime_s=round(time.monotonic() - self._started_mono, 3),
+            nats_server=url + (" (embedded)" if self._server else ""),
+            actors=runtime.actors() if runtime else [],
+            started_at=self.started_at,
+            rejected=dict(runtime.rejected) if runtime else {},
+        )
+
+
+__all__ = ["Daemon", "build_keyring"]

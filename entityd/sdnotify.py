@@ -1,0 +1,37 @@
+"""systemd notification (READY, WATCHDOG, STOPPING) over $NOTIFY_SOCKET, without libsystemd."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+
+class Notifier:
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        address = env.get("NOTIFY_SOCKET", "")
+        if address.startswith("@"):
+            address = "\0" + address[1:]
+        self._address = address
+        usec = env.get("WATCHDOG_USEC", "")
+        self.watchdog_interval = int(usec) / 2_000_000 if usec.isdigit() and int(usec) else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._address)
+
+    def notify(self, state: str) -> None:
+        if not self._address:
+            return
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(self._address)
+            sock.sendall(state.encode())
+
+    def ready(self, status: str = "") -> None:
+        self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))
+
+    def watchdog(self) -> None:
+        self.notify("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1")

@@ -1,0 +1,183 @@
+"""One-for-one supervision: each actor runs in its own loop, restarted with backoff.
+
+A crash replaces the actor instance; its mailbox and queue live on, so messages sent
+meanwhile are served by the new instance. More crashes of one actor than the restart
+budget within the window raise RestartBudgetExceeded, which ends the daemon non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from nats.aio.msg import Msg
+
+import protocol
+from protocol import ActorStatus, Envelope, ProtocolError
+
+from .actor import Actor, Context
+from .errors import ActorDeadError, RestartBudgetExceeded
+from .events import RuntimeEvents
+from .logs import get
+from .mailbox import Mailbox, Stop
+from .transport import Transport
+
+log = get("entityd.supervisor")
+
+
+class ActorState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RESTARTING = "restarting"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    budget: int = 5
+    window_s: float = 60.0
+    backoff_initial: float = 0.1
+    backoff_max: float = 10.0
+
+    def backoff(self, recent_crashes: int) -> float:
+        return min(self.backoff_max, self.backoff_initial * 2 ** max(0, recent_crashes - 1))
+
+
+@dataclass
+class Supervised:
+    name: str
+    factory: Callable[[], Actor]
+    mailbox: Mailbox
+    state: ActorState = ActorState.STARTING
+    restarts: int = 0
+    crashes: deque[float] = field(default_factory=deque)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        transport: Transport,
+        events: RuntimeEvents,
+        policy: RestartPolicy,
+        ask_timeout: float,
+        queue_size: int,
+        executor: Executor,
+        reject: Callable[[Msg, str, ProtocolError], object],
+    ) -> None:
+        self.transport = transport
+        self.events = events
+        self.policy = policy
+        self.ask_timeout = ask_timeout
+        self.queue_size = queue_size
+        self.executor = executor
+        self.reject = reject
+        self.actors: dict[str, Supervised] = {}
+
+    def add(self, name: str, factory: Callable[[], Actor]) -> Supervised:
+        if name in self.actors:
+            raise ValueError(f"actor {name!r} is already supervised")
+        if not protocol.subjects.valid_name(name):
+            raise ValueError(f"actor name {name!r} must be 1-32 of [a-z0-9-]")
+        mailbox = Mailbox(self.transport, name, self.queue_size, self.executor, self.reject)  # type: ignore[arg-type]
+        child = Supervised(name, factory, mailbox)
+        self.actors[name] = child
+        return child
+
+    def snapshot(self) -> list[ActorStatus]:
+        return [ActorStatus(c.name, c.state.value, c.restarts) for c in self.actors.values()]
+
+    async def run(self, child: Supervised) -> None:
+        """Run one actor until it is stopped, restarting it after each crash."""
+        while True:
+            actor = child.factory()
+            actor.ctx = Context(
+                self.transport,
+                child.name,
+                self.ask_timeout,
+                log.bind(actor=child.name),
+            )
+            try:
+                await actor.on_start()
+                restarted = child.state is ActorState.RESTARTING
+                child.state = ActorState.RUNNING
+                child.started.set()
+                await self.events.emit(
+                    "actor_restarted" if restarted else "actor_started",
+                    actor=child.name,
+                    restarts=child.restarts,
+                )
+                await self._serve(actor, child)
+            except asyncio.CancelledError:
+                child.state = ActorState.STOPPED
+                raise
+            except Exception as exc:
+                await self._crashed(actor, child, exc)
+                continue
+            child.state = ActorState.STOPPING
+            try:
+                await actor.on_stop()
+            finally:
+                child.state = ActorState.STOPPED
+                await self.events.emit("actor_stopped", actor=child.name, restarts=child.restarts)
+            return
+
+    async def _serve(self, actor: Actor, child: Supervised) -> None:
+        mailbox = child.mailbox
+        while True:
+            item = await mailbox.next()
+            if isinstance(item, Stop):
+                return
+            msg, env = item
+            try:
+                result = await actor.handle(env)
+            except Exception as exc:
+                if msg.reply:
+                    await self._answer(
+                        env,
+                        msg.reply,
+                        protocol.Error(
+                            "actor_crashed", f"{child.name} failed: {type(exc).__name__}"
+                        ),
+                    )
+                raise
+            if msg.reply:
+                await self._answer(env, msg.reply, protocol.Ack() if result is None else result)
+
+    async def _answer(self, env: Envelope, reply_to: str, message: object) -> None:
+        try:
+            await self.transport.reply(env, reply_to, message)
+        except ActorDeadError:
+            log.warning("reply_lost", to=env.src, reason="connection closed")
+
+    async def _crashed(self, actor: Actor, child: Supervised, exc: Exception) -> None:
+        now = time.monotonic()
+        child.crashes.append(now)
+        while child.crashes and child.crashes[0] < now - self.policy.window_s:
+            child.crashes.popleft()
+        log.error("actor_crashed", actor=child.name, error=repr(exc), exc_info=exc)
+        await self.events.emit(
+            "actor_crashed", actor=child.name, error=f"{type(exc).__name__}: {exc}"[:500]
+        )
+        try:
+            await actor.on_failure(exc)
+        except Exception as failure:
+            log.error("on_failure_raised", actor=child.name, error=repr(failure))
+        if len(child.crashes) > self.policy.budget:
+            child.state = ActorState.FAILED
+            await self.events.emit(
+                "restart_budget_exceeded", actor=child.name, crashes=len(child.crashes)
+            )
+            raise RestartBudgetExceeded(child.name, len(child.crashes), self.policy.window_s)
+        child.state = ActorState.RESTARTING
+        child.restarts += 1
+        delay = self.policy.backoff(len(child.crashes))
+        log.info("actor_restarting", actor=child.name, delay_s=delay, restarts=child.restarts)
+        await asyncio.sleep(delay)

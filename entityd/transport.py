@@ -1,0 +1,175 @@
+"""Signed messaging over one NATS connection: seal and send, ask and verify the reply.
+
+Both the daemon's actors and entityctl speak through a Transport, so a request is
+sealed, sent and its reply verified the same way wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import msgpack
+import nats.errors
+from nacl.signing import SigningKey
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+import protocol
+from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, subjects
+
+from .errors import ActorDeadError, AskTimeout, RemoteError
+
+REPLY_PREFIXES = ("_i.", "_INBOX.")
+
+
+def entity_of(address: str) -> str:
+    return address.split("/", 1)[0]
+
+
+class Transport:
+    def __init__(
+        self,
+        nc: Client,
+        *,
+        entity: str,
+        key: SigningKey,
+        keyring: Keyring,
+        replay_window_ms: int = 90_000,
+        replay_capacity: int = 100_000,
+        max_bytes: int = protocol.MAX_WIRE_BYTES,
+    ) -> None:
+        self.nc = nc
+        self.entity = entity
+        self.key = key
+        self.keyring = keyring
+        self.max_bytes = max_bytes
+        self.replay_window_ms = replay_window_ms
+        self.replay_capacity = replay_capacity
+        self._reply_guard = self.new_replay_guard()
+        self.closing = False
+
+    def new_replay_guard(self) -> ReplayGuard:
+        return ReplayGuard(self.replay_window_ms, self.replay_capacity)
+
+    def subject_for(self, dst: str, typ: str) -> str:
+        entity, _, actor = dst.partition("/")
+        if entity != self.entity:
+            raise ValueError(f"{dst} is not an actor of {self.entity}; federation comes later")
+        return subjects.local(entity, actor, typ)
+
+    def seal(
+        self, *, src: str, dst: str, subj: str, message: object, corr: bytes | None = None
+    ) -> tuple[bytes, bytes]:
+        return protocol.seal(self.key, src=src, dst=dst, subj=subj, message=message, corr=corr)
+
+    def open(self, data: bytes, *, subject: str, local: str, replay: ReplayGuard) -> Envelope:
+        return protocol.open(
+            data,
+            subject=subject,
+            local=local,
+            keyring=self.keyring,
+            replay=replay,
+            max_bytes=self.max_bytes,
+        )
+
+    async def tell(self, src: str, dst: str, message: object) -> None:
+        subj = self.subject_for(dst, protocol.kinds.kind_name(message))
+        wire, _ = self.seal(src=src, dst=dst, subj=subj, message=message)
+        await self._publish(subj, wire)
+
+    async def ask(self, src: str, dst: str, message: object, timeout: float) -> Envelope:
+        """Send a request and return the verified reply; RemoteError if it is an `error`."""
+        typ = protocol.kinds.kind_name(message)
+        subj = self.subject_for(dst, typ)
+        wire, msg_id = self.seal(src=src, dst=dst, subj=subj, message=message)
+        if self.closing:
+            raise ActorDeadError(f"cannot ask {dst}: shutting down")
+        try:
+            reply = await self.nc.request(subj, wire, timeout=timeout)
+        except nats.errors.NoRespondersError:
+            raise ActorDeadError(f"{dst} is not running (no responders on {subj})") from None
+        except nats.errors.TimeoutError:
+            raise AskTimeout(dst, typ, timeout) from None
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            raise ActorDeadError(f"cannot ask {dst}: the connection is closed") from None
+        env = self.open(reply.data, subject=reply.subject, local=src, replay=self._reply_guard)
+        if env.corr != msg_id or env.src != dst:
+            raise protocol.WrongSender(
+                f"reply from {env.src} for {env.corr!r} does not answer {dst}'s {msg_id.hex()}",
+                subject=reply.subject,
+            )
+        if isinstance(env.message, protocol.Error):
+            raise RemoteError(env.src, env.message.code, env.message.message)
+        return env
+
+    async def reply(self, request: Envelope, reply_to: str, message: object) -> None:
+        wire, _ = self.seal(
+            src=request.dst, dst=request.src, subj=reply_to, message=message, corr=request.id
+        )
+        await self._publish(reply_to, wire)
+
+    async def refuse(self, msg: Msg, responder: str, error: ProtocolError) -> None:
+        """Tell the sender of a rejected request why, when we can address it.
+
+        Only to reply inboxes, and only when the unverified body names a valid sender,
+        so a forged message cannot make us publish anywhere else.
+        """
+        if not msg.reply or not msg.reply.startswith(REPLY_PREFIXES):
+            return
+        claimed = _claimed_header(msg.data, self.max_bytes)
+        if claimed is None:
+            return
+        src, msg_id = claimed
+        wire, _ = self.seal(
+            src=responder,
+            dst=src,
+            subj=msg.reply,
+            message=protocol.Error(error.reason, error.detail),
+            corr=msg_id,
+        )
+        await self._publish(msg.reply, wire)
+
+    async def publish_event(self, actor: str, typ: str, message: object) -> None:
+        subj = subjects.event(self.entity, actor, typ)
+        wire, _ = self.seal(
+            src=f"{self.entity}/{actor}", dst=protocol.BROADCAST, subj=subj, message=message
+        )
+        await self._publish(subj, wire)
+
+    async def _publish(self, subject: str, wire: bytes) -> None:
+        try:
+            await self.nc.publish(subject, wire)
+        except (nats.errors.ConnectionClosedError, nats.errors.ConnectionDrainingError):
+            raise ActorDeadError(f"cannot publish on {subject}: the connection is closed") from None
+
+
+def _claimed_header(data: bytes, max_bytes: int) -> tuple[str, bytes] | None:
+    """The src and id a (possibly forged) envelope claims, or None."""
+    if len(data) > max_bytes:
+        return None
+    try:
+        outer = msgpack.unpackb(data, raw=False)
+        body: Any = msgpack.unpackb(outer[2], raw=False)
+        src, msg_id = body["src"], body["id"]
+    except Exception:
+        return None
+    if not (isinstance(src, str) and isinstance(msg_id, bytes) and len(msg_id) == 16):
+        return None
+    entity, sep, actor = src.partition("/")
+    if not (sep and subjects.valid_name(entity) and subjects.valid_name(actor)):
+        return None
+    return src, msg_id
+
+
+async def wait_closed(nc: Client, timeout: float) -> None:
+    """Flush and close a connection, bounded by `timeout`."""
+    if nc.is_closed:
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await nc.drain()
+    except (TimeoutError, nats.errors.Error):
+        pass
+    if not nc.is_closed:
+        await nc.close()
