@@ -62,13 +62,10 @@ class Daemon:
     async def run(self) -> int:
         """Run until asked to stop; the process exit code."""
         loop = asyncio.get_running_loop()
+        # Kept until the loop closes: a second SIGTERM during shutdown must not kill us.
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        try:
-            return await self._run()
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
+        return await self._run()
 
     async def _run(self) -> int:
         cfg = self.config

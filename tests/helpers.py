@@ -1,0 +1,162 @@
+"""Real processes for tests: nats-server on free ports, entity data dirs, entityd daemons."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nats
+
+from entityd import config as config_mod
+from entityd import identity
+
+BIN = Path(sys.executable).parent
+NATS_SERVER = str(BIN / "nats-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                if s.recv(4) == b"INFO":
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"nothing answered NATS on port {port} within {timeout} s")
+
+
+class NatsServer:
+    """A real nats-server with JetStream; kill() and start() again on the same port."""
+
+    def __init__(self, store: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.store = store
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> NatsServer:
+        self.store.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_port(self.port)
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def make_entity(
+    root: Path, name: str = "entity-a", *, nats_url: str = "", port: int | None = None,
+    extra: str = "",
+) -> Path:
+    """An initialised data dir with a config; returns the config path."""
+    data = root / name
+    data.mkdir(parents=True, exist_ok=True)
+    identity.create(data)
+    text = config_mod.STARTER.format(name=name, data_dir=data, port=port or free_port())
+    if nats_url:
+        text = text.replace('url = ""', f'url = "{nats_url}"')
+    path = data / config_mod.CONFIG_NAME
+    path.write_text(text + extra)
+    return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+class DaemonProc:
+    """`entityd run` as a child process, with its log captured to a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = log
+        self.env = env or child_env()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProc:
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "entityd"), "run", "--config", str(self.config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+        )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 20.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(needle) >= count:
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"entityd exited ({self.proc.returncode}) before logging {needle!r}:\n"
+                    + self.log()[-3000:]
+                )
+            time.sleep(0.05)
+        raise AssertionError(
+            f"entityd did not log {needle!r} within {timeout} s:\n{self.log()[-3000:]}"
+        )
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        self._log.close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        if hasattr(self, "_log"):
+            self._log.close()
+
+
+def ctl(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "entityctl"), "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, env=child_env(),
+    )
+
+
+async def nats_connect(url: str, inbox_prefix: str = "_INBOX") -> nats.NATS:
+    return await nats.connect(url, inbox_prefix=inbox_prefix, max_reconnect_attempts=-1)
