@@ -208,3 +208,36 @@ async def test_crash_loop_past_budget_makes_the_daemon_exit_non_zero(
     doomed = daemon.runtime.supervisor.actors["doomed"]
     assert doomed.state.value == "failed"
     assert doomed.restarts == 3
+
+
+def test_daemon_tells_systemd_ready_watchdog_and_stopping(tmp_path: Path) -> None:
+    import socket
+
+    from tests.helpers import child_env
+
+    address = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(address)
+    sock.settimeout(20)
+    config = make_entity(tmp_path)
+    env = child_env(NOTIFY_SOCKET=address, WATCHDOG_USEC="200000")
+    daemon = DaemonProc(config, tmp_path / "entityd.log", env=env).start()
+    received: list[str] = []
+    try:
+        while not any(m.startswith("READY=1") for m in received):
+            received.append(sock.recv(4096).decode())
+        assert ctl(config, "status").returncode == 0  # READY means it serves
+        watchdogs = 0
+        while watchdogs < 2:
+            message = sock.recv(4096).decode()
+            received.append(message)
+            watchdogs += message == "WATCHDOG=1"
+        daemon.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        while "STOPPING=1" not in received:
+            received.append(sock.recv(4096).decode())
+        assert daemon.proc.wait(30) == 0  # type: ignore[union-attr]
+    finally:
+        daemon.kill()
+        sock.close()
+    ready = next(m for m in received if m.startswith("READY=1"))
+    assert "STATUS=entity entity-a serving" in ready
