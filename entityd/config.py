@@ -64,12 +64,63 @@ class LogSection:
 
 
 @dataclass(frozen=True)
+class LlmSection:
+    provider: str = "moonshot"
+    model: str = ""
+    base_url: str = ""
+    api_key_env: str = ""
+    api_key_file: str = ""
+    timeout: float = 120.0
+    max_retries: int = 4
+    max_steps_per_turn: int = 24
+    max_tokens_per_hour: int = 400_000
+    temperature: float = 0.6
+
+
+@dataclass(frozen=True)
+class SandboxSection:
+    uid: int = 65534
+    gid: int = 65534
+    timeout: float = 60.0
+    cpu_seconds: int = 60
+    memory_mb: int = 2048
+    file_size_mb: int = 64
+    max_processes: int = 256
+    max_open_files: int = 512
+    output_limit: int = 16_000
+    network_commands: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WorkspaceSection:
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class MemorySection:
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class AutonomySection:
+    enabled: bool = False
+    interval: float = 600.0
+    max_turns: int = 10
+    max_tokens: int = 200_000
+
+
+@dataclass(frozen=True)
 class Config:
     entity: EntitySection
     nats: NatsSection = field(default_factory=NatsSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
     protocol: ProtocolSection = field(default_factory=ProtocolSection)
     log: LogSection = field(default_factory=LogSection)
+    llm: LlmSection = field(default_factory=LlmSection)
+    sandbox: SandboxSection = field(default_factory=SandboxSection)
+    workspace: WorkspaceSection = field(default_factory=WorkspaceSection)
+    memory: MemorySection = field(default_factory=MemorySection)
+    autonomy: AutonomySection = field(default_factory=AutonomySection)
     operators: Mapping[str, str] = field(default_factory=dict)
     path: Path | None = None
 
@@ -85,6 +136,20 @@ class Config:
     def embedded_nats(self) -> bool:
         return not self.nats.url
 
+    @property
+    def workspace_dir(self) -> Path:
+        """The entity's git workspace: the only place its tools may write."""
+        return _under(self.data_dir, self.workspace.path, "workspace")
+
+    @property
+    def memory_path(self) -> Path:
+        return _under(self.data_dir, self.memory.path, "memory.sqlite3")
+
+
+def _under(data_dir: Path, configured: str, default: str) -> Path:
+    path = Path(configured).expanduser() if configured else Path(default)
+    return path if path.is_absolute() else data_dir / path
+
 
 _SECTIONS: dict[str, type[Any]] = {
     "entity": EntitySection,
@@ -92,9 +157,15 @@ _SECTIONS: dict[str, type[Any]] = {
     "runtime": RuntimeSection,
     "protocol": ProtocolSection,
     "log": LogSection,
+    "llm": LlmSection,
+    "sandbox": SandboxSection,
+    "workspace": WorkspaceSection,
+    "memory": MemorySection,
+    "autonomy": AutonomySection,
 }
 
 _LEVELS = ("debug", "info", "warning", "error")
+LLM_PROVIDERS = ("moonshot", "openrouter", "openai", "ollama", "custom", "scripted")
 _FORMATS = ("auto", "json", "console")
 
 
@@ -157,6 +228,10 @@ def _section(name: str, cls: type[Any], raw: Any, environ: Mapping[str, str]) ->
 
 
 def _typed(key: str, type_name: Any, value: Any) -> Any:
+    if str(type_name) == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"expected a list of strings, got {value!r}")
+        return tuple(value)
     expected = {"str": str, "int": int, "float": float, "bool": bool}[str(type_name)]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -169,6 +244,8 @@ def _typed(key: str, type_name: Any, value: Any) -> Any:
 
 def _from_env(key: str, type_name: Any, text: str) -> Any:
     kind = str(type_name)
+    if kind == "tuple[str, ...]":
+        return tuple(item.strip() for item in text.split(",") if item.strip())
     try:
         if kind == "int":
             return int(text)
@@ -225,6 +302,36 @@ def _check_values(sections: dict[str, Any]) -> None:
             raise ConfigError(key, f"must be greater than 0, got {value}")
     if rt.backoff_max < rt.backoff_initial:
         raise ConfigError("runtime.backoff_max", "must be at least runtime.backoff_initial")
+    llm: LlmSection = sections["llm"]
+    if llm.provider not in LLM_PROVIDERS:
+        raise ConfigError(
+            "llm.provider", f"{llm.provider!r} is not one of {', '.join(LLM_PROVIDERS)}"
+        )
+    if llm.provider == "custom" and not llm.base_url:
+        raise ConfigError("llm.base_url", "provider 'custom' needs the server's base_url")
+    if llm.base_url and not llm.base_url.startswith(("http://", "https://")):
+        raise ConfigError("llm.base_url", f"{llm.base_url!r} is not an http(s) URL")
+    sandbox: SandboxSection = sections["sandbox"]
+    autonomy: AutonomySection = sections["autonomy"]
+    for key, value in [
+        ("llm.timeout", llm.timeout),
+        ("llm.max_steps_per_turn", llm.max_steps_per_turn),
+        ("llm.max_tokens_per_hour", llm.max_tokens_per_hour),
+        ("sandbox.timeout", sandbox.timeout),
+        ("sandbox.cpu_seconds", sandbox.cpu_seconds),
+        ("sandbox.memory_mb", sandbox.memory_mb),
+        ("sandbox.file_size_mb", sandbox.file_size_mb),
+        ("sandbox.max_processes", sandbox.max_processes),
+        ("sandbox.max_open_files", sandbox.max_open_files),
+        ("sandbox.output_limit", sandbox.output_limit),
+        ("autonomy.interval", autonomy.interval),
+        ("autonomy.max_turns", autonomy.max_turns),
+        ("autonomy.max_tokens", autonomy.max_tokens),
+    ]:
+        if value <= 0:
+            raise ConfigError(key, f"must be greater than 0, got {value}")
+    if llm.max_retries < 0:
+        raise ConfigError("llm.max_retries", f"must be 0 or more, got {llm.max_retries}")
     log: LogSection = sections["log"]
     if log.level not in _LEVELS:
         raise ConfigError("log.level", f"{log.level!r} is not one of {', '.join(_LEVELS)}")
@@ -275,6 +382,42 @@ drain_timeout = 10.0
 [protocol]
 replay_window = 90.0
 max_message_bytes = 1048576
+
+[llm]
+# moonshot | openrouter | openai | ollama | custom (set base_url) | scripted (offline demo)
+provider = "moonshot"
+model = ""              # empty: the provider's default (moonshot: kimi-k2.5)
+base_url = ""           # empty: the provider's URL
+api_key_env = ""        # empty: the provider's variable, e.g. MOONSHOT_API_KEY
+api_key_file = ""       # or a 0600 file holding the key (never inside the workspace)
+timeout = 120.0
+max_retries = 4
+max_steps_per_turn = 24
+max_tokens_per_hour = 400000
+
+[sandbox]
+uid = 65534             # the unprivileged uid commands run as when entityd runs as root
+gid = 65534
+timeout = 60.0          # wall-clock seconds; the whole process group is killed after
+cpu_seconds = 60
+memory_mb = 2048
+file_size_mb = 64
+max_processes = 256
+max_open_files = 512
+output_limit = 16000    # characters of output kept; the rest is cut with a notice
+network_commands = []   # program names allowed network access, e.g. ["pip"]
+
+[workspace]
+path = ""               # empty: DATA_DIR/workspace
+
+[memory]
+path = ""               # empty: DATA_DIR/memory.sqlite3
+
+[autonomy]
+enabled = false         # wake by itself every `interval` seconds and work the todo list
+interval = 600.0
+max_turns = 10          # then stop until restarted or re-enabled
+max_tokens = 200000
 
 [log]
 level = "info"
