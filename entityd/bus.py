@@ -93,3 +93,15 @@ async def _connect(nc: Client, deadline: float | None, **options: Any) -> None:
         return
     async with asyncio.timeout(deadline):
         await nc.connect(**options)
+
+
+async def barrier(nc: Client) -> None:
+    """Return once the server has processed everything sent so far (e.g. new SUBs).
+
+    nats-py's flush() writes its PING straight to the socket, ahead of commands still
+    in its pending buffer, so one flush can return before a fresh SUB reached the
+    server. Its PONG wait lets the flusher write that buffer; a second PING then
+    follows it.
+    """
+    await nc.flush()
+    await nc.flush()

@@ -13,6 +13,7 @@ from nats.aio.msg import Msg
 
 from protocol import ActorStatus, ProtocolError
 
+from . import bus
 from .actor import Actor
 from .config import RuntimeSection
 from .errors import ActorDeadError, RuntimeStateError
@@ -76,7 +77,7 @@ class Runtime:
         children = list(self.supervisor.actors.values())
         for child in children:
             await child.mailbox.open()
-        await self.transport.nc.flush()
+        await bus.barrier(self.transport.nc)
         for child in children:
             self._tasks[child.name] = tg.create_task(
                 self.supervisor.run(child), name=f"actor:{child.name}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -54,9 +55,17 @@ class NatsServer:
         self.proc = subprocess.Popen(
             [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
         )
-        wait_port(self.port)
+        try:
+            wait_port(self.port)
+        finally:
+            # Whoever answered must be our server, not another one that took the port.
+            if self.proc.poll() is not None:
+                error = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"nats-server on port {self.port} exited: {error}")
+        if self.proc.stderr:
+            self.proc.stderr.close()
         return self
 
     def kill(self) -> None:
@@ -83,7 +92,7 @@ def make_entity(
     identity.create(data)
     text = config_mod.STARTER.format(name=name, data_dir=data, port=port or free_port())
     if nats_url:
-        text = text.replace('url = ""', f'url = "{nats_url}"')
+        text = re.sub(r'(?m)^url = ""', f'url = "{nats_url}"', text, count=1)
     path = data / config_mod.CONFIG_NAME
     path.write_text(text + extra)
     return path

@@ -17,6 +17,7 @@ import protocol
 from entityd import config as config_mod
 from entityd import identity
 from entityd.actor import Actor
+from entityd.bus import barrier
 from entityd.daemon import EXIT_FAILED, Daemon
 from protocol import Envelope, Keyring, ReplayGuard
 from tests.helpers import DaemonProc, NatsServer, ctl, make_entity
@@ -153,6 +154,7 @@ async def test_runtime_events_are_signed_and_observable(tmp_path: Path) -> None:
     config = make_entity(tmp_path, nats_url=server.url)
     observer = await nats.connect(server.url)
     events = await observer.subscribe("fed.evt.>")
+    await barrier(observer)
     daemon = DaemonProc(config, tmp_path / "entityd.log").start()
     keyring = Keyring()
     keyring.add(identity.read_public(config.parent), "entity-a")

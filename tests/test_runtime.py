@@ -14,6 +14,7 @@ from nacl.signing import SigningKey
 
 import protocol
 from entityd.actor import Actor
+from entityd.bus import barrier
 from entityd.config import RuntimeSection
 from entityd.errors import RemoteError, RestartBudgetExceeded
 from entityd.runtime import Runtime
@@ -160,6 +161,7 @@ async def test_tell_is_delivered_in_order(rig: Rig) -> None:
 
 async def test_crashing_handler_is_restarted_and_serves_next(rig: Rig) -> None:
     events = await rig.nc.subscribe(f"fed.evt.{ENTITY}.runtime.>")
+    await barrier(rig.nc)
     before = EchoActor.instances
     with pytest.raises(RemoteError) as crashed:
         await rig.ask("echo", Crash())
