@@ -1,0 +1,163 @@
+"""The message kinds the entity's actors exchange (beyond protocol v1's own kinds).
+
+Each is a typed record registered with `protocol.kind`; payload schemas follow from
+the fields, as PROTOCOL.md section 11 describes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import kind
+
+# ---- tool actor ------------------------------------------------------------------------
+
+
+@kind("tool_call")
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """Run one tool (shell, read_file, write_file, str_replace, list_dir, glob, grep)."""
+
+    tool: str
+    args: dict[str, Any] = field(default_factory=dict)
+    caller: str = ""  # who asked, for the audit event (e.g. "coder", "orchestrator")
+
+
+@kind("tool_result")
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """`ok` false means the tool refused or failed; `error` says why, for the model to read."""
+
+    ok: bool
+    output: str = ""
+    error: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@kind("tool_specs_get")
+@dataclass(frozen=True, slots=True)
+class ToolSpecsGet:
+    """Ask the tool actor for its tools as OpenAI function schemas."""
+
+
+@kind("tool_specs")
+@dataclass(frozen=True, slots=True)
+class ToolSpecs:
+    tools: list[dict[str, Any]]
+
+
+# ---- memory actor ----------------------------------------------------------------------
+
+MEMORY_KINDS = ("fact", "lesson", "reflection", "episode")
+
+
+@kind("memory_add")
+@dataclass(frozen=True, slots=True)
+class MemoryAdd:
+    kind: str  # one of MEMORY_KINDS
+    text: str
+    importance: float = 0.5  # 0..1
+    source: str = ""
+
+
+@kind("memory_ref")
+@dataclass(frozen=True, slots=True)
+class MemoryRef:
+    id: int
+    merged: bool = False  # true when an existing memory was updated instead of adding one
+
+
+@kind("memory_search")
+@dataclass(frozen=True, slots=True)
+class MemorySearch:
+    query: str
+    limit: int = 10
+    kinds: list[str] = field(default_factory=list)  # empty: all kinds
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryHit:
+    id: int
+    kind: str
+    text: str
+    importance: float
+    uses: int
+    created_at: float
+    score: float
+
+
+@kind("memory_hits")
+@dataclass(frozen=True, slots=True)
+class MemoryHits:
+    hits: list[MemoryHit]
+
+
+@kind("todo_add")
+@dataclass(frozen=True, slots=True)
+class TodoAdd:
+    text: str
+    priority: int = 0
+
+
+@kind("todo_update")
+@dataclass(frozen=True, slots=True)
+class TodoUpdate:
+    id: int
+    status: str | None = None  # open | doing | done | dropped
+    text: str | None = None
+
+
+@kind("todo_list")
+@dataclass(frozen=True, slots=True)
+class TodoList:
+    include_done: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TodoItem:
+    id: int
+    text: str
+    status: str
+    priority: int
+    created_at: float
+    updated_at: float
+
+
+@kind("todo_items")
+@dataclass(frozen=True, slots=True)
+class TodoItems:
+    items: list[TodoItem]
+
+
+@kind("log_append")
+@dataclass(frozen=True, slots=True)
+class LogAppend:
+    """One entry of the conversation log (a goal, a step, an answer)."""
+
+    conversation: str
+    role: str
+    content: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@kind("history_get")
+@dataclass(frozen=True, slots=True)
+class HistoryGet:
+    conversation: str = ""  # empty: all conversations, newest last
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    id: int
+    conversation: str
+    role: str
+    content: str
+    created_at: float
+
+
+@kind("history")
+@dataclass(frozen=True, slots=True)
+class History:
+    entries: list[HistoryEntry]
