@@ -161,3 +161,60 @@ class HistoryEntry:
 @dataclass(frozen=True, slots=True)
 class History:
     entries: list[HistoryEntry]
+
+
+# ---- orchestrator and coder ------------------------------------------------------------
+
+
+@kind("goal")
+@dataclass(frozen=True, slots=True)
+class Goal:
+    """Work for the orchestrator: from entityctl ask/task, an autonomy tick or a peer."""
+
+    text: str
+    task_id: str = ""  # empty: the orchestrator assigns one
+    conversation: str = ""  # empty: a new conversation per task
+    source: str = "ctl"  # ctl | autonomy | peer:<entity>
+
+
+@kind("goal_accepted")
+@dataclass(frozen=True, slots=True)
+class GoalAccepted:
+    task_id: str
+    queued: int  # turns ahead of this one
+
+
+@kind("wake")
+@dataclass(frozen=True, slots=True)
+class Wake:
+    """Start a turn on the todo list if idle."""
+
+    reason: str = ""
+
+
+@kind("wake_result")
+@dataclass(frozen=True, slots=True)
+class WakeResult:
+    started: bool
+    reason: str
+    task_id: str = ""
+
+
+@kind("code_task")
+@dataclass(frozen=True, slots=True)
+class CodeTask:
+    """Coding work for the coder actor, on the entity's git workspace."""
+
+    task_id: str
+    goal: str
+    context: str = ""
+
+
+@kind("code_result")
+@dataclass(frozen=True, slots=True)
+class CodeResult:
+    ok: bool
+    summary: str
+    commit: str = ""  # the daemon's commit of the work, if anything changed
+    diffstat: str = ""
+    steps: int = 0

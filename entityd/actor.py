@@ -60,5 +60,12 @@ class Actor:
     async def on_failure(self, exc: BaseException) -> None:
         """Called on the crashed instance before it is replaced."""
 
+    async def run(self) -> None:
+        """Optional background work beside `handle` (e.g. a queue of long turns).
+
+        It runs while the actor serves and is cancelled when the actor stops; an
+        exception from it is a crash like one from `handle`.
+        """
+
     async def handle(self, envelope: Envelope) -> object | None:
         raise NotImplementedError(f"actor {self.name} handles no messages")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 from nacl.signing import SigningKey
 
-from protocol import Keyring
+from protocol import Envelope, Keyring, ProtocolError, subjects
 
 from . import bus, identity
 from .config import Config
@@ -55,6 +57,39 @@ class EntityClient:
     ) -> None:
         if self._transport is not None:
             await wait_closed(self._transport.nc, timeout=2.0)
+
+    async def tell(self, actor: str, message: object) -> None:
+        assert self._transport is not None, "use `async with EntityClient(...)`"
+        await self._transport.tell(
+            f"{self.config.name}/{CTL_ACTOR}", f"{self.config.name}/{actor}", message
+        )
+
+    @contextlib.asynccontextmanager
+    async def events(self) -> AsyncIterator[AsyncIterator[Envelope]]:
+        """Subscribe to the entity's signed events; yields an iterator of verified ones.
+
+        The subscription is live when the block is entered, so nothing published after
+        that is missed; forged or malformed events are skipped.
+        """
+        assert self._transport is not None, "use `async with EntityClient(...)`"
+        transport = self._transport
+        sub = await transport.nc.subscribe(subjects.event(self.config.name, "*", "*"))
+        await bus.barrier(transport.nc)
+        guard = transport.new_replay_guard()
+        local = f"{self.config.name}/{CTL_ACTOR}"
+
+        async def verified() -> AsyncIterator[Envelope]:
+            async for msg in sub.messages:
+                try:
+                    yield transport.open(msg.data, subject=msg.subject, local=local,
+                                         replay=guard)
+                except ProtocolError:
+                    continue
+
+        try:
+            yield verified()
+        finally:
+            await sub.unsubscribe()
 
     async def ask(self, actor: str, message: object, timeout: float) -> Any:
         assert self._transport is not None, "use `async with EntityClient(...)`"

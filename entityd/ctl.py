@@ -9,11 +9,12 @@ import json
 import os
 import sys
 import time
+import uuid
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
-import nats.errors
-
-from protocol import ProtocolError, Status, StatusGet
+from protocol import Envelope, ProtocolError, Status, StatusGet
 
 from . import config as config_mod
 from . import logs
@@ -22,55 +23,223 @@ from .errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 
 EXIT_REFUSED = 3
 EXIT_UNREACHABLE = 4
+EXIT_TASK_FAILED = 5
+REPLY_TIMEOUT_S = 5.0
+ASK_TIMEOUT_S = 1800.0
+
+Command = Callable[[EntityClient, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="entityctl", description=__doc__)
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=os.environ.get("ENTITYD_CONFIG"),
-        help="the entity's entityd.toml (or $ENTITYD_CONFIG)",
-    )
-    parser.add_argument(
-        "--key",
-        type=Path,
-        default=None,
-        help="sign with this operator key instead of the entity's own",
-    )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
-    sub = parser.add_subparsers(dest="command", required=True)
-    status = sub.add_parser("status", help="name, key, uptime, NATS server and actors")
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    parser = _parser()
     args = parser.parse_args(argv)
     if args.config is None:
         parser.error("--config is required (or set ENTITYD_CONFIG)")
     logs.configure("error", "console")
     try:
         cfg = config_mod.load(args.config)
-        return asyncio.run(_status(cfg, args.key, args.timeout, args.json))
+        return asyncio.run(_run(cfg, args))
     except RemoteError as exc:
         print(f"entityctl: refused by {exc.src}: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
-    except (AskTimeout, ActorDeadError) as exc:
-        print(f"entityctl: {exc}", file=sys.stderr)
+    except (AskTimeout, ActorDeadError, TimeoutError) as exc:
+        print(f"entityctl: {exc or 'timed out'}", file=sys.stderr)
         return EXIT_UNREACHABLE
-    except (nats.errors.NoServersError, OSError, TimeoutError) as exc:
+    except (ConnectionError, OSError) as exc:
         print(f"entityctl: cannot reach the entity's NATS server: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (EntitydError, ProtocolError) as exc:
         print(f"entityctl: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return 130
 
 
-async def _status(cfg: config_mod.Config, key: Path | None, timeout: float, as_json: bool) -> int:
-    async with EntityClient(cfg, key) as client:
-        status: Status = await client.ask("health", StatusGet(), timeout)
-    if as_json:
-        print(json.dumps(dataclasses.asdict(status), indent=2, sort_keys=True))
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="entityctl", description=__doc__)
+    parser.add_argument("--config", type=Path, default=os.environ.get("ENTITYD_CONFIG"),
+                        help="the entity's entityd.toml (or $ENTITYD_CONFIG)")
+    parser.add_argument("--key", type=Path, default=None,
+                        help="sign with this operator key instead of the entity's own")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds to wait for a reply (default 5; ask: for the whole "
+                             "task, default 1800)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    status = sub.add_parser("status", help="name, key, uptime, NATS server and actors")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(run=_status)
+
+    ask = sub.add_parser("ask", help="give the entity a goal; stream progress; print the answer")
+    ask.add_argument("text")
+    ask.add_argument("--json", action="store_true", help="print the answer event as JSON")
+    ask.add_argument("--conversation", default="", help="continue this conversation")
+    ask.add_argument("--quiet", action="store_true", help="no progress lines")
+    ask.set_defaults(run=_ask)
+
+    task = sub.add_parser("task", help="give the entity a goal without waiting")
+    task.add_argument("text")
+    task.set_defaults(run=_task)
+
+    memory = sub.add_parser("memory", help="what the entity remembers")
+    memory_sub = memory.add_subparsers(dest="memory_command", required=True)
+    search = memory_sub.add_parser("search", help="search memories")
+    search.add_argument("text")
+    search.add_argument("--limit", type=int, default=10)
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(run=_memory_search)
+
+    todo = sub.add_parser("todo", help="the entity's todo list")
+    todo.add_argument("--all", action="store_true", help="include done and dropped items")
+    todo.add_argument("--add", metavar="TEXT", help="add an item")
+    todo.add_argument("--json", action="store_true")
+    todo.set_defaults(run=_todo)
+
+    history = sub.add_parser("history", help="the conversation log")
+    history.add_argument("--conversation", default="")
+    history.add_argument("--limit", type=int, default=30)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(run=_history)
+
+    watch = sub.add_parser("watch", help="print the entity's events as they happen")
+    watch.add_argument("--json", action="store_true")
+    watch.set_defaults(run=_watch)
+    return parser
+
+
+async def _run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
+    command: Command = args.run
+    if args.command != "ask":
+        args.timeout = args.timeout or REPLY_TIMEOUT_S
+    async with EntityClient(cfg, args.key) as client:
+        return await command(client, args)
+
+
+def _print_json(value: Any) -> None:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+async def _status(client: EntityClient, args: argparse.Namespace) -> int:
+    status: Status = await client.ask("health", StatusGet(), args.timeout)
+    if args.json:
+        _print_json(status)
     else:
         print(render_status(status))
     return 0
+
+
+async def _ask(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.messages import Goal, GoalAccepted
+
+    task_id = uuid.uuid4().hex[:12]
+    timeout = args.timeout or ASK_TIMEOUT_S
+    async with client.events() as events:
+        accepted: GoalAccepted = await client.ask(
+            "orchestrator", Goal(args.text, task_id, args.conversation, "ctl"), 10.0
+        )
+        if not args.quiet and not args.json:
+            ahead = f", {accepted.queued} ahead" if accepted.queued else ""
+            print(f"task {accepted.task_id} accepted{ahead}", file=sys.stderr)
+        async with asyncio.timeout(timeout):
+            async for event in events:
+                data = event.message.data
+                if data.get("task_id") != task_id:
+                    continue
+                if event.message.type == "answer" and event.src.endswith("/orchestrator"):
+                    return _print_answer(data, args.json)
+                if not args.quiet and not args.json:
+                    print(render_progress(event), file=sys.stderr)
+    return EXIT_UNREACHABLE
+
+
+def _print_answer(data: dict[str, Any], as_json: bool) -> int:
+    if as_json:
+        _print_json(data)
+    else:
+        print(data.get("text", ""))
+        for commit in data.get("commits", []):
+            print(f"commit {commit}")
+    return 0 if data.get("ok") else EXIT_TASK_FAILED
+
+
+async def _task(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.messages import Goal, GoalAccepted
+
+    accepted: GoalAccepted = await client.ask("orchestrator", Goal(args.text), args.timeout)
+    print(f"task {accepted.task_id} queued ({accepted.queued} ahead)")
+    return 0
+
+
+async def _memory_search(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.messages import MemoryHits, MemorySearch
+
+    hits: MemoryHits = await client.ask("memory", MemorySearch(args.text, args.limit),
+                                        args.timeout)
+    if args.json:
+        _print_json(hits)
+    elif not hits.hits:
+        print("(nothing found)")
+    for hit in [] if args.json else hits.hits:
+        print(f"#{hit.id:<5} {hit.kind:<10} {hit.score:6.2f}  {hit.text}")
+    return 0
+
+
+async def _todo(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.messages import TodoAdd, TodoItems, TodoList
+
+    if args.add:
+        await client.ask("memory", TodoAdd(args.add), args.timeout)
+    items: TodoItems = await client.ask("memory", TodoList(args.all), args.timeout)
+    if args.json:
+        _print_json(items)
+        return 0
+    if not items.items:
+        print("(the todo list is empty)")
+    for item in items.items:
+        print(f"#{item.id:<4} {item.status:<8} p{item.priority:<3} {item.text}")
+    return 0
+
+
+async def _history(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.messages import History, HistoryGet
+
+    history: History = await client.ask("memory", HistoryGet(args.conversation, args.limit),
+                                        args.timeout)
+    if args.json:
+        _print_json(history)
+        return 0
+    for entry in history.entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created_at))
+        print(f"{when} [{entry.conversation}] {entry.role}: {entry.content}")
+    return 0
+
+
+async def _watch(client: EntityClient, args: argparse.Namespace) -> int:
+    async with client.events() as events:
+        async for event in events:
+            if args.json:
+                _print_json({"subject": event.subj, "src": event.src, "ts": event.ts,
+                             **dataclasses.asdict(event.message)})
+            else:
+                print(render_progress(event), flush=True)
+    return 0
+
+
+def render_progress(event: Envelope) -> str:
+    message = event.message
+    data = dict(message.data)
+    data.pop("task_id", None)
+    actor = event.src.split("/", 1)[1]
+    detail = " ".join(f"{k}={_short(v)}" for k, v in data.items())
+    return f"[{actor}] {message.type} {detail}".rstrip()
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def render_status(status: Status) -> str:

@@ -114,7 +114,7 @@ class Supervisor:
                     actor=child.name,
                     restarts=child.restarts,
                 )
-                await self._serve(actor, child)
+                await self._serve_with_background(actor, child)
             except asyncio.CancelledError:
                 child.state = ActorState.STOPPED
                 raise
@@ -128,6 +128,15 @@ class Supervisor:
                 child.state = ActorState.STOPPED
                 await self.events.emit("actor_stopped", actor=child.name, restarts=child.restarts)
             return
+
+    async def _serve_with_background(self, actor: Actor, child: Supervised) -> None:
+        if type(actor).run is Actor.run:
+            await self._serve(actor, child)
+            return
+        async with asyncio.TaskGroup() as tg:
+            background = tg.create_task(actor.run(), name=f"actor:{child.name}:run")
+            await self._serve(actor, child)
+            background.cancel()
 
     async def _serve(self, actor: Actor, child: Supervised) -> None:
         mailbox = child.mailbox
@@ -158,6 +167,8 @@ class Supervisor:
             log.warning("reply_lost", to=env.src, reason="connection closed")
 
     async def _crashed(self, actor: Actor, child: Supervised, exc: Exception) -> None:
+        while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
         now = time.monotonic()
         child.crashes.append(now)
         while child.crashes and child.crashes[0] < now - self.policy.window_s:
