@@ -298,7 +298,7 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("protocol.max_message_bytes", pr.max_message_bytes),
     ]
     for key, value in positive:
-        if value <= 0:
+        if not value > 0:  # written so that NaN fails too
             raise ConfigError(key, f"must be greater than 0, got {value}")
     if rt.backoff_max < rt.backoff_initial:
         raise ConfigError("runtime.backoff_max", "must be at least runtime.backoff_initial")
@@ -328,7 +328,7 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("autonomy.max_turns", autonomy.max_turns),
         ("autonomy.max_tokens", autonomy.max_tokens),
     ]:
-        if value <= 0:
+        if not value > 0:  # written so that NaN fails too
             raise ConfigError(key, f"must be greater than 0, got {value}")
     if llm.max_retries < 0:
         raise ConfigError("llm.max_retries", f"must be 0 or more, got {llm.max_retries}")
