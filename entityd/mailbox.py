@@ -75,6 +75,10 @@ class Mailbox:
                 msg, self.address, Overloaded(f"{self.actor} has {self.queue.qsize()} queued")
             )
 
+    def pending(self) -> int:
+        """Messages received and not yet handed to the actor."""
+        return self.queue.qsize() + len(self._ready)
+
     async def stop(self) -> None:
         await self.queue.put(STOP)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator
+import itertools
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import msgpack
@@ -17,7 +18,7 @@ from entityd.actor import Actor
 from entityd.bus import barrier
 from entityd.config import RuntimeSection
 from entityd.errors import RemoteError, RestartBudgetExceeded
-from entityd.runtime import Runtime
+from entityd.runtime import Runtime, RuntimeState
 from entityd.supervisor import ActorState
 from entityd.transport import Transport
 from protocol import Envelope, Keyring, ReplayGuard
@@ -65,6 +66,8 @@ class EchoActor(Actor):
     name = "echo"
     instances = 0
 
+    entered = asyncio.Event()  # replaced per test by the rig
+
     def __init__(self, seen: Seen, release: asyncio.Event | None = None) -> None:
         EchoActor.instances += 1
         self.seen = seen
@@ -79,6 +82,7 @@ class EchoActor(Actor):
                 raise RuntimeError("asked to crash")
             case Block():
                 assert self.release is not None
+                EchoActor.entered.set()
                 await self.release.wait()
                 return None
         return None
@@ -111,6 +115,20 @@ class Rig:
 
 async def _connect(url: str) -> nats.NATS:
     return await nats.connect(url, inbox_prefix=f"_i.{ENTITY}", max_reconnect_attempts=-1)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait for a condition of in-process state that no event announces."""
+    async with asyncio.timeout(timeout):
+        for _ in itertools.count():
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+
+
+@pytest.fixture(autouse=True)
+def fresh_entered() -> None:
+    EchoActor.entered = asyncio.Event()
 
 
 @pytest.fixture
@@ -253,7 +271,7 @@ async def test_unknown_key_is_refused_with_reason(rig: Rig) -> None:
 )
 async def test_slow_handler_never_blocks_delivery_and_full_queue_refuses(rig: Rig) -> None:
     blocked = asyncio.ensure_future(rig.ask("echo", Block(), timeout=10))
-    await asyncio.sleep(0.2)  # the actor is now inside the blocking handler
+    await EchoActor.entered.wait()  # the actor is now inside the blocking handler
     for i in range(4):
         await rig.client.tell(f"{ENTITY}/ctl", f"{ENTITY}/echo", Echo(f"queued {i}"))
     with pytest.raises(RemoteError) as refused:
@@ -281,10 +299,10 @@ async def test_stop_drains_queued_work(nats_server: NatsServer, tmp_path: Path) 
         await transport.tell(f"{ENTITY}/ctl", f"{ENTITY}/echo", Block())
         for i in range(20):
             await transport.tell(f"{ENTITY}/ctl", f"{ENTITY}/echo", Echo(str(i)))
-        await nc.flush()
-        await asyncio.sleep(0.2)
+        echo = runtime.supervisor.actors["echo"]
+        await until(lambda: EchoActor.entered.is_set() and echo.mailbox.pending() == 20)
         stopping = asyncio.ensure_future(runtime.stop())
-        await asyncio.sleep(0.1)
+        await until(lambda: runtime.state is RuntimeState.STOPPING)
         release.set()
         await stopping
     assert seen == [str(i) for i in range(20)]
