@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 
@@ -23,7 +24,8 @@ class Notifier:
     def notify(self, state: str) -> None:
         if not self._address:
             return
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        # As sd_notify(3): a notification that cannot be sent is not an error of ours.
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.connect(self._address)
             sock.sendall(state.encode())
 
