@@ -307,8 +307,8 @@ def _check_values(sections: dict[str, Any]) -> None:
         raise ConfigError(
             "llm.provider", f"{llm.provider!r} is not one of {', '.join(LLM_PROVIDERS)}"
         )
-    if llm.provider == "custom" and not llm.base_url:
-        raise ConfigError("llm.base_url", "provider 'custom' needs the server's base_url")
+    if llm.provider in ("custom", "scripted") and not llm.base_url:
+        raise ConfigError("llm.base_url", f"provider {llm.provider!r} needs the server's base_url")
     if llm.base_url and not llm.base_url.startswith(("http://", "https://")):
         raise ConfigError("llm.base_url", f"{llm.base_url!r} is not an http(s) URL")
     sandbox: SandboxSection = sections["sandbox"]

@@ -1,0 +1,91 @@
+"""Tools an agent may call: a name, a description, a JSON schema and an async function.
+
+Mistakes the model makes (unknown tool, arguments that are not JSON or miss a field)
+come back as observations for it to correct; a tool's own failure is reported the
+same way. Bugs in our code raise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+
+class ToolFailed(Exception):
+    """A tool could not do what was asked; the message is shown to the model."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    run: Callable[[dict[str, Any]], Awaitable[str]]
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.parameters,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    output: str
+
+
+class Toolbox:
+    def __init__(self, tools: Iterable[Tool] = ()) -> None:
+        self._tools: dict[str, Tool] = {}
+        for tool in tools:
+            self.add(tool)
+
+    def add(self, tool: Tool) -> None:
+        if tool.name in self._tools:
+            raise ValueError(f"tool {tool.name!r} is defined twice")
+        self._tools[tool.name] = tool
+
+    def names(self) -> list[str]:
+        return list(self._tools)
+
+    def specs(self) -> list[dict[str, Any]]:
+        return [tool.spec() for tool in self._tools.values()]
+
+    async def call(self, name: str, raw_arguments: str) -> Outcome:
+        tool = self._tools.get(name)
+        if tool is None:
+            known = ", ".join(self._tools) or "none"
+            return Outcome(False, f"error: there is no tool {name!r}; the tools are: {known}")
+        try:
+            arguments = json.loads(raw_arguments or "{}")
+        except json.JSONDecodeError as exc:
+            return Outcome(False, f"error: the arguments of {name} are not valid JSON: {exc}")
+        if not isinstance(arguments, dict):
+            return Outcome(False, f"error: the arguments of {name} must be a JSON object")
+        missing = [
+            key for key in tool.parameters.get("required", []) if key not in arguments
+        ]
+        if missing:
+            return Outcome(False, f"error: {name} needs {', '.join(missing)}")
+        try:
+            return Outcome(True, await tool.run(arguments))
+        except ToolFailed as exc:
+            return Outcome(False, f"error: {exc}")
+
+
+def schema(required: dict[str, str], optional: dict[str, str] | None = None,
+           types: dict[str, str] | None = None) -> dict[str, Any]:
+    """A JSON schema for an object of described properties (strings unless typed)."""
+    types = types or {}
+    properties = {
+        key: {"type": types.get(key, "string"), "description": text}
+        for key, text in {**required, **(optional or {})}.items()
+    }
+    return {"type": "object", "properties": properties, "required": list(required)}

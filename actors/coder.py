@@ -1,0 +1,66 @@
+"""The coder actor: a coding sub-agent on the git workspace; the daemon commits its work."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from entityd.actor import Actor
+from protocol import Envelope
+
+from . import prompts, remote_tools
+from .agent import AgentLoop, Step, TaskStep, Toolbox
+from .agent.loop import summarize
+from .llm import LLM, LLMError
+from .messages import CodeResult, CodeTask
+from .workspace import GitError, Workspace
+
+
+class CoderActor(Actor):
+    name = "coder"
+
+    def __init__(self, llm: Callable[[], LLM], workspace: Workspace, max_steps: int) -> None:
+        self._llm_factory = llm
+        self.workspace = workspace
+        self.max_steps = max_steps
+
+    async def on_start(self) -> None:
+        await self.workspace.ensure()
+
+    async def handle(self, envelope: Envelope) -> object | None:
+        match envelope.message:
+            case CodeTask() as task:
+                return await self._code(task)
+        raise TypeError(f"coder does not handle {envelope.typ}")
+
+    async def _code(self, task: CodeTask) -> CodeResult:
+        try:
+            llm = self._llm_factory()
+        except LLMError as exc:
+            return CodeResult(False, f"the coder has no model: {exc}")
+        toolbox = Toolbox(await remote_tools.fetch(self.ctx, caller=self.name))
+
+        async def report(step: Step) -> None:
+            await self.ctx.emit("step", task_id=task.task_id, **summarize(step))
+
+        loop = AgentLoop(llm, toolbox, prompts.load("coder", entity=self.ctx.entity),
+                         self.max_steps, report)
+        goal = task.goal if not task.context else f"{task.goal}\n\nContext:\n{task.context}"
+        outcome = await loop.run(TaskStep(goal))
+        if not outcome.ok:
+            return CodeResult(False, outcome.answer, steps=outcome.steps)
+        try:
+            message = f"{_title(task.goal)}\n\nentityd task {task.task_id}"
+            commit = await self.workspace.commit(message)
+        except GitError as exc:
+            return CodeResult(False, f"{outcome.answer}\n\nbut the commit failed: {exc}",
+                              steps=outcome.steps)
+        if commit is None:
+            return CodeResult(True, outcome.answer, steps=outcome.steps)
+        await self.ctx.emit("committed", task_id=task.task_id, commit=commit.sha,
+                            diffstat=commit.diffstat)
+        return CodeResult(True, outcome.answer, commit.sha, commit.diffstat, outcome.steps)
+
+
+def _title(goal: str, limit: int = 72) -> str:
+    first = goal.strip().splitlines()[0] if goal.strip() else "work"
+    return first if len(first) <= limit else first[: limit - 3] + "..."

@@ -1,0 +1,134 @@
+"""The orchestrator's own tools: delegate to the coder, memory and the todo list."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from entityd.actor import Context
+from entityd.errors import EntitydError
+
+from .agent.toolbox import Tool, ToolFailed, schema
+from .messages import (
+    MEMORY_KINDS,
+    CodeResult,
+    CodeTask,
+    MemoryAdd,
+    MemoryHits,
+    MemoryRef,
+    MemorySearch,
+    TodoAdd,
+    TodoItems,
+    TodoList,
+    TodoUpdate,
+)
+
+CODER_TIMEOUT_S = 3600.0
+
+
+def render_hits(hits: MemoryHits) -> str:
+    return "\n".join(f"- [{h.kind} #{h.id}] {h.text}" for h in hits.hits)
+
+
+def render_todos(items: TodoItems) -> str:
+    if not items.items:
+        return "(the todo list is empty)"
+    return "\n".join(f"#{t.id} [{t.status}] (p{t.priority}) {t.text}" for t in items.items)
+
+
+class OrchestratorTools:
+    """Builds the tools for one turn; `commits` collects what the coder committed."""
+
+    def __init__(self, ctx: Context, task_id: str) -> None:
+        self.ctx = ctx
+        self.task_id = task_id
+        self.commits: list[str] = []
+
+    def _addr(self, actor: str) -> str:
+        return f"{self.ctx.entity}/{actor}"
+
+    async def _ask(self, actor: str, message: object, timeout: float | None = None) -> Any:
+        try:
+            return await self.ctx.ask(self._addr(actor), message, timeout)
+        except EntitydError as exc:
+            raise ToolFailed(str(exc)) from None
+
+    def tools(self) -> list[Tool]:
+        return [
+            Tool("delegate_to_coder",
+                 "Give a coding task to your coder, who edits the workspace, runs the tests "
+                 "and has the work committed. Returns its summary and the commit.",
+                 schema({"goal": "what to build or fix, and how to test it"},
+                        {"context": "files, constraints, prior results"}),
+                 self.delegate),
+            Tool("remember", "Keep a fact (or a lesson) in long-term memory.",
+                 schema({"text": "what to remember"},
+                        {"kind": f"one of {', '.join(MEMORY_KINDS)} (default fact)",
+                         "importance": "0 to 1 (default 0.5)"},
+                        {"importance": "number"}),
+                 self.remember),
+            Tool("recall", "Search long-term memory.",
+                 schema({"query": "words to look for"}), self.recall),
+            Tool("todo_list", "Show the todo list.", schema({}), self.todo_list),
+            Tool("todo_add", "Add an item to the todo list.",
+                 schema({"text": "the item"}, {"priority": "higher first (default 0)"},
+                        {"priority": "integer"}),
+                 self.todo_add),
+            Tool("todo_update", "Change an item's status (open, doing, done, dropped) or text.",
+                 schema({"id": "the item's number"}, {"status": "new status", "text": "new text"},
+                        {"id": "integer"}),
+                 self.todo_update),
+        ]
+
+    async def delegate(self, args: dict[str, Any]) -> str:
+        result: CodeResult = await self._ask(
+            "coder",
+            CodeTask(self.task_id, str(args["goal"]), str(args.get("context", ""))),
+            timeout=CODER_TIMEOUT_S,
+        )
+        if result.commit:
+            self.commits.append(result.commit)
+        lines = [f"coder {'finished' if result.ok else 'failed'}: {result.summary}"]
+        if result.commit:
+            lines.append(f"committed {result.commit[:12]}:\n{result.diffstat}")
+        return "\n".join(lines)
+
+    async def remember(self, args: dict[str, Any]) -> str:
+        kind = str(args.get("kind", "fact"))
+        try:
+            importance = float(args.get("importance", 0.5))
+        except (TypeError, ValueError):
+            raise ToolFailed("importance must be a number from 0 to 1") from None
+        ref: MemoryRef = await self._ask(
+            "memory", MemoryAdd(kind, str(args["text"]), importance, f"task {self.task_id}")
+        )
+        return f"{'updated' if ref.merged else 'remembered'} as #{ref.id}"
+
+    async def recall(self, args: dict[str, Any]) -> str:
+        hits: MemoryHits = await self._ask("memory", MemorySearch(str(args["query"]), 8))
+        return render_hits(hits) or "(nothing found)"
+
+    async def todo_list(self, args: dict[str, Any]) -> str:
+        return render_todos(await self._ask("memory", TodoList()))
+
+    async def todo_add(self, args: dict[str, Any]) -> str:
+        items: TodoItems = await self._ask(
+            "memory", TodoAdd(str(args["text"]), _int(args.get("priority", 0), "priority"))
+        )
+        return render_todos(items)
+
+    async def todo_update(self, args: dict[str, Any]) -> str:
+        status = args.get("status")
+        text = args.get("text")
+        items: TodoItems = await self._ask(
+            "memory",
+            TodoUpdate(_int(args["id"], "id"), None if status is None else str(status),
+                       None if text is None else str(text)),
+        )
+        return render_todos(items)
+
+
+def _int(value: Any, name: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ToolFailed(f"{name} must be an integer, got {value!r}") from None
