@@ -10,10 +10,13 @@ from .envelope import (
     MAX_WIRE_BYTES,
     VERSION,
     Envelope,
+    Verified,
+    check_body,
     new_id,
     now_ms,
     open,
     seal,
+    verify_signature,
 )
 from .errors import (
     REASON_CODES,
@@ -65,9 +68,11 @@ __all__ = [
     "UnknownKey",
     "UnknownKind",
     "UnsupportedVersion",
+    "Verified",
     "WrongDestination",
     "WrongSender",
     "WrongSubject",
+    "check_body",
     "kind",
     "kinds",
     "new_id",
@@ -75,4 +80,5 @@ __all__ = [
     "open",
     "seal",
     "subjects",
+    "verify_signature",
 ]

@@ -4,12 +4,17 @@
     sig  = Ed25519(secret, DOMAIN + body)
 
 PROTOCOL.md is the normative description; the order of checks in `open` follows it.
+`open` is `verify_signature` (steps 1-6: pure, thread-safe, mostly Ed25519, which PyNaCl
+runs without the GIL) followed by `check_body` (steps 7-14, which touch the replay cache
+and so run on the receiver's own thread, in arrival order). A receiver under load runs
+the first half on worker threads and the second on its event loop.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +33,7 @@ from .errors import (
     WrongSender,
     WrongSubject,
 )
-from .keyring import KEY_BYTES, Keyring
+from .keyring import KEY_BYTES, KeyEntry, Keyring
 from .replay import ReplayGuard
 
 VERSION = 1
@@ -65,6 +70,19 @@ class Envelope:
     @property
     def src_entity(self) -> str:
         return self.src.split("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """A wire whose signature verified under a trusted key (steps 1-6 of PROTOCOL.md §6).
+
+    `body` holds the signed bytes, not yet decoded: nothing in it is trusted to be well
+    formed until `check_body` has run.
+    """
+
+    kid: bytes
+    body: bytes
+    signer: KeyEntry
 
 
 def now_ms() -> int:
@@ -166,23 +184,13 @@ def _decode_body(body: bytes, max_bytes: int) -> dict[str, Any]:
         raise MalformedBody(f"body does not decode: {exc}") from None
     if not isinstance(fields, dict):
         raise MalformedBody("body must be a map")
-    missing = [name for name in _BODY_FIELDS if name not in fields]
-    if missing:
-        raise MalformedBody(f"body lacks {', '.join(missing)}")
-    extra = sorted(str(k) for k in fields if k not in _BODY_FIELDS)
-    if extra:
+    if fields.keys() != _BODY_FIELD_SET:
+        missing = [name for name in _BODY_FIELDS if name not in fields]
+        if missing:
+            raise MalformedBody(f"body lacks {', '.join(missing)}")
+        extra = sorted(str(k) for k in fields if k not in _BODY_FIELD_SET)
         raise MalformedBody(f"body has unknown fields {', '.join(extra)}")
-    checks = (
-        ("id", lambda v: isinstance(v, bytes) and len(v) == ID_BYTES),
-        ("src", lambda v: isinstance(v, str) and _address(v, allow_broadcast=False)),
-        ("dst", lambda v: isinstance(v, str) and _address(v, allow_broadcast=True)),
-        ("subj", lambda v: isinstance(v, str) and 0 < len(v) <= 1024),
-        ("typ", lambda v: isinstance(v, str) and 0 < len(v) <= 64),
-        ("ts", lambda v: type(v) is int and v >= 0),
-        ("corr", lambda v: v is None or (isinstance(v, bytes) and len(v) == ID_BYTES)),
-        ("enc", lambda v: type(v) is bool),
-    )
-    for name, ok in checks:
+    for name, ok in _FIELD_CHECKS:
         if not ok(fields[name]):
             raise MalformedBody(f"field {name!r} has a bad value: {fields[name]!r:.80}")
     if fields["enc"] and not isinstance(fields["payload"], bytes):
@@ -195,6 +203,22 @@ def _address(value: str, *, allow_broadcast: bool) -> bool:
         return allow_broadcast
     entity, sep, actor = value.partition("/")
     return bool(sep) and subjects.valid_name(entity) and subjects.valid_name(actor)
+
+
+_BODY_FIELD_SET = frozenset(_BODY_FIELDS)
+
+# The constraints of PROTOCOL.md §4, in table order (the first failing one is reported).
+# Built once at import: open() runs for every message.
+_FIELD_CHECKS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
+    ("id", lambda v: isinstance(v, bytes) and len(v) == ID_BYTES),
+    ("src", lambda v: isinstance(v, str) and _address(v, allow_broadcast=False)),
+    ("dst", lambda v: isinstance(v, str) and _address(v, allow_broadcast=True)),
+    ("subj", lambda v: isinstance(v, str) and 0 < len(v) <= 1024),
+    ("typ", lambda v: isinstance(v, str) and 0 < len(v) <= 64),
+    ("ts", lambda v: type(v) is int and v >= 0),
+    ("corr", lambda v: v is None or (isinstance(v, bytes) and len(v) == ID_BYTES)),
+    ("enc", lambda v: type(v) is bool),
+)
 
 
 def _matches(dst: str, local: str) -> bool:
@@ -215,32 +239,79 @@ def open(
     max_bytes: int = MAX_WIRE_BYTES,
 ) -> Envelope:
     """Verify and decode `wire` received on `subject` by `local`; raise ProtocolError."""
+    verified = verify_signature(wire, subject=subject, keyring=keyring, max_bytes=max_bytes)
+    return check_body(
+        verified, subject=subject, local=local, replay=replay, now=now, max_bytes=max_bytes
+    )
+
+
+def verify_signature(
+    wire: bytes, *, subject: str, keyring: Keyring, max_bytes: int = MAX_WIRE_BYTES
+) -> Verified:
+    """Steps 1-6 of `open`: size, outer array, version, shape, key, signature.
+
+    Reads nothing but its arguments and writes nothing shared, so it may run on any
+    thread; `subject` only names where the message came from in an error.
+    """
     try:
-        return _open(wire, subject, local, keyring, replay, now, max_bytes)
+        return _verify_signature(wire, keyring, max_bytes)
     except ProtocolError as exc:
         exc.subject = exc.subject or subject
         raise
     except Exception as exc:
-        raise Malformed(f"unexpected decoding failure: {type(exc).__name__}: {exc}") from exc
+        raise _unexpected(exc, subject) from exc
 
 
-def _open(
-    wire: bytes,
+def check_body(
+    verified: Verified,
+    *,
     subject: str,
     local: str,
-    keyring: Keyring,
     replay: ReplayGuard,
-    now: int | None,
-    max_bytes: int,
+    now: int | None = None,
+    max_bytes: int = MAX_WIRE_BYTES,
 ) -> Envelope:
+    """Steps 7-14 of `open` on a verified wire: body, bindings, destination, replay, kind.
+
+    `replay` is not thread-safe and the order of replay checks is the order of arrival:
+    call this on the thread that owns `replay`, one message after the other as received.
+    """
+    try:
+        return _check_body(verified, subject, local, replay, now, max_bytes)
+    except ProtocolError as exc:
+        exc.subject = exc.subject or subject
+        raise
+    except Exception as exc:
+        raise _unexpected(exc, subject) from exc
+
+
+def _unexpected(exc: Exception, subject: str) -> Malformed:
+    return Malformed(
+        f"unexpected decoding failure: {type(exc).__name__}: {exc}", subject=subject
+    )
+
+
+def _verify_signature(wire: bytes, keyring: Keyring, max_bytes: int) -> Verified:
     if len(wire) > max_bytes:
         raise TooLarge(f"{len(wire)} bytes is over the limit of {max_bytes}")
     kid, body, sig = _split_wire(wire, max_bytes)
     signer = keyring.verify(kid, DOMAIN + body, sig)
-    fields = _decode_body(body, max_bytes)
+    return Verified(kid, body, signer)
+
+
+def _check_body(
+    verified: Verified,
+    subject: str,
+    local: str,
+    replay: ReplayGuard,
+    now: int | None,
+    max_bytes: int,
+) -> Envelope:
+    fields = _decode_body(verified.body, max_bytes)
     if fields["subj"] != subject:
         raise WrongSubject(f"signed for {fields['subj']!r}")
     src_entity = fields["src"].split("/", 1)[0]
+    signer = verified.signer
     if src_entity != signer.entity:
         raise WrongSender(f"src {fields['src']!r} but the key speaks for {signer.entity!r}")
     route = subjects.route(subject)
@@ -273,6 +344,6 @@ def _open(
         enc=fields["enc"],
         payload=fields["payload"],
         message=message,
-        kid=kid,
+        kid=verified.kid,
         signer=signer.label,
     )

@@ -234,3 +234,43 @@ def test_spec_references_only_existing_vectors() -> None:
     referenced = set(re.findall(r"vectors/([a-z_]+\.json)", spec()))
     assert referenced
     assert referenced <= {path.name for path in VECTOR_FILES}
+
+
+# Reasons verify_signature reports; every other reason comes from check_body.
+BEFORE_BODY = {"too_large", "malformed", "bad_version", "unknown_key", "bad_signature"}
+
+
+@pytest.mark.parametrize("path", VECTOR_FILES, ids=lambda p: p.stem)
+def test_vector_through_verify_signature_then_check_body(path: Path) -> None:
+    """The two halves of open() give open()'s results, each half its own steps."""
+    vector = load(path)
+    keyring = keyring_of(vector)
+    guard = ReplayGuard(window_ms=vector["window_ms"])
+    subject, max_bytes = vector["subject"], vector["max_bytes"]
+    for index, step in enumerate(vector["steps"]):
+        where = f"step {index} ({step['note']})"
+        expect = step["expect"]
+        try:
+            verified = protocol.verify_signature(
+                bytes.fromhex(step["wire"]), subject=subject, keyring=keyring, max_bytes=max_bytes
+            )
+        except ProtocolError as exc:
+            assert expect.get("error") in BEFORE_BODY, f"{where}: {exc}"
+            assert exc.reason == expect["error"], where
+            assert exc.subject == subject, where
+            continue
+        assert expect.get("error") not in BEFORE_BODY, where
+        try:
+            envelope = protocol.check_body(
+                verified,
+                subject=subject,
+                local=vector["local"],
+                replay=guard,
+                now=vector["now_ms"],
+                max_bytes=max_bytes,
+            )
+        except ProtocolError as exc:
+            assert exc.reason == expect.get("error"), f"{where}: {exc}"
+            assert exc.subject == subject, where
+            continue
+        assert body_of(envelope) == expect["ok"], where
