@@ -1,0 +1,29 @@
+"""The tool actor's machinery: the bubblewrap shell, workspace confinement, the file tools,
+the command classifier and the tools' JSON schemas."""
+
+from .classify import Classification, classify
+from .errors import BadArguments, CommandRefused, PathRefused, SandboxUnavailable, ToolError
+from .files import FileLimits, FileTools
+from .paths import WORKSPACE_MOUNT, Workspace, prepare
+from .shell import Shell, ShellResult
+from .specs import TOOL_NAMES, check_args, tool_specs
+
+__all__ = [
+    "TOOL_NAMES",
+    "WORKSPACE_MOUNT",
+    "BadArguments",
+    "Classification",
+    "CommandRefused",
+    "FileLimits",
+    "FileTools",
+    "PathRefused",
+    "SandboxUnavailable",
+    "Shell",
+    "ShellResult",
+    "ToolError",
+    "Workspace",
+    "check_args",
+    "classify",
+    "prepare",
+    "tool_specs",
+]

@@ -1,0 +1,332 @@
+"""The shell tool's runner: one bash command under bubblewrap, as an unprivileged uid, with
+rlimits, a cleared environment, no network by default and a wall-clock timeout that kills
+the whole sandbox.
+
+As root, `setpriv` first switches to the sandbox uid (root inside bwrap would keep every
+capability, and RLIMIT_NPROC does not bind uid 0); bwrap then builds a user, mount, pid,
+network, ipc and uts namespace in which only the workspace is writable. bwrap opens the
+workspace by path as that uid, and the workspace often sits below directories only root
+may enter (a 0700 data dir), so as root the workspace is first bind-mounted at a
+reachable place in a private mount namespace of the launcher (`unshare --mount`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from entityd.config import SandboxSection
+from entityd.logs import get
+
+from .errors import SandboxUnavailable
+from .paths import WORKSPACE_MOUNT, is_protected_name
+
+log = get("actors.sandbox")
+
+MiB = 1024 * 1024
+HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+# What bwrap and its helpers get: nothing of the daemon's environment.
+HOST_ENV = {"PATH": HOST_PATH, "LANG": "C.UTF-8"}
+SANDBOX_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "HOME": "/tmp",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "TERM": "dumb",
+    # git refuses a repository owned by another uid (.git stays the daemon's).
+    "GIT_CONFIG_COUNT": "1",
+    "GIT_CONFIG_KEY_0": "safe.directory",
+    "GIT_CONFIG_VALUE_0": WORKSPACE_MOUNT,
+}
+SYSTEM_DIRS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+# The parts of /etc that programs need to run (users, resolver, libraries, certificates,
+# time zone, alternatives); nothing else of the host's /etc enters the sandbox.
+ETC_ENTRIES = (
+    "passwd", "group", "nsswitch.conf", "hosts", "host.conf", "resolv.conf", "gai.conf",
+    "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "alternatives",
+    "ssl/certs", "ssl/openssl.cnf", "ca-certificates", "ca-certificates.conf", "pki/tls/certs",
+    "crypto-policies", "mime.types", "protocols", "services", "networks", "os-release",
+    "debian_version", "magic", "magic.mime", "inputrc", "locale.alias", "gitconfig",
+)
+OPTIONAL = ("--disable-userns", "--size")
+SHM_BYTES = 64 * MiB
+# Run by root in the launcher's private mount namespace: cd into the workspace ($1) before
+# covering /tmp, then bind it where the sandbox uid can reach it, then run the rest.
+STAGED = "/tmp/workspace"
+STAGE_SCRIPT = (
+    'cd "$1" && mount -t tmpfs -o size=64k,mode=0755 entityd-stage /tmp && '
+    f"mkdir {STAGED} && mount --no-canonicalize --bind . {STAGED} && "
+    'shift && unset PWD OLDPWD && exec "$@"'
+)
+PROBE_TIMEOUT = 20.0
+KILL_GRACE = 5.0
+READ_CHUNK = 1 << 16
+
+
+@dataclass(frozen=True)
+class ShellResult:
+    exit_code: int | None  # None when the run was killed at the timeout
+    output: str  # stdout and stderr interleaved, cut in the middle past the output limit
+    timed_out: bool
+    cut_bytes: int
+    duration: float
+
+
+class Shell:
+    """Runs commands in the sandbox once `probe()` has found that bwrap works here."""
+
+    def __init__(self, settings: SandboxSection, workspace: Path | str) -> None:
+        self.settings = settings
+        self.workspace = os.path.realpath(workspace)
+        self.as_root = os.geteuid() == 0
+        self.bwrap = shutil.which("bwrap", path=HOST_PATH)
+        self.prlimit = shutil.which("prlimit", path=HOST_PATH)
+        self.setpriv = shutil.which("setpriv", path=HOST_PATH)
+        self.unshare = shutil.which("unshare", path=HOST_PATH)
+        # Where bwrap finds the workspace: staged by root, or the real path.
+        self.source = STAGED if self.as_root else self.workspace
+        self.unavailable: str | None = "the sandbox has not been probed yet"
+        # Hardening options of newer bwrap (0.7: --size, 0.8: --disable-userns), used when
+        # the installed one has them; `missing` names the ones it lacks.
+        self.options: set[str] = set()
+        self.missing: tuple[str, ...] = ()
+
+    @property
+    def sandbox_uid(self) -> int:
+        return self.settings.uid if self.as_root else os.getuid()
+
+    async def probe(self) -> str | None:
+        """Check that a sandbox starts here; return (and keep) why not, or None."""
+        self.unavailable = self._missing() or await self._probe_run()
+        if self.unavailable:
+            log.warning("sandbox_unavailable", reason=self.unavailable)
+        return self.unavailable
+
+    def _missing(self) -> str | None:
+        if not self.bwrap:
+            return "bwrap is not installed (Debian package `bubblewrap`)"
+        if not self.prlimit:
+            return "prlimit is not installed (util-linux), so no rlimits could be set"
+        if self.as_root and not (self.setpriv and self.unshare):
+            return ("setpriv or unshare is not installed (util-linux): root could not drop to "
+                    "the sandbox uid")
+        if self.as_root and (self.settings.uid == 0 or self.settings.gid == 0):
+            return "sandbox.uid and sandbox.gid must not be 0 (root in bwrap keeps capabilities)"
+        if not os.path.isdir(self.workspace):
+            return f"the workspace {self.workspace} is not a directory"
+        return None
+
+    async def _probe_run(self) -> str | None:
+        assert self.bwrap
+        try:
+            helper = await asyncio.create_subprocess_exec(
+                self.bwrap, "--help", stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=HOST_ENV,
+            )
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                usage, _ = await helper.communicate()
+        except (OSError, TimeoutError) as exc:
+            return f"could not run `bwrap --help`: {exc}"
+        text = usage.decode(errors="replace")
+        self.options = {option for option in OPTIONAL if option in text}
+        self.missing = tuple(sorted(set(OPTIONAL) - self.options))
+        if self.missing:
+            log.warning("sandbox_bwrap_old", missing=self.missing)
+        argv = self.argv("id -u")
+        with self._git_placeholder():
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, env=HOST_ENV, start_new_session=True,
+                )
+            except OSError as exc:
+                return f"could not start bwrap: {exc}"
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT):
+                    out, err = await proc.communicate()
+            except TimeoutError:
+                _kill(proc)
+                await proc.wait()
+                return f"a trial sandbox did not finish within {PROBE_TIMEOUT:g} s"
+        if proc.returncode != 0:
+            detail = err.decode(errors="replace").strip()[-500:] or "no error output"
+            return f"bwrap could not start a sandbox (exit {proc.returncode}): {detail}"
+        inside = out.decode(errors="replace").strip()
+        if inside != str(self.sandbox_uid):
+            return f"the trial sandbox ran as uid {inside!r}, expected {self.sandbox_uid}"
+        return None
+
+    def argv(self, command: str, *, network: bool = False) -> list[str]:
+        """The full command line: prlimit, then (as root) the staging of the workspace and
+        setpriv, then bwrap, then bash."""
+        assert self.bwrap and self.prlimit
+        s = self.settings
+        argv = [
+            self.prlimit, f"--cpu={s.cpu_seconds}", f"--as={s.memory_mb * MiB}",
+            f"--fsize={s.file_size_mb * MiB}", f"--nproc={s.max_processes}",
+            f"--nofile={s.max_open_files}", "--core=0", "--",
+        ]
+        if self.as_root:
+            assert self.setpriv and self.unshare
+            argv += [self.unshare, "--mount", "--propagation", "private", "--",
+                     "/bin/sh", "-c", STAGE_SCRIPT, "entityd-stage", self.workspace]
+            argv += [self.setpriv, f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
+                     "--no-new-privs", "--"]
+        argv += [self.bwrap, *self.bwrap_args(network=network), "--",
+                 "/bin/bash", "--noprofile", "--norc", "-c", command]
+        return argv
+
+    def bwrap_args(self, *, network: bool) -> list[str]:
+        args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+                "--hostname", "sandbox"]
+        if "--disable-userns" in self.options:
+            args.append("--disable-userns")
+        if network:
+            args.append("--share-net")
+        args += ["--ro-bind", "/usr", "/usr"]
+        for name in SYSTEM_DIRS:
+            path = "/" + name
+            if os.path.islink(path):
+                args += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                args += ["--ro-bind", path, path]
+        etc = [f"/etc/{entry}" for entry in ETC_ENTRIES]
+        etc += sorted(glob.glob("/etc/python3*"))
+        for path in etc:
+            args += ["--ro-bind-try", path, path]
+        sized = "--size" in self.options
+        args += ["--proc", "/proc", "--dev", "/dev"]
+        args += ["--size", str(SHM_BYTES)] if sized else []
+        args += ["--tmpfs", "/dev/shm"]
+        args += ["--size", str(self.settings.memory_mb * MiB)] if sized else []
+        args += ["--tmpfs", "/tmp", "--bind", self.source, WORKSPACE_MOUNT]
+        args += self._git_args()
+        args += self._masks()
+        args += ["--remount-ro", "/", "--chdir", WORKSPACE_MOUNT, "--clearenv"]
+        for key, value in SANDBOX_ENV.items():
+            args += ["--setenv", key, value]
+        return args
+
+    def _git_args(self) -> list[str]:
+        """.git read-only; with no repository yet, an empty read-only placeholder, so a
+        command cannot plant one whose hooks or config the daemon would later run."""
+        dest = f"{WORKSPACE_MOUNT}/.git"
+        if os.path.lexists(os.path.join(self.workspace, ".git")):
+            return ["--ro-bind", f"{self.source}/.git", dest]
+        return ["--tmpfs", dest, "--remount-ro", dest]
+
+    @contextlib.contextmanager
+    def _git_placeholder(self) -> Iterator[None]:
+        """Remove the empty mount point bwrap leaves for the .git placeholder, so the host
+        shows no repository that is not one (the daemon creates the real one)."""
+        path = os.path.join(self.workspace, ".git")
+        existed = os.path.lexists(path)
+        try:
+            yield
+        finally:
+            if not existed:
+                with contextlib.suppress(OSError):  # not empty: the daemon made a repository
+                    os.rmdir(path)
+
+    def _masks(self) -> list[str]:
+        """Protected files at the top of the workspace (.env*, keys) read as empty."""
+        args: list[str] = []
+        try:
+            with os.scandir(self.workspace) as entries:
+                for entry in entries:
+                    if entry.is_file(follow_symlinks=False) and is_protected_name(entry.name):
+                        args += ["--ro-bind", "/dev/null", f"{WORKSPACE_MOUNT}/{entry.name}"]
+        except OSError:
+            pass
+        return args
+
+    async def run(self, command: str, *, network: bool = False) -> ShellResult:
+        if self.unavailable:
+            raise SandboxUnavailable(self.unavailable)
+        started = time.monotonic()
+        capture = _Capture(self.settings.output_limit)
+        timed_out = False
+        with self._git_placeholder():
+            proc = await asyncio.create_subprocess_exec(
+                *self.argv(command, network=network), stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=HOST_ENV,
+                start_new_session=True,
+            )
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    await _pump(proc, capture)
+            except TimeoutError:
+                timed_out = True
+                _kill(proc)
+                try:
+                    async with asyncio.timeout(KILL_GRACE):
+                        await _pump(proc, capture)
+                except TimeoutError:
+                    log.error("sandbox_kill_unconfirmed", pid=proc.pid)
+            except asyncio.CancelledError:
+                _kill(proc)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(KILL_GRACE):
+                        await proc.wait()
+                raise
+        output, cut = capture.text()
+        return ShellResult(
+            exit_code=None if timed_out else proc.returncode,
+            output=output,
+            timed_out=timed_out,
+            cut_bytes=cut,
+            duration=time.monotonic() - started,
+        )
+
+
+async def _pump(proc: asyncio.subprocess.Process, capture: _Capture) -> None:
+    assert proc.stdout is not None
+    while chunk := await proc.stdout.read(READ_CHUNK):
+        capture.add(chunk)
+    await proc.wait()
+
+
+def _kill(proc: asyncio.subprocess.Process) -> None:
+    """SIGKILL the process group; bwrap's --die-with-parent and the pid namespace take
+    every process inside down with it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+class _Capture:
+    """The first and last halves of the output limit, and how many bytes fell between."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.head_max = limit // 2
+        self.tail_max = limit - self.head_max
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_max - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.tail_max:
+                del self.tail[: len(self.tail) - self.tail_max]
+
+    def text(self) -> tuple[str, int]:
+        cut = self.total - len(self.head) - len(self.tail)
+        if cut <= 0:
+            return (self.head + self.tail).decode(errors="replace"), 0
+        notice = (f"\n[... {cut} bytes of output cut here: the output limit is {self.limit} "
+                  f"characters, {self.total} bytes were written ...]\n")
+        return self.head.decode(errors="replace") + notice + self.tail.decode(errors="replace"), cut

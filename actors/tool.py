@@ -1,0 +1,176 @@
+"""The tool actor: the only place the entity's side effects happen.
+
+It answers `tool_call` with `tool_result` (a refusal or failure is ok=false with an error
+for the model to read, never a crash) and `tool_specs_get` with the OpenAI function
+schemas, and publishes an audit event `call` for every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from entityd.actor import Actor
+from entityd.config import Config
+from protocol import Envelope
+
+from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
+from .sandbox import (
+    BadArguments,
+    FileLimits,
+    FileTools,
+    SandboxUnavailable,
+    Shell,
+    ToolError,
+    Workspace,
+    check_args,
+    classify,
+    prepare,
+    tool_specs,
+)
+
+MAX_COMMAND = 100_000  # characters in one shell command line
+SUMMARY_LIMIT = 160
+_SECRETS = [
+    (re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{6,}"), r"\1-***"),
+    (re.compile(r"(?i)\b([A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)[A-Z0-9_]*)=\S+"),
+     r"\1=***"),
+    (re.compile(r"(?i)(authorization:\s*\w+\s+)\S+"), r"\1***"),
+]
+
+
+class ToolActor(Actor):
+    name = "tool"
+
+    def __init__(self, config: Config) -> None:
+        settings = config.sandbox
+        self.settings = settings
+        self.root = Path(os.path.realpath(config.workspace_dir))
+        owner = (settings.uid, settings.gid) if os.geteuid() == 0 else None
+        self.workspace = Workspace(self.root, owner)
+        self.files = FileTools(self.workspace, FileLimits(
+            max_file_bytes=settings.file_size_mb * 1024 * 1024,
+            output_limit=settings.output_limit,
+        ))
+        self.shell = Shell(settings, self.root)
+        self.broken = _contains(self.root, config.data_dir)
+
+    async def on_start(self) -> None:
+        if not self.broken:
+            try:
+                await asyncio.to_thread(prepare, self.root, self.workspace.owner)
+            except OSError as exc:
+                self.broken = f"cannot prepare the workspace {self.root}: {exc.strerror}"
+        if self.broken:
+            self.ctx.log.error("tool_unavailable", reason=self.broken)
+            await self.ctx.emit("sandbox", available=False, reason=self.broken, shell=False)
+            return
+        reason = await self.shell.probe()
+        await self.ctx.emit("sandbox", available=True, shell=reason is None, reason=reason or "",
+                            workspace=str(self.root), missing_hardening=list(self.shell.missing))
+
+    async def handle(self, envelope: Envelope) -> object | None:
+        match envelope.message:
+            case ToolCall() as call:
+                return await self.call(call)
+            case ToolSpecsGet():
+                return ToolSpecs(tools=tool_specs())
+            case _:
+                raise UnexpectedMessage(envelope.typ)
+
+    async def call(self, call: ToolCall) -> ToolResult:
+        started = time.monotonic()
+        try:
+            if self.broken:
+                raise ToolError(f"tools are unavailable: {self.broken}")
+            args = check_args(call.tool, call.args)
+            result = await self.dispatch(call.tool, args)
+        except ToolError as exc:
+            result = ToolResult(ok=False, error=str(exc))
+        duration_ms = round((time.monotonic() - started) * 1000)
+        await self.ctx.emit(
+            "call", tool=call.tool, caller=call.caller, ok=result.ok, duration_ms=duration_ms,
+            summary=summarize(call.tool, call.args, result),
+        )
+        return result
+
+    async def dispatch(self, tool: str, args: dict[str, Any]) -> ToolResult:
+        if tool == "shell":
+            return await self.run_shell(args["command"])
+        method = getattr(self.files, tool)
+        output, data = await asyncio.to_thread(method, **args)
+        return ToolResult(ok=True, output=output, data=data)
+
+    async def run_shell(self, command: str) -> ToolResult:
+        if len(command) > MAX_COMMAND:
+            raise BadArguments(f"the command is {len(command)} characters; the limit is "
+                               f"{MAX_COMMAND} (write a script file and run it)")
+        if self.shell.unavailable:
+            raise SandboxUnavailable(self.shell.unavailable)
+        verdict = classify(command)
+        network = verdict.wants_network(self.settings.network_commands)
+        run = await self.shell.run(command, network=network)
+        data: dict[str, Any] = {
+            "exit_code": run.exit_code, "timed_out": run.timed_out, "cut_bytes": run.cut_bytes,
+            "network": network, "duration_ms": round(run.duration * 1000),
+        }
+        if run.timed_out:
+            error = (f"timed out after {self.settings.timeout:g} s; the command and everything "
+                     "it started were killed")
+        elif run.exit_code != 0:
+            error = f"exit code {run.exit_code}"
+        else:
+            error = ""
+        return ToolResult(ok=not error, output=run.output, error=error, data=data)
+
+
+class UnexpectedMessage(Exception):
+    def __init__(self, typ: str) -> None:
+        super().__init__(f"tool does not handle {typ!r}")
+
+
+def summarize(tool: str, args: dict[str, Any], result: ToolResult) -> str:
+    """One line for the audit event: what was asked, never file contents or secrets."""
+    def arg(name: str) -> str:
+        value = args.get(name)
+        return value if isinstance(value, str) else ""
+
+    if tool == "shell":
+        first, *rest = arg("command").strip().splitlines() or [""]
+        text = f"$ {first}" + (f" [+{len(rest)} more lines]" if rest else "")
+    elif tool == "read_file":
+        span = ""
+        if "start_line" in args or "end_line" in args:
+            span = f" lines {args.get('start_line', 1)}-{args.get('end_line', 'end')}"
+        text = f"read {arg('path')}{span}"
+    elif tool == "write_file":
+        text = f"write {arg('path')} ({len(arg('content').encode())} bytes)"
+    elif tool == "str_replace":
+        text = f"edit {arg('path')}"
+    elif tool == "list_dir":
+        text = f"list {arg('path') or '.'}"
+    elif tool == "glob":
+        text = f"glob {arg('pattern')}"
+    elif tool == "grep":
+        text = f"grep {arg('pattern')!r} in {arg('path') or '.'}"
+    else:
+        text = f"unknown tool {tool!r}"
+    if not result.ok:
+        text += f" -> {result.error}"
+    text = " ".join(text.split())
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 3] + "..."
+
+
+def _contains(workspace: Path, data_dir: Path) -> str:
+    """Why the workspace may not be used: it must not hold the data dir (the keys)."""
+    data = Path(os.path.realpath(data_dir))
+    if data == workspace or workspace in data.parents:
+        return (f"the workspace {workspace} contains the data dir {data} (keys); configure a "
+                "workspace inside or beside the data dir, never above it")
+    return ""
