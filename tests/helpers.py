@@ -52,20 +52,22 @@ class NatsServer:
 
     def start(self) -> NatsServer:
         self.store.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.store)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        log = self.store / "nats-server.log"
+        with log.open("ab") as output:
+            self.proc = subprocess.Popen(
+                [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js",
+                 "-sd", str(self.store)],
+                stdout=output,
+                stderr=output,
+            )
         try:
             wait_port(self.port)
         finally:
             # Whoever answered must be our server, not another one that took the port.
             if self.proc.poll() is not None:
-                error = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"nats-server on port {self.port} exited: {error}")
-        if self.proc.stderr:
-            self.proc.stderr.close()
+                raise RuntimeError(
+                    f"nats-server on port {self.port} exited: {log.read_text()[-500:]}"
+                )
         return self
 
     def kill(self) -> None:
