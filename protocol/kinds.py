@@ -20,7 +20,6 @@ T = TypeVar("T")
 
 _REGISTRY: dict[str, type[Any]] = {}
 _NAMES: dict[type[Any], str] = {}
-_HINTS: dict[type[Any], dict[str, Any]] = {}
 
 
 def kind(name: str) -> Callable[[type[T]], type[T]]:
@@ -53,19 +52,62 @@ def is_kind(name: str) -> bool:
     return name in _REGISTRY
 
 
+# ---- encoding ------------------------------------------------------------------------
+
+# Values that are their own wire form; exact types, so that subclasses (a StrEnum, a
+# bool) still take the general path below.
+_PLAIN_TYPES = frozenset({str, int, float, bool, bytes, type(None)})
+_FIELD_NAMES: dict[type[Any], tuple[str, ...] | None] = {}
+
+
 def encode(record: object) -> dict[str, Any]:
     """The wire payload (a plain map) of a record."""
     return _to_plain(record)
 
 
 def _to_plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    cls = type(value)
+    if cls in _PLAIN_TYPES:
+        return value
+    names = _field_names(cls)
+    if names is not None:
+        return {name: _to_plain(getattr(value, name)) for name in names}
     if isinstance(value, list | tuple):
         return [_to_plain(v) for v in value]
     if isinstance(value, dict):
         return {k: _to_plain(v) for k, v in value.items()}
     return value
+
+
+def _field_names(cls: type[Any]) -> tuple[str, ...] | None:
+    """A dataclass's field names, looked up once per class; None for other classes."""
+    try:
+        return _FIELD_NAMES[cls]
+    except KeyError:
+        pass
+    names = None
+    if dataclasses.is_dataclass(cls):
+        names = tuple(f.name for f in dataclasses.fields(cls))
+    _FIELD_NAMES[cls] = names
+    return names
+
+
+# ---- decoding ------------------------------------------------------------------------
+
+# A compiled field type: returns the value to store, or raises BadPayload naming `where`.
+Check = Callable[[Any, str], Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    check: Check
+    required: bool
+
+
+# Each record's fields with their type checks, compiled on first use (not at
+# registration: a hint may name a record defined later in its module).
+_SCHEMAS: dict[type[Any], tuple[_Field, ...]] = {}
 
 
 def decode(typ: str, payload: Any) -> Any:
@@ -76,74 +118,140 @@ def decode(typ: str, payload: Any) -> Any:
     return _build(cls, payload, typ)
 
 
-def _hints(cls: type[Any]) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = typing.get_type_hints(cls)
-        _HINTS[cls] = hints
-    return hints
-
-
 def _build(cls: type[Any], payload: Any, where: str) -> Any:
     if not isinstance(payload, dict):
         raise BadPayload(f"{where}: expected a map, got {type(payload).__name__}")
-    hints = _hints(cls)
     values = {}
-    for field in dataclasses.fields(cls):
+    for field in _schema(cls):
         if field.name in payload:
-            values[field.name] = _check(
-                hints[field.name], payload[field.name], f"{where}.{field.name}"
-            )
-        elif (
-            field.default is dataclasses.MISSING
-            and field.default_factory is dataclasses.MISSING
-        ):
+            values[field.name] = field.check(payload[field.name], f"{where}.{field.name}")
+        elif field.required:
             raise BadPayload(f"{where}: missing field {field.name!r}")
     return cls(**values)
 
 
-def _check(hint: Any, value: Any, where: str) -> Any:
+def _schema(cls: type[Any]) -> tuple[_Field, ...]:
+    schema = _SCHEMAS.get(cls)
+    if schema is None:
+        hints = typing.get_type_hints(cls)
+        schema = tuple(
+            _Field(
+                field.name,
+                _compile(hints[field.name]),
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING,
+            )
+            for field in dataclasses.fields(cls)
+        )
+        _SCHEMAS[cls] = schema
+    return schema
+
+
+def _compile(hint: Any) -> Check:
+    """The check for one type hint (the schema types of PROTOCOL.md §11)."""
     if hint is Any:
-        return value
+        return _any
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
+        return _union(typing.get_args(hint))
+    if origin is list:
+        (item_hint,) = typing.get_args(hint)
+        return _list_of(_compile(item_hint))
+    if origin is dict:
+        key_hint, value_hint = typing.get_args(hint)
+        return _dict_of(_compile(key_hint), _compile(value_hint))
+    if dataclasses.is_dataclass(hint):
+        return _record(hint)  # type: ignore[arg-type]
+    if hint is float:
+        return _float
+    if hint is int:
+        return _int
+    if isinstance(hint, type):
+        return _instance_of(hint)
+    return _never(hint)
+
+
+def _any(value: Any, where: str) -> Any:
+    return value
+
+
+def _float(value: Any, where: str) -> Any:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise _mismatch("float", value, where)
+
+
+def _int(value: Any, where: str) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise _mismatch("int", value, where)
+
+
+def _instance_of(cls: type[Any]) -> Check:
+    def check(value: Any, where: str) -> Any:
+        if isinstance(value, cls):
+            return value
+        raise _mismatch(cls.__name__, value, where)
+
+    return check
+
+
+def _never(hint: Any) -> Check:
+    def check(value: Any, where: str) -> Any:
+        raise _mismatch(getattr(hint, "__name__", hint), value, where)
+
+    return check
+
+
+def _mismatch(expected: object, value: Any, where: str) -> BadPayload:
+    return BadPayload(f"{where}: expected {expected}, got {type(value).__name__}")
+
+
+def _union(options: tuple[Any, ...]) -> Check:
+    nullable = type(None) in options
+    checks = [_compile(option) for option in options if option is not type(None)]
+
+    def check(value: Any, where: str) -> Any:
+        if value is None and nullable:
             return None
         errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        for option in checks:
             try:
-                return _check(option, value, where)
+                return option(value, where)
             except BadPayload as exc:
                 errors.append(exc.detail)
         raise BadPayload("; ".join(errors))
-    if origin is list:
+
+    return check
+
+
+def _list_of(item: Check) -> Check:
+    def check(value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise BadPayload(f"{where}: expected a list, got {type(value).__name__}")
-        (item,) = typing.get_args(hint)
-        return [_check(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
+        if item is _any:
+            return list(value)  # a copy, as below, without a `where` per element
+        return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+    return check
+
+
+def _dict_of(key: Check, item: Check) -> Check:
+    def check(value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise BadPayload(f"{where}: expected a map, got {type(value).__name__}")
-        key_hint, value_hint = typing.get_args(hint)
-        return {
-            _check(key_hint, k, f"{where} key"): _check(value_hint, v, f"{where}[{k!r}]")
-            for k, v in value.items()
-        }
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)  # type: ignore[arg-type]
-    if hint is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(hint, type) and isinstance(value, hint):
-        return value
-    expected = getattr(hint, "__name__", hint)
-    raise BadPayload(f"{where}: expected {expected}, got {type(value).__name__}")
+        if item is _any:  # e.g. an event's data: only the keys have a type
+            return {key(k, f"{where} key"): v for k, v in value.items()}
+        return {key(k, f"{where} key"): item(v, f"{where}[{k!r}]") for k, v in value.items()}
+
+    return check
+
+
+def _record(cls: type[Any]) -> Check:
+    def check(value: Any, where: str) -> Any:
+        return _build(cls, value, where)
+
+    return check
 
 
 # ---- the kinds of protocol version 1 -------------------------------------------------
