@@ -1,9 +1,21 @@
 """An actor's mailbox: the NATS subscription feeding a bounded queue, and verification.
 
-The subscription callback only enqueues, so a slow handler never blocks NATS delivery;
-a full queue refuses the message (reason `overloaded`) instead of growing without bound.
-Signatures of queued messages are verified in batches on a worker thread (PyNaCl
-releases the GIL), so verification runs beside the event loop instead of on it.
+A message goes through three stages, in arrival order: received (the subscription
+callback only enqueues, so a slow handler never blocks NATS delivery), signature
+verified (`protocol.verify_signature`, in batches on the runtime's worker threads:
+PyNaCl releases the GIL, so two batches verify on two cores beside the event loop), and
+body checked (`protocol.check_body`, on the loop, because it consults the replay cache
+and must see messages in the order they came). Only then does the actor get it.
+
+The bound is on everything received and not yet handed to the actor, whatever its
+stage. When the mailbox is full, the callback waits up to BURST_WAIT_S for the actor to
+take a message before refusing (reason `overloaded`): a burst larger than the mailbox is
+absorbed while the actor keeps up, and a stuck actor is refused promptly. nats-py runs a
+subscription's callbacks one at a time, so while one waits, later messages for this actor
+(and only this actor) wait in nats-py's own pending queue, which is bounded too (64 MiB,
+64 Ki messages); past that nats-py drops them and reports a SlowConsumerError,
+which the bus logs. So a burst is delivered or refused, and only a flood that outlasts
+the wait and overflows nats-py's queue is dropped; memory stays bounded either way.
 """
 
 from __future__ import annotations
@@ -12,19 +24,35 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Coroutine
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from protocol import Envelope, ProtocolError, subjects
+from protocol import Envelope, ProtocolError, Verified, subjects
 
 from .transport import Transport
 
+# With fewer waiting than this and no batch on a thread, verify on the loop: a lone
+# message (a request one at a time) is answered sooner without the hop to a thread.
 INLINE_BELOW = 4
 BATCH_MAX = 64
+# Batches verifying at once per mailbox: one per thread of the runtime's verify pool.
+PIPELINE_DEPTH = 2
+# How long a full mailbox holds the subscription before refusing: a burst drains in
+# milliseconds while the actor keeps up; longer means the actor is stuck on a message.
+BURST_WAIT_S = 0.5
+# nats-py's own queue for the subscription, in front of the callback: it holds what
+# arrives while the callback waits for room, and a whole burst read from the socket
+# (nats-py queues a read's messages before the callback runs), so its bound is in bytes;
+# nats-py's defaults are 512 Ki messages and 128 MiB. Past it nats-py drops messages and
+# reports a SlowConsumerError.
+PENDING_MSGS_LIMIT = 64 * 1024
+PENDING_BYTES_LIMIT = 64 * 1024 * 1024
 
 Rejecter = Callable[[Msg, str, ProtocolError], Coroutine[Any, Any, None]]
+Checked = tuple[Msg, Envelope | ProtocolError]
 
 
 class Overloaded(ProtocolError):
@@ -38,6 +66,14 @@ class Stop:
 STOP = Stop()
 
 
+@dataclass
+class _Batch:
+    """Messages whose signatures are being verified together, in arrival order."""
+
+    msgs: list[Msg]
+    future: asyncio.Future[list[Verified | ProtocolError]]
+
+
 class Mailbox:
     def __init__(
         self, transport: Transport, actor: str, size: int, executor: Executor, reject: Rejecter
@@ -46,16 +82,28 @@ class Mailbox:
         self.actor = actor
         self.address = f"{transport.entity}/{actor}"
         self.subject = subjects.local(transport.entity, actor, "*")
-        self.queue: asyncio.Queue[Msg | Stop] = asyncio.Queue(maxsize=size)
+        self.size = size
         self.replay = transport.new_replay_guard()
         self._executor = executor
         self._reject = reject
         self._sub: Subscription | None = None
-        self._ready: deque[tuple[Msg, Envelope]] = deque()
+        # The three stages, each in arrival order; _count is the sum of their lengths.
+        self._arrived: deque[Msg] = deque()
+        self._verifying: deque[_Batch] = deque()
+        self._ready: deque[Checked] = deque()
+        self._count = 0
+        self._changed = asyncio.Event()  # wakes next(): an arrival, a batch done, stop()
+        self._room: asyncio.Future[None] | None = None  # a full mailbox's waiting callback
+        self._overloaded = False  # waited in vain: refuse at once until the actor takes one
+        self._pump_soon = False
+        self._stopping = False
 
     async def open(self) -> None:
         self._sub = await self.transport.nc.subscribe(
-            self.subject, cb=self._deliver, pending_msgs_limit=-1, pending_bytes_limit=-1
+            self.subject,
+            cb=self._deliver,
+            pending_msgs_limit=PENDING_MSGS_LIMIT,
+            pending_bytes_limit=PENDING_BYTES_LIMIT,
         )
 
     async def close(self) -> None:
@@ -67,55 +115,146 @@ class Mailbox:
             except Exception:  # the connection may already be gone
                 pass
 
-    async def _deliver(self, msg: Msg) -> None:
-        try:
-            self.queue.put_nowait(msg)
-        except asyncio.QueueFull:
-            await self._reject(
-                msg, self.address, Overloaded(f"{self.actor} has {self.queue.qsize()} queued")
-            )
-
     def pending(self) -> int:
         """Messages received and not yet handed to the actor."""
-        return self.queue.qsize() + len(self._ready)
+        return self._count
 
     async def stop(self) -> None:
-        await self.queue.put(STOP)
+        """Deliver STOP once everything received so far has been handed over."""
+        self._stopping = True
+        self._changed.set()
 
-    async def next(self) -> tuple[Msg, Envelope] | Stop:
-        """The next verified message, or STOP; rejected messages are reported and skipped."""
-        while not self._ready:
-            first = await self.queue.get()
-            if isinstance(first, Stop):
-                return first
-            batch = [first]
-            while len(batch) < BATCH_MAX and not self.queue.empty():
-                item = self.queue.get_nowait()
-                if isinstance(item, Stop):
-                    self.queue.put_nowait(item)  # keep order: STOP after this batch
-                    break
-                batch.append(item)
-            if len(batch) < INLINE_BELOW:
-                results = self._verify(batch)
-            else:
-                loop = asyncio.get_running_loop()
-                results = await loop.run_in_executor(self._executor, self._verify, batch)
-            for msg, result in zip(batch, results, strict=True):
-                if isinstance(result, ProtocolError):
-                    await self._reject(msg, self.address, result)
-                else:
-                    self._ready.append((msg, result))
-        return self._ready.popleft()
+    # ---- receiving -------------------------------------------------------------------
 
-    def _verify(self, batch: list[Msg]) -> list[Envelope | ProtocolError]:
-        results: list[Envelope | ProtocolError] = []
-        for msg in batch:
+    async def _deliver(self, msg: Msg) -> None:
+        if self._count >= self.size and not await self._wait_for_room():
+            await self._reject(
+                msg, self.address, Overloaded(f"{self.actor} has {self._count} queued")
+            )
+            return
+        self._count += 1
+        self._arrived.append(msg)
+        self._changed.set()
+        if not self._pump_soon:
+            # After the rest of this burst of callbacks, so that it goes out as one batch.
+            self._pump_soon = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+    async def _wait_for_room(self) -> bool:
+        """Wait up to BURST_WAIT_S for the actor to take a message; False if it did not."""
+        if self._overloaded:
+            return False
+        try:
+            async with asyncio.timeout(BURST_WAIT_S):
+                while self._count >= self.size:
+                    self._room = asyncio.get_running_loop().create_future()
+                    await self._room
+        except TimeoutError:
+            self._overloaded = True
+            return False
+        finally:
+            self._room = None
+        return True
+
+    def _handed_over(self) -> None:
+        self._count -= 1
+        self._overloaded = False
+        if self._room is not None and not self._room.done():
+            self._room.set_result(None)
+
+    # ---- verifying -------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Give waiting messages to free verify threads, split evenly between them."""
+        self._pump_soon = False
+        free = PIPELINE_DEPTH - sum(not batch.future.done() for batch in self._verifying)
+        waiting = len(self._arrived)
+        if free <= 0 or not waiting:
+            return
+        if not self._verifying and waiting < INLINE_BELOW:
+            return  # next() verifies these on the loop
+        per_batch = min(BATCH_MAX, -(-waiting // free))
+        while free and self._arrived:
+            self._start(self._take(per_batch))
+            free -= 1
+
+    def _take(self, n: int) -> list[Msg]:
+        arrived = self._arrived
+        return [arrived.popleft() for _ in range(min(n, len(arrived)))]
+
+    def _start(self, msgs: list[Msg]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, self._verify, msgs)
+        except RuntimeError:  # the pool is shut down: verify here, keeping the order
+            future = loop.create_future()
+            future.set_result(self._verify(msgs))
+        future.add_done_callback(self._verified)
+        self._verifying.append(_Batch(msgs, future))
+
+    def _verified(self, future: asyncio.Future[list[Verified | ProtocolError]]) -> None:
+        # Refill the thread at once: a finished batch may wait for next() while the
+        # actor is busy, but verification of what came after it need not.
+        self._changed.set()
+        self._pump()
+
+    def _verify(self, msgs: list[Msg]) -> list[Verified | ProtocolError]:
+        """Steps 1-6 of PROTOCOL.md §6 for each message; runs on a worker thread."""
+        results: list[Verified | ProtocolError] = []
+        for msg in msgs:
             try:
-                results.append(
-                    self.transport.open(
-                        msg.data, subject=msg.subject, local=self.address, replay=self.replay
-                    )
-                )
+                results.append(self.transport.verify_signature(msg.data, subject=msg.subject))
             except ProtocolError as exc:
                 results.append(exc)
         return results
+
+    def _results(self, batch: _Batch) -> list[Verified | ProtocolError]:
+        future = batch.future
+        if future.cancelled() or future.exception() is not None:
+            return self._verify(batch.msgs)  # the pool was shut down under it
+        return future.result()
+
+    def _check(self, msgs: list[Msg], results: list[Verified | ProtocolError]) -> None:
+        """Steps 7-14 (replay included) on the loop, in arrival order."""
+        for msg, result in zip(msgs, results, strict=True):
+            if isinstance(result, Verified):
+                try:
+                    env = self.transport.check_body(
+                        result, subject=msg.subject, local=self.address, replay=self.replay
+                    )
+                except ProtocolError as exc:
+                    self._ready.append((msg, exc))
+                else:
+                    self._ready.append((msg, env))
+            else:
+                self._ready.append((msg, result))
+
+    # ---- handing over ----------------------------------------------------------------
+
+    async def next(self) -> tuple[Msg, Envelope] | Stop:
+        """The next verified message, or STOP; rejected messages are reported and skipped."""
+        while True:
+            if self._ready:
+                msg, result = self._ready.popleft()
+                self._handed_over()
+                if isinstance(result, ProtocolError):
+                    await self._reject(msg, self.address, result)
+                    continue
+                return msg, result
+            if self._verifying:
+                head = self._verifying[0]
+                if head.future.done():
+                    self._verifying.popleft()
+                    self._check(head.msgs, self._results(head))
+                    continue
+            elif self._arrived:
+                if len(self._arrived) < INLINE_BELOW:
+                    msgs = self._take(INLINE_BELOW)
+                    self._check(msgs, self._verify(msgs))
+                else:
+                    self._pump()
+                continue
+            elif self._stopping:
+                return STOP
+            self._changed.clear()
+            await self._changed.wait()

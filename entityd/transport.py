@@ -16,7 +16,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 import protocol
-from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, subjects
+from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Verified, subjects
 
 from .errors import ActorDeadError, AskTimeout, RemoteError
 
@@ -71,6 +71,20 @@ class Transport:
             keyring=self.keyring,
             replay=replay,
             max_bytes=self.max_bytes,
+        )
+
+    def verify_signature(self, data: bytes, *, subject: str) -> Verified:
+        """The first half of `open` (steps 1-6): thread-safe, mostly Ed25519."""
+        return protocol.verify_signature(
+            data, subject=subject, keyring=self.keyring, max_bytes=self.max_bytes
+        )
+
+    def check_body(
+        self, verified: Verified, *, subject: str, local: str, replay: ReplayGuard
+    ) -> Envelope:
+        """The second half of `open` (steps 7-14): on the loop, in arrival order."""
+        return protocol.check_body(
+            verified, subject=subject, local=local, replay=replay, max_bytes=self.max_bytes
         )
 
     async def tell(self, src: str, dst: str, message: object) -> None:
