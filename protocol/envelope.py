@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,35 +189,76 @@ def _decode_body(body: bytes, max_bytes: int) -> dict[str, Any]:
             raise MalformedBody(f"body lacks {', '.join(missing)}")
         extra = sorted(str(k) for k in fields if k not in _BODY_FIELD_SET)
         raise MalformedBody(f"body has unknown fields {', '.join(extra)}")
-    for name, ok in _FIELD_CHECKS:
-        if not ok(fields[name]):
-            raise MalformedBody(f"field {name!r} has a bad value: {fields[name]!r:.80}")
+    bad = _bad_field(fields)
+    if bad is not None:
+        raise MalformedBody(f"field {bad!r} has a bad value: {fields[bad]!r:.80}")
     if fields["enc"] and not isinstance(fields["payload"], bytes):
         raise MalformedBody("an encrypted payload must be bin")
     return fields
 
 
-def _address(value: str, *, allow_broadcast: bool) -> bool:
-    if value == BROADCAST:
-        return allow_broadcast
-    entity, sep, actor = value.partition("/")
-    return bool(sep) and subjects.valid_name(entity) and subjects.valid_name(actor)
-
-
 _BODY_FIELD_SET = frozenset(_BODY_FIELDS)
 
-# The constraints of PROTOCOL.md §4, in table order (the first failing one is reported).
-# Built once at import: open() runs for every message.
-_FIELD_CHECKS: tuple[tuple[str, Callable[[Any], bool]], ...] = (
-    ("id", lambda v: isinstance(v, bytes) and len(v) == ID_BYTES),
-    ("src", lambda v: isinstance(v, str) and _address(v, allow_broadcast=False)),
-    ("dst", lambda v: isinstance(v, str) and _address(v, allow_broadcast=True)),
-    ("subj", lambda v: isinstance(v, str) and 0 < len(v) <= 1024),
-    ("typ", lambda v: isinstance(v, str) and 0 < len(v) <= 64),
-    ("ts", lambda v: type(v) is int and v >= 0),
-    ("corr", lambda v: v is None or (isinstance(v, bytes) and len(v) == ID_BYTES)),
-    ("enc", lambda v: type(v) is bool),
-)
+
+def _bad_field(fields: dict[str, Any]) -> str | None:
+    """The first field, in the table order of PROTOCOL.md §4, that breaks its constraint."""
+    value = fields["id"]
+    if not isinstance(value, bytes) or len(value) != ID_BYTES:
+        return "id"
+    if not _is_address(fields["src"]):
+        return "src"
+    value = fields["dst"]
+    if value != BROADCAST and not _is_address(value):
+        return "dst"
+    value = fields["subj"]
+    if not isinstance(value, str) or not 0 < len(value) <= 1024:
+        return "subj"
+    value = fields["typ"]
+    if not isinstance(value, str) or not 0 < len(value) <= 64:
+        return "typ"
+    value = fields["ts"]
+    if type(value) is not int or value < 0:
+        return "ts"
+    value = fields["corr"]
+    if value is not None and (not isinstance(value, bytes) or len(value) != ID_BYTES):
+        return "corr"
+    if type(fields["enc"]) is not bool:
+        return "enc"
+    return None
+
+
+# Receivers see the same few addresses and subjects again and again: remember what was
+# worked out for them. Bounded by starting afresh when full (unique reply subjects would
+# otherwise grow it forever); a lost entry only costs working it out again.
+_CACHE_MAX = 4096
+_ADDRESSES: dict[str, bool] = {}
+_ROUTES: dict[str, subjects.Route | None] = {}
+
+
+def _is_address(value: Any) -> bool:
+    """Whether value is an address `entity/actor` (not the broadcast address)."""
+    if not isinstance(value, str):
+        return False
+    valid = _ADDRESSES.get(value)
+    if valid is None:
+        entity, sep, actor = value.partition("/")
+        valid = bool(sep) and subjects.valid_name(entity) and subjects.valid_name(actor)
+        if len(_ADDRESSES) >= _CACHE_MAX:
+            _ADDRESSES.clear()
+        _ADDRESSES[value] = valid
+    return valid
+
+
+def _route(subject: str) -> subjects.Route | None:
+    try:
+        return _ROUTES[subject]
+    except KeyError:
+        pass
+    route = subjects.route(subject)
+    if len(_ROUTES) >= _CACHE_MAX:
+        _ROUTES.clear()
+    _ROUTES[subject] = route
+    return route
 
 
 def _matches(dst: str, local: str) -> bool:
@@ -314,7 +354,7 @@ def _check_body(
     signer = verified.signer
     if src_entity != signer.entity:
         raise WrongSender(f"src {fields['src']!r} but the key speaks for {signer.entity!r}")
-    route = subjects.route(subject)
+    route = _route(subject)
     if route is None:
         raise WrongSubject("not a subject of the entityd layout")
     if route.sender is not None and route.sender != src_entity:
