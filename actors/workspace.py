@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GIT_TIMEOUT_S = 60.0
+IGNORED = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
 
 _SAFE = (
     "-c", "core.hooksPath=/dev/null",
@@ -76,6 +77,10 @@ class Workspace:
         self.path.mkdir(parents=True, exist_ok=True)
         if not (self.path / ".git").exists():
             await self.git("init", "-q", "-b", "main")
+            # Build and test droppings are never part of the entity's work.
+            exclude = self.path / ".git" / "info" / "exclude"
+            exclude.parent.mkdir(parents=True, exist_ok=True)
+            exclude.write_text("\n".join(IGNORED) + "\n")
         if self.owner is not None and os.geteuid() == 0:
             _chown_tree(self.path, *self.owner)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
 
 from nats.aio.client import Client
 
+from actors.assembly import SharedLLM, standard_actors
 from actors.health import HealthActor
 from protocol import Keyring, Status
 
@@ -44,9 +46,14 @@ class Daemon:
         *,
         extra_actors: dict[str, Callable[[], Actor]] | None = None,
         notifier: Notifier | None = None,
+        only_health: bool = False,
     ) -> None:
+        """`extra_actors` run beside the standard ones (or, with only_health, the
+        health actor alone: the runtime's tests)."""
         self.config = config
         self.extra_actors = extra_actors or {}
+        self.only_health = only_health
+        self.llm = SharedLLM(config, os.environ)
         self.notifier = notifier or Notifier()
         self.identity = identity.load(config.name, config.data_dir)
         self.started_at = time.time()
@@ -104,8 +111,7 @@ class Daemon:
             max_bytes=cfg.protocol.max_message_bytes,
         )
         self.runtime = Runtime(transport, cfg.runtime)
-        self.runtime.add(HealthActor.name, lambda: HealthActor(self.status))
-        for name, factory in self.extra_actors.items():
+        for name, factory in self._actors().items():
             self.runtime.add(name, factory)
         async with asyncio.TaskGroup() as tg:
             await self.runtime.start(tg)
@@ -120,6 +126,15 @@ class Daemon:
             await self.runtime.stop()
             for task in background:
                 task.cancel()
+
+    def _actors(self) -> dict[str, Callable[[], Actor]]:
+        if self.only_health:
+            base: dict[str, Callable[[], Actor]] = {
+                HealthActor.name: lambda: HealthActor(self.status)
+            }
+        else:
+            base = standard_actors(self.config, self.status, self.llm)
+        return {**base, **self.extra_actors}
 
     async def _start_server(self) -> str:
         cfg = self.config
@@ -151,6 +166,8 @@ class Daemon:
             await asyncio.sleep(interval)
 
     async def _shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.llm.aclose()
         if self.runtime is not None:
             self.runtime.transport.closing = True
         if self._nc is not None:

@@ -1,0 +1,69 @@
+"""Which actors an entity runs, built from its config: the daemon's composition root."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from entityd.actor import Actor
+from entityd.config import Config
+from entityd.errors import ConfigError
+from protocol import Status
+
+from .coder import CoderActor
+from .health import HealthActor
+from .llm import LLM, LLMError, TokenBudget, build_llm
+from .memory import MemoryActor
+from .orchestrator import OrchestratorActor
+from .tool import ToolActor
+from .workspace import Workspace
+
+ActorFactory = Callable[[], Actor]
+
+
+class SharedLLM:
+    """One client for the orchestrator and the coder, built on first use.
+
+    A missing key is not a startup error: the entity still serves status, memory and
+    tools, and each goal gets a clear "no model" answer until the key is there.
+    """
+
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.environ = environ
+        self.budget = TokenBudget(config.llm.max_tokens_per_hour)
+        self._llm: LLM | None = None
+
+    def __call__(self) -> LLM:
+        if self._llm is None:
+            try:
+                self._llm = build_llm(self.config.llm, environ=self.environ,
+                                      workspace=self.config.workspace_dir, budget=self.budget)
+            except ConfigError as exc:
+                raise LLMError(str(exc)) from None
+        return self._llm
+
+    async def aclose(self) -> None:
+        llm, self._llm = self._llm, None
+        close: Any = getattr(llm, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def sandbox_owner(config: Config) -> tuple[int, int] | None:
+    """The uid/gid the sandbox runs as when the daemon is root (else the daemon's own)."""
+    return (config.sandbox.uid, config.sandbox.gid) if os.geteuid() == 0 else None
+
+
+def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
+                    ) -> dict[str, ActorFactory]:
+    workspace = Workspace(config.workspace_dir, config.name, sandbox_owner(config))
+    steps = config.llm.max_steps_per_turn
+    return {
+        HealthActor.name: lambda: HealthActor(status),
+        MemoryActor.name: lambda: MemoryActor(config.memory_path),
+        ToolActor.name: lambda: ToolActor(config),
+        CoderActor.name: lambda: CoderActor(llm, workspace, steps),
+        OrchestratorActor.name: lambda: OrchestratorActor(llm, steps, config.autonomy),
+    }

@@ -1,0 +1,160 @@
+"""End to end: `entityctl ask` against a running daemon, driven by a scripted LLM server.
+
+The model is the scripted OpenAI-compatible server on loopback (not a model): it plays
+the orchestrator delegating to the coder, the coder writing a file and its test and
+running the test in the real sandbox, and the lessons the orchestrator asks for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from actors.llm import Reply, ScriptedLLMServer, ScriptedToolCall
+from tests.helpers import BIN, DaemonProc, child_env, make_entity
+
+pytestmark = pytest.mark.timeout(120)
+
+CALC = "def add(a, b):\n    return a + b\n"
+TEST_CALC = (
+    "import unittest\n\nfrom calc import add\n\n\n"
+    "class AddTest(unittest.TestCase):\n"
+    "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n\n"
+    "if __name__ == '__main__':\n    unittest.main()\n"
+)
+LESSON = "Run python3 -m unittest in this workspace to test Python code."
+
+
+
+def make_entity_config(tmp_path: Path, name: str, base_url: str) -> Path:
+    config = make_entity(tmp_path, name)
+    text = config.read_text()
+    text = text.replace('provider = "moonshot"', 'provider = "scripted"')
+    text = text.replace('base_url = ""', f'base_url = "{base_url}"', 1)
+    text = text.replace("timeout = 60.0 ", "timeout = 30.0 ")
+    config.write_text(text)
+    return config
+
+
+async def entityctl(config: Path, *args: str, timeout: float = 90) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "entityctl"), "--config", str(config), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=child_env(),
+    )
+    async with asyncio.timeout(timeout):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def git(workspace: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-c", f"safe.directory={workspace}", *args], cwd=workspace,
+        capture_output=True, text=True, check=True,
+    ).stdout
+
+
+async def test_ask_drives_coder_to_write_test_and_commit(tmp_path: Path) -> None:
+    script = [
+        Reply(tool_calls=[ScriptedToolCall("delegate_to_coder", {
+            "goal": "Write add(a, b) in calc.py with a unittest in test_calc.py and run it",
+        })]),
+        Reply(tool_calls=[ScriptedToolCall("write_file", {"path": "calc.py", "content": CALC})]),
+        Reply(tool_calls=[ScriptedToolCall("write_file",
+                                           {"path": "test_calc.py", "content": TEST_CALC})]),
+        Reply(tool_calls=[ScriptedToolCall("shell",
+                                           {"command": "python3 -m unittest -v test_calc"})]),
+        Reply(content="Added add() in calc.py and its test; python3 -m unittest: OK"),
+        Reply(content="Done: calc.add exists, its test passes, and the work is committed."),
+        Reply(content=json.dumps([LESSON])),
+    ]
+    async with ScriptedLLMServer(script) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            code, out, err = await entityctl(
+                config, "ask", "Write a function add(a, b) in calc.py and test it"
+            )
+            assert code == 0, err + daemon.log()[-3000:]
+            assert "its test passes" in out
+            assert "[coder] step" in err  # progress was streamed
+            commit = next(line.split()[1] for line in out.splitlines()
+                          if line.startswith("commit "))
+
+            workspace = config.parent / "workspace"
+            assert (workspace / "calc.py").read_text() == CALC
+            assert (workspace / "test_calc.py").read_text() == TEST_CALC
+            assert git(workspace, "rev-parse", "HEAD").strip() == commit
+            message = git(workspace, "log", "-1", "--format=%B")
+            assert message.startswith("Write add(a, b) in calc.py")
+            assert "entityd task" in message
+            assert set(git(workspace, "show", "--name-only", "--format=", "HEAD").split()) == {
+                "calc.py", "test_calc.py",
+            }
+
+            # The test really ran in the sandbox: its output went back to the model.
+            observation = next(
+                m["content"] for r in llm.requests if r.body
+                for m in r.body["messages"] if m.get("role") == "tool"
+                and "Ran 1 test" in str(m.get("content"))
+            )
+            assert "OK" in observation
+
+            code, out, err = await entityctl(config, "memory", "search", "unittest")
+            assert code == 0, err
+            assert LESSON in out
+            code, out, err = await entityctl(config, "history")
+            assert "Write a function add(a, b)" in out and "its test passes" in out
+        finally:
+            code = await asyncio.to_thread(daemon.terminate)
+    assert code == 0, daemon.log()[-2000:]
+
+
+async def test_memory_survives_sigkill_and_is_recalled_and_lessons_merge(
+    tmp_path: Path,
+) -> None:
+    fact = "The staging server is called gull"
+    lesson = "Keep facts short and name the thing they are about."
+    script = [
+        # first daemon: remember a fact, answer, draw a lesson
+        Reply(tool_calls=[ScriptedToolCall("remember", {"text": fact, "kind": "fact"})]),
+        Reply(content="Noted."),
+        Reply(content=json.dumps([lesson])),
+        # second daemon, after SIGKILL: answer from recalled memory, the same lesson again
+        Reply(content="It is called gull."),
+        Reply(content=json.dumps([lesson + " "])),
+    ]
+    async with ScriptedLLMServer(script) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            code, out, err = await entityctl(config, "ask", f"Remember: {fact}.")
+            assert code == 0, err
+        finally:
+            await asyncio.to_thread(daemon.kill)  # SIGKILL: no drain, no clean close
+
+        daemon = DaemonProc(config, tmp_path / "entityd-2.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            code, out, err = await entityctl(config, "ask", "What is the staging server called?")
+            assert code == 0, err + daemon.log()[-2000:]
+            assert "gull" in out
+            first_call = llm.requests[3].body["messages"]
+            task = next(m["content"] for m in first_call if m["role"] == "user")
+            assert "<memory>" in task and fact in task
+
+            code, out, err = await entityctl(config, "--timeout", "10", "memory", "search",
+                                             "facts short", "--json")
+            assert code == 0, err
+            lessons = [h for h in json.loads(out)["hits"] if h["kind"] == "lesson"]
+            assert len(lessons) == 1, lessons
+            assert lessons[0]["text"].strip() == lesson
+        finally:
+            code = await asyncio.to_thread(daemon.terminate)
+    assert code == 0
