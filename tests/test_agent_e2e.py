@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 
 from actors.llm import Reply, ScriptedLLMServer, ScriptedToolCall
+from entityd import config as config_mod
+from entityd.client import EntityClient
 from tests.helpers import BIN, DaemonProc, child_env, make_entity
 
 pytestmark = pytest.mark.timeout(120)
@@ -158,3 +160,86 @@ async def test_memory_survives_sigkill_and_is_recalled_and_lessons_merge(
         finally:
             code = await asyncio.to_thread(daemon.terminate)
     assert code == 0
+
+
+async def test_autonomy_works_the_todo_list_until_its_budget_is_spent(tmp_path: Path) -> None:
+    script = [
+        Reply(tool_calls=[ScriptedToolCall("todo_update", {"id": 1, "status": "done"})]),
+        Reply(content="Finished: the changelog is written."),
+        Reply(content="[]"),
+    ]
+    async with ScriptedLLMServer(script) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        config.write_text(config.read_text().replace(
+            "[autonomy]\nenabled = false", "[autonomy]\nenabled = true"
+        ).replace("interval = 600.0", "interval = 0.3").replace("max_turns = 10", "max_turns = 1"))
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        seen: list[tuple[str, dict[str, object]]] = []
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            async with EntityClient(config_mod.load(config)) as client:
+                async with client.events() as events:
+                    code, out, err = await entityctl(config, "todo", "--add",
+                                                     "Write the changelog")
+                    assert code == 0, err
+                    assert "Write the changelog" in out
+                    async with asyncio.timeout(60):
+                        async for event in events:
+                            seen.append((event.message.type, event.message.data))
+                            if event.message.type == "autonomy_budget_spent":
+                                break
+            code, out, err = await entityctl(config, "todo", "--all", "--json")
+            items = json.loads(out)["items"]
+        finally:
+            await asyncio.to_thread(daemon.terminate)
+        asked = len(llm.requests)
+    types = [t for t, _ in seen]
+    started = next(d for t, d in seen if t == "turn_started")
+    assert str(started["source"]).startswith("wake:autonomy")
+    answer = next(d for t, d in seen if t == "answer")
+    assert answer["ok"] is True and "changelog" in str(answer["text"])
+    assert types.index("answer") < types.index("autonomy_budget_spent")
+    assert [(i["text"], i["status"]) for i in items] == [("Write the changelog", "done")]
+    assert asked == 3  # one turn of two calls plus the lessons; then it stopped waking
+
+
+async def test_step_budget_ends_a_runaway_turn_with_an_event(tmp_path: Path) -> None:
+    def always_a_tool_call(request: dict[str, object]) -> Reply:
+        return Reply(tool_calls=[ScriptedToolCall("todo_list", {})])
+
+    async with ScriptedLLMServer(always_a_tool_call) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        config.write_text(config.read_text().replace("max_steps_per_turn = 24",
+                                                     "max_steps_per_turn = 3"))
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            code, out, err = await entityctl(config, "ask", "Loop forever")
+        finally:
+            await asyncio.to_thread(daemon.terminate)
+    assert code == 5, err
+    assert "all 3 steps" in out
+    assert "[orchestrator] budget_exhausted" in err
+
+
+async def test_task_returns_at_once_and_the_answer_follows(tmp_path: Path) -> None:
+    script = [Reply(content="Hello from the entity.", delay=0.5), Reply(content="[]")]
+    async with ScriptedLLMServer(script) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            async with EntityClient(config_mod.load(config)) as client:
+                async with client.events() as events:
+                    code, out, err = await entityctl(config, "task", "Say hello")
+                    assert code == 0, err
+                    task_id = out.split()[1]
+                    assert out.startswith(f"task {task_id} queued")
+                    async with asyncio.timeout(30):
+                        async for event in events:
+                            data = event.message.data
+                            if event.message.type == "answer" and data["task_id"] == task_id:
+                                break
+            assert data["text"] == "Hello from the entity."
+        finally:
+            await asyncio.to_thread(daemon.terminate)

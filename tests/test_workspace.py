@@ -1,0 +1,51 @@
+"""The daemon's commits: nothing the agent planted in .git runs, and droppings stay out."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from actors.workspace import Workspace
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+    path.chmod(0o755)
+
+
+async def test_commit_runs_no_hook_and_no_fsmonitor(tmp_path: Path) -> None:
+    workspace = Workspace(tmp_path / "ws", "entity-a")
+    await workspace.ensure()
+    git_dir = workspace.path / ".git"
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    for hook in ("pre-commit", "commit-msg", "post-commit", "prepare-commit-msg"):
+        _plant(git_dir / "hooks" / hook, markers / hook)
+    _plant(tmp_path / "fsmonitor.sh", markers / "fsmonitor")
+    subprocess.run(["git", "-C", str(workspace.path), "config", "core.fsmonitor",
+                    str(tmp_path / "fsmonitor.sh")], check=True)
+    subprocess.run(["git", "-C", str(workspace.path), "config", "core.hooksPath",
+                    str(git_dir / "hooks")], check=True)
+
+    (workspace.path / "work.py").write_text("print('work')\n")
+    commit = await workspace.commit("Add work\n\nentityd task t1")
+
+    assert commit is not None
+    assert "work.py" in commit.diffstat
+    assert list(markers.iterdir()) == []
+    assert await workspace.head() == commit.sha
+
+
+async def test_build_droppings_are_not_committed_and_no_change_means_no_commit(
+    tmp_path: Path,
+) -> None:
+    workspace = Workspace(tmp_path / "ws", "entity-a")
+    await workspace.ensure()
+    (workspace.path / "__pycache__").mkdir()
+    (workspace.path / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")
+    (workspace.path / "m.py").write_text("x = 1\n")
+    commit = await workspace.commit("Add m")
+    assert commit is not None
+    files = await workspace.git("show", "--name-only", "--format=", "HEAD")
+    assert files.split() == ["m.py"]
+    assert await workspace.commit("Nothing new") is None
