@@ -1,0 +1,496 @@
+"""Federation topology: an entity's hub credentials, the hub's user entry for it, and the
+hub and leaf nats-server configurations that join entities into one federation.
+
+Each entity host's nats-server is a leaf node with its own JetStream domain; it logs in to
+the hub as an nkey user whose permissions let it speak only as itself (DESIGN.md,
+"Subjects"). Run `python -m entityd.federation --help` for the commands; deploy/FEDERATION.md
+says what goes where.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import os
+import re
+import stat
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nkeys
+
+from protocol import subjects
+
+from .errors import ConfigError, EntitydError, IdentityError
+from .identity import KEY_DIR
+
+__all__ = [
+    "HUB_ACCOUNT",
+    "HUB_DOMAIN",
+    "LEAF_PORT",
+    "SEED_ENV",
+    "Permissions",
+    "check_public_key",
+    "entity_permissions",
+    "hub_user_entry",
+    "leaf_env",
+    "main",
+    "make_entity_credentials",
+    "public_key",
+    "read_seed",
+    "render_hub_conf",
+    "render_leaf_conf",
+    "seed_path",
+]
+
+SEED_FILE = "hub.nk"
+# The leaf's nats-server reads its seed from this variable (`nkey: $HUB_NKEY_SEED` in the
+# rendered config): nats-server cannot read a bare seed from a file (a `credentials` file
+# must hold a JWT), and a variable keeps the secret out of the config, which can then be
+# printed, logged and diffed.
+SEED_ENV = "HUB_NKEY_SEED"
+HUB_ACCOUNT = "FED"
+# Not a valid entity name (no '_' there), so no entity's default domain can take it.
+HUB_DOMAIN = "fed_hub"
+LEAF_PORT = 7422
+LEAF_URL_SCHEMES = ("nats-leaf://", "nats://", "tls://", "ws://", "wss://")
+DOMAIN_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
+_USER_KEY_RE = re.compile(r"\AU[A-Z2-7]{55}\Z")
+
+# The limits of the shipped nats.conf, repeated because a nats-server config cannot extend
+# another one's `jetstream` block (a second block replaces the first).
+_LIMITS = """\
+max_payload: 2MB
+max_pending: 64MB
+max_connections: 1024
+write_deadline: "10s"
+ping_interval: "20s"
+"""
+_JS_LIMITS = ("max_memory_store: 256MB", "max_file_store: 8GB")
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+
+    def __add__(self, other: Permissions) -> Permissions:
+        return Permissions(self.publish + other.publish, self.subscribe + other.subscribe)
+
+
+def entity_permissions(name: str) -> Permissions:
+    """What the hub lets entity `name`'s leaf send and receive; exactly DESIGN.md's list.
+
+    A durable command needs nothing more: its stream lives in the receiver's leaf, so the
+    sender publishes on `fed.cmd.<dst>.<self>.<op>` and the PubAck comes back on `_i.<self>.`.
+    """
+    _check_name(name)
+    return Permissions(
+        publish=(f"fed.evt.{name}.>", f"fed.req.*.{name}.>", f"fed.cmd.*.{name}.>", "_i.*.>"),
+        subscribe=(
+            "fed.evt.>",
+            f"fed.req.{name}.>",
+            f"fed.cmd.{name}.>",
+            f"{subjects.inbox_prefix(name)}.>",
+        ),
+    )
+
+
+# -- credentials ---------------------------------------------------------------------------
+
+
+def seed_path(data_dir: Path) -> Path:
+    return data_dir / KEY_DIR / SEED_FILE
+
+
+def make_entity_credentials(name: str, data_dir: Path) -> tuple[str, Path]:
+    """The entity's hub user key pair: (public nkey, seed path), creating the seed if missing.
+
+    The seed lives in DATA_DIR/keys (0700) with mode 0600. It is a key of its own, not the
+    entity's Ed25519 identity: the hub chooses the nonce a leaf signs to log in, so an
+    identity key used there could be made to sign an envelope body.
+    """
+    _check_name(name)
+    path = seed_path(data_dir)
+    if path.exists():
+        return public_key(read_seed(path)), path
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    # Written whole under a private name, then linked into place: no reader ever sees a
+    # half-written seed, and a seed that appeared meanwhile is never overwritten.
+    partial = path.with_name(f".{SEED_FILE}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(seed + "\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(partial, path)
+    except FileExistsError:  # another process made one in between: use theirs
+        return public_key(read_seed(path)), path
+    finally:
+        partial.unlink(missing_ok=True)
+    return public_key(seed), path
+
+
+def read_seed(path: Path) -> str:
+    """A user nkey seed ("SU..."), refusing a file that group or others can read."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        raise IdentityError(
+            f"no hub credentials at {path}; make them with "
+            f"`python -m entityd.federation hub-user NAME --data-dir DIR`"
+        ) from None
+    except PermissionError:
+        raise IdentityError(f"cannot read {path}: permission denied") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise IdentityError(
+            f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
+            f"run `chmod 600 {path}`"
+        )
+    try:
+        prefix, _ = nkeys.decode_seed(text.encode())
+    except (nkeys.NkeysError, binascii.Error, ValueError, IndexError):
+        prefix = None
+    if prefix != nkeys.PREFIX_BYTE_USER:
+        raise IdentityError(f"{path} does not hold a NATS user nkey seed (SU...)")
+    return text
+
+
+def public_key(seed: str) -> str:
+    """The public user nkey ("U...") of a seed."""
+    return str(nkeys.from_seed(seed.encode()).public_key.decode())
+
+
+def check_public_key(key: str) -> str:
+    """`key` if it is a well-formed public user nkey (prefix and checksum), else ConfigError."""
+    problem = f"{key!r} is not a public user nkey (U followed by 55 base32 characters)"
+    if not _USER_KEY_RE.match(key):
+        raise ConfigError("nkey", problem)
+    raw = base64.b32decode(key + "=" * (-len(key) % 8))
+    body, checksum = raw[:-2], raw[-2:]
+    if body[0] != nkeys.PREFIX_BYTE_USER or nkeys.crc16_checksum(body) != checksum:
+        raise ConfigError("nkey", problem + " (bad checksum)")
+    return key
+
+
+# -- the hub -------------------------------------------------------------------------------
+
+
+def hub_user_entry(name: str, public_nkey: str, *, extra: Permissions | None = None) -> str:
+    """The hub's user entry for an entity: a NATS config map for `accounts.FED.users`.
+
+    `extra` adds subjects for an operator's deliberate grant (e.g. `$JS.<domain>.API.>`,
+    see deploy/FEDERATION.md); an entity's own permissions never need it.
+    """
+    check_public_key(public_nkey)
+    perms = entity_permissions(name) + (extra or Permissions())
+    return (
+        f"# {name}\n"
+        "{\n"
+        f"  nkey: {public_nkey}\n"
+        "  permissions: {\n"
+        f"    publish: {{ allow: {_list(perms.publish)} }}\n"
+        f"    subscribe: {{ allow: {_list(perms.subscribe)} }}\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def render_hub_conf(
+    entities: Sequence[tuple[str, str]],
+    *,
+    store_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 4222,
+    leaf_host: str = "0.0.0.0",
+    leaf_port: int = LEAF_PORT,
+    domain: str = HUB_DOMAIN,
+    server_name: str = "entityd-hub",
+    tls_cert: str = "",
+    tls_key: str = "",
+    grants: Mapping[str, Permissions] | None = None,
+) -> str:
+    """A complete hub configuration: one nkey user per (name, public nkey) in account FED.
+
+    Leaf nodes log in on leaf_host:leaf_port; give tls_cert and tls_key (PEM files) to
+    require TLS there, which any hub reached over a network needs.
+    """
+    names = [name for name, _ in entities]
+    if len(set(names)) != len(names):
+        raise ConfigError("entities", f"an entity is listed twice: {names}")
+    keys = [key for _, key in entities]
+    if len(set(keys)) != len(keys):
+        raise ConfigError("entities", "two entities share one nkey; each needs its own")
+    _check_domain("hub domain", domain)
+    if bool(tls_cert) != bool(tls_key):
+        raise ConfigError("tls", "give both a certificate and its key, or neither")
+    grants = grants or {}
+    unknown = set(grants) - set(names)
+    if unknown:
+        raise ConfigError("grants", f"no such entity: {sorted(unknown)}")
+    users = "".join(
+        _indent(hub_user_entry(name, key, extra=grants.get(name)), 6) for name, key in entities
+    )
+    if tls_cert:
+        tls = (
+            "    tls {\n"
+            f"        cert_file: {_quote(tls_cert)}\n"
+            f"        key_file: {_quote(tls_key)}\n"
+            "        timeout: 2\n"
+            "    }\n"
+        )
+    else:
+        tls = (
+            "    # No TLS: only for a hub whose leaf port is on loopback or a trusted network.\n"
+            "    # Otherwise: tls { cert_file: \"hub.crt\", key_file: \"hub.key\" }, and leaves\n"
+            "    # connect with tls://HUB:PORT (and their ca_file if the CA is private).\n"
+        )
+    return (
+        "# entityd federation hub, rendered by `python -m entityd.federation hub-conf`.\n"
+        "# Entity leaf nodes log in on the leafnodes port, each as its own nkey user.\n"
+        f"server_name: {_quote(server_name)}\n"
+        f"host: {_quote(host)}\n"
+        f"port: {port}\n"
+        + _LIMITS
+        + "\njetstream {\n"
+        f"    store_dir: {_quote(str(store_dir))}\n"
+        f"    domain: {_quote(domain)}\n"
+        "}\n\n"
+        "leafnodes {\n"
+        f"    host: {_quote(leaf_host)}\n"
+        f"    port: {leaf_port}\n"
+        + tls
+        + "}\n\n"
+        "accounts {\n"
+        f"  {HUB_ACCOUNT} {{\n"
+        "    jetstream: enabled\n"
+        "    users = [\n"
+        + users
+        + "    ]\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+# -- an entity's leaf ----------------------------------------------------------------------
+
+
+def render_leaf_conf(
+    name: str,
+    hub_url: str | Sequence[str],
+    seed: Path,
+    *,
+    domain: str = "",
+    host: str = "127.0.0.1",
+    port: int = 4222,
+    store_dir: str | Path = "",
+    hub_ca_file: str = "",
+) -> str:
+    """The configuration of entity `name`'s own nats-server as a leaf of the hub.
+
+    JetStream runs in the entity's own domain (default: its name). The config holds no
+    secret: the server must be started with `leaf_env(seed)` in its environment.
+    `hub_url` is one URL, several separated by commas, or a list (a hub cluster).
+    host, port and store_dir are what entityd also passes on the command line (-a, -p,
+    -sd), which win; they are here so the file also runs by hand.
+    """
+    _check_name(name)
+    domain = domain or name
+    _check_domain("nats.domain", domain)
+    if domain == HUB_DOMAIN:
+        raise ConfigError("nats.domain", f"{HUB_DOMAIN!r} is the hub's JetStream domain")
+    urls = _hub_urls(hub_url)
+    store = f"    store_dir: {_quote(str(store_dir))}\n" if store_dir else ""
+    tls = f"            tls {{ ca_file: {_quote(hub_ca_file)} }}\n" if hub_ca_file else ""
+    return (
+        f"# nats-server of entity {name}: a leaf of the federation hub, JetStream domain\n"
+        f"# {domain!r}. Rendered by `python -m entityd.federation leaf-conf`; it logs in\n"
+        f"# with the nkey seed in {_quote(str(seed))}, passed in ${SEED_ENV}.\n"
+        f"server_name: {_quote('entityd-' + name)}\n"
+        f"host: {_quote(host)}\n"
+        f"port: {port}\n"
+        + _LIMITS
+        + "\njetstream {\n"
+        + store
+        + f"    domain: {_quote(domain)}\n"
+        + "".join(f"    {line}\n" for line in _JS_LIMITS)
+        + "}\n\n"
+        "leafnodes {\n"
+        "    remotes = [\n"
+        "        {\n"
+        f"            urls: {_list(urls)}\n"
+        f"            nkey: ${SEED_ENV}\n"
+        # The hub refuses these too; the leaf also keeps entity-local traffic to itself.
+        '            deny_exports: ["loc.>"]\n'
+        '            deny_imports: ["loc.>"]\n'
+        + tls
+        + "        }\n"
+        "    ]\n"
+        "}\n"
+    )
+
+
+def leaf_env(seed: Path) -> dict[str, str]:
+    """What to add to the leaf nats-server's environment (and to nothing else's)."""
+    return {SEED_ENV: read_seed(seed)}
+
+
+def _hub_urls(hub_url: str | Sequence[str]) -> list[str]:
+    raw = hub_url.split(",") if isinstance(hub_url, str) else list(hub_url)
+    urls = [url.strip() for url in raw if url.strip()]
+    if not urls:
+        raise ConfigError("nats.hub_url", "is empty; give the hub's leafnode URL")
+    for url in urls:
+        if not url.startswith(LEAF_URL_SCHEMES):
+            raise ConfigError(
+                "nats.hub_url", f"{url!r} is not a nats-leaf://, tls:// or ws(s):// URL"
+            )
+        if "@" in url:
+            raise ConfigError(
+                "nats.hub_url", f"{url!r} carries credentials; the leaf logs in with its nkey"
+            )
+        if any(c in url for c in "\"'\n\\ "):
+            raise ConfigError("nats.hub_url", f"{url!r} has characters a URL cannot have")
+    return urls
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> None:
+    if not subjects.valid_name(name):
+        raise ConfigError("entity.name", f"{name!r} must be 1-32 of [a-z0-9-]")
+
+
+def _check_domain(key: str, domain: str) -> None:
+    if not DOMAIN_RE.match(domain):
+        raise ConfigError(key, f"{domain!r} must be 1-64 of letters, digits, '_' and '-'")
+
+
+def _quote(value: str) -> str:
+    if any(c in value for c in "\"\n\\"):
+        raise ConfigError("path", f"{value!r} cannot be written into a nats-server config")
+    return f'"{value}"'
+
+
+def _list(items: Sequence[str]) -> str:
+    return "[" + ", ".join(_quote(item) for item in items) + "]"
+
+
+def _indent(text: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m entityd.federation",
+        description="Hub credentials and nats-server configs for an entityd federation.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    user = sub.add_parser(
+        "hub-user", help="make (or show) an entity's hub credentials and its hub user entry"
+    )
+    user.add_argument("name", help="the entity's name, e.g. entity-a")
+    user.add_argument("--data-dir", required=True, type=Path, help="the entity's data dir")
+
+    hub = sub.add_parser("hub-conf", help="print a complete hub configuration")
+    hub.add_argument(
+        "--entity", action="append", default=[], metavar="NAME=NKEY",
+        help="an entity and its public user nkey (from hub-user); repeat for each",
+    )
+    hub.add_argument("--store-dir", required=True, help="the hub's JetStream store")
+    hub.add_argument("--host", default="127.0.0.1", help="client listen address")
+    hub.add_argument("--port", type=int, default=4222, help="client port")
+    hub.add_argument("--leaf-host", default="0.0.0.0", help="leafnode listen address")
+    hub.add_argument("--leaf-port", type=int, default=LEAF_PORT)
+    hub.add_argument("--tls-cert", default="", help="PEM certificate for the leafnode port")
+    hub.add_argument("--tls-key", default="", help="its PEM key")
+
+    leaf = sub.add_parser("leaf-conf", help="print an entity's leaf nats-server configuration")
+    leaf.add_argument("name")
+    leaf.add_argument("--data-dir", required=True, type=Path)
+    leaf.add_argument("--hub-url", required=True, help="e.g. tls://hub.example.net:7422")
+    leaf.add_argument("--domain", default="", help="JetStream domain (default: the name)")
+    leaf.add_argument("--port", type=int, default=4222, help="the entity's local NATS port")
+    leaf.add_argument("--hub-ca-file", default="", help="CA that signed the hub's TLS cert")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "hub-user":
+            return _cmd_hub_user(args.name, args.data_dir)
+        if args.command == "hub-conf":
+            return _cmd_hub_conf(args)
+        return _cmd_leaf_conf(args)
+    except EntitydError as exc:
+        print(f"entityd.federation: {exc}", file=sys.stderr)
+        return 2
+
+
+def _cmd_hub_user(name: str, data_dir: Path) -> int:
+    data_dir = data_dir.expanduser().resolve()
+    public, path = make_entity_credentials(name, data_dir)
+    print(f"# {name}: hub credentials (seed, keep it 0600 on this host only): {path}")
+    print(f"# public nkey: {public}")
+    print(f"# On the hub, add this entry to accounts.{HUB_ACCOUNT}.users, then restart it")
+    print(f"# (or render a whole hub.conf with `hub-conf --entity {name}={public} ...`):")
+    print(hub_user_entry(name, public), end="")
+    return 0
+
+
+def _cmd_hub_conf(args: argparse.Namespace) -> int:
+    entities = []
+    for item in args.entity:
+        name, sep, key = item.partition("=")
+        if not sep:
+            raise ConfigError("--entity", f"{item!r} is not NAME=NKEY")
+        _check_name(name)
+        entities.append((name, check_public_key(key)))
+    if not entities:
+        raise ConfigError("--entity", "give at least one NAME=NKEY (from hub-user)")
+    if not args.tls_cert and args.leaf_host not in ("127.0.0.1", "::1", "localhost"):
+        print(
+            f"entityd.federation: warning: leafnode port {args.leaf_host}:{args.leaf_port} "
+            "without TLS; give --tls-cert/--tls-key unless the network is trusted",
+            file=sys.stderr,
+        )
+    print(
+        render_hub_conf(
+            entities, store_dir=args.store_dir, host=args.host, port=args.port,
+            leaf_host=args.leaf_host, leaf_port=args.leaf_port,
+            tls_cert=args.tls_cert, tls_key=args.tls_key,
+        ),
+        end="",
+    )
+    return 0
+
+
+def _cmd_leaf_conf(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir.expanduser().resolve()
+    seed = seed_path(data_dir)
+    read_seed(seed)  # fail now, not when the server starts
+    text = render_leaf_conf(
+        args.name, args.hub_url, seed, domain=args.domain, port=args.port,
+        store_dir=data_dir / "nats" / "jetstream", hub_ca_file=args.hub_ca_file,
+    )
+    print(text, end="")
+    print(
+        f"# Run by hand: {SEED_ENV}=\"$(cat {seed})\" nats-server -c leaf.conf",
+        file=sys.stderr,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
