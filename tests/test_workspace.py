@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from actors.workspace import Workspace
@@ -22,10 +21,10 @@ async def test_commit_runs_no_hook_and_no_fsmonitor(tmp_path: Path) -> None:
     for hook in ("pre-commit", "commit-msg", "post-commit", "prepare-commit-msg"):
         _plant(git_dir / "hooks" / hook, markers / hook)
     _plant(tmp_path / "fsmonitor.sh", markers / "fsmonitor")
-    subprocess.run(["git", "-C", str(workspace.path), "config", "core.fsmonitor",
-                    str(tmp_path / "fsmonitor.sh")], check=True)
-    subprocess.run(["git", "-C", str(workspace.path), "config", "core.hooksPath",
-                    str(git_dir / "hooks")], check=True)
+    # What an agent would plant if .git were writable: the repository's own config.
+    await workspace.git("config", "core.fsmonitor", str(tmp_path / "fsmonitor.sh"))
+    await workspace.git("config", "core.hooksPath", str(git_dir / "hooks"))
+    assert "fsmonitor.sh" in (git_dir / "config").read_text()
 
     (workspace.path / "work.py").write_text("print('work')\n")
     commit = await workspace.commit("Add work\n\nentityd task t1")
