@@ -7,11 +7,12 @@ from collections.abc import Callable
 from entityd.actor import Actor
 from protocol import Envelope
 
-from . import prompts, remote_tools
+from . import prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import summarize
 from .llm import LLM, LLMError
 from .messages import CodeResult, CodeTask
+from .remote_tools import RemoteTools
 from .workspace import GitError, Workspace
 
 
@@ -22,9 +23,15 @@ class CoderActor(Actor):
         self._llm_factory = llm
         self.workspace = workspace
         self.max_steps = max_steps
+        self._tools: RemoteTools | None = None
 
     async def on_start(self) -> None:
         await self.workspace.ensure()
+
+    def _remote_tools(self) -> RemoteTools:
+        if self._tools is None:
+            self._tools = RemoteTools(self.ctx, self.name)
+        return self._tools
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
@@ -37,7 +44,7 @@ class CoderActor(Actor):
             llm = self._llm_factory()
         except LLMError as exc:
             return CodeResult(False, f"the coder has no model: {exc}")
-        toolbox = Toolbox(await remote_tools.fetch(self.ctx, caller=self.name))
+        toolbox = Toolbox(await self._remote_tools().get())
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=task.task_id, **summarize(step))

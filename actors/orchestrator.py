@@ -20,7 +20,7 @@ from entityd.config import AutonomySection
 from entityd.errors import EntitydError
 from protocol import Envelope, Error
 
-from . import prompts, remote_tools
+from . import prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import TurnOutcome, summarize
 from .llm import LLM, Completion, LLMError
@@ -37,6 +37,7 @@ from .messages import (
     WakeResult,
 )
 from .orchestrator_tools import OrchestratorTools, render_hits, render_todos
+from .remote_tools import RemoteTools
 
 QUEUE_SIZE = 32
 RECALL_LIMIT = 5
@@ -74,6 +75,12 @@ class OrchestratorActor(Actor):
         self._queue: asyncio.Queue[Goal] = asyncio.Queue(QUEUE_SIZE)
         self._busy = False
         self._auto = AutonomyState()
+        self._tools: RemoteTools | None = None
+
+    def _remote_tools(self) -> RemoteTools:
+        if self._tools is None:
+            self._tools = RemoteTools(self.ctx, self.name)
+        return self._tools
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
@@ -146,7 +153,7 @@ class OrchestratorActor(Actor):
             await self._finish(goal, outcome, [], started, tokens=0)
             return
         tools = OrchestratorTools(self.ctx, goal.task_id)
-        toolbox = Toolbox([*tools.tools(), *await remote_tools.fetch(self.ctx, self.name)])
+        toolbox = Toolbox([*tools.tools(), *await self._remote_tools().get()])
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=goal.task_id, **summarize(step))
@@ -183,10 +190,11 @@ class OrchestratorActor(Actor):
         return render_hits(hits)
 
     async def _log(self, goal: Goal, role: str, content: str) -> None:
+        # Told, not asked: nothing waits on the log (the memory actor handles in order).
         try:
-            await self.ctx.ask(f"{self.ctx.entity}/memory",
-                               LogAppend(goal.conversation, role, content,
-                                         {"task_id": goal.task_id, "source": goal.source}))
+            await self.ctx.tell(f"{self.ctx.entity}/memory",
+                                LogAppend(goal.conversation, role, content,
+                                          {"task_id": goal.task_id, "source": goal.source}))
         except EntitydError as exc:
             self.ctx.log.warning("log_failed", error=str(exc))
 

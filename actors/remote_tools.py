@@ -13,10 +13,20 @@ TOOL_ACTOR = "tool"
 TOOL_TIMEOUT_S = 900.0
 
 
-async def fetch(ctx: Context, caller: str) -> list[Tool]:
-    """Ask the tool actor for its tools and wrap each as a Tool for an agent."""
-    specs: ToolSpecs = await ctx.ask(f"{ctx.entity}/{TOOL_ACTOR}", ToolSpecsGet())
-    return [_wrap(ctx, caller, spec["function"]) for spec in specs.tools]
+class RemoteTools:
+    """The tool actor's tools for one caller, fetched once and kept."""
+
+    def __init__(self, ctx: Context, caller: str) -> None:
+        self.ctx = ctx
+        self.caller = caller
+        self._tools: list[Tool] | None = None
+
+    async def get(self) -> list[Tool]:
+        if self._tools is None:
+            specs: ToolSpecs = await self.ctx.ask(f"{self.ctx.entity}/{TOOL_ACTOR}",
+                                                  ToolSpecsGet())
+            self._tools = [_wrap(self.ctx, self.caller, s["function"]) for s in specs.tools]
+        return self._tools
 
 
 def _wrap(ctx: Context, caller: str, function: dict[str, Any]) -> Tool:
