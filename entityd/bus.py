@@ -34,7 +34,12 @@ async def connect(
 
     async def disconnected() -> None:
         last_error[0] = 0.0
-        log.warning("nats_disconnected", url=url)
+        # nats-py reports its own close() as a disconnect too: expected, so info. A lost
+        # connection leaves the client reconnecting, or closed with the error recorded.
+        if nc.is_closed and nc.last_error is None:
+            log.info("nats_disconnected", url=url, reason="closed")
+        else:
+            log.warning("nats_disconnected", url=url)
 
     async def reconnected() -> None:
         log.info("nats_reconnected", url=nc.connected_url.geturl() if nc.connected_url else url)
