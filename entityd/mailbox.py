@@ -135,10 +135,11 @@ class Mailbox:
         self._count += 1
         self._arrived.append(msg)
         self._changed.set()
-        if not self._pump_soon:
-            # After the rest of this burst of callbacks, so that it goes out as one batch.
-            self._pump_soon = True
-            asyncio.get_running_loop().call_soon(self._pump)
+        if self._pump_soon or not (self._verifying or len(self._arrived) >= INLINE_BELOW):
+            return  # a pump is due, or next() will verify these few on the loop
+        # After the rest of this burst of callbacks, so that it goes out as one batch.
+        self._pump_soon = True
+        asyncio.get_running_loop().call_soon(self._pump)
 
     async def _wait_for_room(self) -> bool:
         """Wait up to BURST_WAIT_S for the actor to take a message; False if it did not."""
