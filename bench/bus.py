@@ -246,9 +246,10 @@ async def send_paced(
     """Send n one-way messages, never more than `window` ahead of what the receiver
     handled, and return the seconds from the first send to the last one handled.
 
-    One-way messages carry no backpressure: a sender that outruns the receiver fills
-    its bounded mailbox and the rest are refused. The window (half the mailbox) lets
-    the bench measure the sustained rate instead of the size of that mailbox.
+    One-way messages carry no backpressure to the sender: one that outruns the receiver
+    fills its bounded mailbox, and what the mailbox cannot take within a short wait is
+    refused. The window (half the mailbox) lets the bench measure the sustained rate
+    instead of the size of those buffers.
     """
     tally.expect(n)
     start = time.perf_counter()
