@@ -31,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     keygen = sub.add_parser("keygen", help="make an operator key for entityctl --key")
     keygen.add_argument("path", type=Path, help="file to write the secret key to (0600)")
 
+    sub.add_parser("federation", add_help=False,
+                   help="hub credentials and configs: `entityd federation --help`")
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["federation"]:
+        from . import federation
+
+        return federation.main(argv[1:])
     args = parser.parse_args(argv)
     try:
         if args.command == "init":

@@ -37,6 +37,10 @@ class NatsSection:
     config: str = ""
     connect_timeout: float = 5.0
     ready_timeout: float = 20.0
+    hub_url: str = ""
+    hub_credentials: str = ""
+    hub_ca_file: str = ""
+    domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -275,6 +279,9 @@ def _check_values(sections: dict[str, Any]) -> None:
     nats: NatsSection = sections["nats"]
     if nats.url and not nats.url.startswith(("nats://", "tls://", "ws://", "wss://")):
         raise ConfigError("nats.url", f"{nats.url!r} is not a nats:// or tls:// URL")
+    if nats.hub_url and nats.url:
+        raise ConfigError("nats.hub_url", "only the embedded server joins a hub; clear nats.url "
+                          "or configure the leaf on the server nats.url points at")
     if not 0 < nats.port < 65536:
         raise ConfigError("nats.port", f"{nats.port} is not a TCP port (1-65535)")
     positive = [
@@ -369,6 +376,12 @@ data_dir = "{data_dir}"
 url = ""
 host = "127.0.0.1"
 port = {port}
+# Federation: run the embedded server as a leaf of this hub (nats-leaf://host:7422),
+# logging in with the nkey seed from `entityd federation hub-user` (see deploy/FEDERATION.md).
+hub_url = ""
+hub_credentials = ""    # empty: DATA_DIR/keys/hub.nk
+hub_ca_file = ""        # the hub's TLS CA; empty: the system's roots
+domain = ""             # JetStream domain; empty: the entity's name
 
 [runtime]
 ask_timeout = 5.0

@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from nats.aio.client import Client
 
@@ -15,10 +16,10 @@ from actors.assembly import SharedLLM, standard_actors
 from actors.health import HealthActor
 from protocol import Keyring, Status
 
-from . import bus, identity
+from . import bus, federation, identity
 from .actor import Actor
 from .config import Config
-from .errors import NatsServerError, RestartBudgetExceeded
+from .errors import EntitydError, NatsServerError
 from .logs import get
 from .natsserver import EmbeddedNatsServer
 from .runtime import Runtime
@@ -37,6 +38,26 @@ def build_keyring(config: Config, own: identity.Identity) -> Keyring:
     for name, key in config.operators.items():
         keyring.add(bytes.fromhex(key), config.name, f"operator:{name}")
     return keyring
+
+
+def leaf_server_config(cfg: Config) -> tuple[str, dict[str, str]]:
+    """Write DATA_DIR/nats/leaf.conf for joining the hub; the seed goes in the env only."""
+    seed = Path(cfg.nats.hub_credentials) if cfg.nats.hub_credentials else (
+        federation.seed_path(cfg.data_dir)
+    )
+    if not seed.exists():
+        raise NatsServerError(
+            f"nats.hub_url is set but there is no hub login key at {seed}: create it with "
+            f"`entityd federation hub-user {cfg.name} --data-dir {cfg.data_dir}` and add "
+            "the printed entry to the hub"
+        )
+    path = cfg.data_dir / "nats" / "leaf.conf"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(federation.render_leaf_conf(
+        cfg.name, cfg.nats.hub_url, seed, domain=cfg.nats.domain, host=cfg.nats.host,
+        port=cfg.nats.port, hub_ca_file=cfg.nats.hub_ca_file,
+    ))
+    return str(path), federation.leaf_env(seed)
 
 
 class Daemon:
@@ -79,7 +100,7 @@ class Daemon:
         log.info("entityd_starting", entity=cfg.name, public_key=self.identity.public_hex)
         try:
             await self._serve()
-        except* (RestartBudgetExceeded, NatsServerError) as group:
+        except* EntitydError as group:
             for exc in group.exceptions:
                 log.error("entityd_failed", reason=str(exc))
             failed = True
@@ -140,14 +161,18 @@ class Daemon:
         cfg = self.config
         if not cfg.embedded_nats:
             return cfg.nats.url
+        server_config, env = cfg.nats.config, None
+        if cfg.nats.hub_url:
+            server_config, env = leaf_server_config(cfg)
         self._server = EmbeddedNatsServer(
             name=cfg.name,
             data_dir=cfg.data_dir,
             host=cfg.nats.host,
             port=cfg.nats.port,
             binary=cfg.nats.server_binary,
-            config=cfg.nats.config,
+            config=server_config,
             ready_timeout=cfg.nats.ready_timeout,
+            extra_env=env,
         )
         await self._server.start()
         return self._server.url

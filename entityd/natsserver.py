@@ -62,6 +62,7 @@ class EmbeddedNatsServer:
         binary: str = "",
         config: str = "",
         ready_timeout: float = 20.0,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.dir = data_dir / "nats"
@@ -71,6 +72,8 @@ class EmbeddedNatsServer:
         self.config = Path(config) if config else shipped_config()
         self.ready_timeout = ready_timeout
         self.log_path = self.dir / "nats-server.log"
+        # The server gets a minimal environment: never the daemon's API keys.
+        self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(extra_env or {})}
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -113,6 +116,7 @@ class EmbeddedNatsServer:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=early_errors,
+                env=self.env,
                 preexec_fn=_die_with_parent,
             )
         log.info("nats_server_starting", pid=self._proc.pid, url=self.url)

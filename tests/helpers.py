@@ -118,14 +118,14 @@ class DaemonProc:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DaemonProc:
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(BIN / "entityd"), "run", "--config", str(self.config)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=self.env,
-        )
+        with self.log_path.open("ab") as output:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [str(BIN / "entityd"), "run", "--config", str(self.config)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+            )
         return self
 
     def log(self) -> str:
@@ -150,16 +150,12 @@ class DaemonProc:
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        self._log.close()
-        return code
+        return self.proc.wait(timeout)
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        if hasattr(self, "_log"):
-            self._log.close()
 
 
 def ctl(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
