@@ -43,11 +43,11 @@ PIPELINE_DEPTH = 2
 # How long a full mailbox holds the subscription before refusing: a burst drains in
 # milliseconds while the actor keeps up; longer means the actor is stuck on a message.
 BURST_WAIT_S = 0.5
-# nats-py's own queue for the subscription, in front of the callback: it holds what
-# arrives while the callback waits for room, and a whole burst read from the socket
-# (nats-py queues a read's messages before the callback runs), so its bound is in bytes;
-# nats-py's defaults are 512 Ki messages and 128 MiB. Past it nats-py drops messages and
-# reports a SlowConsumerError.
+# nats-py's own queue for the subscription, in front of the callback. It holds what
+# arrives while the callback waits for room, and every message of a socket read at once
+# (nats-py queues them before the callback runs), so it must be much deeper than the
+# mailbox; it is bounded mainly in bytes (nats-py's defaults: 512 Ki messages, 128 MiB).
+# Past it nats-py drops messages and reports a SlowConsumerError.
 PENDING_MSGS_LIMIT = 64 * 1024
 PENDING_BYTES_LIMIT = 64 * 1024 * 1024
 
@@ -120,7 +120,8 @@ class Mailbox:
         return self._count
 
     async def stop(self) -> None:
-        """Deliver STOP once everything received so far has been handed over."""
+        """Deliver STOP once everything received has been handed over (the runtime
+        closes the subscription first, so nothing new comes after it)."""
         self._stopping = True
         self._changed.set()
 
