@@ -150,7 +150,8 @@ class OrchestratorActor(Actor):
             llm = CountingLLM(self._llm_factory())
         except LLMError as exc:
             outcome = TurnOutcome(False, f"no model is available: {exc}", 0, "llm_error")
-            await self._finish(goal, outcome, [], started, tokens=0)
+            await self._finish(goal, outcome, OrchestratorTools(self.ctx, goal.task_id),
+                               started, tokens=0)
             return
         tools = OrchestratorTools(self.ctx, goal.task_id)
         toolbox = Toolbox([*tools.tools(), *await self._remote_tools().get()])
@@ -168,14 +169,15 @@ class OrchestratorActor(Actor):
         if goal.source.startswith("wake:autonomy"):
             self._auto.turns += 1
             self._auto.tokens += llm.tokens
-        await self._finish(goal, outcome, tools.commits, started, llm.tokens)
+        await self._finish(goal, outcome, tools, started, llm.tokens)
 
-    async def _finish(self, goal: Goal, outcome: TurnOutcome, commits: list[str],
+    async def _finish(self, goal: Goal, outcome: TurnOutcome, tools: OrchestratorTools,
                       started: float, tokens: int) -> None:
         await self._log(goal, "assistant", outcome.answer)
         await self.ctx.emit(
             "answer", task_id=goal.task_id, ok=outcome.ok, text=outcome.answer,
-            steps=outcome.steps, stopped=outcome.stopped, commits=commits, tokens=tokens,
+            steps=outcome.steps, stopped=outcome.stopped, commits=tools.commits,
+            changes=tools.diffstats, tokens=tokens,
             seconds=round(time.monotonic() - started, 3),
         )
 

@@ -36,12 +36,14 @@ def render_todos(items: TodoItems) -> str:
 
 
 class OrchestratorTools:
-    """Builds the tools for one turn; `commits` collects what the coder committed."""
+    """Builds the tools for one turn; `commits` and `diffstats` collect what the coder
+    committed."""
 
     def __init__(self, ctx: Context, task_id: str) -> None:
         self.ctx = ctx
         self.task_id = task_id
         self.commits: list[str] = []
+        self.diffstats: list[str] = []
 
     def _addr(self, actor: str) -> str:
         return f"{self.ctx.entity}/{actor}"
@@ -87,6 +89,7 @@ class OrchestratorTools:
         )
         if result.commit:
             self.commits.append(result.commit)
+            self.diffstats.append(result.diffstat)
         lines = [f"coder {'finished' if result.ok else 'failed'}: {result.summary}"]
         if result.commit:
             lines.append(f"committed {result.commit[:12]}:\n{result.diffstat}")

@@ -159,8 +159,11 @@ def _print_answer(data: dict[str, Any], as_json: bool) -> int:
         _print_json(data)
     else:
         print(data.get("text", ""))
-        for commit in data.get("commits", []):
+        changes = data.get("changes", [])
+        for index, commit in enumerate(data.get("commits", [])):
             print(f"commit {commit}")
+            if index < len(changes) and changes[index]:
+                print(changes[index])
     return 0 if data.get("ok") else EXIT_TASK_FAILED
 
 

@@ -88,6 +88,7 @@ async def test_ask_drives_coder_to_write_test_and_commit(tmp_path: Path) -> None
             commit = next(line.split()[1] for line in out.splitlines()
                           if line.startswith("commit "))
 
+            assert "2 files changed" in out  # what changed comes back with the answer
             workspace = config.parent / "workspace"
             assert (workspace / "calc.py").read_text() == CALC
             assert (workspace / "test_calc.py").read_text() == TEST_CALC
