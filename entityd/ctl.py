@@ -182,9 +182,10 @@ async def _memory_search(client: EntityClient, args: argparse.Namespace) -> int:
                                         args.timeout)
     if args.json:
         _print_json(hits)
-    elif not hits.hits:
+        return 0
+    if not hits.hits:
         print("(nothing found)")
-    for hit in [] if args.json else hits.hits:
+    for hit in hits.hits:
         print(f"#{hit.id:<5} {hit.kind:<10} {hit.score:6.2f}  {hit.text}")
     return 0
 
