@@ -3,7 +3,7 @@
 A message goes through three stages, in arrival order: received (the subscription
 callback only enqueues, so a slow handler never blocks NATS delivery), signature
 verified (`protocol.verify_signature`, in batches on the runtime's worker threads:
-PyNaCl releases the GIL, so two batches verify on two cores beside the event loop), and
+PyNaCl releases the GIL, so batches verify on two cores beside the event loop), and
 body checked (`protocol.check_body`, on the loop, because it consults the replay cache
 and must see messages in the order they came). Only then does the actor get it.
 
@@ -38,8 +38,10 @@ from .transport import Transport
 # message (a request one at a time) is answered sooner without the hop to a thread.
 INLINE_BELOW = 4
 BATCH_MAX = 64
-# Batches verifying at once per mailbox: one per thread of the runtime's verify pool.
-PIPELINE_DEPTH = 2
+# Batches handed to the runtime's verify pool (two threads) at once per mailbox: two per
+# thread, so that a thread done with one starts the next at once instead of idling until
+# the busy loop gets round to handing it more (measured: one-way +15-25 % over one each).
+PIPELINE_DEPTH = 4
 # How long a full mailbox holds the subscription before refusing: a burst drains in
 # milliseconds while the actor keeps up; longer means the actor is stuck on a message.
 BURST_WAIT_S = 0.5
@@ -167,7 +169,7 @@ class Mailbox:
     # ---- verifying -------------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Give waiting messages to free verify threads, split evenly between them."""
+        """Hand waiting messages to the pool, split evenly over the free batch slots."""
         self._pump_soon = False
         free = PIPELINE_DEPTH - sum(not batch.future.done() for batch in self._verifying)
         waiting = len(self._arrived)
