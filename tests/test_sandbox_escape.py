@@ -205,9 +205,9 @@ async def test_fork_bomb_is_bounded(escape: Escape) -> None:
     started = time.monotonic()
     bomb = await rig.shell(":(){ :|:& };:; wait")
     elapsed = time.monotonic() - started
-    assert elapsed < SANDBOX.timeout + 3  # it ends, or is killed at the timeout
-    assert "fork: retry: Resource temporarily unavailable" in bomb.output or bomb.data[
-        "timed_out"]
+    # It ends, or is killed at the timeout. (How bash words its failed forks, or whether
+    # it prints anything before the limit stops it, varies with timing: not asserted.)
+    assert elapsed < SANDBOX.timeout + 3, bomb
     alive = await rig.shell("echo alive")
     assert alive.ok and alive.output == "alive\n"
     if AS_ROOT:
