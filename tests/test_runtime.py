@@ -198,9 +198,11 @@ async def test_crashing_handler_is_restarted_and_serves_next(rig: Rig) -> None:
             msg = await events.next_msg(timeout=5)
             env = protocol.open(msg.data, subject=msg.subject, local="observer", keyring=keyring,
                                 replay=guard)
-            types.append(env.message.type)
-            assert env.message.data["actor"] == "echo"
-    assert types == ["actor_crashed", "actor_restarted"]
+            # start() returns once actors serve; their actor_started may still be in flight
+            if env.message.data["actor"] == "echo":
+                types.append(env.message.type)
+    assert types[-2:] == ["actor_crashed", "actor_restarted"]
+    assert "actor_crashed" not in types[:-2]
 
 
 async def test_crash_loop_past_budget_fails_the_runtime(nats_server: NatsServer) -> None:
