@@ -108,12 +108,12 @@ class Supervisor:
                 await actor.on_start()
                 restarted = child.state is ActorState.RESTARTING
                 child.state = ActorState.RUNNING
-                child.started.set()
                 await self.events.emit(
                     "actor_restarted" if restarted else "actor_started",
                     actor=child.name,
                     restarts=child.restarts,
                 )
+                child.started.set()  # after the event: start() returns once it is out
                 await self._serve_with_background(actor, child)
             except asyncio.CancelledError:
                 child.state = ActorState.STOPPED
