@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -9,12 +10,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import nats
+from nacl.signing import SigningKey
+from nats.aio.subscription import Subscription
 
 from entityd import config as config_mod
 from entityd import identity
+from entityd.actor import Actor
+from entityd.bus import barrier
+from entityd.config import RuntimeSection
+from entityd.runtime import Runtime
+from entityd.transport import Transport
+from protocol import Keyring
 
 BIN = Path(sys.executable).parent
 NATS_SERVER = str(BIN / "nats-server")
@@ -167,3 +179,48 @@ def ctl(config: Path, *args: str, timeout: float = 30.0) -> subprocess.Completed
 
 async def nats_connect(url: str, inbox_prefix: str = "_INBOX") -> nats.NATS:
     return await nats.connect(url, inbox_prefix=inbox_prefix, max_reconnect_attempts=-1)
+
+
+@dataclass
+class RunningActors:
+    """Actors of one entity under a real Runtime, and a client speaking as <entity>/ctl."""
+
+    runtime: Runtime
+    client: Transport
+    client_nc: nats.NATS
+    key: SigningKey
+    keyring: Keyring
+    events: Subscription | None  # the client's subscription to the events asked for
+
+
+@asynccontextmanager
+async def running_actors(
+    url: str, entity: str, actors: dict[str, Callable[[], Actor]], *,
+    events: str | None = None, key: SigningKey | None = None,
+    settings: RuntimeSection | None = None,
+) -> AsyncIterator[RunningActors]:
+    """Start `actors` on their own connection, as the daemon does, and stop them after."""
+    key = key or SigningKey.generate()
+    keyring = Keyring()
+    keyring.add(bytes(key.verify_key), entity)
+    daemon_nc = await nats_connect(url, inbox_prefix=f"_i.{entity}")
+    client_nc = await nats_connect(url, inbox_prefix=f"_i.{entity}")
+    subscription = None
+    if events is not None:
+        subscription = await client_nc.subscribe(events)
+        await barrier(client_nc)
+    runtime = Runtime(Transport(daemon_nc, entity=entity, key=key, keyring=keyring),
+                      settings or RuntimeSection(backoff_initial=0.01))
+    for name, factory in actors.items():
+        runtime.add(name, factory)
+    client = Transport(client_nc, entity=entity, key=key, keyring=keyring)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            await runtime.start(tg)
+            try:
+                yield RunningActors(runtime, client, client_nc, key, keyring, subscription)
+            finally:
+                await runtime.stop()
+    finally:
+        await client_nc.close()
+        await daemon_nc.close()

@@ -3,7 +3,6 @@ requests that get a clear refusal without crashing it, and a restart on the same
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,13 +27,11 @@ from actors.messages import (
     TodoList,
     TodoUpdate,
 )
-from entityd.bus import barrier
-from entityd.config import RuntimeSection
 from entityd.errors import RemoteError
 from entityd.runtime import Runtime
 from entityd.transport import Transport
 from protocol import Keyring, ReplayGuard
-from tests.helpers import NatsServer
+from tests.helpers import NatsServer, running_actors
 
 ENTITY = "entity-a"
 
@@ -79,29 +76,13 @@ def bus(nats_server: NatsServer) -> Bus:
     return Bus(nats_server.url, key, keyring)
 
 
-async def _connect(url: str) -> nats.NATS:
-    return await nats.connect(url, inbox_prefix=f"_i.{ENTITY}", max_reconnect_attempts=-1)
-
-
 async def _rig(bus: Bus, path: Path) -> AsyncIterator[Rig]:
-    daemon_nc = await _connect(bus.url)
-    client_nc = await _connect(bus.url)
-    transport = Transport(daemon_nc, entity=ENTITY, key=bus.key, keyring=bus.keyring)
-    client = Transport(client_nc, entity=ENTITY, key=bus.key, keyring=bus.keyring)
-    events = await client_nc.subscribe(f"fed.evt.{ENTITY}.memory.>")
-    await barrier(client_nc)
-    runtime = Runtime(transport, RuntimeSection(backoff_initial=0.01))
-    runtime.add(MemoryActor.name, lambda: MemoryActor(path))
-    try:
-        async with asyncio.TaskGroup() as tg:
-            await runtime.start(tg)
-            try:
-                yield Rig(runtime, client, bus.keyring, client_nc, events)
-            finally:
-                await runtime.stop()
-    finally:
-        await client_nc.close()
-        await daemon_nc.close()
+    async with running_actors(
+        bus.url, ENTITY, {MemoryActor.name: lambda: MemoryActor(path)},
+        events=f"fed.evt.{ENTITY}.memory.>", key=bus.key,
+    ) as actors:
+        yield Rig(actors.runtime, actors.client, actors.keyring, actors.client_nc,
+                  actors.events)
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from entityd.runtime import Runtime, RuntimeState
 from entityd.supervisor import ActorState
 from entityd.transport import Transport
 from protocol import Envelope, Keyring, ReplayGuard
-from tests.helpers import NatsServer
+from tests.helpers import NatsServer, running_actors
 
 ENTITY = "entity-a"
 
@@ -134,29 +134,15 @@ def fresh_entered() -> None:
 @pytest.fixture
 async def rig(nats_server: NatsServer, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     settings: RuntimeSection = getattr(request, "param", RuntimeSection(backoff_initial=0.01))
-    key = SigningKey.generate()
-    keyring = Keyring()
-    keyring.add(bytes(key.verify_key), ENTITY)
-    daemon_nc = await _connect(nats_server.url)
-    client_nc = await _connect(nats_server.url)
-    transport = Transport(daemon_nc, entity=ENTITY, key=key, keyring=keyring)
-    client = Transport(client_nc, entity=ENTITY, key=key, keyring=keyring)
     seen = Seen()
     release = asyncio.Event()
-    runtime = Runtime(transport, settings)
-    runtime.add("echo", lambda: EchoActor(seen, release))
-    runtime.add("relay", RelayActor)
-    try:
-        async with asyncio.TaskGroup() as tg:
-            await runtime.start(tg)
-            try:
-                yield Rig(runtime, client, key, client_nc, seen, release)
-            finally:
-                release.set()
-                await runtime.stop()
-    finally:
-        await client_nc.close()
-        await daemon_nc.close()
+    actors = {"echo": lambda: EchoActor(seen, release), "relay": RelayActor}
+    async with running_actors(nats_server.url, ENTITY, actors, settings=settings) as running:
+        try:
+            yield Rig(running.runtime, running.client, running.key, running.client_nc, seen,
+                      release)
+        finally:
+            release.set()  # before the runtime drains: a blocked handler must finish
 
 
 async def test_ask_round_trip_through_nats(rig: Rig) -> None:

@@ -18,25 +18,21 @@ from typing import Any
 
 import nats
 import pytest
-from nacl.signing import SigningKey
 
 import protocol
 from actors.messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
 from actors.sandbox import TOOL_NAMES
 from actors.tool import ToolActor
 from entityd import identity
-from entityd.bus import barrier
 from entityd.config import (
     Config,
     EntitySection,
-    RuntimeSection,
     SandboxSection,
     WorkspaceSection,
 )
-from entityd.runtime import Runtime
 from entityd.transport import Transport
 from protocol import Event, Keyring, ReplayGuard
-from tests.helpers import NatsServer
+from tests.helpers import NatsServer, running_actors
 
 ENTITY = "entity-a"
 AS_ROOT = os.geteuid() == 0
@@ -95,27 +91,11 @@ async def tool_rig(nats_server: NatsServer, root: Path, sandbox: SandboxSection 
         config.workspace_dir.mkdir(parents=True)
         await asyncio.to_thread(subprocess.run, ["git", "init", "-q", str(config.workspace_dir)],
                                 check=True)
-    key = SigningKey.generate()
-    keyring = Keyring()
-    keyring.add(bytes(key.verify_key), ENTITY)
-    daemon_nc = await nats.connect(nats_server.url, inbox_prefix=f"_i.{ENTITY}")
-    client_nc = await nats.connect(nats_server.url, inbox_prefix=f"_i.{ENTITY}")
-    events = await client_nc.subscribe(f"fed.evt.{ENTITY}.tool.>")
-    await barrier(client_nc)
-    transport = Transport(daemon_nc, entity=ENTITY, key=key, keyring=keyring)
-    client = Transport(client_nc, entity=ENTITY, key=key, keyring=keyring)
-    runtime = Runtime(transport, RuntimeSection(backoff_initial=0.01))
-    runtime.add("tool", lambda: ToolActor(config))
-    try:
-        async with asyncio.TaskGroup() as tg:
-            await runtime.start(tg)
-            try:
-                yield ToolRig(client, client_nc, keyring, config, events)
-            finally:
-                await runtime.stop()
-    finally:
-        await client_nc.close()
-        await daemon_nc.close()
+    async with running_actors(
+        nats_server.url, ENTITY, {"tool": lambda: ToolActor(config)},
+        events=f"fed.evt.{ENTITY}.tool.>",
+    ) as actors:
+        yield ToolRig(actors.client, actors.client_nc, actors.keyring, config, actors.events)
 
 
 @pytest.fixture
