@@ -30,7 +30,7 @@ from actors import prompts
 from actors.assembly import SharedLLM, standard_actors
 from actors.llm import LLM, Reply, ScriptedLLMServer, ScriptedToolCall
 from actors.messages import Goal, GoalAccepted
-from bench.bus import BenchError, NatsServer, nats_server_binary, sigterm_interrupts
+from bench.harness import BenchError, run_with_nats
 from entityd import bus, identity, logs
 from entityd import config as config_mod
 from entityd.daemon import build_keyring
@@ -370,14 +370,6 @@ async def run(nats_url: str, sizes: Sizes, profile: bool) -> Results:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _leaves(group: BaseExceptionGroup[BenchError]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.agent", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="few turns: a smoke run")
@@ -392,28 +384,9 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bench.agent: {'quick' if args.quick else 'default'} sizes, {sizes.rounds} rounds "
           f"of a {sizes.tool_steps}-tool-step turn and a 0-tool-step turn, each replayed bare")
-    results: Results | None = None
-    interrupted = False
-    with sigterm_interrupts():
-        server: NatsServer | None = None
-        try:
-            server = NatsServer(nats_server_binary())
-            server.start()
-            print(f"nats-server {server.url}", flush=True)
-            results = asyncio.run(run(server.url, sizes, args.profile))
-        except* BenchError as group:
-            for exc in _leaves(group):
-                print(f"bench.agent: {exc}", file=sys.stderr)
-        except* (KeyboardInterrupt, asyncio.CancelledError):
-            interrupted = True
-        finally:
-            if server is not None:
-                server.stop()
-    if interrupted:
-        print("bench.agent: interrupted", file=sys.stderr)
-        return 130
+    results, code = run_with_nats("bench.agent", lambda url: run(url, sizes, args.profile))
     if results is None:
-        return 1
+        return code
 
     for line in results.lines():
         print(line)

