@@ -50,36 +50,33 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing answered NATS on port {port} within {timeout} s")
 
 
-class NatsServer:
-    """A real nats-server with JetStream; kill() and start() again on the same port."""
+class ServerProcess:
+    """A nats-server process on a known port, its output in a log; kill() and start() again."""
 
-    def __init__(self, store: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.store = store
+    def __init__(self, args: list[str], port: int, log: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.port = port
+        self.log = log
+        self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self) -> NatsServer:
-        self.store.mkdir(parents=True, exist_ok=True)
-        log = self.store / "nats-server.log"
-        with log.open("ab") as output:
+    def start(self) -> ServerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as output:
             self.proc = subprocess.Popen(
-                [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js",
-                 "-sd", str(self.store)],
-                stdout=output,
-                stderr=output,
+                self.args, stdout=output, stderr=output, stdin=subprocess.DEVNULL, env=self.env
             )
         try:
             wait_port(self.port)
         finally:
             # Whoever answered must be our server, not another one that took the port.
             if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"nats-server on port {self.port} exited: {log.read_text()[-500:]}"
-                )
+                raise RuntimeError(f"{self.args} exited: {self.log.read_text()[-800:]}")
         return self
 
     def kill(self) -> None:
@@ -94,6 +91,22 @@ class NatsServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+class NatsServer(ServerProcess):
+    """A real nats-server with JetStream in `store`, on a free port unless one is given."""
+
+    def __init__(self, store: Path, port: int | None = None) -> None:
+        port = port or free_port()
+        self.store = store
+        super().__init__(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)],
+            port, store / "nats-server.log",
+        )
+
+    def start(self) -> NatsServer:
+        super().start()
+        return self
 
 
 def make_entity(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import nats
@@ -12,7 +11,7 @@ import pytest
 import protocol
 from entityd import federation, identity
 from protocol import Keyring, ReplayGuard
-from tests.helpers import NATS_SERVER, DaemonProc, ctl, free_port, make_entity, wait_port
+from tests.helpers import NATS_SERVER, DaemonProc, ServerProcess, ctl, free_port, make_entity
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -26,11 +25,6 @@ def _federated_entity(root: Path, name: str, hub_leaf_port: int) -> tuple[Path, 
     return config, public
 
 
-def _start(conf: Path, log: Path) -> subprocess.Popen[bytes]:
-    with log.open("ab") as output:
-        return subprocess.Popen([NATS_SERVER, "-c", str(conf)], stdout=output, stderr=output)
-
-
 async def test_two_daemons_join_a_hub_and_see_each_others_signed_events(
     tmp_path: Path,
 ) -> None:
@@ -42,11 +36,11 @@ async def test_two_daemons_join_a_hub_and_see_each_others_signed_events(
         [("entity-a", nkey_a), ("entity-b", nkey_b)], store_dir=tmp_path / "hub-store",
         port=client_port, leaf_host="127.0.0.1", leaf_port=leaf_port,
     ))
-    hub = _start(hub_conf, tmp_path / "hub.log")
+    hub = ServerProcess([NATS_SERVER, "-c", str(hub_conf)], client_port, tmp_path / "hub.log")
     daemons = [DaemonProc(c, tmp_path / f"{c.parent.name}.log") for c in (config_a, config_b)]
     observer = None
     try:
-        wait_port(client_port)
+        hub.start()
         for daemon in daemons:
             daemon.start()
         for daemon in daemons:
@@ -79,8 +73,7 @@ async def test_two_daemons_join_a_hub_and_see_each_others_signed_events(
         if observer is not None:
             await observer.close()
         codes = [await asyncio.to_thread(d.terminate) for d in daemons if d.proc]
-        hub.terminate()
-        hub.wait(10)
+        hub.stop()
     assert codes == [0, 0]
 
 

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -30,54 +29,17 @@ from nats.js.api import StreamConfig
 from entityd import federation
 from entityd.errors import ConfigError, IdentityError
 from entityd.natsserver import EmbeddedNatsServer
-from tests.helpers import NATS_SERVER, child_env, free_port, wait_port
+from tests.helpers import NATS_SERVER, ServerProcess, child_env, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 A, B, C = "entity-a", "entity-b", "entity-c"
 
 
-class Server:
-    """One nats-server process started from a config file, with its own environment."""
-
-    def __init__(self, args: list[str], port: int, log: Path, env: dict[str, str]) -> None:
-        self.args = args
-        self.port = port
-        self.log = log
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Server:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.args, stdout=out, stderr=out, stdin=subprocess.DEVNULL, env=self.env
-            )
-        try:
-            wait_port(self.port)
-        finally:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args} exited: {self.log.read_text()[-800:]}")
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 @dataclass
 class Federation:
     root: Path
-    hub: Server
-    leaves: dict[str, Server] = field(default_factory=dict)
+    hub: ServerProcess
+    leaves: dict[str, ServerProcess] = field(default_factory=dict)
 
     def url(self, name: str) -> str:
         return f"nats://127.0.0.1:{self.leaves[name].port}"
@@ -107,7 +69,7 @@ def start_federation(
             tls_cert=str(cert), tls_key=str(key), grants=grants,
         )
     )
-    hub = Server(
+    hub = ServerProcess(
         [NATS_SERVER, "-c", str(hub_conf), "-l", str(root / "hub" / "nats-server.log")],
         hub_port, root / "hub" / "nats-server.log", child_env(),
     )
@@ -129,7 +91,7 @@ def start_federation(
                 name=name, data_dir=data_dir, port=free_port(), binary=NATS_SERVER,
                 config=str(conf),
             )
-            fed.leaves[name] = Server(
+            fed.leaves[name] = ServerProcess(
                 embedded.command(), embedded.port, embedded.log_path,
                 child_env(**federation.leaf_env(seed)),
             ).start()
