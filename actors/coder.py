@@ -23,15 +23,10 @@ class CoderActor(Actor):
         self._llm_factory = llm
         self.workspace = workspace
         self.max_steps = max_steps
-        self._tools: RemoteTools | None = None
+        self._tools = RemoteTools(self)
 
     async def on_start(self) -> None:
         await self.workspace.ensure()
-
-    def _remote_tools(self) -> RemoteTools:
-        if self._tools is None:
-            self._tools = RemoteTools(self.ctx, self.name)
-        return self._tools
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
@@ -44,7 +39,7 @@ class CoderActor(Actor):
             llm = self._llm_factory()
         except LLMError as exc:
             return CodeResult(False, f"the coder has no model: {exc}")
-        toolbox = Toolbox(await self._remote_tools().get())
+        toolbox = Toolbox(await self._tools.get())
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=task.task_id, **summarize(step))

@@ -75,12 +75,7 @@ class OrchestratorActor(Actor):
         self._queue: asyncio.Queue[Goal] = asyncio.Queue(QUEUE_SIZE)
         self._busy = False
         self._auto = AutonomyState()
-        self._tools: RemoteTools | None = None
-
-    def _remote_tools(self) -> RemoteTools:
-        if self._tools is None:
-            self._tools = RemoteTools(self.ctx, self.name)
-        return self._tools
+        self._tools = RemoteTools(self)
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
@@ -154,7 +149,7 @@ class OrchestratorActor(Actor):
                                started, tokens=0)
             return
         tools = OrchestratorTools(self.ctx, goal.task_id)
-        toolbox = Toolbox([*tools.tools(), *await self._remote_tools().get()])
+        toolbox = Toolbox([*tools.tools(), *await self._tools.get()])
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=goal.task_id, **summarize(step))

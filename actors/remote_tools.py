@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from entityd.actor import Context
+from entityd.actor import Actor, Context
 
 from .agent.toolbox import Tool, ToolFailed
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
@@ -14,18 +14,21 @@ TOOL_TIMEOUT_S = 900.0
 
 
 class RemoteTools:
-    """The tool actor's tools for one caller, fetched once and kept."""
+    """The tool actor's tools for one actor, fetched on first use and kept.
 
-    def __init__(self, ctx: Context, caller: str) -> None:
-        self.ctx = ctx
-        self.caller = caller
+    It holds the actor, not its context: the runtime gives an actor its context only
+    after constructing it.
+    """
+
+    def __init__(self, actor: Actor) -> None:
+        self.actor = actor
         self._tools: list[Tool] | None = None
 
     async def get(self) -> list[Tool]:
         if self._tools is None:
-            specs: ToolSpecs = await self.ctx.ask(f"{self.ctx.entity}/{TOOL_ACTOR}",
-                                                  ToolSpecsGet())
-            self._tools = [_wrap(self.ctx, self.caller, s["function"]) for s in specs.tools]
+            ctx = self.actor.ctx
+            specs: ToolSpecs = await ctx.ask(f"{ctx.entity}/{TOOL_ACTOR}", ToolSpecsGet())
+            self._tools = [_wrap(ctx, self.actor.name, s["function"]) for s in specs.tools]
         return self._tools
 
 

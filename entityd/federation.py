@@ -14,7 +14,6 @@ import base64
 import binascii
 import os
 import re
-import stat
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import nkeys
 
 from protocol import subjects
 
+from . import identity
 from .errors import ConfigError, EntitydError, IdentityError
 from .identity import KEY_DIR
 
@@ -139,21 +139,9 @@ def make_entity_credentials(name: str, data_dir: Path) -> tuple[str, Path]:
 
 def read_seed(path: Path) -> str:
     """A user nkey seed ("SU..."), refusing a file that group or others can read."""
-    try:
-        mode = path.stat().st_mode
-        text = path.read_text().strip()
-    except FileNotFoundError:
-        raise IdentityError(
-            f"no hub credentials at {path}; make them with "
-            f"`python -m entityd.federation hub-user NAME --data-dir DIR`"
-        ) from None
-    except PermissionError:
-        raise IdentityError(f"cannot read {path}: permission denied") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise IdentityError(
-            f"{path} is accessible by group or others (mode {stat.S_IMODE(mode):o}); "
-            f"run `chmod 600 {path}`"
-        )
+    text = identity.read_private(
+        path, "make the hub credentials with `entityd federation hub-user NAME --data-dir DIR`"
+    )
     try:
         prefix, _ = nkeys.decode_seed(text.encode())
     except (nkeys.NkeysError, binascii.Error, ValueError, IndexError):

@@ -62,12 +62,15 @@ def write_key(path: Path, key: SigningKey) -> None:
         out.write(bytes(key).hex() + "\n")
 
 
-def read_key(path: Path) -> SigningKey:
-    """Read a hex Ed25519 seed, refusing a file that group or others can read."""
+def read_private(path: Path, missing: str) -> str:
+    """The stripped text of a secret file, refusing one that group or others can read.
+
+    `missing` is the hint given when the file does not exist.
+    """
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise IdentityError(f"no key at {path}; create one with `entityd init`") from None
+        raise IdentityError(f"no key at {path}; {missing}") from None
     except PermissionError:
         raise IdentityError(f"cannot read {path}: permission denied") from None
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -76,9 +79,14 @@ def read_key(path: Path) -> SigningKey:
             f"run `chmod 600 {path}`"
         )
     try:
-        text = path.read_text().strip()
+        return path.read_text().strip()
     except PermissionError:
         raise IdentityError(f"cannot read {path}: permission denied") from None
+
+
+def read_key(path: Path) -> SigningKey:
+    """Read a hex Ed25519 seed, refusing a file that group or others can read."""
+    text = read_private(path, "create one with `entityd init`")
     try:
         seed = bytes.fromhex(text)
     except ValueError:
