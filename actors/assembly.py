@@ -16,6 +16,7 @@ from .health import HealthActor
 from .llm import LLM, LLMError, TokenBudget, build_llm
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
+from .peer import PeerActor, Supervision
 from .tool import ToolActor
 from .workspace import Workspace
 
@@ -56,8 +57,8 @@ def sandbox_owner(config: Config) -> tuple[int, int] | None:
     return (config.sandbox.uid, config.sandbox.gid) if os.geteuid() == 0 else None
 
 
-def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
-                    ) -> dict[str, ActorFactory]:
+def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM,
+                    supervision: Supervision) -> dict[str, ActorFactory]:
     workspace = Workspace(config.workspace_dir, config.name, sandbox_owner(config))
     steps = config.llm.max_steps_per_turn
     return {
@@ -65,5 +66,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         MemoryActor.name: lambda: MemoryActor(config.memory_path),
         ToolActor.name: lambda: ToolActor(config),
         CoderActor.name: lambda: CoderActor(llm, workspace, steps),
-        OrchestratorActor.name: lambda: OrchestratorActor(llm, steps, config.autonomy),
+        OrchestratorActor.name: lambda: OrchestratorActor(llm, steps, config.autonomy,
+                                                          config.peers),
+        PeerActor.name: lambda: PeerActor(config, workspace, supervision),
     }

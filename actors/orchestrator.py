@@ -11,12 +11,13 @@ import asyncio
 import json
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from entityd.actor import Actor
-from entityd.config import AutonomySection
+from entityd.config import AutonomySection, PeersSection
 from entityd.errors import EntitydError
 from protocol import Envelope, Error
 
@@ -37,10 +38,13 @@ from .messages import (
     WakeResult,
 )
 from .orchestrator_tools import OrchestratorTools, render_hits, render_todos
+from .peer.messages import PeerReportIn
+from .peer.tools import PeerTools
 from .remote_tools import RemoteTools
 
 QUEUE_SIZE = 32
 RECALL_LIMIT = 5
+REPORTS_KEPT = 20
 
 
 @dataclass
@@ -68,12 +72,16 @@ class OrchestratorActor(Actor):
     name = "orchestrator"
 
     def __init__(self, llm: Callable[[], LLM], max_steps: int,
-                 autonomy: AutonomySection | None = None) -> None:
+                 autonomy: AutonomySection | None = None,
+                 peers: PeersSection | None = None) -> None:
         self._llm_factory = llm
         self.max_steps = max_steps
         self.autonomy = autonomy or AutonomySection()
+        self.peers = peers or PeersSection()
         self._queue: asyncio.Queue[Goal] = asyncio.Queue(QUEUE_SIZE)
         self._busy = False
+        self._ids: set[str] = set()  # task ids queued or running
+        self._reports: deque[PeerReportIn] = deque(maxlen=REPORTS_KEPT)
         self._auto = AutonomyState()
         self._tools = RemoteTools(self)
 
@@ -83,18 +91,30 @@ class OrchestratorActor(Actor):
                 return self._accept(goal)
             case Wake(reason):
                 return await self._wake(reason or f"woken by {envelope.src}")
+            case PeerReportIn() as report:
+                await self._reported(report)
+                return None
         raise TypeError(f"orchestrator does not handle {envelope.typ}")
 
     def _accept(self, goal: Goal) -> GoalAccepted | Error:
         task_id = goal.task_id or uuid.uuid4().hex[:12]
         ahead = self._queue.qsize() + int(self._busy)
+        if task_id in self._ids:
+            return GoalAccepted(task_id, ahead)  # given again (a peer actor restarted)
         try:
             self._queue.put_nowait(
                 Goal(goal.text, task_id, goal.conversation or task_id, goal.source)
             )
         except asyncio.QueueFull:
             return Error("busy", f"{QUEUE_SIZE} goals are already queued; try later")
+        self._ids.add(task_id)
         return GoalAccepted(task_id, ahead)
+
+    async def _reported(self, report: PeerReportIn) -> None:
+        """Keep a peer's report for the next turn (memory has it already)."""
+        self._reports.append(report)
+        await self.ctx.emit("report_noted", peer=report.peer, id=report.id,
+                            memory_id=report.memory_id)
 
     async def _wake(self, reason: str) -> WakeResult:
         if self._busy or not self._queue.empty():
@@ -118,6 +138,7 @@ class OrchestratorActor(Actor):
                     await self._turn(goal)
                 finally:
                     self._busy = False
+                    self._ids.discard(goal.task_id)
 
     async def _tick(self) -> None:
         while True:
@@ -149,14 +170,15 @@ class OrchestratorActor(Actor):
                                started, tokens=0)
             return
         tools = OrchestratorTools(self.ctx, goal.task_id)
-        toolbox = Toolbox([*tools.tools(), *await self._tools.get()])
+        toolbox = Toolbox([*tools.tools(), *PeerTools(self.ctx, self.peers).tools(),
+                           *await self._tools.get()])
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=goal.task_id, **summarize(step))
 
         loop = AgentLoop(llm, toolbox, prompts.load("orchestrator", entity=self.ctx.entity),
                          self.max_steps, report)
-        recalled = await self._recall(goal.text)
+        recalled = await self._recall(goal.text) + self._take_reports()
         outcome = await loop.run(TaskStep(goal.text, recalled))
         if outcome.stopped == "budget":
             await self.ctx.emit("budget_exhausted", task_id=goal.task_id, reason=outcome.answer)
@@ -175,6 +197,13 @@ class OrchestratorActor(Actor):
             changes=tools.diffstats, tokens=tokens,
             seconds=round(time.monotonic() - started, 3),
         )
+
+    def _take_reports(self) -> str:
+        if not self._reports:
+            return ""
+        lines = [f"- {r.peer} reported: {r.text}" for r in self._reports]
+        self._reports.clear()
+        return "\n\nReports from peers since your last turn:\n" + "\n".join(lines)
 
     async def _recall(self, text: str) -> str:
         try:

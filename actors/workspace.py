@@ -54,16 +54,18 @@ class Workspace:
             "GIT_COMMITTER_EMAIL": f"{self.entity}@entityd.invalid",
         }
 
-    async def git(self, *args: str, check: bool = True) -> str:
+    async def git(self, *args: str, check: bool = True, cwd: Path | None = None,
+                  input: bytes | None = None) -> str:
+        """Run git in the workspace (or in `cwd`, a scratch clone of it)."""
         proc = await asyncio.create_subprocess_exec(
             "git", *_SAFE, "-c", f"safe.directory={self.path}", *args,
-            cwd=self.path, env=self._env(),
-            stdin=asyncio.subprocess.DEVNULL,
+            cwd=cwd or self.path, env=self._env(),
+            stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         try:
             async with asyncio.timeout(GIT_TIMEOUT_S):
-                out, err = await proc.communicate()
+                out, err = await proc.communicate(input)
         except TimeoutError:
             proc.kill()
             await proc.wait()
@@ -92,9 +94,13 @@ class Workspace:
         await self.git("commit", "-q", "--no-verify", "-m", message)
         sha = (await self.git("rev-parse", "HEAD")).strip()
         stat = await self.git("show", "--stat", "--format=", "HEAD")
+        self.chown_git()
+        return Commit(sha, stat.strip())
+
+    def chown_git(self) -> None:
+        """Give what the daemon's git wrote in .git back to the sandbox's user."""
         if self.owner is not None and os.geteuid() == 0:
             _chown_tree(self.path / ".git", *self.owner)
-        return Commit(sha, stat.strip())
 
     async def head(self) -> str | None:
         out = await self.git("rev-parse", "--verify", "-q", "HEAD", check=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from protocol import Envelope, Event
@@ -10,6 +12,15 @@ if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
     from .transport import Transport
+
+
+@dataclass(frozen=True)
+class Later:
+    """What `handle` returns for a reply that takes long: the reply is what `work`
+    returns, and the actor takes its next message meanwhile (the work runs beside it
+    and is waited for when the actor stops)."""
+
+    work: Coroutine[Any, Any, object]
 
 
 class Context:
@@ -24,6 +35,12 @@ class Context:
         self.address = f"{self.entity}/{actor}"
         self.ask_timeout = ask_timeout
         self.log = log
+
+    @property
+    def transport(self) -> Transport:
+        """The signed connection itself, for the peer actor, which speaks on federation
+        subjects; other actors use ask, tell and emit."""
+        return self._transport
 
     async def ask(self, dst: str, message: object, timeout: float | None = None) -> Any:
         """Send `message` to actor `dst` ("entity/actor") and return its reply's record."""
@@ -44,8 +61,9 @@ class Actor:
     """Subclass with a `name`, then override `handle` (and on_start/on_stop if needed).
 
     `handle` gets each verified envelope in arrival order and returns the reply record
-    (or None: a request then gets an `ack`). An exception from any method is a crash:
-    the supervisor calls `on_failure`, builds a fresh instance and restarts it.
+    (or None: a request then gets an `ack`; or `Later(work)` for a slow reply). An
+    exception from any method is a crash: the supervisor calls `on_failure`, builds a
+    fresh instance and restarts it.
     """
 
     name: ClassVar[str] = ""

@@ -113,6 +113,30 @@ class AutonomySection:
     max_tokens: int = 200_000
 
 
+PEER_PERMISSIONS = ("talk", "report", "delegate", "wake", "restart")
+PINNING = ("first-sight", "config")
+
+
+@dataclass(frozen=True)
+class PeersSection:
+    heartbeat_interval: float = 5.0
+    alive_window: float = 0.0  # 0: three heartbeat intervals
+    pinning: str = "first-sight"
+    capabilities: tuple[str, ...] = ("chat", "code")
+    default_trust: tuple[str, ...] = ("talk", "report")
+    rate_per_minute: int = 120
+    rate_burst: int = 30
+    ping_timeout: float = 3.0
+    talk_timeout: float = 600.0
+    command_timeout: float = 15.0
+    delegation_timeout: float = 3600.0
+
+    @property
+    def window(self) -> float:
+        """Seconds since the last heartbeat within which a peer counts as present."""
+        return self.alive_window or 3 * self.heartbeat_interval
+
+
 @dataclass(frozen=True)
 class Config:
     entity: EntitySection
@@ -125,7 +149,10 @@ class Config:
     workspace: WorkspaceSection = field(default_factory=WorkspaceSection)
     memory: MemorySection = field(default_factory=MemorySection)
     autonomy: AutonomySection = field(default_factory=AutonomySection)
+    peers: PeersSection = field(default_factory=PeersSection)
     operators: Mapping[str, str] = field(default_factory=dict)
+    trust: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    peer_keys: Mapping[str, str] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -166,7 +193,9 @@ _SECTIONS: dict[str, type[Any]] = {
     "workspace": WorkspaceSection,
     "memory": MemorySection,
     "autonomy": AutonomySection,
+    "peers": PeersSection,
 }
+_TABLES = ("operators", "trust", "peer_keys")
 
 _LEVELS = ("debug", "info", "warning", "error")
 LLM_PROVIDERS = ("moonshot", "openrouter", "openai", "ollama", "custom", "scripted")
@@ -189,10 +218,10 @@ def from_mapping(
     raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, path: Path | None = None
 ) -> Config:
     environ = environ or {}
-    unknown = sorted(set(raw) - set(_SECTIONS) - {"operators"})
+    unknown = sorted(set(raw) - set(_SECTIONS) - set(_TABLES))
     if unknown:
         raise ConfigError(
-            unknown[0], f"unknown section; known: {', '.join([*_SECTIONS, 'operators'])}"
+            unknown[0], f"unknown section; known: {', '.join([*_SECTIONS, *_TABLES])}"
         )
     sections = {
         name: _section(name, cls, raw.get(name, {}), environ) for name, cls in _SECTIONS.items()
@@ -210,8 +239,13 @@ def from_mapping(
         data_dir = (base / data_dir).resolve()
     sections["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
     _check_values(sections)
-    operators = _operators(raw.get("operators", {}))
-    return Config(operators=operators, path=path, **sections)
+    operators = _hex_keys("operators", raw.get("operators", {}))
+    peer_keys = _hex_keys("peer_keys", raw.get("peer_keys", {}))
+    for name in peer_keys:
+        if not subjects.valid_name(name):
+            raise ConfigError(f"peer_keys.{name}", "not an entity name ([a-z0-9-]{1,32})")
+    trust = _trust(raw.get("trust", {}))
+    return Config(operators=operators, path=path, trust=trust, peer_keys=peer_keys, **sections)
 
 
 def _section(name: str, cls: type[Any], raw: Any, environ: Mapping[str, str]) -> Any:
@@ -339,6 +373,28 @@ def _check_values(sections: dict[str, Any]) -> None:
             raise ConfigError(key, f"must be greater than 0, got {value}")
     if llm.max_retries < 0:
         raise ConfigError("llm.max_retries", f"must be 0 or more, got {llm.max_retries}")
+    peers: PeersSection = sections["peers"]
+    for key, value in [
+        ("peers.heartbeat_interval", peers.heartbeat_interval),
+        ("peers.rate_per_minute", peers.rate_per_minute),
+        ("peers.rate_burst", peers.rate_burst),
+        ("peers.ping_timeout", peers.ping_timeout),
+        ("peers.talk_timeout", peers.talk_timeout),
+        ("peers.command_timeout", peers.command_timeout),
+        ("peers.delegation_timeout", peers.delegation_timeout),
+    ]:
+        if not value > 0:  # written so that NaN fails too
+            raise ConfigError(key, f"must be greater than 0, got {value}")
+    if not peers.alive_window >= 0:
+        raise ConfigError("peers.alive_window",
+                          f"must be 0 (auto) or more, got {peers.alive_window}")
+    if peers.pinning not in PINNING:
+        raise ConfigError("peers.pinning",
+                          f"{peers.pinning!r} is not one of {', '.join(PINNING)}")
+    bad = [p for p in peers.default_trust if p not in PEER_PERMISSIONS]
+    if bad:
+        raise ConfigError("peers.default_trust",
+                          f"{bad[0]!r} is not one of {', '.join(PEER_PERMISSIONS)}")
     log: LogSection = sections["log"]
     if log.level not in _LEVELS:
         raise ConfigError("log.level", f"{log.level!r} is not one of {', '.join(_LEVELS)}")
@@ -346,12 +402,29 @@ def _check_values(sections: dict[str, Any]) -> None:
         raise ConfigError("log.format", f"{log.format!r} is not one of {', '.join(_FORMATS)}")
 
 
-def _operators(raw: Any) -> dict[str, str]:
+def _trust(raw: Any) -> dict[str, tuple[str, ...]]:
     if not isinstance(raw, dict):
-        raise ConfigError("operators", 'must be a table of name = "hex public key"')
+        raise ConfigError("trust", 'must be a table of peer = ["talk", "report", ...]')
+    result = {}
+    for name, allowed in raw.items():
+        where = f"trust.{name}"
+        if name != "*" and not subjects.valid_name(name):
+            raise ConfigError(where, 'not an entity name ([a-z0-9-]{1,32}) or "*"')
+        if not isinstance(allowed, list) or not all(isinstance(p, str) for p in allowed):
+            raise ConfigError(where, f"expected a list drawn from {', '.join(PEER_PERMISSIONS)}")
+        bad = [p for p in allowed if p not in PEER_PERMISSIONS]
+        if bad:
+            raise ConfigError(where, f"{bad[0]!r} is not one of {', '.join(PEER_PERMISSIONS)}")
+        result[name] = tuple(allowed)
+    return result
+
+
+def _hex_keys(table: str, raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict):
+        raise ConfigError(table, 'must be a table of name = "hex public key"')
     result = {}
     for name, key in raw.items():
-        where = f"operators.{name}"
+        where = f"{table}.{name}"
         if not isinstance(key, str) or len(key) != 64:
             raise ConfigError(where, "expected a 64-character hex Ed25519 public key")
         try:
@@ -431,6 +504,28 @@ enabled = false         # wake by itself every `interval` seconds and work the t
 interval = 600.0
 max_turns = 10          # then stop until restarted or re-enabled
 max_tokens = 200000
+
+[peers]
+# The federation: presence, the peer tools, delegation (see README, "Peers").
+heartbeat_interval = 5.0
+alive_window = 0.0      # seconds a heartbeat counts as presence; 0: 3 intervals
+pinning = "first-sight" # pin a peer's key the first time it is seen, or "config": only [peer_keys]
+capabilities = ["chat", "code"]   # what this entity offers for delegated tasks
+default_trust = ["talk", "report"]  # what peers not listed in [trust] may do
+rate_per_minute = 120   # requests and commands accepted per peer per minute ...
+rate_burst = 30         # ... with bursts up to this many
+ping_timeout = 3.0
+talk_timeout = 600.0    # how long talk_to_peer waits for the peer's answer
+command_timeout = 15.0  # how long wake and restart wait for the peer's result
+delegation_timeout = 3600.0  # the default deadline of a delegated task
+
+[trust]
+# What each peer may ask of this entity: talk, report, delegate, wake, restart.
+# "*" applies to every peer not listed; absent, peers.default_trust does.
+# entity-b = ["talk", "report", "delegate", "wake", "restart"]
+
+[peer_keys]
+# Fix a peer's key instead of pinning it on first sight: name = "hex public key".
 
 [log]
 level = "info"

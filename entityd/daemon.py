@@ -154,7 +154,8 @@ class Daemon:
                 HealthActor.name: lambda: HealthActor(self.status)
             }
         else:
-            base = standard_actors(self.config, self.status, self.llm)
+            assert self.runtime is not None
+            base = standard_actors(self.config, self.status, self.llm, self.runtime)
         return {**base, **self.extra_actors}
 
     async def _start_server(self) -> str:

@@ -66,6 +66,17 @@ class Runtime:
             raise RuntimeStateError(f"cannot add actor {name!r} to a {self.state} runtime")
         self.supervisor.add(name, factory)
 
+    def restart(self, names: list[str], reason: str) -> list[str]:
+        """Replace the named actors (all, when empty) with fresh instances; the names
+        restarted. KeyError names one that does not run here."""
+        names = names or list(self.supervisor.actors)
+        for name in names:
+            if name not in self.supervisor.actors:
+                raise KeyError(name)
+        for name in names:
+            self.supervisor.restart(name, reason)
+        return names
+
     def actors(self) -> list[ActorStatus]:
         return self.supervisor.snapshot()
 

@@ -1,8 +1,11 @@
 """One-for-one supervision: each actor runs in its own loop, restarted with backoff.
 
 A crash replaces the actor instance; its mailbox and queue live on, so messages sent
-meanwhile are served by the new instance. More crashes of one actor than the restart
-budget within the window raise RestartBudgetExceeded, which ends the daemon non-zero.
+meanwhile are served by the new instance. A restart asked for (a trusted peer's
+restart_peer) does the same without counting as a crash: the message being handled
+then is abandoned (its asker times out), the queued ones are served by the new
+instance. More crashes of one actor than the restart budget within the window raise
+RestartBudgetExceeded, which ends the daemon non-zero.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from nats.aio.msg import Msg
 import protocol
 from protocol import ActorStatus, Envelope, ProtocolError
 
-from .actor import Actor, Context
+from .actor import Actor, Context, Later
 from .errors import ActorDeadError, RestartBudgetExceeded
 from .events import RuntimeEvents
 from .logs import get
@@ -59,6 +62,8 @@ class Supervised:
     restarts: int = 0
     crashes: deque[float] = field(default_factory=deque)
     started: asyncio.Event = field(default_factory=asyncio.Event)
+    restart_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    restart_reason: str = ""
 
 
 class Supervisor:
@@ -91,6 +96,12 @@ class Supervisor:
         self.actors[name] = child
         return child
 
+    def restart(self, name: str, reason: str) -> None:
+        """Replace actor `name` with a fresh instance soon; KeyError if there is none."""
+        child = self.actors[name]
+        child.restart_reason = reason
+        child.restart_requested.set()
+
     def snapshot(self) -> list[ActorStatus]:
         return [ActorStatus(c.name, c.state.value, c.restarts) for c in self.actors.values()]
 
@@ -108,18 +119,24 @@ class Supervisor:
                 await actor.on_start()
                 restarted = child.state is ActorState.RESTARTING
                 child.state = ActorState.RUNNING
-                await self.events.emit(
-                    "actor_restarted" if restarted else "actor_started",
-                    actor=child.name,
-                    restarts=child.restarts,
-                )
+                if restarted:
+                    await self.events.emit("actor_restarted", actor=child.name,
+                                           restarts=child.restarts,
+                                           reason=child.restart_reason or "crash")
+                    child.restart_reason = ""
+                else:
+                    await self.events.emit("actor_started", actor=child.name,
+                                           restarts=child.restarts)
                 child.started.set()  # after the event: start() returns once it is out
-                await self._serve_with_background(actor, child)
+                requested = await self._serve_until_restart(actor, child)
             except asyncio.CancelledError:
                 child.state = ActorState.STOPPED
                 raise
             except Exception as exc:
                 await self._crashed(actor, child, exc)
+                continue
+            if requested:
+                await self._restarted(actor, child)
                 continue
             child.state = ActorState.STOPPING
             try:
@@ -129,16 +146,39 @@ class Supervisor:
                 await self.events.emit("actor_stopped", actor=child.name, restarts=child.restarts)
             return
 
-    async def _serve_with_background(self, actor: Actor, child: Supervised) -> None:
-        if type(actor).run is Actor.run:
-            await self._serve(actor, child)
-            return
+    async def _serve_until_restart(self, actor: Actor, child: Supervised) -> bool:
+        """Serve until stopped (False) or until a restart is asked for (True)."""
         async with asyncio.TaskGroup() as tg:
-            background = tg.create_task(actor.run(), name=f"actor:{child.name}:run")
-            await self._serve(actor, child)
-            background.cancel()
+            serving = tg.create_task(self._serve_with_background(actor, child))
+            asked = tg.create_task(child.restart_requested.wait())
+            await asyncio.wait({serving, asked}, return_when=asyncio.FIRST_COMPLETED)
+            if serving.done():
+                asked.cancel()
+                return False
+            serving.cancel()
+        return True
 
-    async def _serve(self, actor: Actor, child: Supervised) -> None:
+    async def _restarted(self, actor: Actor, child: Supervised) -> None:
+        child.restart_requested.clear()
+        child.state = ActorState.RESTARTING
+        child.restarts += 1
+        log.info("actor_restart_requested", actor=child.name, reason=child.restart_reason)
+        try:
+            async with asyncio.timeout(5.0):
+                await actor.on_stop()
+        except Exception as exc:  # the old instance is gone either way
+            log.warning("on_stop_failed", actor=child.name, error=repr(exc))
+
+    async def _serve_with_background(self, actor: Actor, child: Supervised) -> None:
+        async with asyncio.TaskGroup() as tg:
+            background = None
+            if type(actor).run is not Actor.run:
+                background = tg.create_task(actor.run(), name=f"actor:{child.name}:run")
+            await self._serve(actor, child, tg)
+            if background is not None:
+                background.cancel()
+
+    async def _serve(self, actor: Actor, child: Supervised, tg: asyncio.TaskGroup) -> None:
         mailbox = child.mailbox
         while True:
             item = await mailbox.next()
@@ -157,8 +197,23 @@ class Supervisor:
                         ),
                     )
                 raise
-            if msg.reply:
+            if isinstance(result, Later):
+                tg.create_task(self._answer_later(child, env, msg.reply, result))
+            elif msg.reply:
                 await self._answer(env, msg.reply, protocol.Ack() if result is None else result)
+
+    async def _answer_later(
+        self, child: Supervised, env: Envelope, reply_to: str | None, later: Later
+    ) -> None:
+        try:
+            result = await later.work
+        except Exception as exc:
+            if reply_to:
+                await self._answer(env, reply_to, protocol.Error(
+                    "actor_crashed", f"{child.name} failed: {type(exc).__name__}"))
+            raise
+        if reply_to:
+            await self._answer(env, reply_to, protocol.Ack() if result is None else result)
 
     async def _answer(self, env: Envelope, reply_to: str, message: object) -> None:
         try:

@@ -4,6 +4,7 @@ PROTOCOL.md in this package is the normative specification.
 """
 
 from . import kinds, subjects
+from .e2e import Sealer
 from .envelope import (
     BROADCAST,
     DOMAIN,
@@ -61,6 +62,7 @@ __all__ = [
     "ProtocolError",
     "ReplayGuard",
     "Replayed",
+    "Sealer",
     "StaleTimestamp",
     "Status",
     "StatusGet",

@@ -1,0 +1,6 @@
+"""The federation: the peer actor, its directory and wire, the peer tools, delegation."""
+
+from .actor import PeerActor, Supervision
+from .tools import PeerTools
+
+__all__ = ["PeerActor", "PeerTools", "Supervision"]

@@ -1,0 +1,237 @@
+"""Delegated tasks, both ways: offer -> accepted/rejected -> progress -> completed/failed.
+
+Every step is a durable, encrypted command (op `delegate` for the offer, `task` for
+the updates) and is written to the store before it is queued, so either side can be
+killed at any point and pick the task up where it was:
+
+    delegator (out)  offered -> accepted -> working -> delivered | failed | rejected
+    delegate (in)    accepted -> working -> completed | failed   (or rejected at once)
+
+The delegate runs the task as a turn of its orchestrator; when the turn commits code,
+the commits travel back as `git format-patch` output and land on the branch
+`delegated/<task_id>` of the delegator's workspace, beside its own work, where it can
+test them before merging. On restart the delegate gives unfinished tasks to its
+orchestrator again; the delegator fails a task whose deadline passed without a result.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from entityd.actor import Context
+from entityd.config import Config
+from entityd.errors import EntitydError
+
+from ..messages import Goal
+from ..workspace import GitError, Workspace
+from .messages import PeerDelegate, PeerOutcome, TaskInfo, TaskOffer, TaskUpdate
+from .policy import Trust
+from .store import PeerStore, TaskRow
+from .turns import Turns
+
+Send = Callable[[str, str, object], Awaitable[object]]  # (peer, op, message)
+
+FINAL = ("delivered", "completed", "failed", "rejected")
+# Room left in an envelope for everything but the patch (fields, encryption, msgpack).
+ENVELOPE_ROOM = 64 * 1024
+GOAL_PREFIX = "dlg-"
+
+
+class Delegation:
+    def __init__(self, ctx: Context, config: Config, store: PeerStore, turns: Turns,
+                 workspace: Workspace, trust: Trust, send: Send) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.store = store
+        self.turns = turns
+        self.workspace = workspace
+        self.trust = trust
+        self.send = send
+        self._answers: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        turns.listen(self._on_turn)
+
+    # ---- as the delegator -------------------------------------------------------------
+
+    async def offer(self, request: PeerDelegate) -> PeerOutcome:
+        now = time.time()
+        deadline = now + (request.deadline_s or self.config.peers.delegation_timeout)
+        task = TaskRow(uuid.uuid4().hex[:12], "out", request.peer, request.title,
+                       request.description, request.deliverables, deadline,
+                       list(request.capabilities), "offered", "", "", "", now, now)
+        await self.store.save_task(task)
+        await self.send(request.peer, "delegate", TaskOffer(
+            task.task_id, task.title, task.description, task.deliverables, deadline,
+            task.capabilities))
+        await self.ctx.emit("task_offered", task_id=task.task_id, peer=request.peer,
+                            title=request.title)
+        return PeerOutcome(request.peer, True, "offered",
+                           f"offered task {task.task_id} to {request.peer}; "
+                           "`entityctl tasks` follows it", task.task_id)
+
+    async def on_update(self, peer: str, update: TaskUpdate) -> None:
+        task = await self.store.task(update.task_id, "out")
+        if task is None or task.peer != peer:
+            self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
+            return
+        if task.state in FINAL:
+            return  # a late or repeated update changes nothing
+        state, note, branch = update.state, update.note, task.branch
+        if state == "progress":
+            state = "working"
+        elif state == "completed":
+            state, note, branch = await self._receive(task, update)
+        elif state not in ("accepted", "rejected", "failed", "working"):
+            self.ctx.log.warning("task_update_bad_state", peer=peer, state=update.state)
+            return
+        await self._save(task, state, note, branch)
+
+    async def _receive(self, task: TaskRow, update: TaskUpdate) -> tuple[str, str, str]:
+        if not update.patch:
+            return "delivered", update.note, ""
+        branch = f"delegated/{task.task_id}"
+        try:
+            await self._land(branch, update.patch)
+        except (GitError, OSError) as exc:
+            return "failed", f"the deliverable did not apply: {exc}"[:2000], ""
+        return "delivered", update.note, branch
+
+    async def _land(self, branch: str, patch: bytes) -> None:
+        """Apply the patch on a new branch off our HEAD, without touching our checkout."""
+        ws = self.workspace
+        await ws.ensure()
+        scratch = self.config.data_dir / "tmp" / branch.replace("/", "-")
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            await ws.git("clone", "-q", "--no-hardlinks", str(ws.path), str(scratch))
+            await ws.git("checkout", "-q", "-B", branch, cwd=scratch)
+            await ws.git("am", "-q", "--3way", cwd=scratch, input=patch)
+            await ws.git("fetch", "-q", "-f", str(scratch), f"{branch}:refs/heads/{branch}")
+            ws.chown_git()
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def expire(self) -> None:
+        """Fail our offers whose deadline passed without a result."""
+        now = time.time()
+        for task in await self.store.tasks(("offered", "accepted", "working")):
+            if task.direction == "out" and task.deadline and now > task.deadline:
+                await self._save(task, "failed", "the deadline passed without a result")
+
+    # ---- as the delegate --------------------------------------------------------------
+
+    async def on_offer(self, peer: str, offer: TaskOffer) -> None:
+        if await self.store.task(offer.task_id, "in") is not None:
+            return  # already recorded: the offer came again
+        now = time.time()
+        reason = self._refusal(peer, offer, now)
+        task = TaskRow(offer.task_id, "in", peer, offer.title, offer.description,
+                       offer.deliverables, offer.deadline, list(offer.capabilities),
+                       "rejected" if reason else "accepted", reason, "", "", now, now)
+        await self.store.save_task(task)
+        await self.send(peer, "task", TaskUpdate(task.task_id, task.state, reason))
+        await self.ctx.emit(f"task_{task.state}", task_id=task.task_id, peer=peer,
+                            title=offer.title, reason=reason)
+        if not reason:
+            await self._start(task)
+
+    def _refusal(self, peer: str, offer: TaskOffer, now: float) -> str:
+        if not self.trust.permits(peer, "delegate"):
+            return f"{peer} is not trusted to delegate tasks to {self.ctx.entity}"
+        missing = sorted(set(offer.capabilities) - set(self.config.peers.capabilities))
+        if missing:
+            return f"{self.ctx.entity} lacks the capabilities {', '.join(missing)}"
+        if offer.deadline and offer.deadline < now:
+            return "the deadline has already passed"
+        return ""
+
+    async def resume(self) -> None:
+        """After a restart: give unfinished tasks to the orchestrator again."""
+        for task in await self.store.tasks(("accepted", "working")):
+            if task.direction == "in":
+                await self._start(task)
+
+    async def _start(self, task: TaskRow) -> None:
+        goal_id = task.goal_id or f"{GOAL_PREFIX}{task.task_id}"
+        goal = Goal(_goal_text(task), goal_id, goal_id, f"peer:{task.peer}")
+        try:
+            await self.turns.submit(goal)
+        except EntitydError as exc:
+            await self._finish(task, "failed", f"could not start the task: {exc}")
+            return
+        if task.state != "working":
+            await self._save(task, "working", "", goal_id=goal_id)
+            await self.send(task.peer, "task", TaskUpdate(task.task_id, "progress",
+                                                          "started working on it"))
+
+    async def _on_turn(self, typ: str, data: dict[str, Any]) -> None:
+        goal_id = str(data.get("task_id", ""))
+        if typ == "answer" and goal_id.startswith(GOAL_PREFIX):
+            await self._answers.put((goal_id, data))
+
+    async def run(self) -> None:
+        """Finish the tasks whose turns ended (outside the event callback: git is slow)."""
+        while True:
+            goal_id, data = await self._answers.get()
+            task = await self.store.task(goal_id.removeprefix(GOAL_PREFIX), "in")
+            if task is None or task.state in FINAL:
+                continue
+            if not data.get("ok"):
+                await self._finish(task, "failed", str(data.get("text", ""))[:4000])
+                continue
+            try:
+                patch = await self._patch([str(c) for c in data.get("commits", [])])
+            except GitError as exc:
+                await self._finish(task, "failed", f"could not package the work: {exc}")
+                continue
+            limit = self.config.protocol.max_message_bytes - ENVELOPE_ROOM
+            if len(patch) > limit:
+                await self._finish(task, "failed", f"the deliverable is {len(patch)} bytes; "
+                                   f"at most {limit} travel in one message")
+                continue
+            await self._finish(task, "completed", str(data.get("text", ""))[:4000], patch,
+                               len(data.get("commits", [])))
+
+    async def _patch(self, commits: list[str]) -> bytes:
+        parts = [await self.workspace.git("format-patch", "-1", "--stdout", sha)
+                 for sha in commits]
+        return "".join(parts).encode()
+
+    async def _finish(self, task: TaskRow, state: str, note: str, patch: bytes = b"",
+                      commits: int = 0) -> None:
+        await self._save(task, state, note)
+        await self.send(task.peer, "task", TaskUpdate(task.task_id, state, note, patch, commits))
+
+    # ---- both -------------------------------------------------------------------------
+
+    async def _save(self, task: TaskRow, state: str, note: str, branch: str = "",
+                    goal_id: str = "") -> None:
+        now = time.time()
+        await self.store.save_task(TaskRow(
+            task.task_id, task.direction, task.peer, task.title, task.description,
+            task.deliverables, task.deadline, task.capabilities, state, note,
+            branch or task.branch, goal_id or task.goal_id, task.created, now))
+        await self.ctx.emit(f"task_{state}", task_id=task.task_id, peer=task.peer,
+                            direction=task.direction, branch=branch or task.branch,
+                            note=note[:500])
+
+    async def infos(self) -> list[TaskInfo]:
+        return [TaskInfo(t.task_id, t.direction, t.peer, t.title, t.state, t.note, t.branch,
+                         t.created, t.updated) for t in await self.store.tasks()]
+
+
+def _goal_text(task: TaskRow) -> str:
+    lines = [f"{task.peer} delegated a task to you: {task.title}", "", task.description]
+    if task.deliverables:
+        lines += ["", f"Deliverables: {task.deliverables}"]
+    if task.deadline:
+        left = max(0, int(task.deadline - time.time()))
+        lines += ["", f"Deadline: in {left} seconds."]
+    lines += ["", "Code you have committed in your workspace during this task is sent "
+              f"back to {task.peer} as the deliverable."]
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""The federation wire: sealing for peers (encrypted), opening what peers send, asking
+over fed.req and putting durable commands into a peer's JetStream INBOX.
+
+Keys: the entity's own, every peer pinned in the directory and every key fixed in
+[peer_keys]. A peer never seen before is pinned from its first heartbeat whose
+signature verifies under the key it carries (unless peers.pinning = "config"); after
+that, only that key speaks for that name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+
+import protocol
+from entityd.errors import AskTimeout, RemoteError
+from entityd.transport import Transport
+from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Sealer, subjects
+
+from .store import OutboxRow, PeerStore
+
+ACTOR = "peer"
+PLAIN_KINDS = ("ping", "pong", "heartbeat", "error")
+
+
+class UnknownPeer(Exception):
+    """A peer the directory has no key for (never seen, not in [peer_keys])."""
+
+
+def inbox_stream(entity: str) -> str:
+    return f"INBOX-{entity}"
+
+
+class FedLink:
+    def __init__(self, transport: Transport, store: PeerStore, *, pinning: str) -> None:
+        self.transport = transport
+        self.nc = transport.nc
+        self.entity = transport.entity
+        self.address = f"{self.entity}/{ACTOR}"
+        self.store = store
+        self.pinning = pinning
+        self.max_bytes = transport.max_bytes
+        self.sealer = Sealer(transport.key)
+        self.keyring = Keyring()
+        self.keyring.add(bytes(transport.key.verify_key), self.entity)
+        self._keys: dict[str, bytes] = {}
+        self.js = self.nc.jetstream()
+        self.heartbeats = transport.new_replay_guard()
+        self.requests = transport.new_replay_guard()
+        self.replies = transport.new_replay_guard()
+        # Commands are checked against the time their INBOX stored them, not now: one
+        # may wait there while this entity is down. Redeliveries are told apart by id
+        # in the store, so this guard only sees each delivery's first arrival.
+        self.commands = transport.new_replay_guard()
+
+    async def load(self, fixed: Mapping[str, str]) -> None:
+        """Trust the directory's pins, and the [peer_keys] (which win over old pins)."""
+        for name, key_hex in fixed.items():
+            await self.store.pin(name, bytes.fromhex(key_hex), "config")
+        for peer in await self.store.peers():
+            if peer.pinned_by == "config" and peer.name not in fixed:
+                continue  # a key once fixed in config and since removed is not trusted
+            self._trust(peer.name, peer.public_key)
+
+    def _trust(self, name: str, key: bytes) -> None:
+        old = self._keys.get(name)
+        if old is not None and old != key:
+            self.keyring.remove(old)
+        self._keys[name] = key
+        self.keyring.add(key, name, f"peer:{name}")
+
+    def key_of(self, peer: str) -> bytes:
+        key = self._keys.get(peer)
+        if key is None:
+            raise UnknownPeer(f"{peer} is not in the directory: no heartbeat seen from it "
+                              "and no key for it in [peer_keys]")
+        return key
+
+    def known(self, peer: str) -> bool:
+        return peer in self._keys
+
+    # ---- opening ----------------------------------------------------------------------
+
+    def open(self, msg: Msg, guard: ReplayGuard, now_ms: int | None = None
+             ) -> tuple[Envelope, Any]:
+        """Verify (PROTOCOL.md §6) and decrypt: the envelope and its record."""
+        verified = protocol.verify_signature(msg.data, subject=msg.subject,
+                                             keyring=self.keyring, max_bytes=self.max_bytes)
+        env = protocol.check_body(verified, subject=msg.subject, local=self.address,
+                                  replay=guard, now=now_ms, max_bytes=self.max_bytes)
+        return env, self.sealer.decrypt(env, self.max_bytes)
+
+    async def open_heartbeat(self, msg: Msg) -> tuple[Envelope, Any, bool]:
+        """A peer's heartbeat, pinning its key on first sight: (envelope, record, new)."""
+        route = subjects.route(msg.subject)
+        sender = route.sender if route else None
+        new = False
+        if sender and sender not in self._keys and self.pinning == "first-sight":
+            kid = _claimed_kid(msg.data)
+            if kid is not None and kid not in self.keyring:
+                ring = Keyring()
+                ring.add(kid, sender, f"peer:{sender}")
+                verified = protocol.verify_signature(msg.data, subject=msg.subject,
+                                                     keyring=ring, max_bytes=self.max_bytes)
+                env = protocol.check_body(verified, subject=msg.subject, local=self.address,
+                                          replay=self.heartbeats, max_bytes=self.max_bytes)
+                if env.typ != "heartbeat":
+                    raise protocol.UnknownKey(f"{sender} is not pinned yet; only its "
+                                              "heartbeat can introduce its key")
+                await self.store.pin(sender, kid, "first-sight")
+                self._trust(sender, kid)
+                new = True
+                return env, env.message, new
+        env, record = self.open(msg, self.heartbeats)
+        return env, record, new
+
+    # ---- sending ----------------------------------------------------------------------
+
+    def seal(self, peer: str, subj: str, message: object, *, corr: bytes | None = None,
+             msg_id: bytes | None = None, dst: str | None = None) -> tuple[bytes, bytes]:
+        dst = dst or f"{peer}/{ACTOR}"
+        if protocol.kinds.kind_name(message) in PLAIN_KINDS:
+            return protocol.seal(self.transport.key, src=self.address, dst=dst, subj=subj,
+                                 message=message, corr=corr, msg_id=msg_id)
+        return self.sealer.seal(self.key_of(peer), src=self.address, dst=dst, subj=subj,
+                                message=message, corr=corr, msg_id=msg_id)
+
+    async def ask(self, peer: str, op: str, message: object, timeout: float) -> Any:
+        """A request on fed.req.<peer>.<self>.<op>; the verified, decrypted reply record.
+
+        RemoteError for an `error` reply, AskTimeout when none came in time,
+        nats NoRespondersError when the peer's peer actor does not listen.
+        """
+        subj = subjects.request(peer, self.entity, op)
+        wire, msg_id = self.seal(peer, subj, message)
+        try:
+            reply = await self.nc.request(subj, wire, timeout=timeout)
+        except nats.errors.TimeoutError:
+            raise AskTimeout(f"{peer}/{ACTOR}", op, timeout) from None
+        env, record = self.open(reply, self.replies)
+        if env.corr != msg_id or env.src_entity != peer:
+            raise protocol.WrongSender(f"reply from {env.src} does not answer {peer}",
+                                       subject=reply.subject)
+        if isinstance(record, protocol.Error):
+            raise RemoteError(env.src, record.code, record.message)
+        return record
+
+    async def reply(self, request: Envelope, reply_to: str, message: object) -> None:
+        wire, _ = self.seal(request.src_entity, reply_to, message, corr=request.id,
+                            dst=request.src)
+        await self.nc.publish(reply_to, wire)
+
+    async def put(self, row: OutboxRow, timeout: float) -> None:
+        """Publish a durable command into the peer's INBOX; returns once it is stored
+        there. Sealed afresh each attempt (same envelope id, so the INBOX and the
+        receiver de-duplicate); raises on any failure, which the outbox retries."""
+        record = protocol.kinds.decode(row.typ, msgpack.unpackb(row.payload, raw=False))
+        subj = subjects.command(row.peer, self.entity, row.op)
+        wire, _ = self.seal(row.peer, subj, record, corr=row.corr, msg_id=row.id)
+        await self.js.publish(subj, wire, timeout=timeout,
+                              headers={"Nats-Msg-Id": row.id.hex()})
+
+
+def outbox_row(peer: str, op: str, message: object, corr: bytes | None = None) -> OutboxRow:
+    payload = msgpack.packb(protocol.kinds.encode(message), use_bin_type=True)
+    return OutboxRow(protocol.new_id(), peer, op, protocol.kinds.kind_name(message),
+                     payload, corr, time.time(), 0, "", None)
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, nats.js.errors.NoStreamResponseError | nats.errors.NoRespondersError):
+        return "no INBOX answers for it (the peer or the hub is down)"
+    if isinstance(exc, nats.errors.TimeoutError | TimeoutError):
+        return "no acknowledgement in time (the peer or the hub is down or slow)"
+    if isinstance(exc, UnknownPeer):
+        return str(exc)
+    if isinstance(exc, ProtocolError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _claimed_kid(data: bytes) -> bytes | None:
+    try:
+        outer = msgpack.unpackb(data, raw=False, max_bin_len=len(data))
+        kid = outer[1]
+    except Exception:
+        return None
+    return kid if isinstance(kid, bytes) and len(kid) == protocol.keyring.KEY_BYTES else None

@@ -1,0 +1,214 @@
+"""The message kinds of the federation: what entities send each other, and what the
+orchestrator and entityctl ask of their own peer actor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from protocol import kind
+
+# ---- between entities (fed.evt / fed.req / fed.cmd) ------------------------------------
+
+
+@kind("heartbeat")
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Presence, on fed.evt.<entity>.peer.heartbeat every peers.heartbeat_interval."""
+
+    capabilities: list[str]
+    interval: float
+    started_at: float
+    busy: bool = False
+
+
+@kind("talk")
+@dataclass(frozen=True, slots=True)
+class Talk:
+    text: str
+    conversation: str = ""
+
+
+@kind("talk_reply")
+@dataclass(frozen=True, slots=True)
+class TalkReply:
+    ok: bool
+    text: str
+    task_id: str = ""
+
+
+@kind("report")
+@dataclass(frozen=True, slots=True)
+class Report:
+    text: str
+
+
+@kind("restart")
+@dataclass(frozen=True, slots=True)
+class Restart:
+    actor: str = ""  # empty: every actor
+
+
+@kind("command_result")
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """The answer to a durable command (wake, restart), itself durable; corr is its id."""
+
+    ok: bool
+    code: str  # done | noop | not_trusted | rate_limited | unknown_actor | failed
+    text: str
+
+
+@kind("task_offer")
+@dataclass(frozen=True, slots=True)
+class TaskOffer:
+    task_id: str
+    title: str
+    description: str
+    deliverables: str = ""
+    deadline: float = 0.0  # epoch seconds; 0: none
+    capabilities: list[str] = field(default_factory=list)
+
+
+@kind("task_update")
+@dataclass(frozen=True, slots=True)
+class TaskUpdate:
+    """A step of a delegated task: accepted, rejected, progress, completed, failed."""
+
+    task_id: str
+    state: str
+    note: str = ""
+    patch: bytes = b""  # completed coding work: `git format-patch` output
+    commits: int = 0
+
+
+# ---- to the entity's own peer actor (loc.<entity>.peer.*) -------------------------------
+
+
+@kind("peers_get")
+@dataclass(frozen=True, slots=True)
+class PeersGet:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    name: str
+    public_key: str
+    pinned_by: str  # first-sight | config
+    capabilities: list[str]
+    first_seen: float
+    last_seen: float  # 0: never heard
+    present: bool
+    trust: list[str]
+
+
+@kind("peers")
+@dataclass(frozen=True, slots=True)
+class Peers:
+    peers: list[PeerInfo]
+
+
+@kind("peer_check")
+@dataclass(frozen=True, slots=True)
+class PeerCheck:
+    peer: str
+
+
+@kind("peer_check_result")
+@dataclass(frozen=True, slots=True)
+class PeerCheckResult:
+    peer: str
+    state: str  # alive | unresponsive | unknown
+    latency_ms: float = 0.0
+    last_seen_ago: float = -1.0  # seconds; -1: never
+    detail: str = ""
+
+
+@kind("peer_talk")
+@dataclass(frozen=True, slots=True)
+class PeerTalk:
+    peer: str
+    text: str
+    conversation: str = ""
+    timeout: float = 0.0  # 0: peers.talk_timeout
+
+
+@kind("peer_report")
+@dataclass(frozen=True, slots=True)
+class PeerReport:
+    peer: str
+    text: str
+
+
+@kind("peer_wake")
+@dataclass(frozen=True, slots=True)
+class PeerWake:
+    peer: str
+    reason: str = ""
+
+
+@kind("peer_restart")
+@dataclass(frozen=True, slots=True)
+class PeerRestart:
+    peer: str
+    actor: str = ""
+
+
+@kind("peer_delegate")
+@dataclass(frozen=True, slots=True)
+class PeerDelegate:
+    peer: str
+    title: str
+    description: str
+    deliverables: str = ""
+    deadline_s: float = 0.0  # from now; 0: peers.delegation_timeout
+    capabilities: list[str] = field(default_factory=list)
+
+
+@kind("peer_outcome")
+@dataclass(frozen=True, slots=True)
+class PeerOutcome:
+    """What a peer tool did, in words a model and a person can read."""
+
+    peer: str
+    ok: bool
+    code: str  # e.g. delivered, queued, done, noop, not_trusted, timeout, unknown_peer
+    text: str
+    id: str = ""  # the envelope id or task id it concerns
+    latency_ms: float = 0.0
+
+
+@kind("tasks_get")
+@dataclass(frozen=True, slots=True)
+class TasksGet:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    task_id: str
+    direction: str  # out: we delegated it | in: a peer delegated it to us
+    peer: str
+    title: str
+    state: str
+    note: str
+    branch: str
+    created: float
+    updated: float
+
+
+@kind("tasks")
+@dataclass(frozen=True, slots=True)
+class Tasks:
+    tasks: list[TaskInfo]
+
+
+@kind("peer_report_in")
+@dataclass(frozen=True, slots=True)
+class PeerReportIn:
+    """To the orchestrator: a peer reported something (already kept in memory)."""
+
+    peer: str
+    text: str
+    id: str
+    memory_id: int = 0

@@ -1,0 +1,83 @@
+"""Durable commands on their way out: kept in the store until the peer's INBOX has them.
+
+A command is written to the outbox first, then published; only a JetStream PubAck
+from the peer's INBOX marks it landed. While the peer or the hub is down every attempt
+fails and the command waits; it is retried with backoff, sealed afresh each time under
+the same envelope id, so the INBOX (Nats-Msg-Id) and the receiver (its store of handled
+ids) see one command however often it was sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats.errors
+from structlog.typing import FilteringBoundLogger
+
+from protocol import ProtocolError
+
+from .link import FedLink, UnknownPeer, describe_failure, outbox_row
+from .store import OutboxRow, PeerStore
+
+PUT_TIMEOUT_S = 2.0
+BACKOFF_INITIAL_S = 0.5
+BACKOFF_MAX_S = 5.0
+FAILURES = (nats.errors.Error, TimeoutError, UnknownPeer, ProtocolError, OSError)
+
+
+class Outbox:
+    def __init__(self, link: FedLink, store: PeerStore, log: FilteringBoundLogger) -> None:
+        self.link = link
+        self.store = store
+        self.log = log
+        self._kick = asyncio.Event()
+        self._errors: dict[bytes, str] = {}
+
+    async def send(self, peer: str, op: str, message: object, corr: bytes | None = None
+                   ) -> OutboxRow:
+        """Keep `message` for `peer` and have it sent; returns at once."""
+        row = outbox_row(peer, op, message, corr)
+        await self.store.enqueue(row)
+        self._kick.set()
+        return row
+
+    async def try_now(self, row: OutboxRow) -> bool:
+        """One attempt now; True when it landed (else the loop goes on trying)."""
+        try:
+            await self.link.put(row, PUT_TIMEOUT_S)
+        except FAILURES as exc:
+            self._errors[row.id] = describe_failure(exc)
+            await self.store.failed_attempt(row.id, self._errors[row.id])
+            return False
+        await self.store.landed(row.id)
+        return True
+
+    def last_error(self, msg_id: bytes) -> str:
+        return self._errors.get(msg_id, "not tried yet")
+
+    async def has_landed(self, msg_id: bytes) -> bool:
+        row = await self.store.outbox_row(msg_id)
+        return row is not None and row.landed is not None
+
+    async def run(self) -> None:
+        delay = BACKOFF_INITIAL_S
+        while True:
+            failed: set[str] = set()
+            for row in await self.store.pending():
+                if row.peer in failed:
+                    continue  # one failure per peer and round: the others wait for it
+                if not await self.try_now(row):
+                    failed.add(row.peer)
+                    self._log_failure(row)
+            delay = min(BACKOFF_MAX_S, delay * 2) if failed else BACKOFF_INITIAL_S
+            self._kick.clear()
+            try:
+                async with asyncio.timeout(delay if failed else None):
+                    await self._kick.wait()
+            except TimeoutError:
+                pass
+
+    def _log_failure(self, row: OutboxRow) -> None:
+        if row.attempts in (0, 1) or row.attempts % 20 == 0:
+            self.log.warning("outbox_waiting", peer=row.peer, op=row.op, id=row.id.hex(),
+                             attempts=row.attempts + 1, error=self._errors.get(row.id, ""))

@@ -1,0 +1,56 @@
+"""Who may ask what of this entity (the [trust] table) and how often (a token bucket
+per peer)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from entityd.config import PeersSection
+
+
+@dataclass(frozen=True)
+class Trust:
+    table: Mapping[str, tuple[str, ...]]
+    default: tuple[str, ...]
+
+    def allowed(self, peer: str) -> tuple[str, ...]:
+        return self.table.get(peer, self.table.get("*", self.default))
+
+    def permits(self, peer: str, permission: str) -> bool:
+        return permission in self.allowed(peer)
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    stamp: float
+
+
+@dataclass
+class RateLimiter:
+    """`per_minute` messages per peer on average, bursts of up to `burst`."""
+
+    per_minute: int
+    burst: int
+    clock: Callable[[], float] = time.monotonic
+    _buckets: dict[str, _Bucket] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, peers: PeersSection) -> RateLimiter:
+        return cls(peers.rate_per_minute, peers.rate_burst)
+
+    def take(self, peer: str) -> float:
+        """0.0 when `peer` may go ahead now, else the seconds until it may."""
+        now = self.clock()
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            bucket = self._buckets[peer] = _Bucket(float(self.burst), now)
+        rate = self.per_minute / 60.0
+        bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * rate)
+        bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return 0.0
+        return (1.0 - bucket.tokens) / rate

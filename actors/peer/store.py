@@ -1,0 +1,260 @@
+"""The peer actor's SQLite file: the directory of peers, the outbox of durable commands,
+the ids of commands handled, and delegated tasks both ways.
+
+Everything the federation must not lose lives here, so either side can restart at any
+moment: a command stays in the outbox until the peer's JetStream INBOX acknowledged it,
+a handled command's id is kept so a redelivery is recognised, and a task's state is
+written before the message announcing it is queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS peers (
+    name TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    pinned_by TEXT NOT NULL,
+    capabilities TEXT NOT NULL DEFAULT '[]',
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id BLOB PRIMARY KEY,
+    peer TEXT NOT NULL,
+    op TEXT NOT NULL,
+    typ TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    corr BLOB,
+    created REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    landed REAL
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (landed, created);
+CREATE TABLE IF NOT EXISTS inbound (
+    id BLOB PRIMARY KEY,
+    peer TEXT NOT NULL,
+    op TEXT NOT NULL,
+    received REAL NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    deliverables TEXT NOT NULL DEFAULT '',
+    deadline REAL NOT NULL DEFAULT 0,
+    capabilities TEXT NOT NULL DEFAULT '[]',
+    state TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT '',
+    branch TEXT NOT NULL DEFAULT '',
+    goal_id TEXT NOT NULL DEFAULT '',
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    PRIMARY KEY (task_id, direction)
+);
+"""
+
+# Landed outbox rows and handled ids are kept this long: long past JetStream's duplicate
+# window and any redelivery, so a late duplicate is still recognised.
+KEEP_S = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class PeerRow:
+    name: str
+    public_key: bytes
+    pinned_by: str
+    capabilities: list[str]
+    first_seen: float
+    last_seen: float
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    id: bytes
+    peer: str
+    op: str
+    typ: str
+    payload: bytes  # msgpack of the kind's payload map, encrypted only when sent
+    corr: bytes | None
+    created: float
+    attempts: int
+    last_error: str
+    landed: float | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: str
+    direction: str
+    peer: str
+    title: str
+    description: str
+    deliverables: str
+    deadline: float
+    capabilities: list[str]
+    state: str
+    note: str
+    branch: str
+    goal_id: str
+    created: float
+    updated: float
+
+
+class PeerStore:
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> PeerStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            await db.executescript(SCHEMA)
+        except BaseException:
+            await db.close()
+            raise
+        db.row_factory = aiosqlite.Row
+        store = cls(db)
+        await store.prune()
+        return store
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def _one(self, sql: str, args: Sequence[Any] = ()) -> aiosqlite.Row | None:
+        return await (await self._db.execute(sql, args)).fetchone()
+
+    async def _all(self, sql: str, args: Sequence[Any] = ()) -> list[aiosqlite.Row]:
+        return list(await (await self._db.execute(sql, args)).fetchall())
+
+    async def prune(self) -> None:
+        horizon = time.time() - KEEP_S
+        await self._db.execute("DELETE FROM outbox WHERE landed IS NOT NULL AND landed < ?",
+                               (horizon,))
+        await self._db.execute("DELETE FROM inbound WHERE received < ?", (horizon,))
+
+    # ---- the directory ----------------------------------------------------------------
+
+    async def peers(self) -> list[PeerRow]:
+        return [_peer(r) for r in await self._all("SELECT * FROM peers ORDER BY name")]
+
+    async def peer(self, name: str) -> PeerRow | None:
+        row = await self._one("SELECT * FROM peers WHERE name = ?", (name,))
+        return _peer(row) if row else None
+
+    async def pin(self, name: str, key: bytes, pinned_by: str) -> None:
+        """Bind `name` to `key` (a config pin replaces an older first-sight pin)."""
+        await self._db.execute(
+            "INSERT INTO peers (name, public_key, pinned_by, first_seen) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET public_key = excluded.public_key,"
+            " pinned_by = excluded.pinned_by",
+            (name, key, pinned_by, time.time()),
+        )
+
+    async def seen(self, name: str, capabilities: list[str], when: float) -> None:
+        await self._db.execute(
+            "UPDATE peers SET last_seen = ?, capabilities = ? WHERE name = ?",
+            (when, json.dumps(capabilities), name),
+        )
+
+    # ---- the outbox -------------------------------------------------------------------
+
+    async def enqueue(self, row: OutboxRow) -> None:
+        await self._db.execute(
+            "INSERT OR IGNORE INTO outbox (id, peer, op, typ, payload, corr, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.id, row.peer, row.op, row.typ, row.payload, row.corr, row.created),
+        )
+
+    async def pending(self) -> list[OutboxRow]:
+        rows = await self._all("SELECT * FROM outbox WHERE landed IS NULL ORDER BY created")
+        return [_outbox(r) for r in rows]
+
+    async def outbox_row(self, msg_id: bytes) -> OutboxRow | None:
+        row = await self._one("SELECT * FROM outbox WHERE id = ?", (msg_id,))
+        return _outbox(row) if row else None
+
+    async def landed(self, msg_id: bytes) -> None:
+        await self._db.execute("UPDATE outbox SET landed = ?, attempts = attempts + 1,"
+                               " last_error = '' WHERE id = ?", (time.time(), msg_id))
+
+    async def failed_attempt(self, msg_id: bytes, error: str) -> None:
+        await self._db.execute("UPDATE outbox SET attempts = attempts + 1, last_error = ?"
+                               " WHERE id = ?", (error[:500], msg_id))
+
+    # ---- handled commands -------------------------------------------------------------
+
+    async def inbound_state(self, msg_id: bytes) -> str | None:
+        row = await self._one("SELECT state FROM inbound WHERE id = ?", (msg_id,))
+        return None if row is None else str(row["state"])
+
+    async def set_inbound(self, msg_id: bytes, peer: str, op: str, state: str) -> None:
+        await self._db.execute(
+            "INSERT INTO inbound (id, peer, op, received, state) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state",
+            (msg_id, peer, op, time.time(), state),
+        )
+
+    # ---- tasks ------------------------------------------------------------------------
+
+    async def save_task(self, task: TaskRow) -> None:
+        await self._db.execute(
+            "INSERT INTO tasks (task_id, direction, peer, title, description, deliverables,"
+            " deadline, capabilities, state, note, branch, goal_id, created, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (task_id, direction) DO UPDATE SET state = excluded.state,"
+            " note = excluded.note, branch = excluded.branch, goal_id = excluded.goal_id,"
+            " updated = excluded.updated",
+            (task.task_id, task.direction, task.peer, task.title, task.description,
+             task.deliverables, task.deadline, json.dumps(task.capabilities), task.state,
+             task.note, task.branch, task.goal_id, task.created, task.updated),
+        )
+
+    async def task(self, task_id: str, direction: str) -> TaskRow | None:
+        row = await self._one("SELECT * FROM tasks WHERE task_id = ? AND direction = ?",
+                              (task_id, direction))
+        return _task(row) if row else None
+
+    async def tasks(self, states: Sequence[str] = ()) -> list[TaskRow]:
+        if states:
+            marks = ", ".join("?" * len(states))
+            rows = await self._all(
+                f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY created", states)
+        else:
+            rows = await self._all("SELECT * FROM tasks ORDER BY created")
+        return [_task(r) for r in rows]
+
+
+def _peer(row: aiosqlite.Row) -> PeerRow:
+    return PeerRow(row["name"], bytes(row["public_key"]), row["pinned_by"],
+                   json.loads(row["capabilities"]), row["first_seen"], row["last_seen"])
+
+
+def _outbox(row: aiosqlite.Row) -> OutboxRow:
+    corr = row["corr"]
+    return OutboxRow(bytes(row["id"]), row["peer"], row["op"], row["typ"],
+                     bytes(row["payload"]), bytes(corr) if corr is not None else None,
+                     row["created"], row["attempts"], row["last_error"], row["landed"])
+
+
+def _task(row: aiosqlite.Row) -> TaskRow:
+    return TaskRow(row["task_id"], row["direction"], row["peer"], row["title"],
+                   row["description"], row["deliverables"], row["deadline"],
+                   json.loads(row["capabilities"]), row["state"], row["note"], row["branch"],
+                   row["goal_id"], row["created"], row["updated"])
