@@ -27,6 +27,8 @@ Offline demo, from a JSON file holding a list of steps:
 
 then point an entity at it with `[llm] provider = "scripted"` and
 `base_url = "http://127.0.0.1:8099/v1"`. It listens on 127.0.0.1 only.
+`--demo` instead of `--script` serves the demo model (actors/llm/demo.py), which answers
+every request from the request itself and says in each answer that it is not a model.
 """
 
 from __future__ import annotations
@@ -546,9 +548,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Serve a scripted OpenAI-compatible chat API on 127.0.0.1 (not a model).",
     )
     parser.add_argument("--port", type=int, default=0, help="TCP port; 0 picks a free one")
-    parser.add_argument("--script", type=Path, required=True, help="JSON file: a list of steps")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--script", type=Path, help="JSON file: a list of steps")
+    source.add_argument(
+        "--demo", action="store_true",
+        help="serve the demo model: stateless answers marked '(demo model)', for any request",
+    )
     args = parser.parse_args(argv)
     logs.configure("info")  # to stderr; stdout carries only the line naming the URL
+    if args.demo:
+        from .demo import demo_reply
+
+        asyncio.run(_run(demo_reply, args.port))
+        return 0
     try:
         raw = json.loads(args.script.read_text())
         if not isinstance(raw, list):
@@ -561,15 +573,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-async def _run(steps: list[Reply | ErrorReply], port: int) -> None:
+async def _run(script: Script, port: int) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with ScriptedLLMServer(steps, port=port) as server:
+    async with ScriptedLLMServer(script, port=port) as server:
         print(f"scripted LLM server (not a model) on {server.base_url}", flush=True)
         await stop.wait()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run main() of the importable module, not of this __main__ copy: the demo model builds
+    # actors.llm.scripted.Reply objects, and only that module's server accepts them as steps.
+    from actors.llm import scripted
+
+    sys.exit(scripted.main())

@@ -1,0 +1,229 @@
+"""deploy/start-pair.sh as a user runs it: two federated entities on the demo model come
+up, a killed daemon is started again, Ctrl-C stops everything, and a second run keeps the
+keys of the first."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import child_env, ctl
+
+pytestmark = pytest.mark.timeout(180)
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "deploy" / "start-pair.sh"
+PORTS = 6
+DEMO_NOTICE = "no {key} in the environment; running it on the scripted demo model (not a model)"
+
+
+def free_port_range(count: int = PORTS) -> int:
+    """The first of `count` consecutive free loopback ports, below the ephemeral range."""
+    for _ in range(200):
+        base = random.randrange(15000, 32000 - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                s = socket.socket()
+                sockets.append(s)
+                s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+def pair_env(pair_dir: Path, base: int, **extra: str) -> dict[str, str]:
+    env = child_env()
+    # No model keys, and nothing of the caller's that would change the pair's setup.
+    for name in list(env):
+        if name.endswith("_API_KEY") or name.startswith(("ENTITYD_", "PAIR_")):
+            del env[name]
+    env.update(PAIR_DIR=str(pair_dir), PAIR_BASE_PORT=str(base), **extra)
+    return env
+
+
+class Pair:
+    """The script as a child process, its output (stdout and stderr) in a file."""
+
+    def __init__(self, pair_dir: Path, base: int, output: Path, **extra: str) -> None:
+        self.dir = pair_dir
+        self.base = base
+        self.output_path = output
+        with output.open("ab") as out:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [str(SCRIPT)], stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=pair_env(pair_dir, base, **extra), cwd=REPO,
+            )
+
+    def config(self, name: str) -> Path:
+        return self.dir / name / "entityd.toml"
+
+    def output(self) -> str:
+        return self.output_path.read_text(errors="replace")
+
+    def wait_output(self, needle: str, timeout: float = 90.0) -> None:
+        poll(lambda: needle in self.output(), timeout,
+             f"start-pair.sh did not print {needle!r}", alive=self.proc)
+
+    def stop(self, sig: signal.Signals = signal.SIGINT, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def leftovers(self) -> list[str]:
+        """Command lines of processes that belong to this pair."""
+        demo_ports = [f"--port {self.base + 4}", f"--port {self.base + 5}"]
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                args = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue  # gone meanwhile
+            line = " ".join(a.decode(errors="replace") for a in args if a)
+            if not line or cmdline.parent.name == str(os.getpid()):
+                continue
+            if str(self.dir) in line or (
+                "actors.llm.scripted" in line and any(p in line for p in demo_ports)
+            ):
+                found.append(line)
+        return found
+
+    def cleanup(self) -> None:
+        """After a failed test: stop the script, then anything of the pair still alive."""
+        if self.proc.poll() is None:
+            try:
+                self.stop(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if str(self.dir) in text:
+                    os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                continue
+
+
+def poll(check: Callable[[], bool], timeout: float, message: str,
+         alive: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if alive is not None and alive.poll() is not None:
+            raise AssertionError(f"{message}: start-pair.sh exited ({alive.returncode})")
+        time.sleep(0.2)
+    raise AssertionError(f"{message} within {timeout} s")
+
+
+@pytest.fixture
+def pair_dir(tmp_path: Path) -> Path:
+    return tmp_path / "pair"
+
+
+@pytest.fixture
+def started_pair(pair_dir: Path, tmp_path: Path) -> Iterator[Pair]:
+    pair = Pair(pair_dir, free_port_range(), tmp_path / "start-pair.out")
+    try:
+        pair.wait_output("pair ready")
+        yield pair
+    except BaseException:
+        print(pair.output())
+        raise
+    finally:
+        pair.cleanup()
+
+
+def test_the_pair_starts_restarts_a_killed_daemon_and_stops_on_ctrl_c(
+    started_pair: Pair,
+) -> None:
+    pair = started_pair
+    output = pair.output()
+    assert "entity-a: " + DEMO_NOTICE.format(key="MOONSHOT_API_KEY") in output
+    assert "entity-b: " + DEMO_NOTICE.format(key="OPENROUTER_API_KEY") in output
+    for word in ("status", "peers", "talk entity-b", "watch"):
+        assert f"entityctl --config {pair.config('entity-a')} {word}" in output
+    status = ctl(pair.config("entity-a"), "status")
+    assert status.returncode == 0, status.stderr
+    assert "entity-a" in status.stdout
+
+    pid_file = pair.dir / "entity-b" / "entityd.pid"
+    killed = int(pid_file.read_text())
+    os.kill(killed, signal.SIGKILL)
+    pair.wait_output("entity-b exited (code 137); restarting", timeout=30)
+
+    def answers_again() -> bool:
+        pid = pid_file.read_text().strip()
+        return pid != str(killed) and ctl(
+            pair.config("entity-b"), "--timeout", "2", "status"
+        ).returncode == 0
+
+    poll(answers_again, 30, "entity-b did not answer again after it was killed")
+
+    assert pair.stop(signal.SIGINT) == 0
+    assert "pair stopped" in pair.output()
+    assert pair.leftovers() == []
+    assert not pid_file.exists()
+
+
+def test_a_second_run_keeps_the_first_runs_keys(pair_dir: Path, tmp_path: Path) -> None:
+    key_files = [
+        pair_dir / name / path
+        for name in ("entity-a", "entity-b")
+        for path in ("entity.pub", "keys/entity.key", "keys/hub.nk")
+    ]
+    base = free_port_range()
+    runs = []
+    for run in (1, 2):
+        pair = Pair(pair_dir, base, tmp_path / f"run{run}.out", PAIR_DURATION="1")
+        try:
+            assert pair.proc.wait(120) == 0, pair.output()
+        finally:
+            pair.cleanup()
+        output = pair.output()
+        assert "pair ready" in output and "pair stopped" in output, output
+        assert pair.leftovers() == []
+        runs.append((output, {path: path.read_bytes() for path in key_files}))
+    (first_output, first_keys), (second_output, second_keys) = runs
+    assert "first run: creating entity-a" in first_output
+    assert "first run" not in second_output
+    assert second_keys == first_keys
+    config = (pair_dir / "entity-a" / "entityd.toml").read_text()
+    trusted = 'entity-b = ["talk", "report", "delegate", "wake", "restart"]'
+    assert config.splitlines().count(trusted) == 1  # set once, not once per run
+    assert f'hub_url = "nats-leaf://127.0.0.1:{base + 1}"' in config
+
+
+def test_each_entity_sees_the_other_as_a_peer(started_pair: Pair) -> None:
+    """Needs the peer actor and `entityctl peers` (issue 4, being built alongside)."""
+    pair = started_pair
+    last: list[subprocess.CompletedProcess[str]] = []
+
+    def sees_entity_b() -> bool:
+        result = ctl(pair.config("entity-a"), "peers", "--json")
+        last[:] = [result]
+        if result.returncode != 0:
+            return False
+        return any(peer.get("name") == "entity-b" for peer in json.loads(result.stdout))
+
+    try:
+        poll(sees_entity_b, 30, "entity-a did not list entity-b in `entityctl peers --json`")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last: {last[0].returncode} {last[0].stderr}") from None
+    assert pair.stop(signal.SIGTERM) == 0
+    assert "pair stopped" in pair.output()
+    assert pair.leftovers() == []
