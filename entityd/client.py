@@ -10,7 +10,7 @@ from typing import Any
 
 from nacl.signing import SigningKey
 
-from protocol import Envelope, Keyring, ProtocolError, subjects
+from protocol import Envelope, Event, Keyring, ProtocolError, subjects
 
 from . import bus, identity
 from .config import Config
@@ -66,7 +66,8 @@ class EntityClient:
 
     @contextlib.asynccontextmanager
     async def events(self) -> AsyncIterator[AsyncIterator[Envelope]]:
-        """Subscribe to the entity's signed events; yields an iterator of verified ones.
+        """Subscribe to the entity's signed events; yields an iterator of verified ones
+        (Event records only: presence heartbeats are left out).
 
         The subscription is live when the block is entered, so nothing published after
         that is missed; forged or malformed events are skipped.
@@ -81,10 +82,12 @@ class EntityClient:
         async def verified() -> AsyncIterator[Envelope]:
             async for msg in sub.messages:
                 try:
-                    yield transport.open(msg.data, subject=msg.subject, local=local,
+                    env = transport.open(msg.data, subject=msg.subject, local=local,
                                          replay=guard)
                 except ProtocolError:
                     continue
+                if isinstance(env.message, Event):  # not the peer actor's heartbeats
+                    yield env
 
         try:
             yield verified()

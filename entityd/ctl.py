@@ -17,7 +17,7 @@ from typing import Any
 from protocol import Envelope, ProtocolError, Status, StatusGet
 
 from . import config as config_mod
-from . import logs
+from . import ctl_peers, logs
 from .client import EntityClient
 from .errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 
@@ -104,11 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("watch", help="print the entity's events as they happen")
     watch.add_argument("--json", action="store_true")
     watch.set_defaults(run=_watch)
+    ctl_peers.add_commands(sub)
     return parser
 
 
 async def _run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     command: Command = args.run
+    args.timeout_given = args.timeout is not None
     if args.command != "ask":
         args.timeout = args.timeout or REPLY_TIMEOUT_S
     async with EntityClient(cfg, args.key) as client:

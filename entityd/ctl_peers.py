@@ -1,0 +1,211 @@
+"""entityctl's federation commands: peers, check, talk, report, wake, restart, delegate,
+tasks. Each asks the entity's own peer actor, which does the work and answers with an
+outcome; the exit code says how it went (0 done, 2 unknown peer, 3 refused, 4 not
+reachable or no answer in time)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import time
+from typing import Any
+
+from .client import EntityClient
+
+EXIT_UNKNOWN = 2
+EXIT_REFUSED = 3
+EXIT_UNREACHABLE = 4
+REFUSED = ("not_trusted", "rate_limited", "rejected", "unknown_actor", "self", "failed")
+UNKNOWN = ("unknown_peer",)
+MARGIN_S = 10.0
+REPLY_S = 5.0
+FINAL = ("delivered", "completed", "failed", "rejected")
+
+
+def add_commands(sub: Any) -> None:
+    peers = sub.add_parser("peers", help="the entities this one knows: keys, heartbeat, trust")
+    peers.add_argument("--json", action="store_true")
+    peers.set_defaults(run=_peers)
+
+    check = sub.add_parser("check", help="check_peer_alive: heartbeat and a signed ping")
+    check.add_argument("peer")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(run=_check)
+
+    talk = sub.add_parser("talk", help="talk_to_peer: say something, print the answer")
+    talk.add_argument("peer")
+    talk.add_argument("text")
+    talk.add_argument("--json", action="store_true")
+    talk.set_defaults(run=_talk)
+
+    report = sub.add_parser("report", help="report_to_peer: durable, fire and forget")
+    report.add_argument("peer")
+    report.add_argument("text")
+    report.add_argument("--json", action="store_true")
+    report.set_defaults(run=_report)
+
+    wake = sub.add_parser("wake", help="wake_up_peer: start a turn on its todo list if idle")
+    wake.add_argument("peer")
+    wake.add_argument("--reason", default="")
+    wake.add_argument("--json", action="store_true")
+    wake.set_defaults(run=_wake)
+
+    restart = sub.add_parser("restart", help="restart_peer: restart one actor (or all)")
+    restart.add_argument("peer")
+    restart.add_argument("actor", nargs="?", default="")
+    restart.add_argument("--json", action="store_true")
+    restart.set_defaults(run=_restart)
+
+    delegate = sub.add_parser("delegate", help="delegate a task to a peer")
+    delegate.add_argument("peer")
+    delegate.add_argument("title", help="the task, in a line")
+    delegate.add_argument("--description", default="", help="details (default: the title)")
+    delegate.add_argument("--deliverables", default="")
+    delegate.add_argument("--deadline", type=float, default=0.0,
+                          help="seconds from now (default: peers.delegation_timeout)")
+    delegate.add_argument("--capability", action="append", default=[],
+                          help="a capability the peer must offer (repeatable)")
+    delegate.add_argument("--wait", action="store_true",
+                          help="wait until the task is delivered, failed or rejected")
+    delegate.add_argument("--json", action="store_true")
+    delegate.set_defaults(run=_delegate)
+
+    tasks = sub.add_parser("tasks", help="delegated tasks, both ways, with their state")
+    tasks.add_argument("--json", action="store_true")
+    tasks.set_defaults(run=_tasks)
+
+
+def _timeout(args: argparse.Namespace, seconds: float) -> float:
+    """--timeout if given, else the peer actor's own limit and a margin."""
+    return float(args.timeout) if args.timeout_given else seconds + MARGIN_S
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(dataclasses.asdict(value), indent=2, sort_keys=True, default=str))
+
+
+def _outcome_exit(outcome: Any, as_json: bool) -> int:
+    if as_json:
+        _print(outcome)
+    else:
+        latency = f" in {outcome.latency_ms:.0f} ms" if outcome.latency_ms else ""
+        print(f"{outcome.peer}: {outcome.code}{latency}\n{outcome.text}")
+    if outcome.ok:
+        return 0
+    if outcome.code in UNKNOWN:
+        return EXIT_UNKNOWN
+    if outcome.code in REFUSED:
+        return EXIT_REFUSED
+    return EXIT_UNREACHABLE
+
+
+async def _peers(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import Peers, PeersGet
+
+    peers: Peers = await client.ask("peer", PeersGet(), args.timeout)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(p) for p in peers.peers], indent=2))
+        return 0
+    if not peers.peers:
+        print("(no peers known yet: none has sent a heartbeat)")
+    now = time.time()
+    for p in peers.peers:
+        seen = f"{now - p.last_seen:.0f} s ago" if p.last_seen else "never"
+        print(f"{p.name:<20} {'present' if p.present else 'absent':<8} heartbeat {seen:<12} "
+              f"key {p.public_key[:16]}... ({p.pinned_by})  may: {', '.join(p.trust) or '-'}")
+    return 0
+
+
+async def _check(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import PeerCheck, PeerCheckResult
+
+    result = await client.ask("peer", PeerCheck(args.peer),
+                              _timeout(args, client.config.peers.ping_timeout))
+    if not isinstance(result, PeerCheckResult):
+        return _outcome_exit(result, args.json)
+    if args.json:
+        _print(result)
+    else:
+        latency = f" {result.latency_ms:.1f} ms" if result.state == "alive" else ""
+        print(f"{result.peer}: {result.state}{latency}\n{result.detail}")
+    return 0 if result.state == "alive" else EXIT_UNREACHABLE
+
+
+async def _talk(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import PeerTalk
+
+    wait = client.config.peers.talk_timeout
+    outcome = await client.ask("peer", PeerTalk(args.peer, args.text),
+                               _timeout(args, wait))
+    return _outcome_exit(outcome, args.json)
+
+
+async def _report(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import PeerReport
+
+    outcome = await client.ask("peer", PeerReport(args.peer, args.text),
+                               _timeout(args, 5.0))
+    return _outcome_exit(outcome, args.json)
+
+
+async def _wake(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import PeerWake
+
+    outcome = await client.ask("peer", PeerWake(args.peer, args.reason),
+                               _timeout(args, client.config.peers.command_timeout))
+    return _outcome_exit(outcome, args.json)
+
+
+async def _restart(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import PeerRestart
+
+    outcome = await client.ask("peer", PeerRestart(args.peer, args.actor),
+                               _timeout(args, client.config.peers.command_timeout))
+    return _outcome_exit(outcome, args.json)
+
+
+async def _delegate(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import PeerDelegate, Tasks, TasksGet
+
+    outcome = await client.ask("peer", PeerDelegate(
+        args.peer, args.title, args.description or args.title, args.deliverables,
+        args.deadline, list(args.capability)), _timeout(args, 5.0))
+    if not outcome.ok or not args.wait:
+        return _outcome_exit(outcome, args.json)
+    print(f"task {outcome.id} offered to {args.peer}; waiting", flush=True)
+    deadline = args.deadline or client.config.peers.delegation_timeout
+    async with asyncio.timeout(deadline + MARGIN_S):
+        while True:
+            tasks: Tasks = await client.ask("peer", TasksGet(), REPLY_S)
+            task = next(t for t in tasks.tasks
+                        if t.task_id == outcome.id and t.direction == "out")
+            if task.state in FINAL:
+                break
+            await asyncio.sleep(1.0)
+    if args.json:
+        _print(task)
+    else:
+        print(f"{task.task_id}: {task.state}" + (f" on branch {task.branch}" if task.branch
+                                                 else "") + (f"\n{task.note}" if task.note else ""))
+    return 0 if task.state == "delivered" else EXIT_REFUSED
+
+
+
+async def _tasks(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.peer.messages import Tasks, TasksGet
+
+    tasks: Tasks = await client.ask("peer", TasksGet(), args.timeout)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(t) for t in tasks.tasks], indent=2))
+        return 0
+    if not tasks.tasks:
+        print("(no delegated tasks)")
+    for t in tasks.tasks:
+        way = f"to {t.peer}" if t.direction == "out" else f"from {t.peer}"
+        branch = f"  branch {t.branch}" if t.branch else ""
+        print(f"{t.task_id}  {way:<22} {t.state:<10} {t.title}{branch}")
+        if t.note:
+            print(f"    {t.note[:300]}")
+    return 0
