@@ -58,7 +58,9 @@ class Workspace:
                   input: bytes | None = None) -> str:
         """Run git in the workspace (or in `cwd`, a scratch clone of it)."""
         proc = await asyncio.create_subprocess_exec(
-            "git", *_SAFE, "-c", f"safe.directory={self.path}", *args,
+            # Both spellings: a clone of the workspace checks its .git dir by that name.
+            "git", *_SAFE, "-c", f"safe.directory={self.path}",
+            "-c", f"safe.directory={self.path / '.git'}", *args,
             cwd=cwd or self.path, env=self._env(),
             stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,

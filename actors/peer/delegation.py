@@ -108,8 +108,12 @@ class Delegation:
         shutil.rmtree(scratch, ignore_errors=True)
         scratch.parent.mkdir(parents=True, exist_ok=True)
         try:
-            await ws.git("clone", "-q", "--no-hardlinks", str(ws.path), str(scratch))
-            await ws.git("checkout", "-q", "-B", branch, cwd=scratch)
+            # Pushed and fetched, not cloned: git runs in the scratch repo only as its
+            # owner, never in the workspace owned by the sandbox's user.
+            await ws.git("init", "-q", "-b", branch, str(scratch))
+            if await ws.head() is not None:
+                await ws.git("push", "-q", str(scratch), f"HEAD:refs/heads/{branch}")
+                await ws.git("checkout", "-q", "-f", branch, cwd=scratch)
             await ws.git("am", "-q", "--3way", cwd=scratch, input=patch)
             await ws.git("fetch", "-q", "-f", str(scratch), f"{branch}:refs/heads/{branch}")
             ws.chown_git()

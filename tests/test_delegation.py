@@ -1,0 +1,147 @@
+"""Task delegation between two real daemons: a coding task goes to entity-b, its commits
+come back as a branch of entity-a's workspace where the test passes; SIGKILL of either
+side mid-task and a restart still finish it."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from actors.llm.scripted import ScriptedLLMServer
+from tests.federation_rig import Federation, Member, build
+from tests.peer_model import CALC, TEST_CALC, route
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def git(workspace: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", f"safe.directory={workspace}", *args], cwd=workspace,
+                          capture_output=True, text=True, check=True).stdout
+
+
+async def task_of(member: Member, direction: str) -> dict[str, Any] | None:
+    tasks = await member.ctl_json("tasks")
+    return next((t for t in tasks if t["direction"] == direction), None)
+
+
+async def wait_state(member: Member, direction: str, states: tuple[str, ...],
+                     timeout: float = 90.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        task = await task_of(member, direction)
+        if task is not None and task["state"] in states:
+            return task
+        assert time.monotonic() < deadline, (
+            f"{member.name}'s {direction} task is {task} after {timeout} s\n"
+            + member.daemon.log()[-3000:])
+        await asyncio.sleep(0.3)
+
+
+def check_branch(member: Member, branch: str, tmp: Path) -> None:
+    """The deliverable is a branch beside the delegator's own work, and its test passes."""
+    workspace = member.workspace
+    assert git(workspace, "branch", "--list", branch).strip()
+    checkout = tmp / f"{member.name}-review"
+    checkout.mkdir()
+    tree = subprocess.run(["git", "-c", f"safe.directory={workspace}", "archive", branch],
+                          cwd=workspace, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(checkout)], input=tree, check=True)
+    assert (checkout / "calc.py").read_text() == CALC
+    assert (checkout / "test_calc.py").read_text() == TEST_CALC
+    result = subprocess.run(["python3", "-m", "unittest", "-v", "test_calc"], cwd=checkout,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "Ran 1 test" in result.stderr, result.stderr
+    assert not (workspace / "calc.py").exists()  # not merged into the checkout
+
+
+async def start_pair(tmp_path: Path, llm: ScriptedLLMServer) -> Federation:
+    fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
+    await fed.start()
+    await fed.discovered()
+    return fed
+
+
+async def test_a_delegated_coding_task_comes_back_as_a_branch_whose_test_passes(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedLLMServer(route) as llm:
+        fed = await start_pair(tmp_path, llm)
+        try:
+            a, b = fed["entity-a"], fed["entity-b"]
+            code, out, err = await a.ctl("delegate", "entity-b", "Write calc.add with a test",
+                                         "--deliverables", "calc.py and test_calc.py",
+                                         "--capability", "code", "--wait", timeout=120)
+            assert code == 0, out + err + b.daemon.log()[-3000:]
+            assert "delivered on branch delegated/" in out
+            mine = await task_of(a, "out")
+            theirs = await task_of(b, "in")
+            assert mine is not None and theirs is not None
+            assert mine["task_id"] == theirs["task_id"]
+            assert (mine["state"], theirs["state"]) == ("delivered", "completed")
+            check_branch(a, mine["branch"], tmp_path)
+            # entity-b's own commit is the source; entity-a got it with its author.
+            assert "entity-b" in git(a.workspace, "log", "-1", "--format=%an", mine["branch"])
+
+            # A peer without the capability refuses, and the refusal is recorded both ways.
+            code, out, err = await a.ctl("delegate", "entity-b", "Fly a plane",
+                                         "--capability", "pilot", "--wait")
+            assert code == 3, out + err
+            assert "rejected" in out and "lacks the capabilities pilot" in out
+        finally:
+            assert await asyncio.to_thread(fed.stop) == [0, 0]
+
+
+async def test_sigkill_of_either_side_mid_task_still_finishes_it(tmp_path: Path) -> None:
+    async with ScriptedLLMServer(functools.partial(route, coder_delay=1.0)) as llm:
+        fed = await start_pair(tmp_path, llm)
+        try:
+            a, b = fed["entity-a"], fed["entity-b"]
+
+            # The delegate dies while its coder works: on restart it takes the task up again.
+            code, out, err = await a.ctl("delegate", "entity-b", "Write calc.add with a test")
+            assert code == 0, out + err
+            await wait_state(b, "in", ("working",))
+            await asyncio.sleep(1.5)  # the coder is between steps
+            b.daemon.kill()
+            b.start()
+            await b.ready()
+            delivered = await wait_state(a, "out", ("delivered", "failed"), timeout=120)
+            assert delivered["state"] == "delivered", delivered
+            check_branch(a, delivered["branch"], tmp_path)
+            assert (await task_of(b, "in") or {}).get("state") == "completed"
+
+            # The delegator dies while the delegate works: the result waits for it.
+            for task in await a.ctl_json("tasks"):
+                assert task["state"] in ("delivered", "completed")
+            code, out, err = await a.ctl("delegate", "entity-b", "Write calc.add again")
+            assert code == 0, out + err
+            task_id = out.split("offered task ")[1].split()[0]
+            a.daemon.kill()
+            deadline = time.monotonic() + 90
+            while True:  # entity-b finishes and keeps the result for entity-a
+                tasks = await b.ctl_json("tasks")
+                state = next(t["state"] for t in tasks if t["task_id"] == task_id)
+                if state in ("completed", "failed"):
+                    break
+                assert time.monotonic() < deadline, state
+                await asyncio.sleep(0.5)
+            a.start()
+            await a.ready()
+            deadline = time.monotonic() + 60
+            while True:
+                tasks = await a.ctl_json("tasks")
+                mine = next(t for t in tasks if t["task_id"] == task_id)
+                if mine["state"] in ("delivered", "failed"):
+                    break
+                assert time.monotonic() < deadline, mine
+                await asyncio.sleep(0.5)
+            # The same commits again: they apply on a fresh branch (or fail cleanly, said).
+            assert mine["state"] == "delivered" or "did not apply" in mine["note"], mine
+        finally:
+            await asyncio.to_thread(fed.stop)
