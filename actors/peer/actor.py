@@ -20,6 +20,7 @@ import nats.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 
 import protocol
 from entityd.actor import Actor, Later
@@ -107,6 +108,7 @@ class PeerActor(Actor):
         self._started_at = time.time()
         self._reject_budget = (0.0, 0)
         self.store: PeerStore | None = None
+        self._inbox: JetStreamContext.PullSubscription | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -147,7 +149,12 @@ class PeerActor(Actor):
         await self._close()
 
     async def _close(self) -> None:
-        subs, self._subs = self._subs, []
+        # Unsubscribed, or the daemon's drain of the connection waits for them in vain.
+        subs: list[Any] = list(self._subs)
+        self._subs = []
+        if self._inbox is not None:
+            subs.append(self._inbox)
+            self._inbox = None
         for sub in subs:
             try:
                 await sub.unsubscribe()
@@ -279,6 +286,7 @@ class PeerActor(Actor):
     # ---- durable commands from peers (the INBOX) ---------------------------------------
 
     async def _consume(self) -> None:
+        assert self._inbox is not None, "on_start subscribes the INBOX"
         while True:
             try:
                 msgs = await self._inbox.fetch(FETCH_BATCH, timeout=1.0)
