@@ -118,6 +118,10 @@ class EmbeddedNatsServer:
                 stderr=early_errors,
                 env=self.env,
                 preexec_fn=_die_with_parent,
+                # Its own session: Ctrl-C in the daemon's terminal goes to the daemon
+                # alone, which drains and then stops the server, instead of killing the
+                # server under the draining daemon.
+                start_new_session=True,
             )
         log.info("nats_server_starting", pid=self._proc.pid, url=self.url)
         try:
