@@ -146,3 +146,38 @@ async def test_every_peer_tool_from_the_orchestrator(pair: Federation) -> None:
     await ask(b, "what is new?")
     prompts = [json.dumps(r.body) for r in pair.llm.requests if r.body]
     assert any("Reports from peers" in p and "deploy finished" in p for p in prompts)
+
+
+async def test_a_peer_over_its_rate_limit_is_refused_and_its_commands_wait(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedLLMServer(route) as llm:
+        fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
+        b = fed["entity-b"]
+        b.config.write_text(b.config.read_text()
+                            .replace("rate_per_minute = 120", "rate_per_minute = 20")
+                            .replace("rate_burst = 30", "rate_burst = 2"))
+        try:
+            await fed.start()
+            await fed.discovered()
+            a = fed["entity-a"]
+            states = [await _check_state(a) for _ in range(4)]
+            assert states[:2] == ["alive", "alive"], states
+            assert "rate_limited" in states[2:], states
+
+            # A durable command over the limit is not refused: it waits in the INBOX.
+            sent = [await a.ctl_json("report", "entity-b", f"burst report {i}")
+                    for i in range(4)]
+            assert all(s["code"] == "delivered" for s in sent), sent
+            for i in range(4):
+                await poll(lambda i=i: memories(b, f"burst report {i}"), timeout=30)
+        finally:
+            assert await asyncio.to_thread(fed.stop) == [0, 0]
+
+
+async def _check_state(member: Member) -> str:
+    _, out, _ = await member.ctl("check", "entity-b", "--json")
+    result = json.loads(out)
+    if result["state"] == "alive":
+        return "alive"
+    return "rate_limited" if "rate_limited" in result["detail"] else result["detail"]
