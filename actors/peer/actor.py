@@ -85,6 +85,7 @@ REQUEST_QUEUE = 256
 CONCURRENT_REQUESTS = 16
 FETCH_BATCH = 16
 ACK_WAIT_S = 60.0
+RETRY_S = 2.0  # a command whose handling failed for a passing reason is offered again
 REJECT_EVENTS_PER_SECOND = 10
 # op -> the permission a peer needs for it (ping and results need none).
 PERMISSION = {"talk": "talk", "report": "report", "wake": "wake", "restart": "restart",
@@ -324,7 +325,12 @@ class PeerActor(Actor):
                 await msg.nak(delay=wait)  # kept in the INBOX, offered again later
                 return
             await self.store.set_inbound(env.id, peer, op, "received")
-        after = await self._command(env, peer, op, record)
+        try:
+            after = await self._command(env, peer, op, record)
+        except EntitydError as exc:  # e.g. the memory actor is restarting: try again soon
+            self.ctx.log.warning("command_deferred", peer=peer, op=op, error=str(exc))
+            await msg.nak(delay=RETRY_S)
+            return
         await self.store.set_inbound(env.id, peer, op, "done")
         await msg.ack()
         if after is not None:
