@@ -42,7 +42,8 @@ class CoderActor(Actor):
         toolbox = Toolbox(await self._tools.get())
 
         async def report(step: Step) -> None:
-            await self.ctx.emit("step", task_id=task.task_id, **summarize(step))
+            await self.ctx.emit("step", task_id=task.task_id,
+                                **summarize(step, private=task.private))
 
         loop = AgentLoop(llm, toolbox, prompts.load("coder", entity=self.ctx.entity),
                          self.max_steps, report)

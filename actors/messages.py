@@ -175,6 +175,22 @@ class Goal:
     task_id: str = ""  # empty: the orchestrator assigns one
     conversation: str = ""  # empty: a new conversation per task
     source: str = "ctl"  # ctl | autonomy | peer:<entity>
+    # A peer's goal: its events carry no content (they cross the hub, where the peer's
+    # encrypted words must not appear), and the outcome goes to `notify` as `turn_done`.
+    private: bool = False
+    notify: str = ""  # an actor address ("entity/actor") to tell when the turn ends
+
+
+@kind("turn_done")
+@dataclass(frozen=True, slots=True)
+class TurnDone:
+    """A turn's outcome, for the actor that asked to be told (Goal.notify)."""
+
+    task_id: str
+    ok: bool
+    text: str
+    stopped: str = ""
+    commits: list[str] = field(default_factory=list)
 
 
 @kind("goal_accepted")
@@ -208,6 +224,7 @@ class CodeTask:
     task_id: str
     goal: str
     context: str = ""
+    private: bool = False  # no content in the coder's events (see Goal.private)
 
 
 @kind("code_result")

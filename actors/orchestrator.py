@@ -8,6 +8,7 @@ is published as events carrying the task id, ending with an `answer` event.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -34,6 +35,7 @@ from .messages import (
     MemorySearch,
     TodoItems,
     TodoList,
+    TurnDone,
     Wake,
     WakeResult,
 )
@@ -103,7 +105,8 @@ class OrchestratorActor(Actor):
             return GoalAccepted(task_id, ahead)  # given again (a peer actor restarted)
         try:
             self._queue.put_nowait(
-                Goal(goal.text, task_id, goal.conversation or task_id, goal.source)
+                dataclasses.replace(goal, task_id=task_id,
+                                    conversation=goal.conversation or task_id)
             )
         except asyncio.QueueFull:
             return Error("busy", f"{QUEUE_SIZE} goals are already queued; try later")
@@ -160,28 +163,31 @@ class OrchestratorActor(Actor):
     async def _turn(self, goal: Goal) -> None:
         started = time.monotonic()
         await self.ctx.emit("turn_started", task_id=goal.task_id, source=goal.source,
-                            goal=goal.text[:500])
+                            **({} if goal.private else {"goal": goal.text[:500]}))
         await self._log(goal, "user", goal.text)
         try:
             llm = CountingLLM(self._llm_factory())
         except LLMError as exc:
             outcome = TurnOutcome(False, f"no model is available: {exc}", 0, "llm_error")
-            await self._finish(goal, outcome, OrchestratorTools(self.ctx, goal.task_id),
+            await self._finish(goal, outcome, OrchestratorTools(self.ctx, goal.task_id,
+                                                                goal.private),
                                started, tokens=0)
             return
-        tools = OrchestratorTools(self.ctx, goal.task_id)
+        tools = OrchestratorTools(self.ctx, goal.task_id, goal.private)
         toolbox = Toolbox([*tools.tools(), *PeerTools(self.ctx, self.peers).tools(),
                            *await self._tools.get()])
 
         async def report(step: Step) -> None:
-            await self.ctx.emit("step", task_id=goal.task_id, **summarize(step))
+            await self.ctx.emit("step", task_id=goal.task_id,
+                                **summarize(step, private=goal.private))
 
         loop = AgentLoop(llm, toolbox, prompts.load("orchestrator", entity=self.ctx.entity),
                          self.max_steps, report)
         recalled = await self._recall(goal.text) + self._take_reports()
         outcome = await loop.run(TaskStep(goal.text, recalled))
         if outcome.stopped == "budget":
-            await self.ctx.emit("budget_exhausted", task_id=goal.task_id, reason=outcome.answer)
+            await self.ctx.emit("budget_exhausted", task_id=goal.task_id,
+                                **({} if goal.private else {"reason": outcome.answer}))
         await self._learn(llm, goal, outcome)
         if goal.source.startswith("wake:autonomy"):
             self._auto.turns += 1
@@ -191,12 +197,19 @@ class OrchestratorActor(Actor):
     async def _finish(self, goal: Goal, outcome: TurnOutcome, tools: OrchestratorTools,
                       started: float, tokens: int) -> None:
         await self._log(goal, "assistant", outcome.answer)
+        content = {} if goal.private else {"text": outcome.answer, "changes": tools.diffstats}
         await self.ctx.emit(
-            "answer", task_id=goal.task_id, ok=outcome.ok, text=outcome.answer,
-            steps=outcome.steps, stopped=outcome.stopped, commits=tools.commits,
-            changes=tools.diffstats, tokens=tokens,
-            seconds=round(time.monotonic() - started, 3),
+            "answer", task_id=goal.task_id, ok=outcome.ok, steps=outcome.steps,
+            stopped=outcome.stopped, commits=tools.commits, tokens=tokens,
+            seconds=round(time.monotonic() - started, 3), **content,
         )
+        if goal.notify:
+            try:
+                await self.ctx.tell(goal.notify, TurnDone(goal.task_id, outcome.ok,
+                                                          outcome.answer, outcome.stopped,
+                                                          tools.commits))
+            except EntitydError as exc:  # its asker restarts and gives the goal again
+                self.ctx.log.warning("turn_done_lost", to=goal.notify, error=str(exc))
 
     def _take_reports(self) -> str:
         if not self._reports:
@@ -252,7 +265,8 @@ class OrchestratorActor(Actor):
             MemoryAdd("episode", f"{goal.text[:300]} -> {outcome.answer[:300]}", 0.3,
                       f"task {goal.task_id}"),
         )
-        await self.ctx.emit("lessons", task_id=goal.task_id, lessons=lessons, stored=stored)
+        await self.ctx.emit("lessons", task_id=goal.task_id, stored=stored,
+                            **({} if goal.private else {"lessons": lessons}))
 
 
 def _parse_lessons(text: str) -> list[str]:

@@ -39,9 +39,10 @@ class OrchestratorTools:
     """Builds the tools for one turn; `commits` and `diffstats` collect what the coder
     committed."""
 
-    def __init__(self, ctx: Context, task_id: str) -> None:
+    def __init__(self, ctx: Context, task_id: str, private: bool = False) -> None:
         self.ctx = ctx
         self.task_id = task_id
+        self.private = private
         self.commits: list[str] = []
         self.diffstats: list[str] = []
 
@@ -84,7 +85,8 @@ class OrchestratorTools:
     async def delegate(self, args: dict[str, Any]) -> str:
         result: CodeResult = await self._ask(
             "coder",
-            CodeTask(self.task_id, str(args["goal"]), str(args.get("context", ""))),
+            CodeTask(self.task_id, str(args["goal"]), str(args.get("context", "")),
+                     self.private),
             timeout=CODER_TIMEOUT_S,
         )
         if result.commit:

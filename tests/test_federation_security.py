@@ -15,8 +15,8 @@ An observer on the hub with full rights captures the wire.
 - restart_peer from a peer without the "restart" right is refused (not_trusted), from a
   trusted one it restarts the actor.
 
-A known leak is kept as a strict xfail: events (fed.evt.>, which every member may read)
-carry the content of talks and delegated tasks in clear.
+- events (fed.evt.>, which every member may read) carry no content of talks and
+  delegated tasks: a peer's turn is private.
 """
 
 from __future__ import annotations
@@ -287,8 +287,8 @@ async def test_a_member_cannot_impersonate_forge_replay_eavesdrop_or_restart_unb
         await poll(lambda: _true(on_hub.on(task_subj)), what="the delegate on the hub")
         captured = on_hub.msgs[first:]
         markers = [m.encode() for m in (talk_text, report_text, task_text)]
-        # Everything entities say to each other: requests, replies, commands. (Events,
-        # fed.evt.>, leak the markers today: see the xfail test below.)
+        # Everything entities say to each other: requests, replies, commands. (Events
+        # are checked by the next test.)
         peer_traffic = [m for m in captured if not m.subject.startswith("fed.evt.")]
         assert {m.subject.split(".")[0] for m in peer_traffic} == {"fed", "_i"}
         for msg in peer_traffic:
@@ -371,10 +371,6 @@ async def pair_and_member(tmp_path: Path) -> Any:
             assert codes == [0, 0], [m.daemon.log()[-2000:] for m in fed.members.values()]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "BUG: events carry conversation content and cross the hub in clear, where every "
-    "member may subscribe to fed.evt.>: entity-b's orchestrator turn_started (goal), "
-    "step and answer (text), the peer actor's task_offered / task_accepted (title)"))
 async def test_other_members_read_no_peer_plaintext_in_events(
     pair_and_member: Federation,
 ) -> None:

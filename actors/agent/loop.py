@@ -71,8 +71,20 @@ class AgentLoop:
             await self.on_step(step)
 
 
-def summarize(step: Step, limit: int = 300) -> dict[str, Any]:
-    """A short, event-sized description of a step (never whole file contents)."""
+PRIVATE_KEYS = ("text", "output")
+
+
+def summarize(step: Step, limit: int = 300, private: bool = False) -> dict[str, Any]:
+    """A short, event-sized description of a step (never whole file contents); without
+    any content when `private` (a peer's encrypted task: events cross the hub)."""
+    summary = _summary(step, limit)
+    if private:
+        for key in PRIVATE_KEYS:
+            summary.pop(key, None)
+    return summary
+
+
+def _summary(step: Step, limit: int) -> dict[str, Any]:
     match step:
         case ActionStep(completion):
             return {

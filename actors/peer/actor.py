@@ -37,7 +37,7 @@ from protocol import (
     subjects,
 )
 
-from ..messages import Goal, MemoryAdd, MemoryRef, Wake, WakeResult
+from ..messages import Goal, MemoryAdd, MemoryRef, TurnDone, Wake, WakeResult
 from ..workspace import Workspace
 from .delegation import Delegation
 from .link import ACTOR, FedLink, UnknownPeer, describe_failure, inbox_stream
@@ -119,7 +119,6 @@ class PeerActor(Actor):
         self.link = FedLink(transport, self.store, pinning=self.settings.pinning)
         await self.link.load(self.config.peer_keys)
         self.turns = Turns(self.ctx)
-        await self.turns.start()
         self.outbox = Outbox(self.link, self.store, self.ctx.log)
         self.delegation = Delegation(self.ctx, self.config, self.store, self.turns,
                                      self.workspace, self.trust, self.outbox.send)
@@ -162,7 +161,7 @@ class PeerActor(Actor):
             except Exception:  # the connection may be gone already
                 pass
         if hasattr(self, "turns"):
-            await self.turns.stop()
+            self.turns.stop()
         if self.store is not None:
             await self.store.close()
             self.store = None
@@ -282,7 +281,7 @@ class PeerActor(Actor):
                          f"{self.settings.talk_timeout:g} s")
         except EntitydError as exc:
             return Error("unavailable", f"{self.ctx.entity}'s orchestrator: {exc}")
-        return TalkReply(bool(answer.get("ok")), str(answer.get("text", "")), goal.task_id)
+        return TalkReply(answer.ok, answer.text, goal.task_id)
 
     # ---- durable commands from peers (the INBOX) ---------------------------------------
 
@@ -426,6 +425,9 @@ class PeerActor(Actor):
                 return await self._peers()
             case TasksGet():
                 return Tasks(await self.delegation.infos())
+            case TurnDone() as done:
+                await self.turns.done(done)
+                return None
             case PeerCheck(peer):
                 return self._known(peer) or Later(self._check(peer))
             case PeerTalk() as talk:
@@ -500,7 +502,7 @@ class PeerActor(Actor):
                            reply.text, reply.task_id, round(latency, 3))
 
     async def _report(self, peer: str, text: str) -> PeerOutcome:
-        row = await self.outbox.send(peer, "report", Report(text))
+        row = await self.outbox.send(peer, "report", Report(text), now=True)
         landed = await self.outbox.try_now(row)
         if landed:
             return PeerOutcome(peer, True, "delivered", f"the report is in {peer}'s inbox",
@@ -510,7 +512,7 @@ class PeerActor(Actor):
                            "sent as soon as it can be", row.id.hex())
 
     async def _command_out(self, peer: str, op: str, message: object) -> PeerOutcome:
-        row = await self.outbox.send(peer, op, message)
+        row = await self.outbox.send(peer, op, message, now=True)
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
         self._results[row.id] = future
         landed = await self.outbox.try_now(row)

@@ -21,13 +21,12 @@ import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from entityd.actor import Context
 from entityd.config import Config
 from entityd.errors import EntitydError
 
-from ..messages import Goal
+from ..messages import Goal, TurnDone
 from ..workspace import GitError, Workspace
 from .messages import PeerDelegate, PeerOutcome, TaskInfo, TaskOffer, TaskUpdate
 from .policy import Trust
@@ -52,7 +51,7 @@ class Delegation:
         self.workspace = workspace
         self.trust = trust
         self.send = send
-        self._answers: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._answers: asyncio.Queue[TurnDone] = asyncio.Queue()
         turns.listen(self._on_turn)
 
     # ---- as the delegator -------------------------------------------------------------
@@ -67,8 +66,7 @@ class Delegation:
         await self.send(request.peer, "delegate", TaskOffer(
             task.task_id, task.title, task.description, task.deliverables, deadline,
             task.capabilities))
-        await self.ctx.emit("task_offered", task_id=task.task_id, peer=request.peer,
-                            title=request.title)
+        await self.ctx.emit("task_offered", task_id=task.task_id, peer=request.peer)
         return PeerOutcome(request.peer, True, "offered",
                            f"offered task {task.task_id} to {request.peer}; "
                            "`entityctl tasks` follows it", task.task_id)
@@ -140,7 +138,7 @@ class Delegation:
         await self.store.save_task(task)
         await self.send(peer, "task", TaskUpdate(task.task_id, task.state, reason))
         await self.ctx.emit(f"task_{task.state}", task_id=task.task_id, peer=peer,
-                            title=offer.title, reason=reason)
+                            direction="in")
         if not reason:
             await self._start(task)
 
@@ -173,23 +171,22 @@ class Delegation:
             await self.send(task.peer, "task", TaskUpdate(task.task_id, "progress",
                                                           "started working on it"))
 
-    async def _on_turn(self, typ: str, data: dict[str, Any]) -> None:
-        goal_id = str(data.get("task_id", ""))
-        if typ == "answer" and goal_id.startswith(GOAL_PREFIX):
-            await self._answers.put((goal_id, data))
+    async def _on_turn(self, done: TurnDone) -> None:
+        if done.task_id.startswith(GOAL_PREFIX):
+            await self._answers.put(done)
 
     async def run(self) -> None:
         """Finish the tasks whose turns ended (outside the event callback: git is slow)."""
         while True:
-            goal_id, data = await self._answers.get()
-            task = await self.store.task(goal_id.removeprefix(GOAL_PREFIX), "in")
+            done = await self._answers.get()
+            task = await self.store.task(done.task_id.removeprefix(GOAL_PREFIX), "in")
             if task is None or task.state in FINAL:
                 continue
-            if not data.get("ok"):
-                await self._finish(task, "failed", str(data.get("text", ""))[:4000])
+            if not done.ok:
+                await self._finish(task, "failed", done.text[:4000])
                 continue
             try:
-                patch = await self._patch([str(c) for c in data.get("commits", [])])
+                patch = await self._patch(done.commits)
             except GitError as exc:
                 await self._finish(task, "failed", f"could not package the work: {exc}")
                 continue
@@ -198,8 +195,7 @@ class Delegation:
                 await self._finish(task, "failed", f"the deliverable is {len(patch)} bytes; "
                                    f"at most {limit} travel in one message")
                 continue
-            await self._finish(task, "completed", str(data.get("text", ""))[:4000], patch,
-                               len(data.get("commits", [])))
+            await self._finish(task, "completed", done.text[:4000], patch, len(done.commits))
 
     async def _patch(self, commits: list[str]) -> bytes:
         parts = [await self.workspace.git("format-patch", "-1", "--stdout", sha)
@@ -220,9 +216,9 @@ class Delegation:
             task.task_id, task.direction, task.peer, task.title, task.description,
             task.deliverables, task.deadline, task.capabilities, state, note,
             branch or task.branch, goal_id or task.goal_id, task.created, now))
+        # No title or note: events cross the hub, and these came encrypted.
         await self.ctx.emit(f"task_{state}", task_id=task.task_id, peer=task.peer,
-                            direction=task.direction, branch=branch or task.branch,
-                            note=note[:500])
+                            direction=task.direction, branch=branch or task.branch)
 
     async def infos(self) -> list[TaskInfo]:
         return [TaskInfo(t.task_id, t.direction, t.peer, t.title, t.state, t.note, t.branch,

@@ -33,12 +33,14 @@ class Outbox:
         self._kick = asyncio.Event()
         self._errors: dict[bytes, str] = {}
 
-    async def send(self, peer: str, op: str, message: object, corr: bytes | None = None
-                   ) -> OutboxRow:
-        """Keep `message` for `peer` and have it sent; returns at once."""
+    async def send(self, peer: str, op: str, message: object, corr: bytes | None = None,
+                   *, now: bool = False) -> OutboxRow:
+        """Keep `message` for `peer` and have it sent; returns at once (with `now`, the
+        caller makes the first attempt itself with try_now)."""
         row = outbox_row(peer, op, message, corr)
         await self.store.enqueue(row)
-        self._kick.set()
+        if not now:
+            self._kick.set()
         return row
 
     async def try_now(self, row: OutboxRow) -> bool:
@@ -48,6 +50,7 @@ class Outbox:
         except FAILURES as exc:
             self._errors[row.id] = describe_failure(exc)
             await self.store.failed_attempt(row.id, self._errors[row.id])
+            self._kick.set()  # the loop retries it from now on
             return False
         await self.store.landed(row.id)
         return True
