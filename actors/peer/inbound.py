@@ -1,0 +1,253 @@
+"""What peers ask of this entity: requests on fed.req.<self>.<peer>.<op> (ping, talk),
+answered at once, and durable commands from the INBOX (report, wake, restart, command
+results, delegation), each acknowledged only once handled.
+
+Every envelope is verified as in PROTOCOL.md, then checked against the peer's rate
+limit and the [trust] table; a refusal is answered (an `error` reply or a
+`command_result`), logged and published as a `rejected` event, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.msg import Msg
+
+import protocol
+from entityd.actor import Context
+from entityd.config import PeersSection
+from entityd.errors import EntitydError
+from protocol import Envelope, Error, Ping, Pong, ProtocolError, subjects
+
+from ..messages import Goal, MemoryAdd, MemoryRef, Wake, WakeResult
+from .calls import PeerCalls, Supervision
+from .delegation import Delegation
+from .link import FedLink, UnknownPeer
+from .messages import (
+    CommandResult,
+    PeerReportIn,
+    Report,
+    Restart,
+    Talk,
+    TalkReply,
+    TaskOffer,
+    TaskUpdate,
+)
+from .outbox import Outbox
+from .policy import RateLimiter, Trust
+from .store import PeerStore
+from .turns import Turns
+
+REJECT_EVENTS_PER_SECOND = 10
+RETRY_S = 2.0  # a command whose handling failed for a passing reason is offered again
+# op -> the permission a peer needs for it (ping and results need none).
+PERMISSION = {"talk": "talk", "report": "report", "wake": "wake", "restart": "restart",
+              "delegate": "delegate"}
+
+
+class NotTrusted(ProtocolError):
+    reason = "not_trusted"
+
+
+class UnknownOp(ProtocolError):
+    reason = "unknown_kind"
+
+
+class Rejections:
+    """Refused envelopes: logged and announced as `rejected` events, a few a second."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._budget = (0.0, 0)
+
+    async def note(self, exc: ProtocolError, subject: str, peer: str | None) -> None:
+        """Log and announce a refused envelope, at most a few a second."""
+        window, count = self._budget
+        now = time.monotonic()
+        if now - window >= 1.0:
+            window, count = now, 0
+        if count < REJECT_EVENTS_PER_SECOND:
+            self.ctx.log.warning("peer_envelope_rejected", reason=exc.reason, subject=subject,
+                                 detail=exc.detail)
+            await self.ctx.emit("rejected", reason=exc.reason, subject=subject,
+                                peer=peer or "", detail=exc.detail[:300])
+        self._budget = (window, count + 1)
+
+
+class Inbound:
+    def __init__(self, ctx: Context, settings: PeersSection, *, link: FedLink,
+                 store: PeerStore, outbox: Outbox, turns: Turns, delegation: Delegation,
+                 calls: PeerCalls, trust: Trust, limiter: RateLimiter,
+                 supervision: Supervision, rejections: Rejections) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.link = link
+        self.store = store
+        self.outbox = outbox
+        self.turns = turns
+        self.delegation = delegation
+        self.calls = calls
+        self.trust = trust
+        self.limiter = limiter
+        self.supervision = supervision
+        self.rejections = rejections
+        self._reports_told: set[bytes] = set()
+
+    async def serve_request(self, msg: Msg) -> None:
+        route = subjects.route(msg.subject)
+        try:
+            env, record = self.link.open(msg, self.link.requests)
+        except ProtocolError as exc:
+            await self.rejections.note(exc, msg.subject, route.sender if route else None)
+            await self.ctx.transport.refuse(msg, self.link.address, exc)
+            return
+        if not msg.reply:
+            return
+        peer = env.src_entity
+        answer: object = self._refusal(peer, msg.subject.rsplit(".", 1)[-1])
+        if answer is None:
+            match record:
+                case Ping():
+                    answer = Pong()
+                case Talk() as talk:
+                    answer = await self._talked_to(peer, talk)
+                case _:
+                    answer = Error("unknown_op", f"{env.typ} is not a request a peer answers")
+        try:
+            await self.link.reply(env, msg.reply, answer)
+        except (UnknownPeer, EntitydError, OSError) as exc:
+            self.ctx.log.warning("peer_reply_lost", peer=peer, error=str(exc))
+
+    def _refusal(self, peer: str, op: str) -> Error | None:
+        wait = self.limiter.take(peer)
+        if wait:
+            return Error("rate_limited", f"{peer} sends too fast; retry in {wait:.1f} s")
+        permission = PERMISSION.get(op)
+        if permission and not self.trust.permits(peer, permission):
+            return Error("not_trusted", f"{peer} may not {op} {self.ctx.entity} "
+                         f"(trust: {', '.join(self.trust.allowed(peer)) or 'nothing'})")
+        return None
+
+    async def _talked_to(self, peer: str, talk: Talk) -> TalkReply | Error:
+        conversation = talk.conversation or f"peer-{peer}"
+        goal = Goal(f"{peer} says to you: {talk.text}", f"talk-{protocol.new_id().hex()[:12]}",
+                    conversation, f"peer:{peer}")
+        try:
+            answer = await self.turns.run(goal, self.settings.talk_timeout)
+        except TimeoutError:
+            return Error("timeout", f"{self.ctx.entity} did not finish its answer within "
+                         f"{self.settings.talk_timeout:g} s")
+        except EntitydError as exc:
+            return Error("unavailable", f"{self.ctx.entity}'s orchestrator: {exc}")
+        return TalkReply(answer.ok, answer.text, goal.task_id)
+
+    async def serve_command(self, msg: Msg) -> None:
+        route = subjects.route(msg.subject)
+        stored_ms = int(msg.metadata.timestamp.timestamp() * 1000)
+        try:
+            # Freshness is judged against when the INBOX stored it; replays are caught
+            # by id in the store (below), which outlives restarts and the window.
+            fresh = self.ctx.transport.new_replay_guard()
+            env, record = self.link.open(msg, fresh, now_ms=stored_ms)
+        except ProtocolError as exc:
+            await self.rejections.note(exc, msg.subject, route.sender if route else None)
+            await msg.term()
+            return
+        peer, op = env.src_entity, msg.subject.rsplit(".", 1)[-1]
+        state = await self.store.inbound_state(env.id)
+        if state == "done":
+            await self.rejections.note(protocol.Replayed(
+                f"command {env.id.hex()} from {peer} was handled already"), msg.subject, peer)
+            await msg.ack()
+            return
+        if state is None:
+            wait = self.limiter.take(peer)
+            if wait:
+                await msg.nak(delay=wait)  # kept in the INBOX, offered again later
+                return
+            await self.store.set_inbound(env.id, peer, op, "received")
+        try:
+            after = await self._command(env, peer, op, record)
+        except EntitydError as exc:  # e.g. the memory actor is restarting: try again soon
+            self.ctx.log.warning("command_deferred", peer=peer, op=op, error=str(exc))
+            await msg.nak(delay=RETRY_S)
+            return
+        await self.store.set_inbound(env.id, peer, op, "done")
+        await msg.ack()
+        if after is not None:
+            after()
+
+    async def _command(self, env: Envelope, peer: str, op: str, record: Any
+                       ) -> Callable[[], Any] | None:
+        """Carry out one command; returns what must run after it is acknowledged."""
+        permission = PERMISSION.get(op)
+        if permission and not self.trust.permits(peer, permission):
+            text = (f"{peer} may not {op} {self.ctx.entity} "
+                    f"(trust: {', '.join(self.trust.allowed(peer)) or 'nothing'})")
+            await self.rejections.note(NotTrusted(text), env.subj, peer)
+            if isinstance(record, TaskOffer):
+                await self.delegation.on_offer(peer, record)  # records and answers the refusal
+            else:
+                await self.outbox.send(peer, "result", CommandResult(False, "not_trusted", text),
+                                       corr=env.id)
+            return None
+        match record:
+            case Report(text):
+                await self._reported(env, peer, text)
+            case Wake(reason):
+                result = await self._woken(peer, reason)
+                await self.outbox.send(peer, "result", result, corr=env.id)
+            case Restart(actor):
+                return await self._restart_requested(env, peer, actor)
+            case CommandResult() as result:
+                self.calls.answered(env, peer, result)
+            case TaskOffer() as offer:
+                await self.delegation.on_offer(peer, offer)
+            case TaskUpdate() as update:
+                await self.delegation.on_update(peer, update)
+            case _:
+                await self.rejections.note(UnknownOp(f"{env.typ} on {op}"), env.subj, peer)
+        return None
+
+    async def _reported(self, env: Envelope, peer: str, text: str) -> None:
+        # The envelope id in the text makes the memory exactly-once: a redelivered
+        # report merges into the fact the first delivery stored.
+        ref: MemoryRef = await self.ctx.ask(f"{self.ctx.entity}/memory", MemoryAdd(
+            "fact", f"{peer} reported: {text} [report {env.id.hex()[:12]}]", 0.6,
+            f"peer:{peer}"))
+        if env.id not in self._reports_told:
+            await self.ctx.tell(f"{self.ctx.entity}/orchestrator",
+                                PeerReportIn(peer, text, env.id.hex(), ref.id))
+            self._reports_told.add(env.id)
+        await self.ctx.emit("report_received", peer=peer, id=env.id.hex(), memory_id=ref.id)
+
+    async def _woken(self, peer: str, reason: str) -> CommandResult:
+        try:
+            result: WakeResult = await self.ctx.ask(
+                f"{self.ctx.entity}/orchestrator", Wake(f"woken by {peer}: {reason}".strip()))
+        except EntitydError as exc:
+            return CommandResult(False, "failed", f"the orchestrator did not answer: {exc}")
+        await self.ctx.emit("woken", peer=peer, started=result.started, reason=result.reason)
+        if result.started:
+            return CommandResult(True, "done", f"{self.ctx.entity} {result.reason} "
+                                 f"(task {result.task_id})")
+        return CommandResult(True, "noop", f"{self.ctx.entity} did nothing: {result.reason}")
+
+    async def _restart_requested(self, env: Envelope, peer: str, actor: str
+                                 ) -> Callable[[], Any] | None:
+        names = [actor] if actor else []
+        running = [a.name for a in self.supervision.actors()]
+        if actor and actor not in running:
+            await self.outbox.send(peer, "result", CommandResult(
+                False, "unknown_actor", f"{self.ctx.entity} runs no actor {actor!r} "
+                f"(it runs {', '.join(running)})"), corr=env.id)
+            return None
+        which = actor or "all actors"
+        await self.outbox.send(peer, "result", CommandResult(
+            True, "done", f"{self.ctx.entity} is restarting {which}"), corr=env.id)
+        await self.ctx.emit("restart_requested", peer=peer, actor=which)
+        reason = f"restart_peer from {peer}"
+        # After the ack: restarting ourselves cancels whatever this instance was doing.
+        return lambda: self.supervision.restart(names, reason)
