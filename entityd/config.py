@@ -7,7 +7,9 @@ found and what is expected.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from protocol import subjects
 from .errors import ConfigError
 
 CONFIG_NAME = "entityd.toml"
+HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
 ENV_PREFIX = "ENTITYD_"
 
 
@@ -339,8 +342,7 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("protocol.max_message_bytes", pr.max_message_bytes),
     ]
     for key, value in positive:
-        if not value > 0:  # written so that NaN fails too
-            raise ConfigError(key, f"must be greater than 0, got {value}")
+        _check_positive(key, value)
     if rt.backoff_max < rt.backoff_initial:
         raise ConfigError("runtime.backoff_max", "must be at least runtime.backoff_initial")
     llm: LlmSection = sections["llm"]
@@ -369,8 +371,7 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("autonomy.max_turns", autonomy.max_turns),
         ("autonomy.max_tokens", autonomy.max_tokens),
     ]:
-        if not value > 0:  # written so that NaN fails too
-            raise ConfigError(key, f"must be greater than 0, got {value}")
+        _check_positive(key, value)
     if llm.max_retries < 0:
         raise ConfigError("llm.max_retries", f"must be 0 or more, got {llm.max_retries}")
     peers: PeersSection = sections["peers"]
@@ -383,11 +384,14 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("peers.command_timeout", peers.command_timeout),
         ("peers.delegation_timeout", peers.delegation_timeout),
     ]:
-        if not value > 0:  # written so that NaN fails too
-            raise ConfigError(key, f"must be greater than 0, got {value}")
+        _check_positive(key, value)
     if not peers.alive_window >= 0:
         raise ConfigError("peers.alive_window",
                           f"must be 0 (auto) or more, got {peers.alive_window}")
+    if 0 < peers.alive_window < peers.heartbeat_interval:
+        raise ConfigError("peers.alive_window", "must be at least peers.heartbeat_interval "
+                          "(or 0 for three intervals), or peers flicker between present "
+                          "and absent")
     if peers.pinning not in PINNING:
         raise ConfigError("peers.pinning",
                           f"{peers.pinning!r} is not one of {', '.join(PINNING)}")
@@ -400,6 +404,13 @@ def _check_values(sections: dict[str, Any]) -> None:
         raise ConfigError("log.level", f"{log.level!r} is not one of {', '.join(_LEVELS)}")
     if log.format not in _FORMATS:
         raise ConfigError("log.format", f"{log.format!r} is not one of {', '.join(_FORMATS)}")
+
+
+def _check_positive(key: str, value: float) -> None:
+    if not value > 0:  # written so that NaN fails too
+        raise ConfigError(key, f"must be greater than 0, got {value}")
+    if math.isinf(value):
+        raise ConfigError(key, "must be a finite number")
 
 
 def _trust(raw: Any) -> dict[str, tuple[str, ...]]:
@@ -425,12 +436,9 @@ def _hex_keys(table: str, raw: Any) -> dict[str, str]:
     result = {}
     for name, key in raw.items():
         where = f"{table}.{name}"
-        if not isinstance(key, str) or len(key) != 64:
+        # fullmatch, not bytes.fromhex alone: that skips spaces and makes a short key.
+        if not isinstance(key, str) or not HEX_KEY_RE.fullmatch(key):
             raise ConfigError(where, "expected a 64-character hex Ed25519 public key")
-        try:
-            bytes.fromhex(key)
-        except ValueError:
-            raise ConfigError(where, "expected a 64-character hex Ed25519 public key") from None
         result[name] = key.lower()
     return result
 

@@ -2,10 +2,11 @@
 
 A crash replaces the actor instance; its mailbox and queue live on, so messages sent
 meanwhile are served by the new instance. A restart asked for (a trusted peer's
-restart_peer) does the same without counting as a crash: the message being handled
-then is abandoned (its asker times out), the queued ones are served by the new
-instance. More crashes of one actor than the restart budget within the window raise
-RestartBudgetExceeded, which ends the daemon non-zero.
+restart_peer) does the same without counting as a crash: work cut short by it (the
+message being handled, slow replies still running) is answered `actor_restarted` at
+once, and the queued messages are served by the new instance. More crashes of one
+actor than the restart budget within the window raise RestartBudgetExceeded, which ends
+the daemon non-zero.
 """
 
 from __future__ import annotations
@@ -187,6 +188,9 @@ class Supervisor:
             msg, env = item
             try:
                 result = await actor.handle(env)
+            except asyncio.CancelledError:
+                await self._abandoned(child, env, msg.reply)
+                raise
             except Exception as exc:
                 if msg.reply:
                     await self._answer(
@@ -207,6 +211,9 @@ class Supervisor:
     ) -> None:
         try:
             result = await later.work
+        except asyncio.CancelledError:
+            await self._abandoned(child, env, reply_to)
+            raise
         except Exception as exc:
             if reply_to:
                 await self._answer(env, reply_to, protocol.Error(
@@ -214,6 +221,19 @@ class Supervisor:
             raise
         if reply_to:
             await self._answer(env, reply_to, protocol.Ack() if result is None else result)
+
+    async def _abandoned(self, child: Supervised, env: Envelope, reply_to: str | None) -> None:
+        """Tell the asker of work cut short (a restart, a crash beside it, a stop) at
+        once, instead of leaving it to its timeout."""
+        if not reply_to:
+            return
+        why = child.restart_reason or "stopped or restarted"
+        try:
+            async with asyncio.timeout(1.0):
+                await self._answer(env, reply_to, protocol.Error(
+                    "actor_restarted", f"{child.name} was {why} before it answered"))
+        except (TimeoutError, asyncio.CancelledError):
+            pass
 
     async def _answer(self, env: Envelope, reply_to: str, message: object) -> None:
         try:
@@ -247,3 +267,6 @@ class Supervisor:
         delay = self.policy.backoff(len(child.crashes))
         log.info("actor_restarting", actor=child.name, delay_s=delay, restarts=child.restarts)
         await asyncio.sleep(delay)
+        # A restart asked for meanwhile is this one: the next instance is fresh anyway.
+        child.restart_requested.clear()
+        child.restart_reason = ""

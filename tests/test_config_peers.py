@@ -262,11 +262,6 @@ def test_bad_peer_key_names_the_peer(starter: Path, entry: str, key: str, proble
     assert problem in err.problem
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: config._hex_keys checks len(key) == 64 and bytes.fromhex, which skips "
-    "whitespace, so a 64-character value with spaces loads as a 31-byte key",
-)
 def test_peer_key_with_whitespace_is_refused(starter: Path) -> None:
     add_to_table(starter, "peer_keys", f'entity-b = "{PEER_KEY[:-2]}  "\n')
     assert load_error(starter).key == "peer_keys.entity-b"

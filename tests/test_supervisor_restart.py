@@ -334,14 +334,9 @@ async def test_stop_waits_for_later_work_and_its_reply_goes_out(nats_server: Nat
         assert book.stopped == [1]
 
 
-# -- known bugs (see the report that added this file) ---------------------------------------------
+# -- once bugs, now fixed ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: supervisor._answer_later is cancelled with the crashed instance's TaskGroup "
-    "and answers nothing, so other requests still being worked on wait out their timeout",
-)
 async def test_a_later_crash_answers_the_other_work_in_flight(nats_server: NatsServer) -> None:
     async with started(nats_server) as rig:
         book = rig.books["x"]
@@ -355,11 +350,6 @@ async def test_a_later_crash_answers_the_other_work_in_flight(nats_server: NatsS
             await first
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a restart asked for during a crash's backoff labels the crash restart with "
-    "its reason, then restarts the fresh instance once more labelled 'crash'",
-)
 async def test_restart_asked_during_crash_backoff_is_one_restart(
     nats_server: NatsServer,
 ) -> None:
