@@ -114,7 +114,7 @@ def build(
         text = text.replace('provider = "moonshot"', 'provider = "scripted"')
         text = text.replace('base_url = ""', f'base_url = "{llm_url}"', 1)
         text = text.replace("heartbeat_interval = 5.0", f"heartbeat_interval = {heartbeat}")
-        text = text.replace("command_timeout = 15.0", "command_timeout = 10.0")
+        text = text.replace("command_timeout = 15.0", "command_timeout = 5.0")
         granted = (trust or {}).get(name)
         if granted is None:
             granted = {other: ALL for other in names if other != name}

@@ -7,6 +7,7 @@ request, so it serves any number of entities and survives their restarts.
 - a goal containing `CALL <tool> <json arguments>`: call that tool;
 - a delegated task: hand it to the coder;
 - a peer talking: "echo: <what it said>";
+- a goal containing SLOW: an answer after 4 s (a busy entity);
 - anything else: "ok: <the goal>".
 """
 
@@ -55,6 +56,8 @@ def route(request: dict[str, Any], coder_delay: float = 0.0) -> Reply:
     call = CALL_RE.search(user)
     if call:
         return Reply(tool_calls=[ScriptedToolCall(call.group(1), json.loads(call.group(2)))])
+    if "SLOW" in user:
+        return Reply(content="slowly done", delay=4.0)
     if "delegated a task to you" in user:
         return Reply(tool_calls=[ScriptedToolCall("delegate_to_coder", {
             "goal": "Write add(a, b) in calc.py with a unittest in test_calc.py and run it"})])

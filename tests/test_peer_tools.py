@@ -110,6 +110,9 @@ async def test_every_peer_tool_from_entityctl(pair: Federation) -> None:
     assert (await b.ctl("todo", "--add", "tidy the README"))[0] == 0
     woken = await a.ctl_json("wake", "entity-b")
     assert isinstance(woken, dict) and woken["code"] == "done", woken
+    assert (await b.ctl("task", "SLOW work"))[0] == 0
+    woken = await a.ctl_json("wake", "entity-b")
+    assert woken["code"] == "noop" and "busy" in woken["text"], woken
 
     assert await restarts(b, "memory") == 0
     restarted = await a.ctl_json("restart", "entity-b", "memory")

@@ -4,6 +4,7 @@ stopped, and one sent while the hub is down, each arrive exactly once after reco
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,11 @@ async def test_reports_sent_while_the_receiver_or_the_hub_is_down_arrive_exactly
             sent = await a.ctl_json("report", "entity-b", "written while b was stopped")
             assert sent["ok"] and sent["code"] == "queued", sent
             assert "kept" in sent["text"]
+            # A command that needs an answer says plainly that none came.
+            code, out, _ = await a.ctl("restart", "entity-b", "memory", "--json")
+            assert code == 4, out
+            assert json.loads(out)["code"] == "no_answer"
+            assert "did not answer the restart" in json.loads(out)["text"]
             b.start()
             await b.ready()
             await arrives_once(b, "written while b was stopped")
