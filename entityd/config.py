@@ -356,6 +356,7 @@ def _check_values(sections: dict[str, Any]) -> None:
         raise ConfigError("llm.base_url", f"{llm.base_url!r} is not an http(s) URL")
     sandbox: SandboxSection = sections["sandbox"]
     autonomy: AutonomySection = sections["autonomy"]
+    peers: PeersSection = sections["peers"]
     for key, value in [
         ("llm.timeout", llm.timeout),
         ("llm.max_steps_per_turn", llm.max_steps_per_turn),
@@ -370,12 +371,6 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("autonomy.interval", autonomy.interval),
         ("autonomy.max_turns", autonomy.max_turns),
         ("autonomy.max_tokens", autonomy.max_tokens),
-    ]:
-        _check_positive(key, value)
-    if llm.max_retries < 0:
-        raise ConfigError("llm.max_retries", f"must be 0 or more, got {llm.max_retries}")
-    peers: PeersSection = sections["peers"]
-    for key, value in [
         ("peers.heartbeat_interval", peers.heartbeat_interval),
         ("peers.rate_per_minute", peers.rate_per_minute),
         ("peers.rate_burst", peers.rate_burst),
@@ -385,6 +380,8 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("peers.delegation_timeout", peers.delegation_timeout),
     ]:
         _check_positive(key, value)
+    if llm.max_retries < 0:
+        raise ConfigError("llm.max_retries", f"must be 0 or more, got {llm.max_retries}")
     if not peers.alive_window >= 0:
         raise ConfigError("peers.alive_window",
                           f"must be 0 (auto) or more, got {peers.alive_window}")

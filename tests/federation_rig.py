@@ -7,7 +7,8 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,17 @@ class Federation:
                     break
                 assert time.monotonic() < deadline, f"{member.name} sees only {present}"
                 await asyncio.sleep(0.2)
+
+
+@asynccontextmanager
+async def running(fed: Federation) -> AsyncIterator[Federation]:
+    """Start the federation; on the way out stop it and check every daemon exited 0."""
+    try:
+        await fed.start()
+        yield fed
+    finally:
+        codes = await asyncio.to_thread(fed.stop)
+        assert set(codes) <= {0}, [m.daemon.log()[-2000:] for m in fed.members.values()]
 
 
 def build(

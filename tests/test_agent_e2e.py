@@ -18,16 +18,10 @@ from actors.llm import Reply, ScriptedLLMServer, ScriptedToolCall
 from entityd import config as config_mod
 from entityd.client import EntityClient
 from tests.helpers import BIN, DaemonProc, child_env, make_entity
+from tests.peer_model import CALC, TEST_CALC
 
 pytestmark = pytest.mark.timeout(120)
 
-CALC = "def add(a, b):\n    return a + b\n"
-TEST_CALC = (
-    "import unittest\n\nfrom calc import add\n\n\n"
-    "class AddTest(unittest.TestCase):\n"
-    "    def test_add(self):\n        self.assertEqual(add(2, 3), 5)\n\n\n"
-    "if __name__ == '__main__':\n    unittest.main()\n"
-)
 LESSON = "Run python3 -m unittest in this workspace to test Python code."
 
 

@@ -40,7 +40,7 @@ import protocol
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.messages import Heartbeat, Report, Talk
 from entityd import federation, identity
-from tests.federation_rig import ALL, Federation, Member, build
+from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
@@ -138,12 +138,8 @@ async def trio(tmp_path: Path) -> Any:
         fed = build(tmp_path, [A, B, C], llm_url=llm.base_url, trust=trust)
         fed.llm = llm
         add_observer(fed)
-        try:
-            await fed.start()
+        async with running(fed):
             yield fed
-        finally:
-            codes = await asyncio.to_thread(fed.stop)
-            assert codes == [0, 0, 0], [m.daemon.log()[-2000:] for m in fed.members.values()]
 
 
 # ---- the test -----------------------------------------------------------------------------
@@ -363,12 +359,8 @@ async def pair_and_member(tmp_path: Path) -> Any:
         fed = build(tmp_path, [A, B, C], llm_url=llm.base_url)
         fed.llm = llm
         del fed.members[C]
-        try:
-            await fed.start()
+        async with running(fed):
             yield fed
-        finally:
-            codes = await asyncio.to_thread(fed.stop)
-            assert codes == [0, 0], [m.daemon.log()[-2000:] for m in fed.members.values()]
 
 
 async def test_other_members_read_no_peer_plaintext_in_events(

@@ -13,7 +13,7 @@ import pytest
 
 from actors.llm.scripted import ScriptedLLMServer
 from entityd import identity
-from tests.federation_rig import ALL, Federation, Member, build
+from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
@@ -57,12 +57,8 @@ async def pair(tmp_path: Path) -> Any:
     async with ScriptedLLMServer(route) as llm:
         fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
         fed.llm = llm
-        try:
-            await fed.start()
+        async with running(fed):
             yield fed
-        finally:
-            codes = await asyncio.to_thread(fed.stop)
-            assert codes == [0, 0], [m.daemon.log()[-2000:] for m in fed.members.values()]
 
 
 async def test_the_two_entities_find_each_other_and_pin_each_others_key(
