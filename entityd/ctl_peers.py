@@ -130,6 +130,8 @@ async def _check(client: EntityClient, args: argparse.Namespace) -> int:
     else:
         latency = f" {result.latency_ms:.1f} ms" if result.state == "alive" else ""
         print(f"{result.peer}: {result.state}{latency}\n{result.detail}")
+    if result.state == "unknown":
+        return EXIT_UNKNOWN
     return 0 if result.state == "alive" else EXIT_UNREACHABLE
 
 

@@ -139,7 +139,7 @@ async def test_every_peer_tool_from_the_orchestrator(pair: Federation) -> None:
     assert "entity-b: present" in out
     # A peer tool's failure is an observation for the model, not a crash.
     out = await ask(a, 'CALL check_peer_alive {"peer": "entity-q"}')
-    assert "[unknown_peer]" in out
+    assert "entity-q: unknown" in out and "not in the directory" in out
 
     # The report reached entity-b's orchestrator too: its next turn is shown it.
     await ask(b, "what is new?")

@@ -34,6 +34,7 @@ from .link import ACTOR, FedLink, inbox_stream
 from .messages import (
     Heartbeat,
     PeerCheck,
+    PeerCheckResult,
     PeerDelegate,
     PeerReport,
     PeerRestart,
@@ -226,7 +227,10 @@ class PeerActor(Actor):
                 await self.turns.done(done)
                 return None
             case PeerCheck(peer):
-                return calls.known(peer) or Later(calls.check(peer))
+                unknown = calls.known(peer)
+                if unknown is not None:
+                    return PeerCheckResult(peer, "unknown", detail=unknown.text)
+                return Later(calls.check(peer))
             case PeerTalk() as talk:
                 return calls.known(talk.peer) or Later(calls.talk(talk))
             case PeerReport(peer, text):

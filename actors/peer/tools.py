@@ -96,9 +96,8 @@ class PeerTools:
         return render_peers(await self._ask(PeersGet(), 0))
 
     async def check(self, args: dict[str, Any]) -> str:
-        result = await self._ask(PeerCheck(str(args["peer"])), self.settings.ping_timeout)
-        if isinstance(result, PeerOutcome):
-            return render_outcome(result)
+        result: PeerCheckResult = await self._ask(PeerCheck(str(args["peer"])),
+                                                  self.settings.ping_timeout)
         return render_check(result)
 
     async def talk(self, args: dict[str, Any]) -> str:
