@@ -8,6 +8,7 @@ EntitydError
 ├── ActorDeadError       the actor asked is stopped or the runtime is shutting down
 ├── AskTimeout           no reply within the deadline
 ├── RemoteError          the other side answered with an `error` message
+├── PeerUnavailable      a peer cannot be reached now (what needs it is retried later)
 └── RestartBudgetExceeded  an actor crashed too often; the daemon must exit non-zero
 """
 
@@ -55,6 +56,10 @@ class RemoteError(EntitydError):
         self.src = src
         self.code = code
         self.message = message
+
+
+class PeerUnavailable(EntitydError):
+    pass
 
 
 class RestartBudgetExceeded(EntitydError):

@@ -2,7 +2,8 @@
 request, so it serves any number of entities and survives their restarts.
 
 - the lessons call (no tools): "[]";
-- the coder: write calc.py, then test_calc.py, then run the test, then say it is done;
+- the coder: write calc.py, then test_calc.py, then run the test, then say it is done
+  (for a BIG goal: write big.txt, BIG_LINES numbered lines, with the shell);
 - the orchestrator after a tool result: "done: <the result>";
 - a goal containing `CALL <tool> <json arguments>`: call that tool;
 - a delegated task: hand it to the coder;
@@ -33,6 +34,15 @@ CODER_STEPS = [
     ScriptedToolCall("shell", {"command": "python3 -m unittest -v test_calc"}),
 ]
 
+BIG_LINES = 30_000
+BIG_STEPS = [ScriptedToolCall("shell", {"command": (
+    "python3 -c \"open('big.txt', 'w').write(''.join("
+    f"'line %d\\n' % i for i in range({BIG_LINES})))\"")})]
+
+
+def _first_user(messages: list[dict[str, Any]]) -> str:
+    return next((_text(m) for m in messages if m.get("role") == "user"), "")
+
 
 def _text(message: dict[str, Any]) -> str:
     content = message.get("content")
@@ -47,8 +57,9 @@ def route(request: dict[str, Any], coder_delay: float = 0.0) -> Reply:
         return Reply(content="[]")
     if "write_file" in tools and "delegate_to_coder" not in tools:
         done = sum(1 for m in messages if m.get("role") == "tool")
-        if done < len(CODER_STEPS):
-            return Reply(tool_calls=[CODER_STEPS[done]], delay=coder_delay)
+        steps = BIG_STEPS if "BIG" in _first_user(messages) else CODER_STEPS
+        if done < len(steps):
+            return Reply(tool_calls=[steps[done]], delay=coder_delay)
         return Reply(content="calc.py and its test are written and the test passes")
     if last.get("role") == "tool":
         return Reply(content="done: " + _text(last)[:3000])
@@ -59,8 +70,9 @@ def route(request: dict[str, Any], coder_delay: float = 0.0) -> Reply:
     if "SLOW" in user:
         return Reply(content="slowly done", delay=4.0)
     if "delegated a task to you" in user:
-        return Reply(tool_calls=[ScriptedToolCall("delegate_to_coder", {
-            "goal": "Write add(a, b) in calc.py with a unittest in test_calc.py and run it"})])
+        goal = ("BIG: write big.txt, numbered lines" if "BIG" in user else
+                "Write add(a, b) in calc.py with a unittest in test_calc.py and run it")
+        return Reply(tool_calls=[ScriptedToolCall("delegate_to_coder", {"goal": goal})])
     said = re.search(r"says to you: (.*?)(?:\n\n<memory>|$)", user, re.S)
     if said:
         return Reply(content="echo: " + said.group(1).strip())

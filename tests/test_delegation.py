@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from actors.llm.scripted import ScriptedLLMServer
-from tests.federation_rig import Federation, Member, build
-from tests.peer_model import CALC, TEST_CALC, route
+from tests.federation_rig import Federation, Member, build, running
+from tests.peer_model import BIG_LINES, CALC, TEST_CALC, route
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -145,3 +145,25 @@ async def test_sigkill_of_either_side_mid_task_still_finishes_it(tmp_path: Path)
             assert mine["state"] == "delivered" or "did not apply" in mine["note"], mine
         finally:
             await asyncio.to_thread(fed.stop)
+
+
+async def test_a_deliverable_too_large_for_one_message_is_fetched_in_pieces(
+    tmp_path: Path,
+) -> None:
+    async with ScriptedLLMServer(route) as llm:
+        fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
+        for member in fed.members.values():  # 256 KiB envelopes: the patch needs ~3 pieces
+            member.config.write_text(member.config.read_text().replace(
+                "max_message_bytes = 1048576", "max_message_bytes = 262144"))
+        async with running(fed):
+            await fed.discovered()
+            a, b = fed["entity-a"], fed["entity-b"]
+            code, out, err = await a.ctl("delegate", "entity-b", "BIG numbered lines",
+                                         "--wait", timeout=120)
+            assert code == 0, out + err + b.daemon.log()[-3000:]
+            mine = await task_of(a, "out")
+            assert mine is not None and mine["state"] == "delivered"
+            big = git(a.workspace, "show", f"{mine['branch']}:big.txt")
+            assert big.splitlines() == [f"line {i}" for i in range(BIG_LINES)]
+            assert len(big) > 262144  # it could not have come in one envelope
+            assert '"deliverable_fetched"' in a.daemon.log()

@@ -29,6 +29,7 @@ from ..messages import TurnDone, Wake
 from ..workspace import Workspace
 from .calls import PeerCalls, Supervision
 from .delegation import Delegation
+from .deliverable import Deliverables
 from .inbound import Inbound, Rejections
 from .link import ACTOR, FedLink, inbox_stream
 from .messages import (
@@ -87,8 +88,9 @@ class PeerActor(Actor):
         self.rejections = Rejections(ctx)
         self.turns = Turns(ctx)
         self.outbox = Outbox(link, store, ctx.log)
-        self.delegation = Delegation(ctx, self.config, store, self.turns, self.workspace,
-                                     self.trust, self.outbox.send)
+        self.delegation = Delegation(
+            ctx, self.config, store, self.turns, self.workspace, self.trust, self.outbox.send,
+            Deliverables(link, self.config.protocol.max_message_bytes))
         self.calls = PeerCalls(ctx, self.settings, link=link, store=store,
                                outbox=self.outbox, trust=self.trust)
         self.inbound = Inbound(ctx, self.settings, link=link, store=store,

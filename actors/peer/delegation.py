@@ -28,7 +28,16 @@ from entityd.errors import EntitydError
 
 from ..messages import Goal, TurnDone
 from ..workspace import GitError, Workspace
-from .messages import PeerDelegate, PeerOutcome, TaskInfo, TaskOffer, TaskUpdate
+from .deliverable import Deliverables
+from .messages import (
+    DeliverableChunk,
+    DeliverableGet,
+    PeerDelegate,
+    PeerOutcome,
+    TaskInfo,
+    TaskOffer,
+    TaskUpdate,
+)
 from .policy import Trust
 from .store import PeerStore, TaskRow
 from .turns import Turns
@@ -36,14 +45,13 @@ from .turns import Turns
 Send = Callable[[str, str, object], Awaitable[object]]  # (peer, op, message)
 
 FINAL = ("delivered", "completed", "failed", "rejected")
-# Room left in an envelope for everything but the patch (fields, encryption, msgpack).
-ENVELOPE_ROOM = 64 * 1024
 GOAL_PREFIX = "dlg-"
 
 
 class Delegation:
     def __init__(self, ctx: Context, config: Config, store: PeerStore, turns: Turns,
-                 workspace: Workspace, trust: Trust, send: Send) -> None:
+                 workspace: Workspace, trust: Trust, send: Send,
+                 deliverables: Deliverables) -> None:
         self.ctx = ctx
         self.config = config
         self.store = store
@@ -51,6 +59,7 @@ class Delegation:
         self.workspace = workspace
         self.trust = trust
         self.send = send
+        self.deliverables = deliverables
         self._answers: asyncio.Queue[TurnDone] = asyncio.Queue()
         turns.listen(self._on_turn)
 
@@ -89,11 +98,20 @@ class Delegation:
         await self._save(task, state, note, branch)
 
     async def _receive(self, task: TaskRow, update: TaskUpdate) -> tuple[str, str, str]:
-        if not update.patch:
+        patch = update.patch
+        if update.size:  # kept by the delegate; PeerUnavailable: handled again later
+            try:
+                patch = await self.deliverables.fetch(task.peer, task.task_id, update.size,
+                                                      update.sha256)
+            except ValueError as exc:
+                return "failed", f"the deliverable could not be fetched: {exc}", ""
+            self.ctx.log.info("deliverable_fetched", task_id=task.task_id, peer=task.peer,
+                              size=update.size)
+        if not patch:
             return "delivered", update.note, ""
         branch = f"delegated/{task.task_id}"
         try:
-            await self._land(branch, update.patch)
+            await self._land(branch, patch)
         except (GitError, OSError) as exc:
             return "failed", f"the deliverable did not apply: {exc}"[:2000], ""
         return "delivered", update.note, branch
@@ -190,12 +208,13 @@ class Delegation:
             except GitError as exc:
                 await self._finish(task, "failed", f"could not package the work: {exc}")
                 continue
-            limit = self.config.protocol.max_message_bytes - ENVELOPE_ROOM
-            if len(patch) > limit:
-                await self._finish(task, "failed", f"the deliverable is {len(patch)} bytes; "
-                                   f"at most {limit} travel in one message")
+            try:
+                inline, size, digest = await self.deliverables.pack(task.task_id, patch)
+            except ValueError as exc:
+                await self._finish(task, "failed", str(exc))
                 continue
-            await self._finish(task, "completed", done.text[:4000], patch, len(done.commits))
+            await self._finish(task, "completed", done.text[:4000], inline, len(done.commits),
+                               size, digest)
 
     async def _patch(self, commits: list[str]) -> bytes:
         parts = [await self.workspace.git("format-patch", "-1", "--stdout", sha)
@@ -203,9 +222,18 @@ class Delegation:
         return "".join(parts).encode()
 
     async def _finish(self, task: TaskRow, state: str, note: str, patch: bytes = b"",
-                      commits: int = 0) -> None:
+                      commits: int = 0, size: int = 0, digest: str = "") -> None:
         await self._save(task, state, note)
-        await self.send(task.peer, "task", TaskUpdate(task.task_id, state, note, patch, commits))
+        await self.send(task.peer, "task", TaskUpdate(task.task_id, state, note, patch, commits,
+                                                      size, digest))
+
+    async def piece(self, peer: str, get: DeliverableGet) -> DeliverableChunk | None:
+        """A piece of the deliverable of a task `peer` delegated to us; None if not ours."""
+        task = await self.store.task(get.task_id, "in")
+        if task is None or task.peer != peer or task.state != "completed":
+            return None
+        data = await self.deliverables.piece(get.task_id, get.offset, get.length)
+        return None if data is None else DeliverableChunk(data)
 
     # ---- both -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from .delegation import Delegation
 from .link import FedLink, UnknownPeer
 from .messages import (
     CommandResult,
+    DeliverableGet,
     PeerReportIn,
     Report,
     Restart,
@@ -113,6 +114,9 @@ class Inbound:
                     answer = Pong()
                 case Talk() as talk:
                     answer = await self._talked_to(peer, talk)
+                case DeliverableGet() as get:
+                    answer = await self.delegation.piece(peer, get) or Error(
+                        "not_found", f"no deliverable of task {get.task_id} for {peer}")
                 case _:
                     answer = Error("unknown_op", f"{env.typ} is not a request a peer answers")
         try:

@@ -79,6 +79,25 @@ class TaskUpdate:
     note: str = ""
     patch: bytes = b""  # completed coding work: `git format-patch` output
     commits: int = 0
+    # A patch too large for one envelope stays with the delegate, to be fetched:
+    size: int = 0
+    sha256: str = ""
+
+
+@kind("deliverable_get")
+@dataclass(frozen=True, slots=True)
+class DeliverableGet:
+    """A piece of a delegated task's deliverable kept by the delegate (fed.req fetch)."""
+
+    task_id: str
+    offset: int
+    length: int
+
+
+@kind("deliverable_chunk")
+@dataclass(frozen=True, slots=True)
+class DeliverableChunk:
+    data: bytes
 
 
 # ---- to the entity's own peer actor (loc.<entity>.peer.*) -------------------------------
