@@ -191,6 +191,9 @@ class PeerActor(Actor):
     # ---- what peers send: requests (answered beside the actor) and the INBOX ----------
 
     async def _on_request(self, msg: Msg) -> None:
+        if msg.subject.endswith(".ping"):
+            await self.inbound.serve_request(msg)  # at once: it is quick, and it is timed
+            return
         try:
             self._requests.put_nowait(msg)
         except asyncio.QueueFull:

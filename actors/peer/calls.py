@@ -71,8 +71,8 @@ class PeerCalls:
                       for p in await self.store.peers()])
 
     async def check(self, peer: str) -> PeerCheckResult:
-        row = await self.store.peer(peer)
-        ago = time.time() - row.last_seen if row and row.last_seen else -1.0
+        last = self.store.last_seen(peer)
+        ago = time.time() - last if last else -1.0
         present = 0 <= ago <= self.settings.window
         heard = (f"last heartbeat {ago:.1f} s ago" if ago >= 0 else "no heartbeat heard yet")
         started = time.perf_counter()

@@ -116,6 +116,7 @@ class TaskRow:
 class PeerStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._last_seen: dict[str, float] = {}  # read on every check: kept in memory too
 
     @classmethod
     async def open(cls, path: Path) -> PeerStore:
@@ -132,6 +133,7 @@ class PeerStore:
         db.row_factory = aiosqlite.Row
         store = cls(db)
         await store.prune()
+        store._last_seen = {p.name: p.last_seen for p in await store.peers()}
         return store
 
     async def close(self) -> None:
@@ -167,7 +169,12 @@ class PeerStore:
             (name, key, pinned_by, time.time()),
         )
 
+    def last_seen(self, name: str) -> float:
+        """When `name`'s last heartbeat came (epoch seconds); 0: never."""
+        return self._last_seen.get(name, 0.0)
+
     async def seen(self, name: str, capabilities: list[str], when: float) -> None:
+        self._last_seen[name] = when
         await self._db.execute(
             "UPDATE peers SET last_seen = ?, capabilities = ? WHERE name = ?",
             (when, json.dumps(capabilities), name),
