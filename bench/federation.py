@@ -59,12 +59,10 @@ from actors.peer.messages import (
     Report,
 )
 from bench.harness import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
     BenchError,
     free_port,
     nats_server_binary,
-    sigterm_interrupts,
+    run_guarded,
 )
 from entityd import config as config_mod
 from entityd import federation, identity, logs
@@ -736,14 +734,6 @@ async def run(fed: Federation, sizes: Sizes) -> Results:
         loop.remove_signal_handler(signal.SIGTERM)
 
 
-def _leaves(group: BaseExceptionGroup[BenchError]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
-
-
 @contextmanager
 def workdir(keep: bool) -> Iterator[Path]:
     root = Path(tempfile.mkdtemp(prefix="bench-federation-"))
@@ -758,30 +748,24 @@ def workdir(keep: bool) -> Iterator[Path]:
 
 def run_federation(sizes: Sizes, keep: bool) -> tuple[Results | None, int]:
     """(results, 0), or (None, exit code): 1 when a measurement failed, 130 interrupted."""
-    results: Results | None = None
-    interrupted = False
-    with sigterm_interrupts(), workdir(keep) as root:
-        fed: Federation | None = None
+    return run_guarded("bench.federation", lambda: running_federation(keep),
+                       lambda fed: run(fed, sizes))
+
+
+@contextmanager
+def running_federation(keep: bool) -> Iterator[Federation]:
+    """The hub and both daemons, ready; all stopped (and the work dir gone) after."""
+    with workdir(keep) as root:
+        fed = Federation(root)
         try:
-            fed = Federation(root)
             print(f"hub on 127.0.0.1:{fed.hub_port} (leafnodes {fed.leaf_port}); "
                   f"{A} leaf {fed[A].port}, {B} leaf {fed[B].port}", flush=True)
             t0 = time.monotonic()
             fed.start()
             print(f"daemons ready in {time.monotonic() - t0:.1f} s", flush=True)
-            results = asyncio.run(run(fed, sizes))
-        except* BenchError as group:
-            for exc in _leaves(group):
-                print(f"bench.federation: {exc}", file=sys.stderr)
-        except* (KeyboardInterrupt, asyncio.CancelledError):
-            interrupted = True
+            yield fed
         finally:
-            if fed is not None:
-                fed.stop()
-    if interrupted:
-        print("bench.federation: interrupted", file=sys.stderr)
-        return None, EXIT_INTERRUPTED
-    return results, 0 if results is not None else EXIT_FAILED
+            fed.stop()
 
 
 TARGETS = {"fed_rr": 0.5}

@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -115,24 +116,38 @@ def sigterm_interrupts() -> Iterator[None]:
 def run_with_nats(
     name: str, bench: Callable[[str], Coroutine[Any, Any, T]]
 ) -> tuple[T | None, int]:
-    """(results, 0), or (None, exit code) when the bench failed or was interrupted."""
+    """Run `bench` against a nats-server of its own: see run_guarded."""
+    return run_guarded(name, _nats_server, bench)
+
+
+@contextmanager
+def _nats_server() -> Iterator[str]:
+    server = NatsServer(nats_server_binary())
+    try:
+        server.start()
+        print(f"nats-server {server.url}", flush=True)
+        yield server.url
+    finally:
+        server.stop()
+
+
+def run_guarded(
+    name: str, setup: Callable[[], AbstractContextManager[R]],
+    bench: Callable[[R], Coroutine[Any, Any, T]],
+) -> tuple[T | None, int]:
+    """Run `bench` on what `setup` provides, which is torn down however it ends:
+    (results, 0), or (None, exit code) when the bench failed or was interrupted."""
     results: T | None = None
     interrupted = False
     with sigterm_interrupts():
-        server: NatsServer | None = None
         try:
-            server = NatsServer(nats_server_binary())
-            server.start()
-            print(f"nats-server {server.url}", flush=True)
-            results = asyncio.run(bench(server.url))
+            with setup() as resource:
+                results = asyncio.run(bench(resource))
         except* BenchError as group:
             for exc in _leaves(group):
                 print(f"{name}: {exc}", file=sys.stderr)
         except* (KeyboardInterrupt, asyncio.CancelledError):
             interrupted = True
-        finally:
-            if server is not None:
-                server.stop()
     if interrupted:
         print(f"{name}: interrupted", file=sys.stderr)
         return None, EXIT_INTERRUPTED
