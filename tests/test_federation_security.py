@@ -38,7 +38,7 @@ from nats.aio.msg import Msg
 
 import protocol
 from actors.llm.scripted import ScriptedLLMServer
-from actors.peer.messages import Heartbeat, Report, Talk
+from actors.peer.messages import Heartbeat, Report, Restart, Talk
 from entityd import federation, identity
 from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.peer_model import route
@@ -337,6 +337,21 @@ async def test_a_member_cannot_impersonate_forge_replay_eavesdrop_or_restart_unb
         await poll(lambda: _true([e for e in b_events.events(B, "peer", "rejected")
                                   if e["reason"] == "not_trusted" and e["peer"] == C]),
                    what="entity-b's not_trusted event")
+        assert await restarts(b, "memory") == 0
+        # Nor by putting a restart on a subject it is trusted for: an op carries one kind.
+        smuggled_subject = f"fed.cmd.{B}.{C}.report"
+        smuggled, _ = protocol.seal(c_key, src=f"{C}/peer", dst=f"{B}/peer",
+                                    subj=smuggled_subject, message=Restart("memory"))
+        await attacker.jetstream().publish(smuggled_subject, smuggled, timeout=5.0)
+        ping_subject = f"fed.req.{B}.{C}.ping"  # ping needs no permission; talk does
+        smuggled_talk, _ = protocol.seal(c_key, src=f"{C}/peer", dst=f"{B}/peer",
+                                         subj=ping_subject, message=Talk("a talk as a ping"))
+        reply = await attacker.request(ping_subject, smuggled_talk, timeout=5.0)
+        assert signed_by(reply.data, b_pub)["payload"]["code"] == "wrong_subject"
+        await poll(lambda: _true([e for e in b_events.events(B, "peer", "rejected")
+                                  if e["reason"] == "wrong_subject"
+                                  and e["subject"] == smuggled_subject]),
+                   what="entity-b's wrong_subject event for the smuggled restart")
         assert await restarts(b, "memory") == 0
         restarted = await a.ctl_json("restart", B, "memory")
         assert restarted["code"] == "done", restarted

@@ -51,7 +51,8 @@ class PeerCalls:
         self.store = store
         self.outbox = outbox
         self.trust = trust
-        self._results: dict[bytes, asyncio.Future[CommandResult]] = {}
+        # Commands waiting for their result: id -> (the peer it went to, the future).
+        self._results: dict[bytes, tuple[str, asyncio.Future[CommandResult]]] = {}
 
     def known(self, peer: str) -> PeerOutcome | None:
         if peer == self.ctx.entity:
@@ -121,7 +122,7 @@ class PeerCalls:
     async def command(self, peer: str, op: str, message: object) -> PeerOutcome:
         row = await self.outbox.send(peer, op, message, now=True)
         future: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
-        self._results[row.id] = future
+        self._results[row.id] = (peer, future)
         landed = await self.outbox.try_now(row)
         started = time.perf_counter()
         try:
@@ -141,7 +142,10 @@ class PeerCalls:
                            round(latency, 3))
 
     def answered(self, env: Envelope, peer: str, result: CommandResult) -> None:
-        future = self._results.pop(env.corr or b"", None)
-        if future is not None and not future.done():
-            future.set_result(result)
+        """A peer's result for a command we sent it (from another peer: ignored)."""
+        waiting = self._results.get(env.corr or b"")
+        if waiting is not None and waiting[0] == peer:
+            del self._results[env.corr or b""]
+            if not waiting[1].done():
+                waiting[1].set_result(result)
         self.ctx.log.info("command_result", peer=peer, ok=result.ok, code=result.code)

@@ -46,6 +46,11 @@ RETRY_S = 2.0  # a command whose handling failed for a passing reason is offered
 # op -> the permission a peer needs for it (ping and results need none).
 PERMISSION = {"talk": "talk", "report": "report", "wake": "wake", "restart": "restart",
               "delegate": "delegate"}
+# op (the subject's last token) -> the one kind it carries: the permission checked is the
+# op's, so a kind on another op's subject would slip past it.
+REQUESTS: dict[str, type] = {"ping": Ping, "talk": Talk, "fetch": DeliverableGet}
+COMMANDS: dict[str, type] = {"report": Report, "wake": Wake, "restart": Restart,
+                             "result": CommandResult, "delegate": TaskOffer, "task": TaskUpdate}
 
 
 class NotTrusted(ProtocolError):
@@ -104,10 +109,15 @@ class Inbound:
             await self.rejections.note(exc, msg.subject, route.sender if route else None)
             await self.ctx.transport.refuse(msg, self.link.address, exc)
             return
+        peer, op = env.src_entity, msg.subject.rsplit(".", 1)[-1]
+        mismatch = _kind_mismatch(REQUESTS, op, record, env)
+        if mismatch is not None:
+            await self.rejections.note(mismatch, msg.subject, peer)
+            await self.ctx.transport.refuse(msg, self.link.address, mismatch)
+            return
         if not msg.reply:
             return
-        peer = env.src_entity
-        answer: object = self._refusal(peer, msg.subject.rsplit(".", 1)[-1])
+        answer: object = self._refusal(peer, op)
         if answer is None:
             match record:
                 case Ping():
@@ -160,6 +170,11 @@ class Inbound:
             await msg.term()
             return
         peer, op = env.src_entity, msg.subject.rsplit(".", 1)[-1]
+        mismatch = _kind_mismatch(COMMANDS, op, record, env)
+        if mismatch is not None:
+            await self.rejections.note(mismatch, msg.subject, peer)
+            await msg.term()
+            return
         state = await self.store.inbound_state(env.id)
         if state == "done":
             await self.rejections.note(protocol.Replayed(
@@ -255,3 +270,13 @@ class Inbound:
         reason = f"restart_peer from {peer}"
         # After the ack: restarting ourselves cancels whatever this instance was doing.
         return lambda: self.supervision.restart(names, reason)
+
+
+def _kind_mismatch(ops: dict[str, type], op: str, record: Any, env: Envelope
+                   ) -> ProtocolError | None:
+    expected = ops.get(op)
+    if expected is None:
+        return UnknownOp(f"no peer operation {op!r}", subject=env.subj)
+    if not isinstance(record, expected):
+        return protocol.WrongSubject(f"{env.typ} does not belong on {op!r}", subject=env.subj)
+    return None
