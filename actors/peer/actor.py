@@ -12,6 +12,7 @@ limit, and a refusal is answered with a reason code, never silently dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -211,8 +212,12 @@ class PeerActor(Actor):
                 self.ctx.log.warning("inbox_fetch_failed", error=repr(exc))
                 await asyncio.sleep(1.0)
                 continue
-            for msg in msgs:
-                await self.inbound.serve_command(msg)
+            for index, msg in enumerate(msgs):
+                try:
+                    await self.inbound.serve_command(msg)
+                except asyncio.CancelledError:
+                    await _hand_back(msgs[index:])
+                    raise
 
     async def _expire_tasks(self) -> None:
         while True:
@@ -249,3 +254,15 @@ class PeerActor(Actor):
             case PeerDelegate() as delegate:
                 return calls.known(delegate.peer) or await self.delegation.offer(delegate)
         raise TypeError(f"peer does not handle {envelope.typ}")
+
+
+async def _hand_back(msgs: list[Msg]) -> None:
+    """Nak what a stopping actor will not handle, so the INBOX offers it again at once
+    (after a restart) instead of after the ack wait; acked ones are unaffected."""
+    try:
+        async with asyncio.timeout(1.0):
+            for msg in msgs:
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+    except (TimeoutError, asyncio.CancelledError):
+        pass
