@@ -114,7 +114,8 @@ async def _peers(client: EntityClient, args: argparse.Namespace) -> int:
     for p in peers.peers:
         seen = f"{now - p.last_seen:.0f} s ago" if p.last_seen else "never"
         print(f"{p.name:<20} {'present' if p.present else 'absent':<8} heartbeat {seen:<12} "
-              f"key {p.public_key[:16]}... ({p.pinned_by})  may: {', '.join(p.trust) or '-'}")
+              f"key {p.public_key[:16]}... ({p.pinned_by})  may: {', '.join(p.trust) or '-'}"
+              f"  offers: {', '.join(p.capabilities) or '-'}")
     return 0
 
 
@@ -189,8 +190,9 @@ async def _delegate(client: EntityClient, args: argparse.Namespace) -> int:
     if args.json:
         _print(task)
     else:
-        print(f"{task.task_id}: {task.state}" + (f" on branch {task.branch}" if task.branch
-                                                 else "") + (f"\n{task.note}" if task.note else ""))
+        where = (f" on branch {task.branch}" if task.branch else
+                 " (no code changes came back)" if task.state == "delivered" else "")
+        print(f"{task.task_id}: {task.state}{where}" + (f"\n{task.note}" if task.note else ""))
     return 0 if task.state == "delivered" else EXIT_REFUSED
 
 
