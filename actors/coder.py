@@ -39,7 +39,7 @@ class CoderActor(Actor):
             llm = self._llm_factory()
         except LLMError as exc:
             return CodeResult(False, f"the coder has no model: {exc}")
-        toolbox = Toolbox(await self._tools.get())
+        toolbox = Toolbox(await self._tools.get(private=task.private))
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=task.task_id,
@@ -60,7 +60,7 @@ class CoderActor(Actor):
         if commit is None:
             return CodeResult(True, outcome.answer, steps=outcome.steps)
         await self.ctx.emit("committed", task_id=task.task_id, commit=commit.sha,
-                            diffstat=commit.diffstat)
+                            **({} if task.private else {"diffstat": commit.diffstat}))
         return CodeResult(True, outcome.answer, commit.sha, commit.diffstat, outcome.steps)
 
 

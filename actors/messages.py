@@ -22,6 +22,7 @@ class ToolCall:
     tool: str
     args: dict[str, Any] = field(default_factory=dict)
     caller: str = ""  # who asked, for the audit event (e.g. "coder", "orchestrator")
+    private: bool = False  # a peer's turn: the audit's summary goes to the log only
 
 
 @kind("tool_result")

@@ -175,7 +175,7 @@ class OrchestratorActor(Actor):
             return
         tools = OrchestratorTools(self.ctx, goal.task_id, goal.private)
         toolbox = Toolbox([*tools.tools(), *PeerTools(self.ctx, self.peers).tools(),
-                           *await self._tools.get()])
+                           *await self._tools.get(private=goal.private)])
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=goal.task_id,

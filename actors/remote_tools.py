@@ -22,22 +22,25 @@ class RemoteTools:
 
     def __init__(self, actor: Actor) -> None:
         self.actor = actor
-        self._tools: list[Tool] | None = None
+        self._tools: dict[bool, list[Tool]] = {}
 
-    async def get(self) -> list[Tool]:
-        if self._tools is None:
+    async def get(self, private: bool = False) -> list[Tool]:
+        """The tools; `private` for a peer's turn (see ToolCall.private)."""
+        if private not in self._tools:
             ctx = self.actor.ctx
             specs: ToolSpecs = await ctx.ask(f"{ctx.entity}/{TOOL_ACTOR}", ToolSpecsGet())
-            self._tools = [_wrap(ctx, self.actor.name, s["function"]) for s in specs.tools]
-        return self._tools
+            self._tools[private] = [_wrap(ctx, self.actor.name, s["function"], private)
+                                    for s in specs.tools]
+        return self._tools[private]
 
 
-def _wrap(ctx: Context, caller: str, function: dict[str, Any]) -> Tool:
+def _wrap(ctx: Context, caller: str, function: dict[str, Any], private: bool) -> Tool:
     name = function["name"]
 
     async def run(args: dict[str, Any]) -> str:
         result: ToolResult = await ctx.ask(
-            f"{ctx.entity}/{TOOL_ACTOR}", ToolCall(name, args, caller), timeout=TOOL_TIMEOUT_S
+            f"{ctx.entity}/{TOOL_ACTOR}", ToolCall(name, args, caller, private),
+            timeout=TOOL_TIMEOUT_S,
         )
         if not result.ok:
             raise ToolFailed(result.error or "the tool failed")

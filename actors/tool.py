@@ -92,9 +92,13 @@ class ToolActor(Actor):
         except ToolError as exc:
             result = ToolResult(ok=False, error=str(exc))
         duration_ms = round((time.monotonic() - started) * 1000)
+        summary = summarize(call.tool, call.args, result)
+        if call.private:  # events cross the hub; a peer's work stays in the local log
+            self.ctx.log.info("tool_call", tool=call.tool, caller=call.caller, ok=result.ok,
+                              duration_ms=duration_ms, summary=summary)
         await self.ctx.emit(
             "call", tool=call.tool, caller=call.caller, ok=result.ok, duration_ms=duration_ms,
-            summary=summarize(call.tool, call.args, result),
+            **({"private": True} if call.private else {"summary": summary}),
         )
         return result
 

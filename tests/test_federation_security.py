@@ -405,15 +405,24 @@ async def test_other_members_read_no_peer_plaintext_in_events(
             return any(t["task_id"] == offered["id"] and t["state"] != "offered"
                        for t in tasks)
 
+        async def completed() -> bool:
+            tasks = await b.ctl_json("tasks")
+            return any(t["task_id"] == offered["id"] and t["state"] == "completed"
+                       for t in tasks)
+
         await poll(accepted, what="entity-b took the task")
+        await poll(completed, timeout=60.0, what="entity-b finished the task")
         # A marker published before now would have arrived before entity-b's next beat.
         beats = len(heard.on(f"fed.evt.{B}.peer.heartbeat"))
         await poll(lambda: _true(len(heard.on(f"fed.evt.{B}.peer.heartbeat")) > beats),
                    what="one more heartbeat")
+        # The markers, and what the delegated work touched (its files, its commands).
+        secrets_of_b = (talk_text.encode(), task_text.encode(), b"calc.py", b"unittest")
         leaks = sorted({m.subject for m in heard.msgs
-                        for marker in (talk_text.encode(), task_text.encode())
-                        if marker in m.data})
+                        for marker in secrets_of_b if marker in m.data})
         assert leaks == [], f"entity-c reads peer plaintext on {leaks}"
+        tool_calls = heard.on(f"fed.evt.{B}.tool.call")
+        assert tool_calls, "entity-b's tool audit events are still published"
     finally:
         await member.close()
 
