@@ -323,17 +323,40 @@ Ctrl-C stops the pair.
 EOF
 echo "pair ready"
 
-# -- supervise: start again whatever died, once a second --------------------------------------
+# -- supervise: start again whatever died ------------------------------------------------------
+# At once the first time; one that keeps dying within QUICK_DEATH_S of its start waits
+# 2, 4, ... up to 32 s between attempts, so a broken config does not spin.
 
+QUICK_DEATH_S=30
 ready_at=$SECONDS
 declare -A RESTARTING  # daemons started again and not yet ready
+declare -A FAILS STARTED_AT DUE
+for proc in "${PROCS[@]}"; do FAILS[$proc]=0; STARTED_AT[$proc]=$SECONDS; done
 while [ -z "$DURATION" ] || ((SECONDS - ready_at < DURATION)); do
     for proc in "${PROCS[@]}"; do
         alive "$proc" && continue
-        code=0
-        wait "${PID[$proc]}" 2>/dev/null || code=$?
-        say "${LABEL[$proc]} exited (code $code); restarting"
+        if [ -z "${DUE[$proc]:-}" ]; then
+            code=0
+            wait "${PID[$proc]}" 2>/dev/null || code=$?
+            if ((SECONDS - STARTED_AT[$proc] < QUICK_DEATH_S)); then
+                FAILS[$proc]=$((FAILS[$proc] + 1))
+            else
+                FAILS[$proc]=1
+            fi
+            exponent=$((FAILS[$proc] - 1 < 5 ? FAILS[$proc] - 1 : 5))
+            delay=$((FAILS[$proc] > 1 ? 1 << exponent : 0))
+            DUE[$proc]=$((SECONDS + delay))
+            if ((delay)); then
+                say "${LABEL[$proc]} exited (code $code); restarting in $delay s" \
+                    "(it died ${FAILS[$proc]} times in a row within $QUICK_DEATH_S s of starting)"
+            else
+                say "${LABEL[$proc]} exited (code $code); restarting"
+            fi
+        fi
+        ((SECONDS >= DUE[$proc])) || continue
+        unset "DUE[$proc]"
         ${STARTER[$proc]}
+        STARTED_AT[$proc]=$SECONDS
         if [[ $proc == entity-* ]]; then RESTARTING[$proc]=1; fi
     done
     for name in "${!RESTARTING[@]}"; do
