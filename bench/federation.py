@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -63,6 +62,8 @@ from bench.harness import (
     free_port,
     nats_server_binary,
     run_guarded,
+    stop_process,
+    wait_nats,
 )
 from entityd import config as config_mod
 from entityd import federation, identity, logs
@@ -123,21 +124,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise BenchError(f"{proc.args!r} exited with {proc.returncode}: "
-                             f"{log.read_text(errors='replace')[-800:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                if s.recv(4) == b"INFO":
-                    return
-        except OSError:
-            time.sleep(0.02)
-    raise BenchError(f"nothing answered NATS on port {port} within {timeout} s")
-
-
 @dataclasses.dataclass
 class Member:
     name: str
@@ -189,11 +175,7 @@ class Member:
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        try:
-            proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_process(proc, STOP_TIMEOUT_S)
 
 
 class Federation:
@@ -250,7 +232,7 @@ class Federation:
                 [nats_server_binary(), "-c", str(self.hub_conf)],
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
             )
-        _wait_port(self.hub_port, self.hub, self.hub_log, 10.0)
+        wait_nats(self.hub_port, self.hub, 10.0, self.hub_log)
         for member in self.members.values():
             member.start()
         for member in self.members.values():
@@ -268,11 +250,7 @@ class Federation:
         hub, self.hub = self.hub, None
         if hub is not None and hub.poll() is None:
             hub.terminate()
-            try:
-                hub.wait(10)
-            except subprocess.TimeoutExpired:
-                hub.kill()
-                hub.wait(10)
+            stop_process(hub, 10.0)
 
 
 async def discovered(fed: Federation, timeout: float) -> None:

@@ -66,28 +66,40 @@ class NatsServer:
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"nats-server exited with {self.proc.returncode} on start")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
-                    if s.recv(4) == b"INFO":
-                        return
-            except OSError:
-                time.sleep(0.02)
-        raise BenchError(f"nats-server did not answer on port {self.port} within {timeout} s")
+        wait_nats(self.port, self.proc, timeout)
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            stop_process(proc, 10.0)
+
+
+def wait_nats(port: int, proc: subprocess.Popen[bytes], timeout: float,
+              log: Path | None = None) -> None:
+    """Until a NATS server answers on `port`; BenchError (with the tail of `log`) if
+    `proc` exits first or nothing answers in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = f": {log.read_text(errors='replace')[-800:]}" if log else ""
+            raise BenchError(f"{proc.args!r} exited with {proc.returncode}{tail}")
         try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                if s.recv(4) == b"INFO":
+                    return
+        except OSError:
+            time.sleep(0.02)
+    raise BenchError(f"nothing answered NATS on port {port} within {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
+    """After a TERM signal: wait `grace` seconds for it to exit, then kill it."""
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 
