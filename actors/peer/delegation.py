@@ -153,10 +153,8 @@ class Delegation:
         task = TaskRow(offer.task_id, "in", peer, offer.title, offer.description,
                        offer.deliverables, offer.deadline, list(offer.capabilities),
                        "rejected" if reason else "accepted", reason, "", "", now, now)
-        await self.store.save_task(task)
+        await self._save(task, task.state, reason)
         await self.send(peer, "task", TaskUpdate(task.task_id, task.state, reason))
-        await self.ctx.emit(f"task_{task.state}", task_id=task.task_id, peer=peer,
-                            direction="in")
         if not reason:
             await self._start(task)
 

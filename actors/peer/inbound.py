@@ -43,9 +43,6 @@ from .turns import Turns
 
 REJECT_EVENTS_PER_SECOND = 10
 RETRY_S = 2.0  # a command whose handling failed for a passing reason is offered again
-# op -> the permission a peer needs for it (ping and results need none).
-PERMISSION = {"talk": "talk", "report": "report", "wake": "wake", "restart": "restart",
-              "delegate": "delegate"}
 # op (the subject's last token) -> the one kind it carries: the permission checked is the
 # op's, so a kind on another op's subject would slip past it.
 REQUESTS: dict[str, type] = {"ping": Ping, "talk": Talk, "fetch": DeliverableGet}
@@ -138,11 +135,8 @@ class Inbound:
         wait = self.limiter.take(peer)
         if wait:
             return Error("rate_limited", f"{peer} sends too fast; retry in {wait:.1f} s")
-        permission = PERMISSION.get(op)
-        if permission and not self.trust.permits(peer, permission):
-            return Error("not_trusted", f"{peer} may not {op} {self.ctx.entity} "
-                         f"(trust: {', '.join(self.trust.allowed(peer)) or 'nothing'})")
-        return None
+        refused = self.trust.refusal(peer, op, self.ctx.entity)
+        return None if refused is None else Error("not_trusted", refused)
 
     async def _talked_to(self, peer: str, talk: Talk) -> TalkReply | Error:
         conversation = talk.conversation or f"peer-{peer}"
@@ -201,10 +195,8 @@ class Inbound:
     async def _command(self, env: Envelope, peer: str, op: str, record: Any
                        ) -> Callable[[], Any] | None:
         """Carry out one command; returns what must run after it is acknowledged."""
-        permission = PERMISSION.get(op)
-        if permission and not self.trust.permits(peer, permission):
-            text = (f"{peer} may not {op} {self.ctx.entity} "
-                    f"(trust: {', '.join(self.trust.allowed(peer)) or 'nothing'})")
+        text = self.trust.refusal(peer, op, self.ctx.entity)
+        if text is not None:
             await self.rejections.note(NotTrusted(text), env.subj, peer)
             if isinstance(record, TaskOffer):
                 await self.delegation.on_offer(peer, record)  # records and answers the refusal

@@ -54,10 +54,7 @@ class FedLink:
         self.heartbeats = transport.new_replay_guard()
         self.requests = transport.new_replay_guard()
         self.replies = transport.new_replay_guard()
-        # Commands are checked against the time their INBOX stored them, not now: one
-        # may wait there while this entity is down. Redeliveries are told apart by id
-        # in the store, so this guard only sees each delivery's first arrival.
-        self.commands = transport.new_replay_guard()
+        # (Commands get no guard here: see Inbound.serve_command.)
 
     async def load(self, fixed: Mapping[str, str]) -> None:
         """Trust the directory's pins, and the [peer_keys] (which win over old pins)."""

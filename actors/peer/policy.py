@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from entityd.config import PeersSection
+from entityd.config import PEER_PERMISSIONS, PeersSection
 
 
 @dataclass(frozen=True)
@@ -20,6 +20,14 @@ class Trust:
 
     def permits(self, peer: str, permission: str) -> bool:
         return permission in self.allowed(peer)
+
+    def refusal(self, peer: str, op: str, entity: str) -> str | None:
+        """Why `peer` may not do `op` to `entity`, or None when it may (ops that are
+        not permissions, such as ping or a command result, need none)."""
+        if op not in PEER_PERMISSIONS or self.permits(peer, op):
+            return None
+        return (f"{peer} may not {op} {entity} "
+                f"(trust: {', '.join(self.allowed(peer)) or 'nothing'})")
 
 
 @dataclass
