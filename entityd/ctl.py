@@ -19,6 +19,7 @@ from protocol import Envelope, ProtocolError, Status, StatusGet
 from . import config as config_mod
 from . import ctl_peers, logs
 from .client import EntityClient
+from .ctl_peers import print_json
 from .errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 
 EXIT_REFUSED = 3
@@ -117,16 +118,10 @@ async def _run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
         return await command(client, args)
 
 
-def _print_json(value: Any) -> None:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        value = dataclasses.asdict(value)
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
 async def _status(client: EntityClient, args: argparse.Namespace) -> int:
     status: Status = await client.ask("health", StatusGet(), args.timeout)
     if args.json:
-        _print_json(status)
+        print_json(status)
     else:
         print(render_status(status))
     return 0
@@ -158,7 +153,7 @@ async def _ask(client: EntityClient, args: argparse.Namespace) -> int:
 
 def _print_answer(data: dict[str, Any], as_json: bool) -> int:
     if as_json:
-        _print_json(data)
+        print_json(data)
     else:
         print(data.get("text", ""))
         changes = data.get("changes", [])
@@ -183,7 +178,7 @@ async def _memory_search(client: EntityClient, args: argparse.Namespace) -> int:
     hits: MemoryHits = await client.ask("memory", MemorySearch(args.text, args.limit),
                                         args.timeout)
     if args.json:
-        _print_json(hits)
+        print_json(hits)
         return 0
     if not hits.hits:
         print("(nothing found)")
@@ -199,7 +194,7 @@ async def _todo(client: EntityClient, args: argparse.Namespace) -> int:
         await client.ask("memory", TodoAdd(args.add), args.timeout)
     items: TodoItems = await client.ask("memory", TodoList(args.all), args.timeout)
     if args.json:
-        _print_json(items)
+        print_json(items)
         return 0
     if not items.items:
         print("(the todo list is empty)")
@@ -214,7 +209,7 @@ async def _history(client: EntityClient, args: argparse.Namespace) -> int:
     history: History = await client.ask("memory", HistoryGet(args.conversation, args.limit),
                                         args.timeout)
     if args.json:
-        _print_json(history)
+        print_json(history)
         return 0
     for entry in history.entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created_at))
@@ -226,7 +221,7 @@ async def _watch(client: EntityClient, args: argparse.Namespace) -> int:
     async with client.events() as events:
         async for event in events:
             if args.json:
-                _print_json({"subject": event.subj, "src": event.src, "ts": event.ts,
+                print_json({"subject": event.subj, "src": event.src, "ts": event.ts,
                              **dataclasses.asdict(event.message)})
             else:
                 print(render_progress(event), flush=True)

@@ -82,13 +82,22 @@ def _timeout(args: argparse.Namespace, seconds: float) -> float:
     return float(args.timeout) if args.timeout_given else seconds + MARGIN_S
 
 
-def _print(value: Any) -> None:
-    print(json.dumps(dataclasses.asdict(value), indent=2, sort_keys=True, default=str))
+def print_json(value: Any) -> None:
+    """Any result as JSON: records (dataclasses), lists of them, plain values."""
+    print(json.dumps(_plain(value), indent=2, sort_keys=True, default=str))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _outcome_exit(outcome: Any, as_json: bool) -> int:
     if as_json:
-        _print(outcome)
+        print_json(outcome)
     else:
         latency = f" in {outcome.latency_ms:.0f} ms" if outcome.latency_ms else ""
         print(f"{outcome.peer}: {outcome.code}{latency}\n{outcome.text}")
@@ -106,7 +115,7 @@ async def _peers(client: EntityClient, args: argparse.Namespace) -> int:
 
     peers: Peers = await client.ask("peer", PeersGet(), args.timeout)
     if args.json:
-        print(json.dumps([dataclasses.asdict(p) for p in peers.peers], indent=2))
+        print_json(peers.peers)
         return 0
     if not peers.peers:
         print("(no peers known yet: none has sent a heartbeat)")
@@ -127,7 +136,7 @@ async def _check(client: EntityClient, args: argparse.Namespace) -> int:
     if not isinstance(result, PeerCheckResult):
         return _outcome_exit(result, args.json)
     if args.json:
-        _print(result)
+        print_json(result)
     else:
         latency = f" {result.latency_ms:.1f} ms" if result.state == "alive" else ""
         print(f"{result.peer}: {result.state}{latency}\n{result.detail}")
@@ -188,7 +197,7 @@ async def _delegate(client: EntityClient, args: argparse.Namespace) -> int:
                 break
             await asyncio.sleep(1.0)
     if args.json:
-        _print(task)
+        print_json(task)
     else:
         where = (f" on branch {task.branch}" if task.branch else
                  " (no code changes came back)" if task.state == "delivered" else "")
@@ -202,7 +211,7 @@ async def _tasks(client: EntityClient, args: argparse.Namespace) -> int:
 
     tasks: Tasks = await client.ask("peer", TasksGet(), args.timeout)
     if args.json:
-        print(json.dumps([dataclasses.asdict(t) for t in tasks.tasks], indent=2))
+        print_json(tasks.tasks)
         return 0
     if not tasks.tasks:
         print("(no delegated tasks)")
