@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env, ctl
+from tests.helpers import child_env, ctl, free_port_range
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,25 +22,6 @@ REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "start-pair.sh"
 PORTS = 6
 DEMO_NOTICE = "no {key} in the environment; running it on the scripted demo model (not a model)"
-
-
-def free_port_range(count: int = PORTS) -> int:
-    """The first of `count` consecutive free loopback ports, below the ephemeral range."""
-    for _ in range(200):
-        base = random.randrange(15000, 32000 - count)
-        sockets = []
-        try:
-            for port in range(base, base + count):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError(f"no {count} consecutive free ports found")
 
 
 def pair_env(pair_dir: Path, base: int, **extra: str) -> dict[str, str]:
@@ -137,7 +116,7 @@ def pair_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def started_pair(pair_dir: Path, tmp_path: Path) -> Iterator[Pair]:
-    pair = Pair(pair_dir, free_port_range(), tmp_path / "start-pair.out")
+    pair = Pair(pair_dir, free_port_range(PORTS), tmp_path / "start-pair.out")
     try:
         pair.wait_output("pair ready")
         yield pair
@@ -186,7 +165,7 @@ def test_a_second_run_keeps_the_first_runs_keys(pair_dir: Path, tmp_path: Path) 
         for name in ("entity-a", "entity-b")
         for path in ("entity.pub", "keys/entity.key", "keys/hub.nk")
     ]
-    base = free_port_range()
+    base = free_port_range(PORTS)
     runs = []
     for run in (1, 2):
         pair = Pair(pair_dir, base, tmp_path / f"run{run}.out", PAIR_DURATION="1")
