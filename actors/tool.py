@@ -35,6 +35,8 @@ from .sandbox import (
 
 MAX_COMMAND = 100_000  # characters in one shell command line
 SUMMARY_LIMIT = 160
+MAX_ERROR = 2000  # characters of an error message sent back (it may quote the arguments)
+MAX_TOOL_NAME = 64  # characters of an unknown tool's name kept in events and logs
 _SECRETS = [
     (re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-]{6,}"), r"\1-***"),
     (re.compile(r"(?i)\b([A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)[A-Z0-9_]*)=\S+"),
@@ -62,9 +64,12 @@ class ToolActor(Actor):
     async def on_start(self) -> None:
         if not self.broken:
             try:
-                await asyncio.to_thread(prepare, self.root, self.workspace.owner)
+                left = await asyncio.to_thread(prepare, self.root, self.workspace.owner)
             except OSError as exc:
                 self.broken = f"cannot prepare the workspace {self.root}: {exc.strerror}"
+            else:
+                if left:
+                    self.ctx.log.warning("workspace_partly_prepared", left=left)
         if self.broken:
             self.ctx.log.error("tool_unavailable", reason=self.broken)
             await self.ctx.emit("sandbox", available=False, reason=self.broken, shell=False)
@@ -84,6 +89,7 @@ class ToolActor(Actor):
 
     async def call(self, call: ToolCall) -> ToolResult:
         started = time.monotonic()
+        tool = call.tool if len(call.tool) <= MAX_TOOL_NAME else call.tool[:MAX_TOOL_NAME] + "..."
         try:
             if self.broken:
                 raise ToolError(f"tools are unavailable: {self.broken}")
@@ -91,13 +97,22 @@ class ToolActor(Actor):
             result = await self.dispatch(call.tool, args)
         except ToolError as exc:
             result = ToolResult(ok=False, error=str(exc))
+        except Exception as exc:
+            # A bug of ours, not the agent's doing; the agent still gets an answer (its
+            # arguments must never be able to crash the actor), and the bug is logged.
+            self.ctx.log.error("tool_failed", tool=tool, error_type=type(exc).__name__,
+                               error=repr(exc)[:MAX_ERROR], exc_info=exc)
+            result = ToolResult(ok=False, error=f"{tool} failed: an internal error "
+                                f"({type(exc).__name__}) in the tool actor; it was logged")
+        result = _sendable(result)
         duration_ms = round((time.monotonic() - started) * 1000)
         summary = summarize(call.tool, call.args, result)
         if call.private:  # events cross the hub; a peer's work stays in the local log
-            self.ctx.log.info("tool_call", tool=call.tool, caller=call.caller, ok=result.ok,
-                              duration_ms=duration_ms, summary=summary)
+            self.ctx.log.info("tool_call", tool=tool, caller=call.caller[:MAX_TOOL_NAME],
+                              ok=result.ok, duration_ms=duration_ms, summary=summary)
         await self.ctx.emit(
-            "call", tool=call.tool, caller=call.caller, ok=result.ok, duration_ms=duration_ms,
+            "call", tool=tool, caller=call.caller[:MAX_TOOL_NAME], ok=result.ok,
+            duration_ms=duration_ms,
             **({"private": True} if call.private else {"summary": summary}),
         )
         return result
@@ -130,6 +145,27 @@ class ToolActor(Actor):
         else:
             error = ""
         return ToolResult(ok=not error, output=run.output, error=error, data=data)
+
+
+def _sendable(result: ToolResult) -> ToolResult:
+    """`result` as a reply can carry it: its error clipped (it may quote a huge argument)
+    and no lone surrogates (file names that are not UTF-8) left in its text."""
+    error = result.error
+    if len(error) > MAX_ERROR:
+        error = error[:MAX_ERROR] + f" [... {len(error) - MAX_ERROR} characters cut]"
+    output = _utf8(result.output)
+    error = _utf8(error)
+    if output is result.output and error is result.error:
+        return result
+    return ToolResult(ok=result.ok, output=output, error=error, data=result.data)
+
+
+def _utf8(text: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class UnexpectedMessage(Exception):
@@ -165,7 +201,9 @@ def summarize(tool: str, args: dict[str, Any], result: ToolResult) -> str:
         text = f"unknown tool {tool!r}"
     if not result.ok:
         text += f" -> {result.error}"
-    text = " ".join(text.split())
+    # Cut before redacting: the patterns below are not linear on a megabyte of one word.
+    # A secret that starts within the summary is still wholly inside the cut.
+    text = " ".join(text[: SUMMARY_LIMIT * 8].split())
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 3] + "..."

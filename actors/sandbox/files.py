@@ -1,23 +1,28 @@
 """The file tools: read, write, str_replace, list, glob and grep, confined to the workspace.
 
-They run in the daemon (not in the sandbox), so every path goes through `Workspace`
-and every walk is fd-based and never follows a symlink. Each tool returns its text for
-the model and a small data map; refusals and failures raise ToolError.
+They run in the daemon (not in the sandbox) on paths, patterns and trees the agent chose,
+so every path goes through `Workspace`, every walk is bounded (walk.py) and never follows a
+symlink, and every pattern runs on RE2 (match.py). Each tool returns its text for the model
+and a small data map; refusals and failures, whatever their cause, raise ToolError.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import re
 import stat
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 from .errors import BadArguments, ToolError
-from .paths import Parts, Workspace, display, is_protected_name
+from .match import Glob, LineSearch, shown
+from .paths import Parts, Workspace, display, is_protected_name, printable, shown_path
+from .walk import Budget, walk
 
 Result = tuple[str, dict[str, Any]]
+P = ParamSpec("P")
 
 # Directories a recursive glob or grep does not enter unless asked to by name.
 SKIP_DIRS = frozenset({
@@ -27,6 +32,7 @@ SKIP_DIRS = frozenset({
 BINARY_SNIFF = 8192
 MAX_LINE_SHOWN = 300  # grep
 MAX_LINE_READ = 2000  # read_file
+LINE_PIECE = 8192  # bytes of one line read_file holds; the rest of a longer line is skipped
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,9 @@ class FileLimits:
     max_entries: int = 1000  # list_dir and glob
     max_matches: int = 200  # grep
     max_grep_file_bytes: int = 2 * 1024 * 1024
-    grep_seconds: float = 10.0
+    max_visited: int = 100_000  # directory entries one list, glob or grep reads
+    max_depth: int = 64  # directory levels a glob or grep enters
+    walk_seconds: float = 10.0  # one list, glob, grep or ranged read
 
 
 def clip(text: str, limit: int) -> str:
@@ -46,6 +54,29 @@ def clip(text: str, limit: int) -> str:
     return text[:limit] + f"\n[... {len(text) - limit} more characters cut at the output limit]"
 
 
+def _tool_errors(
+    method: Callable[Concatenate[FileTools, P], Result],
+) -> Callable[Concatenate[FileTools, P], Result]:
+    """What the agent's arguments or its tree can make the OS or the walk raise, as a
+    ToolError the model reads. Anything else is a bug of ours and is left to the caller."""
+    @functools.wraps(method)
+    def run(self: FileTools, *args: P.args, **kwargs: P.kwargs) -> Result:
+        try:
+            return method(self, *args, **kwargs)
+        except ToolError:
+            raise
+        except OSError as exc:
+            raise ToolError(f"{method.__name__} failed: {exc.strerror or exc}") from None
+        except RecursionError:
+            raise ToolError(f"{method.__name__} failed: the path or tree is nested too deeply"
+                            ) from None
+        except UnicodeError:  # a file name that is not UTF-8 where text was needed
+            raise ToolError(f"{method.__name__} failed: a file name or text is not valid "
+                            "UTF-8") from None
+    return run
+
+
+
 class FileTools:
     def __init__(self, workspace: Workspace, limits: FileLimits) -> None:
         self.workspace = workspace
@@ -53,6 +84,7 @@ class FileTools:
 
     # ---- read ---------------------------------------------------------------------------
 
+    @_tool_errors
     def read_file(self, path: str, start_line: int = 1, end_line: int | None = None) -> Result:
         if start_line < 1:
             raise BadArguments("start_line counts from 1")
@@ -77,18 +109,26 @@ class FileTools:
 
     def _numbered(self, parts: Parts, f: Any, start: int, end: int | None, size: int) -> Result:
         limit = self.limits.output_limit
+        deadline = time.monotonic() + self.limits.walk_seconds
         out: list[str] = []
         used = 0
         total = 0
         shown_last = 0
-        for number, raw in enumerate(f, start=1):
+        for number, (raw, skipped) in enumerate(_lines(f), start=1):
             total = number
             if number < start:
+                if number % 10_000 == 0 and time.monotonic() > deadline:
+                    raise ToolError(f"{display(parts)}: no line {start} within "
+                                    f"{self.limits.walk_seconds:g} s of reading (reached line "
+                                    f"{number}); read a range nearer the start, or use grep")
                 continue
             if end is not None and number > end:
                 break
-            line = raw.decode("utf-8", errors="replace").rstrip("\n")
-            if len(line) > MAX_LINE_READ:
+            line = raw.decode("utf-8", errors="replace")
+            if skipped:
+                line = (line[:MAX_LINE_READ] + f" [... line cut: it is {len(raw) + skipped} "
+                        "bytes long]")
+            elif len(line) > MAX_LINE_READ:
                 line = line[:MAX_LINE_READ] + f" [... {len(line) - MAX_LINE_READ} characters cut]"
             entry = f"{number:>6}\t{line}"
             if used + len(entry) + 1 > limit and out:
@@ -111,6 +151,7 @@ class FileTools:
 
     # ---- write --------------------------------------------------------------------------
 
+    @_tool_errors
     def write_file(self, path: str, content: str) -> Result:
         data = content.encode("utf-8")
         self._check_size(path, len(data))
@@ -122,6 +163,7 @@ class FileTools:
         return f"wrote {len(data)} bytes ({lines} lines) to {display(parts)}", {
             "bytes": len(data), "lines": lines}
 
+    @_tool_errors
     def str_replace(self, path: str, old: str, new: str) -> Result:
         if not old:
             raise BadArguments("old must not be empty")
@@ -134,7 +176,10 @@ class FileTools:
             if size > self.limits.max_file_bytes:
                 raise ToolError(f"{where} is {size} bytes, over the {self.limits.max_file_bytes}"
                                 "-byte limit for editing")
-            raw = _read_all(fd)
+            raw = _read_all(fd, self.limits.max_file_bytes)
+            if len(raw) > self.limits.max_file_bytes:
+                raise ToolError(f"{where} grew over the {self.limits.max_file_bytes}-byte limit "
+                                "for editing while it was read")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -158,162 +203,145 @@ class FileTools:
 
     def _check_size(self, path: str, size: int) -> None:
         if size > self.limits.max_file_bytes:
-            raise ToolError(f"{path}: {size} bytes is over the {self.limits.max_file_bytes}-byte "
-                            "file size limit")
+            raise ToolError(f"{shown_path(path)}: {size} bytes is over the "
+                            f"{self.limits.max_file_bytes}-byte file size limit")
 
     # ---- list, glob, grep ---------------------------------------------------------------
 
+    @_tool_errors
     def list_dir(self, path: str = ".") -> Result:
         parts = self.workspace.resolve(path)
+        budget = self._budget()
         rows: list[str] = []
         with self.workspace.open_dir(parts) as fd, os.scandir(fd) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = []
+            for entry in it:
+                if not budget.spend():
+                    break
+                entries.append(entry)
+            entries.sort(key=lambda e: e.name)
             for entry in entries[: self.limits.max_entries]:
                 rows.append(_describe(entry, fd))
         if len(entries) > self.limits.max_entries:
             rows.append(f"[... {len(entries) - self.limits.max_entries} more entries not shown]")
-        header = f"{display(parts)}/ ({len(entries)} entries)"
+        count = f"{len(entries)} entries"
+        if budget.cut:
+            rows.append(f"[... listing cut short: {budget.cut}]")
+            count = f"at least {count}"
+        header = f"{display(parts)}/ ({count})"
         return clip("\n".join([header, *rows]), self.limits.output_limit), {
-            "entries": len(entries)}
+            "entries": len(entries), "complete": not budget.cut}
 
+    @_tool_errors
     def glob(self, pattern: str) -> Result:
         pattern = _workspace_relative(pattern)
-        matcher = glob_regex(pattern)
+        glob = Glob(pattern)
         named = {part for part in pattern.split("/") if part in SKIP_DIRS}
+        budget = self._budget()
         found: list[str] = []
         total = 0
-        for rel, dirs, files in self._walk((), named):
-            for name in dirs:
-                path = f"{rel}{name}"
-                if matcher.fullmatch(path) or matcher.fullmatch(path + "/"):
-                    total += 1
-                    if len(found) < self.limits.max_entries:
-                        found.append(path + "/")
-            for name in files:
-                path = f"{rel}{name}"
-                if matcher.fullmatch(path):
-                    total += 1
-                    if len(found) < self.limits.max_entries:
-                        found.append(path)
-        found.sort()
-        if not found:
-            return f"no paths match {pattern!r}", {"matches": 0}
-        if total > len(found):
-            found.append(f"[... {total - len(found)} more matches not shown]")
-        return clip("\n".join(found), self.limits.output_limit), {"matches": total}
 
+        def record(path: str) -> None:
+            nonlocal total
+            total += 1
+            if len(found) < self.limits.max_entries:
+                found.append(printable(path))
+
+        states_of = {"": glob.start}  # the glob's states in each directory yet to be read
+        with self.workspace.open_dir(()) as top:
+            for directory in walk(top, budget, _keep_dir(named)):
+                states = states_of.pop(directory.rel)
+                entered = []
+                for name in directory.dirs:
+                    after = glob.step(states, name)
+                    if glob.matches(after):
+                        record(f"{directory.rel}{name}/")
+                    if glob.may_descend(after):
+                        states_of[f"{directory.rel}{name}/"] = after
+                        entered.append(name)
+                directory.dirs[:] = entered
+                for name in directory.others:
+                    if not _hidden(name) and glob.matches(glob.step(states, name)):
+                        record(directory.rel + name)
+        found.sort()
+        notes = []
+        if total > len(found):
+            notes.append(f"[... {total - len(found)} more matches not shown]")
+        if budget.cut:
+            notes.append(f"[... search cut short, matches may be missing: {budget.cut}]")
+        data = {"matches": total, "complete": not budget.cut}
+        if not found:
+            return "\n".join([f"no paths match {shown(pattern)}", *notes]), data
+        return clip("\n".join(found + notes), self.limits.output_limit), data
+
+    @_tool_errors
     def grep(self, pattern: str, path: str = ".", regex: bool = False) -> Result:
-        try:
-            compiled = re.compile(pattern if regex else re.escape(pattern))
-        except re.error as exc:
-            raise BadArguments(f"invalid regular expression {pattern!r}: {exc}") from None
+        search = LineSearch(pattern, regex=regex)
         parts = self.workspace.resolve(path)
+        budget = self._budget()
         matches: list[str] = []
-        deadline = time.monotonic() + self.limits.grep_seconds
         stopped = ""
-        for where, fd in self._files(parts):
-            for number, line in _search(fd, compiled, self.limits.max_grep_file_bytes):
+        for where, fd in self._files(parts, budget):
+            for number, line in _search(fd, search, self.limits.max_grep_file_bytes):
                 matches.append(f"{where}:{number}: {line}")
                 if len(matches) >= self.limits.max_matches:
                     stopped = f"[... stopped after {len(matches)} matches]"
                     break
             if stopped:
                 break
-            if time.monotonic() > deadline:
-                stopped = f"[... stopped after {self.limits.grep_seconds:g} s of searching]"
-                break
+        notes = [stopped] if stopped else []
+        if budget.cut:
+            notes.append(f"[... search cut short, matches may be missing: {budget.cut}]")
+        data = {"matches": len(matches), "complete": not notes}
         if not matches:
-            return f"no matches for {pattern!r} in {display(parts)}", {"matches": 0}
-        if stopped:
-            matches.append(stopped)
-        return clip("\n".join(matches), self.limits.output_limit), {
-            "matches": len(matches) - bool(stopped), "complete": not stopped}
+            return "\n".join([f"no matches for {shown(pattern)} in {display(parts)}",
+                              *notes]), data
+        return clip("\n".join(matches + notes), self.limits.output_limit), data
 
-    def _files(self, parts: Parts) -> Any:
+    def _budget(self) -> Budget:
+        return Budget(self.limits.max_visited, self.limits.max_depth, self.limits.walk_seconds)
+
+    def _files(self, parts: Parts, budget: Budget) -> Iterator[tuple[str, int]]:
         """(display path, fd) of each regular, unprotected file at or under `parts`."""
-        with self.workspace.open_dir(parts[:-1]) as parent:
-            info = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False) if parts else None
-        if info is not None and stat.S_ISREG(info.st_mode):
+        mode = self.workspace.mode(parts)
+        if stat.S_ISREG(mode):
             with self.workspace.open_file(parts) as fd:
                 yield display(parts), fd
             return
+        if not stat.S_ISDIR(mode):
+            raise ToolError(f"{display(parts)}: neither a regular file nor a directory")
         named = {part for part in parts if part in SKIP_DIRS}
-        for rel, _dirs, files, dir_fd in self._walk_fds(parts, named):
-            for name in files:
-                try:
-                    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                                 dir_fd=dir_fd)
-                except OSError:
-                    continue
-                try:
-                    if stat.S_ISREG(os.fstat(fd).st_mode):
-                        yield f"{rel}{name}", fd
-                finally:
-                    os.close(fd)
-
-    def _walk(self, parts: Parts, named: set[str]) -> Any:
-        for rel, dirs, files, _fd in self._walk_fds(parts, named):
-            yield rel, dirs, files
-
-    def _walk_fds(self, parts: Parts, named: set[str]) -> Any:
-        """os.fwalk below `parts`: fd-based, never following symlinks, pruning .git and
-        protected names; yields (relative prefix ending in '/', dirs, files, dir fd)."""
         base = display(parts) + "/" if parts else ""
         with self.workspace.open_dir(parts) as top:
-            for dirpath, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=top):
-                dirnames[:] = sorted(
-                    d for d in dirnames
-                    if d.lower() != ".git" and not is_protected_name(d)
-                    and (d not in SKIP_DIRS or d in named)
-                )
-                rel = base + ("" if dirpath == "." else dirpath[2:] + "/")
-                files = sorted(f for f in filenames if not is_protected_name(f))
-                # fwalk lists symlinks to directories among dirnames without entering them.
-                links = [d for d in dirnames if stat.S_ISLNK(
-                    os.stat(d, dir_fd=dir_fd, follow_symlinks=False).st_mode)]
-                dirnames[:] = [d for d in dirnames if d not in links]
-                yield rel, dirnames, sorted(files + links), dir_fd
+            for directory in walk(top, budget, _keep_dir(named), rel=base):
+                for name in directory.others:
+                    if _hidden(name):
+                        continue
+                    if budget.expired():
+                        return
+                    try:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+                                     | os.O_CLOEXEC, dir_fd=directory.fd)
+                    except OSError:
+                        continue
+                    try:
+                        if stat.S_ISREG(os.fstat(fd).st_mode):
+                            yield printable(directory.rel + name), fd
+                    finally:
+                        os.close(fd)
 
 
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """A regex for a workspace-relative glob: `*` and `?` stay within one path component,
-    `**` spans any number of them, `[...]` is a character class."""
-    segments = pattern.split("/")
-    out: list[str] = []
-    for i, segment in enumerate(segments):
-        last = i == len(segments) - 1
-        if segment == "**":
-            out.append(".*" if last else "(?:[^/]+/)*")
-            continue
-        out.append(_segment_regex(segment))
-        if not last:
-            out.append("/")
-    return re.compile("".join(out))
+def _keep_dir(named: set[str]) -> Callable[[str], bool]:
+    """Which sub-directories a walk enters: never .git or a protected one, and a cache
+    or virtualenv only when the pattern or the path names it."""
+    def keep(name: str) -> bool:
+        return not _hidden(name) and (name not in SKIP_DIRS or name in named)
+    return keep
 
 
-def _segment_regex(segment: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(segment):
-        c = segment[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            close = segment.find("]", i + 2 if segment[i + 1:i + 2] in ("!", "^") else i + 1)
-            if close == -1:
-                out.append(re.escape(c))
-            else:
-                body = segment[i + 1:close]
-                if body[:1] in ("!", "^"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = close
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return "".join(out)
+def _hidden(name: str) -> bool:
+    """A name a walk never shows: .git (in any case) and protected files (.env*, keys)."""
+    return name.lower() == ".git" or is_protected_name(name)
 
 
 def _workspace_relative(pattern: str) -> str:
@@ -329,14 +357,19 @@ def _workspace_relative(pattern: str) -> str:
 
 
 def _describe(entry: os.DirEntry[str], dir_fd: int) -> str:
-    name = entry.name
-    if entry.is_symlink():
+    name = printable(entry.name)
+    try:
+        is_link = entry.is_symlink()
+        is_dir = not is_link and entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return f"{name}  (gone)"
+    if is_link:
         try:
-            target = os.readlink(name, dir_fd=dir_fd)
+            target = printable(os.readlink(entry.name, dir_fd=dir_fd))
         except OSError:
             target = "?"
         return f"{name}@ -> {target}"
-    if entry.is_dir(follow_symlinks=False):
+    if is_dir:
         note = "  (repository; off limits)" if name.lower() == ".git" else ""
         return f"{name}/{note}"
     try:
@@ -347,23 +380,43 @@ def _describe(entry: os.DirEntry[str], dir_fd: int) -> str:
     return f"{name}  ({size} bytes){note}"
 
 
-def _search(fd: int, compiled: re.Pattern[str], max_bytes: int) -> Any:
+def _search(fd: int, search: LineSearch, max_bytes: int) -> Iterator[tuple[int, str]]:
     if os.fstat(fd).st_size > max_bytes:
         return
-    raw = _read_all(fd)
-    if b"\x00" in raw[:BINARY_SNIFF]:
+    raw = _read_all(fd, max_bytes)
+    if len(raw) > max_bytes or b"\x00" in raw[:BINARY_SNIFF]:
         return
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
-        if compiled.search(line):
-            shown = line if len(line) <= MAX_LINE_SHOWN else line[:MAX_LINE_SHOWN] + " [...]"
-            yield number, shown
+    for number, line in search.lines(raw):
+        head = line[: MAX_LINE_SHOWN * 4].decode("utf-8", errors="replace").rstrip("\r")
+        if len(head) > MAX_LINE_SHOWN or len(line) > MAX_LINE_SHOWN * 4:
+            head = head[:MAX_LINE_SHOWN] + " [...]"
+        yield number, head
 
 
-def _read_all(fd: int) -> bytes:
+def _lines(f: Any) -> Iterator[tuple[bytes, int]]:
+    """Each line of the binary file `f` without its newline, cut to LINE_PIECE bytes, and
+    how many bytes were cut; a line of a gigabyte is skipped, never held."""
+    while piece := f.readline(LINE_PIECE):
+        if piece.endswith(b"\n"):
+            yield piece[:-1], 0
+            continue
+        skipped = 0
+        while rest := f.readline(1 << 20):
+            if rest.endswith(b"\n"):
+                skipped += len(rest) - 1
+                break
+            skipped += len(rest)
+        yield piece, skipped
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    """The file from its start, up to `limit` + 1 bytes (so a caller sees that it is over)."""
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
-    while chunk := os.read(fd, 1 << 20):
+    left = limit + 1
+    while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
         chunks.append(chunk)
+        left -= len(chunk)
     return b"".join(chunks)
 
 

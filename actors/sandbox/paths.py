@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 
 from .errors import PathRefused, ToolError
+from .walk import Budget, walk
 
 # Where the sandboxed shell sees the workspace; paths the model gives may use it.
 WORKSPACE_MOUNT = "/workspace"
@@ -29,6 +30,9 @@ KEY_PATTERNS = (
 )
 
 Parts = tuple[str, ...]
+
+MAX_PATH = 4096  # characters in a path a tool is given (the kernel's PATH_MAX)
+PREPARE_DEPTH = 256  # prepare() hands over directories down to this depth
 
 
 def protected_reason(parts: Sequence[str]) -> str | None:
@@ -55,7 +59,24 @@ def is_protected_name(name: str) -> bool:
 
 
 def display(parts: Parts) -> str:
-    return "/".join(parts) if parts else "."
+    return "/".join(printable(part) for part in parts) if parts else "."
+
+
+def printable(name: str) -> str:
+    """A file name as text a reply can carry: bytes that are not UTF-8 (which Python holds
+    as lone surrogates) shown as \\xNN."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
+def shown_path(path: str, limit: int = 200) -> str:
+    """`path` for a message, its middle cut when it is long."""
+    if len(path) <= limit:
+        return path
+    return f"{path[:limit - 60]}...[{len(path)} characters]...{path[-40:]}"
 
 
 class Workspace:
@@ -75,19 +96,37 @@ class Workspace:
         if not path:
             raise PathRefused(repr(path), "empty path")
         if "\x00" in path:
-            raise PathRefused(repr(path), "NUL byte in path")
+            raise PathRefused(shown_path(repr(path)), "NUL byte in path")
+        if len(path) > MAX_PATH:
+            raise PathRefused(shown_path(path), f"the path is {len(path)} characters; the "
+                              f"longest a tool takes is {MAX_PATH}")
         inner = path
         if path == WORKSPACE_MOUNT or path.startswith(WORKSPACE_MOUNT + "/"):
             inner = path[len(WORKSPACE_MOUNT):].lstrip("/") or "."
-        real = os.path.realpath(os.path.join(self.root, inner))
+        try:
+            real = os.path.realpath(os.path.join(self.root, inner))
+        except (OSError, RecursionError) as exc:  # a link changed meanwhile; a long chain
+            why = exc.strerror if isinstance(exc, OSError) else "too many symbolic links"
+            raise PathRefused(shown_path(path), f"cannot be resolved: {why}") from None
         if real != self.root and not real.startswith(self.root + os.sep):
-            raise PathRefused(path, "outside the workspace (tools may only touch the workspace)")
+            raise PathRefused(shown_path(path),
+                              "outside the workspace (tools may only touch the workspace)")
         rel = os.path.relpath(real, self.root)
         parts: Parts = () if rel == "." else tuple(rel.split(os.sep))
         reason = protected_reason(parts)
         if reason:
-            raise PathRefused(path, reason)
+            raise PathRefused(shown_path(path), reason)
         return parts
+
+    def mode(self, parts: Parts) -> int:
+        """The st_mode of `parts` itself (a symlink is not followed)."""
+        with self.open_dir(parts[:-1]) as parent:
+            if not parts:
+                return os.fstat(parent).st_mode
+            try:
+                return os.stat(parts[-1], dir_fd=parent, follow_symlinks=False).st_mode
+            except OSError as exc:
+                raise _failed(parts, exc) from None
 
     @contextmanager
     def open_dir(self, parts: Parts, *, create: bool = False) -> Iterator[int]:
@@ -162,30 +201,48 @@ def _is_symlink(name: str, dir_fd: int) -> bool:
 
 
 def _failed(parts: Parts, exc: OSError) -> ToolError:
-    where = display(parts)
+    where = shown_path(display(parts))
     if exc.errno == errno.ELOOP:
         return PathRefused(where, "is a symlink that appeared while opening it; refusing to follow")
     if exc.errno == errno.ENOENT:
         return ToolError(f"{where}: no such file or directory")
     if exc.errno == errno.ENOTDIR:
         return ToolError(f"{where}: a parent is not a directory")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ToolError(f"{where}: a name in it is longer than the file system allows "
+                         "(255 bytes)")
     if exc.errno == errno.EISDIR:
         return ToolError(f"{where}: is a directory")
     return ToolError(f"{where}: {exc.strerror}")
 
 
-def prepare(root: Path | str, owner: tuple[int, int] | None) -> None:
-    """Create the workspace if missing and hand it, all but .git, to `owner` (uid, gid)."""
+def prepare(root: Path | str, owner: tuple[int, int] | None,
+            max_depth: int = PREPARE_DEPTH) -> str:
+    """Create the workspace if missing and hand it, all but .git, to `owner` (uid, gid).
+
+    Returns what it left alone ("" when nothing): the agent may have built a tree too deep
+    to walk whole, and what lies deeper is the sandbox's own making already.
+    """
     os.makedirs(root, mode=0o755, exist_ok=True)
     if owner is None:
-        return
+        return ""
     uid, gid = owner
     info = os.stat(root)
     if (info.st_uid, info.st_gid) != owner:
         os.chown(root, uid, gid)
-    for _dirpath, dirnames, filenames, dir_fd in os.fwalk(root):
-        dirnames[:] = [d for d in dirnames if d.lower() != ".git"]
-        for name in dirnames + filenames:
-            entry = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-            if (entry.st_uid, entry.st_gid) != owner:
-                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+    budget = Budget(max_entries=2**62, max_depth=max_depth)
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for directory in walk(top, budget, keep_dir=lambda name: name.lower() != ".git"):
+            for name in directory.dirs + directory.others:
+                if name.lower() == ".git":
+                    continue
+                try:
+                    entry = os.stat(name, dir_fd=directory.fd, follow_symlinks=False)
+                    if (entry.st_uid, entry.st_gid) != owner:
+                        os.chown(name, uid, gid, dir_fd=directory.fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed since it was listed
+    finally:
+        os.close(top)
+    return budget.cut
