@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -52,14 +51,9 @@ class SharedLLM:
             await close()
 
 
-def sandbox_owner(config: Config) -> tuple[int, int] | None:
-    """The uid/gid the sandbox runs as when the daemon is root (else the daemon's own)."""
-    return (config.sandbox.uid, config.sandbox.gid) if os.geteuid() == 0 else None
-
-
 def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM,
                     supervision: Supervision) -> dict[str, ActorFactory]:
-    workspace = Workspace(config.workspace_dir, config.name, sandbox_owner(config))
+    workspace = Workspace(config.workspace_dir, config.name, config.sandbox)
     steps = config.llm.max_steps_per_turn
     return {
         HealthActor.name: lambda: HealthActor(status),

@@ -1,28 +1,51 @@
-"""The entity's git workspace, seen from the daemon: create it and commit finished work.
+"""The entity's git workspace, seen from the daemon: create it, commit finished work, ship
+commits as patches and land a peer's patches on a branch.
 
-Commits run outside the sandbox, so nothing the agent wrote may execute here: hooks
-and fsmonitor are disabled on every git call, and git gets a minimal environment
-(no API keys, no GIT_* variables from the daemon's).
+Git on a tree the agent wrote runs code the agent chose (a nested repository's filters,
+drivers and hooks, a gitfile, an include), so every git command here runs in the sandbox
+(`Shell.exec(git=True)`): as the sandbox uid, with only the workspace mounted, a cleared
+environment, no network, and `.git`'s config, hooks and info read-only. On top of that,
+nothing the file tools refuse (`.env*`, key files) is ever staged, committed, shipped or
+landed, and other repositories inside the workspace are never entered or recorded.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-GIT_TIMEOUT_S = 60.0
-IGNORED = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
+from entityd.config import SandboxSection
 
-_SAFE = (
-    "-c", "core.hooksPath=/dev/null",
-    "-c", "core.fsmonitor=false",
-    "-c", "core.pager=cat",
-    "-c", "commit.gpgsign=false",
-    "-c", "diff.external=",
-    "-c", "core.sshCommand=false",
+from .sandbox import Shell, ToolError
+from .sandbox.paths import KEY_PATTERNS, WORKSPACE_MOUNT, protected_reason
+
+GIT_TIMEOUT_S = 120.0
+IGNORED = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
+GITLINK = "160000"
+DELETED = "000000"
+# Config that comes with every git command, above anything a repository says.
+SAFE_CONFIG = (
+    ("safe.directory", "*"),
+    ("safe.bareRepository", "explicit"),
+    ("core.hooksPath", "/dev/null"),
+    ("core.fsmonitor", "false"),
+    ("core.pager", "cat"),
+    ("core.sshCommand", "false"),
+    ("core.untrackedCache", "false"),
+    ("commit.gpgsign", "false"),
+    ("diff.external", ""),
+    ("diff.ignoreSubmodules", "all"),
+    ("status.submoduleSummary", "false"),
+    ("submodule.recurse", "false"),
+    ("gc.auto", "0"),
+    ("maintenance.auto", "false"),
 )
+# Protected names at any depth, as pathspecs git leaves out when staging.
+PROTECTED_PATHSPECS = (":(exclude,glob,icase)**/.env*",
+                       *(f":(exclude,glob,icase)**/{pattern}" for pattern in KEY_PATTERNS))
+EXCLUDE = "\n".join((*IGNORED, "# never committed by entityd", ".env*", *KEY_PATTERNS)) + "\n"
 
 
 class GitError(Exception):
@@ -35,82 +58,236 @@ class Commit:
     diffstat: str
 
 
+@dataclass(frozen=True)
+class Change:
+    mode: str  # the new mode, GITLINK for a nested repository recorded as a submodule
+    path: str
+
+    def refusal(self) -> str | None:
+        if self.mode == DELETED:
+            return None  # taking a file out of the repository is always allowed
+        if self.mode == GITLINK:
+            return f"{self.path} is another repository (a gitlink)"
+        reason = protected_reason(tuple(self.path.split("/")))
+        return f"{self.path}: {reason}" if reason else None
+
+
 class Workspace:
-    def __init__(self, path: Path, entity: str, owner: tuple[int, int] | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path, entity: str, sandbox: SandboxSection) -> None:
+        self.path = Path(path)
         self.entity = entity
-        self.owner = owner  # (uid, gid) the sandbox runs as, when the daemon is root
+        as_root = os.geteuid() == 0
+        self.owner = (sandbox.uid, sandbox.gid) if as_root else None
+        self.shell = Shell(sandbox, self.path)
+        self._probed = False
 
     def _env(self) -> dict[str, str]:
-        return {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.path),
-            "LANG": "C.UTF-8",
+        env = {
+            "HOME": "/tmp",
             "GIT_CONFIG_NOSYSTEM": "1",
             "GIT_CONFIG_GLOBAL": "/dev/null",
             "GIT_AUTHOR_NAME": self.entity,
             "GIT_AUTHOR_EMAIL": f"{self.entity}@entityd.invalid",
             "GIT_COMMITTER_NAME": "entityd",
             "GIT_COMMITTER_EMAIL": f"{self.entity}@entityd.invalid",
+            "GIT_CONFIG_COUNT": str(len(SAFE_CONFIG)),
         }
+        for i, (key, value) in enumerate(SAFE_CONFIG):
+            env[f"GIT_CONFIG_KEY_{i}"] = key
+            env[f"GIT_CONFIG_VALUE_{i}"] = value
+        return env
 
-    async def git(self, *args: str, check: bool = True, cwd: Path | None = None,
-                  input: bytes | None = None) -> str:
-        """Run git in the workspace (or in `cwd`, a scratch clone of it)."""
-        proc = await asyncio.create_subprocess_exec(
-            # Both spellings: a clone of the workspace checks its .git dir by that name.
-            "git", *_SAFE, "-c", f"safe.directory={self.path}",
-            "-c", f"safe.directory={self.path / '.git'}", *args,
-            cwd=cwd or self.path, env=self._env(),
-            stdin=asyncio.subprocess.DEVNULL if input is None else asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
+    async def _sandbox(self) -> Shell:
+        if not self._probed:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._give_root()
+            if await self.shell.probe():
+                raise GitError(f"git runs only in the sandbox, and it cannot start here: "
+                               f"{self.shell.unavailable}")
+            self._probed = True
+        return self.shell
+
+    async def run(self, program: Sequence[str], *, input: bytes | None = None,
+                  check: bool = True) -> tuple[int, str]:
+        """Run `program` (git, or sh for a few steps in one sandbox) in the workspace."""
+        shell = await self._sandbox()
         try:
-            async with asyncio.timeout(GIT_TIMEOUT_S):
-                out, err = await proc.communicate(input)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise GitError(f"git {args[0]} took longer than {GIT_TIMEOUT_S:g} s") from None
-        if check and proc.returncode != 0:
-            raise GitError(f"git {' '.join(args)} failed: {err.decode(errors='replace').strip()}")
-        return out.decode(errors="replace")
+            done = await shell.exec(program, stdin=input, git=True, env=self._env(),
+                                    timeout=GIT_TIMEOUT_S)
+        except ToolError as exc:
+            raise GitError(str(exc)) from None
+        name = program[1] if program[0] == "git" else program[0]
+        if done.timed_out:
+            raise GitError(f"git {name} took longer than {GIT_TIMEOUT_S:g} s")
+        code = done.exit_code if done.exit_code is not None else -1
+        if check and code != 0:
+            detail = done.stderr.decode(errors="replace").strip()[-2000:]
+            raise GitError(f"git {name} failed: {detail or f'exit code {code}'}")
+        return code, done.stdout.decode(errors="replace")
+
+    async def git(self, *args: str, check: bool = True, input: bytes | None = None) -> str:
+        """Run git in the workspace, in the sandbox; its standard output."""
+        return (await self.run(["git", *args], input=input, check=check))[1]
 
     async def ensure(self) -> None:
         """Create the workspace and its repository if missing."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        if not (self.path / ".git").exists():
-            await self.git("init", "-q", "-b", "main")
-            # Build and test droppings are never part of the entity's work.
-            exclude = self.path / ".git" / "info" / "exclude"
-            exclude.parent.mkdir(parents=True, exist_ok=True)
-            exclude.write_text("\n".join(IGNORED) + "\n")
-        if self.owner is not None and os.geteuid() == 0:
-            _chown_tree(self.path, *self.owner)
+        await self._sandbox()
+        git_dir = self.path / ".git"
+        if git_dir.is_symlink() or (git_dir.exists() and not git_dir.is_dir()):
+            raise GitError(f"{git_dir} is not a directory (a gitfile or a symlink); the daemon "
+                           "only uses a repository of its own: move it away")
+        if not git_dir.exists():
+            await self.run(["/bin/sh", "-c", 'git init -q -b main && cat > .git/info/exclude'],
+                           input=EXCLUDE.encode())
 
     async def commit(self, message: str) -> Commit | None:
-        """Commit everything in the workspace; None when nothing changed."""
-        await self.git("add", "-A")
-        if not (await self.git("status", "--porcelain")).strip():
+        """Commit the workspace's work; None when nothing changed.
+
+        Other repositories inside it, and the directories too deep to check, are left out;
+        protected files are never staged, and are dropped from the index if an earlier
+        commit holds them.
+        """
+        await self.ensure()
+        found = await self.shell.scan()
+        skipped = [f":(exclude,literal){path}" for path in (*found.nested_repos, *found.cut)]
+        specs = [".", *skipped, *PROTECTED_PATHSPECS]
+        await self.git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",
+                       input=_nul(specs))
+        await self._drop_refused()
+        before = await self.head()
+        if before is not None:
+            code, _ = await self.run(["git", "diff", "--cached", "--quiet", "HEAD"], check=False)
+            if code == 0:
+                return None
+        elif not (await self.git("ls-files", "-z")).strip("\0"):
             return None
         await self.git("commit", "-q", "--no-verify", "-m", message)
         sha = (await self.git("rev-parse", "HEAD")).strip()
+        refused = await self.refusals([f"{before}..{sha}" if before else sha])
+        if refused:
+            # Only agent code inside git could have put it there: undo, and say so.
+            if before:
+                await self.git("update-ref", "HEAD", before)
+            else:
+                await self.git("update-ref", "-d", "HEAD")
+            raise GitError(f"the commit was undone: {refused}")
         stat = await self.git("show", "--stat", "--format=", "HEAD")
-        self.chown_git()
         return Commit(sha, stat.strip())
 
-    def chown_git(self) -> None:
-        """Give what the daemon's git wrote in .git back to the sandbox's user."""
-        if self.owner is not None and os.geteuid() == 0:
-            _chown_tree(self.path / ".git", *self.owner)
+    async def _drop_refused(self) -> None:
+        entries = (await self.git("ls-files", "-s", "-z")).split("\0")
+        drop = []
+        for entry in entries:
+            meta, _, path = entry.partition("\t")
+            if path and Change(meta.split(" ")[0], path).refusal():
+                drop.append(f":(literal){path}")
+        if drop:
+            await self.git("rm", "--cached", "-q", "-r", "--ignore-unmatch",
+                           "--pathspec-from-file=-", "--pathspec-file-nul", input=_nul(drop))
+
+    async def refusals(self, revisions: Sequence[str], *, walk: bool = True) -> str:
+        """Why the commits in `revisions` may not be committed, shipped or landed: each
+        change to a protected file or a gitlink; empty when there is none."""
+        args = ["log", "--root", "--format=", "--raw", "--no-renames", "--no-abbrev", "-z",
+                "--ignore-submodules=none"]  # diff.ignoreSubmodules=all would hide gitlinks
+        if not walk:
+            args.append("--no-walk=unsorted")
+        out = await self.git(*args, *revisions, "--")
+        reasons = [r for change in _changes(out) if (r := change.refusal())]
+        return "; ".join(dict.fromkeys(reasons))[:2000]
+
+    async def format_patch(self, commits: Sequence[str]) -> bytes:
+        """The commits as `git format-patch` mail, refused if any touches a protected file."""
+        if not commits:
+            return b""
+        refused = await self.refusals(commits, walk=False)
+        if refused:
+            raise GitError(f"not shipped: {refused}")
+        # A commit that takes a protected file out would show its old content: left out.
+        parts = [await self.git("format-patch", "-1", "--stdout", sha, "--", ".",
+                                *PROTECTED_PATHSPECS) for sha in commits]
+        return "".join(parts).encode()
+
+    async def land(self, branch: str, patch: bytes) -> None:
+        """Apply a peer's patch on a new `branch` off our HEAD, without touching our
+        checkout: in a scratch clone in the sandbox's /tmp, pushed to a quarantine ref,
+        checked, then named."""
+        await self.ensure()
+        base = await self.head()
+        incoming = f"refs/entityd/incoming/{branch}"
+        start = 'git checkout -q -b "$1" "$2"' if base else 'git checkout -q --orphan "$1"'
+        script = (
+            "set -e; git clone -q --shared --no-checkout "
+            f"{WORKSPACE_MOUNT} /tmp/land; cd /tmp/land; {start}; "
+            f"git am -q --3way; git push -q {WORKSPACE_MOUNT} \"HEAD:$3\""
+        )
+        try:
+            await self.run(["/bin/sh", "-c", script, "land", branch, base or "", incoming],
+                           input=patch)
+            refused = await self.refusals([f"{base}..{incoming}" if base else incoming])
+            if refused:
+                raise GitError(f"refused: {refused}")
+            await self.git("update-ref", f"refs/heads/{branch}", incoming)
+        finally:
+            await self.git("update-ref", "-d", incoming, check=False)
+
+    async def secrets_in_history(self) -> list[str]:
+        """Protected paths that some commit of the repository already holds."""
+        if await self.head() is None:
+            return []
+        out = await self.git("rev-list", "--objects", "--all")
+        found = []
+        for line in out.splitlines():
+            _, _, path = line.partition(" ")
+            if path and protected_reason(tuple(path.split("/"))):
+                found.append(path)
+        return sorted(set(found))
 
     async def head(self) -> str | None:
         out = await self.git("rev-parse", "--verify", "-q", "HEAD", check=False)
         return out.strip() or None
 
+    def _give_root(self) -> None:
+        """The sandbox's uid must own the workspace directory (and the repository), since
+        git runs as that uid."""
+        if self.owner is None:
+            return
+        uid, gid = self.owner
+        if (os.lstat(self.path).st_uid, os.lstat(self.path).st_gid) != self.owner:
+            os.chown(self.path, uid, gid)
+        git_dir = self.path / ".git"
+        if git_dir.is_dir() and not git_dir.is_symlink() and git_dir.lstat().st_uid != uid:
+            _chown_tree(git_dir, uid, gid)
+
+
+def _nul(items: Iterable[str]) -> bytes:
+    return b"".join(item.encode() + b"\0" for item in items)
+
+
+def _changes(raw: str) -> list[Change]:
+    """Parse `git log --raw -z`: a header `:old new sha sha status` then the path."""
+    tokens = raw.split("\0")
+    changes = []
+    i = 0
+    while i < len(tokens):
+        token = tokens[i].lstrip("\n")
+        if token.startswith(":") and i + 1 < len(tokens):
+            fields = token[1:].split(" ")
+            changes.append(Change(fields[1] if len(fields) > 1 else "", tokens[i + 1]))
+            i += 2
+        else:
+            i += 1
+    return changes
+
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    os.chown(root, uid, gid)
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in dirnames + filenames:
-            os.chown(os.path.join(dirpath, name), uid, gid, follow_symlinks=False)
+    """The repository the daemon made before git ran in the sandbox: give it to the sandbox
+    uid. An explicit stack: the tree is ours, but nothing here recurses."""
+    os.chown(root, uid, gid, follow_symlinks=False)
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack.pop()) as entries:
+            for entry in entries:
+                os.chown(entry.path, uid, gid, follow_symlinks=False)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)

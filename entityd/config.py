@@ -96,6 +96,7 @@ class SandboxSection:
     max_open_files: int = 512
     output_limit: int = 16_000
     network_commands: tuple[str, ...] = ()
+    workspace_mb: int = 4096  # disk the workspace may use; a call that grows it past is killed
 
 
 @dataclass(frozen=True)
@@ -368,6 +369,7 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("sandbox.max_processes", sandbox.max_processes),
         ("sandbox.max_open_files", sandbox.max_open_files),
         ("sandbox.output_limit", sandbox.output_limit),
+        ("sandbox.workspace_mb", sandbox.workspace_mb),
         ("autonomy.interval", autonomy.interval),
         ("autonomy.max_turns", autonomy.max_turns),
         ("autonomy.max_tokens", autonomy.max_tokens),
@@ -497,6 +499,7 @@ max_processes = 256
 max_open_files = 512
 output_limit = 16000    # characters of output kept; the rest is cut with a notice
 network_commands = []   # program names allowed network access, e.g. ["pip"]
+workspace_mb = 4096     # disk quota of the workspace; a call that grows it past this is killed
 
 [workspace]
 path = ""               # empty: DATA_DIR/workspace

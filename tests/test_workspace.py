@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from actors.workspace import Workspace
+from tests.test_tool_actor import SANDBOX
 
 
 def _plant(path: Path, marker: Path) -> None:
@@ -13,7 +14,7 @@ def _plant(path: Path, marker: Path) -> None:
 
 
 async def test_commit_runs_no_hook_and_no_fsmonitor(tmp_path: Path) -> None:
-    workspace = Workspace(tmp_path / "ws", "entity-a")
+    workspace = Workspace(tmp_path / "ws", "entity-a", SANDBOX)
     await workspace.ensure()
     git_dir = workspace.path / ".git"
     markers = tmp_path / "markers"
@@ -22,9 +23,9 @@ async def test_commit_runs_no_hook_and_no_fsmonitor(tmp_path: Path) -> None:
         _plant(git_dir / "hooks" / hook, markers / hook)
     _plant(tmp_path / "fsmonitor.sh", markers / "fsmonitor")
     # What an agent would plant if .git were writable: the repository's own config.
-    await workspace.git("config", "core.fsmonitor", str(tmp_path / "fsmonitor.sh"))
-    await workspace.git("config", "core.hooksPath", str(git_dir / "hooks"))
-    assert "fsmonitor.sh" in (git_dir / "config").read_text()
+    with (git_dir / "config").open("a") as config:
+        config.write(f"[core]\n\tfsmonitor = {tmp_path / 'fsmonitor.sh'}\n"
+                     f"\thooksPath = {git_dir / 'hooks'}\n")
 
     (workspace.path / "work.py").write_text("print('work')\n")
     commit = await workspace.commit("Add work\n\nentityd task t1")
@@ -38,7 +39,7 @@ async def test_commit_runs_no_hook_and_no_fsmonitor(tmp_path: Path) -> None:
 async def test_build_droppings_are_not_committed_and_no_change_means_no_commit(
     tmp_path: Path,
 ) -> None:
-    workspace = Workspace(tmp_path / "ws", "entity-a")
+    workspace = Workspace(tmp_path / "ws", "entity-a", SANDBOX)
     await workspace.ensure()
     (workspace.path / "__pycache__").mkdir()
     (workspace.path / "__pycache__" / "m.cpython-311.pyc").write_bytes(b"\0")

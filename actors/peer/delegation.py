@@ -17,7 +17,6 @@ orchestrator again; the delegator fails a task whose deadline passed without a r
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -111,30 +110,10 @@ class Delegation:
             return "delivered", update.note, ""
         branch = f"delegated/{task.task_id}"
         try:
-            await self._land(branch, patch)
+            await self.workspace.land(branch, patch)
         except (GitError, OSError) as exc:
             return "failed", f"the deliverable did not apply: {exc}"[:2000], ""
         return "delivered", update.note, branch
-
-    async def _land(self, branch: str, patch: bytes) -> None:
-        """Apply the patch on a new branch off our HEAD, without touching our checkout."""
-        ws = self.workspace
-        await ws.ensure()
-        scratch = self.config.data_dir / "tmp" / branch.replace("/", "-")
-        shutil.rmtree(scratch, ignore_errors=True)
-        scratch.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            # Pushed and fetched, not cloned: git runs in the scratch repo only as its
-            # owner, never in the workspace owned by the sandbox's user.
-            await ws.git("init", "-q", "-b", branch, str(scratch))
-            if await ws.head() is not None:
-                await ws.git("push", "-q", str(scratch), f"HEAD:refs/heads/{branch}")
-                await ws.git("checkout", "-q", "-f", branch, cwd=scratch)
-            await ws.git("am", "-q", "--3way", cwd=scratch, input=patch)
-            await ws.git("fetch", "-q", "-f", str(scratch), f"{branch}:refs/heads/{branch}")
-            ws.chown_git()
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     async def expire(self) -> None:
         """Fail our offers whose deadline passed without a result."""
@@ -202,7 +181,7 @@ class Delegation:
                 await self._finish(task, "failed", done.text[:4000])
                 continue
             try:
-                patch = await self._patch(done.commits)
+                patch = await self.workspace.format_patch(done.commits)
             except GitError as exc:
                 await self._finish(task, "failed", f"could not package the work: {exc}")
                 continue
@@ -213,11 +192,6 @@ class Delegation:
                 continue
             await self._finish(task, "completed", done.text[:4000], inline, len(done.commits),
                                size, digest)
-
-    async def _patch(self, commits: list[str]) -> bytes:
-        parts = [await self.workspace.git("format-patch", "-1", "--stdout", sha)
-                 for sha in commits]
-        return "".join(parts).encode()
 
     async def _finish(self, task: TaskRow, state: str, note: str, patch: bytes = b"",
                       commits: int = 0, size: int = 0, digest: str = "") -> None:

@@ -8,6 +8,14 @@ network, ipc and uts namespace in which only the workspace is writable. bwrap op
 workspace by path as that uid, and the workspace often sits below directories only root
 may enter (a 0700 data dir), so as root the workspace is first bind-mounted at a
 reachable place in a private mount namespace of the launcher (`unshare --mount`).
+
+The daemon's own git runs here too (`exec(..., git=True)`): git on a tree the agent wrote
+is code the agent chose (filters, drivers, nested repositories), so it gets the same
+sandbox with `.git` writable but its config, hooks and info read-only.
+
+Before each run the workspace is scanned (`scan.py`): files the tools refuse (.env*, keys)
+cannot be read at any depth, and the run is killed when it grows the workspace past its
+disk quota.
 """
 
 from __future__ import annotations
@@ -19,15 +27,16 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from entityd.config import SandboxSection
 from entityd.logs import get
 
-from .errors import SandboxUnavailable
-from .paths import WORKSPACE_MOUNT, is_protected_name
+from .errors import SandboxUnavailable, ToolError
+from .paths import WORKSPACE_MOUNT
+from .scan import Scan, scan
 
 log = get("actors.sandbox")
 
@@ -69,6 +78,18 @@ STAGE_SCRIPT = (
 PROBE_TIMEOUT = 20.0
 KILL_GRACE = 5.0
 READ_CHUNK = 1 << 16
+QUOTA_POLL = 0.25  # seconds between two looks at the workspace's disk use during a run
+# What the daemon's git may write in .git; config, hooks and info stay read-only even then.
+GIT_READ_ONLY = ("config", "hooks", "info")
+EXEC_OUTPUT_LIMIT = 256 * MiB
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None  # None when the run was killed at the timeout
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,7 @@ class ShellResult:
     timed_out: bool
     cut_bytes: int
     duration: float
+    over_quota: bool = False
 
 
 class Shell:
@@ -164,9 +186,17 @@ class Shell:
             return f"the trial sandbox ran as uid {inside!r}, expected {self.sandbox_uid}"
         return None
 
-    def argv(self, command: str, *, network: bool = False) -> list[str]:
-        """The full command line: prlimit, then (as root) the staging of the workspace and
-        setpriv, then bwrap, then bash."""
+    def argv(self, command: str, *, network: bool = False,
+             found: Scan | None = None) -> list[str]:
+        """The full command line of a shell command (bash -c)."""
+        return self.program_argv(["/bin/bash", "--noprofile", "--norc", "-c", command],
+                                 network=network, found=found)
+
+    def program_argv(self, program: Sequence[str], *, network: bool = False,
+                     found: Scan | None = None, git: bool = False,
+                     env: Mapping[str, str] | None = None) -> list[str]:
+        """prlimit, then (as root) the staging of the workspace and setpriv, then bwrap,
+        then `program`."""
         assert self.bwrap and self.prlimit
         s = self.settings
         argv = [
@@ -180,13 +210,17 @@ class Shell:
                      "/bin/sh", "-c", STAGE_SCRIPT, "entityd-stage", self.workspace]
             argv += [self.setpriv, f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
                      "--no-new-privs", "--"]
-        argv += [self.bwrap, *self.bwrap_args(network=network), "--",
-                 "/bin/bash", "--noprofile", "--norc", "-c", command]
+        argv += [self.bwrap, *self.bwrap_args(network=network, found=found, git=git, env=env),
+                 "--", *program]
         return argv
 
-    def bwrap_args(self, *, network: bool) -> list[str]:
+    def bwrap_args(self, *, network: bool, found: Scan | None = None, git: bool = False,
+                   env: Mapping[str, str] | None = None) -> list[str]:
+        # --as-pid-1: no init of bwrap's own in the sandbox. That init is never waited for
+        # (bwrap takes the exit code from an eventfd), so each run would leave a zombie of
+        # the sandbox uid until the host's init reaps it, counted against RLIMIT_NPROC.
         args = ["--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
-                "--hostname", "sandbox"]
+                "--as-pid-1", "--hostname", "sandbox"]
         if "--disable-userns" in self.options:
             args.append("--disable-userns")
         if network:
@@ -208,10 +242,10 @@ class Shell:
         args += ["--tmpfs", "/dev/shm"]
         args += ["--size", str(self.settings.memory_mb * MiB)] if sized else []
         args += ["--tmpfs", "/tmp", "--bind", self.source, WORKSPACE_MOUNT]
-        args += self._git_args()
-        args += self._masks()
+        args += self._git_writable_args() if git else self._git_args()
+        args += self._masks(found)
         args += ["--remount-ro", "/", "--chdir", WORKSPACE_MOUNT, "--clearenv"]
-        for key, value in SANDBOX_ENV.items():
+        for key, value in {**SANDBOX_ENV, **(env or {})}.items():
             args += ["--setenv", key, value]
         return args
 
@@ -222,6 +256,26 @@ class Shell:
         if os.path.lexists(os.path.join(self.workspace, ".git")):
             return ["--ro-bind", f"{self.source}/.git", dest]
         return ["--tmpfs", dest, "--remount-ro", dest]
+
+    def _git_writable_args(self) -> list[str]:
+        """For the daemon's git: objects, refs and index writable; what decides which
+        programs git runs (config, hooks, info/attributes) read-only."""
+        args: list[str] = []
+        git_dir = os.path.join(self.workspace, ".git")
+        if not os.path.lexists(git_dir):
+            return args  # `git init` makes it
+        if os.path.islink(git_dir) or not os.path.isdir(git_dir):
+            raise ToolError(f"{git_dir} is not a directory (a gitfile or a symlink); the "
+                            "daemon only uses a repository of its own")
+        for name in GIT_READ_ONLY:
+            path = os.path.join(git_dir, name)
+            if os.path.islink(path):
+                raise ToolError(f"{path} is a symlink; the daemon refuses a repository "
+                                "whose config, hooks or info point elsewhere")
+            if os.path.lexists(path):
+                args += ["--ro-bind", f"{self.source}/.git/{name}",
+                         f"{WORKSPACE_MOUNT}/.git/{name}"]
+        return args
 
     @contextlib.contextmanager
     def _git_placeholder(self) -> Iterator[None]:
@@ -236,41 +290,62 @@ class Shell:
                 with contextlib.suppress(OSError):  # not empty: the daemon made a repository
                     os.rmdir(path)
 
-    def _masks(self) -> list[str]:
-        """Protected files at the top of the workspace (.env*, keys) read as empty."""
+    @staticmethod
+    def _masks(found: Scan | None) -> list[str]:
+        """Protected files (.env*, keys) cannot be opened (/dev/null on a nodev mount),
+        protected and unchecked directories show empty and read-only, at any depth."""
+        if found is None:
+            return []
         args: list[str] = []
-        try:
-            with os.scandir(self.workspace) as entries:
-                for entry in entries:
-                    if entry.is_file(follow_symlinks=False) and is_protected_name(entry.name):
-                        args += ["--ro-bind", "/dev/null", f"{WORKSPACE_MOUNT}/{entry.name}"]
-        except OSError:
-            pass
+        for rel in found.protected_files:
+            args += ["--ro-bind", "/dev/null", f"{WORKSPACE_MOUNT}/{rel}"]
+        for rel in found.hidden_dirs:
+            dest = f"{WORKSPACE_MOUNT}/{rel}"
+            args += ["--tmpfs", dest, "--remount-ro", dest]
         return args
+
+    async def scan(self) -> Scan:
+        """The workspace as it is now; a walk that could not finish refuses the run."""
+        try:
+            found = await asyncio.to_thread(scan, self.workspace)
+        except OSError as exc:
+            raise ToolError(f"the workspace could not be read: {exc.strerror}") from None
+        if not found.complete:
+            raise ToolError(f"{found.reason}; the run was refused (an operator can remove "
+                            "files from the workspace)")
+        return found
 
     async def run(self, command: str, *, network: bool = False) -> ShellResult:
         if self.unavailable:
             raise SandboxUnavailable(self.unavailable)
         started = time.monotonic()
+        found = await self.scan()
         capture = _Capture(self.settings.output_limit)
         timed_out = False
+        over_quota = False
         with self._git_placeholder():
             proc = await asyncio.create_subprocess_exec(
-                *self.argv(command, network=network), stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=HOST_ENV,
-                start_new_session=True,
+                *self.argv(command, network=network, found=found),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT, env=HOST_ENV, start_new_session=True,
             )
             try:
-                async with asyncio.timeout(self.settings.timeout):
-                    await _pump(proc, capture)
-            except TimeoutError:
-                timed_out = True
-                _kill(proc)
-                try:
-                    async with asyncio.timeout(KILL_GRACE):
-                        await _pump(proc, capture)
-                except TimeoutError:
-                    log.error("sandbox_kill_unconfirmed", pid=proc.pid)
+                async with asyncio.TaskGroup() as tasks:
+                    quota = tasks.create_task(self._watch_quota(proc, found.bytes))
+                    try:
+                        async with asyncio.timeout(self.settings.timeout):
+                            await _pump(proc, capture)
+                    except TimeoutError:
+                        timed_out = True
+                        _kill(proc)
+                        try:
+                            async with asyncio.timeout(KILL_GRACE):
+                                await _pump(proc, capture)
+                        except TimeoutError:
+                            log.error("sandbox_kill_unconfirmed", pid=proc.pid)
+                    finally:
+                        quota.cancel()
+                over_quota = not quota.cancelled() and quota.result()
             except asyncio.CancelledError:
                 _kill(proc)
                 with contextlib.suppress(TimeoutError):
@@ -278,13 +353,94 @@ class Shell:
                         await proc.wait()
                 raise
         output, cut = capture.text()
+        if over_quota:
+            output += (f"\n[killed: the workspace grew past its disk quota of "
+                       f"{self.settings.workspace_mb} MiB (sandbox.workspace_mb); remove files "
+                       "to make room]\n")
         return ShellResult(
             exit_code=None if timed_out else proc.returncode,
             output=output,
             timed_out=timed_out,
             cut_bytes=cut,
             duration=time.monotonic() - started,
+            over_quota=over_quota,
         )
+
+    async def _watch_quota(self, proc: asyncio.subprocess.Process, start: int) -> bool:
+        """Kill the run once it has grown the workspace past the quota; a run that only
+        shrinks an over-full workspace (cleaning up) is left alone."""
+        quota = self.settings.workspace_mb * MiB
+        while proc.returncode is None:
+            await asyncio.sleep(QUOTA_POLL)
+            try:
+                found = await asyncio.to_thread(scan, self.workspace)
+            except OSError:
+                continue
+            if found.bytes > quota and found.bytes > start:
+                _kill(proc)
+                log.warning("sandbox_quota_kill", bytes=found.bytes, quota=quota)
+                return True
+        return False
+
+    async def exec(self, program: Sequence[str], *, stdin: bytes | None = None,
+                   git: bool = False, env: Mapping[str, str] | None = None,
+                   timeout: float | None = None) -> ExecResult:
+        """Run `program` (no shell) in the sandbox, stdout and stderr apart; for the
+        daemon's own work on the workspace (git), not the agent's commands."""
+        if self.unavailable:
+            raise SandboxUnavailable(self.unavailable)
+        found = await self.scan()
+        argv = self.program_argv(program, found=found, git=git, env=env)
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=HOST_ENV,
+            start_new_session=True,
+        )
+        try:
+            async with asyncio.timeout(timeout or self.settings.timeout):
+                out, err = await _communicate(proc, stdin)
+        except TimeoutError:
+            _kill(proc)
+            await proc.wait()
+            return ExecResult(None, b"", b"", timed_out=True)
+        except BaseException:
+            _kill(proc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_GRACE):
+                    await proc.wait()
+            raise
+        return ExecResult(proc.returncode, out, err)
+
+
+async def _communicate(proc: asyncio.subprocess.Process,
+                       stdin: bytes | None) -> tuple[bytes, bytes]:
+    """communicate(), but an output past EXEC_OUTPUT_LIMIT is an error, not a memory hog."""
+    assert proc.stdout is not None and proc.stderr is not None
+
+    async def feed() -> None:
+        if stdin is not None and proc.stdin is not None:
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(stdin)
+                await proc.stdin.drain()
+            proc.stdin.close()
+
+    async def read(stream: asyncio.StreamReader) -> bytes:
+        data = bytearray()
+        while chunk := await stream.read(READ_CHUNK):
+            data += chunk
+            if len(data) > EXEC_OUTPUT_LIMIT:
+                raise ToolError(f"the output passed {EXEC_OUTPUT_LIMIT // MiB} MiB")
+        return bytes(data)
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(feed())
+            out = tasks.create_task(read(proc.stdout))
+            err = tasks.create_task(read(proc.stderr))
+    except* ToolError as group:
+        raise group.exceptions[0] from None
+    await proc.wait()
+    return out.result(), err.result()
 
 
 async def _pump(proc: asyncio.subprocess.Process, capture: _Capture) -> None:
