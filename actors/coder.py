@@ -26,7 +26,20 @@ class CoderActor(Actor):
         self._tools = RemoteTools(self)
 
     async def on_start(self) -> None:
-        await self.workspace.ensure()
+        try:
+            await self.workspace.ensure()
+            leaked = await self.workspace.secrets_in_history()
+        except GitError as exc:  # each task says so again; the coder still answers
+            self.ctx.log.error("workspace_unavailable", reason=str(exc))
+            await self.ctx.emit("workspace_unavailable", reason=str(exc))
+            return
+        if leaked:
+            # The daemon never commits these; an earlier commit (by a person, or an older
+            # entityd) did, and the agent can read them through git. Only a rewrite of the
+            # history removes them: say so where the operator looks.
+            self.ctx.log.warning("workspace_secrets_in_history", paths=leaked[:50],
+                                 count=len(leaked))
+            await self.ctx.emit("secrets_in_history", paths=leaked[:50], count=len(leaked))
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:

@@ -78,7 +78,8 @@ STAGE_SCRIPT = (
 PROBE_TIMEOUT = 20.0
 KILL_GRACE = 5.0
 READ_CHUNK = 1 << 16
-QUOTA_POLL = 0.25  # seconds between two looks at the workspace's disk use during a run
+QUOTA_POLL = 0.1  # seconds between two looks at the workspace's disk use during a run,
+QUOTA_POLL_SHARE = 4  # or this many times what one look took, for a large workspace
 # What the daemon's git may write in .git; config, hooks and info stay read-only even then.
 GIT_READ_ONLY = ("config", "hooks", "info")
 EXEC_OUTPUT_LIMIT = 256 * MiB
@@ -370,12 +371,15 @@ class Shell:
         """Kill the run once it has grown the workspace past the quota; a run that only
         shrinks an over-full workspace (cleaning up) is left alone."""
         quota = self.settings.workspace_mb * MiB
+        pause = QUOTA_POLL
         while proc.returncode is None:
-            await asyncio.sleep(QUOTA_POLL)
+            await asyncio.sleep(pause)
+            began = time.monotonic()
             try:
                 found = await asyncio.to_thread(scan, self.workspace)
             except OSError:
                 continue
+            pause = max(QUOTA_POLL, QUOTA_POLL_SHARE * (time.monotonic() - began))
             if found.bytes > quota and found.bytes > start:
                 _kill(proc)
                 log.warning("sandbox_quota_kill", bytes=found.bytes, quota=quota)
