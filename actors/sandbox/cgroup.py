@@ -117,6 +117,11 @@ class CallLimits:
         self._owner = _owner()
         self._leftovers: list[tuple[Path, ...]] = []
 
+    @property
+    def parents(self) -> tuple[Path, ...]:
+        """The `entityd-calls` directories the call groups go in (none when not enforced)."""
+        return self._tree.parents if self._tree else ()
+
     @classmethod
     def rlimits_only(cls, reason: str) -> CallLimits:
         return cls(enforced=False, description=f"rlimits only: {reason}", reason=reason)
