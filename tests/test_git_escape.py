@@ -9,13 +9,17 @@ Real bwrap, real git; as root (CI) and as the unprivileged user (tests/run's sec
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from actors.llm import Reply, ScriptedLLMServer, ScriptedToolCall
 from actors.sandbox import Shell
 from actors.workspace import GitError, Workspace
+from tests.helpers import DaemonProc
+from tests.test_agent_e2e import entityctl, git, make_entity_config
 from tests.test_tool_actor import SANDBOX
 
 pytestmark = pytest.mark.timeout(120)
@@ -85,7 +89,7 @@ ATTACKS = {
 }
 
 
-def git(repo: Path, *args: str, input: bytes | None = None) -> str:
+def host_git(repo: Path, *args: str, input: bytes | None = None) -> str:
     """Host git on a repository the test itself made (not the agent's)."""
     return subprocess.run(["git", "-c", "safe.directory=*", *args], cwd=repo, input=input,
                           capture_output=True, check=True).stdout.decode()
@@ -112,7 +116,8 @@ async def agent(workspace: Workspace, command: str) -> str:
 def assert_nothing_ran(tmp_path: Path, *workspaces: Path) -> None:
     left = [p.name for p in tmp_path.iterdir() if p.name.startswith(("host-", "stolen-"))]
     for ws in workspaces:
-        left += [str(p) for p in ws.rglob("*") if p.name.startswith(("PWNED-", "stolen-"))]
+        left += [str(p) for p in ws.rglob("*")
+                 if p.name.startswith(("PWNED", "stolen-")) and p.stat().st_size]
     assert left == [], f"agent code ran: {left}"
 
 
@@ -137,10 +142,10 @@ async def test_configured_code_never_runs_on_commit_or_delegation(
 
     commit = await ws.commit(f"work under {attack}")
     assert commit is not None
-    files = git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").split()
+    files = host_git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").split()
     assert "work.py" in files
     assert not [f for f in files if f.startswith(("sub/", "a/b/sub/", "d2/", ".hidden"))], files
-    assert "160000" not in git(ws.path, "ls-tree", "-r", "HEAD")  # no gitlink recorded
+    assert "160000" not in host_git(ws.path, "ls-tree", "-r", "HEAD")  # no gitlink recorded
     assert_nothing_ran(tmp_path, ws.path)
 
     # The delegation round trip: the delegate ships the commit, the delegator lands it.
@@ -149,7 +154,7 @@ async def test_configured_code_never_runs_on_commit_or_delegation(
     delegator = Workspace(tmp_path / "delegator", "entity-a", SANDBOX)
     await delegator.ensure()
     await delegator.land("delegated/t1", patch)
-    landed = git(delegator.path, "ls-tree", "-r", "--name-only", "delegated/t1").split()
+    landed = host_git(delegator.path, "ls-tree", "-r", "--name-only", "delegated/t1").split()
     assert "work.py" in landed
     # A second commit on the delegate (git status/add again, with everything in place).
     (ws.path / "more.py").write_text("y = 2\n")
@@ -165,7 +170,7 @@ async def test_a_nested_repository_is_left_out_and_said_so_nowhere_else(tmp_path
                     " && cd ../.. && echo m > lib/main.py")
     commit = await ws.commit("add lib")
     assert commit is not None
-    assert git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").split() == ["lib/main.py"]
+    assert host_git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").split() == ["lib/main.py"]
     assert (ws.path / "lib" / "vendored" / "v.txt").exists()  # left alone, not lost
 
 
@@ -184,7 +189,7 @@ async def test_secrets_never_enter_git_at_any_depth(tmp_path: Path) -> None:
     (ws.path / "app" / "main.py").write_text("print('hi')\n")
     commit = await ws.commit("app")
     assert commit is not None
-    tree = git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").split()
+    tree = host_git(ws.path, "ls-tree", "-r", "--name-only", "HEAD").split()
     assert tree == ["app/main.py"]
     patch = await ws.format_patch([commit.sha])
     assert b"TOP-SECRET" not in patch
@@ -199,12 +204,12 @@ async def test_secrets_never_enter_git_at_any_depth(tmp_path: Path) -> None:
 async def test_a_secret_committed_before_is_reported_and_dropped(tmp_path: Path) -> None:
     root = tmp_path / "ws"
     root.mkdir()
-    git(root, "init", "-q", "-b", "main")
+    host_git(root, "init", "-q", "-b", "main")
     (root / "app").mkdir()
     (root / "app" / ".env").write_text("TOP-SECRET old\n")
     (root / "main.py").write_text("x = 1\n")
-    git(root, "add", "-A")
-    git(root, "-c", "user.name=o", "-c", "user.email=o@x", "commit", "-qm", "old")
+    host_git(root, "add", "-A")
+    host_git(root, "-c", "user.name=o", "-c", "user.email=o@x", "commit", "-qm", "old")
     ws = Workspace(root, "entity-a", SANDBOX)
     await ws.ensure()
     assert await ws.secrets_in_history() == ["app/.env"]
@@ -212,7 +217,7 @@ async def test_a_secret_committed_before_is_reported_and_dropped(tmp_path: Path)
     (root / "main.py").write_text("x = 2\n")
     commit = await ws.commit("next")
     assert commit is not None
-    assert git(root, "ls-tree", "-r", "--name-only", "HEAD").split() == ["main.py"]
+    assert host_git(root, "ls-tree", "-r", "--name-only", "HEAD").split() == ["main.py"]
     patch = await ws.format_patch([commit.sha])
     assert b"TOP-SECRET" not in patch  # the deletion is not shipped with its old content
 
@@ -220,13 +225,13 @@ async def test_a_secret_committed_before_is_reported_and_dropped(tmp_path: Path)
 async def test_a_peer_patch_adding_a_secret_or_a_gitlink_is_refused(tmp_path: Path) -> None:
     peer = tmp_path / "peer"
     peer.mkdir()
-    git(peer, "init", "-q", "-b", "main")
+    host_git(peer, "init", "-q", "-b", "main")
     (peer / "ok.py").write_text("ok = 1\n")
     (peer / "conf").mkdir()
     (peer / "conf" / ".env").write_text("PLANTED\n")
-    git(peer, "add", "-A")
-    git(peer, "-c", "user.name=p", "-c", "user.email=p@x", "commit", "-qm", "evil")
-    patch = git(peer, "format-patch", "--root", "--stdout", "HEAD").encode()
+    host_git(peer, "add", "-A")
+    host_git(peer, "-c", "user.name=p", "-c", "user.email=p@x", "commit", "-qm", "evil")
+    patch = host_git(peer, "format-patch", "--root", "--stdout", "HEAD").encode()
 
     ws = Workspace(tmp_path / "ws", "entity-a", SANDBOX)
     await ws.ensure()
@@ -234,7 +239,7 @@ async def test_a_peer_patch_adding_a_secret_or_a_gitlink_is_refused(tmp_path: Pa
     assert await ws.commit("mine") is not None
     with pytest.raises(GitError, match=r"conf/\.env"):
         await ws.land("delegated/t9", patch)
-    refs = git(ws.path, "for-each-ref", "--format=%(refname)")
+    refs = host_git(ws.path, "for-each-ref", "--format=%(refname)")
     assert "delegated/t9" not in refs and "incoming" not in refs
 
     gitlink = (b"From 0000000000000000000000000000000000000000 Mon Sep 17 00:00:00 2001\n"
@@ -246,7 +251,7 @@ async def test_a_peer_patch_adding_a_secret_or_a_gitlink_is_refused(tmp_path: Pa
                b"+Subproject commit 1111111111111111111111111111111111111111\n")
     with pytest.raises(GitError):
         await ws.land("delegated/t10", gitlink)
-    assert "delegated/t10" not in git(ws.path, "for-each-ref", "--format=%(refname)")
+    assert "delegated/t10" not in host_git(ws.path, "for-each-ref", "--format=%(refname)")
 
 
 async def test_a_repository_that_is_not_a_directory_is_refused(tmp_path: Path) -> None:
@@ -256,3 +261,59 @@ async def test_a_repository_that_is_not_a_directory_is_refused(tmp_path: Path) -
     ws = Workspace(root, "entity-a", SANDBOX)
     with pytest.raises(GitError, match="not a directory"):
         await ws.ensure()
+
+
+async def test_through_a_real_daemon_the_agent_never_reaches_the_key(tmp_path: Path) -> None:
+    """The reported escape, end to end: the coder's shell call plants a nested repository
+    with a clean filter (the word `config` built from a variable, past the classifier), the
+    daemon commits twice; the filter never runs outside the sandbox, and the key is never
+    readable, not in the workspace nor through git."""
+    key_copy = "../stolen-key"  # relative to the nested repository: the workspace's root
+    evil = (f"touch PWNED; cat {tmp_path}/entity-a/keys/entity.key > {key_copy} 2>/dev/null; "
+            f"touch {tmp_path}/host-marker 2>/dev/null; cat")
+    plant = (
+        f"c=con; f=fig; o=-c; printf '#!/bin/sh\\n%s\\n' '{evil}' > evil.sh && "
+        "chmod +x evil.sh && git init -q sub && cd sub && echo data > file.txt && "
+        "git add file.txt && git $o user.name=a $o user.email=a@b commit -qm x && "
+        "git $c$f filter.x.clean ../evil.sh && echo '* filter=x' > .gitattributes && "
+        "touch -d 2001-01-01 file.txt && echo planted"
+    )
+    script = [
+        Reply(tool_calls=[ScriptedToolCall("delegate_to_coder", {"goal": "Write calc.py"})]),
+        Reply(tool_calls=[ScriptedToolCall("shell", {"command": plant})]),
+        Reply(tool_calls=[ScriptedToolCall("write_file", {"path": "calc.py",
+                                                          "content": "x = 1\n"})]),
+        Reply(content="Wrote calc.py"),
+        Reply(content="Done."),
+        Reply(content="[]"),
+        Reply(tool_calls=[ScriptedToolCall("delegate_to_coder", {"goal": "Edit calc.py"})]),
+        Reply(tool_calls=[ScriptedToolCall("shell", {
+            "command": "echo 'y = 2' >> calc.py; ls; cat stolen-key sub/stolen-key; "
+                       "git log --all -p | grep -c SECRET-NEVER; true"})]),
+        Reply(content="Edited calc.py"),
+        Reply(content="Done again."),
+        Reply(content="[]"),
+    ]
+    async with ScriptedLLMServer(script) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        key = config.parent / "keys" / "entity.key"
+        assert key.exists()
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            for goal in ("Write calc.py", "Edit calc.py"):
+                code, _, err = await entityctl(config, "ask", goal)
+                assert code == 0, err + daemon.log()[-3000:]
+            workspace = config.parent / "workspace"
+            files = git(workspace, "ls-tree", "-r", "--name-only", "HEAD").split()
+            assert "calc.py" in files and not any(f.startswith("sub") for f in files), files
+            secret = key.read_bytes()
+            seen = [m["content"] for r in llm.requests if r.body
+                    for m in r.body["messages"] if m.get("role") == "tool"]
+            assert any("planted" in str(c) for c in seen), seen
+            assert not any(secret.hex() in str(c) or "PRIVATE" in str(c) for c in seen)
+            assert_nothing_ran(tmp_path, workspace)
+            assert not (workspace / "PWNED").exists()
+        finally:
+            code = await asyncio.to_thread(daemon.terminate)
+    assert code == 0, daemon.log()[-2000:]
