@@ -9,10 +9,13 @@ The calls run through `CallCgroup.prefix` alone, and once composed with the real
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -187,29 +190,42 @@ async def test_cancelling_a_call_still_removes_its_group(limits: CallLimits) -> 
     assert not any(d.exists() for d in groups[0].dirs)
 
 
-def test_detect_removes_a_dead_daemons_groups_and_keeps_live_ones(
+def test_detect_removes_a_dead_daemons_groups_and_keeps_others(
         limits: CallLimits) -> None:
     start = Path(f"/proc/{os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    pid, ns = os.getpid(), os.stat("/proc/self/ns/pid").st_ino
     # Our pid with another start time is how a dead daemon's pid looks once reused.
-    dead = [parent / f"{os.getpid()}-{int(start) + 1}-7" for parent in limits.parents]
-    live = [parent / f"{os.getpid()}-{start}-other" for parent in limits.parents]
-    for group in dead + live:
+    dead = [parent / f"{ns}-{pid}-{int(start) + 1}-7" for parent in limits.parents]
+    live = [parent / f"{ns}-{pid}-{start}-other" for parent in limits.parents]
+    # A daemon in another pid namespace: its pid says nothing about it here.
+    foreign = [parent / f"{ns + 1}-{pid}-{int(start) + 1}-7" for parent in limits.parents]
+    for group in dead + live + foreign:
         group.mkdir()
     leftover = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    theirs = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         for group in dead:
             (group / "cgroup.procs").write_text(f"{leftover.pid}\n")
+        for group in foreign:
+            (group / "cgroup.procs").write_text(f"{theirs.pid}\n")
         again = CallLimits.detect(LIMIT, TASKS)
         assert again.enforced, again.description
         assert leftover.wait(timeout=10) == -signal.SIGKILL
         assert not any(group.exists() for group in dead)
-        assert all(group.is_dir() for group in live)
+        assert all(group.is_dir() for group in live + foreign)
+        assert theirs.poll() is None
     finally:
-        leftover.kill()
-        leftover.wait()
-        for group in dead + live:
-            if group.exists():
-                group.rmdir()
+        for process in (leftover, theirs):
+            process.kill()
+            process.wait()
+        for group in dead + live + foreign:
+            for _ in range(500):  # busy until the kill above lands
+                with contextlib.suppress(FileNotFoundError):
+                    with contextlib.suppress(OSError):
+                        group.rmdir()
+                    if not group.exists():
+                        break
+                    time.sleep(0.01)
 
 
 async def test_the_prefix_composes_with_the_real_sandbox(limits: CallLimits,
@@ -243,7 +259,7 @@ async def test_the_prefix_composes_with_the_real_sandbox(limits: CallLimits,
         return proc.returncode, out.decode(errors="replace")
 
     groups: list[CallCgroup] = []
-    code, output = await sandboxed(f"python3 -c '{HOG}' 8 96; id -u", 30.0)
+    code, output = await sandboxed(f"python3 -c {shlex.quote(HOG)} 8 96; id -u", 30.0)
     assert code == 0, output
     assert output.splitlines()[-1] == str(shell.sandbox_uid)
     hog = groups[-1]
@@ -251,9 +267,12 @@ async def test_the_prefix_composes_with_the_real_sandbox(limits: CallLimits,
     peak = hog.usage().peak_memory
     assert peak is not None and peak <= LIMIT
 
-    code, output = await sandboxed(":(){ :|:& };:; wait", 3.0)
+    code, output = await sandboxed(f"python3 -c {shlex.quote(FORKER)}", 10.0)
+    assert code == 0, output
+    forked = int(output.split()[3])
     bomb = groups[-1]
-    assert bomb.pids_refused(), output
+    # bwrap, its init in the pid namespace and bash are tasks of the call too.
+    assert bomb.pids_refused() and TASKS - 4 <= forked < TASKS, output
     assert bomb.usage().peak_tasks in (None, TASKS)
 
     code, output = await sandboxed("echo alive", 10.0)

@@ -13,9 +13,10 @@ this subtree:
     cgroup v2   <daemon's group>/entityd-daemon        the daemon's processes, moved at detect
                 <daemon's group>/entityd-calls/<call>  (v2 lets only leaves hold processes)
 
-A call group is named `<pid>-<start time>-<n>` after the daemon process that made it:
-detect() removes the groups of daemons that are gone (a crash's leftovers) and leaves
-those of live daemons alone, in this process or another.
+A call group is named `<pid namespace>-<pid>-<start time>-<n>` after the daemon process
+that made it: detect() removes the groups of daemons that are gone (a crash's leftovers)
+and leaves alone those of live daemons, in this process or another, and those made in
+another pid namespace (a container sharing the hierarchy), whose pids mean nothing here.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ CONTROLLERS = ("memory", "pids")
 REMOVE_TIMEOUT = 5.0  # seconds to empty and remove one call group before giving up on it
 SWEEP_TIMEOUT = 2.0  # the same for each leftover of a dead daemon, found at detect
 PROBE_TIMEOUT = 10.0
-_CALL_NAME = re.compile(r"^(\d+)-(\d+)-\w+$")
+_CALL_NAME = re.compile(r"^(\d+)-(\d+)-(\d+)-\w+$")
 _sequence = itertools.count(1)
 
 
@@ -140,8 +141,15 @@ class CallLimits:
             swap = _trial(tree, memory_bytes, max_processes)
         except _NoCgroup as exc:
             return cls.rlimits_only(str(exc))
-        except (OSError, subprocess.SubprocessError) as exc:
-            return cls.rlimits_only(f"cannot use the cgroups at {root}: {exc}")
+        except OSError as exc:
+            where = exc.filename or root
+            reason = f"cannot use the cgroup {where}: {exc.strerror or exc}"
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                reason += (f" (uid {os.geteuid()}; a daemon that is not root needs a "
+                           "delegated cgroup, systemd: Delegate=memory pids)")
+            return cls.rlimits_only(reason)
+        except subprocess.SubprocessError as exc:
+            return cls.rlimits_only(f"a trial call in a cgroup failed: {exc}")
         swap_note = "memory+swap" if swap else "memory (swap not accounted)"
         description = (f"cgroup v{tree.version} per call: {swap_note} "
                        f"{_mib(memory_bytes)}, {max_processes} tasks")
@@ -383,9 +391,9 @@ def _sweep(tree: _Tree) -> None:
     for parent in tree.parents:
         for entry in sorted(parent.iterdir()):
             match = _CALL_NAME.match(entry.name)
-            if not entry.is_dir() or not match:
+            if not entry.is_dir() or not match or int(match[1]) != _pid_namespace():
                 continue
-            if _alive(int(match[1]), match[2]):
+            if _alive(int(match[2]), match[3]):
                 continue
             if _remove_now((entry,), SWEEP_TIMEOUT):
                 log.info("cgroup_leftover_removed", path=str(entry))
@@ -501,7 +509,11 @@ def _alive(pid: int, start: str) -> bool:
 
 def _owner() -> str:
     pid = os.getpid()
-    return f"{pid}-{_start_time(pid) or 0}"
+    return f"{_pid_namespace()}-{pid}-{_start_time(pid) or 0}"
+
+
+def _pid_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
 
 
 def _read(path: Path) -> str:
