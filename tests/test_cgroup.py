@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import signal
@@ -218,14 +219,12 @@ def test_detect_removes_a_dead_daemons_groups_and_keeps_others(
         for process in (leftover, theirs):
             process.kill()
             process.wait()
+        deadline = time.monotonic() + 5
         for group in dead + live + foreign:
-            for _ in range(500):  # busy until the kill above lands
-                with contextlib.suppress(FileNotFoundError):
-                    with contextlib.suppress(OSError):
-                        group.rmdir()
-                    if not group.exists():
-                        break
-                    time.sleep(0.01)
+            while group.exists() and time.monotonic() < deadline:
+                with contextlib.suppress(OSError):  # busy until the kill above lands
+                    group.rmdir()
+                time.sleep(0.01)
 
 
 async def test_the_prefix_composes_with_the_real_sandbox(limits: CallLimits,
@@ -361,3 +360,91 @@ def test_this_hosts_v2_mount_without_controllers(tmp_path: Path) -> None:
     assert not limits.enforced
     assert limits.reason.startswith(f"the memory and pids controllers are not available in "
                                     f"{unified}")
+
+
+# The daemon's side of the v2 test, run as its own process in a group of its own.
+V2_DAEMON = """
+import asyncio, json, sys
+from actors.sandbox.cgroup import CallLimits
+HOG, FORKER = sys.argv[1], sys.argv[2]
+
+async def main():
+    limits = await asyncio.to_thread(CallLimits.detect, 256 << 20, 32)
+    report = {"enforced": limits.enforced, "description": limits.description,
+              "own": open("/proc/self/cgroup").read().strip()}
+    calls = {"hog": [sys.executable, "-c", HOG, "8", "96"],
+             "forker": [sys.executable, "-c", FORKER],
+             "after": [sys.executable, "-c", "print('ok')"]}
+    for label, argv in calls.items() if limits.enforced else ():
+        async with limits.call() as call:
+            proc = await asyncio.create_subprocess_exec(
+                *call.prefix, *argv, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            text, _ = await proc.communicate()
+        usage = call.usage()
+        report[label] = {"code": proc.returncode, "output": text.decode(),
+                         "oom_kills": usage.oom_kills, "refused": usage.refused_forks,
+                         "peak": usage.peak_memory,
+                         "left": [str(d) for d in call.dirs if d.exists()]}
+    limits.close()
+    print(json.dumps(report))
+
+asyncio.run(main())
+"""
+
+
+def test_v2_in_a_delegated_group() -> None:
+    """On a cgroup v2 host: a daemon alone in a group that has memory and pids (what
+    systemd's Delegate= gives a unit) moves itself into a leaf and bounds each call."""
+    root = Path("/sys/fs/cgroup")
+    if not (root / "cgroup.controllers").exists():
+        pytest.skip("this host's memory and pids controllers are on cgroup v1")
+    if not AS_ROOT:
+        pytest.skip("making a delegated group for the test daemon needs root")
+    if not {"memory", "pids"} <= set((root / "cgroup.controllers").read_text().split()):
+        pytest.skip("this host's cgroup v2 has no memory or pids controller")
+    enabled = (root / "cgroup.subtree_control").read_text().split()
+    wanted = " ".join(f"+{c}" for c in ("memory", "pids") if c not in enabled)
+    if wanted:
+        (root / "cgroup.subtree_control").write_text(wanted)
+    service = root / f"entityd-test-{os.getpid()}"
+    service.mkdir()
+    try:
+        done = subprocess.run(
+            ["/bin/sh", "-c", f'echo $$ > {service}/cgroup.procs && exec "$@"', "join",
+             sys.executable, "-B", "-c", V2_DAEMON, HOG, FORKER],
+            cwd=REPO, capture_output=True, text=True, timeout=90, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["enforced"], report["description"]
+        assert report["description"].startswith("cgroup v2 per call: memory")
+        assert report["own"] == f"0::/{service.name}/entityd-daemon"
+        hog, forker, after = report["hog"], report["forker"], report["after"]
+        assert hog["code"] == 0 and hog["oom_kills"] > 0, hog
+        assert hog["peak"] is None or hog["peak"] <= LIMIT, hog
+        survived = int(hog["output"].split()[3])
+        assert survived * 96 * MiB < LIMIT, hog
+        assert forker["refused"] > 0 and forker["output"].startswith("refused 11"), forker
+        assert len(forker["output"].split()) == TASKS - 1 + 4, forker  # "refused", "forked"
+        assert after["code"] == 0 and after["output"] == "ok\n", after
+        assert not (hog["left"] or forker["left"] or after["left"])
+    finally:
+        _remove_tree(service)
+
+
+def _remove_tree(group: Path) -> None:
+    """Kill what is in a v2 group and its children, then remove them, deepest first."""
+    kill = group / "cgroup.kill"
+    deadline = time.monotonic() + 10
+    for path in [*sorted((p for p in group.rglob("*") if p.is_dir()), reverse=True), group]:
+        while path.exists() and time.monotonic() < deadline:
+            if kill.exists():
+                with contextlib.suppress(OSError):
+                    kill.write_text("1")
+            for pid in (path / "cgroup.procs").read_text().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+            with contextlib.suppress(OSError):  # busy until the kills land
+                path.rmdir()
+            time.sleep(0.01)
