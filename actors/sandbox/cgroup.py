@@ -258,10 +258,12 @@ class _V2(_Tree):
         if not (self.base / "cgroup.type").exists():
             return  # the real root cgroup (it has no cgroup.type) may hold processes
         leaf = self.base / DAEMON_LEAF
-        for _ in range(5):  # children forked meanwhile show up in the next round
+        for attempt in range(6):  # children forked meanwhile show up in the next round
             held = _pids(self.base)
             if not held:
                 return
+            if attempt == 5:
+                break
             foreign = held - _family(os.getpid())
             if foreign:
                 raise _NoCgroup(
