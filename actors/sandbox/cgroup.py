@@ -555,3 +555,32 @@ def _field(path: Path, key: str) -> int:
 
 def _mib(size: int) -> str:
     return f"{size // MiB} MiB" if size % MiB == 0 else f"{size} bytes"
+
+
+class SharedLimits:
+    """One detection per daemon, shared by its shells (the tool actor's and the
+    workspace's git), so a restarted actor does not detect again and status can say
+    which limits are in force."""
+
+    def __init__(self, memory_bytes: int, max_processes: int) -> None:
+        self.memory_bytes = memory_bytes
+        self.max_processes = max_processes
+        self._limits: CallLimits | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def description(self) -> str:
+        """What is in force, or empty before the first shell has started."""
+        return self._limits.description if self._limits else ""
+
+    async def get(self) -> CallLimits:
+        async with self._lock:
+            if self._limits is None:
+                self._limits = await asyncio.to_thread(
+                    CallLimits.detect, self.memory_bytes, self.max_processes)
+                log.info("sandbox_limits", limits=self._limits.description)
+            return self._limits
+
+    def close(self) -> None:
+        if self._limits is not None:
+            self._limits.close()

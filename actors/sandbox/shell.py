@@ -34,6 +34,7 @@ from pathlib import Path
 from entityd.config import SandboxSection
 from entityd.logs import get
 
+from .cgroup import CallCgroup, CallLimits, SharedLimits
 from .errors import SandboxUnavailable, ToolError
 from .paths import WORKSPACE_MOUNT
 from .scan import Scan, scan
@@ -101,13 +102,19 @@ class ShellResult:
     cut_bytes: int
     duration: float
     over_quota: bool = False
+    oom_killed: bool = False  # the call's memory total was reached; the kernel killed in it
+    tasks_refused: bool = False  # the call's task total was reached; some forks failed
 
 
 class Shell:
     """Runs commands in the sandbox once `probe()` has found that bwrap works here."""
 
-    def __init__(self, settings: SandboxSection, workspace: Path | str) -> None:
+    def __init__(self, settings: SandboxSection, workspace: Path | str,
+                 limits: SharedLimits | None = None) -> None:
         self.settings = settings
+        self.shared_limits = limits or SharedLimits(settings.memory_mb * MiB,
+                                                    settings.max_processes)
+        self.limits = CallLimits.rlimits_only("the sandbox has not been probed yet")
         self.workspace = os.path.realpath(workspace)
         self.as_root = os.geteuid() == 0
         self.bwrap = shutil.which("bwrap", path=HOST_PATH)
@@ -128,7 +135,10 @@ class Shell:
 
     async def probe(self) -> str | None:
         """Check that a sandbox starts here; return (and keep) why not, or None."""
-        self.unavailable = self._missing() or await self._probe_run()
+        self.unavailable = self._missing()
+        if not self.unavailable:
+            self.limits = await self.shared_limits.get()
+            self.unavailable = await self._probe_run()
         if self.unavailable:
             log.warning("sandbox_unavailable", reason=self.unavailable)
         return self.unavailable
@@ -163,26 +173,19 @@ class Shell:
         self.missing = tuple(sorted(set(OPTIONAL) - self.options))
         if self.missing:
             log.warning("sandbox_bwrap_old", missing=self.missing)
-        argv = self.argv("id -u")
+        # In a call's cgroup too: the trial proves that the limits compose with bwrap.
         with self._git_placeholder():
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE, env=HOST_ENV, start_new_session=True,
-                )
-            except OSError as exc:
+                async with self.limits.call() as cgroup:
+                    done = await self._exec(cgroup, self.argv("id -u"), None, PROBE_TIMEOUT)
+            except (OSError, ToolError) as exc:
                 return f"could not start bwrap: {exc}"
-            try:
-                async with asyncio.timeout(PROBE_TIMEOUT):
-                    out, err = await proc.communicate()
-            except TimeoutError:
-                _kill(proc)
-                await proc.wait()
-                return f"a trial sandbox did not finish within {PROBE_TIMEOUT:g} s"
-        if proc.returncode != 0:
-            detail = err.decode(errors="replace").strip()[-500:] or "no error output"
-            return f"bwrap could not start a sandbox (exit {proc.returncode}): {detail}"
-        inside = out.decode(errors="replace").strip()
+        if done.timed_out:
+            return f"a trial sandbox did not finish within {PROBE_TIMEOUT:g} s"
+        if done.exit_code != 0:
+            detail = done.stderr.decode(errors="replace").strip()[-500:] or "no error output"
+            return f"bwrap could not start a sandbox (exit {done.exit_code}): {detail}"
+        inside = done.stdout.decode(errors="replace").strip()
         if inside != str(self.sandbox_uid):
             return f"the trial sandbox ran as uid {inside!r}, expected {self.sandbox_uid}"
         return None
@@ -322,42 +325,29 @@ class Shell:
         started = time.monotonic()
         found = await self.scan()
         capture = _Capture(self.settings.output_limit)
-        timed_out = False
-        over_quota = False
         with self._git_placeholder():
-            proc = await asyncio.create_subprocess_exec(
-                *self.argv(command, network=network, found=found),
-                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT, env=HOST_ENV, start_new_session=True,
-            )
-            try:
-                async with asyncio.TaskGroup() as tasks:
-                    quota = tasks.create_task(self._watch_quota(proc, found.bytes))
-                    try:
-                        async with asyncio.timeout(self.settings.timeout):
-                            await _pump(proc, capture)
-                    except TimeoutError:
-                        timed_out = True
-                        _kill(proc)
-                        try:
-                            async with asyncio.timeout(KILL_GRACE):
-                                await _pump(proc, capture)
-                        except TimeoutError:
-                            log.error("sandbox_kill_unconfirmed", pid=proc.pid)
-                    finally:
-                        quota.cancel()
-                over_quota = not quota.cancelled() and quota.result()
-            except asyncio.CancelledError:
-                _kill(proc)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(KILL_GRACE):
-                        await proc.wait()
-                raise
+            async with self.limits.call() as cgroup:
+                proc = await asyncio.create_subprocess_exec(
+                    *cgroup.prefix, *self.argv(command, network=network, found=found),
+                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.STDOUT, env=HOST_ENV, start_new_session=True,
+                )
+                timed_out, over_quota = await self._supervise(proc, capture, found.bytes)
+        usage = cgroup.usage()
         output, cut = capture.text()
+        s = self.settings
         if over_quota:
             output += (f"\n[killed: the workspace grew past its disk quota of "
-                       f"{self.settings.workspace_mb} MiB (sandbox.workspace_mb); remove files "
+                       f"{s.workspace_mb} MiB (sandbox.workspace_mb); remove files "
                        "to make room]\n")
+        if usage.oom_kills:
+            output += (f"\n[the call's memory limit was reached (sandbox.memory_mb = "
+                       f"{s.memory_mb} MiB for all its processes together): the kernel "
+                       "killed a process of this call]\n")
+        if usage.refused_forks:
+            output += (f"\n[the call's process limit was reached (sandbox.max_processes = "
+                       f"{s.max_processes} tasks together, the sandbox's own included): "
+                       "some forks failed]\n")
         return ShellResult(
             exit_code=None if timed_out else proc.returncode,
             output=output,
@@ -365,7 +355,38 @@ class Shell:
             cut_bytes=cut,
             duration=time.monotonic() - started,
             over_quota=over_quota,
+            oom_killed=usage.oom_kills > 0,
+            tasks_refused=usage.refused_forks > 0,
         )
+
+    async def _supervise(self, proc: asyncio.subprocess.Process, capture: _Capture,
+                         start_bytes: int) -> tuple[bool, bool]:
+        """Collect the output until the run ends, killing it at the timeout or the disk
+        quota; (timed out, over quota)."""
+        timed_out = False
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                quota = tasks.create_task(self._watch_quota(proc, start_bytes))
+                try:
+                    async with asyncio.timeout(self.settings.timeout):
+                        await _pump(proc, capture)
+                except TimeoutError:
+                    timed_out = True
+                    _kill(proc)
+                    try:
+                        async with asyncio.timeout(KILL_GRACE):
+                            await _pump(proc, capture)
+                    except TimeoutError:
+                        log.error("sandbox_kill_unconfirmed", pid=proc.pid)
+                finally:
+                    quota.cancel()
+        except asyncio.CancelledError:
+            _kill(proc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_GRACE):
+                    await proc.wait()
+            raise
+        return timed_out, not quota.cancelled() and quota.result()
 
     async def _watch_quota(self, proc: asyncio.subprocess.Process, start: int) -> bool:
         """Kill the run once it has grown the workspace past the quota; a run that only
@@ -395,8 +416,14 @@ class Shell:
             raise SandboxUnavailable(self.unavailable)
         found = await self.scan()
         argv = self.program_argv(program, found=found, git=git, env=env)
+        async with self.limits.call() as cgroup:
+            return await self._exec(cgroup, argv, stdin, timeout)
+
+    async def _exec(self, cgroup: CallCgroup, argv: list[str], stdin: bytes | None,
+                    timeout: float | None) -> ExecResult:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+            *cgroup.prefix, *argv,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=HOST_ENV,
             start_new_session=True,
         )
