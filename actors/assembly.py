@@ -16,6 +16,7 @@ from .llm import LLM, LLMError, TokenBudget, build_llm
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
 from .peer import PeerActor, Supervision
+from .sandbox.cgroup import SharedLimits
 from .tool import ToolActor
 from .workspace import Workspace
 
@@ -51,9 +52,16 @@ class SharedLLM:
             await close()
 
 
+def sandbox_limits(config: Config) -> SharedLimits:
+    """The per-call limits of every sandbox of the daemon, detected once when first used."""
+    return SharedLimits(config.sandbox.memory_mb * 1024 * 1024, config.sandbox.max_processes)
+
+
 def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM,
-                    supervision: Supervision) -> dict[str, ActorFactory]:
-    workspace = Workspace(config.workspace_dir, config.name, config.sandbox)
+                    supervision: Supervision,
+                    limits: SharedLimits | None = None) -> dict[str, ActorFactory]:
+    limits = limits or sandbox_limits(config)
+    workspace = Workspace(config.workspace_dir, config.name, config.sandbox, limits)
     steps = config.llm.max_steps_per_turn
     return {
         HealthActor.name: lambda: HealthActor(status),

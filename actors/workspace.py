@@ -19,6 +19,7 @@ from pathlib import Path
 from entityd.config import SandboxSection
 
 from .sandbox import Shell, ToolError
+from .sandbox.cgroup import SharedLimits
 from .sandbox.paths import KEY_PATTERNS, WORKSPACE_MOUNT, protected_reason
 
 GIT_TIMEOUT_S = 120.0
@@ -73,12 +74,13 @@ class Change:
 
 
 class Workspace:
-    def __init__(self, path: Path, entity: str, sandbox: SandboxSection) -> None:
+    def __init__(self, path: Path, entity: str, sandbox: SandboxSection,
+                 limits: SharedLimits | None = None) -> None:
         self.path = Path(path)
         self.entity = entity
         as_root = os.geteuid() == 0
         self.owner = (sandbox.uid, sandbox.gid) if as_root else None
-        self.shell = Shell(sandbox, self.path)
+        self.shell = Shell(sandbox, self.path, limits)
         self._probed = False
 
     def _env(self) -> dict[str, str]:
