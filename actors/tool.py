@@ -128,6 +128,8 @@ class ToolActor(Actor):
         if len(command) > MAX_COMMAND:
             raise BadArguments(f"the command is {len(command)} characters; the limit is "
                                f"{MAX_COMMAND} (write a script file and run it)")
+        if "\x00" in command:
+            raise BadArguments("the command contains a NUL byte, which no program can be given")
         if self.shell.unavailable:
             raise SandboxUnavailable(self.shell.unavailable)
         verdict = classify(command)

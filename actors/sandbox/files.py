@@ -47,11 +47,12 @@ class FileLimits:
     walk_seconds: float = 10.0  # one list, glob, grep or ranged read
 
 
-def clip(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, saying how much was cut."""
-    if len(text) <= limit:
-        return text
-    return text[:limit] + f"\n[... {len(text) - limit} more characters cut at the output limit]"
+def clip(text: str, limit: int, notes: list[str] | None = None) -> str:
+    """`text` cut to `limit` characters, saying how much was cut, then `notes` (what the
+    model must see however long the text is)."""
+    if len(text) > limit:
+        text = text[:limit] + f"\n[... {len(text) - limit} more characters cut at the output limit]"
+    return "\n".join([text, *notes]) if notes else text
 
 
 def _tool_errors(
@@ -222,14 +223,15 @@ class FileTools:
             entries.sort(key=lambda e: e.name)
             for entry in entries[: self.limits.max_entries]:
                 rows.append(_describe(entry, fd))
+        notes = []
         if len(entries) > self.limits.max_entries:
-            rows.append(f"[... {len(entries) - self.limits.max_entries} more entries not shown]")
+            notes.append(f"[... {len(entries) - self.limits.max_entries} more entries not shown]")
         count = f"{len(entries)} entries"
         if budget.cut:
-            rows.append(f"[... listing cut short: {budget.cut}]")
+            notes.append(f"[... listing cut short: {budget.cut}]")
             count = f"at least {count}"
         header = f"{display(parts)}/ ({count})"
-        return clip("\n".join([header, *rows]), self.limits.output_limit), {
+        return clip("\n".join([header, *rows]), self.limits.output_limit, notes), {
             "entries": len(entries), "complete": not budget.cut}
 
     @_tool_errors
@@ -272,7 +274,7 @@ class FileTools:
         data = {"matches": total, "complete": not budget.cut}
         if not found:
             return "\n".join([f"no paths match {shown(pattern)}", *notes]), data
-        return clip("\n".join(found + notes), self.limits.output_limit), data
+        return clip("\n".join(found), self.limits.output_limit, notes), data
 
     @_tool_errors
     def grep(self, pattern: str, path: str = ".", regex: bool = False) -> Result:
@@ -296,7 +298,7 @@ class FileTools:
         if not matches:
             return "\n".join([f"no matches for {shown(pattern)} in {display(parts)}",
                               *notes]), data
-        return clip("\n".join(matches + notes), self.limits.output_limit), data
+        return clip("\n".join(matches), self.limits.output_limit, notes), data
 
     def _budget(self) -> Budget:
         return Budget(self.limits.max_visited, self.limits.max_depth, self.limits.walk_seconds)
@@ -317,7 +319,7 @@ class FileTools:
                 for name in directory.others:
                     if _hidden(name):
                         continue
-                    if budget.expired():
+                    if budget.out_of_time():
                         return
                     try:
                         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK

@@ -121,7 +121,7 @@ class Glob:
 
     def step(self, states: frozenset[int], name: str) -> frozenset[int]:
         """The states after the component `name`."""
-        raw = os.fsencode(name)
+        raw = _utf8(name)
         out: set[int] = set()
         for i in states:
             if i == len(self.steps):
@@ -139,6 +139,15 @@ class Glob:
     def may_descend(self, states: frozenset[int]) -> bool:
         """Whether anything below a directory in `states` can match."""
         return any(i < len(self.steps) for i in states)
+
+
+def _utf8(name: str) -> bytes:
+    """A file name as UTF-8, a byte that is not (held as a lone surrogate) as U+FFFD: one
+    character, as `?` expects."""
+    try:
+        return name.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(name).decode("utf-8", "replace").encode("utf-8")
 
 
 def segment_regex(segment: str) -> str:

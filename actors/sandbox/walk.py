@@ -44,16 +44,17 @@ class Budget:
         if self.entries >= self.max_entries:
             self.spent = f"stopped after reading {self.max_entries} directory entries"
             return False
-        if self.expired():
+        if self.out_of_time():
             return False
         self.entries += 1
         return True
 
-    def expired(self) -> bool:
-        """True (and `spent` set) once the time is up, or the budget otherwise spent."""
-        if not self.spent and self.seconds is not None and time.monotonic() > self.deadline:
-            self.spent = f"stopped after {self.seconds:g} s"
-        return bool(self.spent)
+    def out_of_time(self) -> bool:
+        """True (and `spent` set, unless it already was) once the time is up."""
+        if self.seconds is None or time.monotonic() <= self.deadline:
+            return False
+        self.spent = self.spent or f"stopped after {self.seconds:g} s"
+        return True
 
     def too_deep(self, depth: int) -> bool:
         if depth <= self.max_depth:
