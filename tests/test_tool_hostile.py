@@ -314,6 +314,19 @@ def test_walks_stop_at_their_budget_and_say_so(tmp_path: Path) -> None:
     assert "stopped after 0 s" in text and not data["complete"]
 
 
+def test_grep_says_which_files_it_did_not_search(tmp_path: Path) -> None:
+    (tmp_path / "small.txt").write_text("hit\n")
+    (tmp_path / "big.txt").write_text("hit\n" * 1000)
+    (tmp_path / "binary.bin").write_bytes(b"hit\n\x00")
+    tools = FileTools(Workspace(tmp_path), FileLimits(max_file_bytes=1024, output_limit=4000,
+                                                      max_grep_file_bytes=100))
+    text, data = tools.grep("hit")
+    assert text == "small.txt:1: hit\n[... 1 files over 100 bytes not searched]"
+    assert data == {"matches": 1, "complete": False}
+    with pytest.raises(ToolError, match=r"big\.txt is 4000 bytes, over the 1024-byte limit"):
+        tools.str_replace("big.txt", "hit", "miss")
+
+
 def test_read_file_never_holds_a_huge_line(tmp_path: Path) -> None:
     (tmp_path / "big.txt").write_bytes(b"x" * (20 * 1024 * 1024) + b"\nsecond\n")
     tools = FileTools(Workspace(tmp_path), LIMITS)

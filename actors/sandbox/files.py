@@ -173,14 +173,10 @@ class FileTools:
         parts = self.workspace.resolve(path)
         where = display(parts)
         with self.workspace.open_file(parts, write=True) as fd:
-            size = os.fstat(fd).st_size
-            if size > self.limits.max_file_bytes:
-                raise ToolError(f"{where} is {size} bytes, over the {self.limits.max_file_bytes}"
-                                "-byte limit for editing")
             raw = _read_all(fd, self.limits.max_file_bytes)
-            if len(raw) > self.limits.max_file_bytes:
-                raise ToolError(f"{where} grew over the {self.limits.max_file_bytes}-byte limit "
-                                "for editing while it was read")
+            if raw is None:
+                raise ToolError(f"{where} is {os.fstat(fd).st_size} bytes, over the "
+                                f"{self.limits.max_file_bytes}-byte limit for editing")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError:
@@ -283,8 +279,15 @@ class FileTools:
         budget = self._budget()
         matches: list[str] = []
         stopped = ""
+        too_big = 0
         for where, fd in self._files(parts, budget):
-            for number, line in _search(fd, search, self.limits.max_grep_file_bytes):
+            raw = _read_all(fd, self.limits.max_grep_file_bytes)
+            if raw is None:
+                too_big += 1
+                continue
+            if b"\x00" in raw[:BINARY_SNIFF]:
+                continue
+            for number, line in _matching_lines(raw, search):
                 matches.append(f"{where}:{number}: {line}")
                 if len(matches) >= self.limits.max_matches:
                     stopped = f"[... stopped after {len(matches)} matches]"
@@ -294,6 +297,9 @@ class FileTools:
         notes = [stopped] if stopped else []
         if budget.cut:
             notes.append(f"[... search cut short, matches may be missing: {budget.cut}]")
+        if too_big:
+            notes.append(f"[... {too_big} files over {self.limits.max_grep_file_bytes} bytes "
+                         "not searched]")
         data = {"matches": len(matches), "complete": not notes}
         if not matches:
             return "\n".join([f"no matches for {shown(pattern)} in {display(parts)}",
@@ -382,12 +388,7 @@ def _describe(entry: os.DirEntry[str], dir_fd: int) -> str:
     return f"{name}  ({size} bytes){note}"
 
 
-def _search(fd: int, search: LineSearch, max_bytes: int) -> Iterator[tuple[int, str]]:
-    if os.fstat(fd).st_size > max_bytes:
-        return
-    raw = _read_all(fd, max_bytes)
-    if len(raw) > max_bytes or b"\x00" in raw[:BINARY_SNIFF]:
-        return
+def _matching_lines(raw: bytes, search: LineSearch) -> Iterator[tuple[int, str]]:
     for number, line in search.lines(raw):
         head = line[: MAX_LINE_SHOWN * 4].decode("utf-8", errors="replace").rstrip("\r")
         if len(head) > MAX_LINE_SHOWN or len(line) > MAX_LINE_SHOWN * 4:
@@ -411,15 +412,17 @@ def _lines(f: Any) -> Iterator[tuple[bytes, int]]:
         yield piece, skipped
 
 
-def _read_all(fd: int, limit: int) -> bytes:
-    """The file from its start, up to `limit` + 1 bytes (so a caller sees that it is over)."""
+def _read_all(fd: int, limit: int) -> bytes | None:
+    """The whole file, or None if it is over `limit` bytes (or grows over it meanwhile)."""
+    if os.fstat(fd).st_size > limit:
+        return None
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     left = limit + 1
     while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
         chunks.append(chunk)
         left -= len(chunk)
-    return b"".join(chunks)
+    return None if left <= 0 else b"".join(chunks)
 
 
 def _write_all(fd: int, data: bytes) -> None:
