@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
+import signal
 import sys
+import threading
+import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 from protocol import subjects
 
 from . import config as config_mod
 from . import identity, logs
 from .errors import EntitydError
+
+if TYPE_CHECKING:
+    from .daemon import Daemon
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,13 +83,71 @@ def _init(name: str, data_dir: Path, port: int) -> int:
     return 0
 
 
-def _run(path: Path) -> int:
-    from .daemon import Daemon
+# How `entityd run` ends. Python waits at exit for every non-daemon thread, and
+# aiosqlite's connection threads (or a stuck executor thread) can outlive the event loop:
+# a daemon that had given up would hang there for ever, with nothing for systemd to
+# restart. So the process ends with os._exit once the logs are flushed, and a timer
+# ends it anyway if the cleanup before that hangs.
+FAILED_EXIT_WITHIN_S = 3.0  # from a fatal error to the exit, whatever the cleanup does
+CLEANUP_WITHIN_S = 5.0  # asyncio.run's own cleanup after the daemon returned
+FLUSH_WITHIN_S = 0.5
+
+
+def _run(path: Path) -> NoReturn:
+    """Run the daemon, then end the process with its code; never returns."""
+    from .daemon import EXIT_FAILED, Daemon
 
     cfg = config_mod.load(path)
     logs.configure(cfg.log.level, cfg.log.format)
-    daemon = Daemon(cfg)
-    return asyncio.run(daemon.run())
+
+    def give_up() -> None:  # called by the running daemon, so `daemon` is bound
+        _exit_within(FAILED_EXIT_WITHIN_S, EXIT_FAILED, daemon)
+
+    daemon = Daemon(cfg, on_fatal=give_up)
+
+    async def serve() -> int:
+        code = await daemon.run()
+        _exit_within(CLEANUP_WITHIN_S, code, daemon)
+        return code
+
+    code = EXIT_FAILED
+    try:
+        code = asyncio.run(serve())
+    except BaseException:  # a bug of ours: its traceback, then the same bounded exit
+        traceback.print_exc()
+    _exit(code)
+
+
+def _exit_within(seconds: float, code: int, daemon: Daemon) -> None:
+    """Arm a timer that ends the process with `code` if it is still alive by then."""
+
+    def force() -> None:
+        pid = daemon.nats_server_pid
+        if pid is not None:  # its death signal would do it too; do not leave it to chance
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        _exit(code, note=f"cleanup did not finish within {seconds:g} s")
+
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
+
+
+def _exit(code: int, note: str = "") -> NoReturn:
+    """Flush the logs (for a bounded time: stderr may be a stuck pipe), then end the
+    process at once, leaving behind any thread still running."""
+
+    def flush() -> None:
+        if note:
+            logs.get("entityd.cli").error("entityd_exit_forced", code=code, reason=note)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+
+    flusher = threading.Thread(target=flush, name="exit-flush", daemon=True)
+    flusher.start()
+    flusher.join(FLUSH_WITHIN_S)
+    os._exit(code)
 
 
 def _keygen(path: Path) -> int:

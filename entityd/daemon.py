@@ -68,10 +68,14 @@ class Daemon:
         extra_actors: dict[str, Callable[[], Actor]] | None = None,
         notifier: Notifier | None = None,
         only_health: bool = False,
+        on_fatal: Callable[[], None] | None = None,
     ) -> None:
         """`extra_actors` run beside the standard ones (or, with only_health, the
-        health actor alone: the runtime's tests)."""
+        health actor alone: the runtime's tests). `on_fatal` is called once the daemon
+        has given up (past the restart budget, or any error), before its cleanup: the
+        process entry bounds how long that cleanup may take."""
         self.config = config
+        self.on_fatal = on_fatal
         self.extra_actors = extra_actors or {}
         self.only_health = only_health
         self.llm = SharedLLM(config, os.environ)
@@ -98,17 +102,18 @@ class Daemon:
     async def _run(self) -> int:
         cfg = self.config
         log.info("entityd_starting", entity=cfg.name, public_key=self.identity.public_hex)
+        stopped = False
         try:
             await self._serve()
+            stopped = True
         except* EntitydError as group:
             for exc in group.exceptions:
                 log.error("entityd_failed", reason=str(exc))
-            failed = True
-        else:
-            failed = False
         finally:
-            await self._shutdown()
-        if failed:
+            if not stopped and self.on_fatal is not None:
+                self.on_fatal()  # also for a bug of ours, which goes on up
+            await self._shutdown(drain=stopped)
+        if not stopped:
             return EXIT_FAILED
         log.info("entityd_stopped", entity=cfg.name)
         return EXIT_OK
@@ -191,16 +196,30 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval)
 
-    async def _shutdown(self) -> None:
+    async def _shutdown(self, drain: bool) -> None:
+        """Close the LLM client, the connection and the embedded server. A daemon that
+        gave up does not drain: the actors that would take what is pending are gone,
+        and a drain would wait for them."""
         with contextlib.suppress(Exception):
             await self.llm.aclose()
         if self.runtime is not None:
             self.runtime.transport.closing = True
         if self._nc is not None:
             with contextlib.suppress(Exception):
-                await wait_closed(self._nc, timeout=5.0)
+                if drain:
+                    await wait_closed(self._nc, timeout=5.0)
+                else:
+                    async with asyncio.timeout(1.0):
+                        await self._nc.close()
         if self._server is not None:
-            await self._server.stop()
+            # Past the budget there is little time left: a server slow to go is killed.
+            await self._server.stop() if drain else await self._server.stop(timeout=1.5)
+
+    @property
+    def nats_server_pid(self) -> int | None:
+        """The embedded nats-server's pid while it runs (read from any thread)."""
+        server = self._server
+        return server.pid if server is not None else None
 
     def status(self) -> Status:
         nc = self._nc
