@@ -203,9 +203,9 @@ def summarize(tool: str, args: dict[str, Any], result: ToolResult) -> str:
         text = f"unknown tool {tool!r}"
     if not result.ok:
         text += f" -> {result.error}"
-    # Cut before redacting: the patterns below are not linear on a megabyte of one word.
-    # A secret that starts within the summary is still wholly inside the cut.
-    text = " ".join(text[: SUMMARY_LIMIT * 8].split())
+    # Cut before redacting, as the patterns below are not linear on a megabyte of one word;
+    # far enough out that a secret starting within the summary still matches and is masked.
+    text = " ".join(text.split())[: SUMMARY_LIMIT * 8]
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 3] + "..."
