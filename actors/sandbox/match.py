@@ -37,6 +37,10 @@ def _compile(regex: str, options: Any, what: str, pattern: str) -> Any:
             reason = reason.decode("utf-8", "replace")
         raise BadArguments(f"{what} {shown(pattern)} cannot be used: {reason}; {RE2_SYNTAX}"
                            ) from None
+    finally:
+        # re2.compile keeps the last 128 patterns, each with up to max_mem (8 MiB) of DFA
+        # states: the agent's patterns would stay pinned there. Ours live as long as a call.
+        re2.purge()
 
 
 def _check_length(pattern: str, what: str) -> None:
