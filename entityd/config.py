@@ -18,6 +18,7 @@ from typing import Any
 
 from protocol import subjects
 
+from . import hublink
 from .errors import ConfigError
 
 CONFIG_NAME = "entityd.toml"
@@ -43,6 +44,7 @@ class NatsSection:
     hub_url: str = ""
     hub_credentials: str = ""
     hub_ca_file: str = ""
+    hub_insecure: bool = False
     domain: str = ""
 
 
@@ -243,6 +245,7 @@ def from_mapping(
         data_dir = (base / data_dir).resolve()
     sections["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
     _check_values(sections)
+    sections["nats"] = _hub_link(sections["nats"], base)
     operators = _hex_keys("operators", raw.get("operators", {}))
     peer_keys = _hex_keys("peer_keys", raw.get("peer_keys", {}))
     for name in peer_keys:
@@ -405,6 +408,30 @@ def _check_values(sections: dict[str, Any]) -> None:
         raise ConfigError("log.format", f"{log.format!r} is not one of {', '.join(_FORMATS)}")
 
 
+def _hub_link(nats: NatsSection, base: Path) -> NatsSection:
+    """The leaf's link to the hub: TLS to any hub beyond loopback, pinning the CA file
+    given (resolved against the config's directory), unless nats.hub_insecure."""
+    if not nats.hub_url:
+        return nats
+    ca_file = nats.hub_ca_file
+    if ca_file:
+        path = Path(ca_file).expanduser()
+        path = path if path.is_absolute() else (base / path).resolve()
+        try:
+            text = path.read_text(errors="replace")
+        except FileNotFoundError:
+            fix = "copy the hub's ca.crt (from `entityd federation hub-conf --tls-dir`) there"
+            raise ConfigError("nats.hub_ca_file", f"{path} does not exist; {fix}") from None
+        except OSError as exc:
+            raise ConfigError("nats.hub_ca_file", f"cannot read {path}: {exc.strerror}") from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ConfigError("nats.hub_ca_file", f"{path} holds no PEM certificate; give the "
+                              "hub's ca.crt")
+        ca_file = str(path)
+    hublink.hub_link(nats.hub_url, hub_ca_file=ca_file, hub_insecure=nats.hub_insecure)
+    return dataclasses.replace(nats, hub_ca_file=ca_file)
+
+
 def _check_positive(key: str, value: float) -> None:
     if not value > 0:  # written so that NaN fails too
         raise ConfigError(key, f"must be greater than 0, got {value}")
@@ -456,11 +483,12 @@ data_dir = "{data_dir}"
 url = ""
 host = "127.0.0.1"
 port = {port}
-# Federation: run the embedded server as a leaf of this hub (nats-leaf://host:7422),
+# Federation: run the embedded server as a leaf of this hub (tls://hub.example.net:7422),
 # logging in with the nkey seed from `entityd federation hub-user` (see deploy/FEDERATION.md).
 hub_url = ""
 hub_credentials = ""    # empty: DATA_DIR/keys/hub.nk
-hub_ca_file = ""        # the hub's TLS CA; empty: the system's roots
+hub_ca_file = ""        # the hub's CA (its ca.crt), pinned; empty: the system's roots
+hub_insecure = false    # true: allow a plain nats-leaf:// hub beyond loopback (no TLS)
 domain = ""             # JetStream domain; empty: the entity's name
 
 [runtime]

@@ -3,8 +3,10 @@ hub and leaf nats-server configurations that join entities into one federation.
 
 Each entity host's nats-server is a leaf node with its own JetStream domain; it logs in to
 the hub as an nkey user whose permissions let it speak only as itself (DESIGN.md,
-"Subjects"). Run `python -m entityd.federation --help` for the commands; deploy/FEDERATION.md
-says what goes where.
+"Subjects"). A hub reachable beyond loopback speaks only TLS on its leafnode port, and a leaf
+dials a hub beyond loopback only over TLS, unless told otherwise (entityd.hublink). Run
+`python -m entityd.federation --help` for the commands; deploy/FEDERATION.md says what goes
+where.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import ipaddress
 import os
 import re
 import sys
@@ -23,7 +26,7 @@ import nkeys
 
 from protocol import subjects
 
-from . import identity
+from . import hublink, identity, logs
 from .errors import ConfigError, EntitydError, IdentityError
 from .identity import KEY_DIR
 
@@ -56,7 +59,6 @@ HUB_ACCOUNT = "FED"
 # Not a valid entity name (no '_' there), so no entity's default domain can take it.
 HUB_DOMAIN = "fed_hub"
 LEAF_PORT = 7422
-LEAF_URL_SCHEMES = ("nats-leaf://", "nats://", "tls://", "ws://", "wss://")
 DOMAIN_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _USER_KEY_RE = re.compile(r"\AU[A-Z2-7]{55}\Z")
 
@@ -70,6 +72,8 @@ write_deadline: "10s"
 ping_interval: "20s"
 """
 _JS_LIMITS = ("max_memory_store: 256MB", "max_file_store: 8GB")
+
+log = logs.get("entityd.federation")
 
 
 @dataclass(frozen=True)
@@ -203,12 +207,14 @@ def render_hub_conf(
     server_name: str = "entityd-hub",
     tls_cert: str = "",
     tls_key: str = "",
+    insecure_plain: bool = False,
     grants: Mapping[str, Permissions] | None = None,
 ) -> str:
     """A complete hub configuration: one nkey user per (name, public nkey) in account FED.
 
-    Leaf nodes log in on leaf_host:leaf_port; give tls_cert and tls_key (PEM files) to
-    require TLS there, which any hub reached over a network needs.
+    Leaf nodes log in on leaf_host:leaf_port. With tls_cert and tls_key (PEM files) that
+    port speaks only TLS, and so does the client port if `host` is beyond loopback. A
+    port bound beyond loopback without them is refused unless `insecure_plain`.
     """
     names = [name for name, _ in entities]
     if len(set(names)) != len(names):
@@ -219,6 +225,22 @@ def render_hub_conf(
     _check_domain("hub domain", domain)
     if bool(tls_cert) != bool(tls_key):
         raise ConfigError("tls", "give both a certificate and its key, or neither")
+    if tls_cert and insecure_plain:
+        raise ConfigError("--insecure-plain", "contradicts the TLS certificate given")
+    exposed = [
+        (flag, f"{bind}:{bound}")
+        for flag, bind, bound in (("--leaf-host", leaf_host, leaf_port), ("--host", host, port))
+        if not hublink.is_loopback(bind)
+    ]
+    if exposed and not tls_cert and not insecure_plain:
+        flag, where = exposed[0]
+        raise ConfigError(
+            flag,
+            f"{where} is reachable beyond loopback and would carry the federation in clear: "
+            "give --tls-dir DIR --tls-name HUB_NAME (makes a private CA and a certificate), "
+            f"or --tls-cert and --tls-key, or bind loopback ({flag} 127.0.0.1), or "
+            "--insecure-plain on a network you trust",
+        )
     grants = grants or {}
     unknown = set(grants) - set(names)
     if unknown:
@@ -226,19 +248,32 @@ def render_hub_conf(
     users = "".join(
         _indent(hub_user_entry(name, key, extra=grants.get(name)), 6) for name, key in entities
     )
+    client_tls = ""
+    if not tls_cert and not hublink.is_loopback(host):
+        client_tls = "# IN CLEAR, by --insecure-plain: this port is reachable beyond loopback.\n"
     if tls_cert:
+        tls_block = (
+            # verify stays off: leaves prove who they are with their nkey, not a certificate.
+            "tls {\n"
+            f"    cert_file: {_quote(tls_cert)}\n"
+            f"    key_file: {_quote(tls_key)}\n"
+            '    min_version: "1.3"\n'
+            "    timeout: 2\n"
+            "}\n"
+        )
+        tls = _indent(tls_block, 4)
+        if not hublink.is_loopback(host):
+            client_tls = tls_block
+    elif not hublink.is_loopback(leaf_host):
         tls = (
-            "    tls {\n"
-            f"        cert_file: {_quote(tls_cert)}\n"
-            f"        key_file: {_quote(tls_key)}\n"
-            "        timeout: 2\n"
-            "    }\n"
+            "    # IN CLEAR, by --insecure-plain: reachable beyond loopback without TLS, so\n"
+            "    # anyone on the path reads and alters the federation's traffic. Only for a\n"
+            "    # network you trust; leaves must set nats.hub_insecure = true to dial it.\n"
         )
     else:
         tls = (
-            "    # No TLS: only for a hub whose leaf port is on loopback or a trusted network.\n"
-            "    # Otherwise: tls { cert_file: \"hub.crt\", key_file: \"hub.key\" }, and leaves\n"
-            "    # connect with tls://HUB:PORT (and their ca_file if the CA is private).\n"
+            "    # No TLS: the port is on loopback. A hub bound beyond loopback needs\n"
+            "    # tls { cert_file, key_file } here (hub-conf --tls-dir makes them).\n"
         )
     return (
         "# entityd federation hub, rendered by `python -m entityd.federation hub-conf`.\n"
@@ -246,6 +281,7 @@ def render_hub_conf(
         f"server_name: {_quote(server_name)}\n"
         f"host: {_quote(host)}\n"
         f"port: {port}\n"
+        + client_tls
         + _LIMITS
         + "\njetstream {\n"
         f"    store_dir: {_quote(str(store_dir))}\n"
@@ -280,6 +316,7 @@ def render_leaf_conf(
     port: int = 4222,
     store_dir: str | Path = "",
     hub_ca_file: str = "",
+    hub_insecure: bool = False,
 ) -> str:
     """The configuration of entity `name`'s own nats-server as a leaf of the hub.
 
@@ -288,15 +325,27 @@ def render_leaf_conf(
     `hub_url` is one URL, several separated by commas, or a list (a hub cluster).
     host, port and store_dir are what entityd also passes on the command line (-a, -p,
     -sd), which win; they are here so the file also runs by hand.
+    A hub beyond loopback is dialled only over TLS (tls:// URLs or a `hub_ca_file`,
+    which the remote then pins), unless `hub_insecure`; that is logged as a warning.
     """
     _check_name(name)
     domain = domain or name
     _check_domain("nats.domain", domain)
     if domain == HUB_DOMAIN:
         raise ConfigError("nats.domain", f"{HUB_DOMAIN!r} is the hub's JetStream domain")
-    urls = _hub_urls(hub_url)
+    link = hublink.hub_link(hub_url, hub_ca_file=hub_ca_file, hub_insecure=hub_insecure)
     store = f"    store_dir: {_quote(str(store_dir))}\n" if store_dir else ""
-    tls = f"            tls {{ ca_file: {_quote(hub_ca_file)} }}\n" if hub_ca_file else ""
+    # Only a tls block makes the leaf insist on TLS: a bare tls:// URL went in clear to a
+    # hub that offered no TLS (see entityd.hublink).
+    if hub_ca_file:
+        tls = f"            tls {{ ca_file: {_quote(hub_ca_file)} }}\n"
+    elif link.tls:
+        tls = "            tls {}  # the hub's certificate is checked against the system's CAs\n"
+    elif link.in_clear:
+        tls = "            # IN CLEAR, by nats.hub_insecure: no TLS to a hub beyond loopback.\n"
+        log.warning("hub_link_in_clear", urls=list(link.in_clear), allowed_by="nats.hub_insecure")
+    else:
+        tls = ""
     return (
         f"# nats-server of entity {name}: a leaf of the federation hub, JetStream domain\n"
         f"# {domain!r}. Rendered by `python -m entityd.federation leaf-conf`; it logs in\n"
@@ -313,7 +362,7 @@ def render_leaf_conf(
         "leafnodes {\n"
         "    remotes = [\n"
         "        {\n"
-        f"            urls: {_list(urls)}\n"
+        f"            urls: {_list(link.urls)}\n"
         f"            nkey: ${SEED_ENV}\n"
         # The hub refuses these too; the leaf also keeps entity-local traffic to itself.
         '            deny_exports: ["loc.>"]\n'
@@ -328,25 +377,6 @@ def render_leaf_conf(
 def leaf_env(seed: Path) -> dict[str, str]:
     """What to add to the leaf nats-server's environment (and to nothing else's)."""
     return {SEED_ENV: read_seed(seed)}
-
-
-def _hub_urls(hub_url: str | Sequence[str]) -> list[str]:
-    raw = hub_url.split(",") if isinstance(hub_url, str) else list(hub_url)
-    urls = [url.strip() for url in raw if url.strip()]
-    if not urls:
-        raise ConfigError("nats.hub_url", "is empty; give the hub's leafnode URL")
-    for url in urls:
-        if not url.startswith(LEAF_URL_SCHEMES):
-            raise ConfigError(
-                "nats.hub_url", f"{url!r} is not a nats-leaf://, tls:// or ws(s):// URL"
-            )
-        if "@" in url:
-            raise ConfigError(
-                "nats.hub_url", f"{url!r} carries credentials; the leaf logs in with its nkey"
-            )
-        if any(c in url for c in "\"'\n\\ "):
-            raise ConfigError("nats.hub_url", f"{url!r} has characters a URL cannot have")
-    return urls
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -403,8 +433,24 @@ def main(argv: list[str] | None = None) -> int:
     hub.add_argument("--port", type=int, default=4222, help="client port")
     hub.add_argument("--leaf-host", default="0.0.0.0", help="leafnode listen address")
     hub.add_argument("--leaf-port", type=int, default=LEAF_PORT)
-    hub.add_argument("--tls-cert", default="", help="PEM certificate for the leafnode port")
-    hub.add_argument("--tls-key", default="", help="its PEM key")
+    tls = hub.add_argument_group(
+        "TLS", "required when the leafnode (or client) port is bound beyond loopback"
+    )
+    tls.add_argument(
+        "--tls-dir", type=Path, default=None,
+        help="make (or keep) a private CA and the hub's certificate here: ca.crt, which "
+        "every leaf pins (nats.hub_ca_file), ca.key, hub.crt, hub.key",
+    )
+    tls.add_argument(
+        "--tls-name", action="append", default=[], metavar="NAME",
+        help="a DNS name or IP address leaves dial the hub by; repeat for each",
+    )
+    tls.add_argument("--tls-cert", default="", help="or: a PEM certificate made elsewhere")
+    tls.add_argument("--tls-key", default="", help="its PEM key")
+    tls.add_argument(
+        "--insecure-plain", action="store_true",
+        help="no TLS beyond loopback: anyone on the path reads and alters the traffic",
+    )
 
     leaf = sub.add_parser("leaf-conf", help="print an entity's leaf nats-server configuration")
     leaf.add_argument("name")
@@ -413,8 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     leaf.add_argument("--domain", default="", help="JetStream domain (default: the name)")
     leaf.add_argument("--port", type=int, default=4222, help="the entity's local NATS port")
     leaf.add_argument("--hub-ca-file", default="", help="CA that signed the hub's TLS cert")
+    leaf.add_argument(
+        "--hub-insecure", action="store_true",
+        help="allow a plain nats-leaf:// hub beyond loopback (nats.hub_insecure)",
+    )
 
     args = parser.parse_args(argv)
+    logs.configure(level="warning", fmt="console")  # to stderr: stdout carries the config
     try:
         if args.command == "hub-user":
             return _cmd_hub_user(args.name, args.data_dir)
@@ -447,30 +498,60 @@ def _cmd_hub_conf(args: argparse.Namespace) -> int:
         entities.append((name, check_public_key(key)))
     if not entities:
         raise ConfigError("--entity", "give at least one NAME=NKEY (from hub-user)")
-    if not args.tls_cert and args.leaf_host not in ("127.0.0.1", "::1", "localhost"):
+    cert, key = args.tls_cert, args.tls_key
+    if args.tls_dir is not None:
+        if cert or key or args.insecure_plain:
+            raise ConfigError("--tls-dir", "give --tls-dir, --tls-cert/--tls-key or "
+                              "--insecure-plain, not several")
+        made = hublink.make_hub_tls(args.tls_dir, _tls_names(args.tls_name, args.leaf_host))
+        cert, key = str(made.cert), str(made.key)
+        done = "issued" if made.issued else "kept"
         print(
-            f"entityd.federation: warning: leafnode port {args.leaf_host}:{args.leaf_port} "
-            "without TLS; give --tls-cert/--tls-key unless the network is trusted",
+            f"# {done} {made.cert}; leaves pin the CA: copy {made.ca} to each entity host and "
+            "set nats.hub_ca_file to it, with nats.hub_url = \"tls://HUB_NAME:"
+            f"{args.leaf_port}\"",
             file=sys.stderr,
         )
-    print(
-        render_hub_conf(
-            entities, store_dir=args.store_dir, host=args.host, port=args.port,
-            leaf_host=args.leaf_host, leaf_port=args.leaf_port,
-            tls_cert=args.tls_cert, tls_key=args.tls_key,
-        ),
-        end="",
+    elif args.tls_name:
+        raise ConfigError("--tls-name", "goes with --tls-dir, where the certificate is made")
+    text = render_hub_conf(
+        entities, store_dir=args.store_dir, host=args.host, port=args.port,
+        leaf_host=args.leaf_host, leaf_port=args.leaf_port,
+        tls_cert=cert, tls_key=key, insecure_plain=args.insecure_plain,
     )
+    if args.insecure_plain and not all(map(hublink.is_loopback, (args.leaf_host, args.host))):
+        print(
+            "entityd.federation: warning: --insecure-plain: the hub takes leaves without "
+            "TLS beyond loopback; anyone on the path reads and alters their traffic",
+            file=sys.stderr,
+        )
+    print(text, end="")
     return 0
+
+
+def _tls_names(names: list[str], leaf_host: str) -> list[str]:
+    """The names to certify: those given, plus the leafnode address if it is one IP."""
+    try:
+        bound = ipaddress.ip_address(leaf_host.strip("[]"))
+    except ValueError:
+        return names
+    return names if bound.is_unspecified or leaf_host in names else [*names, leaf_host]
 
 
 def _cmd_leaf_conf(args: argparse.Namespace) -> int:
     data_dir = args.data_dir.expanduser().resolve()
     seed = seed_path(data_dir)
     read_seed(seed)  # fail now, not when the server starts
+    ca_file = args.hub_ca_file
+    if ca_file:
+        path = Path(ca_file).expanduser().resolve()
+        if not path.is_file():
+            raise ConfigError("--hub-ca-file", f"{path} is not a file; copy the hub's ca.crt")
+        ca_file = str(path)  # the leaf's nats-server may run in another directory
     text = render_leaf_conf(
         args.name, args.hub_url, seed, domain=args.domain, port=args.port,
-        store_dir=data_dir / "nats" / "jetstream", hub_ca_file=args.hub_ca_file,
+        store_dir=data_dir / "nats" / "jetstream", hub_ca_file=ca_file,
+        hub_insecure=args.hub_insecure,
     )
     print(text, end="")
     print(
