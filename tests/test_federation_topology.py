@@ -260,9 +260,13 @@ def test_cli_prints_the_entry_and_a_hub_conf_that_nats_server_accepts(tmp_path: 
     seed = (tmp_path / A / "keys" / "hub.nk").read_text().strip()
     assert seed not in out.stdout + out.stderr
 
-    hub = run("hub-conf", "--entity", f"{A}={public[1]}", "--store-dir", str(tmp_path / "hub"))
+    entity = ("--entity", f"{A}={public[1]}", "--store-dir", str(tmp_path / "hub"))
+    # The default listens on every interface: TLS, or an explicit opt-out (test_federation_tls).
+    refused = run("hub-conf", *entity)
+    assert refused.returncode == 2 and "--insecure-plain" in refused.stderr, refused.stderr
+    hub = run("hub-conf", *entity, "--insecure-plain")
     assert hub.returncode == 0, hub.stderr
-    assert "without TLS" in hub.stderr  # the default listens on every interface
+    assert "without TLS" in hub.stderr
     (tmp_path / "hub.conf").write_text(hub.stdout)
     checked = subprocess.run(
         [NATS_SERVER, "-t", "-c", str(tmp_path / "hub.conf")], capture_output=True, text=True,
