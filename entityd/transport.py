@@ -7,6 +7,7 @@ sealed, sent and its reply verified the same way wherever it comes from.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import msgpack
@@ -35,8 +36,9 @@ class Transport:
         entity: str,
         key: SigningKey,
         keyring: Keyring,
-        replay_window_ms: int = 90_000,
-        replay_capacity: int = 100_000,
+        replay_window_ms: int = protocol.replay.DEFAULT_WINDOW_MS,
+        replay_capacity: int = protocol.replay.DEFAULT_CAPACITY,
+        replay_future_ms: int = protocol.replay.DEFAULT_FUTURE_MS,
         max_bytes: int = protocol.MAX_WIRE_BYTES,
     ) -> None:
         self.nc = nc
@@ -46,11 +48,16 @@ class Transport:
         self.max_bytes = max_bytes
         self.replay_window_ms = replay_window_ms
         self.replay_capacity = replay_capacity
+        self.replay_future_ms = min(replay_future_ms, replay_window_ms)
         self._reply_guard = self.new_replay_guard()
         self.closing = False
+        # Envelopes refused on this connection, by reason code: the runtime's mailboxes
+        # and the peer actor's federation subjects count here; the status reports it.
+        self.rejected: Counter[str] = Counter()
 
     def new_replay_guard(self) -> ReplayGuard:
-        return ReplayGuard(self.replay_window_ms, self.replay_capacity)
+        """A replay cache: ids per sender key, each sender's bounded by the capacity."""
+        return ReplayGuard(self.replay_window_ms, self.replay_capacity, self.replay_future_ms)
 
     def subject_for(self, dst: str, typ: str) -> str:
         entity, _, actor = dst.partition("/")

@@ -5,9 +5,9 @@
 
 PROTOCOL.md is the normative description; the order of checks in `open` follows it.
 `open` is `verify_signature` (steps 1-6: pure, thread-safe, mostly Ed25519, which PyNaCl
-runs without the GIL) followed by `check_body` (steps 7-14, which touch the replay cache
-and so run on the receiver's own thread, in arrival order). A receiver under load runs
-the first half on worker threads and the second on its event loop.
+runs without the GIL) followed by `check_body` (steps 7-14, which consult and update the
+replay cache and so run on the receiver's own thread, in arrival order). A receiver under
+load runs the first half on worker threads and the second on its event loop.
 """
 
 from __future__ import annotations
@@ -311,7 +311,8 @@ def check_body(
     now: int | None = None,
     max_bytes: int = MAX_WIRE_BYTES,
 ) -> Envelope:
-    """Steps 7-14 of `open` on a verified wire: body, bindings, destination, replay, kind.
+    """Steps 7-14 of `open` on a verified wire: body, bindings, destination, replay, kind;
+    then the id is remembered for its sender key, once all of them passed.
 
     `replay` is not thread-safe and the order of replay checks is the order of arrival:
     call this on the thread that owns `replay`, one message after the other as received.
@@ -367,12 +368,16 @@ def _check_body(
         raise WrongDestination("an event's destination must be '*'")
     elif not _matches(dst, local) or not route.accepts(dst):
         raise WrongDestination(f"addressed to {dst!r}, this is {local!r} on {subject!r}")
-    replay.check(fields["id"], fields["ts"], now if now is not None else now_ms())
+    # Replays are checked per sender key, and the id counts as seen only once the
+    # envelope has passed every check, step 14 included (PROTOCOL.md §6 and §8).
+    replay.admit(fields["id"], fields["ts"], now if now is not None else now_ms(),
+                 sender=verified.kid)
     message = None
     if not fields["enc"]:
         message = kinds.decode(fields["typ"], fields["payload"])
     elif not kinds.is_kind(fields["typ"]):
         raise UnknownKind(f"no message kind {fields['typ']!r}")
+    replay.remember(fields["id"], fields["ts"], sender=verified.kid)
     return Envelope(
         id=fields["id"],
         src=fields["src"],

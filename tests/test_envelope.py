@@ -175,16 +175,54 @@ def test_a_replay_inside_the_window_is_rejected() -> None:
     assert info.value.reason == "replayed"
 
 
-@pytest.mark.parametrize("offset", [-90_001, 90_001, -3_600_000, 3_600_000])
+@pytest.mark.parametrize("offset", [-90_001, 5_001, 90_000, -3_600_000, 3_600_000])
 def test_timestamps_outside_the_default_window_are_stale(offset: int) -> None:
     with pytest.raises(StaleTimestamp) as info:
         receive(ping(ts=NOW + offset))
     assert info.value.reason == "stale_timestamp"
 
 
-@pytest.mark.parametrize("offset", [-90_000, 90_000])
-def test_the_default_window_is_90_seconds_inclusive(offset: int) -> None:
+@pytest.mark.parametrize("offset", [-90_000, 5_000])
+def test_the_default_window_is_90_seconds_behind_and_5_ahead_inclusive(offset: int) -> None:
     assert receive(ping(ts=NOW + offset)).ts == NOW + offset
+
+
+def test_an_id_counts_as_seen_only_once_the_envelope_passed_every_check() -> None:
+    guard = ReplayGuard()
+    msg_id = b"\x07" * 16
+    with pytest.raises(BadPayload):
+        receive(ping(message=None, typ="error", payload={"code": 1}, msg_id=msg_id),
+                replay=guard)
+    with pytest.raises(WrongDestination):
+        receive(ping(dst="beta/coder", msg_id=msg_id), replay=guard)
+    assert len(guard) == 0
+    receive(ping(msg_id=msg_id), replay=guard)
+    with pytest.raises(Replayed):
+        receive(ping(msg_id=msg_id), replay=guard)
+
+
+def test_replays_are_checked_per_sender_key() -> None:
+    """A sender that overflows its own replay cache raises only its own floor: another
+    key's messages are still accepted, and its replays still caught."""
+    keyring = trusted()
+    gamma = SigningKey(b"\x04" * 32)
+    keyring.add(bytes(gamma.verify_key), "gamma")
+    subject = subjects.request("beta", "gamma", "ping")
+    guard = ReplayGuard(capacity=50)
+    first = ping()
+    receive(first, replay=guard, keyring=keyring)
+    refused = 0
+    for _ in range(200):  # gamma floods, dated as far ahead as it may
+        wire = ping(gamma, src="gamma/peer", subj=subject, ts=NOW + 5_000)
+        try:
+            receive(wire, subject=subject, replay=guard, keyring=keyring)
+        except StaleTimestamp:
+            refused += 1
+    assert refused == 200 - 51
+    assert receive(ping(ts=NOW + 1), replay=guard, keyring=keyring).src == "alpha/peer"
+    with pytest.raises(Replayed):
+        receive(first, replay=guard, keyring=keyring, now=NOW + 2)
+    assert guard.senders() == 2
 
 
 def test_a_message_signed_for_another_subject_is_rejected() -> None:
@@ -364,19 +402,6 @@ def test_the_first_failing_check_in_spec_order_is_reported(
 ) -> None:
     with pytest.raises(first):
         receive(ping(**wire_args), **open_args)
-
-
-def test_an_id_is_consumed_only_once_the_routing_checks_pass() -> None:
-    guard = ReplayGuard()
-    msg_id = b"\x07" * 16
-    with pytest.raises(WrongDestination):
-        receive(ping(dst="beta/coder", msg_id=msg_id), replay=guard)
-    receive(ping(msg_id=msg_id), replay=guard)
-    other_id = b"\x08" * 16
-    with pytest.raises(BadPayload):
-        receive(ping(message=None, typ="error", payload={}, msg_id=other_id), replay=guard)
-    with pytest.raises(Replayed):
-        receive(ping(msg_id=other_id), replay=guard)
 
 
 def test_seal_needs_a_registered_record_or_a_typ() -> None:

@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 DOMAIN = b"entityd/v1/envelope\x00"
 NOW_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 WINDOW_MS = 90_000
+FUTURE_MS = 5_000
 MAX_BYTES = 1024 * 1024
 
 
@@ -92,8 +93,12 @@ def as_json(value: Any) -> Any:
     return value
 
 
-def ok(wire_bytes: bytes, body: dict[str, Any], note: str) -> dict[str, Any]:
-    return {"note": note, "wire": wire_bytes.hex(), "expect": {"ok": as_json(body)}}
+def ok(
+    wire_bytes: bytes, body: dict[str, Any], note: str, signer: SigningKey | None = None
+) -> dict[str, Any]:
+    """An accepted step; `signer` only when it is not the vector's signer."""
+    step = {"note": note, "wire": wire_bytes.hex(), "expect": {"ok": as_json(body)}}
+    return step if signer is None else {"signer_seed": bytes(signer).hex(), **step}
 
 
 def error(wire_bytes: bytes, reason: str, note: str) -> dict[str, Any]:
@@ -121,6 +126,7 @@ def vector(
         "local": local,
         "now_ms": NOW_MS,
         "window_ms": WINDOW_MS,
+        "future_ms": FUTURE_MS,
         "max_bytes": max_bytes,
         **extra,
         "steps": steps,
@@ -833,18 +839,25 @@ def reject_stale_timestamp() -> dict[str, Any]:
     steps = []
     for tag, ts, reason, note in (
         ("past", NOW_MS - WINDOW_MS - 1, "stale_timestamp", "1 ms older than the window"),
-        ("future", NOW_MS + WINDOW_MS + 1, "stale_timestamp", "1 ms beyond the window"),
+        ("ahead", NOW_MS + FUTURE_MS + 1, "stale_timestamp", "1 ms further ahead than future_ms"),
+        (
+            "ahead by the window",
+            NOW_MS + WINDOW_MS,
+            "stale_timestamp",
+            "window_ms ahead: the window applies behind now only",
+        ),
+        ("future", NOW_MS + WINDOW_MS + 1, "stale_timestamp", "1 ms beyond the window ahead"),
         ("zero", 0, "stale_timestamp", "ts 0"),
         ("far future", 2**64 - 1, "stale_timestamp", "the largest uint64"),
         ("oldest", NOW_MS - WINDOW_MS, None, "exactly window_ms old: accepted"),
-        ("newest", NOW_MS + WINDOW_MS, None, "exactly window_ms ahead: accepted"),
+        ("newest", NOW_MS + FUTURE_MS, None, "exactly future_ms ahead: accepted"),
     ):
         body = req_body("stale " + tag, ts=ts)
         data = wire(ALPHA, pack(body))
         steps.append(ok(data, body, note) if reason is None else error(data, reason, note))
     return vector(
         "reject_stale_timestamp",
-        "ts must be within now_ms ± window_ms, bounds included.",
+        "ts must be within [now_ms - window_ms, now_ms + future_ms], bounds included.",
         signer=ALPHA,
         keyring=[ALPHA],
         subject=REQ,
@@ -872,6 +885,64 @@ def reject_replayed() -> dict[str, Any]:
                 "replayed",
                 "the same id, freshly signed with another ts",
             ),
+            error(
+                req_wire("replayed", ts=NOW_MS + FUTURE_MS + 1),
+                "stale_timestamp",
+                "the same id dated past future_ms: the timestamp is checked first",
+            ),
+            error(
+                req_wire("not consumed", dst="beta/coder"),
+                "wrong_destination",
+                "a new id, rejected at step 12: the id is not used up",
+            ),
+            error(
+                req_wire("not consumed", typ="error", payload={"code": "x"}),
+                "bad_payload",
+                "the same id, rejected at step 14: still not used up",
+            ),
+            ok(
+                req_wire("not consumed"),
+                req_body("not consumed"),
+                "the same id in an envelope that passes every check: accepted",
+            ),
+            error(req_wire("not consumed"), "replayed", "and now it is seen"),
+        ],
+    )
+
+
+def reject_replayed_per_sender() -> dict[str, Any]:
+    """Two trusted keys answer on a reply inbox (which names no sender) with the same id."""
+    subject = "_i.alpha.Zb3kq9WbT6xVfNCw1sYJ2a.9"
+
+    def reply(key: SigningKey, src: str) -> tuple[bytes, dict[str, Any]]:
+        body = fields(
+            id=msg_id("per sender"),
+            src=src,
+            dst="alpha/peer",
+            subj=subject,
+            typ="pong",
+            ts=NOW_MS - 400,
+            corr=msg_id("per sender ping"),
+            enc=False,
+            payload={},
+        )
+        return wire(key, pack(body)), body
+
+    from_beta, beta_body = reply(BETA, "beta/peer")
+    from_gamma, gamma_body = reply(GAMMA, "gamma/peer")
+    return vector(
+        "reject_replayed_per_sender",
+        "The replay cache is kept per sender key: the same id signed by two keys is two "
+        "messages, and each is accepted once.",
+        signer=BETA,
+        keyring=[ALPHA, BETA, GAMMA],
+        subject=subject,
+        local="alpha",
+        steps=[
+            ok(from_beta, beta_body, "beta's pong accepted"),
+            ok(from_gamma, gamma_body, "gamma's pong, the same id: another sender", GAMMA),
+            error(from_beta, "replayed", "beta's again"),
+            error(from_gamma, "replayed", "gamma's again"),
         ],
     )
 
@@ -987,6 +1058,7 @@ BUILDERS: tuple[Callable[[], dict[str, Any]], ...] = (
     reject_wrong_destination_subject,
     reject_stale_timestamp,
     reject_replayed,
+    reject_replayed_per_sender,
     reject_unknown_kind,
     reject_bad_payload,
 )
