@@ -66,7 +66,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
     return {
         HealthActor.name: lambda: HealthActor(status),
         MemoryActor.name: lambda: MemoryActor(config.memory_path),
-        ToolActor.name: lambda: ToolActor(config),
+        ToolActor.name: lambda: ToolActor(config, limits),
         CoderActor.name: lambda: CoderActor(llm, workspace, steps),
         OrchestratorActor.name: lambda: OrchestratorActor(llm, steps, config.autonomy,
                                                           config.peers),

@@ -32,6 +32,7 @@ from .sandbox import (
     prepare,
     tool_specs,
 )
+from .sandbox.cgroup import SharedLimits
 
 MAX_COMMAND = 100_000  # characters in one shell command line
 SUMMARY_LIMIT = 160
@@ -48,7 +49,7 @@ _SECRETS = [
 class ToolActor(Actor):
     name = "tool"
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, limits: SharedLimits | None = None) -> None:
         settings = config.sandbox
         self.settings = settings
         self.root = Path(os.path.realpath(config.workspace_dir))
@@ -58,7 +59,7 @@ class ToolActor(Actor):
             max_file_bytes=settings.file_size_mb * 1024 * 1024,
             output_limit=settings.output_limit,
         ))
-        self.shell = Shell(settings, self.root)
+        self.shell = Shell(settings, self.root, limits)
         self.broken = _contains(self.root, config.data_dir)
 
     async def on_start(self) -> None:
@@ -76,7 +77,8 @@ class ToolActor(Actor):
             return
         reason = await self.shell.probe()
         await self.ctx.emit("sandbox", available=True, shell=reason is None, reason=reason or "",
-                            workspace=str(self.root), missing_hardening=list(self.shell.missing))
+                            workspace=str(self.root), missing_hardening=list(self.shell.missing),
+                            limits=self.shell.limits.description)
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
@@ -138,12 +140,19 @@ class ToolActor(Actor):
         data: dict[str, Any] = {
             "exit_code": run.exit_code, "timed_out": run.timed_out, "cut_bytes": run.cut_bytes,
             "network": network, "duration_ms": round(run.duration * 1000),
+            "over_quota": run.over_quota, "oom_killed": run.oom_killed,
+            "tasks_refused": run.tasks_refused,
         }
         if run.timed_out:
             error = (f"timed out after {self.settings.timeout:g} s; the command and everything "
                      "it started were killed")
+        elif run.over_quota:
+            error = (f"killed: the workspace grew past its disk quota of "
+                     f"{self.settings.workspace_mb} MiB")
         elif run.exit_code != 0:
             error = f"exit code {run.exit_code}"
+            if run.oom_killed:
+                error += "; the call reached its memory limit and the kernel killed in it"
         else:
             error = ""
         return ToolResult(ok=not error, output=run.output, error=error, data=data)

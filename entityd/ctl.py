@@ -258,6 +258,8 @@ def render_status(status: Status) -> str:
     if status.rejected:
         counts = ", ".join(f"{k} {v}" for k, v in sorted(status.rejected.items()))
         lines.append(f"rejected:    {counts}")
+    if status.sandbox:
+        lines.append(f"sandbox:     {status.sandbox}")
     return "\n".join(lines)
 
 

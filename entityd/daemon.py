@@ -12,7 +12,7 @@ from pathlib import Path
 
 from nats.aio.client import Client
 
-from actors.assembly import SharedLLM, standard_actors
+from actors.assembly import SharedLLM, sandbox_limits, standard_actors
 from actors.health import HealthActor
 from protocol import Keyring, Status
 
@@ -79,6 +79,7 @@ class Daemon:
         self.extra_actors = extra_actors or {}
         self.only_health = only_health
         self.llm = SharedLLM(config, os.environ)
+        self.limits = sandbox_limits(config)
         self.notifier = notifier or Notifier()
         self.identity = identity.load(config.name, config.data_dir)
         self.started_at = time.time()
@@ -160,7 +161,8 @@ class Daemon:
             }
         else:
             assert self.runtime is not None
-            base = standard_actors(self.config, self.status, self.llm, self.runtime)
+            base = standard_actors(self.config, self.status, self.llm, self.runtime,
+                                   self.limits)
         return {**base, **self.extra_actors}
 
     async def _start_server(self) -> str:
@@ -202,6 +204,7 @@ class Daemon:
         and a drain would wait for them."""
         with contextlib.suppress(Exception):
             await self.llm.aclose()
+        self.limits.close()  # the empty parents of the sandboxes' cgroups
         if self.runtime is not None:
             self.runtime.transport.closing = True
         if self._nc is not None:
@@ -233,6 +236,7 @@ class Daemon:
             actors=runtime.actors() if runtime else [],
             started_at=self.started_at,
             rejected=dict(runtime.rejected) if runtime else {},
+            sandbox=self.limits.description,
         )
 
 

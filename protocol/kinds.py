@@ -307,6 +307,7 @@ class Status:
     actors: list[ActorStatus]
     started_at: float = 0.0
     rejected: dict[str, int] = dataclasses.field(default_factory=dict)
+    sandbox: str = ""  # the limits in force on the sandbox, once its first run has started
 
 
 @kind("event")

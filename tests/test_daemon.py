@@ -56,6 +56,9 @@ def test_embedded_mode_serves_status_and_sigterm_leaves_nothing(tmp_path: Path) 
         assert "(embedded)" in text.stdout
         assert re.search(r"health\s+running\s+restarts 0", text.stdout), text.stdout
         assert re.search(r"uptime:\s+\d\d:\d\d:\d\d", text.stdout)
+        # Which limits hold the sandbox: per-call cgroups as root here, else why not.
+        limits = r"cgroup v\d per call" if os.geteuid() == 0 else r"(cgroup v\d|rlimits only: )"
+        assert re.search(r"sandbox:\s+" + limits, text.stdout), text.stdout
 
         as_json = ctl(config, "status", "--json")
         assert as_json.returncode == 0, as_json.stderr

@@ -84,8 +84,9 @@ TOOL_SPECS: list[dict[str, Any]] = [
     ),
     _tool(
         "grep",
-        "Search the text files under a workspace path for a string (or a Python regular "
-        "expression with regex=true); prints path:line: text for each matching line.",
+        "Search the text files under a workspace path for a string (or a regular expression "
+        "in RE2 syntax with regex=true: no backreferences or lookaround); prints "
+        "path:line: text for each matching line.",
         {
             "pattern": {"type": "string", "description": "Text (or regex) to search for."},
             "path": {**_PATH, "description": "File or directory to search. Default '.'."},
