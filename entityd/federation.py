@@ -316,7 +316,6 @@ def render_leaf_conf(
     port: int = 4222,
     store_dir: str | Path = "",
     hub_ca_file: str = "",
-    hub_insecure: bool = False,
 ) -> str:
     """The configuration of entity `name`'s own nats-server as a leaf of the hub.
 
@@ -325,15 +324,18 @@ def render_leaf_conf(
     `hub_url` is one URL, several separated by commas, or a list (a hub cluster).
     host, port and store_dir are what entityd also passes on the command line (-a, -p,
     -sd), which win; they are here so the file also runs by hand.
-    A hub beyond loopback is dialled only over TLS (tls:// URLs or a `hub_ca_file`,
-    which the remote then pins), unless `hub_insecure`; that is logged as a warning.
+    A TLS link (tls:// URLs, or a `hub_ca_file`, which the remote then pins) gets a tls
+    block. The caller has checked the link against the rule (`hublink.hub_link`: config
+    load does, for every daemon start, and so does `leaf-conf`); a plain link beyond
+    loopback, which only `nats.hub_insecure` lets through, is marked in the file and
+    logged as a warning.
     """
     _check_name(name)
     domain = domain or name
     _check_domain("nats.domain", domain)
     if domain == HUB_DOMAIN:
         raise ConfigError("nats.domain", f"{HUB_DOMAIN!r} is the hub's JetStream domain")
-    link = hublink.hub_link(hub_url, hub_ca_file=hub_ca_file, hub_insecure=hub_insecure)
+    link = hublink.hub_link(hub_url, hub_ca_file=hub_ca_file, hub_insecure=True)
     store = f"    store_dir: {_quote(str(store_dir))}\n" if store_dir else ""
     # Only a tls block makes the leaf insist on TLS: a bare tls:// URL went in clear to a
     # hub that offered no TLS (see entityd.hublink).
@@ -548,10 +550,10 @@ def _cmd_leaf_conf(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise ConfigError("--hub-ca-file", f"{path} is not a file; copy the hub's ca.crt")
         ca_file = str(path)  # the leaf's nats-server may run in another directory
+    hublink.hub_link(args.hub_url, hub_ca_file=ca_file, hub_insecure=args.hub_insecure)
     text = render_leaf_conf(
         args.name, args.hub_url, seed, domain=args.domain, port=args.port,
         store_dir=data_dir / "nats" / "jetstream", hub_ca_file=ca_file,
-        hub_insecure=args.hub_insecure,
     )
     print(text, end="")
     print(

@@ -168,7 +168,8 @@ def make_hub_tls(directory: Path, names: Sequence[str], *, openssl: str = "") ->
     The CA is made once (ca.crt, ca.key); the hub certificate (hub.crt, hub.key) is
     issued again, by the same CA, when it does not cover every name asked for, was not
     signed by ca.crt, or expires within 30 days, so leaves that pin ca.crt keep working.
-    Keys are 0600 in a 0700 directory.
+    Keys are 0600 (a new directory 0700); a renewed hub.key keeps the group and group
+    read bit the operator gave the old one, so a hub running as its own user can read it.
     """
     directory = directory.expanduser().resolve()
     wanted = list(dict.fromkeys(_san(name) for name in names))
@@ -178,8 +179,9 @@ def make_hub_tls(directory: Path, names: Sequence[str], *, openssl: str = "") ->
             "--tls-dir", "making a certificate needs the openssl command (apt-get install "
             "openssl); or give --tls-cert and --tls-key made elsewhere"
         )
+    # New: private. An existing one keeps its mode: it may be /etc/entityd-hub, which the
+    # hub's own user must traverse to read hub.conf.
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(directory, 0o700)
     ca, ca_key = directory / CA_CERT, directory / CA_KEY
     cert, key = directory / HUB_CERT, directory / HUB_KEY
     result = HubTls(cert=cert, key=key, ca=ca, issued=False)
@@ -279,8 +281,15 @@ def _staging(directory: Path) -> Iterator[Path]:
 
 
 def _place(stage: Path, directory: Path, key: str, cert: str) -> None:
-    os.chmod(stage / key, 0o600)
-    os.chmod(stage / cert, 0o644)
+    for name, mode in ((key, 0o600), (cert, 0o644)):
+        new, old = stage / name, directory / name
+        os.chmod(new, mode)
+        try:
+            kept = old.stat()
+            os.chown(new, -1, kept.st_gid)
+        except (FileNotFoundError, PermissionError):
+            continue
+        os.chmod(new, mode | (kept.st_mode & 0o040))  # group read, never others
     os.replace(stage / key, directory / key)
     os.replace(stage / cert, directory / cert)
 

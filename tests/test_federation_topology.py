@@ -294,8 +294,8 @@ def test_deploy_examples_are_valid_and_carry_the_design_permissions(tmp_path: Pa
     cert, key = tmp_path / "hub.crt", tmp_path / "hub.key"
     make_cert(cert, key)
     local = {
-        "/etc/entityd-hub/hub.crt": str(cert),
-        "/etc/entityd-hub/hub.key": str(key),
+        "/etc/entityd-hub/tls/hub.crt": str(cert),
+        "/etc/entityd-hub/tls/hub.key": str(key),
         "/etc/entityd/hub-ca.pem": str(cert),
     }
     seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
