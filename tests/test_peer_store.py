@@ -9,10 +9,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
+import aiosqlite
 import pytest
 
 from actors.peer import store as store_mod
-from actors.peer.store import KEEP_S, OutboxRow, PeerStore, TaskRow
+from actors.peer.store import KEEP_S, SCHEMA, OutboxRow, PeerStore, TaskRow
 
 KEY_1 = bytes(range(32))
 KEY_2 = bytes(range(32, 64))
@@ -179,9 +180,43 @@ async def test_inbound_state_moves_from_received_to_done(store: PeerStore) -> No
 async def test_save_task_then_read_it_back(store: PeerStore) -> None:
     task = task_row()
     await store.save_task(task)
-    assert await store.task("t1", "out") == task
-    assert await store.task("t1", "in") is None
-    assert await store.task("t2", "out") is None
+    assert await store.task("t1", "out", "entity-b") == task
+    assert await store.task("t1", "in", "entity-b") is None
+    assert await store.task("t2", "out", "entity-b") is None
+    assert await store.task("t1", "out", "entity-c") is None
+
+
+async def test_the_same_task_id_from_two_peers_is_two_tasks(store: PeerStore) -> None:
+    """Task ids are public in events: another member offering one first must not take
+    the real delegator's task."""
+    squatted = task_row(direction="in", peer="entity-c", state="rejected", note="squat")
+    real = task_row(direction="in", peer="entity-a", state="accepted",
+                    goal_id="dlg-entity-a-t1")
+    await store.save_task(squatted)
+    await store.save_task(real)
+    assert await store.task("t1", "in", "entity-c") == squatted
+    assert await store.task("t1", "in", "entity-a") == real
+    assert await store.task_by_goal("dlg-entity-a-t1") == real
+
+
+async def test_a_store_keyed_by_id_alone_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "peers.sqlite3"
+    old = SCHEMA.replace("PRIMARY KEY (task_id, direction, peer)",
+                         "PRIMARY KEY (task_id, direction)")
+    async with aiosqlite.connect(path) as db:
+        await db.executescript(old)
+        await db.execute(
+            "INSERT INTO tasks VALUES ('t1', 'in', 'entity-a', 'T', 'D', '', 0, '[]', "
+            "'working', '', '', 'dlg-t1', 1.0, 2.0)")
+        await db.commit()
+    store = await PeerStore.open(path)
+    try:
+        kept = await store.task("t1", "in", "entity-a")
+        assert kept is not None and kept.goal_id == "dlg-t1"
+        await store.save_task(task_row(direction="in", peer="entity-c"))
+        assert len(await store.tasks()) == 2
+    finally:
+        await store.close()
 
 
 async def test_same_task_id_both_ways_are_two_tasks(store: PeerStore) -> None:
@@ -200,7 +235,7 @@ async def test_saving_again_updates_state_note_branch_goal_and_updated_only(
                                    goal_id="g-7", updated=50.0, title="changed title",
                                    description="changed", deadline=1.0, capabilities=["x"],
                                    created=40.0))
-    task = await store.task("t1", "out")
+    task = await store.task("t1", "out", "entity-b")
     assert task is not None
     assert (task.state, task.note, task.branch, task.goal_id, task.updated) == (
         "completed", "all green", "peer/t1", "g-7", 50.0)

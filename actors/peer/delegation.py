@@ -17,6 +17,8 @@ orchestrator again; the delegator fails a task whose deadline passed without a r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -45,6 +47,7 @@ Send = Callable[[str, str, object], Awaitable[object]]  # (peer, op, message)
 
 FINAL = ("delivered", "completed", "failed", "rejected")
 GOAL_PREFIX = "dlg-"
+TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class Delegation:
@@ -80,8 +83,8 @@ class Delegation:
                            "`entityctl tasks` follows it", task.task_id)
 
     async def on_update(self, peer: str, update: TaskUpdate) -> None:
-        task = await self.store.task(update.task_id, "out")
-        if task is None or task.peer != peer:
+        task = await self.store.task(update.task_id, "out", peer)
+        if task is None:
             self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
             return
         if task.state in FINAL:
@@ -125,7 +128,12 @@ class Delegation:
     # ---- as the delegate --------------------------------------------------------------
 
     async def on_offer(self, peer: str, offer: TaskOffer) -> None:
-        if await self.store.task(offer.task_id, "in") is not None:
+        if not TASK_ID.fullmatch(offer.task_id):
+            self.ctx.log.warning("task_offer_bad_id", peer=peer)
+            await self.send(peer, "task", TaskUpdate(
+                offer.task_id[:64], "rejected", "a task id is 1-64 of A-Z a-z 0-9 _ -"))
+            return
+        if await self.store.task(offer.task_id, "in", peer) is not None:
             return  # already recorded: the offer came again
         now = time.time()
         reason = self._refusal(peer, offer, now)
@@ -154,7 +162,10 @@ class Delegation:
                 await self._start(task)
 
     async def _start(self, task: TaskRow) -> None:
-        goal_id = task.goal_id or f"{GOAL_PREFIX}{task.task_id}"
+        goal_id = task.goal_id or f"{GOAL_PREFIX}{task.peer}-{task.task_id}"
+        if task.goal_id != goal_id:  # recorded first: the turn's end finds it by this id
+            task = dataclasses.replace(task, goal_id=goal_id)
+            await self.store.save_task(task)
         goal = Goal(_goal_text(task), goal_id, goal_id, f"peer:{task.peer}")
         try:
             await self.turns.submit(goal)
@@ -162,7 +173,7 @@ class Delegation:
             await self._finish(task, "failed", f"could not start the task: {exc}")
             return
         if task.state != "working":
-            await self._save(task, "working", "", goal_id=goal_id)
+            await self._save(task, "working", "")
             await self.send(task.peer, "task", TaskUpdate(task.task_id, "progress",
                                                           "started working on it"))
 
@@ -174,7 +185,7 @@ class Delegation:
         """Finish the tasks whose turns ended (outside the event callback: git is slow)."""
         while True:
             done = await self._answers.get()
-            task = await self.store.task(done.task_id.removeprefix(GOAL_PREFIX), "in")
+            task = await self.store.task_by_goal(done.task_id)
             if task is None or task.state in FINAL:
                 continue
             if not done.ok:
@@ -186,7 +197,7 @@ class Delegation:
                 await self._finish(task, "failed", f"could not package the work: {exc}")
                 continue
             try:
-                inline, size, digest = await self.deliverables.pack(task.task_id, patch)
+                inline, size, digest = await self.deliverables.pack(_kept(task), patch)
             except ValueError as exc:
                 await self._finish(task, "failed", str(exc))
                 continue
@@ -201,10 +212,10 @@ class Delegation:
 
     async def piece(self, peer: str, get: DeliverableGet) -> DeliverableChunk | None:
         """A piece of the deliverable of a task `peer` delegated to us; None if not ours."""
-        task = await self.store.task(get.task_id, "in")
-        if task is None or task.peer != peer or task.state != "completed":
+        task = await self.store.task(get.task_id, "in", peer)
+        if task is None or task.state != "completed":
             return None
-        data = await self.deliverables.piece(get.task_id, get.offset, get.length)
+        data = await self.deliverables.piece(_kept(task), get.offset, get.length)
         return None if data is None else DeliverableChunk(data)
 
     # ---- both -------------------------------------------------------------------------
@@ -223,6 +234,11 @@ class Delegation:
     async def infos(self) -> list[TaskInfo]:
         return [TaskInfo(t.task_id, t.direction, t.peer, t.title, t.state, t.note, t.branch,
                          t.created, t.updated) for t in await self.store.tasks()]
+
+
+def _kept(task: TaskRow) -> str:
+    """The name of a task's deliverable in the object store: ids are unique per peer."""
+    return f"{task.peer}.{task.task_id}"
 
 
 def _goal_text(task: TaskRow) -> str:

@@ -62,8 +62,16 @@ CREATE TABLE IF NOT EXISTS tasks (
     goal_id TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    PRIMARY KEY (task_id, direction)
+    PRIMARY KEY (task_id, direction, peer)
 );
+"""
+# Before tasks were keyed by peer too, another member could take a task id first (ids
+# are public in events) and leave the real delegator's offer looking like a repeat.
+MIGRATE_TASKS = """
+ALTER TABLE tasks RENAME TO tasks_by_id;
+{create}
+INSERT INTO tasks SELECT * FROM tasks_by_id;
+DROP TABLE tasks_by_id;
 """
 
 # Landed outbox rows and handled ids are kept this long: long past JetStream's duplicate
@@ -127,6 +135,7 @@ class PeerStore:
             await db.execute("PRAGMA synchronous = FULL")
             await db.execute("PRAGMA busy_timeout = 5000")
             await db.executescript(SCHEMA)
+            await _migrate(db)
         except BaseException:
             await db.close()
             raise
@@ -225,7 +234,7 @@ class PeerStore:
             "INSERT INTO tasks (task_id, direction, peer, title, description, deliverables,"
             " deadline, capabilities, state, note, branch, goal_id, created, updated)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (task_id, direction) DO UPDATE SET state = excluded.state,"
+            " ON CONFLICT (task_id, direction, peer) DO UPDATE SET state = excluded.state,"
             " note = excluded.note, branch = excluded.branch, goal_id = excluded.goal_id,"
             " updated = excluded.updated",
             (task.task_id, task.direction, task.peer, task.title, task.description,
@@ -233,9 +242,16 @@ class PeerStore:
              task.note, task.branch, task.goal_id, task.created, task.updated),
         )
 
-    async def task(self, task_id: str, direction: str) -> TaskRow | None:
-        row = await self._one("SELECT * FROM tasks WHERE task_id = ? AND direction = ?",
-                              (task_id, direction))
+    async def task(self, task_id: str, direction: str, peer: str) -> TaskRow | None:
+        """The task `task_id` with `peer`: ids are unique only per peer."""
+        row = await self._one(
+            "SELECT * FROM tasks WHERE task_id = ? AND direction = ? AND peer = ?",
+            (task_id, direction, peer))
+        return _task(row) if row else None
+
+    async def task_by_goal(self, goal_id: str) -> TaskRow | None:
+        row = await self._one("SELECT * FROM tasks WHERE goal_id = ? AND direction = 'in'",
+                              (goal_id,))
         return _task(row) if row else None
 
     async def tasks(self, states: Sequence[str] = ()) -> list[TaskRow]:
@@ -258,6 +274,15 @@ def _outbox(row: aiosqlite.Row) -> OutboxRow:
     return OutboxRow(bytes(row["id"]), row["peer"], row["op"], row["typ"],
                      bytes(row["payload"]), bytes(corr) if corr is not None else None,
                      row["created"], row["attempts"], row["last_error"], row["landed"])
+
+
+async def _migrate(db: aiosqlite.Connection) -> None:
+    async with db.execute("PRAGMA table_info(tasks)") as cursor:
+        keyed = {row[1]: row[5] for row in await cursor.fetchall()}  # name -> pk position
+    if not keyed.get("peer"):
+        start = SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks")
+        create = SCHEMA[start:SCHEMA.index(");", start) + 2]
+        await db.executescript("BEGIN;" + MIGRATE_TASKS.format(create=create) + "COMMIT;")
 
 
 def _task(row: aiosqlite.Row) -> TaskRow:
