@@ -42,7 +42,8 @@ class Runtime:
         self.settings = settings
         self.state = RuntimeState.NEW
         self.events = RuntimeEvents(transport)
-        self.rejected: Counter[str] = Counter()
+        # Shared with the transport, where the peer actor counts its refusals too.
+        self.rejected: Counter[str] = transport.rejected
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="entityd-verify")
         self.supervisor = Supervisor(
             transport,

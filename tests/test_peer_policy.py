@@ -137,3 +137,21 @@ def test_from_config_uses_the_peers_rates() -> None:
     rl.clock = clock
     assert [rl.take("entity-b") for _ in range(4)] == [0.0] * 4
     assert rl.take("entity-b") == pytest.approx(2.0)
+
+
+def test_the_buckets_are_bounded_and_a_flooding_peer_stays_throttled() -> None:
+    """Subject tokens are the keys: many distinct senders cannot grow the limiter for
+    ever, nor reset the bucket of a peer that keeps flooding (only idle ones go)."""
+    from actors.peer import policy
+
+    rl, clock = limiter(per_minute=60, burst=2)
+    for n in range(policy.MAX_BUCKETS + 100):
+        if n % 100 == 0:  # entity-c floods all along, and is refused all along
+            assert [rl.take("entity-c") for _ in range(3)][-1] > 0
+        rl.take(f"sender-{n}")
+        clock.advance(0.0001)
+    assert len(rl._buckets) <= policy.MAX_BUCKETS
+    assert rl.take("entity-c") > 0
+    clock.advance(10.0)  # every bucket has refilled: the next new sender prunes them all
+    rl.take("entity-new")
+    assert len(rl._buckets) == 1

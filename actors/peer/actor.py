@@ -57,6 +57,11 @@ CONCURRENT_REQUESTS = 16
 FETCH_BATCH = 16
 ACK_WAIT_S = 60.0
 EXPIRE_EVERY_S = 5.0
+# Heartbeats a peer may send per heartbeat interval of ours (bursts up to BEATS_BURST),
+# at least one a second: room for a peer that beats faster than we do, and a flood on a
+# member's own heartbeat subject is dropped before any verification work.
+BEATS_PER_INTERVAL = 4
+BEATS_BURST = 10
 
 
 class Overloaded(ProtocolError):
@@ -73,6 +78,9 @@ class PeerActor(Actor):
         self.supervision = supervision
         self.trust = Trust(config.trust, config.peers.default_trust)
         self.limiter = RateLimiter.from_config(config.peers)
+        self.beats = RateLimiter(
+            max(60, round(60 * BEATS_PER_INTERVAL / config.peers.heartbeat_interval)),
+            BEATS_BURST)
         self._requests: asyncio.Queue[Msg] = asyncio.Queue(REQUEST_QUEUE)
         self._subs: list[Subscription] = []
         self._started_at = time.time()
@@ -176,6 +184,8 @@ class PeerActor(Actor):
         route = subjects.route(msg.subject)
         if route is None or route.sender == self.ctx.entity or self.store is None:
             return
+        if await self.inbound.throttled(msg, route.sender, self.beats):
+            return
         try:
             env, beat, new = await self.link.open_heartbeat(msg)
         except ProtocolError as exc:
@@ -192,6 +202,9 @@ class PeerActor(Actor):
     # ---- what peers send: requests (answered beside the actor) and the INBOX ----------
 
     async def _on_request(self, msg: Msg) -> None:
+        route = subjects.route(msg.subject)
+        if await self.inbound.throttled(msg, route.sender if route else None, self.limiter):
+            return
         if msg.subject.endswith(".ping"):
             await self.inbound.serve_request(msg)  # at once: it is quick, and it is timed
             return

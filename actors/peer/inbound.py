@@ -2,9 +2,13 @@
 answered at once, and durable commands from the INBOX (report, wake, restart, command
 results, delegation), each acknowledged only once handled.
 
-Every envelope is verified as in PROTOCOL.md, then checked against the peer's rate
-limit and the [trust] table; a refusal is answered (an `error` reply or a
-`command_result`), logged and published as a `rejected` event, never silently dropped.
+Every envelope is first held to its sender's rate limit, before any verification work:
+the sender is the subject's sender token, which the hub lets only that member publish
+under, so a flooding member spends only its own allowance and is refused cheaply. Then it
+is verified as in PROTOCOL.md and checked against the [trust] table. A refusal is counted
+in the status by reason, logged and published as a `rejected` event (a few a second), and
+answered (an `error` reply, at most one a second per peer for rate limits, or a
+`command_result`), never silently dropped.
 """
 
 from __future__ import annotations
@@ -58,6 +62,10 @@ class UnknownOp(ProtocolError):
     reason = "unknown_kind"
 
 
+class RateLimited(ProtocolError):
+    reason = "rate_limited"
+
+
 class Rejections:
     """Refused envelopes: logged and announced as `rejected` events, a few a second."""
 
@@ -66,7 +74,8 @@ class Rejections:
         self._budget = (0.0, 0)
 
     async def note(self, exc: ProtocolError, subject: str, peer: str | None) -> None:
-        """Log and announce a refused envelope, at most a few a second."""
+        """Count a refused envelope; log and announce it, at most a few a second."""
+        self.ctx.transport.rejected[exc.reason] += 1
         window, count = self._budget
         now = time.monotonic()
         if now - window >= 1.0:
@@ -97,6 +106,25 @@ class Inbound:
         self.supervision = supervision
         self.rejections = rejections
         self._reports_told: set[bytes] = set()
+        # A peer over its rate limit is told so at most once a second: answering every
+        # message of a flood would cost a signature each.
+        self._told_limited = RateLimiter(60, 1)
+
+    async def throttled(self, msg: Msg, sender: str | None, limiter: RateLimiter) -> bool:
+        """Whether `msg` is over its sender's rate limit, checked before any verification
+        work; a refused one is counted and noted (reason `rate_limited`), and a request
+        answered now and then. `sender` is the subject's sender token."""
+        if sender is None:
+            return False  # not a subject of the layout: verification refuses it
+        wait = limiter.take(sender)
+        if not wait:
+            return False
+        exc = RateLimited(f"{sender} sends too fast; retry in {wait:.1f} s",
+                          subject=msg.subject)
+        await self.rejections.note(exc, msg.subject, sender)
+        if msg.reply and not self._told_limited.take(sender):
+            await self.ctx.transport.refuse(msg, self.link.address, exc)
+        return True
 
     async def serve_request(self, msg: Msg) -> None:
         route = subjects.route(msg.subject)
@@ -132,9 +160,7 @@ class Inbound:
             self.ctx.log.warning("peer_reply_lost", peer=peer, error=str(exc))
 
     def _refusal(self, peer: str, op: str) -> Error | None:
-        wait = self.limiter.take(peer)
-        if wait:
-            return Error("rate_limited", f"{peer} sends too fast; retry in {wait:.1f} s")
+        # (The rate limit was applied on arrival, before verification: PeerActor.)
         refused = self.trust.refusal(peer, op, self.ctx.entity)
         return None if refused is None else Error("not_trusted", refused)
 
@@ -153,6 +179,10 @@ class Inbound:
 
     async def serve_command(self, msg: Msg) -> None:
         route = subjects.route(msg.subject)
+        wait = self.limiter.take(route.sender) if route and route.sender else 0.0
+        if wait:  # before any verification work; kept in the INBOX, offered again later
+            await msg.nak(delay=wait)
+            return
         stored_ms = int(msg.metadata.timestamp.timestamp() * 1000)
         try:
             # Freshness is judged against when the INBOX stored it; replays are caught
@@ -176,10 +206,6 @@ class Inbound:
             await msg.ack()
             return
         if state is None:
-            wait = self.limiter.take(peer)
-            if wait:
-                await msg.nak(delay=wait)  # kept in the INBOX, offered again later
-                return
             await self.store.set_inbound(env.id, peer, op, "received")
         try:
             after = await self._command(env, peer, op, record)

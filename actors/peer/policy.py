@@ -36,6 +36,12 @@ class _Bucket:
     stamp: float
 
 
+# Peers a limiter tracks at most. Past it, buckets that have filled up again (which is
+# the same as having none) are dropped, then the longest idle: the keys are subject
+# tokens, which only the hub's members (and local clients) choose.
+MAX_BUCKETS = 4096
+
+
 @dataclass
 class RateLimiter:
     """`per_minute` messages per peer on average, bursts of up to `burst`."""
@@ -53,12 +59,23 @@ class RateLimiter:
         """0.0 when `peer` may go ahead now, else the seconds until it may."""
         now = self.clock()
         bucket = self._buckets.get(peer)
-        if bucket is None:
-            bucket = self._buckets[peer] = _Bucket(float(self.burst), now)
         rate = self.per_minute / 60.0
+        if bucket is None:
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._prune(now, rate)
+            bucket = self._buckets[peer] = _Bucket(float(self.burst), now)
         bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * rate)
         bucket.stamp = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0
         return (1.0 - bucket.tokens) / rate
+
+    def _prune(self, now: float, rate: float) -> None:
+        full = [peer for peer, b in self._buckets.items()
+                if b.tokens + (now - b.stamp) * rate >= self.burst]
+        for peer in full:
+            del self._buckets[peer]
+        if len(self._buckets) >= MAX_BUCKETS:
+            idle = min(self._buckets, key=lambda peer: self._buckets[peer].stamp)
+            del self._buckets[idle]
