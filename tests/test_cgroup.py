@@ -109,6 +109,26 @@ def members(group: Path) -> set[int]:
     return {int(pid) for pid in (group / "cgroup.procs").read_text().split()}
 
 
+async def test_calls_at_once_leave_each_other_alone(limits: CallLimits) -> None:
+    """A call starting (or ending) while another runs must not take the other's group
+    for a leftover and kill what runs in it (the tool actor and the daemon's git share
+    one CallLimits)."""
+    async def long_call() -> tuple[int, str]:
+        async with limits.call() as cgroup:
+            return await run(cgroup, "/bin/sh", "-c", "sleep 1; echo survived")
+
+    async def short_calls() -> None:
+        await asyncio.sleep(0.2)
+        for _ in range(3):
+            async with limits.call() as cgroup:
+                assert (await run(cgroup, "/bin/true"))[0] == 0
+
+    async with asyncio.TaskGroup() as tasks:
+        long = tasks.create_task(long_call())
+        tasks.create_task(short_calls())
+    assert long.result() == (0, "survived\n")
+
+
 async def test_a_forking_memory_hog_is_stopped_at_the_call_total(limits: CallLimits) -> None:
     # Eight children of 96 MiB each: every one is under the limit, together three times it.
     async with limits.call() as hog:

@@ -170,14 +170,14 @@ class CallLimits:
         except OSError as exc:
             raise ToolError(f"the per-call limits could not be set up: {exc}") from exc
         group = CallCgroup(_prefix(dirs), dirs, lambda: tree.usage(dirs))
-        self._leftovers.append(dirs)
         try:
             yield group
         finally:
             group._finish()
-            if await _remove_async(dirs, REMOVE_TIMEOUT):
-                self._leftovers.remove(dirs)
-            else:
+            # Only a group that could not be removed is a leftover: one in use is never
+            # in that list, so another call's retry cannot remove it under its feet.
+            if not await _remove_async(dirs, REMOVE_TIMEOUT):
+                self._leftovers.append(dirs)
                 log.error("cgroup_leftover", dirs=[str(d) for d in dirs])
 
     def close(self) -> None:
