@@ -181,6 +181,8 @@ class Attack:
                      for w in heartbeats(key, self.count, self.beat_ahead_ms)]
             messages = [m for pair in zip(messages, beats, strict=True) for m in pair]
         nc = await nats.connect(self.url, inbox_prefix=f"_i.{C}")
+        print("ready", flush=True)  # signed and connected: the flood starts on "go"
+        assert sys.stdin.readline().strip() == "go"
         chunks = range(0, len(messages), CHUNK)
         pause = self.spread_s / len(chunks)
         started = time.perf_counter()
@@ -211,10 +213,18 @@ class Flood:
             self.all_answered.set()
 
     async def start(self) -> asyncio.subprocess.Process:
-        return await asyncio.create_subprocess_exec(
+        """The attacker process, once it has signed its messages and is flooding (the
+        signing is not part of the flood the probes measure)."""
+        proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tests.test_federation_flood",
-            json.dumps(dataclasses.asdict(self.attack)),
-            cwd=ROOT, env=child_env(), stdout=asyncio.subprocess.PIPE)
+            json.dumps(dataclasses.asdict(self.attack)), cwd=ROOT, env=child_env(),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+        assert proc.stdin is not None and proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 60.0)
+        assert line == b"ready\n", line
+        proc.stdin.write(b"go\n")
+        await proc.stdin.drain()
+        return proc
 
     async def finished(self, proc: asyncio.subprocess.Process) -> None:
         out, _ = await proc.communicate()
