@@ -30,7 +30,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,8 +58,8 @@ CAPACITY = 2_000  # replay ids remembered per sender (the default is 100 000)
 FLOOD = 3 * CAPACITY  # pings, and as many heartbeats, in each phase
 CHUNK = 500  # messages published between two flushes
 HEARTBEAT = 0.5  # seconds; presence lasts three intervals
-SLOWER = 5  # checks during or after the flood take at most this many times the baseline
-SLOWEST = 50  # (the median of them), and none more than this many times it
+SLOWER = 5  # the median check during (and after) the flood: at most 5x the baseline
+SLOWEST = 50  # and the slowest one: at most 50x (the baseline is the median before)
 PROBES = 6  # checks in each direction before the flood, and again after it
 PROBE_EVERY_S = 0.4  # within the default rate limit of 2 requests a second
 SPREAD_S = 3.0  # each flood is sent over at least this long, in bursts of CHUNK
@@ -102,7 +101,8 @@ class Sample:
 
 @dataclass
 class Prober:
-    """Checks `peer` through `member`'s peer actor, as `entityctl check` does."""
+    """Checks `peer` through the client's entity (its peer actor pings `peer`), as
+    `entityctl check` does; keeps the wall time and the result of each check."""
 
     client: EntityClient
     peer: str
@@ -121,7 +121,7 @@ class Prober:
         return [s.wall_ms for s in self.samples if s.phase == phase]
 
 
-async def client_of(stack: AsyncExitStack, member: Member) -> EntityClient:
+async def client_of(stack: contextlib.AsyncExitStack, member: Member) -> EntityClient:
     return await stack.enter_async_context(EntityClient(entity_config.load(member.config)))
 
 
@@ -280,7 +280,7 @@ async def test_a_flooding_member_cannot_make_the_others_refuse_or_lose_each_othe
     a, b, c = trio[A], trio[B], trio[C]
     a_pub, b_pub = identity.read_public(a.data), identity.read_public(b.data)
     await trio.discovered()
-    async with AsyncExitStack() as stack:
+    async with contextlib.AsyncExitStack() as stack:
         a_client, b_client = await client_of(stack, a), await client_of(stack, b)
         a_to_b, b_to_a = Prober(a_client, B), Prober(b_client, A)
         attacker: NATS = await nats.connect(f"nats://127.0.0.1:{c.port}",
