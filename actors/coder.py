@@ -18,6 +18,7 @@ from .workspace import GitError, Workspace
 
 class CoderActor(Actor):
     name = "coder"
+    accepts = (CodeTask,)
 
     def __init__(self, llm: Callable[[], LLM], workspace: Workspace, max_steps: int) -> None:
         self._llm_factory = llm

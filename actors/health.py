@@ -10,6 +10,7 @@ from protocol import Envelope, Ping, Pong, Status, StatusGet
 
 class HealthActor(Actor):
     name = "health"
+    accepts = (StatusGet, Ping)
 
     def __init__(self, status: Callable[[], Status]) -> None:
         self._status = status

@@ -41,6 +41,7 @@ CLOSE_TIMEOUT = 10.0
 
 class MemoryActor(Actor):
     name = "memory"
+    accepts = (MemoryAdd, MemorySearch, TodoAdd, TodoUpdate, TodoList, LogAppend, HistoryGet)
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
@@ -115,7 +116,7 @@ class MemoryActor(Actor):
                     HistoryEntry(e.id, e.conversation, e.role, e.content, e.created_at)
                     for e in entries
                 ])
-        return protocol.Error("bad_request", f"the memory actor does not handle {typ!r}")
+        raise TypeError(f"memory does not handle {typ}")  # a kind in `accepts` without a case
 
     async def _todo_changed(self, todo: Todo, change: str) -> None:
         await self.ctx.emit("todo_changed", id=todo.id, status=todo.status,

@@ -72,6 +72,7 @@ class CountingLLM:
 
 class OrchestratorActor(Actor):
     name = "orchestrator"
+    accepts = (Goal, Wake, PeerReportIn)
 
     def __init__(self, llm: Callable[[], LLM], max_steps: int,
                  autonomy: AutonomySection | None = None,

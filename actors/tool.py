@@ -48,6 +48,7 @@ _SECRETS = [
 
 class ToolActor(Actor):
     name = "tool"
+    accepts = (ToolCall, ToolSpecsGet)
 
     def __init__(self, config: Config, limits: SharedLimits | None = None) -> None:
         settings = config.sandbox

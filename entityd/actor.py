@@ -6,7 +6,8 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from protocol import Envelope, Event
+from protocol import Envelope, Event, ProtocolError, kinds
+from protocol.errors import UnexpectedEncryption, UnexpectedKind
 
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
@@ -58,16 +59,27 @@ class Context:
 
 
 class Actor:
-    """Subclass with a `name`, then override `handle` (and on_start/on_stop if needed).
+    """Subclass with a `name` and the kinds it `accepts`, then override `handle` (and
+    on_start/on_stop if needed).
 
-    `handle` gets each verified envelope in arrival order and returns the reply record
-    (or None: a request then gets an `ack`; or `Later(work)` for a slow reply). An
-    exception from any method is a crash: the supervisor calls `on_failure`, builds a
-    fresh instance and restarts it.
+    `handle` gets each verified envelope of an accepted kind in arrival order and returns
+    the reply record (or None: a request then gets an `ack`; or `Later(work)` for a slow
+    reply). Any other kind, and any encrypted payload, is refused by the runtime before
+    `handle` (a request gets an `error` saying why), so `handle` matches exactly the
+    records of `accepts`. An exception from any method is a crash, a bug of ours: the
+    supervisor calls `on_failure`, builds a fresh instance and restarts it.
     """
 
     name: ClassVar[str] = ""
+    # The record classes of the kinds `handle` takes. None lets every kind through: for
+    # the runtime's own tests; every actor the daemon runs declares its kinds.
+    accepts: ClassVar[tuple[type[Any], ...] | None] = None
     ctx: Context
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "accepts" in cls.__dict__ and cls.accepts is not None:
+            accepted_kinds(cls)  # a record that is not a registered kind fails here
 
     async def on_start(self) -> None:
         """Called before the first message; the actor serves once it returns."""
@@ -87,3 +99,42 @@ class Actor:
 
     async def handle(self, envelope: Envelope) -> object | None:
         raise NotImplementedError(f"actor {self.name} handles no messages")
+
+
+_ACCEPTED: dict[type[Actor], frozenset[str] | None] = {}
+
+
+def accepted_kinds(actor: type[Actor]) -> frozenset[str] | None:
+    """The wire names of the kinds `actor` accepts; None when it takes every kind."""
+    try:
+        return _ACCEPTED[actor]
+    except KeyError:
+        pass
+    accepted = None
+    if actor.accepts is not None:
+        names = {cls: name for name, cls in kinds.kinds().items()}
+        unknown = [cls.__name__ for cls in actor.accepts if cls not in names]
+        if unknown:
+            raise TypeError(f"{actor.__name__}.accepts names {', '.join(unknown)}, which "
+                            "are not registered message kinds")
+        accepted = frozenset(names[cls] for cls in actor.accepts)
+    _ACCEPTED[actor] = accepted
+    return accepted
+
+
+def refusal(actor: type[Actor], envelope: Envelope) -> ProtocolError | None:
+    """Why `actor` must not get `envelope` (a verified one), or None if it may.
+
+    No local mailbox decrypts: encrypted payloads are for the federation's subjects,
+    which the peer actor opens itself.
+    """
+    accepted = accepted_kinds(actor)
+    if accepted is not None and envelope.typ not in accepted:
+        return UnexpectedKind(
+            f"{actor.name} takes {', '.join(sorted(accepted))}; not {envelope.typ!r}",
+            subject=envelope.subj)
+    if envelope.enc:
+        return UnexpectedEncryption(
+            f"{actor.name} takes plain payloads only; this {envelope.typ!r} is encrypted",
+            subject=envelope.subj)
+    return None

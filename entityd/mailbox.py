@@ -5,7 +5,8 @@ callback only enqueues, so a slow handler never blocks NATS delivery), signature
 verified (`protocol.verify_signature`, in batches on the runtime's worker threads:
 PyNaCl releases the GIL, so batches verify on two cores beside the event loop), and
 body checked (`protocol.check_body`, on the loop, because it consults the replay cache
-and must see messages in the order they came). Only then does the actor get it.
+and must see messages in the order they came). Only then does the actor get it, and
+only if it accepts the message's kind (the supervisor refuses others before `handle`).
 
 The bound is on everything received and not yet handed to the actor, whatever its
 stage. When the mailbox is full, the callback waits up to BURST_WAIT_S for the actor to

@@ -19,16 +19,14 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-from nats.aio.msg import Msg
-
 import protocol
-from protocol import ActorStatus, Envelope, ProtocolError
+from protocol import ActorStatus, Envelope
 
-from .actor import Actor, Context, Later
+from .actor import Actor, Context, Later, refusal
 from .errors import ActorDeadError, RestartBudgetExceeded
 from .events import RuntimeEvents
 from .logs import get
-from .mailbox import Mailbox, Stop
+from .mailbox import Mailbox, Rejecter, Stop
 from .transport import Transport
 
 log = get("entityd.supervisor")
@@ -76,7 +74,7 @@ class Supervisor:
         ask_timeout: float,
         queue_size: int,
         executor: Executor,
-        reject: Callable[[Msg, str, ProtocolError], object],
+        reject: Rejecter,
     ) -> None:
         self.transport = transport
         self.events = events
@@ -92,7 +90,7 @@ class Supervisor:
             raise ValueError(f"actor {name!r} is already supervised")
         if not protocol.subjects.valid_name(name):
             raise ValueError(f"actor name {name!r} must be 1-32 of [a-z0-9-]")
-        mailbox = Mailbox(self.transport, name, self.queue_size, self.executor, self.reject)  # type: ignore[arg-type]
+        mailbox = Mailbox(self.transport, name, self.queue_size, self.executor, self.reject)
         child = Supervised(name, factory, mailbox)
         self.actors[name] = child
         return child
@@ -186,6 +184,10 @@ class Supervisor:
             if isinstance(item, Stop):
                 return
             msg, env = item
+            refused = refusal(type(actor), env)
+            if refused is not None:  # a kind it does not take never reaches handle
+                await self.reject(msg, mailbox.address, refused)
+                continue
             try:
                 result = await actor.handle(env)
             except asyncio.CancelledError:

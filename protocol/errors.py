@@ -13,7 +13,12 @@
     ├── StaleTimestamp            stale_timestamp    ts outside the replay window
     ├── Replayed                  replayed           id already seen inside the window
     ├── UnknownKind               unknown_kind
-    └── BadPayload                bad_payload        payload does not match the kind's schema
+    ├── BadPayload                bad_payload        payload does not match the kind's schema
+    ├── UnexpectedKind            unexpected_kind    a kind the receiving actor does not take
+    └── UnexpectedEncryption      unexpected_encryption  encrypted, to an actor that decrypts none
+
+The last two are not `open`'s: the runtime raises them for an envelope that passed every
+check, before the receiving actor's `handle` runs.
 """
 
 from __future__ import annotations
@@ -86,6 +91,22 @@ class BadPayload(ProtocolError):
     reason = "bad_payload"
 
 
+class UnexpectedKind(ProtocolError):
+    """A well-formed envelope of a kind its receiving actor does not declare; the
+    detail names the kinds it takes."""
+
+    reason = "unexpected_kind"
+
+
+class UnexpectedEncryption(ProtocolError):
+    """An encrypted payload to an actor that decrypts nothing (every local mailbox:
+    encryption is for the federation's subjects, which the peer actor opens)."""
+
+    reason = "unexpected_encryption"
+
+
+# The codes of `open` (PROTOCOL.md §6 and §9's table, each with its test vector); the
+# runtime's refusals above come after it and have no vector.
 REASON_CODES: tuple[str, ...] = tuple(
     cls.reason
     for cls in (

@@ -70,6 +70,8 @@ class Overloaded(ProtocolError):
 
 class PeerActor(Actor):
     name = ACTOR
+    accepts = (PeersGet, TasksGet, TurnDone, PeerCheck, PeerTalk, PeerReport, PeerWake,
+               PeerRestart, PeerDelegate)
 
     def __init__(self, config: Config, workspace: Workspace, supervision: Supervision) -> None:
         self.config = config
