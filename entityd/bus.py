@@ -1,4 +1,5 @@
-"""The NATS connection: reconnect forever, our reply-inbox prefix, every state change logged."""
+"""The NATS connection: reconnect forever, the local reply-inbox prefix (never forwarded to
+the hub), every state change logged."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ async def connect(
                 None if retry_forever else connect_timeout,
                 servers=[url],
                 name=client_name,
-                inbox_prefix=subjects.inbox_prefix(entity),
+                inbox_prefix=subjects.local_inbox_prefix(entity),
                 connect_timeout=connect_timeout,
                 allow_reconnect=retry_forever,
                 max_reconnect_attempts=-1 if retry_forever else 0,

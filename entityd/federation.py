@@ -366,9 +366,10 @@ def render_leaf_conf(
         "        {\n"
         f"            urls: {_list(link.urls)}\n"
         f"            nkey: ${SEED_ENV}\n"
-        # The hub refuses these too; the leaf also keeps entity-local traffic to itself.
-        '            deny_exports: ["loc.>"]\n'
-        '            deny_imports: ["loc.>"]\n'
+        # Entity-local traffic (mailboxes, local replies, JetStream deliveries) stays on
+        # the leaf: the hub would refuse loc.>, but _l.> replies must not reach it at all.
+        '            deny_exports: ["loc.>", "_l.>"]\n'
+        '            deny_imports: ["loc.>", "_l.>"]\n'
         + tls
         + "        }\n"
         "    ]\n"

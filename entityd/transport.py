@@ -21,7 +21,7 @@ from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Verified, su
 
 from .errors import ActorDeadError, AskTimeout, RemoteError
 
-REPLY_PREFIXES = ("_i.", "_INBOX.")
+REPLY_PREFIXES = ("_i.", "_l.", "_INBOX.")
 
 
 def entity_of(address: str) -> str:

@@ -32,7 +32,15 @@ def command(dst: str, src: str, op: str) -> str:
 
 
 def inbox_prefix(entity: str) -> str:
+    """Where the replies to an entity's federation requests come: other members may
+    publish here (to answer), so only a reply that verifies counts."""
     return f"_i.{entity}"
+
+
+def local_inbox_prefix(entity: str) -> str:
+    """Where the replies to an entity's local requests come (actor to actor, entityctl,
+    its JetStream consumers): its leaf never forwards these to or from the hub."""
+    return f"_l.{entity}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +80,6 @@ def route(subject: str) -> Route | None:
         if family in ("req", "cmd"):
             return Route(family, second, first)
         return None
-    if head == "_i" and len(tokens) >= 3:
+    if head in ("_i", "_l") and len(tokens) >= 3:
         return Route("reply", None, tokens[1])
     return None

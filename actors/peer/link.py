@@ -9,6 +9,7 @@ that, only that key speaks for that name.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -23,6 +24,7 @@ from entityd.errors import AskTimeout, RemoteError
 from entityd.transport import Transport
 from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Sealer, subjects
 
+from .replies import Replies, StrayReply
 from .store import OutboxRow, PeerStore
 
 ACTOR = "peer"
@@ -54,16 +56,23 @@ class FedLink:
         self.heartbeats = transport.new_replay_guard()
         self.requests = transport.new_replay_guard()
         self.replies = transport.new_replay_guard()
+        self.reply_mux = Replies(self.nc, self.entity,
+                                 lambda reason: transport.rejected.update([reason]))
         # (Commands get no guard here: see Inbound.serve_command.)
 
     async def load(self, fixed: Mapping[str, str]) -> None:
-        """Trust the directory's pins, and the [peer_keys] (which win over old pins)."""
+        """Trust the directory's pins, and the [peer_keys] (which win over old pins);
+        listen for replies."""
+        await self.reply_mux.start()
         for name, key_hex in fixed.items():
             await self.store.pin(name, bytes.fromhex(key_hex), "config")
         for peer in await self.store.peers():
             if peer.pinned_by == "config" and peer.name not in fixed:
                 continue  # a key once fixed in config and since removed is not trusted
             self._trust(peer.name, peer.public_key)
+
+    async def close(self) -> None:
+        await self.reply_mux.stop()
 
     def _trust(self, name: str, key: bytes) -> None:
         old = self._keys.get(name)
@@ -132,18 +141,23 @@ class FedLink:
         """A request on fed.req.<peer>.<self>.<op>; the verified, decrypted reply record.
 
         RemoteError for an `error` reply, AskTimeout when none came in time,
-        nats NoRespondersError when the peer's peer actor does not listen.
+        nats NoRespondersError when the peer's peer actor does not listen. Only a reply
+        signed by `peer` that answers this request ends it (see replies.py).
         """
         subj = subjects.request(peer, self.entity, op)
         wire, msg_id = self.seal(peer, subj, message)
+
+        def answers(reply: Msg) -> tuple[Envelope, Any]:
+            env, record = self.open(reply, self.replies)
+            if env.corr != msg_id or env.src_entity != peer:
+                raise protocol.WrongSender(f"reply from {env.src} does not answer {peer}",
+                                           subject=reply.subject)
+            return env, record
+
         try:
-            reply = await self.nc.request(subj, wire, timeout=timeout)
+            env, record = await self.reply_mux.request(subj, wire, timeout, answers)
         except nats.errors.TimeoutError:
             raise AskTimeout(f"{peer}/{ACTOR}", op, timeout) from None
-        env, record = self.open(reply, self.replies)
-        if env.corr != msg_id or env.src_entity != peer:
-            raise protocol.WrongSender(f"reply from {env.src} does not answer {peer}",
-                                       subject=reply.subject)
         if isinstance(record, protocol.Error):
             raise RemoteError(env.src, record.code, record.message)
         return record
@@ -156,12 +170,29 @@ class FedLink:
     async def put(self, row: OutboxRow, timeout: float) -> None:
         """Publish a durable command into the peer's INBOX; returns once it is stored
         there. Sealed afresh each attempt (same envelope id, so the INBOX and the
-        receiver de-duplicate); raises on any failure, which the outbox retries."""
+        receiver de-duplicate); raises on any failure, which the outbox retries. The
+        PubAck comes on a reply subject of its own: only the INBOX's answer counts."""
         record = protocol.kinds.decode(row.typ, msgpack.unpackb(row.payload, raw=False))
         subj = subjects.command(row.peer, self.entity, row.op)
         wire, _ = self.seal(row.peer, subj, record, corr=row.corr, msg_id=row.id)
-        await self.js.publish(subj, wire, timeout=timeout,
-                              headers={"Nats-Msg-Id": row.id.hex()})
+        stream = inbox_stream(row.peer)
+
+        def pub_ack(reply: Msg) -> dict[str, Any]:
+            answer = json.loads(reply.data)
+            error = answer.get("error") if isinstance(answer, dict) else None
+            if isinstance(error, dict) and isinstance(error.get("code"), int):
+                return answer
+            if isinstance(answer, dict) and answer.get("stream") == stream:
+                return answer
+            raise StrayReply
+
+        try:
+            answer = await self.reply_mux.request(subj, wire, timeout, pub_ack,
+                                                  headers={"Nats-Msg-Id": row.id.hex()})
+        except nats.errors.NoRespondersError:
+            raise nats.js.errors.NoStreamResponseError from None
+        if "error" in answer:
+            nats.js.errors.APIError.from_error(answer["error"])  # raises the fitting error
 
 
 def outbox_row(peer: str, op: str, message: object, corr: bytes | None = None) -> OutboxRow:

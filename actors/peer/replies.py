@@ -1,0 +1,101 @@
+"""Replies to the requests an entity sends across the federation (fed.req asks, and the
+PubAcks of commands put into a peer's INBOX).
+
+Every member may publish on `_i.<entity>.>` (that is how a peer answers), so a reply
+subject is a capability: each request gets its own, `_i.<entity>.<session>.<token>` with
+128 random bits, never reused, and only a message that the request's own check accepts
+answers it. Junk, a forgery or a stray reply on it is counted and dropped, and the
+request keeps waiting; nats-py's shared request inbox would have let the first message
+end it, and its tokens follow a guessable sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from protocol import ProtocolError, subjects
+
+T = TypeVar("T")
+NO_RESPONDERS = "503"
+
+
+class StrayReply(Exception):
+    """A message on a reply subject that does not answer its request."""
+
+    reason = "stray_reply"
+
+
+class Replies:
+    def __init__(self, nc: Client, entity: str, rejected: Callable[[str], None]) -> None:
+        self.nc = nc
+        self.prefix = f"{subjects.inbox_prefix(entity)}.{secrets.token_hex(8)}"
+        self._rejected = rejected
+        self._pending: dict[str, tuple[asyncio.Future[Any], Callable[[Msg], Any]]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_reply)
+
+    async def stop(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may be gone already
+                pass
+        for future, _ in self._pending.values():
+            future.cancel()
+
+    async def request(self, subject: str, data: bytes, timeout: float,
+                      accept: Callable[[Msg], T], headers: dict[str, str] | None = None) -> T:
+        """Publish with a fresh reply subject and wait for the first reply that `accept`
+        takes (it raises ProtocolError or StrayReply for one it does not).
+
+        nats TimeoutError when none came in time, NoRespondersError when the server says
+        nobody listens on `subject`."""
+        if self._sub is None:
+            raise nats.errors.ConnectionClosedError
+        token = secrets.token_hex(16)
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending[token] = (future, accept)
+        try:
+            await self.nc.publish(subject, data, reply=f"{self.prefix}.{token}",
+                                  headers=headers)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future
+            except TimeoutError:
+                raise nats.errors.TimeoutError from None
+        finally:
+            self._pending.pop(token, None)
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rsplit(".", 1)[-1]
+        entry = self._pending.get(token)
+        if entry is None:
+            self._rejected(StrayReply.reason)  # late, or never ours
+            return
+        future, accept = entry
+        if future.done():
+            return
+        if msg.headers and msg.headers.get("Status") == NO_RESPONDERS and not msg.data:
+            # Only the server can know this token (128 random bits, sent to it alone).
+            future.set_exception(nats.errors.NoRespondersError())
+            return
+        try:
+            value = accept(msg)
+        except ProtocolError as exc:
+            self._rejected(exc.reason)
+            return
+        except (StrayReply, ValueError, KeyError, TypeError):
+            self._rejected(StrayReply.reason)
+            return
+        future.set_result(value)
