@@ -136,6 +136,15 @@ class PeersSection:
     talk_timeout: float = 600.0
     command_timeout: float = 15.0
     delegation_timeout: float = 3600.0
+    # What a peer may keep waiting in this entity's INBOX: commands per peer and operation
+    # (more are refused to the sender, whose outbox retries), and the INBOX's total size.
+    inbox_per_sender: int = 32
+    inbox_max_bytes: int = 512 * 1024 * 1024
+    # The object store of deliverables kept for delegators: its total size, what one
+    # delegator's deliverables may take of it, and how long one is kept (seconds).
+    deliverables_max_bytes: int = 1024 * 1024 * 1024
+    deliverables_per_peer_bytes: int = 256 * 1024 * 1024
+    deliverables_ttl: float = 7 * 24 * 3600.0
 
     @property
     def window(self) -> float:
@@ -383,6 +392,11 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("peers.talk_timeout", peers.talk_timeout),
         ("peers.command_timeout", peers.command_timeout),
         ("peers.delegation_timeout", peers.delegation_timeout),
+        ("peers.inbox_per_sender", peers.inbox_per_sender),
+        ("peers.inbox_max_bytes", peers.inbox_max_bytes),
+        ("peers.deliverables_max_bytes", peers.deliverables_max_bytes),
+        ("peers.deliverables_per_peer_bytes", peers.deliverables_per_peer_bytes),
+        ("peers.deliverables_ttl", peers.deliverables_ttl),
     ]:
         _check_positive(key, value)
     if llm.max_retries < 0:
@@ -394,6 +408,13 @@ def _check_values(sections: dict[str, Any]) -> None:
         raise ConfigError("peers.alive_window", "must be at least peers.heartbeat_interval "
                           "(or 0 for three intervals), or peers flicker between present "
                           "and absent")
+    if peers.inbox_max_bytes < 2 * pr.max_message_bytes:
+        raise ConfigError("peers.inbox_max_bytes", f"must be at least twice "
+                          f"protocol.max_message_bytes ({2 * pr.max_message_bytes}), got "
+                          f"{peers.inbox_max_bytes}")
+    if peers.deliverables_per_peer_bytes > peers.deliverables_max_bytes:
+        raise ConfigError("peers.deliverables_per_peer_bytes",
+                          "must not exceed peers.deliverables_max_bytes")
     if peers.pinning not in PINNING:
         raise ConfigError("peers.pinning",
                           f"{peers.pinning!r} is not one of {', '.join(PINNING)}")
@@ -554,6 +575,11 @@ ping_timeout = 3.0
 talk_timeout = 600.0    # how long talk_to_peer waits for the peer's answer
 command_timeout = 15.0  # how long wake and restart wait for the peer's result
 delegation_timeout = 3600.0  # the default deadline of a delegated task
+inbox_per_sender = 32   # commands a peer may keep waiting here, per operation; more are refused
+inbox_max_bytes = 536870912  # the INBOX's total size; full, every sender is refused
+deliverables_max_bytes = 1073741824  # the store of deliverables kept for delegators ...
+deliverables_per_peer_bytes = 268435456  # ... what one delegator's may take of it ...
+deliverables_ttl = 604800.0  # ... and how long one is kept (seconds)
 
 [trust]
 # What each peer may ask of this entity: talk, report, delegate, wake, restart.

@@ -18,8 +18,6 @@ from typing import Any
 
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
-from nats.js.client import JetStreamContext
 
 import protocol
 from entityd.actor import Actor, Later
@@ -31,7 +29,8 @@ from ..workspace import Workspace
 from .calls import PeerCalls, Supervision
 from .delegation import Delegation
 from .deliverable import Deliverables
-from .inbound import Inbound, Rejections
+from .inbound import COMMANDS, Inbound, Rejections
+from .inbox import Inbox
 from .link import ACTOR, FedLink, inbox_stream
 from .messages import (
     Heartbeat,
@@ -54,9 +53,11 @@ from .turns import Turns
 
 REQUEST_QUEUE = 256
 CONCURRENT_REQUESTS = 16
-FETCH_BATCH = 16
-ACK_WAIT_S = 60.0
 EXPIRE_EVERY_S = 5.0
+# A command whose handling raised (our bug, or the store or connection failing) is
+# offered again this many times, a few seconds apart, then dropped with an error logged.
+COMMAND_ATTEMPTS = 5
+COMMAND_RETRY_S = 5.0
 # Heartbeats a peer may send per heartbeat interval of ours (bursts up to BEATS_BURST),
 # at least one a second: room for a peer that beats faster than we do, and a flood on a
 # member's own heartbeat subject is dropped before any verification work.
@@ -87,7 +88,7 @@ class PeerActor(Actor):
         self._subs: list[Subscription] = []
         self._started_at = time.time()
         self.store: PeerStore | None = None
-        self._inbox: JetStreamContext.PullSubscription | None = None
+        self._inbox: Inbox | None = None
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -101,7 +102,7 @@ class PeerActor(Actor):
         self.outbox = Outbox(link, store, ctx.log)
         self.delegation = Delegation(
             ctx, self.config, store, self.turns, self.workspace, self.trust, self.outbox.send,
-            Deliverables(link, self.config.protocol.max_message_bytes))
+            Deliverables(link, self.config.protocol.max_message_bytes, self.settings))
         self.calls = PeerCalls(ctx, self.settings, link=link, store=store,
                                outbox=self.outbox, trust=self.trust)
         self.inbound = Inbound(ctx, self.settings, link=link, store=store,
@@ -116,17 +117,19 @@ class PeerActor(Actor):
             subjects.request(ctx.entity, "*", "*"), cb=self._on_request))
 
     async def _ensure_inbox(self) -> None:
-        js = self.link.js
-        stream = inbox_stream(self.ctx.entity)
-        await js.add_stream(StreamConfig(
-            name=stream, subjects=[subjects.command(self.ctx.entity, "*", "*")],
-            retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
-            duplicate_window=120.0, max_msg_size=self.config.protocol.max_message_bytes * 2,
-        ))
-        self._inbox = await js.pull_subscribe(
-            subjects.command(self.ctx.entity, "*", "*"), durable="peer", stream=stream,
-            config=ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, ack_wait=ACK_WAIT_S,
-                                  max_ack_pending=1000))
+        """The INBOX stream with its limits (an older one's updated in place) and its
+        consumer, which hands on only real deliveries (inbox.py)."""
+
+        async def refuse(exc: ProtocolError, msg: Msg) -> None:
+            await self.rejections.note(exc, msg.subject, None)
+
+        inbox = Inbox(self.link.nc, self.link.js, stream=inbox_stream(self.ctx.entity),
+                      entity=self.ctx.entity, ops=list(COMMANDS), settings=self.settings,
+                      max_message_bytes=self.config.protocol.max_message_bytes,
+                      log=self.ctx.log, refuse=refuse)
+        await inbox.ensure()
+        await inbox.subscribe()
+        self._inbox = inbox
 
     async def on_stop(self) -> None:
         await self._close()
@@ -138,9 +141,9 @@ class PeerActor(Actor):
         # Unsubscribed, or the daemon's drain of the connection waits for them in vain.
         subs: list[Any] = list(self._subs)
         self._subs = []
-        if self._inbox is not None:
-            subs.append(self._inbox)
-            self._inbox = None
+        inbox, self._inbox = self._inbox, None
+        if inbox is not None:
+            await inbox.unsubscribe()
         for sub in subs:
             try:
                 await sub.unsubscribe()
@@ -157,6 +160,8 @@ class PeerActor(Actor):
             tg.create_task(self._heartbeats())
             tg.create_task(self.outbox.run())
             tg.create_task(self._consume())
+            if self._inbox is not None:
+                tg.create_task(self._inbox.tighten())
             tg.create_task(self.delegation.run())
             tg.create_task(self._expire_tasks())
             await self.delegation.resume()
@@ -217,22 +222,33 @@ class PeerActor(Actor):
                 f"{REQUEST_QUEUE} peer requests are waiting"))
 
     async def _consume(self) -> None:
-        assert self._inbox is not None, "on_start subscribes the INBOX"
+        inbox = self._inbox
+        assert inbox is not None, "on_start subscribes the INBOX"
         while True:
+            msg = await inbox.next()
             try:
-                msgs = await self._inbox.fetch(FETCH_BATCH, timeout=1.0)
-            except TimeoutError:
-                continue
-            except Exception as exc:  # e.g. disconnected: the consumer is durable
-                self.ctx.log.warning("inbox_fetch_failed", error=repr(exc))
-                await asyncio.sleep(1.0)
-                continue
-            for index, msg in enumerate(msgs):
-                try:
-                    await self.inbound.serve_command(msg)
-                except asyncio.CancelledError:
-                    await _hand_back(msgs[index:])
-                    raise
+                await self._serve_command(msg)
+            except asyncio.CancelledError:
+                await _hand_back([msg, *inbox.queued()])
+                raise
+
+    async def _serve_command(self, msg: Msg) -> None:
+        """One delivery: nothing a command does ends the actor. A failure while handling
+        it (our bug, the store, the connection) is logged and the command offered again
+        a few times, then dropped."""
+        try:
+            await self.inbound.serve_command(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            attempt = msg.metadata.num_delivered
+            self.ctx.log.error("command_failed", subject=msg.subject, attempt=attempt,
+                               error=f"{type(exc).__name__}: {exc}"[:500])
+            with contextlib.suppress(Exception):
+                if attempt < COMMAND_ATTEMPTS:
+                    await msg.nak(delay=COMMAND_RETRY_S)
+                else:
+                    await msg.term()
 
     async def _expire_tasks(self) -> None:
         while True:

@@ -47,6 +47,8 @@ from .turns import Turns
 
 REJECT_EVENTS_PER_SECOND = 10
 RETRY_S = 2.0  # a command whose handling failed for a passing reason is offered again
+MAX_SLOTS = 4096  # senders whose put-back commands are tracked (subject tokens)
+MAX_DEFER_S = 600.0
 # op (the subject's last token) -> the one kind it carries: the permission checked is the
 # op's, so a kind on another op's subject would slip past it.
 REQUESTS: dict[str, type] = {"ping": Ping, "talk": Talk, "fetch": DeliverableGet}
@@ -109,6 +111,10 @@ class Inbound:
         # A peer over its rate limit is told so at most once a second: answering every
         # message of a flood would cost a signature each.
         self._told_limited = RateLimiter(60, 1)
+        # When each sender's next command over its rate limit is offered again: one
+        # slot per command at the sender's rate, so a backlog waits its turn once
+        # instead of coming back (and being put back) every fraction of a second.
+        self._command_slots: dict[str, float] = {}
 
     async def throttled(self, msg: Msg, sender: str | None, limiter: RateLimiter) -> bool:
         """Whether `msg` is over its sender's rate limit, checked before any verification
@@ -180,8 +186,9 @@ class Inbound:
     async def serve_command(self, msg: Msg) -> None:
         route = subjects.route(msg.subject)
         wait = self.limiter.take(route.sender) if route and route.sender else 0.0
-        if wait:  # before any verification work; kept in the INBOX, offered again later
-            await msg.nak(delay=wait)
+        if wait and route and route.sender:
+            # Before any verification work; kept in the INBOX, offered again in its turn.
+            await msg.nak(delay=self._command_slot(route.sender, wait))
             return
         stored_ms = int(msg.metadata.timestamp.timestamp() * 1000)
         try:
@@ -217,6 +224,16 @@ class Inbound:
         await msg.ack()
         if after is not None:
             after()
+
+    def _command_slot(self, sender: str, wait: float) -> float:
+        """Seconds until a command of `sender` refused by its rate limit comes back: after
+        the ones of its commands already put back, one per its rate."""
+        now = time.monotonic()
+        if len(self._command_slots) >= MAX_SLOTS:
+            self._command_slots = {p: t for p, t in self._command_slots.items() if t > now}
+        slot = max(now + wait, self._command_slots.get(sender, 0.0))
+        self._command_slots[sender] = slot + 60.0 / self.limiter.per_minute
+        return min(slot - now, MAX_DEFER_S)
 
     async def _command(self, env: Envelope, peer: str, op: str, record: Any
                        ) -> Callable[[], Any] | None:
