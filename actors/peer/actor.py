@@ -138,6 +138,8 @@ class PeerActor(Actor):
         await self._close()
 
     async def _close(self) -> None:
+        if hasattr(self, "link"):
+            await self.link.close()
         # Unsubscribed, or the daemon's drain of the connection waits for them in vain.
         subs: list[Any] = list(self._subs)
         self._subs = []
