@@ -13,9 +13,11 @@ from protocol import Status
 from .coder import CoderActor
 from .health import HealthActor
 from .llm import LLM, LLMError, TokenBudget, build_llm
+from .llm.budget import Budgets, Metered
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
 from .peer import PeerActor, Supervision
+from .peer.policy import Trust
 from .sandbox.cgroup import SharedLimits
 from .tool import ToolActor
 from .workspace import Workspace
@@ -24,7 +26,9 @@ ActorFactory = Callable[[], Actor]
 
 
 class SharedLLM:
-    """One client for the orchestrator and the coder, built on first use.
+    """One client for the orchestrator and the coder, built on first use, metered per
+    turn against the budget of whoever pays for it: the operator's
+    (llm.max_tokens_per_hour) or one peer's (peers.max_tokens_per_hour), never both.
 
     A missing key is not a startup error: the entity still serves status, memory and
     tools, and each goal gets a clear "no model" answer until the key is there.
@@ -33,17 +37,22 @@ class SharedLLM:
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
         self.config = config
         self.environ = environ
-        self.budget = TokenBudget(config.llm.max_tokens_per_hour)
+        self.budgets = Budgets(config.llm.max_tokens_per_hour, config.peers.max_tokens_per_hour)
         self._llm: LLM | None = None
 
-    def __call__(self) -> LLM:
+    def __call__(self, payer: str = "") -> LLM:
+        """The model for one turn paid for by `payer` ("": the operator)."""
         if self._llm is None:
             try:
                 self._llm = build_llm(self.config.llm, environ=self.environ,
-                                      workspace=self.config.workspace_dir, budget=self.budget)
+                                      workspace=self.config.workspace_dir, budget=None,
+                                      metered=False)
             except ConfigError as exc:
                 raise LLMError(str(exc)) from None
-        return self._llm
+        return Metered(self._llm, self.budget(payer))
+
+    def budget(self, payer: str = "") -> TokenBudget:
+        return self.budgets.of(payer)
 
     async def aclose(self) -> None:
         llm, self._llm = self._llm, None
@@ -62,6 +71,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
                     limits: SharedLimits | None = None) -> dict[str, ActorFactory]:
     limits = limits or sandbox_limits(config)
     workspace = Workspace(config.workspace_dir, config.name, config.sandbox, limits)
+    trust = Trust(config.trust, config.peers.default_trust)
     steps = config.llm.max_steps_per_turn
     return {
         HealthActor.name: lambda: HealthActor(status),
@@ -69,6 +79,6 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         ToolActor.name: lambda: ToolActor(config, limits),
         CoderActor.name: lambda: CoderActor(llm, workspace, steps),
         OrchestratorActor.name: lambda: OrchestratorActor(llm, steps, config.autonomy,
-                                                          config.peers),
+                                                          config.peers, trust.allowed),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
     }

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from entityd.actor import Actor
 from protocol import Envelope
 
 from . import prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import summarize
-from .llm import LLM, LLMError
+from .llm import LLMError
+from .llm.budget import LLMSource
 from .messages import CodeResult, CodeTask
 from .remote_tools import RemoteTools
 from .workspace import GitError, Workspace
@@ -20,7 +19,7 @@ class CoderActor(Actor):
     name = "coder"
     accepts = (CodeTask,)
 
-    def __init__(self, llm: Callable[[], LLM], workspace: Workspace, max_steps: int) -> None:
+    def __init__(self, llm: LLMSource, workspace: Workspace, max_steps: int) -> None:
         self._llm_factory = llm
         self.workspace = workspace
         self.max_steps = max_steps
@@ -50,7 +49,7 @@ class CoderActor(Actor):
 
     async def _code(self, task: CodeTask) -> CodeResult:
         try:
-            llm = self._llm_factory()
+            llm = self._llm_factory(task.payer)  # a peer's task spends the peer's budget
         except LLMError as exc:
             return CodeResult(False, f"the coder has no model: {exc}")
         toolbox = Toolbox(await self._tools.get(private=task.private))

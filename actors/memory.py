@@ -1,9 +1,11 @@
 """The memory actor: the entity's memories, todo list and conversation log over the bus.
 
 It owns one MemoryStore (actors/memory_store.py) and answers the memory kinds of
-actors/messages.py. A request with an unacceptable value (unknown kind or status, empty
-text, unknown todo id, a limit below 1) gets an `error` reply with code `bad_request`;
-the actor keeps serving. Events (no free text, only ids and kinds):
+actors/messages.py. Every memory carries its origin (the operator's, or a peer's turn),
+and a search may ask for one origin only: that is how a peer's turn recalls its own
+memories and nobody else's. A request with an unacceptable value (unknown kind or status,
+empty text, unknown todo id, a limit below 1) gets an `error` reply with code
+`bad_request`; the actor keeps serving. Events (no free text, only ids and kinds):
 `fed.evt.<entity>.memory.added` {kind, id, merged} and
 `fed.evt.<entity>.memory.todo_changed` {id, status, priority, change: added|updated}.
 """
@@ -78,17 +80,18 @@ class MemoryActor(Actor):
     async def _dispatch(self, message: object, typ: str) -> object | None:
         store = self.store
         match message:
-            case MemoryAdd(kind, text, importance, source):
-                added = await store.add_memory(kind, text, importance, source)
+            case MemoryAdd(kind, text, importance, source, origin):
+                added = await store.add_memory(kind, text, importance, source, origin)
                 await self.ctx.emit("added", kind=kind, id=added.id, merged=added.merged)
                 return MemoryRef(added.id, added.merged)
-            case MemorySearch(query, limit, kinds):
+            case MemorySearch(query, limit, kinds, origin):
                 if limit < 1:
                     return protocol.Error("bad_request", f"limit must be at least 1, not {limit}")
-                recalled = await store.recall(query, min(limit, MAX_RECALL), kinds)
+                recalled = await store.recall(query, min(limit, MAX_RECALL), kinds,
+                                              origin=origin)
                 return MemoryHits([
                     MemoryHit(r.memory.id, r.memory.kind, r.memory.text, r.memory.importance,
-                              r.memory.uses, r.memory.created_at, r.score)
+                              r.memory.uses, r.memory.created_at, r.score, r.memory.origin)
                     for r in recalled
                 ])
             case TodoAdd(text, priority):

@@ -22,6 +22,14 @@ CANDIDATES best by BM25 are joined with their rows. (3) They are re-scored:
     importance as stored                                          [0..1]
 
 "Last touched" is the later of the last update (creation, merge) and the last recall.
+
+Every memory has an origin: whose words it holds. `operator` for what the entity's own
+turns wrote (entityctl, autonomy, its todo list), `peer:<name>` for what a peer's turn
+wrote (its talk, its report, its delegated task), and a comma-joined list of both kinds
+when one turn held several (`operator,peer:entity-c`). Recall can be limited to one
+origin exactly (a peer's turn recalls only `peer:<its name>`), and a fact or lesson
+merges only into a memory of the same origin, so one origin can neither rewrite another's
+memories nor learn, from a merge, that they exist.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any
 import aiosqlite
 
 MEMORY_KINDS = ("fact", "lesson", "reflection", "episode")
+OPERATOR = "operator"  # the origin of what the entity's own turns wrote
 TODO_STATUSES = ("open", "doing", "done", "dropped")
 
 HALF_LIFE_DAYS = 30.0
@@ -141,13 +150,24 @@ CREATE TABLE todos (
 CREATE INDEX todos_by_status ON todos (status, priority DESC, id);
 """
 
+# Memories get their origin (see the module doc). Rows stored before origins existed are
+# the operator's, except a peer's reports, which always named the peer as their source.
+_SCHEMA_V2 = """
+ALTER TABLE memories ADD COLUMN origin TEXT NOT NULL DEFAULT 'operator'
+    CHECK (length(origin) > 0);
+UPDATE memories SET origin = source WHERE source GLOB 'peer:?*';
+CREATE INDEX memories_by_origin ON memories (origin, id);
+DROP INDEX memories_by_norm;
+CREATE INDEX memories_by_norm ON memories (kind, norm, origin);
+"""
+
 # Migration N (1-based) brings a file from user_version N-1 to N. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _MEMORY_COLUMNS = (
     "id, kind, text, importance, uses, source, created_at, updated_at, last_used_at, "
-    "superseded_by"
+    "superseded_by, origin"
 )
 _MEMORY_COLUMNS_M = ", ".join("m." + c.strip() for c in _MEMORY_COLUMNS.split(","))
 _TODO_COLUMNS = "id, text, status, priority, created_at, updated_at, closed_at"
@@ -194,6 +214,7 @@ class Memory:
     updated_at: float
     last_used_at: float | None
     superseded_by: int | None
+    origin: str = OPERATOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +242,7 @@ class NewMemory:
     text: str
     importance: float = 0.5
     source: str = ""
+    origin: str = OPERATOR
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +365,19 @@ def _check_importance(importance: float) -> float:
     return float(importance)
 
 
+_ORIGIN_PART = re.compile(r"operator|peer:[a-z0-9-]{1,32}")
+MAX_ORIGIN = 4096
+
+
+def _check_origin(origin: str) -> str:
+    """`operator`, `peer:<name>` or a comma-joined list of them (module doc)."""
+    if not origin or len(origin) > MAX_ORIGIN or not all(
+            _ORIGIN_PART.fullmatch(part) for part in origin.split(",")):
+        raise InvalidInput(f"origin {origin[:80]!r} is not operator, peer:<name> or a "
+                           "comma-joined list of them")
+    return origin
+
+
 def _check_status(status: str) -> None:
     if status not in TODO_STATUSES:
         raise InvalidInput(f"unknown todo status {status!r} (one of {', '.join(TODO_STATUSES)})")
@@ -458,19 +493,21 @@ class MemoryStore:
     # ---- memories ----------------------------------------------------------------------
 
     async def add_memory(
-        self, kind: str, text: str, importance: float = 0.5, source: str = ""
+        self, kind: str, text: str, importance: float = 0.5, source: str = "",
+        origin: str = OPERATOR,
     ) -> Added:
         """Store a memory. A fact or lesson whose normalised text equals a live one of the
-        same kind, or a lesson that `near_duplicates` a live lesson among its BM25
-        candidates, merges into it: importance max(old, new) + a small bump,
-        uses + 1, updated_at now, and the more specific text kept."""
+        same kind and origin, or a lesson that `near_duplicates` a live lesson of its
+        origin among its BM25 candidates, merges into it: importance max(old, new) + a
+        small bump, uses + 1, updated_at now, and the more specific text kept."""
         _check_kind(kind)
         text = _check_text(text, "memory")
         importance = _check_importance(importance)
+        origin = _check_origin(origin)
         norm = normalise(text)
         now = self._clock()
         async with self._transaction() as db:
-            existing = await self._duplicate_of(db, kind, text, norm)
+            existing = await self._duplicate_of(db, kind, text, norm, origin)
             if existing is not None:
                 kept = _better_text(existing.text, text)
                 await db.execute(
@@ -487,29 +524,29 @@ class MemoryStore:
                 return Added(existing.id, merged=True)
             cursor = await db.execute(
                 "INSERT INTO memories (kind, text, norm, importance, source, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (kind, text, norm, importance, source, now, now),
+                " updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (kind, text, norm, importance, source, now, now, origin),
             )
             assert cursor.lastrowid is not None
             return Added(cursor.lastrowid, merged=False)
 
     async def _duplicate_of(
-        self, db: aiosqlite.Connection, kind: str, text: str, norm: str
+        self, db: aiosqlite.Connection, kind: str, text: str, norm: str, origin: str
     ) -> Memory | None:
         if kind not in ("fact", "lesson"):
             return None  # reflections and episodes are events: two alike are two
         row = await (
             await db.execute(
-                f"SELECT {_MEMORY_COLUMNS} FROM memories"
-                " WHERE kind = ? AND norm = ? AND superseded_by IS NULL LIMIT 1",
-                (kind, norm),
+                f"SELECT {_MEMORY_COLUMNS} FROM memories WHERE kind = ? AND norm = ?"
+                " AND origin = ? AND superseded_by IS NULL LIMIT 1",
+                (kind, norm, origin),
             )
         ).fetchone()
         if row is not None:
             return _memory(row)
         if kind != "lesson":
             return None
-        rows = await self._candidates(db, text, ("lesson",), MERGE_CANDIDATES)
+        rows = await self._candidates(db, text, ("lesson",), MERGE_CANDIDATES, origin)
         best: tuple[float, Memory] | None = None
         mine = _signature(text)
         for candidate in rows:
@@ -530,12 +567,12 @@ class MemoryStore:
             text = _check_text(m.text, "memory")
             rows.append(
                 (m.kind, text, normalise(text), _check_importance(m.importance), m.source,
-                 now, now)
+                 now, now, _check_origin(m.origin))
             )
         async with self._transaction() as db:
             await db.executemany(
                 "INSERT INTO memories (kind, text, norm, importance, source, created_at,"
-                " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                " updated_at, origin) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return len(rows)
@@ -589,23 +626,28 @@ class MemoryStore:
         limit: int = 10,
         kinds: Sequence[str] = (),
         *,
+        origin: str = "",
         touch: bool = True,
     ) -> list[Recalled]:
         """The live memories that best match `query` (see the module doc for the score),
-        best first. With `touch` (the default) each returned memory gets uses + 1 and
-        last_used_at now. A query without words recalls nothing."""
+        best first; only those of exactly `origin` when one is given. With `touch` (the
+        default) each returned memory gets uses + 1 and last_used_at now. A query
+        without words recalls nothing."""
         for k in kinds:
             _check_kind(k)
+        if origin:
+            _check_origin(origin)
         if limit <= 0:
             return []
         limit = min(limit, MAX_RECALL)
         async with self._write:  # never read another coroutine's uncommitted transaction
-            return await self._recall(query, limit, kinds, touch)
+            return await self._recall(query, limit, kinds, origin, touch)
 
     async def _recall(
-        self, query: str, limit: int, kinds: Sequence[str], touch: bool
+        self, query: str, limit: int, kinds: Sequence[str], origin: str, touch: bool
     ) -> list[Recalled]:
-        rows = await self._candidates(self._db, query, kinds, max(CANDIDATES, 4 * limit))
+        rows = await self._candidates(self._db, query, kinds, max(CANDIDATES, 4 * limit),
+                                      origin)
         if not rows:
             return []
         now = self._clock()
@@ -642,26 +684,39 @@ class MemoryStore:
         return hits
 
     async def _candidates(
-        self, db: aiosqlite.Connection, text: str, kinds: Sequence[str], count: int
+        self, db: aiosqlite.Connection, text: str, kinds: Sequence[str], count: int,
+        origin: str = "",
     ) -> list[sqlite3.Row]:
         """The `count` best live memories by BM25 from the two bounded pools (module doc),
-        each row with its `rank` (negated BM25: lower is better)."""
+        each row with its `rank` (negated BM25: lower is better); with `origin`, the
+        pools hold only memories of that origin (so another origin's many matches cannot
+        crowd them out)."""
         terms = query_terms(text)
         if not terms:
             return []
         restrict = ""
         if kinds:
             restrict = " AND kind : (" + " OR ".join(_quote(k) for k in dict.fromkeys(kinds)) + ")"
-        pool = (
-            "SELECT * FROM (SELECT rowid AS id, rank AS r FROM memories_fts"
-            " WHERE memories_fts MATCH ? ORDER BY rowid DESC LIMIT ?)"
-        )
+        if origin:
+            pool = (
+                "SELECT * FROM (SELECT memories_fts.rowid AS id, memories_fts.rank AS r"
+                " FROM memories_fts JOIN memories AS o ON o.id = memories_fts.rowid"
+                " WHERE memories_fts MATCH ? AND o.origin = ?"
+                " ORDER BY memories_fts.rowid DESC LIMIT ?)"
+            )
+            scope: list[Any] = [origin, self.scan_limit]
+        else:
+            pool = (
+                "SELECT * FROM (SELECT rowid AS id, rank AS r FROM memories_fts"
+                " WHERE memories_fts MATCH ? ORDER BY rowid DESC LIMIT ?)"
+            )
+            scope = [self.scan_limit]
         every = f"text : ({match_expression(terms, 'AND')}){restrict}"
-        args: list[Any] = [every, self.scan_limit]
+        args: list[Any] = [every, *scope]
         pools = pool
         if len(terms) > 1:
             pools += " UNION ALL " + pool
-            args += [f"text : ({match_expression(terms, 'OR')}){restrict}", self.scan_limit]
+            args += [f"text : ({match_expression(terms, 'OR')}){restrict}", *scope]
         return list(
             await db.execute_fetchall(
                 f"SELECT {_MEMORY_COLUMNS_M}, top.rank AS rank FROM"
@@ -801,6 +856,7 @@ def _memory(row: sqlite3.Row) -> Memory:
         updated_at=row["updated_at"],
         last_used_at=row["last_used_at"],
         superseded_by=row["superseded_by"],
+        origin=row["origin"],
     )
 
 

@@ -60,6 +60,9 @@ class MemoryAdd:
     text: str
     importance: float = 0.5  # 0..1
     source: str = ""
+    # Whose words it holds: "operator", "peer:<name>", or several comma-joined (a turn
+    # that held several); a peer's turn recalls only its own (actors/memory_store.py).
+    origin: str = "operator"
 
 
 @kind("memory_ref")
@@ -75,6 +78,7 @@ class MemorySearch:
     query: str
     limit: int = 10
     kinds: list[str] = field(default_factory=list)  # empty: all kinds
+    origin: str = ""  # only memories of exactly this origin; empty: all
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,7 @@ class MemoryHit:
     uses: int
     created_at: float
     score: float
+    origin: str = "operator"
 
 
 @kind("memory_hits")
@@ -226,6 +231,7 @@ class CodeTask:
     goal: str
     context: str = ""
     private: bool = False  # no content in the coder's events (see Goal.private)
+    payer: str = ""  # the peer whose token budget pays for it; empty: the operator's
 
 
 @kind("code_result")

@@ -3,17 +3,21 @@
 Goals arrive from entityctl, from autonomy ticks and (with the federation) from peers.
 They are accepted at once and queued; turns run one after another in `run`. Progress
 is published as events carrying the task id, ending with an `answer` event.
+
+Each turn has a scope (actors/turn_scope.py): whose turn it is decides the tools its model
+is offered, the memory it recalls, the token budget it spends and whether its events may
+carry content. A peer's goals are paid from that peer's budget, never the operator's,
+and a peer may hold only a few places in the queue, so the operator always has room.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +29,14 @@ from protocol import Envelope, Error
 from . import prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import TurnOutcome, summarize
-from .llm import LLM, Completion, LLMError
+from .agent.toolbox import Tool
+from .lessons import learn
+from .llm import LLM, BudgetExhausted, Completion, LLMError
+from .llm.budget import LLMSource
 from .messages import (
     Goal,
     GoalAccepted,
     LogAppend,
-    MemoryAdd,
     MemoryHits,
     MemorySearch,
     TodoItems,
@@ -43,8 +49,11 @@ from .orchestrator_tools import OrchestratorTools, render_hits, render_todos
 from .peer.messages import PeerReportIn
 from .peer.tools import PeerTools
 from .remote_tools import RemoteTools
+from .turn_scope import NAME, WAKE_SOURCE, TurnScope, either, payer_of
 
 QUEUE_SIZE = 32
+PEER_GOALS = 4  # goals one peer may have queued or running here at once ...
+OPERATOR_ROOM = 8  # ... and places in the queue that peers' goals never take
 RECALL_LIMIT = 5
 REPORTS_KEPT = 20
 
@@ -57,7 +66,7 @@ class AutonomyState:
 
 
 class CountingLLM:
-    """Counts the tokens a turn uses, for the autonomy budget."""
+    """Counts the tokens a turn uses, for the autonomy budget and the answer event."""
 
     def __init__(self, llm: LLM) -> None:
         self.llm = llm
@@ -74,16 +83,20 @@ class OrchestratorActor(Actor):
     name = "orchestrator"
     accepts = (Goal, Wake, PeerReportIn)
 
-    def __init__(self, llm: Callable[[], LLM], max_steps: int,
+    def __init__(self, llm: LLMSource, max_steps: int,
                  autonomy: AutonomySection | None = None,
-                 peers: PeersSection | None = None) -> None:
-        self._llm_factory = llm
+                 peers: PeersSection | None = None,
+                 grants: Callable[[str], Iterable[str]] | None = None) -> None:
+        self._llm = llm
         self.max_steps = max_steps
         self.autonomy = autonomy or AutonomySection()
         self.peers = peers or PeersSection()
+        # A peer's permissions in [trust]: what the peer tools of its turns may do.
+        self.grants = grants or (lambda peer: self.peers.default_trust)
         self._queue: asyncio.Queue[Goal] = asyncio.Queue(QUEUE_SIZE)
         self._busy = False
         self._ids: set[str] = set()  # task ids queued or running
+        self._pending: Counter[str] = Counter()  # goals queued or running, per paying peer
         self._reports: deque[PeerReportIn] = deque(maxlen=REPORTS_KEPT)
         self._auto = AutonomyState()
         self._tools = RemoteTools(self)
@@ -92,8 +105,15 @@ class OrchestratorActor(Actor):
         match envelope.message:
             case Goal() as goal:
                 return self._accept(goal)
+            case Wake(reason) if envelope.src == f"{self.ctx.entity}/peer":
+                # A peer's wake names only the peer: its reason is its own words, which
+                # stay out of the turn and its events (the peer actor logs it).
+                peer = reason.removeprefix("peer:")
+                if not NAME.fullmatch(peer):
+                    return WakeResult(False, "a wake from the peer actor names its peer")
+                return await self._wake(WAKE_SOURCE + peer)
             case Wake(reason):
-                return await self._wake(reason or f"woken by {envelope.src}")
+                return await self._wake(f"wake:{reason or f'woken by {envelope.src}'}")
             case PeerReportIn() as report:
                 await self._reported(report)
                 return None
@@ -104,6 +124,11 @@ class OrchestratorActor(Actor):
         ahead = self._queue.qsize() + int(self._busy)
         if task_id in self._ids:
             return GoalAccepted(task_id, ahead)  # given again (a peer actor restarted)
+        payer = payer_of(goal)
+        if payer:
+            refused = self._peer_refusal(payer)
+            if refused is not None:
+                return refused
         try:
             self._queue.put_nowait(
                 dataclasses.replace(goal, task_id=task_id,
@@ -112,21 +137,36 @@ class OrchestratorActor(Actor):
         except asyncio.QueueFull:
             return Error("busy", f"{QUEUE_SIZE} goals are already queued; try later")
         self._ids.add(task_id)
+        if payer:
+            self._pending[payer] += 1
         return GoalAccepted(task_id, ahead)
 
+    def _peer_refusal(self, peer: str) -> Error | None:
+        try:
+            self._llm.budget(peer).check()
+        except BudgetExhausted as exc:
+            return Error("budget_exhausted", str(exc))
+        if self._pending[peer] >= PEER_GOALS:
+            return Error("busy", f"{peer} already has {PEER_GOALS} turns queued or running "
+                         f"at {self.ctx.entity}; try later")
+        if self._pending.total() >= QUEUE_SIZE - OPERATOR_ROOM:
+            return Error("busy", f"{self.ctx.entity} has as many peers' turns queued as it "
+                         "takes; try later")
+        return None
+
     async def _reported(self, report: PeerReportIn) -> None:
-        """Keep a peer's report for the next turn (memory has it already)."""
+        """Note a peer's report for the next turn of the operator (memory has it)."""
         self._reports.append(report)
         await self.ctx.emit("report_noted", peer=report.peer, id=report.id,
                             memory_id=report.memory_id)
 
-    async def _wake(self, reason: str) -> WakeResult:
+    async def _wake(self, source: str) -> WakeResult:
         if self._busy or not self._queue.empty():
             return WakeResult(False, "busy: a turn is running or queued")
         todos: TodoItems = await self.ctx.ask(f"{self.ctx.entity}/memory", TodoList())
         if not todos.items:
             return WakeResult(False, "idle: the todo list is empty")
-        accepted = self._accept(Goal(_todo_goal(todos), source=f"wake:{reason}"))
+        accepted = self._accept(Goal(_todo_goal(todos), source=source))
         if isinstance(accepted, Error):
             return WakeResult(False, accepted.message)
         return WakeResult(True, "started a turn on the todo list", accepted.task_id)
@@ -143,6 +183,11 @@ class OrchestratorActor(Actor):
                 finally:
                     self._busy = False
                     self._ids.discard(goal.task_id)
+                    payer = payer_of(goal)
+                    if payer:
+                        self._pending[payer] -= 1
+                        if self._pending[payer] <= 0:
+                            del self._pending[payer]
 
     async def _tick(self) -> None:
         while True:
@@ -153,7 +198,7 @@ class OrchestratorActor(Actor):
                     await self.ctx.emit("autonomy_budget_spent", turns=self._auto.turns,
                                         tokens=self._auto.tokens)
                 return
-            result = await self._wake("autonomy")
+            result = await self._wake("wake:autonomy")
             await self.ctx.emit("autonomy_tick", started=result.started, reason=result.reason,
                                 task_id=result.task_id)
 
@@ -163,42 +208,56 @@ class OrchestratorActor(Actor):
 
     async def _turn(self, goal: Goal) -> None:
         started = time.monotonic()
+        scope = TurnScope.of(goal, self.grants)
         await self.ctx.emit("turn_started", task_id=goal.task_id, source=goal.source,
-                            **({} if goal.private else {"goal": goal.text[:500]}))
+                            **({} if scope.private else {"goal": goal.text[:500]}))
         await self._log(goal, "user", goal.text)
+        tools = OrchestratorTools(self.ctx, goal.task_id, scope)
         try:
-            llm = CountingLLM(self._llm_factory())
+            llm = CountingLLM(self._llm(scope.payer))
         except LLMError as exc:
             outcome = TurnOutcome(False, f"no model is available: {exc}", 0, "llm_error")
-            await self._finish(goal, outcome, OrchestratorTools(self.ctx, goal.task_id,
-                                                                goal.private),
-                               started, tokens=0)
+            await self._finish(goal, scope, outcome, tools, started, tokens=0)
             return
-        tools = OrchestratorTools(self.ctx, goal.task_id, goal.private)
-        toolbox = Toolbox([*tools.tools(), *PeerTools(self.ctx, self.peers).tools(),
-                           *await self._tools.get(private=goal.private)])
+        toolbox = Toolbox(scope.toolbox([*tools.tools(), *PeerTools(self.ctx, self.peers).tools(),
+                                         *await self._workspace_tools(scope)]))
 
         async def report(step: Step) -> None:
+            # Asked at each step: a tool may just have brought a peer's words in.
             await self.ctx.emit("step", task_id=goal.task_id,
-                                **summarize(step, private=goal.private))
+                                **summarize(step, private=scope.private))
 
-        loop = AgentLoop(llm, toolbox, prompts.load("orchestrator", entity=self.ctx.entity),
-                         self.max_steps, report)
-        recalled = await self._recall(goal.text) + self._take_reports()
+        if scope.owner:
+            prompt = prompts.load("peer", entity=self.ctx.entity, peer=scope.owner)
+        else:
+            prompt = prompts.load("orchestrator", entity=self.ctx.entity)
+        loop = AgentLoop(llm, toolbox, prompt, self.max_steps, report)
+        recalled = await self._recall(goal.text, scope)
+        if not scope.owner:
+            recalled += self._take_reports()
         outcome = await loop.run(TaskStep(goal.text, recalled))
         if outcome.stopped == "budget":
             await self.ctx.emit("budget_exhausted", task_id=goal.task_id,
-                                **({} if goal.private else {"reason": outcome.answer}))
-        await self._learn(llm, goal, outcome)
+                                **({} if scope.private else {"reason": outcome.answer}))
+        await learn(self.ctx, llm, goal, outcome, scope)
         if goal.source.startswith("wake:autonomy"):
             self._auto.turns += 1
             self._auto.tokens += llm.tokens
-        await self._finish(goal, outcome, tools, started, llm.tokens)
+        await self._finish(goal, scope, outcome, tools, started, llm.tokens)
 
-    async def _finish(self, goal: Goal, outcome: TurnOutcome, tools: OrchestratorTools,
-                      started: float, tokens: int) -> None:
-        await self._log(goal, "assistant", outcome.answer)
-        content = {} if goal.private else {"text": outcome.answer, "changes": tools.diffstats}
+    async def _workspace_tools(self, scope: TurnScope) -> list[Tool]:
+        """The tool actor's tools, each audited privately once the turn is private."""
+        public = await self._tools.get(private=False)
+        private = {tool.name: tool for tool in await self._tools.get(private=True)}
+        return [either(tool, private[tool.name], scope) for tool in public]
+
+    async def _finish(self, goal: Goal, scope: TurnScope, outcome: TurnOutcome,
+                      tools: OrchestratorTools, started: float, tokens: int) -> None:
+        # Asked, not told: entityctl reads a private answer from the log once the answer
+        # event is out, so it must be there first.
+        await self._log(goal, "assistant", outcome.answer, wait=True)
+        content: dict[str, Any] = ({"private": True} if scope.private else
+                                   {"text": outcome.answer, "changes": tools.diffstats})
         await self.ctx.emit(
             "answer", task_id=goal.task_id, ok=outcome.ok, steps=outcome.steps,
             stopped=outcome.stopped, commits=tools.commits, tokens=tokens,
@@ -213,75 +272,38 @@ class OrchestratorActor(Actor):
                 self.ctx.log.warning("turn_done_lost", to=goal.notify, error=str(exc))
 
     def _take_reports(self) -> str:
+        """Which peers reported since the operator's last turn; not what they said: their
+        words reach a turn only when it asks memory for them, and then make it private."""
         if not self._reports:
             return ""
-        lines = [f"- {r.peer} reported: {r.text}" for r in self._reports]
+        lines = [f"- {r.peer} (memory #{r.memory_id})" for r in self._reports]
         self._reports.clear()
-        return "\n\nReports from peers since your last turn:\n" + "\n".join(lines)
+        return ("\n\nPeers sent reports since your last turn; recall with peers=true to "
+                "read them:\n" + "\n".join(lines))
 
-    async def _recall(self, text: str) -> str:
+    async def _recall(self, text: str, scope: TurnScope) -> str:
         try:
             hits: MemoryHits = await self.ctx.ask(
-                f"{self.ctx.entity}/memory", MemorySearch(text, RECALL_LIMIT)
+                f"{self.ctx.entity}/memory",
+                MemorySearch(text, RECALL_LIMIT, origin=scope.recall_origin()),
             )
         except EntitydError as exc:
             self.ctx.log.warning("recall_failed", error=str(exc))
             return ""
+        scope.hear_origins(hit.origin for hit in hits.hits)
         return render_hits(hits)
 
-    async def _log(self, goal: Goal, role: str, content: str) -> None:
-        # Told, not asked: nothing waits on the log (the memory actor handles in order).
+    async def _log(self, goal: Goal, role: str, content: str, wait: bool = False) -> None:
+        # Told, not asked, unless `wait`: the memory actor handles in order.
+        entry = LogAppend(goal.conversation, role, content,
+                          {"task_id": goal.task_id, "source": goal.source})
         try:
-            await self.ctx.tell(f"{self.ctx.entity}/memory",
-                                LogAppend(goal.conversation, role, content,
-                                          {"task_id": goal.task_id, "source": goal.source}))
+            if wait:
+                await self.ctx.ask(f"{self.ctx.entity}/memory", entry)
+            else:
+                await self.ctx.tell(f"{self.ctx.entity}/memory", entry)
         except EntitydError as exc:
             self.ctx.log.warning("log_failed", error=str(exc))
-
-    async def _learn(self, llm: LLM, goal: Goal, outcome: TurnOutcome) -> None:
-        """Ask the model for lessons from the finished task and keep them (merged)."""
-        if outcome.stopped == "llm_error":
-            return
-        messages = [
-            {"role": "system", "content": prompts.load("lessons")},
-            {"role": "user", "content": f"Goal: {goal.text}\n\nOutcome "
-             f"({'done' if outcome.ok else 'not done'}): {outcome.answer}"},
-        ]
-        try:
-            completion = await llm.generate(messages, None)
-        except LLMError as exc:
-            self.ctx.log.warning("lessons_failed", error=str(exc))
-            return
-        lessons = _parse_lessons(completion.content or "")
-        stored = []
-        for lesson in lessons:
-            try:
-                ref = await self.ctx.ask(f"{self.ctx.entity}/memory",
-                                         MemoryAdd("lesson", lesson, 0.6, f"task {goal.task_id}"))
-                stored.append({"id": ref.id, "merged": ref.merged})
-            except EntitydError as exc:
-                self.ctx.log.warning("lesson_not_stored", error=str(exc))
-        await self.ctx.ask(
-            f"{self.ctx.entity}/memory",
-            MemoryAdd("episode", f"{goal.text[:300]} -> {outcome.answer[:300]}", 0.3,
-                      f"task {goal.task_id}"),
-        )
-        await self.ctx.emit("lessons", task_id=goal.task_id, stored=stored,
-                            **({} if goal.private else {"lessons": lessons}))
-
-
-def _parse_lessons(text: str) -> list[str]:
-    """The model's JSON array of lessons; anything else means none (and is not an error)."""
-    start, end = text.find("["), text.rfind("]")
-    if start < 0 or end <= start:
-        return []
-    try:
-        parsed = json.loads(text[start : end + 1])
-    except json.JSONDecodeError:
-        return []
-    if not isinstance(parsed, list):
-        return []
-    return [item.strip() for item in parsed if isinstance(item, str) and item.strip()][:3]
 
 
 def _todo_goal(todos: TodoItems) -> str:

@@ -1,4 +1,6 @@
-"""The orchestrator's own tools: delegate to the coder, memory and the todo list."""
+"""The orchestrator's own tools: delegate to the coder, memory and the todo list, as one
+turn's scope allows them (actors/turn_scope.py): memory is recalled and written under the
+turn's origin, and the coder runs private and on the turn's budget when it should."""
 
 from __future__ import annotations
 
@@ -21,12 +23,19 @@ from .messages import (
     TodoList,
     TodoUpdate,
 )
+from .turn_scope import TurnScope
 
 CODER_TIMEOUT_S = 3600.0
+RECALL_TOOL_LIMIT = 8
 
 
 def render_hits(hits: MemoryHits) -> str:
-    return "\n".join(f"- [{h.kind} #{h.id}] {h.text}" for h in hits.hits)
+    return "\n".join(f"- [{h.kind} #{h.id}{_from(h.origin)}] {h.text}" for h in hits.hits)
+
+
+def _from(origin: str) -> str:
+    peers = [part.removeprefix("peer:") for part in origin.split(",") if part != "operator"]
+    return f", from {', '.join(peers)}" if peers else ""
 
 
 def render_todos(items: TodoItems) -> str:
@@ -39,10 +48,10 @@ class OrchestratorTools:
     """Builds the tools for one turn; `commits` and `diffstats` collect what the coder
     committed."""
 
-    def __init__(self, ctx: Context, task_id: str, private: bool = False) -> None:
+    def __init__(self, ctx: Context, task_id: str, scope: TurnScope | None = None) -> None:
         self.ctx = ctx
         self.task_id = task_id
-        self.private = private
+        self.scope = scope or TurnScope()
         self.commits: list[str] = []
         self.diffstats: list[str] = []
 
@@ -56,6 +65,18 @@ class OrchestratorTools:
             raise ToolFailed(str(exc)) from None
 
     def tools(self) -> list[Tool]:
+        if self.scope.owner:
+            recall = Tool("recall", "Search what you remember of your conversations with "
+                          f"{self.scope.owner}.", schema({"query": "words to look for"}),
+                          self.recall)
+        else:
+            recall = Tool("recall", "Search long-term memory: your own, and with peers=true "
+                          "also what peers told you (their reports and talks). Reading a "
+                          "peer's words makes the rest of the turn private and read-only.",
+                          schema({"query": "words to look for"},
+                                 {"peers": "true to include what peers said (default false)"},
+                                 {"peers": "boolean"}),
+                          self.recall)
         return [
             Tool("delegate_to_coder",
                  "Give a coding task to your coder, who edits the workspace, runs the tests "
@@ -69,8 +90,7 @@ class OrchestratorTools:
                          "importance": "0 to 1 (default 0.5)"},
                         {"importance": "number"}),
                  self.remember),
-            Tool("recall", "Search long-term memory.",
-                 schema({"query": "words to look for"}), self.recall),
+            recall,
             Tool("todo_list", "Show the todo list.", schema({}), self.todo_list),
             Tool("todo_add", "Add an item to the todo list.",
                  schema({"text": "the item"}, {"priority": "higher first (default 0)"},
@@ -86,7 +106,7 @@ class OrchestratorTools:
         result: CodeResult = await self._ask(
             "coder",
             CodeTask(self.task_id, str(args["goal"]), str(args.get("context", "")),
-                     self.private),
+                     self.scope.private, self.scope.payer),
             timeout=CODER_TIMEOUT_S,
         )
         if result.commit:
@@ -104,12 +124,16 @@ class OrchestratorTools:
         except (TypeError, ValueError):
             raise ToolFailed("importance must be a number from 0 to 1") from None
         ref: MemoryRef = await self._ask(
-            "memory", MemoryAdd(kind, str(args["text"]), importance, f"task {self.task_id}")
+            "memory", MemoryAdd(kind, str(args["text"]), importance, f"task {self.task_id}",
+                                self.scope.origin)
         )
         return f"{'updated' if ref.merged else 'remembered'} as #{ref.id}"
 
     async def recall(self, args: dict[str, Any]) -> str:
-        hits: MemoryHits = await self._ask("memory", MemorySearch(str(args["query"]), 8))
+        peers = args.get("peers") in (True, "true", "True", 1)
+        hits: MemoryHits = await self._ask("memory", MemorySearch(
+            str(args["query"]), RECALL_TOOL_LIMIT, origin=self.scope.recall_origin(peers)))
+        self.scope.hear_origins(h.origin for h in hits.hits)
         return render_hits(hits) or "(nothing found)"
 
     async def todo_list(self, args: dict[str, Any]) -> str:

@@ -136,6 +136,11 @@ class PeersSection:
     talk_timeout: float = 600.0
     command_timeout: float = 15.0
     delegation_timeout: float = 3600.0
+    # What one peer's turns (its talks, delegated tasks and wakes) may spend of the model,
+    # apart from the operator's llm.max_tokens_per_hour, and the longest talk or report
+    # text accepted from a peer (characters); a longer one is refused with the reason.
+    max_tokens_per_hour: int = 40_000
+    max_text_chars: int = 16_000
     # What a peer may keep waiting in this entity's INBOX: commands per peer and operation
     # (more are refused to the sender, whose outbox retries), and the INBOX's total size.
     inbox_per_sender: int = 32
@@ -392,6 +397,8 @@ def _check_values(sections: dict[str, Any]) -> None:
         ("peers.talk_timeout", peers.talk_timeout),
         ("peers.command_timeout", peers.command_timeout),
         ("peers.delegation_timeout", peers.delegation_timeout),
+        ("peers.max_tokens_per_hour", peers.max_tokens_per_hour),
+        ("peers.max_text_chars", peers.max_text_chars),
         ("peers.inbox_per_sender", peers.inbox_per_sender),
         ("peers.inbox_max_bytes", peers.inbox_max_bytes),
         ("peers.deliverables_max_bytes", peers.deliverables_max_bytes),
@@ -575,6 +582,8 @@ ping_timeout = 3.0
 talk_timeout = 600.0    # how long talk_to_peer waits for the peer's answer
 command_timeout = 15.0  # how long wake and restart wait for the peer's result
 delegation_timeout = 3600.0  # the default deadline of a delegated task
+max_tokens_per_hour = 40000  # what each peer's turns may spend, never the operator's budget
+max_text_chars = 16000  # the longest talk or report text taken from a peer
 inbox_per_sender = 32   # commands a peer may keep waiting here, per operation; more are refused
 inbox_max_bytes = 536870912  # the INBOX's total size; full, every sender is refused
 deliverables_max_bytes = 1073741824  # the store of deliverables kept for delegators ...

@@ -145,10 +145,23 @@ async def _ask(client: EntityClient, args: argparse.Namespace) -> int:
                 if data.get("task_id") != task_id:
                     continue
                 if event.message.type == "answer" and event.src.endswith("/orchestrator"):
+                    if data.get("private"):
+                        data = {**data, "text": await _private_answer(
+                            client, args.conversation or task_id)}
                     return _print_answer(data, args.json)
                 if not args.quiet and not args.json:
                     print(render_progress(event), file=sys.stderr)
     return EXIT_UNREACHABLE
+
+
+async def _private_answer(client: EntityClient, conversation: str) -> str:
+    """The answer of a turn that held a peer's words: its event carries no text (events
+    cross the hub), so it comes from the entity's own log, over the local bus."""
+    from actors.messages import History, HistoryGet
+
+    history: History = await client.ask("memory", HistoryGet(conversation, 10), 10.0)
+    answers = [e.content for e in history.entries if e.role == "assistant"]
+    return answers[-1] if answers else ""
 
 
 def _print_answer(data: dict[str, Any], as_json: bool) -> int:

@@ -143,10 +143,12 @@ async def test_every_peer_tool_from_the_orchestrator(pair: Federation) -> None:
     out = await ask(a, 'CALL check_peer_alive {"peer": "entity-q"}')
     assert "entity-q: unknown" in out and "not in the directory" in out
 
-    # The report reached entity-b's orchestrator too: its next turn is shown it.
+    # The report reached entity-b's orchestrator too: its next turn is told who reported,
+    # not what (a peer's words reach an operator's turn only when it recalls them).
     await ask(b, "what is new?")
     prompts = [json.dumps(r.body) for r in pair.llm.requests if r.body]
-    assert any("Reports from peers" in p and "deploy finished" in p for p in prompts)
+    told = [p for p in prompts if "Peers sent reports" in p and "entity-a (memory #" in p]
+    assert told and not any("deploy finished" in p for p in told)
 
 
 async def test_a_peer_over_its_rate_limit_is_refused_and_its_commands_wait(

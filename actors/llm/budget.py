@@ -1,25 +1,39 @@
-"""Budgets that stop a runaway agent loop: tokens per sliding hour, steps per turn."""
+"""Budgets that stop a runaway agent loop: tokens per sliding hour (the operator's, and
+one per peer, so that peers never spend the operator's), steps per turn."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import BudgetExhausted
 
+if TYPE_CHECKING:
+    from .client import LLM, Completion
+
 WINDOW_S = 3600.0
+OPERATOR_SETTING = "llm.max_tokens_per_hour"
+PEER_SETTING = "peers.max_tokens_per_hour"
+# Peers with a budget kept at most; past it, budgets with nothing spent in the window
+# (the same as a new one) are dropped first, then the least recently used.
+MAX_PEER_BUDGETS = 1024
 
 
 class TokenBudget:
-    """At most `max_tokens_per_hour` tokens spent within any sliding hour."""
+    """At most `max_tokens_per_hour` tokens spent within any sliding hour; `setting`
+    names the config key that sets it, for the message of a spent budget."""
 
     def __init__(
-        self, max_tokens_per_hour: int, *, clock: Callable[[], float] = time.monotonic
+        self, max_tokens_per_hour: int, *, clock: Callable[[], float] = time.monotonic,
+        setting: str = OPERATOR_SETTING, owner: str = "",
     ) -> None:
         if max_tokens_per_hour <= 0:
             raise ValueError(f"max_tokens_per_hour must be positive, got {max_tokens_per_hour}")
         self.limit = max_tokens_per_hour
+        self.setting = setting
+        self.owner = owner
         self._clock = clock
         self._spent: deque[tuple[float, int]] = deque()
         self._total = 0
@@ -65,13 +79,70 @@ class TokenBudget:
         if self.remaining() > 0:
             return
         wait = self.frees_in()
+        whose = f"{self.owner}'s " if self.owner else ""
         raise BudgetExhausted(
             "tokens",
             self.limit,
-            f"token budget of {self.limit} per hour is spent; "
-            f"it frees up in {_duration(wait)} (llm.max_tokens_per_hour)",
+            f"{whose}token budget of {self.limit} per hour is spent; "
+            f"it frees up in {_duration(wait)} ({self.setting})",
             frees_in=wait,
         )
+
+
+class Budgets:
+    """The operator's token budget and one per peer. A turn run for a peer (its talk,
+    its delegated task, a wake it asked for) is paid from that peer's budget, so no peer
+    can spend the operator's, nor another peer's."""
+
+    def __init__(self, operator_per_hour: int, peer_per_hour: int, *,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.operator = TokenBudget(operator_per_hour, clock=clock)
+        self.peer_per_hour = peer_per_hour
+        self._clock = clock
+        self._peers: dict[str, TokenBudget] = {}
+
+    def of(self, payer: str) -> TokenBudget:
+        """The budget that pays for `payer`'s turns: "" is the operator, else a peer."""
+        if not payer:
+            return self.operator
+        budget = self._peers.pop(payer, None)  # re-inserted last: most recently used
+        if budget is None:
+            if len(self._peers) >= MAX_PEER_BUDGETS:
+                self._prune()
+            budget = TokenBudget(self.peer_per_hour, clock=self._clock, setting=PEER_SETTING,
+                                 owner=payer)
+        self._peers[payer] = budget
+        return budget
+
+    def _prune(self) -> None:
+        for name in [n for n, b in self._peers.items() if b.used() == 0]:
+            del self._peers[name]
+        while len(self._peers) >= MAX_PEER_BUDGETS:
+            del self._peers[next(iter(self._peers))]
+
+
+class LLMSource(Protocol):
+    """The daemon's model as its actors get it: one LLM per turn, metered against the
+    budget of whoever pays for that turn ("" the operator, else a peer)."""
+
+    def __call__(self, payer: str = "") -> LLM: ...
+
+    def budget(self, payer: str = "") -> TokenBudget: ...
+
+
+class Metered:
+    """An LLM whose every call is checked against, then counted into, one budget."""
+
+    def __init__(self, llm: LLM, budget: TokenBudget) -> None:
+        self.llm = llm
+        self.budget = budget
+
+    async def generate(self, messages: list[dict[str, Any]],
+                       tools: list[dict[str, Any]] | None = None) -> Completion:
+        self.budget.check()
+        completion = await self.llm.generate(messages, tools)
+        self.budget.spend(completion.usage.total_tokens)
+        return completion
 
 
 class StepBudget:

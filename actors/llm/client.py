@@ -277,18 +277,25 @@ def build_llm(
     workspace: Path | None,
     budget: TokenBudget | None,
     on_event: EventSink | None = None,
+    metered: bool = True,
 ) -> OpenAICompatLLM:
     """The client for [llm] settings; budget None makes one of llm.max_tokens_per_hour.
+    With `metered` false it has no budget of its own: its callers meter each call
+    against the budget of whoever pays for it (actors.llm.budget.Metered).
 
     Raises ConfigError, MissingApiKey or KeyFileRefused when the settings cannot work.
     """
     provider = resolve(settings, environ=environ, workspace=workspace)
+    if not metered:
+        budget = None
+    elif budget is None:
+        budget = TokenBudget(settings.max_tokens_per_hour)
     return OpenAICompatLLM(
         provider,
         timeout=settings.timeout,
         max_retries=settings.max_retries,
         temperature=settings.temperature,
-        budget=budget if budget is not None else TokenBudget(settings.max_tokens_per_hour),
+        budget=budget,
         on_event=on_event,
     )
 

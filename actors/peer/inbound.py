@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 import protocol
 from entityd.actor import Context
 from entityd.config import PeersSection
-from entityd.errors import EntitydError
+from entityd.errors import EntitydError, RemoteError
 from protocol import Envelope, Error, Ping, Pong, ProtocolError, subjects
 
 from ..messages import Goal, MemoryAdd, MemoryRef, Wake, WakeResult
@@ -171,7 +171,16 @@ class Inbound:
         return None if refused is None else Error("not_trusted", refused)
 
     async def _talked_to(self, peer: str, talk: Talk) -> TalkReply | Error:
-        conversation = talk.conversation or f"peer-{peer}"
+        """A talk becomes a turn of the orchestrator run for `peer` (its scope: see
+        actors/turn_scope.py), paid from the peer's token budget."""
+        too_long = self._too_long(peer, "talk", talk.text)
+        if too_long is not None:
+            await self.rejections.note(protocol.TooLarge(too_long),
+                                       subjects.request(self.ctx.entity, peer, "talk"), peer)
+            return Error("too_large", too_long)
+        # The peer's conversations are its own: it cannot name one of the operator's.
+        conversation = f"peer-{peer}" + (f"-{talk.conversation[:64]}" if talk.conversation
+                                         else "")
         goal = Goal(f"{peer} says to you: {talk.text}", f"talk-{protocol.new_id().hex()[:12]}",
                     conversation, f"peer:{peer}")
         try:
@@ -179,9 +188,18 @@ class Inbound:
         except TimeoutError:
             return Error("timeout", f"{self.ctx.entity} did not finish its answer within "
                          f"{self.settings.talk_timeout:g} s")
+        except RemoteError as exc:  # refused by the orchestrator: budget_exhausted, busy
+            return Error(exc.code, exc.message)
         except EntitydError as exc:
             return Error("unavailable", f"{self.ctx.entity}'s orchestrator: {exc}")
         return TalkReply(answer.ok, answer.text, goal.task_id)
+
+    def _too_long(self, peer: str, what: str, text: str) -> str | None:
+        limit = self.settings.max_text_chars
+        if len(text) <= limit:
+            return None
+        return (f"{peer}'s {what} is {len(text)} characters; {self.ctx.entity} takes at most "
+                f"{limit} (peers.max_text_chars)")
 
     async def serve_command(self, msg: Msg) -> None:
         route = subjects.route(msg.subject)
@@ -266,21 +284,32 @@ class Inbound:
         return None
 
     async def _reported(self, env: Envelope, peer: str, text: str) -> None:
+        too_long = self._too_long(peer, "report", text)
+        if too_long is not None:
+            await self.rejections.note(protocol.TooLarge(too_long), env.subj, peer)
+            await self.outbox.send(peer, "result", CommandResult(False, "too_large", too_long),
+                                   corr=env.id)
+            return
         # The envelope id in the text makes the memory exactly-once: a redelivered
-        # report merges into the fact the first delivery stored.
+        # report merges into the fact the first delivery stored. Its origin is the peer:
+        # only the peer's own turns, and the operator's that ask for peers' words, see it.
         ref: MemoryRef = await self.ctx.ask(f"{self.ctx.entity}/memory", MemoryAdd(
             "fact", f"{peer} reported: {text} [report {env.id.hex()[:12]}]", 0.6,
-            f"peer:{peer}"))
+            f"peer:{peer}", f"peer:{peer}"))
         if env.id not in self._reports_told:
+            # Without the text: the orchestrator only says which peers reported.
             await self.ctx.tell(f"{self.ctx.entity}/orchestrator",
-                                PeerReportIn(peer, text, env.id.hex(), ref.id))
+                                PeerReportIn(peer, "", env.id.hex(), ref.id))
             self._reports_told.add(env.id)
         await self.ctx.emit("report_received", peer=peer, id=env.id.hex(), memory_id=ref.id)
 
     async def _woken(self, peer: str, reason: str) -> CommandResult:
+        # The reason is the peer's words: it goes to the local log, not into the turn
+        # (which works the operator's todo list, on the peer's budget) nor its events.
+        self.ctx.log.info("peer_wake", peer=peer, reason=reason[:self.settings.max_text_chars])
         try:
             result: WakeResult = await self.ctx.ask(
-                f"{self.ctx.entity}/orchestrator", Wake(f"woken by {peer}: {reason}".strip()))
+                f"{self.ctx.entity}/orchestrator", Wake(f"peer:{peer}"))
         except EntitydError as exc:
             return CommandResult(False, "failed", f"the orchestrator did not answer: {exc}")
         await self.ctx.emit("woken", peer=peer, started=result.started, reason=result.reason)
