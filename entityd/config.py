@@ -147,8 +147,8 @@ class PeersSection:
     inbox_max_bytes: int = 512 * 1024 * 1024
     # The object store of deliverables kept for delegators: its total size, what one
     # delegator's deliverables may take of it, and how long one is kept (seconds).
-    deliverables_max_bytes: int = 1024 * 1024 * 1024
-    deliverables_per_peer_bytes: int = 256 * 1024 * 1024
+    deliverables_max_bytes: int = 512 * 1024 * 1024
+    deliverables_per_peer_bytes: int = 128 * 1024 * 1024
     deliverables_ttl: float = 7 * 24 * 3600.0
 
     @property
@@ -586,8 +586,8 @@ max_tokens_per_hour = 40000  # what each peer's turns may spend, never the opera
 max_text_chars = 16000  # the longest talk or report text taken from a peer
 inbox_per_sender = 32   # commands a peer may keep waiting here, per operation; more are refused
 inbox_max_bytes = 536870912  # the INBOX's total size; full, every sender is refused
-deliverables_max_bytes = 1073741824  # the store of deliverables kept for delegators ...
-deliverables_per_peer_bytes = 268435456  # ... what one delegator's may take of it ...
+deliverables_max_bytes = 536870912  # the store of deliverables kept for delegators ...
+deliverables_per_peer_bytes = 134217728  # ... what one delegator's may take of it ...
 deliverables_ttl = 604800.0  # ... and how long one is kept (seconds)
 
 [trust]

@@ -523,5 +523,51 @@ async def test_what_is_published_on_the_consumers_inbox_is_refused_and_crashes_n
               f"the forged $JS.ACK reply: {forged_ack[0] if forged_ack else 'refused by b'}")
 
 
+# ---- the object store of deliverables -------------------------------------------------
+
+
+async def test_a_deliverable_over_the_room_for_its_delegator_fails_its_task(
+    tmp_path: Path,
+) -> None:
+    """entity-b may keep 200 000 bytes of deliverables for entity-a; the BIG task's patch
+    (30 000 lines, past one envelope) does not fit, so the task fails, saying why, on both
+    sides, and nothing is kept. The bucket has its total and TTL."""
+    async with ScriptedLLMServer(route) as llm:
+        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
+        for member in fed.members.values():  # 256 KiB envelopes: the patch goes to the store
+            edit(member.config, "max_message_bytes = 1048576", "max_message_bytes = 262144")
+        edit(fed[B].config, "deliverables_max_bytes = 536870912",
+             "deliverables_max_bytes = 10000000")
+        edit(fed[B].config, "deliverables_per_peer_bytes = 134217728",
+             "deliverables_per_peer_bytes = 200000")
+        edit(fed[B].config, "deliverables_ttl = 604800.0", "deliverables_ttl = 3600.0")
+        async with running(fed):
+            await fed.discovered()
+            a, b = fed[A], fed[B]
+            offered = await a.ctl_json("delegate", B, "BIG numbered lines")
+            assert offered["ok"], offered
+
+            async def ended(member: Any, direction: str) -> Any:
+                tasks = await member.ctl_json("tasks")
+                return next((t for t in tasks if t["direction"] == direction
+                             and t["state"] in ("delivered", "completed", "failed")), None)
+
+            theirs = await until(lambda: ended(b, "in"), 120.0, "entity-b ended the task")
+            mine = await until(lambda: ended(a, "out"), 30.0, "entity-a heard the end")
+            for task in (theirs, mine):
+                assert task["state"] == "failed", task
+                assert "no room for the deliverable" in task["note"], task
+                assert "peers.deliverables_per_peer_bytes" in task["note"], task
+            nc = await nats.connect(f"nats://127.0.0.1:{b.port}")
+            try:
+                info = await nc.jetstream().stream_info("OBJ_deliverables")
+            finally:
+                await nc.close()
+            assert info.config.max_bytes == 10_000_000, info.config
+            assert info.config.max_age == 3600.0, info.config
+            assert info.state.bytes == 0, info.state
+            print(f"\nentity-b refused to keep the deliverable: {theirs['note']}")
+
+
 if __name__ == "__main__":  # the attacker process: python -m tests.test_federation_inbox
     print(json.dumps(asyncio.run(Flood(**json.loads(sys.argv[1])).run())))

@@ -26,6 +26,7 @@ from entityd.config import PeersSection
 from entityd.errors import EntitydError, PeerUnavailable, RemoteError
 from protocol import ProtocolError
 
+from .inbox import insufficient_storage
 from .link import FedLink, UnknownPeer
 from .messages import DeliverableChunk, DeliverableGet
 
@@ -47,26 +48,35 @@ class Deliverables:
         self.inline_limit = max_message_bytes - ENVELOPE_ROOM
         self.chunk = min(CHUNK_MAX, max_message_bytes // 2)
         self.limits = limits
+        self.max_bytes = limits.deliverables_max_bytes  # less where the server has not the room
         self._store: ObjectStore | None = None
         self._read: tuple[str, bytes, float] | None = None
 
     async def _bucket(self) -> ObjectStore:
         """The bucket, with its limits; an older one without them is updated in place."""
-        if self._store is None:
-            js, ttl = self.link.js, self.limits.deliverables_ttl
-            max_bytes = self.limits.deliverables_max_bytes
+        if self._store is not None:
+            return self._store
+        js, ttl = self.link.js, self.limits.deliverables_ttl
+        while True:
             try:
-                store = await js.object_store(BUCKET)
-            except nats.js.errors.BucketNotFoundError:
-                store = await js.create_object_store(BUCKET, config=ObjectStoreConfig(
-                    ttl=ttl, max_bytes=max_bytes))
-            else:
-                config = (await store.status()).stream_info.config
-                if config.max_bytes != max_bytes or config.max_age != ttl:
-                    await js.update_stream(dataclasses.replace(
-                        config, max_bytes=max_bytes, max_age=ttl))
+                try:
+                    store = await js.object_store(BUCKET)
+                except nats.js.errors.BucketNotFoundError:
+                    store = await js.create_object_store(BUCKET, config=ObjectStoreConfig(
+                        ttl=ttl, max_bytes=self.max_bytes))
+                else:
+                    config = (await store.status()).stream_info.config
+                    if config.max_bytes != self.max_bytes or config.max_age != ttl:
+                        await js.update_stream(dataclasses.replace(
+                            config, max_bytes=self.max_bytes, max_age=ttl))
+            except nats.js.errors.APIError as exc:
+                # The server sets a stream's max_bytes aside; with less room, keep less.
+                if not insufficient_storage(exc) or self.max_bytes // 2 < MAX_BYTES:
+                    raise
+                self.max_bytes //= 2
+                continue
             self._store = store
-        return self._store
+            return store
 
     async def pack(self, name: str, patch: bytes) -> tuple[bytes, int, str]:
         """(inline patch, size, sha256): the patch itself when small, else b"" and the
@@ -91,7 +101,7 @@ class Deliverables:
     async def _room(self, bucket: ObjectStore, name: str, size: int) -> None:
         need = int(size * STORE_OVERHEAD) + STORE_SLACK
         state = (await bucket.status()).stream_info.state
-        total = self.limits.deliverables_max_bytes
+        total = self.max_bytes
         if state.bytes + need > total:
             raise ValueError(
                 f"no room for the deliverable ({size} bytes): the store of deliverables "

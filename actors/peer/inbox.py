@@ -67,15 +67,20 @@ class NotADelivery(ProtocolError):
     reason = "not_a_delivery"
 
 
-def stream_config(name: str, entity: str, ops: Sequence[str], settings: PeersSection,
-                  max_message_bytes: int, per_subject: int | None = None) -> StreamConfig:
+def stream_config(name: str, entity: str, ops: Sequence[str], *, per_subject: int,
+                  max_bytes: int, max_message_bytes: int) -> StreamConfig:
     return StreamConfig(
         name=name, subjects=[subjects.command(entity, "*", op) for op in sorted(ops)],
         retention=RetentionPolicy.WORK_QUEUE, storage=StorageType.FILE,
         duplicate_window=120.0, max_msg_size=max_message_bytes + HEADER_ROOM,
-        max_msgs_per_subject=per_subject or settings.inbox_per_sender,
-        discard=DiscardPolicy.NEW, discard_new_per_subject=True,
-        max_bytes=settings.inbox_max_bytes)
+        max_msgs_per_subject=per_subject, discard=DiscardPolicy.NEW,
+        discard_new_per_subject=True, max_bytes=max_bytes)
+
+
+def insufficient_storage(exc: nats.js.errors.APIError) -> bool:
+    """The server cannot set this much of its JetStream store aside for the stream (it
+    reserves a stream's max_bytes; the embedded server's store is 75% of the free disk)."""
+    return exc.err_code == 10047 or "insufficient storage" in (exc.description or "")
 
 
 _COMPARED = ("retention", "duplicate_window", "max_msg_size", "max_msgs_per_subject",
@@ -107,6 +112,7 @@ class Inbox:
         self.log = log
         self._refuse = refuse
         self.per_subject = settings.inbox_per_sender  # what the stream holds to now
+        self.max_bytes = settings.inbox_max_bytes  # less where the server has not the room
         self.deliver = ""
         self._sub: Subscription | None = None
         self._ready: asyncio.Queue[Msg] = asyncio.Queue()
@@ -121,22 +127,20 @@ class Inbox:
         place. Nothing it holds is lost: while some sender has more waiting than the
         per-sender limit allows (kept from before there was one), the limit stays at that
         many until the backlog is handled (see tighten)."""
-        want = self._config()
         try:
             info = await self.js.stream_info(self.stream, subjects_filter=">")
         except nats.js.errors.NotFoundError:
-            await self.js.add_stream(want)
+            await self._put(create=True)
         else:
             fullest = _fullest(info.state.subjects, info.state.messages)
             if fullest > self.per_subject:
                 self.per_subject = fullest
-                want = self._config()
                 self.log.warning("inbox_limit_deferred", stream=self.stream, holds=fullest,
                                  limit=self.settings.inbox_per_sender)
-            if _differs(info.config, want):
-                await self.js.update_stream(want)
+            if _differs(info.config, self._config()):
+                await self._put(create=False)
                 self.log.info("inbox_limits_updated", stream=self.stream,
-                              per_sender=self.per_subject, max_bytes=want.max_bytes,
+                              per_sender=self.per_subject, max_bytes=self.max_bytes,
                               kept=info.state.messages)
         pending = max(1000, PENDING_SENDERS * len(self.ops) * self.settings.inbox_per_sender)
         consumer = ConsumerConfig(
@@ -151,8 +155,27 @@ class Inbox:
             await self.js.add_consumer(self.stream, consumer)  # creates, or updates in place
 
     def _config(self) -> StreamConfig:
-        return stream_config(self.stream, self.entity, self.ops, self.settings,
-                             self.max_message_bytes, self.per_subject)
+        return stream_config(self.stream, self.entity, self.ops, per_subject=self.per_subject,
+                             max_bytes=self.max_bytes, max_message_bytes=self.max_message_bytes)
+
+    async def _put(self, *, create: bool) -> None:
+        """Create or update the stream; where the server has not the room for
+        inbox_max_bytes, with half as much, and so on (down to two messages' worth)."""
+        floor = 2 * (self.max_message_bytes + HEADER_ROOM)
+        while True:
+            try:
+                if create:
+                    await self.js.add_stream(self._config())
+                else:
+                    await self.js.update_stream(self._config())
+                return
+            except nats.js.errors.APIError as exc:
+                if not insufficient_storage(exc) or self.max_bytes // 2 < floor:
+                    raise
+                self.max_bytes //= 2
+                self.log.warning("inbox_max_bytes_reduced", stream=self.stream,
+                                 max_bytes=self.max_bytes, error=exc.description,
+                                 setting=self.settings.inbox_max_bytes)
 
     async def tighten(self) -> None:
         """While an older backlog holds the per-sender limit above its setting, lower it
