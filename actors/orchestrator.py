@@ -49,10 +49,10 @@ from .orchestrator_tools import OrchestratorTools, render_hits, render_todos
 from .peer.messages import PeerReportIn
 from .peer.tools import PeerTools
 from .remote_tools import RemoteTools
-from .turn_scope import NAME, WAKE_SOURCE, TurnScope, either, payer_of
+from .turn_scope import DELEGATED_PREFIX, NAME, WAKE_SOURCE, TurnScope, either, payer_of
 
 QUEUE_SIZE = 32
-PEER_GOALS = 4  # goals one peer may have queued or running here at once ...
+PEER_GOALS = 4  # talks one peer may have queued or running here at once ...
 OPERATOR_ROOM = 8  # ... and places in the queue that peers' goals never take
 RECALL_LIMIT = 5
 REPORTS_KEPT = 20
@@ -126,7 +126,7 @@ class OrchestratorActor(Actor):
             return GoalAccepted(task_id, ahead)  # given again (a peer actor restarted)
         payer = payer_of(goal)
         if payer:
-            refused = self._peer_refusal(payer)
+            refused = self._peer_refusal(payer, goal.task_id.startswith(DELEGATED_PREFIX))
             if refused is not None:
                 return refused
         try:
@@ -141,12 +141,13 @@ class OrchestratorActor(Actor):
             self._pending[payer] += 1
         return GoalAccepted(task_id, ahead)
 
-    def _peer_refusal(self, peer: str) -> Error | None:
+    def _peer_refusal(self, peer: str, delegated: bool) -> Error | None:
         try:
             self._llm.budget(peer).check()
         except BudgetExhausted as exc:
             return Error("budget_exhausted", str(exc))
-        if self._pending[peer] >= PEER_GOALS:
+        # (A delegator's tasks are durable and each was accepted by trust: they queue.)
+        if not delegated and self._pending[peer] >= PEER_GOALS:
             return Error("busy", f"{peer} already has {PEER_GOALS} turns queued or running "
                          f"at {self.ctx.entity}; try later")
         if self._pending.total() >= QUEUE_SIZE - OPERATOR_ROOM:

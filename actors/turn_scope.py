@@ -6,8 +6,9 @@ delegated task). A wake a peer asked for runs the operator's todo list, as the o
 turn, but on that peer's budget. A peer's turn is offered a conversation: `recall` and
 `remember` over its own memories only, `check_peer_alive`, and each peer tool that acts
 on another entity only when the peer holds that permission itself in [trust], exactly as
-if it asked directly; a delegated task adds the coder and the workspace tools. It never
-gets the todo list, the operator's memory, or (for a talk) the shell and files.
+if it asked directly (and at most PEER_CALLS_PER_TURN calls that reach other entities);
+a delegated task adds the coder and the workspace tools. It never gets the todo list,
+the operator's memory, or (for a talk) the shell and files.
 
 Words from a peer may ask for anything, and a model may obey them. So a turn that holds
 words of anyone but its owner (an operator's turn once a tool brings a peer's words in:
@@ -52,6 +53,11 @@ READ_ONLY_TOOLS = frozenset({"recall", "remember", "todo_list", "list_peers",
                              "glob", "grep"})
 # Tools whose output holds the words of the peer named in their `peer` argument.
 ANSWERED_BY_PEER = frozenset({"talk_to_peer", "wake_up_peer", "restart_peer"})
+# A peer's turn may make this many calls that reach other entities (a ping, a report, a
+# wake, ...): they go out in this entity's name, against the rate limits and INBOX
+# shares other entities keep for it, so a peer must not be able to spend those in bulk.
+PEER_CALLS_PER_TURN = 2
+REACHES_PEERS = frozenset({"check_peer_alive", *PEER_ACTIONS})
 _TASK_LINE = re.compile(r"(?m)^\S+ (?:to|from) ([a-z0-9-]{1,32}): ")
 
 
@@ -63,6 +69,7 @@ class TurnScope:
     payer: str = ""  # whose token budget: "": the operator's; else a peer's
     private_goal: bool = False  # Goal.private
     heard: set[str] = field(default_factory=set)  # peers whose words the turn holds
+    peer_calls: int = 0  # calls of a peer's turn that reached other entities
 
     @classmethod
     def of(cls, goal: Goal, grants: Callable[[str], Iterable[str]]) -> TurnScope:
@@ -118,6 +125,9 @@ class TurnScope:
         """Why `tool` may not run now, or None."""
         if not self.offered(tool):
             return f"{tool} is not available in a turn run for {self.owner}"
+        if self.owner and tool in REACHES_PEERS and self.peer_calls >= PEER_CALLS_PER_TURN:
+            return (f"{tool} is refused: a turn run for {self.owner} may reach other "
+                    f"entities {PEER_CALLS_PER_TURN} times, and it has")
         outsiders = self.outsiders
         if outsiders and tool not in READ_ONLY_TOOLS:
             return (f"{tool} is refused: this turn holds words of {', '.join(sorted(outsiders))}"
@@ -135,6 +145,8 @@ class TurnScope:
             refused = self.refusal(tool.name)
             if refused is not None:
                 raise ToolFailed(refused)
+            if tool.name in REACHES_PEERS:
+                self.peer_calls += 1
             try:
                 output = await tool.run(args)
             finally:

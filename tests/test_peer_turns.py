@@ -129,6 +129,20 @@ async def test_guarded_tools_refuse_with_the_reason_and_note_whose_words_they_br
     assert scope.heard == {A, B, C}
 
 
+async def test_a_peers_turn_reaches_other_entities_only_a_few_times() -> None:
+    scope = TurnScope.of(Goal("entity-c says to you: spam", "talk-3", source=f"peer:{C}"),
+                         grants({}))
+
+    async def run(args: dict[str, Any]) -> str:
+        return "[delivered]"
+
+    report = scope.toolbox([Tool("report_to_peer", "", schema({}), run)])[0]
+    for _ in range(2):
+        assert await report.run({"peer": A}) == "[delivered]"
+    with pytest.raises(ToolFailed, match="may reach other entities 2 times"):
+        await report.run({"peer": A})
+
+
 # ---- memory origins ---------------------------------------------------------------------
 
 
