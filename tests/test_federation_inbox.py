@@ -11,7 +11,9 @@ takes only what the INBOX delivers.
   measured before it. An operation that does not exist is not stored at all.
 - An INBOX made by an older entityd (no limits, every operation) is updated in place when
   the daemon starts: every command in it is handled, nothing is dropped, and the
-  per-sender limit reaches its setting once the backlog is gone.
+  per-sender limit reaches its setting once the backlog is gone. A consumer deleted under
+  the daemon is made again.
+- A deliverable over what its delegator may keep at the delegate fails its task, saying why.
 - Messages published on the consumer's delivery inbox from a local connection (the leaf
   does not forward it from the hub): no reply subject, junk, a valid command that the
   INBOX did not deliver, forged ack and status subjects. Each is refused with a reason
@@ -407,6 +409,17 @@ async def test_an_older_inbox_is_updated_in_place_and_keeps_every_command(
                 protocol.subjects.command(x, "*", op)
                 for op in ("report", "wake", "restart", "result", "delegate", "task")}
             assert (await js.stream_info(stream)).state.messages == 0
+
+            # The consumer deleted under it: a pull says there is none, and it is made
+            # again; a command sent meanwhile waits in the stream and is handled.
+            await js.delete_consumer(stream, "peer")
+            subj = protocol.subjects.command(x, p, "report")
+            wire, msg_id = Sealer(key).seal(x_pub, src=f"{p}/peer", dst=f"{x}/peer",
+                                            subj=subj, message=Report("after the consumer"))
+            await js.publish(subj, wire, headers={"Nats-Msg-Id": msg_id.hex()})
+            await until(lambda: _received(received, p, msg_id.hex()), 40.0,
+                        "a report handled by the consumer made again")
+            assert '"inbox_consumer_missing"' in daemon.log()
         finally:
             await nc.close()
             if daemon.proc is not None:

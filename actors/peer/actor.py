@@ -163,7 +163,7 @@ class PeerActor(Actor):
             tg.create_task(self.outbox.run())
             tg.create_task(self._consume())
             if self._inbox is not None:
-                tg.create_task(self._inbox.tighten())
+                tg.create_task(self._inbox.maintain())
             tg.create_task(self.delegation.run())
             tg.create_task(self._expire_tasks())
             await self.delegation.resume()
@@ -243,7 +243,7 @@ class PeerActor(Actor):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            attempt = msg.metadata.num_delivered
+            attempt = _attempt(msg)
             self.ctx.log.error("command_failed", subject=msg.subject, attempt=attempt,
                                error=f"{type(exc).__name__}: {exc}"[:500])
             with contextlib.suppress(Exception):
@@ -287,6 +287,14 @@ class PeerActor(Actor):
             case PeerDelegate() as delegate:
                 return calls.known(delegate.peer) or await self.delegation.offer(delegate)
         raise TypeError(f"peer does not handle {envelope.typ}")
+
+
+def _attempt(msg: Msg) -> int:
+    """How often the INBOX has delivered `msg` (1 if its metadata cannot be read)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:
+        return 1
 
 
 async def _hand_back(msgs: list[Msg]) -> None:

@@ -13,7 +13,8 @@ reply to the actor (which crashed reading its JetStream metadata) and raised on 
 status header. Here a message is a delivery only when it came from the stream (it carries
 the stream's subject, not the inbox's, which no publisher can arrange) with an ack subject
 of this stream and consumer that parses; anything else is refused with a reason and
-dropped, and status headers are never acted on (the pull's own deadline ends it).
+dropped. Status messages (which anyone could forge) end nothing: the pull's own deadline
+does; one saying the consumer is gone only has it looked up, and made again if so.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ PENDING_SENDERS = 64
 # Subject counts past this many are not listed in full by the server; then the stream's
 # message count stands in for the fullest subject.
 SUBJECTS_LISTED = 10_000
-TIGHTEN_EVERY_S = 10.0
+MAINTAIN_EVERY_S = 10.0
 STATUS_LOG_EVERY_S = 60.0
 
 
@@ -119,6 +120,7 @@ class Inbox:
         self._left = 0
         self._deadline = 0.0
         self._status_logged = 0.0
+        self._recheck = False  # a pull was answered that there is no such consumer
 
     # ---- the stream and the consumer -----------------------------------------------------
 
@@ -177,21 +179,37 @@ class Inbox:
                                  max_bytes=self.max_bytes, error=exc.description,
                                  setting=self.settings.inbox_max_bytes)
 
-    async def tighten(self) -> None:
-        """While an older backlog holds the per-sender limit above its setting, lower it
-        as the backlog is handled, never below what some sender has waiting."""
-        while self.per_subject > self.settings.inbox_per_sender:
-            await asyncio.sleep(TIGHTEN_EVERY_S)
+    async def maintain(self) -> None:
+        """Every few seconds: while an older backlog holds the per-sender limit above its
+        setting, lower it as the backlog is handled (never below what some sender has
+        waiting); when a pull was answered that the consumer is gone (deleted, or the
+        server lost it), make it again."""
+        while True:
+            await asyncio.sleep(MAINTAIN_EVERY_S)
             try:
-                info = await self.js.stream_info(self.stream, subjects_filter=">")
-                fullest = _fullest(info.state.subjects, info.state.messages)
-                limit = max(self.settings.inbox_per_sender, fullest)
-                if limit < self.per_subject:
-                    self.per_subject = limit
-                    await self.js.update_stream(self._config())
-                    self.log.info("inbox_limit_tightened", stream=self.stream, limit=limit)
+                if self.per_subject > self.settings.inbox_per_sender:
+                    await self._tighten()
+                if self._recheck:
+                    self._recheck = False
+                    await self._repair()
             except (nats.errors.Error, TimeoutError) as exc:
-                self.log.warning("inbox_limit_not_tightened", error=repr(exc))
+                self.log.warning("inbox_not_maintained", error=repr(exc))
+
+    async def _tighten(self) -> None:
+        info = await self.js.stream_info(self.stream, subjects_filter=">")
+        fullest = _fullest(info.state.subjects, info.state.messages)
+        limit = max(self.settings.inbox_per_sender, fullest)
+        if limit < self.per_subject:
+            self.per_subject = limit
+            await self.js.update_stream(self._config())
+            self.log.info("inbox_limit_tightened", stream=self.stream, limit=limit)
+
+    async def _repair(self) -> None:
+        try:
+            await self.js.consumer_info(self.stream, DURABLE)
+        except nats.js.errors.NotFoundError:  # the consumer, or the stream with it
+            self.log.warning("inbox_consumer_missing", stream=self.stream)
+            await self.ensure()
 
     # ---- deliveries -------------------------------------------------------------------
 
@@ -283,6 +301,9 @@ class Inbox:
     def _note_status(self, status: str, description: str) -> None:
         if status in ("404", "408", "100"):  # no messages, the pull expired, heartbeat
             return
+        # No responders (no such consumer), or 409 (deleted, ...): have maintain() look.
+        # A forged one costs one consumer lookup per MAINTAIN_EVERY_S at most.
+        self._recheck = True
         now = time.monotonic()
         if now - self._status_logged >= STATUS_LOG_EVERY_S:
             self._status_logged = now
