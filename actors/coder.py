@@ -12,6 +12,7 @@ from .llm import LLMError
 from .llm.budget import LLMSource
 from .messages import CodeResult, CodeTask
 from .remote_tools import RemoteTools
+from .turn_scope import WORKSPACE_TOOLS
 from .workspace import GitError, Workspace
 
 
@@ -52,7 +53,10 @@ class CoderActor(Actor):
             llm = self._llm_factory(task.payer)  # a peer's task spends the peer's budget
         except LLMError as exc:
             return CodeResult(False, f"the coder has no model: {exc}")
-        toolbox = Toolbox(await self._tools.get(private=task.private))
+        tools = await self._tools.get(private=task.private)
+        if task.payer:  # a peer's task: the workspace, not whatever else the tool actor offers
+            tools = [tool for tool in tools if tool.name in WORKSPACE_TOOLS]
+        toolbox = Toolbox(tools)
 
         async def report(step: Step) -> None:
             await self.ctx.emit("step", task_id=task.task_id,

@@ -31,7 +31,8 @@ from actors.llm.budget import Budgets, Metered
 from actors.llm.scripted import Reply, ScriptedLLMServer, ScriptedToolCall
 from actors.memory_store import MIGRATIONS, MemoryStore
 from actors.messages import Goal
-from actors.turn_scope import TurnScope
+from actors.sandbox import tool_specs
+from actors.turn_scope import WORKSPACE_TOOLS, TurnScope
 from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.peer_model import CALL_RE, route
 from tests.test_federation_security import (
@@ -103,6 +104,12 @@ def test_an_operators_turn_that_hears_a_peer_becomes_private_and_read_only() -> 
 
     woken = TurnScope.of(Goal("todo", source=f"wake:peer:{A}"), grants({}))
     assert woken.owner == "" and woken.payer == A and not woken.private
+
+
+def test_every_tool_of_the_tool_actor_is_classified_for_peers_tasks() -> None:
+    # A new tool of the tool actor is not offered to a peer's task (nor its coder) until
+    # someone decides it belongs to the workspace: this test names the decision.
+    assert {spec["function"]["name"] for spec in tool_specs()} == WORKSPACE_TOOLS
 
 
 async def test_guarded_tools_refuse_with_the_reason_and_note_whose_words_they_bring() -> None:
