@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import secrets
 import statistics
 import sys
 import time
@@ -68,6 +69,8 @@ PROBES = 6
 PROBE_EVERY_S = 0.4
 SLOWER, SLOWEST = 5, 50  # median and worst check during the flood, times the baseline
 PER_SUBJECT_FULL = "maximum messages per subject exceeded"
+OPS = ("report", "wake", "restart", "result", "delegate", "task")
+JUNK_BYTES = 200_000
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -119,7 +122,8 @@ class Flood:
     """What the attacker process sends: `count` reports from entity-c to `target`, signed
     and encrypted as entity-c's daemon would, put into the target's INBOX with JetStream
     publishes (IN_FLIGHT at a time) over at least `spread_s`; then `bogus` commands on an
-    operation that does not exist."""
+    operation that does not exist. With `junk_bytes`, `count` messages of that many random
+    bytes on each operation instead: what a member could store before there were limits."""
 
     url: str
     key_file: str
@@ -128,8 +132,13 @@ class Flood:
     count: int
     bogus: int
     spread_s: float
+    junk_bytes: int = 0
 
     def sealed(self) -> list[tuple[str, bytes, str]]:
+        if self.junk_bytes:
+            return [(protocol.subjects.command(self.target, C, op),
+                     secrets.token_bytes(self.junk_bytes), secrets.token_hex(16))
+                    for _ in range(self.count) for op in OPS]
         sealer = Sealer(identity.read_key(Path(self.key_file)))
         target_key = bytes.fromhex(self.target_key)
         out = []
@@ -151,7 +160,7 @@ class Flood:
         outcomes: Counter[str] = Counter()
         gate = asyncio.Semaphore(IN_FLIGHT)
         started = time.perf_counter()
-        pause = self.spread_s / max(1, self.count)
+        pause = self.spread_s / len(messages)
 
         async def put(subj: str, wire: bytes, msg_id: str) -> None:
             try:
@@ -314,6 +323,33 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
         b_after = await status(b_client)
         assert restarts(b_after) == restarts(b_before)
 
+        # ---- the same with junk as large as an envelope may be, on every operation ----
+        sampler2 = Sampler(at_b.jetstream(), stream, f"fed.cmd.{B}.{C}.>")
+        sampling = asyncio.create_task(sampler2.run())
+        proc = await start_flood(Flood(
+            f"nats://127.0.0.1:{c.port}", str(identity.key_path(c.data)), B, b_pub.hex(),
+            LIMIT + 10, 0, 3.0, junk_bytes=JUNK_BYTES))
+        a_sent2 = await a.ctl_json("report", B, "entity-a reports during the junk flood")
+        junk_result = await flood_result(proc)
+        junk = Counter(junk_result["outcomes"])
+        await asyncio.sleep(0.5)
+        sampling.cancel()
+        assert a_sent2["code"] == "delivered", a_sent2
+        await until(lambda: _received(received, A, a_sent2["id"]), 30.0,
+                    "entity-a's report handled during the junk flood")
+        held = await at_b.jetstream().stream_info(stream, subjects_filter=f"fed.cmd.{B}.{C}.>")
+        assert all(n <= LIMIT for n in (held.state.subjects or {}).values()), held.state
+        for op in OPS:
+            assert junk[f"{op}: stored"] + junk[f"{op}: {PER_SUBJECT_FULL}"] == LIMIT + 10, junk
+        # Stored: LIMIT per operation, and what entity-b handled meanwhile at entity-c's
+        # rate (30 at once, then 2 a second).
+        taken = sum(junk[f"{op}: stored"] for op in OPS)
+        assert taken <= len(OPS) * LIMIT + 30 + 2 * (junk_result["seconds"] + 2), junk
+        # What entity-c could make entity-b store: LIMIT per operation, envelope-sized.
+        ceiling = len(OPS) * LIMIT * (JUNK_BYTES + 1024) + 2 * LIMIT * 4096
+        assert sampler2.most_bytes <= ceiling, (sampler2.most_bytes, ceiling)
+        assert restarts(await status(b_client)) == restarts(b_before)
+
         print(f"\nentity-c flooded entity-b with {FLOOD} reports of {REPORT_CHARS} chars "
               f"in {result['seconds']:.1f} s: {dict(outcomes)}")
         print(f"  entity-b held at most {sampler.most} of them (limit {LIMIT}), "
@@ -322,6 +358,10 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
               f"n={len(during)} median {statistics.median(during):.1f} ms, max "
               f"{max(during):.1f} ms; after median {statistics.median(after):.1f} ms")
         print(f"  entity-c's daemon was told: {c_sent['text']}")
+        print(f"then {LIMIT + 10} messages of {JUNK_BYTES} random bytes on each of "
+              f"{len(OPS)} operations: {dict(junk)}")
+        print(f"  entity-b's INBOX held at most {sampler2.most_bytes} bytes "
+              f"(ceiling {ceiling}); entity-c's subjects then: {held.state.subjects}")
 
 
 async def _at_least(sampler: Sampler, count: int) -> bool:
