@@ -52,6 +52,8 @@ from actors.peer.messages import PeerCheck, PeerCheckResult, Report
 from entityd import config as entity_config
 from entityd import identity
 from entityd.client import EntityClient
+from entityd.config import from_mapping
+from entityd.errors import ConfigError
 from protocol import Sealer
 from tests.federation_rig import ALL, Federation, build, running
 from tests.helpers import DaemonProc, NatsServer, child_env, make_entity
@@ -200,6 +202,26 @@ async def flood_result(proc: asyncio.subprocess.Process) -> dict[str, Any]:
     out, _ = await proc.communicate()
     assert proc.returncode == 0, out
     return dict(json.loads(out.decode().strip().splitlines()[-1]))
+
+
+# ---- the settings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("values", "key", "says"), [
+    ({"inbox_per_sender": 0}, "peers.inbox_per_sender", "greater than 0"),
+    ({"inbox_max_bytes": 1_000_000}, "peers.inbox_max_bytes", "twice protocol.max_message"),
+    ({"deliverables_ttl": -1.0}, "peers.deliverables_ttl", "greater than 0"),
+    ({"deliverables_max_bytes": 1000, "deliverables_per_peer_bytes": 2000},
+     "peers.deliverables_per_peer_bytes", "must not exceed peers.deliverables_max_bytes"),
+])
+def test_the_limits_are_checked(values: dict[str, Any], key: str, says: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        from_mapping({"entity": {"name": "entity-x"}, "peers": values})
+    assert refused.value.key == key and says in str(refused.value), refused.value
+    defaults = from_mapping({"entity": {"name": "entity-x"}}).peers
+    assert (defaults.inbox_per_sender, defaults.inbox_max_bytes) == (32, 512 * 1024 * 1024)
+    env = {"ENTITYD_PEERS_INBOX_PER_SENDER": "7"}
+    assert from_mapping({"entity": {"name": "entity-x"}}, environ=env).peers.inbox_per_sender == 7
 
 
 # ---- the flood ----------------------------------------------------------------------------
