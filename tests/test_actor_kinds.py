@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import nats
 import nats.js.errors
 import pytest
@@ -512,17 +513,17 @@ async def test_every_kind_on_fed_req_is_answered_and_crashes_nothing(client: Cli
 SELF_TALK = ("entity", "talk", "talk")
 
 
-@pytest.mark.xfail(strict=True, reason="the peer layer seals its talk_reply for the asker's "
-                   "pinned key; its own entity has none, so the reply is lost (logged "
-                   "peer_reply_lost) instead of answered or refused")
-async def test_a_talk_signed_by_the_entity_itself_on_fed_req_is_answered(
+async def test_a_talk_signed_by_the_entity_itself_on_fed_req_is_refused(
     client: Client,
 ) -> None:
+    """The peer layer would seal a talk_reply for the asker's pinned key, and an entity
+    has none for itself: the request is refused in plain, not left unanswered."""
     subj = protocol.subjects.request(ENTITY, ENTITY, "talk")
     wire, _ = protocol.seal(client.entity.keys["entity"], src=f"{ENTITY}/peer",
                             dst=f"{ENTITY}/peer", subj=subj, message=RECORDS["talk"])
     reply = await client.ours.request(subj, wire, timeout=2.0)
-    assert reply.data
+    body = msgpack.unpackb(msgpack.unpackb(reply.data, raw=False)[2], raw=False)
+    assert body["typ"] == "error" and body["payload"]["code"] == "wrong_sender"
 
 
 async def test_every_kind_on_fed_cmd_is_consumed_and_crashes_nothing(client: Client) -> None:

@@ -149,6 +149,10 @@ class Inbound:
         if not msg.reply:
             return
         answer: object = self._refusal(peer, op)
+        if peer == self.ctx.entity:
+            # Its own key on the federation subjects: there is no peer key to seal an
+            # answer for, so a plain refusal, never silence.
+            answer = Error("wrong_sender", "an entity sends no federation request to itself")
         if answer is None:
             match record:
                 case Ping():
