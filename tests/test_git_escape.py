@@ -10,6 +10,7 @@ Real bwrap, real git; as root (CI) and as the unprivileged user (tests/run's sec
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import pytest
 from actors.llm import Reply, ScriptedLLMServer, ScriptedToolCall
 from actors.sandbox import Shell
 from actors.workspace import GitError, Workspace
-from tests.helpers import DaemonProc
+from tests.helpers import DaemonProc, make_entity
 from tests.test_agent_e2e import entityctl, git, make_entity_config
 from tests.test_tool_actor import SANDBOX
 
@@ -316,4 +317,28 @@ async def test_through_a_real_daemon_the_agent_never_reaches_the_key(tmp_path: P
             assert not (workspace / "PWNED").exists()
         finally:
             code = await asyncio.to_thread(daemon.terminate)
+    assert code == 0, daemon.log()[-2000:]
+
+
+def test_a_secret_already_in_the_history_is_reported_at_start(tmp_path: Path) -> None:
+    """The daemon never commits one, but a person (or an older entityd) may have: the
+    operator hears of it in the log and an event, by path, never by content."""
+    config = make_entity(tmp_path, "entity-a")
+    workspace = config.parent / "workspace"
+    workspace.mkdir()
+    host_git(workspace, "init", "-q", "-b", "main")
+    (workspace / "deploy").mkdir()
+    (workspace / "deploy" / ".env.production").write_text("DB_PASSWORD=TOP-SECRET\n")
+    (workspace / "app.py").write_text("print('app')\n")
+    host_git(workspace, "add", "-A")
+    host_git(workspace, "-c", "user.name=o", "-c", "user.email=o@x", "commit", "-qm", "old")
+    daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+    try:
+        daemon.wait_log('"workspace_secrets_in_history"', timeout=40.0)
+        line = next(json.loads(raw) for raw in daemon.log().splitlines()
+                    if '"workspace_secrets_in_history"' in raw)
+        assert line["paths"] == ["deploy/.env.production"] and line["count"] == 1
+        assert "TOP-SECRET" not in daemon.log()
+    finally:
+        code = daemon.terminate()
     assert code == 0, daemon.log()[-2000:]
