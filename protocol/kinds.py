@@ -292,20 +292,25 @@ class StatusGet:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ActorStatus:
+    """One actor of an entity, as its status reports it."""
+
     name: str
-    state: str
-    restarts: int
+    state: str  # starting, running, restarting, stopping, stopped or failed
+    restarts: int  # how often the supervisor restarted it since the daemon started
 
 
 @kind("status")
 @dataclasses.dataclass(frozen=True, slots=True)
 class Status:
-    entity: str
-    public_key: str
-    uptime_s: float
-    nats_server: str
+    """An entity's status, the answer to `status_get`."""
+
+    entity: str  # the entity's name
+    public_key: str  # its Ed25519 public key, lowercase hex
+    uptime_s: float  # seconds since the daemon started
+    nats_server: str  # the URL of the NATS server it uses
     actors: list[ActorStatus]
-    started_at: float = 0.0
+    started_at: float = 0.0  # when the daemon started, Unix time in seconds (not ms)
+    # envelopes refused since the daemon started, counted per reason code (PROTOCOL.md §9)
     rejected: dict[str, int] = dataclasses.field(default_factory=dict)
     sandbox: str = ""  # the limits in force on the sandbox, once its first run has started
 
