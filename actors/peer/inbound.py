@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import nats.errors
 from nats.aio.msg import Msg
 
 import protocol
@@ -160,14 +161,23 @@ class Inbound:
                 case Talk() as talk:
                     answer = await self._talked_to(peer, talk)
                 case DeliverableGet() as get:
-                    answer = await self.delegation.piece(peer, get) or Error(
-                        "not_found", f"no deliverable of task {get.task_id} for {peer}")
+                    answer = await self._piece(peer, get)
                 case _:
                     answer = Error("unknown_op", f"{env.typ} is not a request a peer answers")
         try:
             await self.link.reply(env, msg.reply, answer)
         except (UnknownPeer, EntitydError, OSError) as exc:
             self.ctx.log.warning("peer_reply_lost", peer=peer, error=str(exc))
+
+    async def _piece(self, peer: str, get: DeliverableGet) -> object:
+        """A piece of a kept deliverable; the object store failing is a refusal the
+        delegator reads (and retries), not a crash of this actor."""
+        try:
+            piece = await self.delegation.piece(peer, get)
+        except (nats.errors.Error, OSError) as exc:
+            self.ctx.log.warning("deliverable_piece_failed", peer=peer, error=repr(exc))
+            return Error("busy", "the deliverable cannot be read now; fetch it again later")
+        return piece or Error("not_found", f"no deliverable of task {get.task_id} for {peer}")
 
     def _refusal(self, peer: str, op: str) -> Error | None:
         # (The rate limit was applied on arrival, before verification: PeerActor.)
