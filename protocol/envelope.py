@@ -136,8 +136,15 @@ def seal(
     return wire, msg_id
 
 
-def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+def _no_duplicates(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    """A map of the body (or a decrypted payload), at any depth: its keys are str, all
+    different (PROTOCOL.md §4). Only str keys, so that key equality is plain string
+    equality: Python's dict would also take 1, True and 1.0 for one key, and b"a" and
+    "a" for two."""
     result = dict(pairs)
+    for key in result:
+        if type(key) is not str:
+            raise ValueError(f"a map key must be a str, not {type(key).__name__}")
     if len(result) != len(pairs):
         raise ValueError("duplicate map key")
     return result
