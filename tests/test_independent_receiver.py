@@ -15,21 +15,34 @@ the conformance vectors and against what a live federation sends.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections import Counter, defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
+from nats.aio.msg import Msg
 
+from actors.llm.scripted import ScriptedLLMServer
+from tests.federation_rig import Member, build, running
 from tests.independent.receiver import (
     REASON_CODES,
+    DecodeError,
     Opened,
     Receiver,
     Rejected,
     as_json,
+    decode,
     decrypt,
+    read_hex_key,
 )
+from tests.peer_model import route
+from tests.test_federation_security import OBSERVER_PASSWORD, add_observer, connect
 
 ROOT = Path(__file__).resolve().parent.parent
 VECTOR_DIR = ROOT / "protocol" / "vectors"
@@ -94,3 +107,327 @@ def test_every_reason_code_is_exercised_by_a_vector() -> None:
     codes = {step["expect"]["error"] for path in VECTOR_FILES
              for step in load(path)["steps"] if "error" in step["expect"]}
     assert codes == set(REASON_CODES)
+
+
+# ---- 2. live traffic -----------------------------------------------------------------------
+
+A, B = "entity-a", "entity-b"
+REPLY_FAMILIES = ("_i.", "_l.", "_INBOX.")
+
+
+@dataclass
+class Captured:
+    """One NATS message as a tap got it: where, subject, reply, headers, data, when (ms)."""
+
+    where: str
+    subject: str
+    reply: str
+    headers: dict[str, str]
+    data: bytes
+    at_ms: int
+
+
+@dataclass
+class Tap:
+    msgs: list[Captured] = field(default_factory=list)
+
+    def cb(self, where: str) -> Callable[[Msg], Awaitable[None]]:
+        async def add(msg: Msg) -> None:
+            self.msgs.append(Captured(where, msg.subject, msg.reply or "",
+                                      {str(k): str(v) for k, v in (msg.headers or {}).items()},
+                                      bytes(msg.data), int(time.time() * 1000)))
+        return add
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a receiver of entity `name` knows: its own seed, every member's public key
+    (pinned on first sight in the rig) and its own operators' keys."""
+
+    name: str
+    public: bytes
+    seed: bytes
+    operators: tuple[bytes, ...]
+
+
+@dataclass
+class Verdict:
+    msg: Captured
+    entity: str
+    local: str
+    typ: str
+    enc: bool
+    code: str  # "ok" or a reason code
+    detail: str = ""
+
+
+def not_an_envelope(msg: Captured) -> str:
+    """Why a captured message is no envelope of the spec, or ''."""
+    if msg.subject.startswith("$"):
+        return "JetStream or system API"
+    if "Status" in msg.headers and not msg.data:
+        return f"NATS status {msg.headers['Status']}"
+    if msg.subject.startswith(REPLY_FAMILIES) and msg.data.startswith(b"{"):
+        try:
+            if isinstance(json.loads(msg.data), dict):
+                return "JetStream API response (PubAck)"
+        except ValueError:
+            pass
+    return ""
+
+
+def stored_ms(ack_subject: str) -> int | None:
+    """The stream's store time of a JetStream delivery, from its $JS.ACK reply subject:
+    $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ns>.<pending> (or the form with
+    domain and account hash before <stream>, and a token after <pending>)."""
+    tokens = ack_subject.split(".")
+    if tokens[:2] != ["$JS", "ACK"]:
+        return None
+    if len(tokens) == 9:
+        return int(tokens[7]) // 1_000_000
+    if len(tokens) >= 11:
+        return int(tokens[9]) // 1_000_000
+    return None
+
+
+class Judge:
+    """Feeds captured messages to the receivers that would get them, in arrival order,
+    each (entity, local) with its own Receiver and replay cache, each message once."""
+
+    def __init__(self, identities: dict[str, Identity]) -> None:
+        self.identities = identities
+        self.receivers: dict[tuple[str, str], Receiver] = {}
+        self.fed: dict[tuple[str, str], set[bytes]] = defaultdict(set)
+        self.verdicts: list[Verdict] = []
+        self.skipped: Counter[str] = Counter()
+        self.publications: list[Captured] = []  # fed.cmd as published on the hub
+        self.delivered_ids: set[str] = set()
+        self.requests: dict[str, tuple[bytes, str, str]] = {}  # reply subject: id, src, dst
+        self.reply_problems: list[str] = []
+
+    def keyring(self, entity: str) -> dict[bytes, str]:
+        ring = {ident.public: ident.name for ident in self.identities.values()}
+        for operator in self.identities[entity].operators:
+            ring[operator] = entity
+        return ring
+
+    def receiver(self, entity: str, local: str) -> Receiver:
+        key = (entity, local)
+        if key not in self.receivers:
+            self.receivers[key] = Receiver(self.keyring(entity), local)
+        return self.receivers[key]
+
+    def destinations(self, msg: Captured) -> list[tuple[str, str]]:
+        """(entity, local) of every receiver of the message, by its subject (section 10)."""
+        tokens = msg.subject.split(".")
+        members = list(self.identities)
+        if tokens[0] == "loc" and len(tokens) == 4:
+            return [(tokens[1], f"{tokens[1]}/{tokens[2]}")]
+        if tokens[:2] == ["fed", "evt"]:
+            return [(name, name) for name in members]  # events are received by everyone
+        if tokens[0] == "fed" and tokens[1] in ("req", "cmd") and len(tokens) == 5:
+            return [(tokens[2], f"{tokens[2]}/peer")]  # the peer actor (vectors, section 12)
+        if tokens[0] in ("_i", "_l") and len(tokens) >= 3:
+            return [(tokens[1], tokens[1])]
+        return [(name, name) for name in members]  # outside the layout: anyone refuses it
+
+    def feed(self, msg: Captured) -> None:
+        why = not_an_envelope(msg)
+        if why:
+            self.skipped[why] += 1
+            return
+        if msg.subject.startswith("fed.cmd.") and msg.where == "hub":
+            # A publication into the receiver's INBOX stream: the receiver gets the
+            # JetStream delivery (captured on its leaf), de-duplicated by Nats-Msg-Id.
+            self.publications.append(msg)
+            return
+        now = msg.at_ms
+        if msg.subject.startswith("fed.cmd."):
+            now = stored_ms(msg.reply) or now  # section 12: ts against the store time
+            self.delivered_ids.add(msg.headers.get("Nats-Msg-Id", ""))
+        for entity, local in self.destinations(msg):
+            if entity not in self.identities:
+                self.verdicts.append(Verdict(msg, entity, local, "?", False, "no_receiver"))
+                continue
+            if msg.data in self.fed[(entity, local)]:
+                continue  # each message once per receiver
+            self.fed[(entity, local)].add(msg.data)
+            self.verdicts.append(self.judge(msg, entity, local, now))
+
+    def judge(self, msg: Captured, entity: str, local: str, now: int) -> Verdict:
+        try:
+            opened = self.receiver(entity, local).open(msg.data, msg.subject, now)
+        except Rejected as exc:
+            return Verdict(msg, entity, local, peek_typ(msg.data), False, exc.code, exc.detail)
+        verdict = Verdict(msg, entity, local, opened.typ, opened.enc, "ok")
+        body = opened.body
+        if opened.enc and body["dst"].split("/")[0] == entity:
+            try:
+                decrypt(opened, self.identities[entity].seed)
+            except Rejected as exc:
+                verdict.code, verdict.detail = exc.code, f"after decryption: {exc.detail}"
+        if msg.reply and msg.reply.startswith(REPLY_FAMILIES):
+            self.requests[msg.reply] = (body["id"], body["src"], body["dst"])
+        if msg.subject.startswith(("_i.", "_l.")):
+            self.check_reply(msg, opened)
+        return verdict
+
+    def check_reply(self, msg: Captured, opened: Opened) -> None:
+        """Sections 7 and 10: a reply answers the request sent with that reply subject:
+        corr is its id, dst its src, and the request's receiver signed it."""
+        body = opened.body
+        request = self.requests.get(msg.subject)
+        where = f"{body['typ']} on {msg.subject}"
+        if request is None:
+            self.reply_problems.append(f"{where}: no captured request has this reply subject")
+            return
+        id_, src, dst = request
+        if body["corr"] != id_:
+            self.reply_problems.append(f"{where}: corr is not the request's id")
+        if body["dst"] != src:
+            self.reply_problems.append(f"{where}: dst {body['dst']} is not the requester {src}")
+        if opened.entity != dst.split("/")[0]:
+            self.reply_problems.append(f"{where}: signed by {opened.entity}, asked {dst}")
+
+    def undelivered(self) -> list[str]:
+        """fed.cmd publications whose id no JetStream delivery carried."""
+        problems = []
+        for msg in self.publications:
+            msg_id = msg.headers.get("Nats-Msg-Id", "")
+            envelope_id = peek_id(msg.data)
+            if msg_id != envelope_id:
+                problems.append(f"{msg.subject}: Nats-Msg-Id {msg_id!r} is not the id "
+                                f"{envelope_id}")
+            if msg_id not in self.delivered_ids:
+                problems.append(f"{msg.subject} {msg_id}: published, never delivered")
+        return problems
+
+    def table(self) -> str:
+        per_kind: dict[str, Counter[str]] = defaultdict(Counter)
+        for v in self.verdicts:
+            family = v.msg.subject.split(".")[0]
+            if family == "fed":
+                family = ".".join(v.msg.subject.split(".")[:2])
+            label = f"{v.typ}{' (enc)' if v.enc else ''}"
+            per_kind[label]["total"] += 1
+            per_kind[label]["ok" if v.code == "ok" else v.code] += 1
+            per_kind[label][f"on {family}"] += 0
+        lines = []
+        for label, counts in sorted(per_kind.items()):
+            refused = {k: n for k, n in counts.items()
+                       if k not in ("total", "ok") and not k.startswith("on ")}
+            families = ",".join(sorted(k[3:] for k in counts if k.startswith("on ")))
+            lines.append(f"  {label:28} {counts['ok']:4}/{counts['total']:<4} [{families}]"
+                         + (f"  refused {refused}" if refused else ""))
+        return "\n".join(lines)
+
+
+def peek_body(data: bytes) -> dict[Any, Any]:
+    """The body of a wire without any check, for labels only ({} when it does not decode)."""
+    try:
+        outer = decode(data, keys_str_or_bin=True)
+        body = decode(outer[2], keys_str_or_bin=False)
+        return body if isinstance(body, dict) else {}
+    except (DecodeError, IndexError, TypeError, KeyError):
+        return {}
+
+
+def peek_typ(data: bytes) -> str:
+    typ = peek_body(data).get("typ")
+    return typ if isinstance(typ, str) else "?"
+
+
+def peek_id(data: bytes) -> str:
+    id_ = peek_body(data).get("id")
+    return id_.hex() if isinstance(id_, bytes) else "?"
+
+
+async def run_scenarios(tmp_path: Path) -> tuple[list[Captured], dict[str, Identity]]:
+    """Two daemons on one hub; everything on the hub and on each leaf's loc/_l subjects."""
+    operator = SigningKey.generate()
+    operator_key = tmp_path / "alice.key"
+    operator_key.write_text(bytes(operator).hex() + "\n")
+    operator_key.chmod(0o600)
+    tap = Tap()
+    async with ScriptedLLMServer(route) as llm:
+        fed = build(tmp_path / "fed", [A, B], llm_url=llm.base_url,
+                    extra={A: f'alice = "{bytes(operator.verify_key).hex()}"\n'})
+        add_observer(fed)
+        async with running(fed):
+            observer = await connect(fed.hub.url, "_i.observer", user="observer",
+                                     password=OBSERVER_PASSWORD)
+            clients = [observer]
+            try:
+                await observer.subscribe(">", cb=tap.cb("hub"))
+                await observer.flush()
+                for member in fed.members.values():
+                    leaf = await connect(f"nats://127.0.0.1:{member.port}",
+                                         f"_l.{member.name}")
+                    clients.append(leaf)
+                    await leaf.subscribe("loc.>", cb=tap.cb(f"leaf:{member.name}"))
+                    await leaf.subscribe("_l.>", cb=tap.cb(f"leaf:{member.name}"))
+                    await leaf.flush()
+                await fed.discovered()
+                a, b = fed[A], fed[B]
+                steps: list[tuple[Member, tuple[str, ...]]] = [
+                    (a, ("status",)),
+                    (a, ("--key", str(operator_key), "status")),  # an operator key
+                    (a, ("memory", "search", "anything")),
+                    (a, ("todo", "--add", "water the plants")),
+                    (a, ("check", B)),
+                    (b, ("check", A)),
+                    (a, ("talk", B, "hello, what is 6 times 7?")),
+                    (b, ("talk", A, "and hello back")),
+                    (a, ("report", B, "the build is green")),
+                    (a, ("wake", B, "--reason", "look at the todo list")),
+                    (a, ("restart", B, "memory")),
+                    (a, ("ask", 'CALL recall {"query": "plants"}')),
+                    (a, ("delegate", B, "Write calc.add with a test", "--wait")),
+                    (a, ("tasks",)),
+                    (b, ("peers",)),
+                ]
+                for member, args in steps:
+                    code, out, err = await member.ctl(*args, timeout=60)
+                    assert code == 0, f"{member.name}: entityctl {args}: {out}{err}"
+                await asyncio.sleep(1.5)  # heartbeats, and what is in flight lands
+            finally:
+                for client in clients:
+                    await client.close()
+            identities = {}
+            for member in fed.members.values():
+                seed = read_hex_key((member.data / "keys" / "entity.key").read_text())
+                public = read_hex_key((member.data / "entity.pub").read_text())
+                operators = (bytes(operator.verify_key),) if member.name == A else ()
+                identities[member.name] = Identity(member.name, public, seed, operators)
+    return tap.msgs, identities
+
+
+@pytest.mark.timeout(90)
+async def test_a_spec_only_receiver_accepts_everything_a_live_federation_sends(
+    tmp_path: Path,
+) -> None:
+    started = time.monotonic()
+    captured, identities = await run_scenarios(tmp_path)
+    for ident in identities.values():  # the seed in keys/entity.key is the key of entity.pub
+        assert bytes(SigningKey(ident.seed).verify_key) == ident.public
+    judge = Judge(identities)
+    for msg in sorted(captured, key=lambda m: m.at_ms):  # stable: arrival order
+        judge.feed(msg)
+    accepted = [v for v in judge.verdicts if v.code == "ok"]
+    failures = [v for v in judge.verdicts if v.code != "ok"]
+    report = (
+        f"captured {len(captured)} messages in {time.monotonic() - started:.0f} s; "
+        f"not envelopes: {dict(judge.skipped)}; fed.cmd publications on the hub "
+        f"{len(judge.publications)} (received as their JetStream deliveries)\n"
+        f"accepted {len(accepted)} of {len(judge.verdicts)} (envelope, receiver) pairs "
+        f"({100 * len(accepted) / max(1, len(judge.verdicts)):.1f}%), per kind:\n"
+        + judge.table())
+    print(report)
+    first = "\n".join(
+        f"  {v.typ} on {v.msg.subject} (from {v.msg.where}) to {v.local}: {v.code} {v.detail}"
+        for v in failures[:25])
+    assert not failures, f"{report}\nfirst refusals:\n{first}"
+    kinds = {v.typ for v in accepted}
+    assert {"heartbeat", "event", "talk", "report", "task_offer", "ping", "pong"} <= kinds
+    assert judge.reply_problems == [], judge.reply_problems[:10]
+    assert judge.undelivered() == []
