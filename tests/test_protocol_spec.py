@@ -4,6 +4,8 @@ the code can send or count is listed."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import re
 import typing
 from pathlib import Path
 
@@ -55,7 +57,7 @@ def test_every_kind_travels_somewhere() -> None:
 
 
 def test_every_field_type_is_in_the_grammar() -> None:
-    for name, cls in spec.spec_kinds().items():
+    for cls in spec.spec_kinds().values():
         for hint in typing.get_type_hints(cls).values():
             spec.type_name(hint)  # raises for a type outside PROTOCOL.md §11
     with pytest.raises(TypeError):
@@ -65,13 +67,27 @@ def test_every_field_type_is_in_the_grammar() -> None:
 
 
 def test_replies_name_kinds_their_actor_builds() -> None:
-    """REPLIES is written by hand: each reply's record is built in the module of an actor
-    that takes the request."""
+    """REPLIES is written by hand: each reply's record is named where the request is
+    handled (the module of an actor that takes it, or the peer package for federation
+    requests); `ack` is what a handler returning nothing is answered with."""
     registered = spec.spec_kinds()
+    name_of = {cls: name for name, cls in registered.items()}
+    handlers: dict[str, list[Path]] = {}
+    for actor in spec.ACTORS:
+        module = Path(inspect.getfile(actor))
+        files = sorted(module.parent.glob("*.py")) if module.name == "actor.py" else [module]
+        for cls in actor.accepts or ():
+            handlers.setdefault(name_of[cls], []).extend(files)
+    peer_files = sorted(Path(inspect.getfile(spec.PeerActor)).parent.glob("*.py"))
+    for cls in spec.REQUESTS.values():
+        handlers.setdefault(name_of[cls], []).extend(peer_files)
     for request, replies in spec.REPLIES.items():
-        assert request in registered, request
+        assert request in handlers, f"{request}: no actor or federation operation takes it"
+        code = "".join(path.read_text(encoding="utf-8") for path in handlers[request])
         for reply in replies:
             assert reply in registered, reply
+            if reply != "ack":
+                assert re.search(rf"\b{registered[reply].__name__}\b", code), (request, reply)
 
 
 def test_federation_payloads_follow_the_link() -> None:
@@ -87,3 +103,100 @@ def test_protocol_kinds_are_documented() -> None:
     for name, cls in kinds.kinds().items():
         if cls.__module__ == kinds.__name__:
             assert name in spec.spec_kinds()
+
+
+# ---- reason codes ------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("actors", "entityd", "protocol")
+ERROR_LITERAL = re.compile(r'\bError\(\s*(?:code\s*=\s*)?"([a-z_]+)"')
+REASON_ATTRIBUTE = re.compile(r'^\s+reason\s*=\s*"([a-z_]+)"', re.MULTILINE)
+COMMAND_RESULT_LITERAL = re.compile(r'\bCommandResult\(\s*(?:True|False)\s*,\s*"([a-z_]+)"')
+# ProtocolError's own reason: never on the wire, since only its subclasses are raised.
+BASE_REASON = protocol.ProtocolError.reason
+
+
+def sources() -> dict[str, str]:
+    return {
+        str(path.relative_to(ROOT)): path.read_text(encoding="utf-8")
+        for directory in CODE_DIRS
+        for path in sorted((ROOT / directory).rglob("*.py"))
+    }
+
+
+def used(pattern: re.Pattern[str]) -> dict[str, str]:
+    """code -> the first file that uses it."""
+    found: dict[str, str] = {}
+    for name, text in sources().items():
+        for code in pattern.findall(text):
+            found.setdefault(code, name)
+    return found
+
+
+def table_codes(heading: str) -> list[str]:
+    """The codes in the first column of the table under `heading` in PROTOCOL.md."""
+    text = spec_text()
+    start = text.index(heading)
+    end = text.find("\n#", start + len(heading))
+    section = text[start:end if end != -1 else None]
+    return re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE)
+
+
+def protocol_error_reasons() -> set[str]:
+    """The reasons of every ProtocolError subclass the application defines."""
+    import actors.peer.inbox  # noqa: F401  (defines NotADelivery)
+    import entityd.runtime  # noqa: F401
+
+    found = set()
+    pending = [protocol.ProtocolError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__module__.split(".")[0] in CODE_DIRS and cls is not protocol.ProtocolError:
+            found.add(cls.reason)
+    return found
+
+
+def test_the_scan_finds_what_it_looks_for() -> None:
+    errors = used(ERROR_LITERAL)
+    assert {"bad_request", "actor_crashed", "not_trusted", "busy"} <= set(errors)
+    assert {"stray_reply", "not_a_delivery", "overloaded", "rate_limited"} <= set(
+        used(REASON_ATTRIBUTE))
+    assert {"done", "unknown_actor"} <= set(used(COMMAND_RESULT_LITERAL))
+
+
+def test_every_code_in_use_is_listed() -> None:
+    listed = table_codes("### 9.2 Every reason code")
+    assert len(listed) == len(set(listed)), "a code is listed twice"
+    in_use = used(ERROR_LITERAL) | used(REASON_ATTRIBUTE)
+    del in_use[BASE_REASON]
+    missing = {code: where for code, where in in_use.items() if code not in listed}
+    assert not missing, f"codes used but not in PROTOCOL.md §9.2: {missing}"
+    assert protocol_error_reasons() <= set(listed)
+    assert set(protocol.REASON_CODES) <= set(listed)
+
+
+def test_every_listed_code_is_in_use() -> None:
+    in_use = set(used(ERROR_LITERAL)) | set(used(REASON_ATTRIBUTE))
+    stale = set(table_codes("### 9.2 Every reason code")) - in_use
+    assert not stale, f"PROTOCOL.md §9.2 lists codes nothing uses: {stale}"
+
+
+def test_every_command_result_code_is_listed() -> None:
+    listed = table_codes("### 9.3 Command result codes")
+    in_use = used(COMMAND_RESULT_LITERAL)
+    missing = {code: where for code, where in in_use.items() if code not in listed}
+    assert not missing, f"command_result codes not in PROTOCOL.md §9.3: {missing}"
+    assert set(listed) <= set(in_use)
+
+
+def test_open_codes_table_is_reason_codes() -> None:
+    assert table_codes("## 9. Reason codes") == list(protocol.REASON_CODES)
+
+
+def test_only_subclasses_of_protocol_error_are_raised() -> None:
+    direct = re.compile(r"\bProtocolError\(")
+    for name, text in sources().items():
+        for line in text.splitlines():
+            if direct.search(line) and not line.lstrip().startswith("class "):
+                raise AssertionError(f"{name}: {line.strip()} (raise a subclass with a code)")
