@@ -79,8 +79,8 @@ def test_replies_name_kinds_their_actor_builds() -> None:
         for cls in actor.accepts or ():
             handlers.setdefault(name_of[cls], []).extend(files)
     peer_files = sorted(Path(inspect.getfile(spec.PeerActor)).parent.glob("*.py"))
-    for cls in spec.REQUESTS.values():
-        handlers.setdefault(name_of[cls], []).extend(peer_files)
+    for record in spec.REQUESTS.values():
+        handlers.setdefault(name_of[record], []).extend(peer_files)
     for request, replies in spec.REPLIES.items():
         assert request in handlers, f"{request}: no actor or federation operation takes it"
         code = "".join(path.read_text(encoding="utf-8") for path in handlers[request])
