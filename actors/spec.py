@@ -1,7 +1,8 @@
 """PROTOCOL.md's catalogue of message kinds, rendered from the registry the code validates with.
 
-`python -m actors.spec --write` rewrites the text between the markers in PROTOCOL.md;
-`python -m actors.spec --check` (and tests/test_protocol_spec.py) fail when it differs.
+`python -m actors.spec --write` rewrites the text between the markers in PROTOCOL.md and
+the kind vectors (actors/kind_vectors.py); `python -m actors.spec --check` (and
+tests/test_protocol_spec.py) fail when either differs.
 It lives here, not in `protocol`, because most kinds on the wire are the actors' own.
 """
 
@@ -102,7 +103,8 @@ def spec_kinds() -> dict[str, type[Any]]:
     }
 
 
-def _name_of(cls: type[Any]) -> str:
+def kind_name_of(cls: type[Any]) -> str:
+    """The wire name of a registered record class."""
     return {record: name for name, record in kinds.kinds().items()}[cls]
 
 
@@ -220,15 +222,15 @@ def travels(name: str) -> list[str]:
     """How kind `name` travels: local mailboxes, federation operations, replies, events."""
     ways = []
     for actor in ACTORS:
-        if name in {_name_of(cls) for cls in actor.accepts or ()}:
+        if name in {kind_name_of(cls) for cls in actor.accepts or ()}:
             ways.append(f"to `<entity>/{actor.name}` on `loc.<entity>.{actor.name}.{name}` "
                         "(request or tell)")
     for op, cls in REQUESTS.items():
-        if _name_of(cls) == name:
+        if kind_name_of(cls) == name:
             ways.append(f"federation request on `fed.req.<dst>.<src>.{op}` to `<dst>/peer`"
                         + _permission(op))
     for op, cls in COMMANDS.items():
-        if _name_of(cls) == name:
+        if kind_name_of(cls) == name:
             ways.append(f"durable command on `fed.cmd.<dst>.<src>.{op}` to `<dst>/peer`"
                         + _permission(op))
     answered = sorted(req for req, replies in REPLIES.items() if name in replies)
@@ -256,8 +258,8 @@ def _permission(op: str) -> str:
 
 def federation_kinds() -> set[str]:
     """The kinds that cross entities (fed.req, fed.cmd, their answers, fed.evt)."""
-    requests = {_name_of(cls) for cls in REQUESTS.values()}
-    commands = {_name_of(cls) for cls in COMMANDS.values()}
+    requests = {kind_name_of(cls) for cls in REQUESTS.values()}
+    commands = {kind_name_of(cls) for cls in COMMANDS.values()}
     replies = {reply for name in requests for reply in REPLIES.get(name, ())}
     answers = {kind for _, kind in COMMAND_ANSWERS.values()}
     return requests | commands | replies | answers | set(EVENTS) | {"error"}
@@ -366,20 +368,31 @@ def splice(text: str, section: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import kind_vectors  # it builds on this module
+
     parser = argparse.ArgumentParser(prog="python -m actors.spec", description=__doc__)
     action = parser.add_mutually_exclusive_group()
-    action.add_argument("--write", action="store_true", help="rewrite PROTOCOL.md's section")
-    action.add_argument("--check", action="store_true", help="fail if the section differs")
+    action.add_argument("--write", action="store_true",
+                        help="rewrite PROTOCOL.md's kinds section and the kind vectors")
+    action.add_argument("--check", action="store_true",
+                        help="fail if either differs from the registry")
     args = parser.parse_args(argv)
     current = SPEC.read_text(encoding="utf-8")
     wanted = splice(current, render())
     if args.write:
         if wanted != current:
             SPEC.write_text(wanted, encoding="utf-8")
+        count = kind_vectors.write(kind_vectors.DIRECTORY)
+        print(f"wrote {SPEC.name}'s kinds section and {count} kind vectors")
         return 0
     if args.check:
+        stale = []
         if wanted != current:
-            print(f"{SPEC} is out of date: run `python -m actors.spec --write`",
+            stale.append(str(SPEC))
+        if kind_vectors.committed(kind_vectors.DIRECTORY) != kind_vectors.render():
+            stale.append(str(kind_vectors.DIRECTORY))
+        if stale:
+            print(f"{' and '.join(stale)} out of date: run `python -m actors.spec --write`",
                   file=sys.stderr)
             return 1
         return 0

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import re
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
 import protocol
-from actors import spec
-from protocol import kinds
+from actors import kind_vectors, spec
+from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Sealer, kinds
 
 SPEC_PATH = Path(protocol.__file__).parent / "PROTOCOL.md"
 
@@ -200,3 +203,82 @@ def test_only_subclasses_of_protocol_error_are_raised() -> None:
         for line in text.splitlines():
             if direct.search(line) and not line.lstrip().startswith("class "):
                 raise AssertionError(f"{name}: {line.strip()} (raise a subclass with a code)")
+
+
+# ---- vectors for every kind ----------------------------------------------------------------
+
+KIND_VECTORS = sorted(kind_vectors.DIRECTORY.glob("*.json"))
+
+
+def as_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    return value
+
+
+def test_kind_vectors_are_the_generators_output() -> None:
+    assert kind_vectors.committed() == kind_vectors.render(), (
+        "protocol/vectors/kinds differs from the registry: run `python -m actors.spec --write`")
+
+
+def test_every_kind_has_vectors_and_every_encrypted_kind_an_encrypted_one() -> None:
+    names = {path.stem for path in KIND_VECTORS}
+    for name in spec.spec_kinds():
+        assert name in names, name
+        encrypted = spec.federation_payload(name) == "encrypted"
+        assert (f"{name}_encrypted" in names) is encrypted, name
+
+
+def test_kind_vector_write_removes_kinds_gone(tmp_path: Path) -> None:
+    (tmp_path / "retired_kind.json").write_text("{}", encoding="utf-8")
+    assert kind_vectors.write(tmp_path) == len(kind_vectors.render())
+    assert kind_vectors.committed(tmp_path) == kind_vectors.render()
+
+
+@pytest.mark.parametrize("path", KIND_VECTORS, ids=lambda p: p.stem)
+def test_kind_vector(path: Path) -> None:
+    vector = json.loads(path.read_text(encoding="utf-8"))
+    keyring = Keyring()
+    for entry in vector["keyring"]:
+        keyring.add(bytes.fromhex(entry["public_key"]), entry["entity"])
+    guard = ReplayGuard(window_ms=vector["window_ms"], future_ms=vector["future_ms"])
+    accepted = refused = 0
+    for index, step in enumerate(vector["steps"]):
+        where = f"step {index} ({step['note']})"
+        expect = step["expect"]
+
+        def run(step: dict[str, Any] = step) -> Envelope:
+            return protocol.open(bytes.fromhex(step["wire"]), subject=vector["subject"],
+                                 local=vector["local"], keyring=keyring, replay=guard,
+                                 now=vector["now_ms"], max_bytes=vector["max_bytes"])
+
+        if "error" in expect:
+            with pytest.raises(ProtocolError) as info:
+                run()
+            assert info.value.reason == expect["error"], f"{where}: {info.value}"
+            refused += 1
+            continue
+        envelope = run()
+        assert envelope.typ == path.stem.removesuffix("_encrypted"), where
+        assert {n: as_json(getattr(envelope, n)) for n in expect["ok"]} == expect["ok"], where
+        if envelope.enc:
+            recipient = SigningKey(bytes.fromhex(step["encryption"]["recipient_seed"]))
+            sealer = Sealer(recipient)
+            if "record_error" in expect:
+                with pytest.raises(ProtocolError) as info:
+                    sealer.decrypt(envelope, vector["max_bytes"])
+                assert info.value.reason == expect["record_error"], where
+                continue
+            record = sealer.decrypt(envelope, vector["max_bytes"])
+        else:
+            record = envelope.message
+        assert as_json(kinds.encode(record)) == expect["record"], where
+        accepted += 1
+    assert accepted >= 1
+    if not path.stem.endswith("_encrypted") and dataclasses.fields(
+            spec.spec_kinds()[path.stem]):
+        assert refused >= 1, "a kind with fields has its refusals"
