@@ -288,7 +288,9 @@ def render() -> str:
         "payload crosses a federation subject (`fed.req`, `fed.cmd`, their `_i` reply "
         "inboxes, `fed.evt`): **encrypted** means `enc` is true and the payload is the "
         "ciphertext of section 12, **plain** means `enc` is false; *local only* kinds "
-        "travel only on `loc` and `_l` subjects, where `enc` is always false.",
+        "travel only on `loc` and `_l` subjects, where `enc` is always false. The column "
+        "says what the reference sends; its peer actor accepts an encrypted kind in plain "
+        "too, so a receiver SHOULD accept both forms on federation subjects.",
         "",
         "| `typ` | fields | federation payload |",
         "|---|---|---|",
