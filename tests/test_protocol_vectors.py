@@ -275,3 +275,19 @@ def test_vector_through_verify_signature_then_check_body(path: Path) -> None:
             assert exc.subject == subject, where
             continue
         assert body_of(envelope) == expect["ok"], where
+
+
+def test_key_vectors_really_hold_the_keys_they_name() -> None:
+    """1, true and 1.0 are three keys of three types in the wire (a dict would merge
+    them), and the distinct-keys vector's keys differ only as code points do."""
+    steps = {s["note"]: s for s in load(VECTOR_DIR / "reject_malformed_body.json")["steps"]}
+    (note,) = [n for n in steps if n.startswith("keys 1, true and 1.0")]
+    _, _, body, _ = msgpack.unpackb(bytes.fromhex(steps[note]["wire"]))
+    pairs = msgpack.unpackb(body, object_pairs_hook=list, strict_map_key=False)
+    data = dict(dict(pairs)["payload"])["data"]
+    assert [type(key) for key, _ in data] == [int, bool, float]
+    valid = load(VECTOR_DIR / "valid_payload_rules.json")["steps"]
+    (distinct,) = [s for s in valid if s["note"].startswith("keys are equal only")]
+    keys = list(distinct["expect"]["ok"]["payload"]["data"])
+    assert len(keys) == len(set(keys)) == 5
+    assert "\u00e9" in keys and "e\u0301" in keys
