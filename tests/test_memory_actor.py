@@ -166,7 +166,6 @@ async def test_bad_requests_are_refused_and_the_actor_keeps_serving(rig: Rig) ->
         (TodoUpdate(1), "changes nothing"),
         (LogAppend("", "user", "x"), "conversation is empty"),
         (HistoryGet("", 0), "limit must be at least 1"),
-        (protocol.Ping(), "does not handle 'ping'"),
     ]
     todo = (await rig.ask(TodoAdd("real"))).items[0]
     cases.append((TodoUpdate(todo.id, status="finished"), "unknown todo status 'finished'"))
@@ -174,6 +173,9 @@ async def test_bad_requests_are_refused_and_the_actor_keeps_serving(rig: Rig) ->
         refused = await rig.refused(message)
         assert refused.code == "bad_request", (message, refused)
         assert reason in refused.message, (message, refused.message)
+    # A kind the memory does not take never reaches it: the runtime refuses it.
+    refused = await rig.refused(protocol.Ping())
+    assert refused.code == "unexpected_kind" and "not 'ping'" in refused.message, refused
     assert (await rig.ask(MemoryAdd("fact", "still serving"))).id >= 1
     assert rig.runtime.supervisor.actors["memory"].restarts == 0
 
