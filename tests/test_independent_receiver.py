@@ -29,17 +29,21 @@ from nacl.signing import SigningKey
 from nats.aio.msg import Msg
 
 from actors.llm.scripted import ScriptedLLMServer
-from tests.federation_rig import Member, build, running
+from tests.federation_rig import ALL, Member, build, running
 from tests.independent.receiver import (
     REASON_CODES,
     DecodeError,
     Opened,
     Receiver,
     Rejected,
+    answer_fits,
     as_json,
+    check_route,
     decode,
     decrypt,
     read_hex_key,
+    reply_fits,
+    spec_v1,
 )
 from tests.peer_model import route
 from tests.test_federation_security import OBSERVER_PASSWORD, add_observer, connect
@@ -79,21 +83,7 @@ def test_vector(path: Path) -> None:
         where = f"{path.name} step {index} ({step['note']})"
         wire = bytes.fromhex(step["wire"])
         expect = step["expect"]
-        if "ok" in expect:
-            try:
-                opened = receiver.open(wire, vector["subject"], vector["now_ms"])
-            except Rejected as exc:
-                raise AssertionError(f"{where}: refused as {exc}") from None
-            assert body_json(opened) == expect["ok"], where
-            seed = bytes.fromhex(step.get("signer_seed", vector["signer_seed"]))
-            assert opened.kid == bytes(SigningKey(seed).verify_key), where
-            encryption = vector.get("encryption")
-            if opened.enc and encryption is not None:
-                payload = opened.body["payload"]
-                assert payload[:24].hex() == encryption["nonce"], where
-                plain = decrypt(opened, bytes.fromhex(encryption["recipient_seed"]))
-                assert as_json(plain) == encryption["plaintext_payload"], where
-        else:
+        if "ok" not in expect:
             assert expect["error"] in REASON_CODES, where
             try:
                 opened = receiver.open(wire, vector["subject"], vector["now_ms"])
@@ -101,6 +91,34 @@ def test_vector(path: Path) -> None:
                 assert exc.code == expect["error"], f"{where}: {exc}"
             else:
                 raise AssertionError(f"{where}: accepted, expected {expect['error']}")
+            continue
+        try:
+            opened = receiver.open(wire, vector["subject"], vector["now_ms"])
+        except Rejected as exc:
+            raise AssertionError(f"{where}: refused as {exc}") from None
+        assert body_json(opened) == expect["ok"], where
+        seed = bytes.fromhex(step.get("signer_seed", vector["signer_seed"]))
+        assert opened.kid == bytes(SigningKey(seed).verify_key), where
+        spec = spec_v1()
+        if not opened.enc:
+            if "record" in expect:  # section 14: the payload as the kind's record
+                record = spec.record(opened.typ, opened.body["payload"])
+                assert as_json(record) == expect["record"], where
+            continue
+        # Section 12: the receiving entity decrypts and checks the plaintext.
+        encryption = step.get("encryption", vector.get("encryption"))
+        assert encryption is not None, f"{where}: encrypted, but no recipient seed"
+        assert opened.body["payload"][:24].hex() == encryption["nonce"], where
+        try:
+            plain = decrypt(opened, bytes.fromhex(encryption["recipient_seed"]))
+        except Rejected as exc:
+            assert exc.code == expect.get("record_error"), f"{where}: {exc}"
+            continue
+        assert "record_error" not in expect, f"{where}: decrypted to {plain}"
+        if "record" in expect:
+            assert as_json(spec.record(opened.typ, plain)) == expect["record"], where
+        else:
+            assert as_json(plain) == encryption["plaintext_payload"], where
 
 
 def test_every_reason_code_is_exercised_by_a_vector() -> None:
@@ -113,6 +131,8 @@ def test_every_reason_code_is_exercised_by_a_vector() -> None:
 
 A, B = "entity-a", "entity-b"
 REPLY_FAMILIES = ("_i.", "_l.", "_INBOX.")
+MAX_BYTES = 262_144  # the daemons' max_message_bytes, and the receivers' max_bytes
+GRACE_MS = 3000  # a reply this soon after its tap subscribed may answer an unseen request
 
 
 @dataclass
@@ -130,8 +150,10 @@ class Captured:
 @dataclass
 class Tap:
     msgs: list[Captured] = field(default_factory=list)
+    started: dict[str, int] = field(default_factory=dict)  # where: when it subscribed (ms)
 
     def cb(self, where: str) -> Callable[[Msg], Awaitable[None]]:
+        self.started.setdefault(where, int(time.time() * 1000))
         async def add(msg: Msg) -> None:
             self.msgs.append(Captured(where, msg.subject, msg.reply or "",
                                       {str(k): str(v) for k, v in (msg.headers or {}).items()},
@@ -164,7 +186,7 @@ class Verdict:
 def not_an_envelope(msg: Captured) -> str:
     """Why a captured message is no envelope of the spec, or ''."""
     if msg.subject.startswith("$"):
-        return "JetStream or system API"
+        return f"JetStream or system API ({'.'.join(msg.subject.split('.')[:2])})"
     if "Status" in msg.headers and not msg.data:
         return f"NATS status {msg.headers['Status']}"
     if msg.subject.startswith(REPLY_FAMILIES) and msg.data.startswith(b"{"):
@@ -194,15 +216,21 @@ class Judge:
     """Feeds captured messages to the receivers that would get them, in arrival order,
     each (entity, local) with its own Receiver and replay cache, each message once."""
 
-    def __init__(self, identities: dict[str, Identity]) -> None:
+    def __init__(self, identities: dict[str, Identity], started: dict[str, int]) -> None:
         self.identities = identities
+        self.started = started
+        self.before_taps = 0  # replies to requests sent before the taps subscribed
         self.receivers: dict[tuple[str, str], Receiver] = {}
         self.fed: dict[tuple[str, str], set[bytes]] = defaultdict(set)
         self.verdicts: list[Verdict] = []
         self.skipped: Counter[str] = Counter()
         self.publications: list[Captured] = []  # fed.cmd as published on the hub
         self.delivered_ids: set[str] = set()
-        self.requests: dict[str, tuple[bytes, str, str]] = {}  # reply subject: id, src, dst
+        # reply subject: the request's id, src, dst, typ; a command's id: its op, src
+        self.requests: dict[str, tuple[bytes, str, str, str]] = {}
+        self.commands: dict[bytes, tuple[str, str]] = {}
+        self.operator_signed: Counter[str] = Counter()
+        self.decrypted: Counter[str] = Counter()
         self.reply_problems: list[str] = []
 
     def keyring(self, entity: str) -> dict[bytes, str]:
@@ -214,7 +242,7 @@ class Judge:
     def receiver(self, entity: str, local: str) -> Receiver:
         key = (entity, local)
         if key not in self.receivers:
-            self.receivers[key] = Receiver(self.keyring(entity), local)
+            self.receivers[key] = Receiver(self.keyring(entity), local, max_bytes=MAX_BYTES)
         return self.receivers[key]
 
     def destinations(self, msg: Captured) -> list[tuple[str, str]]:
@@ -260,34 +288,67 @@ class Judge:
         except Rejected as exc:
             return Verdict(msg, entity, local, peek_typ(msg.data), False, exc.code, exc.detail)
         verdict = Verdict(msg, entity, local, opened.typ, opened.enc, "ok")
+        if opened.kid in self.identities[entity].operators:
+            self.operator_signed[opened.typ] += 1
         body = opened.body
-        if opened.enc and body["dst"].split("/")[0] == entity:
-            try:
+        try:
+            if opened.enc and body["dst"].split("/")[0] == entity:
                 decrypt(opened, self.identities[entity].seed)
-            except Rejected as exc:
-                verdict.code, verdict.detail = exc.code, f"after decryption: {exc.detail}"
-        if msg.reply and msg.reply.startswith(REPLY_FAMILIES):
-            self.requests[msg.reply] = (body["id"], body["src"], body["dst"])
+                self.decrypted[opened.typ] += 1
+            check_route(opened, msg.subject)
+        except Rejected as exc:
+            verdict.code, verdict.detail = exc.code, exc.detail
+            return verdict
+        if msg.reply.startswith(REPLY_FAMILIES):
+            self.requests[msg.reply] = (body["id"], body["src"], body["dst"], opened.typ)
+        if msg.subject.startswith("fed.cmd."):
+            self.commands[body["id"]] = (msg.subject.split(".")[4], body["src"])
+            if body["corr"] is not None:
+                self.check_answer(msg, opened)
         if msg.subject.startswith(("_i.", "_l.")):
             self.check_reply(msg, opened)
         return verdict
 
     def check_reply(self, msg: Captured, opened: Opened) -> None:
-        """Sections 7 and 10: a reply answers the request sent with that reply subject:
-        corr is its id, dst its src, and the request's receiver signed it."""
+        """Sections 7, 10 and 11: a reply answers the request sent with that reply subject:
+        corr is its id, dst its src, the request's receiver signed it, and its kind is a
+        reply to the request's kind."""
         body = opened.body
         request = self.requests.get(msg.subject)
         where = f"{body['typ']} on {msg.subject}"
         if request is None:
+            if msg.at_ms < self.started[msg.where] + GRACE_MS:
+                self.before_taps += 1  # a daemon's first requests, before the taps
+                return
             self.reply_problems.append(f"{where}: no captured request has this reply subject")
             return
-        id_, src, dst = request
+        id_, src, dst, typ = request
         if body["corr"] != id_:
             self.reply_problems.append(f"{where}: corr is not the request's id")
         if body["dst"] != src:
             self.reply_problems.append(f"{where}: dst {body['dst']} is not the requester {src}")
         if opened.entity != dst.split("/")[0]:
             self.reply_problems.append(f"{where}: signed by {opened.entity}, asked {dst}")
+        if not reply_fits(spec_v1(), opened.typ, typ):
+            self.reply_problems.append(f"{where}: section 11 has no {opened.typ} reply to {typ}")
+
+    def check_answer(self, msg: Captured, opened: Opened) -> None:
+        """Section 11: a durable command with corr is sent back as the answer to a command
+        of the operations its kind lists, to that command's sender."""
+        body = opened.body
+        where = f"{body['typ']} on {msg.subject}"
+        command = self.commands.get(body["corr"])
+        if command is None:
+            if msg.at_ms < self.started[msg.where] + GRACE_MS:
+                self.before_taps += 1
+                return
+            self.reply_problems.append(f"{where}: corr names no captured command")
+            return
+        op, src = command
+        if not answer_fits(spec_v1(), opened.typ, op):
+            self.reply_problems.append(f"{where}: section 11 has no {opened.typ} answer to {op}")
+        if body["dst"] != src:
+            self.reply_problems.append(f"{where}: dst {body['dst']} is not the sender {src}")
 
     def undelivered(self) -> list[str]:
         """fed.cmd publications whose id no JetStream delivery carried."""
@@ -325,8 +386,8 @@ class Judge:
 def peek_body(data: bytes) -> dict[Any, Any]:
     """The body of a wire without any check, for labels only ({} when it does not decode)."""
     try:
-        outer = decode(data, keys_str_or_bin=True)
-        body = decode(outer[2], keys_str_or_bin=False)
+        outer = decode(data, bin_keys=True)
+        body = decode(outer[2])
         return body if isinstance(body, dict) else {}
     except (DecodeError, IndexError, TypeError, KeyError):
         return {}
@@ -342,7 +403,7 @@ def peek_id(data: bytes) -> str:
     return id_.hex() if isinstance(id_, bytes) else "?"
 
 
-async def run_scenarios(tmp_path: Path) -> tuple[list[Captured], dict[str, Identity]]:
+async def run_scenarios(tmp_path: Path) -> tuple[Tap, dict[str, Identity]]:
     """Two daemons on one hub; everything on the hub and on each leaf's loc/_l subjects."""
     operator = SigningKey.generate()
     operator_key = tmp_path / "alice.key"
@@ -350,8 +411,14 @@ async def run_scenarios(tmp_path: Path) -> tuple[list[Captured], dict[str, Ident
     operator_key.chmod(0o600)
     tap = Tap()
     async with ScriptedLLMServer(route) as llm:
+        # entity-a lets entity-b only report (a talk is refused); entity-b trusts entity-a
+        # with everything. Envelopes of at most MAX_BYTES, so a BIG patch is fetched.
         fed = build(tmp_path / "fed", [A, B], llm_url=llm.base_url,
+                    trust={A: {B: ("report",)}, B: {A: ALL}},
                     extra={A: f'alice = "{bytes(operator.verify_key).hex()}"\n'})
+        for member in fed.members.values():
+            member.config.write_text(member.config.read_text().replace(
+                "max_message_bytes = 1048576", f"max_message_bytes = {MAX_BYTES}"))
         add_observer(fed)
         async with running(fed):
             observer = await connect(fed.hub.url, "_i.observer", user="observer",
@@ -369,26 +436,32 @@ async def run_scenarios(tmp_path: Path) -> tuple[list[Captured], dict[str, Ident
                     await leaf.flush()
                 await fed.discovered()
                 a, b = fed[A], fed[B]
-                steps: list[tuple[Member, tuple[str, ...]]] = [
-                    (a, ("status",)),
-                    (a, ("--key", str(operator_key), "status")),  # an operator key
-                    (a, ("memory", "search", "anything")),
-                    (a, ("todo", "--add", "water the plants")),
-                    (a, ("check", B)),
-                    (b, ("check", A)),
-                    (a, ("talk", B, "hello, what is 6 times 7?")),
-                    (b, ("talk", A, "and hello back")),
-                    (a, ("report", B, "the build is green")),
-                    (a, ("wake", B, "--reason", "look at the todo list")),
-                    (a, ("restart", B, "memory")),
-                    (a, ("ask", 'CALL recall {"query": "plants"}')),
-                    (a, ("delegate", B, "Write calc.add with a test", "--wait")),
-                    (a, ("tasks",)),
-                    (b, ("peers",)),
+                # (member, entityctl arguments, the exit codes that are right)
+                steps: list[tuple[Member, tuple[str, ...], tuple[int, ...]]] = [
+                    (a, ("status",), (0,)),
+                    (a, ("--key", str(operator_key), "status"), (0,)),  # an operator key
+                    (a, ("memory", "search", "anything"), (0,)),
+                    (a, ("memory", "search", "anything", "--limit", "0"), (3,)),  # error
+                    (a, ("todo", "--add", "water the plants"), (0,)),
+                    (a, ("history", "--limit", "5"), (0,)),
+                    (a, ("check", B), (0,)),
+                    (b, ("check", A), (0,)),
+                    (a, ("talk", B, "hello, what is 6 times 7?"), (0,)),
+                    (b, ("talk", A, "may I?"), (3,)),  # not_trusted: an error on _i
+                    (a, ("report", B, "the build is green"), (0,)),
+                    (a, ("wake", B, "--reason", "look at the todo list"), (0,)),
+                    (a, ("restart", B, "memory"), (0,)),
+                    (a, ("restart", B, "no-such-actor"), (3,)),  # unknown_actor
+                    (a, ("ask", 'CALL todo_update {"id": 1, "status": "done"}'), (0,)),
+                    (a, ("delegate", B, "Write calc.add with a test", "--wait"), (0,)),
+                    # A patch larger than one envelope: fetched in pieces (fed.req fetch).
+                    (a, ("delegate", B, "BIG numbered lines", "--wait"), (0,)),
+                    (a, ("tasks",), (0,)),
+                    (b, ("peers",), (0,)),
                 ]
-                for member, args in steps:
+                for member, args, codes in steps:
                     code, out, err = await member.ctl(*args, timeout=60)
-                    assert code == 0, f"{member.name}: entityctl {args}: {out}{err}"
+                    assert code in codes, f"{member.name}: entityctl {args}: {out}{err}"
                 await asyncio.sleep(1.5)  # heartbeats, and what is in flight lands
             finally:
                 for client in clients:
@@ -399,7 +472,7 @@ async def run_scenarios(tmp_path: Path) -> tuple[list[Captured], dict[str, Ident
                 public = read_hex_key((member.data / "entity.pub").read_text())
                 operators = (bytes(operator.verify_key),) if member.name == A else ()
                 identities[member.name] = Identity(member.name, public, seed, operators)
-    return tap.msgs, identities
+    return tap, identities
 
 
 @pytest.mark.timeout(90)
@@ -407,10 +480,11 @@ async def test_a_spec_only_receiver_accepts_everything_a_live_federation_sends(
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    captured, identities = await run_scenarios(tmp_path)
+    tap, identities = await run_scenarios(tmp_path)
+    captured = tap.msgs
     for ident in identities.values():  # the seed in keys/entity.key is the key of entity.pub
         assert bytes(SigningKey(ident.seed).verify_key) == ident.public
-    judge = Judge(identities)
+    judge = Judge(identities, tap.started)
     for msg in sorted(captured, key=lambda m: m.at_ms):  # stable: arrival order
         judge.feed(msg)
     accepted = [v for v in judge.verdicts if v.code == "ok"]
@@ -420,8 +494,10 @@ async def test_a_spec_only_receiver_accepts_everything_a_live_federation_sends(
         f"not envelopes: {dict(judge.skipped)}; fed.cmd publications on the hub "
         f"{len(judge.publications)} (received as their JetStream deliveries)\n"
         f"accepted {len(accepted)} of {len(judge.verdicts)} (envelope, receiver) pairs "
-        f"({100 * len(accepted) / max(1, len(judge.verdicts)):.1f}%), per kind:\n"
-        + judge.table())
+        f"({100 * len(accepted) / max(1, len(judge.verdicts)):.1f}%); decrypted "
+        f"{sum(judge.decrypted.values())}; signed by an operator key "
+        f"{dict(judge.operator_signed)}; replies to requests sent before the taps "
+        f"{judge.before_taps}; per kind:\n" + judge.table())
     print(report)
     first = "\n".join(
         f"  {v.typ} on {v.msg.subject} (from {v.msg.where}) to {v.local}: {v.code} {v.detail}"
@@ -431,3 +507,32 @@ async def test_a_spec_only_receiver_accepts_everything_a_live_federation_sends(
     assert {"heartbeat", "event", "talk", "report", "task_offer", "ping", "pong"} <= kinds
     assert judge.reply_problems == [], judge.reply_problems[:10]
     assert judge.undelivered() == []
+    refuses_what_it_should(judge, identities)
+
+
+def refuses_what_it_should(judge: Judge, identities: dict[str, Identity]) -> None:
+    """Controls: the same receivers, fed captured envelopes a receiver must refuse."""
+    talk = next(v for v in judge.verdicts if v.typ == "talk" and v.code == "ok")
+    receiver = judge.receivers[(talk.entity, talk.local)]
+    now = talk.msg.at_ms + 1000
+    with pytest.raises(Rejected, match="replayed"):  # the cache is live
+        receiver.open(talk.msg.data, talk.msg.subject, now)
+    with pytest.raises(Rejected, match="wrong_destination"):  # not for entity-a's peer
+        judge.receiver(A, f"{A}/peer").open(talk.msg.data, talk.msg.subject, now)
+    with pytest.raises(Rejected, match="stale_timestamp"):  # 91 s later
+        Receiver(judge.keyring(B), f"{B}/peer").open(talk.msg.data, talk.msg.subject,
+                                                     now + 90_000)
+    opened = Receiver(judge.keyring(B), f"{B}/peer").open(talk.msg.data, talk.msg.subject,
+                                                          now)
+    with pytest.raises(Rejected, match="bad_payload"):  # entity-a's seed opens no box to b
+        decrypt(opened, identities[A].seed)
+    beat = next(v.msg for v in judge.verdicts if v.typ == "heartbeat")
+    fresh = Receiver(judge.keyring(B), B)
+    other = beat.subject.replace(beat.subject.split(".")[2], "entity-c")
+    with pytest.raises(Rejected, match="wrong_subject"):
+        fresh.open(beat.data, other, beat.at_ms)
+    forged = beat.data[:-1] + bytes([beat.data[-1] ^ 1])
+    with pytest.raises(Rejected, match="bad_signature"):
+        fresh.open(forged, beat.subject, beat.at_ms)
+    with pytest.raises(Rejected, match="unknown_key"):  # a receiver that trusts no one
+        Receiver({}, B).open(beat.data, beat.subject, beat.at_ms)

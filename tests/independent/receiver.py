@@ -13,12 +13,13 @@ A rejection raises `Rejected` whose `code` is the reason code of section 9.
 
 from __future__ import annotations
 
+import copy
 import heapq
-import math
 import re
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from nacl import bindings
@@ -51,7 +52,7 @@ class Rejected(Exception):
     """An envelope refused with a reason code of section 9."""
 
     def __init__(self, code: str, detail: str = "") -> None:
-        assert code in REASON_CODES, code
+        assert code in REASON_CODES or code in ROUTE_CODES, code
         super().__init__(f"{code}: {detail}" if detail else code)
         self.code = code
         self.detail = detail
@@ -72,51 +73,11 @@ class Ext:
     data: bytes
 
 
-@dataclass(frozen=True)
-class OtherKey:
-    """A map key that is neither str nor bin (allowed inside a body: section 4 speaks of
-    "any other key (of any type)", and vector reject_bad_payload has an int key in a
-    payload map rejected at step 14, not at step 7). Two keys are equal when they have the
-    same msgpack type family and the same value: 1, true and 1.0 are three keys."""
-
-    canon: Any
-    value: Any = field(compare=False, hash=False)
-
-
-def _canon(value: Any) -> Any:
-    """A hashable form of a decoded value that keeps the msgpack type apart."""
-    if value is None:
-        return ("nil",)
-    if type(value) is bool:
-        return ("bool", value)
-    if type(value) is int:
-        return ("int", value)
-    if type(value) is float:
-        return ("float", "nan") if math.isnan(value) else ("float", value)
-    if type(value) is str:
-        return ("str", value)
-    if type(value) is bytes:
-        return ("bin", value)
-    if type(value) is list:
-        return ("array", tuple(_canon(v) for v in value))
-    if type(value) is dict:
-        return ("map", tuple((_key_canon(k), _canon(v)) for k, v in value.items()))
-    if type(value) is Ext:
-        return ("ext", value.code, value.data)
-    raise TypeError(type(value))
-
-
-def _key_canon(key: Any) -> Any:
-    if type(key) is OtherKey:
-        return key.canon
-    return _canon(key)
-
-
 class _Reader:
-    def __init__(self, data: bytes, *, keys_str_or_bin: bool) -> None:
+    def __init__(self, data: bytes, *, bin_keys: bool) -> None:
         self.data = data
         self.pos = 0
-        self.keys_str_or_bin = keys_str_or_bin
+        self.key_types: tuple[type, ...] = (str, bytes) if bin_keys else (str,)
 
     def take(self, n: int) -> bytes:
         end = self.pos + n
@@ -153,10 +114,8 @@ class _Reader:
         result: dict[Any, Any] = {}
         for _ in range(n):
             key = self.value(depth + 1)
-            if type(key) not in (str, bytes):
-                if self.keys_str_or_bin:
-                    raise DecodeError("a map key that is neither str nor bin")
-                key = OtherKey(_canon(key), key)
+            if type(key) not in self.key_types:
+                raise DecodeError(f"a map key that is a {type(key).__name__}")
             value = self.value(depth + 1)
             if key in result:
                 raise DecodeError(f"duplicate map key {key!r}")
@@ -207,11 +166,13 @@ class _Reader:
         return self.map(self.uint(2 if b == 0xDE else 4), depth)
 
 
-def decode(data: bytes, *, keys_str_or_bin: bool) -> Any:
-    """Exactly one msgpack value, nothing after it; duplicate map keys refused anywhere.
+def decode(data: bytes, *, bin_keys: bool = False) -> Any:
+    """Exactly one msgpack value, nothing after it, every map key a str (section 4, *Map
+    keys*: equal when the code points are) and none repeated, at any depth.
 
-    `keys_str_or_bin`: the outer decoding of step 2 also refuses any other map key."""
-    reader = _Reader(data, keys_str_or_bin=keys_str_or_bin)
+    `bin_keys`: the outer decoding of step 2 allows bin keys too ("a map key that is
+    neither str nor bin" is what it refuses)."""
+    reader = _Reader(data, bin_keys=bin_keys)
     if not data:
         raise DecodeError("empty input")
     value = reader.value(0)
@@ -264,11 +225,22 @@ def parse_subject(subject: str) -> SubjectForm | None:
     return None
 
 
-# ---- payload schemas (section 11) --------------------------------------------------------
+# ---- payload schemas and routes (section 11, read from the spec) -------------------------
+#
+# Section 11.2/11.3 are generated, regular markdown: the receiver reads them from
+# protocol/PROTOCOL.md rather than from a copy, so a kind added to the spec is a kind
+# here. Anything in those sections this reader does not understand raises SpecError.
 
-# A schema type: ("str",) ("int",) ("float",) ("bool",) ("bin",) ("any",)
-# ("list", T) ("map", T) (keys are str) ("record", Name) ("enum", (values...))
+SPEC_PATH = Path(__file__).resolve().parents[2] / "protocol" / "PROTOCOL.md"
+
+# A schema type: ("str",) ("bin",) ("int",) ("float",) ("bool",) ("any",)
+# ("list", T) ("map", T) (keys are str) ("nil_or", T) ("record", Name)
 TypeSpec = tuple[Any, ...]
+_NO_DEFAULT = object()
+
+
+class SpecError(ValueError):
+    """Section 11 says something this reader cannot parse."""
 
 
 @dataclass(frozen=True)
@@ -276,149 +248,310 @@ class FieldSpec:
     name: str
     type: TypeSpec
     required: bool
-    default: str | None = None
+    default: Any = None  # the parsed default of an optional field
 
 
-def _split_top(text: str, sep: str = ",") -> list[str]:
-    """Split on `sep` outside brackets, braces and quotes."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, ch in enumerate(text):
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'`":
-            quote = ch
-        elif ch in "[({":
-            depth += 1
-        elif ch in "])}":
-            depth -= 1
-        elif ch == sep and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    parts.append(text[start:])
-    return [p.strip() for p in parts if p.strip()]
+@dataclass(frozen=True)
+class Route:
+    """One line of a kind's *Travels* list.
+
+    how: "loc" (to <entity>/<actor> on loc.<entity>.<actor>.<op>), "req" / "cmd" (on
+    fed.req / fed.cmd .<dst>.<src>.<op> to <dst>/<actor>), "evt" (on
+    fed.evt.<entity>.<actor>.<op>; "<actor>" / "<type>" are placeholders), "reply" (reply
+    to the request kinds in `to`, or to any request when `to` is empty), "answer" (a
+    durable command sent back as the answer to the commands in `to`)."""
+
+    how: str
+    actor: str = ""
+    op: str = ""
+    to: tuple[str, ...] = ()
+    permission: str = ""
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    name: str
+    fields: tuple[FieldSpec, ...]
+    federation: str  # "local only", "encrypted" or "plain"
+    routes: tuple[Route, ...]
 
 
 def parse_type(text: str) -> TypeSpec:
-    text = text.strip().strip("`").strip()
-    if text in ("str", "int", "float", "bool", "bin", "any"):
+    """Section 11's type grammar."""
+    text = text.strip()
+    if text.endswith(" or nil"):
+        return ("nil_or", parse_type(text[: -len(" or nil")]))
+    if text in ("str", "bin", "int", "float", "bool", "any"):
         return (text,)
     if text.startswith("list[") and text.endswith("]"):
         return ("list", parse_type(text[5:-1]))
-    if text.startswith("map[") and text.endswith("]"):
-        key, value = _split_top(text[4:-1])
-        if key.strip() != "str":
-            raise ValueError(f"map keys other than str: {text}")
-        return ("map", parse_type(value))
+    if text.startswith("map[str,") and text.endswith("]"):
+        return ("map", parse_type(text[len("map[str,"):-1]))
     if re.fullmatch(r"[A-Z][A-Za-z0-9_]*", text):
         return ("record", text)
-    raise ValueError(f"unknown schema type {text!r}")
+    raise SpecError(f"unknown schema type {text!r}")
 
 
-def parse_fields(text: str) -> tuple[FieldSpec, ...]:
-    """`name: type = default, ...` as the spec's kind table writes a kind's fields."""
+def parse_default(text: str) -> Any:
+    """Section 11: "A default is written as a msgpack value: "" the empty str, b"" the
+    empty bin, [] the empty array, {} the empty map, nil, false, or a number"."""
     text = text.strip()
-    if text in ("", "none", "(none)"):
+    if text == "required":
+        return _NO_DEFAULT
+    if not (text.startswith("`") and text.endswith("`")):
+        raise SpecError(f"a default not in backticks: {text!r}")
+    value = text[1:-1]
+    literals: dict[str, Any] = {"nil": None, "false": False, "true": True, "[]": [],
+                                "{}": {}, 'b""': b""}
+    if value in literals:
+        return literals[value]
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    if re.fullmatch(r"-?\d+", value):
+        return int(value)
+    if re.fullmatch(r"-?\d+\.\d*(e-?\d+)?", value):
+        return float(value)
+    raise SpecError(f"unknown default {text!r}")
+
+
+def _table_rows(lines: list[str]) -> list[list[str]]:
+    """The cells of a markdown table's body rows (header and rule skipped)."""
+    rows = [line for line in lines if line.startswith("|")]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", row)[1:-1]] for row in rows]
+    return cells[2:]
+
+
+def _fields(lines: list[str], where: str) -> tuple[FieldSpec, ...]:
+    if any(line.startswith("No fields") for line in lines):
         return ()
+    rows = _table_rows(lines)
+    if not rows:
+        raise SpecError(f"{where}: no field table and no 'No fields'")
     fields = []
-    for part in _split_top(text):
-        name, _, rest = part.partition(":")
-        type_text, eq, default = rest.partition("=")
-        fields.append(FieldSpec(name.strip().strip("`"), parse_type(type_text),
-                                required=not eq, default=default.strip() if eq else None))
+    for row in rows:
+        if len(row) != 4:
+            raise SpecError(f"{where}: a field row of {len(row)} cells: {row}")
+        name, type_text, default_text, _note = row
+        match = re.fullmatch(r"`([a-z_][a-z0-9_]*)`", name)
+        if not match:
+            raise SpecError(f"{where}: field name {name!r}")
+        default = parse_default(default_text)
+        fields.append(FieldSpec(match.group(1), parse_type(type_text),
+                                required=default is _NO_DEFAULT,
+                                default=None if default is _NO_DEFAULT else default))
     return tuple(fields)
 
 
-@dataclass
-class Schemas:
-    """Kinds and records, each a tuple of fields."""
+_KINDS_IN = r"((?:`[a-z_]+`(?:, )?)+)"
+_ROUTES: list[tuple[str, str]] = [
+    ("loc", r"to `<entity>/(?P<actor>[a-z0-9-]+)` on `loc\.<entity>\.(?P=actor)\."
+            r"(?P<op>[a-z0-9_]+)` \(request or tell\)"),
+    ("req", r"federation request on `fed\.req\.<dst>\.<src>\.(?P<op>[a-z0-9_]+)` to "
+            r"`<dst>/(?P<actor>[a-z0-9-]+)`(?:; needs the `(?P<permission>[a-z]+)` permission)?"),
+    ("cmd", r"durable command on `fed\.cmd\.<dst>\.<src>\.(?P<op>[a-z0-9_]+)` to "
+            r"`<dst>/(?P<actor>[a-z0-9-]+)`(?:; needs the `(?P<permission>[a-z]+)` permission)?"),
+    ("evt", r"event on `fed\.evt\.<entity>\.(?P<actor><actor>|[a-z0-9-]+)\."
+            r"(?P<op><type>|[a-z0-9_]+)` \(`dst` `\*`\)"),
+    ("reply", r"reply to " + _KINDS_IN),
+    ("reply", r"reply to any request (?:whose handler returns nothing|that is refused or "
+              r"fails \(section 9\))"),
+    ("answer", r"sent back as the answer to the durable commands? " + _KINDS_IN),
+]
 
-    kinds: dict[str, tuple[FieldSpec, ...]]
+
+def _route(line: str, where: str) -> Route:
+    for how, pattern in _ROUTES:
+        match = re.fullmatch(pattern, line)
+        if match:
+            groups = match.groupdict()
+            kinds = tuple(re.findall(r"`([a-z_]+)`", match.group(1))) if (
+                how in ("reply", "answer") and match.groups()) else ()
+            return Route(how, groups.get("actor") or "", groups.get("op") or "", kinds,
+                         groups.get("permission") or "")
+    raise SpecError(f"{where}: a Travels line this reader does not know: {line!r}")
+
+
+def _between(text: str, start: str, end: str) -> str:
+    try:
+        return text[text.index(start) + len(start): text.index(end)]
+    except ValueError as exc:
+        raise SpecError(f"no {start!r} ... {end!r} in the spec") from exc
+
+
+@dataclass
+class Spec:
+    """Section 11 as a receiver needs it: each kind's fields, how its payload crosses the
+    federation, where it travels; the records."""
+
+    kinds: dict[str, KindSpec]
     records: dict[str, tuple[FieldSpec, ...]]
+    index: dict[str, str]  # 11.1: kind -> federation payload, to check 11.2 against
 
     @classmethod
-    def from_text(cls, kinds: Mapping[str, str], records: Mapping[str, str]) -> Schemas:
-        return cls({k: parse_fields(v) for k, v in kinds.items()},
-                   {k: parse_fields(v) for k, v in records.items()})
+    def parse(cls, markdown: str) -> Spec:
+        index_text = _between(markdown, "### 11.1 Index", "### 11.2 Kinds")
+        index = {}
+        for row in _table_rows(index_text.splitlines()):
+            match = re.fullmatch(r"\[`([a-z_]+)`\]\(#kind-[a-z-]+\)", row[0])
+            if not match:
+                raise SpecError(f"11.1: index row {row}")
+            index[match.group(1)] = row[2]
+        kinds_text = _between(markdown, "### 11.2 Kinds", "### 11.3 Records")
+        kinds = {}
+        for chunk in re.split(r"(?m)^#### ", kinds_text)[1:]:
+            head, *lines = chunk.splitlines()
+            match = re.fullmatch(r"`([a-z_]+)`", head.strip())
+            if not match:
+                raise SpecError(f"11.2: a kind heading {head!r}")
+            name = match.group(1)
+            federation = ""
+            routes = []
+            travels = False
+            for line in lines:
+                found = re.fullmatch(r"Federation payload: (local only|encrypted|plain)\.",
+                                     line.strip())
+                if found:
+                    federation = found.group(1)
+                elif line.strip() == "Travels:":
+                    travels = True
+                elif travels and line.startswith("- "):
+                    routes.append(_route(line[2:].strip(), name))
+            if not federation:
+                raise SpecError(f"11.2: {name} says nothing of its federation payload")
+            kinds[name] = KindSpec(name, _fields(lines, name), federation, tuple(routes))
+        records_text = markdown[markdown.index("### 11.3 Records"):]
+        records_text = records_text[:records_text.index("\n## ")]
+        records = {}
+        for chunk in re.split(r"(?m)^#### ", records_text)[1:]:
+            head, *lines = chunk.splitlines()
+            records[head.strip()] = _fields(lines, head.strip())
+        spec = cls(kinds, records, index)
+        spec.check_references()
+        return spec
+
+    def check_references(self) -> None:
+        for kind in self.kinds.values():
+            for spec in kind.fields:
+                self._check_type(spec.type, kind.name)
+            for route in kind.routes:
+                for other in route.to:
+                    # "reply to `x`" names kinds; "the answer to the durable command `x`"
+                    # names a fed.cmd operation (`delegate` is no kind: task_offer is).
+                    if route.how == "reply" and other not in self.kinds:
+                        raise SpecError(f"{kind.name} is a reply to unknown kind {other}")
+                    if route.how == "answer" and other not in self.command_ops():
+                        raise SpecError(f"{kind.name} answers unknown command {other}")
+        for name, fields in self.records.items():
+            for spec in fields:
+                self._check_type(spec.type, name)
+
+    def command_ops(self) -> dict[str, str]:
+        """fed.cmd operation -> the kind it carries."""
+        return {r.op: k.name for k in self.kinds.values() for r in k.routes if r.how == "cmd"}
+
+    def request_ops(self) -> dict[str, str]:
+        """fed.req operation -> the kind it carries."""
+        return {r.op: k.name for k in self.kinds.values() for r in k.routes if r.how == "req"}
+
+    def _check_type(self, spec: TypeSpec, where: str) -> None:
+        if spec[0] == "record" and spec[1] not in self.records:
+            raise SpecError(f"{where}: unknown record {spec[1]}")
+        if spec[0] in ("list", "map", "nil_or"):
+            self._check_type(spec[1], where)
+
+    # -- schema rules (section 11) --
 
     def check_payload(self, typ: str, payload: Any) -> None:
-        """Section 11's schema rules; raises Rejected('bad_payload')."""
-        problem = self._record(payload, self.kinds[typ], typ)
+        """Raises Rejected('bad_payload') unless `payload` matches the kind's schema."""
+        problem = self._record(payload, self.kinds[typ].fields, typ)
         if problem:
             raise Rejected("bad_payload", problem)
 
     def _record(self, value: Any, fields: tuple[FieldSpec, ...], where: str) -> str:
         if type(value) is not dict:
-            return f"{where} is not a map"
+            return f"{where} is not a map but a {type(value).__name__}"
         for spec in fields:
             if spec.name not in value:
                 if spec.required:
                     return f"{where} lacks {spec.name!r}"
                 continue
-            item = value[spec.name]
-            if item is None:
-                return f"{where}.{spec.name} is nil"  # "nil is not a value of any v1 field"
-            problem = self._value(item, spec.type, f"{where}.{spec.name}")
+            problem = self.value_problem(value[spec.name], spec.type,
+                                         f"{where}.{spec.name}")
             if problem:
                 return problem
         return ""
 
-    def _value(self, value: Any, spec: TypeSpec, where: str) -> str:
+    def record(self, typ: str, payload: Any) -> dict[str, Any]:
+        """The decoded message record of a payload that matches its kind (section 6's
+        result, section 14's `record`): the kind's fields only, defaults filled in, ints
+        in float fields read as floats, recursively."""
+        return self._as_record(payload, self.kinds[typ].fields)
+
+    def _as_record(self, value: dict[str, Any], fields: tuple[FieldSpec, ...]
+                   ) -> dict[str, Any]:
+        result = {}
+        for spec in fields:
+            if spec.name in value:
+                result[spec.name] = self._as_value(value[spec.name], spec.type)
+            else:
+                result[spec.name] = copy.deepcopy(spec.default)
+        return result
+
+    def _as_value(self, value: Any, spec: TypeSpec) -> Any:
         kind = spec[0]
-        ok = True
+        if kind == "float":
+            return float(value)
+        if kind == "nil_or":
+            return None if value is None else self._as_value(value, spec[1])
+        if kind == "list":
+            return [self._as_value(v, spec[1]) for v in value]
+        if kind == "map":
+            return {k: self._as_value(v, spec[1]) for k, v in value.items()}
+        if kind == "record":
+            return self._as_record(value, self.records[spec[1]])
+        return value
+
+    def value_problem(self, value: Any, spec: TypeSpec, where: str) -> str:
+        """'' when `value` is of schema type `spec`, else why not (section 11, Types)."""
+        kind = spec[0]
         if kind == "any":
             return ""
-        if kind == "str":
-            ok = type(value) is str
-        elif kind == "int":
-            ok = type(value) is int
-        elif kind == "float":
-            ok = type(value) in (int, float)
-        elif kind == "bool":
-            ok = type(value) is bool
-        elif kind == "bin":
-            ok = type(value) is bytes
-        elif kind == "list":
+        if kind == "nil_or":
+            return "" if value is None else self.value_problem(value, spec[1], where)
+        if kind == "list":
             if type(value) is not list:
-                return f"{where} is not an array"
+                return f"{where} is not an array but a {type(value).__name__}"
             for i, item in enumerate(value):
-                problem = self._value(item, spec[1], f"{where}[{i}]")
+                problem = self.value_problem(item, spec[1], f"{where}[{i}]")
                 if problem:
                     return problem
             return ""
-        elif kind == "map":
+        if kind == "map":
             if type(value) is not dict:
-                return f"{where} is not a map"
-            for key, item in value.items():
-                if type(key) is not str:
-                    return f"{where} has a key that is not a str: {key!r}"
-                problem = self._value(item, spec[1], f"{where}[{key!r}]")
+                return f"{where} is not a map but a {type(value).__name__}"
+            for key, item in value.items():  # keys are str: decode saw to it
+                problem = self.value_problem(item, spec[1], f"{where}[{key!r}]")
                 if problem:
                     return problem
             return ""
-        elif kind == "record":
+        if kind == "record":
             return self._record(value, self.records[spec[1]], where)
-        else:
-            raise AssertionError(spec)
-        return "" if ok else f"{where} is not a {kind}: {type(value).__name__}"
+        accepted = {"str": (str,), "bin": (bytes,), "int": (int,), "float": (int, float),
+                    "bool": (bool,)}[kind]
+        if type(value) in accepted:  # type(): a bool is no int, an int no bool
+            return ""
+        return f"{where} is not a {kind} but a {type(value).__name__}"
 
 
-# Section 11, transcribed: each kind's fields as the spec's table writes them.
-KIND_FIELDS: dict[str, str] = {
-    "ping": "",
-    "pong": "",
-    "ack": "",
-    "error": "code: str, message: str",
-    "status_get": "",
-    "status": ('entity: str, public_key: str, uptime_s: float, nats_server: str, '
-               'actors: list[ActorStatus], started_at: float = 0.0, '
-               'rejected: map[str, int] = {}, sandbox: str = ""'),
-    "event": "type: str, actor: str, data: map[str, any] = {}",
-}
-RECORD_FIELDS: dict[str, str] = {
-    "ActorStatus": "name: str, state: str, restarts: int",
-}
-SCHEMAS = Schemas.from_text(KIND_FIELDS, RECORD_FIELDS)
+_SPEC: Spec | None = None
+
+
+def spec_v1() -> Spec:
+    """Section 11 of protocol/PROTOCOL.md, parsed once."""
+    global _SPEC
+    if _SPEC is None:
+        _SPEC = Spec.parse(SPEC_PATH.read_text(encoding="utf-8"))
+    return _SPEC
 
 
 # ---- replay (section 8) ------------------------------------------------------------------
@@ -496,7 +629,7 @@ def verify_signature(wire: bytes, keyring: Mapping[bytes, str],
         raise Rejected("too_large", f"{len(wire)} > {max_bytes} bytes")
     # 2. Outer decoding.
     try:
-        outer = decode(wire, keys_str_or_bin=True)
+        outer = decode(wire, bin_keys=True)
     except DecodeError as exc:
         raise Rejected("malformed", str(exc)) from exc
     if type(outer) is not list or len(outer) != 4:
@@ -566,13 +699,13 @@ class Receiver:
     def __init__(self, keyring: Mapping[bytes, str], local: str, *,
                  max_bytes: int = DEFAULT_MAX_BYTES, window_ms: int = DEFAULT_WINDOW_MS,
                  future_ms: int = DEFAULT_FUTURE_MS, capacity: int = DEFAULT_CAPACITY,
-                 schemas: Schemas = SCHEMAS) -> None:
+                 spec: Spec | None = None) -> None:
         assert is_address(local) or is_name(local), local
         self.keyring = dict(keyring)
         self.local = local
         self.max_bytes = max_bytes
         self.replay = ReplayCache(window_ms, future_ms, capacity)
-        self.schemas = schemas
+        self.spec = spec or spec_v1()
 
     def open(self, wire: bytes, subject: str, now_ms: int) -> Opened:
         kid, raw_body = verify_signature(wire, self.keyring, self.max_bytes)
@@ -580,9 +713,9 @@ class Receiver:
 
     def check_body(self, kid: bytes, raw_body: bytes, subject: str, now_ms: int) -> Opened:
         """Steps 7 to 14, then remember the id."""
-        # 7. Body decoding (map keys of any type; duplicates refused anywhere).
+        # 7. Body decoding (every map key a str, none repeated, at any depth).
         try:
-            decoded = decode(raw_body, keys_str_or_bin=False)
+            decoded = decode(raw_body)
         except DecodeError as exc:
             raise Rejected("malformed_body", str(exc)) from exc
         body = _check_body_fields(decoded)
@@ -607,10 +740,10 @@ class Receiver:
         self.replay.admit(kid, body["id"], body["ts"], now_ms)
         # 14. Kind and payload.
         typ = body["typ"]
-        if typ not in self.schemas.kinds:
+        if typ not in self.spec.kinds:
             raise Rejected("unknown_kind", repr(typ))
         if not body["enc"]:
-            self.schemas.check_payload(typ, body["payload"])
+            self.spec.check_payload(typ, body["payload"])
         self.replay.remember(kid, body["id"], body["ts"])
         return Opened(kid, key_entity, body, raw_body)
 
@@ -635,6 +768,78 @@ class Receiver:
             raise bad(f"dst {dst} is not {form.loc_dst} of the subject")
 
 
+# ---- after open: kinds per actor and routes (sections 9.1, 9.2, 11) ----------------------
+
+# Section 9.1/9.2 codes of the checks after open; `not_in_section_11` is this receiver's
+# own label for traffic that section 11 describes otherwise but names no code for.
+ROUTE_CODES = ("unexpected_kind", "unexpected_encryption", "wrong_subject", "unknown_kind",
+               "not_in_section_11")
+
+
+def check_route(opened: Opened, subject: str, spec: Spec | None = None) -> None:
+    """What the receiver checks after open and before the actor: section 9.1 (each actor
+    takes its declared kinds, here the kinds section 11 sends to it; no encryption on
+    `loc`), section 9.2 (a federation request or command carries the kind of its
+    operation; an unknown operation is unknown_kind) and section 11's *Federation payload*
+    (encrypted or plain on federation subjects, local-only kinds never there) and
+    *Travels* (where each kind goes). Raises Rejected with a code of ROUTE_CODES."""
+    spec = spec or spec_v1()
+    form = parse_subject(subject)
+    assert form is not None  # open checked the layout
+    tokens = subject.split(".")
+    typ, enc = opened.typ, opened.enc
+    kind = spec.kinds[typ]
+
+    def off(why: str) -> Rejected:
+        return Rejected("not_in_section_11", why)
+
+    if form.family == "loc":
+        if enc:
+            raise Rejected("unexpected_encryption", f"{typ} encrypted on {subject}")
+        actor, op = tokens[2], tokens[3]
+        takes = sorted(k.name for k in spec.kinds.values()
+                       if any(r.how == "loc" and r.actor == actor for r in k.routes))
+        if typ not in takes:
+            raise Rejected("unexpected_kind", f"{actor} takes {takes}, not {typ}")
+        if not any(r.how == "loc" and r.actor == actor and r.op == op for r in kind.routes):
+            raise off(f"{typ} to {actor} on operation {op}")
+        return
+    family = form.family
+    federation = family in ("req", "cmd", "evt") or tokens[0] == "_i"
+    if federation:
+        if kind.federation == "local only":
+            raise off(f"{typ} is local only, here on {subject}")
+        if enc != (kind.federation == "encrypted"):
+            raise off(f"{typ} is {kind.federation} on federation subjects, enc is {enc}")
+    elif enc:  # _l: "local only kinds travel only on loc and _l subjects, where enc is
+        raise off(f"{typ} encrypted on {subject}")  # always false"
+    if family in ("req", "cmd"):
+        op = tokens[4]
+        ops = spec.request_ops() if family == "req" else spec.command_ops()
+        if op not in ops:
+            raise Rejected("unknown_kind", f"no fed.{family} operation {op}")
+        if ops[op] != typ:
+            raise Rejected("wrong_subject", f"fed.{family} .{op} carries {ops[op]}, not {typ}")
+    elif family == "evt":
+        actor, type_ = tokens[3], tokens[4]
+        if not any(r.how == "evt" and r.actor in ("<actor>", actor)
+                   and r.op in ("<type>", type_) for r in kind.routes):
+            raise off(f"{typ} is no event on {subject}")
+    elif not any(r.how == "reply" for r in kind.routes):
+        raise off(f"{typ} is not a reply, here on {subject}")
+
+
+def reply_fits(spec: Spec, reply_typ: str, request_typ: str) -> bool:
+    """Section 11's *Travels*: `reply_typ` is a reply to `request_typ` (or to any)."""
+    return any(r.how == "reply" and (not r.to or request_typ in r.to)
+               for r in spec.kinds[reply_typ].routes)
+
+
+def answer_fits(spec: Spec, answer_typ: str, command_op: str) -> bool:
+    """Section 11's *Travels*: `answer_typ` is sent back for the fed.cmd `command_op`."""
+    return any(r.how == "answer" and command_op in r.to for r in spec.kinds[answer_typ].routes)
+
+
 # ---- encrypted payloads (section 12) -----------------------------------------------------
 
 
@@ -648,7 +853,7 @@ def x25519_public(ed25519_public: bytes) -> bytes:
     return bytes(bindings.crypto_sign_ed25519_pk_to_curve25519(ed25519_public))
 
 
-def decrypt(opened: Opened, recipient_seed: bytes, schemas: Schemas = SCHEMAS) -> Any:
+def decrypt(opened: Opened, recipient_seed: bytes, spec: Spec | None = None) -> Any:
     """Section 12: the plaintext payload of an accepted envelope with `enc` true, decoded
     under the body's rules and checked against its kind; else Rejected('bad_payload')."""
     assert opened.enc
@@ -662,10 +867,10 @@ def decrypt(opened: Opened, recipient_seed: bytes, schemas: Schemas = SCHEMAS) -
     except (CryptoError, ValueError, TypeError) as exc:
         raise Rejected("bad_payload", f"does not decrypt: {exc}") from exc
     try:
-        value = decode(plaintext, keys_str_or_bin=False)
+        value = decode(plaintext)
     except DecodeError as exc:
         raise Rejected("bad_payload", f"plaintext does not decode: {exc}") from exc
-    schemas.check_payload(opened.typ, value)
+    (spec or spec_v1()).check_payload(opened.typ, value)
     return value
 
 
