@@ -11,6 +11,7 @@ from typing import Any
 import nats
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
 from protocol import subjects
 
@@ -111,3 +112,13 @@ async def barrier(nc: Client) -> None:
     """
     await nc.flush()
     await nc.flush()
+
+
+async def unsubscribe(sub: Subscription | None) -> None:
+    """Unsubscribe, if subscribed; a connection already gone has nothing left to undo."""
+    if sub is None:
+        return
+    try:
+        await sub.unsubscribe()
+    except Exception:  # closed or draining: the server has forgotten the subscription
+        pass

@@ -33,6 +33,7 @@ from nats.aio.subscription import Subscription
 
 from protocol import Envelope, ProtocolError, Verified, subjects
 
+from .bus import unsubscribe
 from .transport import Transport
 
 # With fewer waiting than this and no batch on a thread, verify on the loop: a lone
@@ -112,11 +113,7 @@ class Mailbox:
     async def close(self) -> None:
         """Stop taking new messages; what is queued stays for the worker."""
         sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may already be gone
-                pass
+        await unsubscribe(sub)
 
     def pending(self) -> int:
         """Messages received and not yet handed to the actor."""

@@ -40,6 +40,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from structlog.typing import FilteringBoundLogger
 
+from entityd.bus import unsubscribe
 from entityd.config import PeersSection
 from protocol import ProtocolError, subjects
 
@@ -219,11 +220,7 @@ class Inbox:
 
     async def unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may be gone already
-                pass
+        await unsubscribe(sub)
 
     async def next(self) -> Msg:
         """The next delivery of the INBOX, asking the stream for more as needed."""

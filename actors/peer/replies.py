@@ -21,6 +21,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
+from entityd.bus import unsubscribe
 from protocol import ProtocolError, subjects
 
 T = TypeVar("T")
@@ -46,11 +47,7 @@ class Replies:
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
-        if sub is not None:
-            try:
-                await sub.unsubscribe()
-            except Exception:  # the connection may be gone already
-                pass
+        await unsubscribe(sub)
         for future, _ in self._pending.values():
             future.cancel()
 
