@@ -20,7 +20,7 @@ import json
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from nacl.signing import SigningKey
 from nats.aio.msg import Msg
 
 from actors.llm.scripted import ScriptedLLMServer
-from tests.federation_rig import ALL, Member, build, running
+from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.independent.receiver import (
     REASON_CODES,
     DecodeError,
@@ -43,6 +43,7 @@ from tests.independent.receiver import (
     decrypt,
     read_hex_key,
     reply_fits,
+    seal,
     spec_v1,
 )
 from tests.peer_model import route
@@ -403,7 +404,91 @@ def peek_id(data: bytes) -> str:
     return id_.hex() if isinstance(id_, bytes) else "?"
 
 
-async def run_scenarios(tmp_path: Path) -> tuple[Tap, dict[str, Identity]]:
+@dataclass
+class Probe:
+    """An envelope sealed by tests/independent/receiver.seal, sent to a live daemon."""
+
+    name: str
+    member: str  # whose leaf it is published on and whose key signs it
+    subject: str
+    src: str
+    dst: str
+    typ: str
+    payload: dict[str, Any]
+    encrypt: bool = False
+    predicted: str = ""  # what the spec-only receiver says: "ok" or a code
+    answer: str = ""  # what the daemon answered: a kind, and an error's code
+
+
+PROBES = [
+    # A spec-only sender, answered as section 11 says.
+    Probe("ping", A, f"fed.req.{B}.{A}.ping", f"{A}/peer", f"{B}/peer", "ping", {}),
+    Probe("talk, encrypted", A, f"fed.req.{B}.{A}.talk", f"{A}/peer", f"{B}/peer", "talk",
+          {"text": "a spec-only sender says hello"}, encrypt=True),
+    Probe("ping to health", B, f"loc.{B}.health.ping", f"{B}/ctl", f"{B}/health", "ping", {}),
+    # 11.1: "a receiver SHOULD accept both forms on federation subjects".
+    Probe("talk in plain", A, f"fed.req.{B}.{A}.talk", f"{A}/peer", f"{B}/peer", "talk",
+          {"text": "in plain"}),
+    # 9.2: wrong_subject, unknown_kind; 9.1: unexpected_kind, unexpected_encryption.
+    Probe("a kind not of its operation", A, f"fed.req.{B}.{A}.ping", f"{A}/peer",
+          f"{B}/peer", "status_get", {}),
+    Probe("an operation no kind has", A, f"fed.req.{B}.{A}.nope", f"{A}/peer", f"{B}/peer",
+          "ping", {}),
+    Probe("ping to memory", B, f"loc.{B}.memory.ping", f"{B}/ctl", f"{B}/memory", "ping",
+          {}),
+    Probe("encrypted on loc", B, f"loc.{B}.health.status_get", f"{B}/ctl", f"{B}/health",
+          "status_get", {}, encrypt=True),
+    # Section 11 describes these otherwise, but names no code.
+    Probe("a plain kind encrypted", A, f"fed.req.{B}.{A}.ping", f"{A}/peer", f"{B}/peer",
+          "ping", {}, encrypt=True),
+    Probe("loc op not the kind", B, f"loc.{B}.health.hello", f"{B}/ctl", f"{B}/health",
+          "status_get", {}),
+]
+
+
+async def run_probes(fed: Federation, identities: dict[str, Identity]) -> list[Probe]:
+    """Each probe sealed by the spec-only sender, requested on a reply inbox; the answer
+    opened (and decrypted) by the spec-only receiver of the asking entity."""
+    results = []
+    clients = {name: await connect(f"nats://127.0.0.1:{fed[name].port}", f"_i.{name}")
+               for name in (A, B)}
+    try:
+        for template in PROBES:
+            probe = replace(template)
+            signer = identities[probe.member]
+            to = identities[probe.dst.split("/")[0]].public if probe.encrypt else None
+            wire, id_ = seal(signer.seed, src=probe.src, dst=probe.dst, subj=probe.subject,
+                             typ=probe.typ, payload=probe.payload,
+                             ts_ms=int(time.time() * 1000), encrypt_to=to)
+            judge = Judge(identities, {})
+            try:
+                opened = judge.receiver(probe.dst.split("/")[0], probe.dst).open(
+                    wire, probe.subject, int(time.time() * 1000))
+                check_route(opened, probe.subject)
+                probe.predicted = "ok"
+            except Rejected as exc:
+                probe.predicted = exc.code
+            try:
+                msg = await clients[probe.member].request(probe.subject, wire, timeout=10)
+            except Exception as exc:  # no answer is an answer too
+                probe.answer = f"no answer ({type(exc).__name__})"
+                results.append(probe)
+                continue
+            asker = judge.receiver(probe.member, probe.member)
+            reply = asker.open(msg.data, msg.subject, int(time.time() * 1000))
+            assert reply.body["corr"] == id_ and reply.body["dst"] == probe.src
+            payload = (decrypt(reply, signer.seed) if reply.enc else reply.body["payload"])
+            probe.answer = reply.typ + (" (enc)" if reply.enc else "")
+            if reply.typ == "error":
+                probe.answer += f" {payload['code']}"
+            results.append(probe)
+    finally:
+        for client in clients.values():
+            await client.close()
+    return results
+
+
+async def run_scenarios(tmp_path: Path) -> tuple[Tap, dict[str, Identity], list[Probe]]:
     """Two daemons on one hub; everything on the hub and on each leaf's loc/_l subjects."""
     operator = SigningKey.generate()
     operator_key = tmp_path / "alice.key"
@@ -472,7 +557,8 @@ async def run_scenarios(tmp_path: Path) -> tuple[Tap, dict[str, Identity]]:
                 public = read_hex_key((member.data / "entity.pub").read_text())
                 operators = (bytes(operator.verify_key),) if member.name == A else ()
                 identities[member.name] = Identity(member.name, public, seed, operators)
-    return tap, identities
+            probes = await run_probes(fed, identities)  # after the taps: not judged there
+    return tap, identities, probes
 
 
 @pytest.mark.timeout(90)
@@ -480,7 +566,7 @@ async def test_a_spec_only_receiver_accepts_everything_a_live_federation_sends(
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    tap, identities = await run_scenarios(tmp_path)
+    tap, identities, probes = await run_scenarios(tmp_path)
     captured = tap.msgs
     for ident in identities.values():  # the seed in keys/entity.key is the key of entity.pub
         assert bytes(SigningKey(ident.seed).verify_key) == ident.public
@@ -508,6 +594,19 @@ async def test_a_spec_only_receiver_accepts_everything_a_live_federation_sends(
     assert judge.reply_problems == [], judge.reply_problems[:10]
     assert judge.undelivered() == []
     refuses_what_it_should(judge, identities)
+    print("probes (the spec-only sender to the live daemons):")
+    for probe in probes:
+        print(f"  {probe.name:28} {probe.subject:32} receiver: {probe.predicted:22} "
+              f"daemon: {probe.answer}")
+    for probe in probes:
+        if probe.predicted == "not_in_section_11":
+            continue  # the spec names no code: reported, not judged
+        answer = probe.answer.replace(" (enc)", "")
+        if probe.predicted == "ok":  # answered with a kind section 11 replies with
+            assert answer in spec_v1().kinds and answer != "error", probe
+            assert reply_fits(spec_v1(), answer, probe.typ), probe
+        else:
+            assert answer == f"error {probe.predicted}", probe
 
 
 def refuses_what_it_should(judge: Judge, identities: dict[str, Identity]) -> None:
