@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable
@@ -32,6 +33,7 @@ from actors.llm.scripted import ScriptedLLMServer
 from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.independent.receiver import (
     REASON_CODES,
+    SPEC_PATH,
     DecodeError,
     Opened,
     Receiver,
@@ -635,3 +637,29 @@ def refuses_what_it_should(judge: Judge, identities: dict[str, Identity]) -> Non
         fresh.open(forged, beat.subject, beat.at_ms)
     with pytest.raises(Rejected, match="unknown_key"):  # a receiver that trusts no one
         Receiver({}, B).open(beat.data, beat.subject, beat.at_ms)
+
+
+def test_section_11_reads_as_one_consistent_table() -> None:
+    """What the receiver reads from section 11 agrees with itself: the index and the
+    kinds, each default a value of its field's type, each kind travelling somewhere, each
+    federation operation carrying one kind."""
+    spec = spec_v1()
+    assert len(spec.kinds) == int(re.search(  # type: ignore[union-attr]
+        r"Version 1 has these (\d+) kinds", SPEC_PATH.read_text(encoding="utf-8")).group(1))
+    assert {k: v.federation for k, v in spec.kinds.items()} == spec.index
+    fields = [(kind.name, f) for kind in spec.kinds.values() for f in kind.fields]
+    fields += [(name, f) for name, record in spec.records.items() for f in record]
+    for where, spec_field in fields:
+        if not spec_field.required:
+            problem = spec.value_problem(spec_field.default, spec_field.type,
+                                         f"{where}.{spec_field.name}")
+            assert spec_field.default is not None or spec_field.type[0] == "nil_or", where
+            assert not problem, problem
+    for kind in spec.kinds.values():
+        assert kind.routes, f"{kind.name} travels nowhere"
+        if kind.federation == "local only":
+            assert all(r.how in ("loc", "reply") for r in kind.routes), kind
+    for family in ("req", "cmd"):
+        routes = [(r.op, k.name) for k in spec.kinds.values() for r in k.routes
+                  if r.how == family]
+        assert len({op for op, _ in routes}) == len(routes), routes  # one kind per op
