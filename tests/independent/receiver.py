@@ -784,7 +784,8 @@ def check_route(opened: Opened, subject: str, spec: Spec | None = None) -> None:
     takes its declared kinds, here the kinds section 11 sends to it; no encryption on
     `loc`), section 9.2 (a federation request or command carries the kind of its
     operation; an unknown operation is unknown_kind) and section 11's *Federation payload*
-    (a plain kind never encrypted, local-only kinds never on federation subjects) and
+    (a plain kind never encrypted, local-only kinds never on federation subjects), a
+    federation request signed by the receiving entity's own key (9.2, wrong_sender) and
     *Travels* (where each kind goes). Raises Rejected with a code of ROUTE_CODES."""
     spec = spec or spec_v1()
     form = parse_subject(subject)
@@ -809,6 +810,10 @@ def check_route(opened: Opened, subject: str, spec: Spec | None = None) -> None:
         # binds it: not checked (the daemon answers a status_get on loc.<e>.health.hello).
         return
     family = form.family
+    if family in ("req", "cmd") and opened.entity == form.receiver:
+        # 9.2, wrong_sender: "a federation request signed by the receiving entity's own
+        # key" (said of requests; commands are taken to be alike)
+        raise Rejected("wrong_sender", f"{subject} signed by {opened.entity}'s own key")
     if family in ("req", "cmd"):  # section 9.2's codes before this receiver's label
         op = tokens[4]
         ops = spec.request_ops() if family == "req" else spec.command_ops()
@@ -928,3 +933,33 @@ def seal(seed: bytes, *, src: str, dst: str, subj: str, typ: str, payload: Any,
                          use_bin_type=True)
     sig = key.sign(DOMAIN + body).signature
     return msgpack.packb([1, bytes(key.verify_key), body, sig], use_bin_type=True), id_
+
+
+def sign_body(seed: bytes, body: bytes) -> bytes:
+    """A wire around body bytes as given (for probes that need a body seal() cannot make)."""
+    key = SigningKey(seed)
+    sig = key.sign(DOMAIN + body).signature
+    return msgpack.packb([1, bytes(key.verify_key), body, sig], use_bin_type=True)
+
+
+# ---- answering a refusal (section 9.1) ---------------------------------------------------
+
+
+def answerable(wire: bytes, reply: str, max_bytes: int = DEFAULT_MAX_BYTES) -> bool:
+    """Section 9.1: a refused message gets a signed `error` only when its reply subject is
+    a reply inbox (`_i.` or `_l.`) and the wire, no longer than max_bytes, "decodes as
+    msgpack to an array whose element 2 is a bin that decodes, with no trailing bytes, to
+    a map whose `src` is a str that is an address (section 2) and whose `id` is a bin of
+    16 bytes". "Decodes" is read here as section 4's decoding (str keys, none repeated):
+    the spec does not say whether a body with, say, an int key in its payload decodes."""
+    if not reply.startswith(("_i.", "_l.")) or len(wire) > max_bytes:
+        return False
+    try:
+        outer = decode(wire, bin_keys=True)
+        if type(outer) is not list or len(outer) < 3 or type(outer[2]) is not bytes:
+            return False
+        body = decode(outer[2])
+    except DecodeError:
+        return False
+    return (type(body) is dict and is_address(body.get("src"))
+            and type(body.get("id")) is bytes and len(body["id"]) == 16)
