@@ -66,7 +66,7 @@ from bench.harness import (
     wait_nats,
 )
 from entityd import config as config_mod
-from entityd import federation, identity, logs
+from entityd import federation, identity, localauth, logs
 from entityd.client import EntityClient
 from entityd.config import Config
 from entityd.transport import wait_closed
@@ -138,7 +138,8 @@ class Member:
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
+        """Its leaf, logged in with the entity's local token (as its daemon is)."""
+        return f"nats://{localauth.read(self.data)}@127.0.0.1:{self.port}"
 
     def config(self) -> Config:
         return config_mod.load(self.config_path)

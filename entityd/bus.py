@@ -30,8 +30,10 @@ async def connect(
     client_name: str,
     connect_timeout: float = 5.0,
     retry_forever: bool = True,
+    token: str | None = None,
 ) -> Client:
-    """Connect to `url`; the daemon retries forever, entityctl fails at once."""
+    """Connect to `url` (with the entity's local `token` for its own embedded server);
+    the daemon retries forever, entityctl fails at once."""
     last_error = [0.0]
 
     async def disconnected() -> None:
@@ -66,6 +68,7 @@ async def connect(
                 servers=[url],
                 name=client_name,
                 inbox_prefix=subjects.local_inbox_prefix(entity),
+                token=token,
                 connect_timeout=connect_timeout,
                 allow_reconnect=retry_forever,
                 max_reconnect_attempts=-1 if retry_forever else 0,

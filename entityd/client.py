@@ -12,7 +12,7 @@ from nacl.signing import SigningKey
 
 from protocol import Envelope, Event, Keyring, ProtocolError, subjects
 
-from . import bus, identity
+from . import bus, identity, localauth
 from .config import Config
 from .transport import Transport, wait_closed
 
@@ -30,6 +30,14 @@ class EntityClient:
         self.url = config.nats.url or f"nats://{config.nats.host}:{config.nats.port}"
         self._transport: Transport | None = None
 
+    def _token(self) -> str | None:
+        """The local login of the entity's embedded server (made by its first start)."""
+        if not self.config.embedded_nats or self.config.nats.config:
+            return None
+        if not localauth.token_path(self.config.data_dir).exists():
+            return None  # a daemon older than the login, or never started
+        return localauth.read(self.config.data_dir)
+
     async def __aenter__(self) -> EntityClient:
         nc = await bus.connect(
             self.url,
@@ -37,6 +45,7 @@ class EntityClient:
             client_name=f"entityctl-{self.config.name}",
             connect_timeout=self.config.nats.connect_timeout,
             retry_forever=False,
+            token=self._token(),
         )
         keyring = Keyring()
         keyring.add(self.entity_public, self.config.name)

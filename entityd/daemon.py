@@ -16,12 +16,12 @@ from actors.assembly import SharedLLM, sandbox_limits, standard_actors
 from actors.health import HealthActor
 from protocol import Keyring, Status
 
-from . import bus, federation, identity
+from . import bus, federation, identity, localauth
 from .actor import Actor
 from .config import Config
 from .errors import EntitydError, NatsServerError
 from .logs import get
-from .natsserver import EmbeddedNatsServer
+from .natsserver import EmbeddedNatsServer, shipped_config
 from .runtime import Runtime
 from .sdnotify import Notifier
 from .transport import Transport, wait_closed
@@ -80,6 +80,7 @@ class Daemon:
         self.only_health = only_health
         self.llm = SharedLLM(config, os.environ)
         self.limits = sandbox_limits(config)
+        self._token: str | None = None  # the embedded server's local login
         self.notifier = notifier or Notifier()
         self.identity = identity.load(config.name, config.data_dir)
         self.started_at = time.time()
@@ -127,6 +128,7 @@ class Daemon:
             entity=cfg.name,
             client_name=f"entityd-{cfg.name}",
             connect_timeout=cfg.nats.connect_timeout,
+            token=self._token,
         )
         transport = Transport(
             self._nc,
@@ -169,9 +171,14 @@ class Daemon:
         cfg = self.config
         if not cfg.embedded_nats:
             return cfg.nats.url
-        server_config, env = cfg.nats.config, None
+        server_config, env = cfg.nats.config, dict[str, str]()
         if cfg.nats.hub_url:
             server_config, env = leaf_server_config(cfg)
+        base = Path(server_config) if server_config else shipped_config()
+        if base is not None and not cfg.nats.config:  # an operator's own config: as it is
+            self._token = localauth.ensure(cfg.data_dir)
+            server_config = str(localauth.server_config(base, cfg.data_dir))
+            env = {**env, localauth.TOKEN_ENV: self._token}
         self._server = EmbeddedNatsServer(
             name=cfg.name,
             data_dir=cfg.data_dir,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entityd import federation
+from entityd import federation, localauth
 from tests.helpers import NATS_SERVER, DaemonProc, ServerProcess, ctl, free_port, make_entity
 
 ALL = ("talk", "report", "delegate", "wake", "restart")
@@ -33,6 +33,11 @@ class Member:
     @property
     def workspace(self) -> Path:
         return self.data / "workspace"
+
+    @property
+    def url(self) -> str:
+        """The member's own leaf, logged in with its local token (as its daemon is)."""
+        return f"nats://{localauth.read(self.data)}@127.0.0.1:{self.port}"
 
     def start(self) -> None:
         self.daemon.start()

@@ -54,7 +54,7 @@ from actors.peer.inbound import COMMANDS
 from actors.peer.link import inbox_stream
 from actors.peer.messages import Peers, PeersGet
 from actors.tool import ToolActor
-from entityd import identity
+from entityd import identity, localauth
 from entityd.actor import Actor, accepted_kinds
 from entityd.errors import RemoteError
 from entityd.transport import Transport
@@ -276,7 +276,8 @@ def entity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Entity]:
     try:
         daemon.wait_log('"entityd_ready"', timeout=60)
         own = identity.load(ENTITY, config.parent)
-        yield Entity(config, daemon, f"nats://127.0.0.1:{port}",
+        token = localauth.read(config.parent)
+        yield Entity(config, daemon, f"nats://{token}@127.0.0.1:{port}",
                      {"entity": own.signing_key, "operator": operator, "peer": peer},
                      own.public_key)
         assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()[-3000:]

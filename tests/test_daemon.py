@@ -15,7 +15,7 @@ import pytest
 
 import protocol
 from entityd import config as config_mod
-from entityd import identity
+from entityd import identity, localauth
 from entityd.actor import Actor
 from entityd.bus import barrier
 from entityd.daemon import EXIT_FAILED, Daemon
@@ -249,3 +249,44 @@ def test_daemon_tells_systemd_ready_watchdog_and_stopping(tmp_path: Path) -> Non
         sock.close()
     ready = next(m for m in received if m.startswith("READY=1"))
     assert "STATUS=entity entity-a serving" in ready
+
+
+def _token_shown(token: str, server_pid: int, data: Path) -> list[str]:
+    """Where the token shows beyond its own file: the server's command line (every
+    local user can read it) and the config it was started with."""
+    places = {"cmdline": Path(f"/proc/{server_pid}/cmdline"),
+              "server.conf": data / "nats" / "server.conf"}
+    return [name for name, path in places.items() if token in path.read_text()]
+
+
+async def test_the_local_bus_takes_only_the_daemons_login(tmp_path: Path) -> None:
+    """Every process of the host could reach the embedded server on loopback, and so
+    could a sandboxed command let onto the network: only the token in the data dir
+    (0600, never on a command line) logs in."""
+    config = make_entity(tmp_path)
+    daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+    try:
+        await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+        token = localauth.read(config.parent)  # refuses a file others could read
+        port = config_mod.load(config).nats.port
+        assert _token_shown(token, _embedded_pid(daemon), config.parent) == []
+
+        async def login(url: str) -> str:
+            nc = nats.NATS()
+            try:
+                await nc.connect(url, allow_reconnect=False, connect_timeout=2,
+                                 max_reconnect_attempts=0)
+            except Exception as exc:  # whatever nats-py says: refused
+                return f"refused: {exc!r}"
+            finally:
+                await nc.close()
+            return "in"
+
+        assert (await login(f"nats://127.0.0.1:{port}")).startswith("refused")
+        assert (await login(f"nats://wrong@127.0.0.1:{port}")).startswith("refused")
+        assert await login(f"nats://{token}@127.0.0.1:{port}") == "in"
+        status = await asyncio.to_thread(ctl, config, "status")
+        assert status.returncode == 0  # entityctl logs in with it
+    finally:
+        code = await asyncio.to_thread(daemon.terminate)
+    assert code == 0, daemon.log()[-2000:]

@@ -29,7 +29,7 @@ async def test_two_daemons_join_a_hub_and_see_each_others_signed_events(
             assert (await a.ctl("status"))[0] == 0
 
             # Watch entity-a from entity-b's own server, as entity-b's peer actor does.
-            observer = await nats.connect(f"nats://127.0.0.1:{b.port}",
+            observer = await nats.connect(b.url,
                                           inbox_prefix="_i.entity-b")
             try:
                 events = await observer.subscribe("fed.evt.entity-a.orchestrator.>")

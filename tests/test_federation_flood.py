@@ -283,11 +283,11 @@ async def test_a_flooding_member_cannot_make_the_others_refuse_or_lose_each_othe
     async with contextlib.AsyncExitStack() as stack:
         a_client, b_client = await client_of(stack, a), await client_of(stack, b)
         a_to_b, b_to_a = Prober(a_client, B), Prober(b_client, A)
-        attacker: NATS = await nats.connect(f"nats://127.0.0.1:{c.port}",
+        attacker: NATS = await nats.connect(c.url,
                                             inbox_prefix=f"_i.{C}")
         stack.push_async_callback(attacker.close)
         on_b: list[Msg] = []
-        watcher = await nats.connect(f"nats://127.0.0.1:{b.port}", inbox_prefix=f"_i.{B}")
+        watcher = await nats.connect(b.url, inbox_prefix=f"_i.{B}")
         stack.push_async_callback(watcher.close)
 
         async def seen_at_b(msg: Msg) -> None:
@@ -308,7 +308,7 @@ async def test_a_flooding_member_cannot_make_the_others_refuse_or_lose_each_othe
         # ---- phase 1: entity-c floods entity-b, default rate limits ------------------------
         # Pings half dated just inside the old ±90 s window (the attack as found), half
         # just inside the new 5 s allowance ahead; heartbeats inside the allowance.
-        c_url, c_key_file = f"nats://127.0.0.1:{c.port}", str(identity.key_path(c.data))
+        c_url, c_key_file = c.url, str(identity.key_path(c.data))
         flood = Flood(Attack(c_url, c_key_file, B, FLOOD, [89_000, 4_500], 4_500,
                              f"_i.{C}.flood", SPREAD_S))
         await attacker.subscribe(f"_i.{C}.flood", cb=flood.answered)

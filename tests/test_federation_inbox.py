@@ -276,7 +276,7 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
     c_reports = protocol.subjects.command(B, C, "report")
     async with contextlib.AsyncExitStack() as stack:
         b_client = await stack.enter_async_context(EntityClient(entity_config.load(b.config)))
-        at_b: NATS = await nats.connect(f"nats://127.0.0.1:{b.port}")
+        at_b: NATS = await nats.connect(b.url)
         stack.push_async_callback(at_b.close)
         received, rejected = Tap(), Tap()
         await at_b.subscribe(f"fed.evt.{B}.peer.report_received", cb=received.add)
@@ -291,7 +291,7 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
         sampling = asyncio.create_task(sampler.run())
         started = time.monotonic()
         proc = await start_flood(Flood(
-            f"nats://127.0.0.1:{c.port}", str(identity.key_path(c.data)), B, b_pub.hex(),
+            c.url, str(identity.key_path(c.data)), B, b_pub.hex(),
             FLOOD, 5, SPREAD_S))
 
         # While entity-c floods: entity-b checks entity-a; entity-a reports to entity-b;
@@ -349,7 +349,7 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
         sampler2 = Sampler(at_b.jetstream(), stream, f"fed.cmd.{B}.{C}.>")
         sampling = asyncio.create_task(sampler2.run())
         proc = await start_flood(Flood(
-            f"nats://127.0.0.1:{c.port}", str(identity.key_path(c.data)), B, b_pub.hex(),
+            c.url, str(identity.key_path(c.data)), B, b_pub.hex(),
             LIMIT + 10, 0, 3.0, junk_bytes=JUNK_BYTES))
         a_sent2 = await a.ctl_json("report", B, "entity-a reports during the junk flood")
         junk_result = await flood_result(proc)
@@ -532,7 +532,7 @@ async def test_what_is_published_on_the_consumers_inbox_is_refused_and_crashes_n
         errors.append(exc)
 
     # A local client of entity-b's server: only it can reach the delivery inbox.
-    local = await nats.connect(f"nats://127.0.0.1:{b.port}", error_cb=server_said)
+    local = await nats.connect(b.url, error_cb=server_said)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(local.close)
         b_client = await stack.enter_async_context(EntityClient(entity_config.load(b.config)))
@@ -633,7 +633,7 @@ async def test_a_deliverable_over_the_room_for_its_delegator_fails_its_task(
                 assert task["state"] == "failed", task
                 assert "no room for the deliverable" in task["note"], task
                 assert "peers.deliverables_per_peer_bytes" in task["note"], task
-            nc = await nats.connect(f"nats://127.0.0.1:{b.port}")
+            nc = await nats.connect(b.url)
             try:
                 info = await nc.jetstream().stream_info("OBJ_deliverables")
             finally:

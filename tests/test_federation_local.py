@@ -49,7 +49,7 @@ async def test_local_requests_and_replies_never_reach_the_hub(tmp_path: Path) ->
             await fed.discovered()
             observer = await connect(fed.hub.url, "_i.observer", user="observer",
                                      password=OBSERVER_PASSWORD)
-            local = await connect(f"nats://127.0.0.1:{a.port}", f"_l.{A}")
+            local = await connect(a.url, f"_l.{A}")
             try:
                 on_hub, on_leaf = Tap(), Tap()
                 await observer.subscribe(">", cb=on_hub.add)

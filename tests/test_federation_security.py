@@ -159,8 +159,8 @@ async def test_a_member_cannot_impersonate_forge_replay_eavesdrop_or_restart_unb
     # entity-b's leaf and sees what reaches entity-b.
     observer = await connect(trio.hub.url, "_i.observer", user="observer",
                              password=OBSERVER_PASSWORD)
-    attacker = await connect(f"nats://127.0.0.1:{c.port}", f"_i.{C}")
-    at_b = await connect(f"nats://127.0.0.1:{b.port}", f"_i.{B}")
+    attacker = await connect(c.url, f"_i.{C}")
+    at_b = await connect(b.url, f"_i.{B}")
     try:
         on_hub = Tap()
         await observer.subscribe("fed.>", cb=on_hub.add)
