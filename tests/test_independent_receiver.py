@@ -500,7 +500,7 @@ async def run_probes(fed: Federation, identities: dict[str, Identity]) -> list[P
     spec-only receiver predicts (open, then the checks after open, then 9.1's rule for an
     answer) against what the daemon answers, opened by the spec-only receiver."""
     results = []
-    clients = {name: await connect(f"nats://127.0.0.1:{fed[name].port}", f"_i.{name}")
+    clients = {name: await connect(fed[name].url, f"_i.{name}")
                for name in (A, B)}
     try:
         for template in PROBES:
@@ -574,7 +574,7 @@ async def run_scenarios(tmp_path: Path) -> tuple[Tap, dict[str, Identity], list[
                 await observer.subscribe(">", cb=tap.cb("hub"))
                 await observer.flush()
                 for member in fed.members.values():
-                    leaf = await connect(f"nats://127.0.0.1:{member.port}",
+                    leaf = await connect(member.url,
                                          f"_l.{member.name}")
                     clients.append(leaf)
                     await leaf.subscribe("loc.>", cb=tap.cb(f"leaf:{member.name}"))
