@@ -574,8 +574,7 @@ async def run_scenarios(tmp_path: Path) -> tuple[Tap, dict[str, Identity], list[
                 await observer.subscribe(">", cb=tap.cb("hub"))
                 await observer.flush()
                 for member in fed.members.values():
-                    leaf = await connect(member.url,
-                                         f"_l.{member.name}")
+                    leaf = await connect(member.url, f"_l.{member.name}")
                     clients.append(leaf)
                     await leaf.subscribe("loc.>", cb=tap.cb(f"leaf:{member.name}"))
                     await leaf.subscribe("_l.>", cb=tap.cb(f"leaf:{member.name}"))
