@@ -18,6 +18,7 @@ from nats.aio.msg import Msg
 
 import protocol
 from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Verified, subjects
+from protocol.envelope import _unpack  # §4's decoding of a body, for §9.1
 
 from .errors import ActorDeadError, AskTimeout, RemoteError
 
@@ -166,12 +167,17 @@ class Transport:
 
 
 def _claimed_header(data: bytes, max_bytes: int) -> tuple[str, bytes] | None:
-    """The src and id a (possibly forged) envelope claims, or None."""
+    """The src and id a (possibly forged) envelope claims, or None.
+
+    "Decodes" as PROTOCOL.md §9.1 says: the wire as step 2 decodes it, the body as §4
+    does (one value, no trailing bytes, every map key a str and none repeated), so a
+    body `open` would refuse at step 7 for its keys is not answered either.
+    """
     if len(data) > max_bytes:
         return None
     try:
-        outer = msgpack.unpackb(data, raw=False)
-        body: Any = msgpack.unpackb(outer[2], raw=False)
+        outer = msgpack.unpackb(data, raw=False, max_bin_len=max_bytes)
+        body: Any = _unpack(outer[2], max_bytes=max_bytes)
         src, msg_id = body["src"], body["id"]
     except Exception:
         return None

@@ -47,6 +47,7 @@ from actors.messages import (
     TodoList,
     ToolSpecs,
     ToolSpecsGet,
+    Wake,
 )
 from actors.orchestrator import OrchestratorActor
 from actors.peer import PeerActor
@@ -525,6 +526,28 @@ async def test_a_talk_signed_by_the_entity_itself_on_fed_req_is_refused(
     reply = await client.ours.request(subj, wire, timeout=2.0)
     body = msgpack.unpackb(msgpack.unpackb(reply.data, raw=False)[2], raw=False)
     assert body["typ"] == "error" and body["payload"]["code"] == "wrong_sender"
+
+
+async def test_a_command_signed_by_the_entity_itself_on_fed_cmd_is_refused(
+    client: Client,
+) -> None:
+    """As a request (above): a durable command under the entity's own key is counted
+    as wrong_sender and dropped from the INBOX, never carried out (PROTOCOL.md §9.2)."""
+    before = await client.status()
+    subj = protocol.subjects.command(ENTITY, ENTITY, "wake")
+    wire, msg_id = protocol.seal(client.entity.keys["entity"], src=f"{ENTITY}/peer",
+                                 dst=f"{ENTITY}/peer", subj=subj, message=Wake("myself"))
+    js = client.ours.jetstream()
+    await js.publish(subj, wire, headers={"Nats-Msg-Id": msg_id.hex()})
+    deadline = time.monotonic() + 10
+    while True:
+        after = await client.status()
+        if after.rejected.get("wrong_sender", 0) > before.rejected.get("wrong_sender", 0):
+            break
+        assert time.monotonic() < deadline, after.rejected
+        await asyncio.sleep(0.05)
+    assert (await js.stream_info(inbox_stream(ENTITY))).state.messages == 0
+    await client.healthy(before)
 
 
 async def test_every_kind_on_fed_cmd_is_consumed_and_crashes_nothing(client: Client) -> None:

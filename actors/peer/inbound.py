@@ -234,6 +234,11 @@ class Inbound:
             return
         peer, op = env.src_entity, msg.subject.rsplit(".", 1)[-1]
         mismatch = _kind_mismatch(COMMANDS, op, record, env)
+        if mismatch is None and peer == self.ctx.entity:
+            # Its own key on the federation subjects, as for requests (PROTOCOL.md §9.2):
+            # there is no one to answer, so it is counted and dropped, never carried out.
+            mismatch = protocol.WrongSender("an entity sends no durable command to itself",
+                                            subject=msg.subject)
         if mismatch is not None:
             await self.rejections.note(mismatch, msg.subject, peer)
             await msg.term()
