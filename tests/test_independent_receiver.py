@@ -31,8 +31,10 @@ from nacl.signing import SigningKey
 from nats.aio.msg import Msg
 
 from actors.llm.scripted import ScriptedLLMServer
+from entityd.transport import _claimed_header  # the reference's 9.1, compared below
 from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.independent.receiver import (
+    DEFAULT_MAX_BYTES,
     REASON_CODES,
     SPEC_PATH,
     DecodeError,
@@ -432,7 +434,6 @@ class Probe:
     payload: dict[Any, Any]
     encrypt: bool = False
     variant: str = ""  # stale, stranger, twice, duplicate_key
-    judged: bool = True  # False where the spec names no outcome: reported only
     predicted: str = ""  # what the spec-only receiver says: "ok" or a code
     expected: str = ""  # the answer that follows: a kind section 11 lists, "error <code>"
     answer: str = ""  # what the daemon answered: a kind, and an error's code
@@ -472,11 +473,13 @@ PROBES = [
           f"{B}/peer", "ping", {}),
     _local("ping to memory", "memory", "ping"),
     _local("encrypted on loc", "health", "status_get", encrypt=True),
-    # Outcomes the spec leaves open: reported, not judged.
-    _probe("a plain kind encrypted", encrypt=True, judged=False),
-    _local("loc op not the kind", "health", "status_get", op="hello", judged=False),
-    _probe("an int key in the payload", payload={1: 2}, judged=False),
-    _probe("a duplicate key", variant="duplicate_key", judged=False),
+    # 11: either form of a federation kind; 10: the loc operation is not interpreted;
+    # 9.1: "decodes" is open's decoding, so a body open refuses for its keys is not
+    # answered.
+    _probe("a plain kind encrypted", encrypt=True),
+    _local("loc op not the kind", "health", "status_get", op="hello"),
+    _probe("an int key in the payload", payload={1: 2}),
+    _probe("a duplicate key", variant="duplicate_key"),
 ]
 
 
@@ -655,12 +658,11 @@ async def test_a_spec_only_receiver_accepts_everything_a_live_federation_sends(
     assert judge.reply_problems == [], judge.reply_problems[:10]
     assert judge.undelivered() == []
     refuses_what_it_should(judge, identities)
-    print("probes (the spec-only sender to the live daemons; * = the spec names no "
-          "outcome):")
+    print("probes (the spec-only sender to the live daemons):")
     for probe in probes:
-        print(f"  {'' if probe.judged else '*'}{probe.name:34} receiver: {probe.predicted:22}"
+        print(f"  {probe.name:34} receiver: {probe.predicted:22}"
               f" expects: {probe.expected:26} daemon: {probe.answer}")
-    wrong = [p for p in probes if p.judged and not (
+    wrong = [p for p in probes if not (
         p.answer.replace(" (enc)", "") == p.expected or (
             p.expected.startswith("a reply") and not p.answer.startswith(("error", "no "))))]
     assert not wrong, wrong
@@ -718,3 +720,67 @@ def test_section_11_reads_as_one_consistent_table() -> None:
         routes = [(r.op, k.name) for k in spec.kinds.values() for r in k.routes
                   if r.how == family]
         assert len({op for op, _ in routes}) == len(routes), routes  # one kind per op
+    # Section 10's operation table says what Travels says.
+    table = re.findall(r"^  \| `fed\.(req|cmd)` \| `([a-z_]+)` \| `([a-z_]+)` \|",
+                       SPEC_PATH.read_text(encoding="utf-8"), re.M)
+    assert {(f, op, k) for f, op, k in table} == (
+        {("req", op, k) for op, k in spec.request_ops().items()}
+        | {("cmd", op, k) for op, k in spec.command_ops().items()}), table
+
+
+def _answered_by_the_daemon(wire: bytes) -> bool:
+    return _claimed_header(wire, DEFAULT_MAX_BYTES) is not None
+
+
+def test_the_daemon_answers_exactly_the_refusals_section_9_1_says() -> None:
+    """9.1's "decodes" is open's decoding (section 4's keys); the reference's refuse()
+    and the spec-only answerable() agree on every case, both ways."""
+    seed = SigningKey.generate().encode()
+    subj = "fed.req.beta.alpha.ping"
+    good, _ = seal(seed, src="alpha/peer", dst="beta/peer", subj=subj, typ="ping",
+                   payload={}, ts_ms=0)
+    body = decode(good, bin_keys=True)[2]
+    assert body[0] == 0x89
+    cases = {
+        "a good envelope": (good, True),
+        "an int key in the payload": (seal(seed, src="alpha/peer", dst="beta/peer",
+                                           subj=subj, typ="ping", payload={1: 2},
+                                           ts_ms=0)[0], False),
+        "a repeated key": (sign_body(seed, b"\x8a" + body[1:] + b"\xa3typ\xa4ping"), False),
+        "trailing bytes in the body": (sign_body(seed, body + b"\xc0"), False),
+        "a bad signature": (good[:-1] + bytes([good[-1] ^ 1]), True),
+        "src not an address": (seal(seed, src="alpha", dst="beta/peer", subj=subj,
+                                    typ="ping", payload={}, ts_ms=0)[0], False),
+        "trailing bytes after the wire": (good + b"\xc0", False),
+        "not msgpack": (b"\xc1", False),
+    }
+    for name, (wire, answered) in cases.items():
+        assert answerable(wire, "_i.alpha.x.y") is answered, name
+        assert _answered_by_the_daemon(wire) is answered, name
+    assert not answerable(good, "fed.evt.alpha.peer.x")
+
+
+def test_events_are_bound_to_their_subject_tokens() -> None:
+    """Section 10, *Event tokens*: src's actor and the payload's actor and type."""
+    seed = SigningKey.generate().encode()
+    ring = {bytes(SigningKey(seed).verify_key): "alpha"}
+    now = int(time.time() * 1000)
+
+    def event(subj: str, src: str, data: dict[str, Any], typ: str = "event") -> None:
+        wire, _ = seal(seed, src=src, dst="*", subj=subj, typ=typ, payload=data, ts_ms=now)
+        check_route(Receiver(ring, "beta").open(wire, subj, now), subj)
+
+    good = {"type": "turn_started", "actor": "orchestrator", "data": {}}
+    event("fed.evt.alpha.orchestrator.turn_started", "alpha/orchestrator", good)
+    for subj, src, data in (
+        ("fed.evt.alpha.memory.turn_started", "alpha/orchestrator", good),
+        ("fed.evt.alpha.orchestrator.turn_done", "alpha/orchestrator", good),
+        ("fed.evt.alpha.orchestrator.turn_started", "alpha/memory", good),
+        ("fed.evt.alpha.orchestrator.turn_started", "alpha/orchestrator",
+         {**good, "actor": "memory"}),
+    ):
+        with pytest.raises(Rejected, match="wrong_subject"):
+            event(subj, src, data)
+    with pytest.raises(Rejected, match="wrong_subject"):
+        event("fed.evt.alpha.health.heartbeat", "alpha/health",
+              {"capabilities": [], "interval": 5, "started_at": 0}, "heartbeat")

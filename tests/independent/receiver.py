@@ -773,31 +773,26 @@ class Receiver:
 
 # ---- after open: kinds per actor and routes (sections 9.1, 9.2, 11) ----------------------
 
-# Section 9.1/9.2 codes of the checks after open; `not_in_section_11` is this receiver's
-# own label for traffic that section 11 describes otherwise but names no code for.
+# Section 9.1/9.2 codes of the checks after open (section 11, *Where kinds may go*).
 ROUTE_CODES = ("unexpected_kind", "unexpected_encryption", "wrong_subject", "unknown_kind",
-               "not_in_section_11")
+               "wrong_sender")
 
 
 def check_route(opened: Opened, subject: str, spec: Spec | None = None) -> None:
-    """What the receiver checks after open and before the actor: section 9.1 (each actor
-    takes its declared kinds, here the kinds section 11 sends to it; no encryption on
-    `loc`), section 9.2 (a federation request or command carries the kind of its
-    operation; an unknown operation is unknown_kind) and section 11's *Federation payload*
-    (a plain kind never encrypted, local-only kinds never on federation subjects), a
-    federation request signed by the receiving entity's own key (9.2, wrong_sender) and
-    *Travels* (where each kind goes). Raises Rejected with a code of ROUTE_CODES."""
+    """What the receiver checks after open and before the actor: section 11's *Where
+    kinds may go, and the codes when they go elsewhere*, with section 9.1 (each actor
+    takes the kinds its *Travels* `loc` lines declare; no encryption on `loc` or `_l`),
+    section 10 (the operation table; the event tokens) and 9.2 (`wrong_sender` for a
+    federation request or command under the receiver's own key, after the operation).
+    Raises Rejected with a code of ROUTE_CODES."""
     spec = spec or spec_v1()
     form = parse_subject(subject)
     assert form is not None  # open checked the layout
     tokens = subject.split(".")
     typ, enc = opened.typ, opened.enc
     kind = spec.kinds[typ]
-
-    def off(why: str) -> Rejected:
-        return Rejected("not_in_section_11", why)
-
-    if form.family == "loc":
+    family = form.family
+    if family == "loc":
         if enc:
             raise Rejected("unexpected_encryption", f"{typ} encrypted on {subject}")
         actor = tokens[2]
@@ -805,39 +800,39 @@ def check_route(opened: Opened, subject: str, spec: Spec | None = None) -> None:
                        if any(r.how == "loc" and r.actor == actor for r in k.routes))
         if typ not in takes:
             raise Rejected("unexpected_kind", f"{actor} takes {takes}, not {typ}")
-        # The op token of a loc subject is the kind in every Travels line, but section 10
-        # says "<op> and <type> are not interpreted by the envelope layer" and no rule
-        # binds it: not checked (the daemon answers a status_get on loc.<e>.health.hello).
-        return
-    family = form.family
-    if family in ("req", "cmd") and opened.entity == form.receiver:
-        # 9.2, wrong_sender: "a federation request signed by the receiving entity's own
-        # key" (said of requests; commands are taken to be alike)
-        raise Rejected("wrong_sender", f"{subject} signed by {opened.entity}'s own key")
-    if family in ("req", "cmd"):  # section 9.2's codes before this receiver's label
+        return  # section 10: the loc operation token is not interpreted
+    if family in ("req", "cmd"):
         op = tokens[4]
         ops = spec.request_ops() if family == "req" else spec.command_ops()
         if op not in ops:
             raise Rejected("unknown_kind", f"no fed.{family} operation {op}")
         if ops[op] != typ:
             raise Rejected("wrong_subject", f"fed.{family} .{op} carries {ops[op]}, not {typ}")
-    federation = family in ("req", "cmd", "evt") or tokens[0] == "_i"
-    if federation:
-        if kind.federation == "local only":
-            raise off(f"{typ} is local only, here on {subject}")
-        # 11.1: "its peer actor accepts an encrypted kind in plain too, so a receiver
-        # SHOULD accept both forms"; nothing says a plain kind may come encrypted.
-        if enc and kind.federation == "plain":
-            raise off(f"{typ} is plain on federation subjects, here encrypted")
-    elif enc:  # _l: "local only kinds travel only on loc and _l subjects, where enc is
-        raise off(f"{typ} encrypted on {subject}")  # always false"
+        if opened.entity == form.receiver:
+            raise Rejected("wrong_sender", f"{subject} signed by {opened.entity}'s own key")
+        return  # either form of a federation kind (11: "either form")
     if family == "evt":
+        if enc:
+            raise Rejected("unexpected_encryption", f"{typ} encrypted on {subject}")
         actor, type_ = tokens[3], tokens[4]
-        if not any(r.how == "evt" and r.actor in ("<actor>", actor)
-                   and r.op in ("<type>", type_) for r in kind.routes):
-            raise off(f"{typ} is no event on {subject}")
-    elif family == "reply" and not any(r.how == "reply" for r in kind.routes):
-        raise off(f"{typ} is not a reply, here on {subject}")
+        src_actor = str(opened.body["src"]).split("/", 1)[1]
+        payload = opened.body["payload"]
+        if typ == "event":
+            fits = (src_actor == actor and payload.get("actor") == actor
+                    and payload.get("type") == type_)
+        else:
+            fits = typ == "heartbeat" and src_actor == actor == "peer" and type_ == typ
+        if not fits:
+            raise Rejected("wrong_subject", f"{typ} from {opened.body['src']} on {subject}")
+        return
+    # reply inboxes
+    if tokens[0] == "_l":
+        if enc:
+            raise Rejected("unexpected_encryption", f"{typ} encrypted on {subject}")
+    elif kind.federation == "local only":
+        raise Rejected("unexpected_kind", f"{typ} is local only, here on {subject}")
+    if not any(r.how == "reply" for r in kind.routes):
+        raise Rejected("unexpected_kind", f"{typ} is not a reply, here on {subject}")
 
 
 def reply_fits(spec: Spec, reply_typ: str, request_typ: str) -> bool:
@@ -950,8 +945,8 @@ def answerable(wire: bytes, reply: str, max_bytes: int = DEFAULT_MAX_BYTES) -> b
     a reply inbox (`_i.` or `_l.`) and the wire, no longer than max_bytes, "decodes as
     msgpack to an array whose element 2 is a bin that decodes, with no trailing bytes, to
     a map whose `src` is a str that is an address (section 2) and whose `id` is a bin of
-    16 bytes". "Decodes" is read here as section 4's decoding (str keys, none repeated):
-    the spec does not say whether a body with, say, an int key in its payload decodes."""
+    16 bytes", where "decodes" is open's decoding: the wire as step 2, the body as step 7
+    (section 4: every key a str, none repeated), so such a body is never answered."""
     if not reply.startswith(("_i.", "_l.")) or len(wire) > max_bytes:
         return False
     try:
