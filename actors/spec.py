@@ -289,8 +289,9 @@ def render() -> str:
         "inboxes, `fed.evt`): **encrypted** means `enc` is true and the payload is the "
         "ciphertext of section 12, **plain** means `enc` is false; *local only* kinds "
         "travel only on `loc` and `_l` subjects, where `enc` is always false. The column "
-        "says what the reference sends; its peer actor accepts an encrypted kind in plain "
-        "too, so a receiver SHOULD accept both forms on federation subjects.",
+        "says what the reference sends; on `fed.req`, `fed.cmd` and `_i` a receiver "
+        "accepts either form of every kind that is not local only, and events are always "
+        "plain (section 11, *Where kinds may go*).",
         "",
         "| `typ` | fields | federation payload |",
         "|---|---|---|",

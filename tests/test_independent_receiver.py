@@ -457,7 +457,7 @@ PROBES = [
     _probe("talk, encrypted", "talk", {"text": "a spec-only sender says hi"}, encrypt=True),
     _local("ping to health", "health", "ping"),
     _probe("ping from another actor", src=f"{A}/health"),  # no rule names the actor
-    # 11.1: "a receiver SHOULD accept both forms on federation subjects".
+    # 11: "a receiver accepts either form of every kind that is not local only".
     _probe("talk in plain", "talk", {"text": "in plain"}),
     # The codes of open (section 6), answered (9.1, 9.2).
     _probe("stale ts", variant="stale"),
