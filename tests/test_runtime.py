@@ -45,6 +45,12 @@ class Block:
     pass
 
 
+@protocol.kind("test_ping")
+@dataclasses.dataclass(frozen=True)
+class Ping:
+    pass
+
+
 class Seen(list[str]):
     """What the echo actor received, with a way to wait for it."""
 
@@ -94,6 +100,8 @@ class RelayActor(Actor):
     name = "relay"
 
     async def handle(self, envelope: Envelope) -> object | None:
+        if isinstance(envelope.message, Ping):
+            return Echo("pong")  # answered without echo: shows the relay itself is serving
         reply = await self.ctx.ask(f"{ENTITY}/echo", envelope.message)
         await self.ctx.tell(f"{ENTITY}/echo", Echo("told:" + envelope.message.text))
         return reply
@@ -265,7 +273,11 @@ async def test_slow_handler_never_blocks_delivery_and_full_queue_refuses(rig: Ri
     with pytest.raises(RemoteError) as refused:
         await rig.ask("echo", Echo("one too many"), timeout=5)
     assert refused.value.code == "overloaded"
-    # The relay actor is unaffected by echo's full queue.
+    # The relay actor is unaffected by echo's full queue: it still answers, not restarted.
+    assert await rig.ask("relay", Ping()) == Echo("pong")
+    for name in ("relay", "echo"):
+        child = rig.runtime.supervisor.actors[name]
+        assert (child.state, child.restarts) == (ActorState.RUNNING, 0), name
     rig.release.set()
     assert await blocked == protocol.Ack()
     await rig.seen.wait_for(lambda: len(rig.seen) >= 4)
