@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from entityd.actor import Context
-from entityd.errors import EntitydError
 
 from .agent.toolbox import Tool, ToolFailed, schema
 from .messages import (
@@ -59,10 +58,8 @@ class OrchestratorTools:
         return f"{self.ctx.entity}/{actor}"
 
     async def _ask(self, actor: str, message: object, timeout: float | None = None) -> Any:
-        try:
-            return await self.ctx.ask(self._addr(actor), message, timeout)
-        except EntitydError as exc:
-            raise ToolFailed(str(exc)) from None
+        # An ask that fails raises the runtime's error: the toolbox makes it an observation.
+        return await self.ctx.ask(self._addr(actor), message, timeout)
 
     def tools(self) -> list[Tool]:
         if self.scope.owner:

@@ -1,10 +1,15 @@
-"""The tool actor's tools, offered to an agent: each call goes to the tool actor."""
+"""The tool actor's tools, offered to an agent: each call goes to the tool actor.
+
+A call the tool actor does not answer (busy, restarting, gone, too slow) raises the
+runtime's error, which the toolbox turns into an observation (actors/agent/toolbox.py).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from entityd.actor import Actor, Context
+from entityd.errors import EntitydError
 
 from .agent.toolbox import Tool, ToolFailed
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
@@ -28,7 +33,12 @@ class RemoteTools:
         """The tools; `private` for a peer's turn (see ToolCall.private)."""
         if private not in self._tools:
             ctx = self.actor.ctx
-            specs: ToolSpecs = await ctx.ask(f"{ctx.entity}/{TOOL_ACTOR}", ToolSpecsGet())
+            try:
+                specs: ToolSpecs = await ctx.ask(f"{ctx.entity}/{TOOL_ACTOR}", ToolSpecsGet())
+            except EntitydError as exc:
+                # The turn goes on without them; the next turn asks again.
+                ctx.log.warning("tool_specs_unavailable", error=str(exc))
+                return []
             self._tools[private] = [_wrap(ctx, self.actor.name, s["function"], private)
                                     for s in specs.tools]
         return self._tools[private]

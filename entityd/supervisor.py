@@ -6,7 +6,8 @@ restart_peer) does the same without counting as a crash: work cut short by it (t
 message being handled, slow replies still running) is answered `actor_restarted` at
 once, and the queued messages are served by the new instance. More crashes of one
 actor than the restart budget within the window raise RestartBudgetExceeded, which ends
-the daemon non-zero.
+the daemon non-zero. Each crash, and the budget's error, say where the actor failed
+(`on_start` or serving) and with what exception.
 """
 
 from __future__ import annotations
@@ -114,8 +115,10 @@ class Supervisor:
                 self.ask_timeout,
                 log.bind(actor=child.name),
             )
+            phase = "on_start"
             try:
                 await actor.on_start()
+                phase = "serving"
                 restarted = child.state is ActorState.RESTARTING
                 child.state = ActorState.RUNNING
                 if restarted:
@@ -132,7 +135,7 @@ class Supervisor:
                 child.state = ActorState.STOPPED
                 raise
             except Exception as exc:
-                await self._crashed(actor, child, exc)
+                await self._crashed(actor, child, exc, phase)
                 continue
             if requested:
                 await self._restarted(actor, child)
@@ -243,17 +246,17 @@ class Supervisor:
         except ActorDeadError:
             log.warning("reply_lost", to=env.src, reason="connection closed")
 
-    async def _crashed(self, actor: Actor, child: Supervised, exc: Exception) -> None:
+    async def _crashed(self, actor: Actor, child: Supervised, exc: Exception,
+                       phase: str) -> None:
         while isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
             exc = exc.exceptions[0]
         now = time.monotonic()
         child.crashes.append(now)
         while child.crashes and child.crashes[0] < now - self.policy.window_s:
             child.crashes.popleft()
-        log.error("actor_crashed", actor=child.name, error=repr(exc), exc_info=exc)
-        await self.events.emit(
-            "actor_crashed", actor=child.name, error=f"{type(exc).__name__}: {exc}"[:500]
-        )
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        log.error("actor_crashed", actor=child.name, phase=phase, error=error, exc_info=exc)
+        await self.events.emit("actor_crashed", actor=child.name, phase=phase, error=error)
         try:
             await actor.on_failure(exc)
         except Exception as failure:
@@ -263,7 +266,11 @@ class Supervisor:
             await self.events.emit(
                 "restart_budget_exceeded", actor=child.name, crashes=len(child.crashes)
             )
-            raise RestartBudgetExceeded(child.name, len(child.crashes), self.policy.window_s)
+            budget = RestartBudgetExceeded(child.name, len(child.crashes), self.policy.window_s)
+            # What failed goes in the message the daemon logs as it exits. (The class
+            # takes no cause: entityd/errors.py is reworked by issue 16's part 3.)
+            budget.args = (f"{budget}; the last crash, in {phase}: {error}",)
+            raise budget from exc
         child.state = ActorState.RESTARTING
         child.restarts += 1
         delay = self.policy.backoff(len(child.crashes))

@@ -2,7 +2,9 @@
 
 Mistakes the model makes (unknown tool, arguments that are not JSON or miss a field)
 come back as observations for it to correct; a tool's own failure is reported the
-same way. Bugs in our code raise.
+same way, and so is every way an ask to another actor can fail (busy, overloaded,
+restarting, crashed, dead, no reply in time: `unreachable`), so one actor's trouble
+never crashes the actor running the turn. Bugs in our code raise.
 """
 
 from __future__ import annotations
@@ -12,9 +14,38 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from entityd.errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
+
 
 class ToolFailed(Exception):
     """A tool could not do what was asked; the message is shown to the model."""
+
+
+# What the model should make of each refusal code an asked actor can answer with.
+_REMOTE_ADVICE = {
+    "busy": "it is busy; try again later or do without it",
+    "overloaded": "it has more work queued than it takes; try again later",
+    "actor_restarted": ("it was restarting and cut the call short, so the call may or may "
+                        "not have taken effect; check before repeating it"),
+    "actor_crashed": ("it failed on this call (a bug on our side, now restarted); the "
+                      "call may or may not have taken effect; check before repeating it"),
+}
+
+
+def unreachable(tool: str, exc: EntitydError) -> str:
+    """The observation for a tool whose ask to another actor failed: what happened, and
+    what the model can do about it."""
+    match exc:
+        case RemoteError(code=code) if code in _REMOTE_ADVICE:
+            return f"error: {tool} did not run to the end: {_REMOTE_ADVICE[code]} ({exc})"
+        case RemoteError():
+            return f"error: {tool} was refused: {exc}"
+        case AskTimeout():
+            return (f"error: {tool} got no answer in time ({exc}); it may still be running; "
+                    "check before repeating it")
+        case ActorDeadError():
+            return f"error: {tool} is not available now: {exc}"
+    return f"error: {tool} failed: {exc}"
 
 
 @dataclass(frozen=True)
@@ -78,6 +109,8 @@ class Toolbox:
             return Outcome(True, await tool.run(arguments))
         except ToolFailed as exc:
             return Outcome(False, f"error: {exc}")
+        except EntitydError as exc:
+            return Outcome(False, unreachable(name, exc))
 
 
 def schema(required: dict[str, str], optional: dict[str, str] | None = None,
