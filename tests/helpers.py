@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import random
 import re
@@ -11,10 +12,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nats
 from nacl.signing import SigningKey
@@ -77,6 +79,29 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise TimeoutError(f"nothing answered NATS on port {port} within {timeout} s")
+
+
+async def poll(
+    check: Callable[[], Any | Awaitable[Any]], *, timeout: float = 20.0, every: float = 0.1,
+    what: str | Callable[[], str] = "condition",
+) -> Any:
+    """Call `check` (plain or async) until it returns something true, and return that.
+
+    For states that no event announces (another process's tables, a file); where an event
+    exists, wait on it instead. Past `timeout` seconds the test fails, saying `what` it was
+    waiting for (a callable is asked only then, e.g. for a daemon's log).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            said = what() if callable(what) else what
+            raise AssertionError(f"not within {timeout} s: {said}")
+        await asyncio.sleep(every)
 
 
 class ServerProcess:

@@ -5,16 +5,15 @@ side mid-task and a restart still finish it."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from actors.llm.scripted import ScriptedLLMServer
+from actors.llm.scripted import Reply, ScriptedLLMServer
 from tests.federation_rig import Federation, Member, build, running
+from tests.helpers import poll
 from tests.peer_model import BIG_LINES, CALC, TEST_CALC, route
 
 pytestmark = pytest.mark.timeout(240)
@@ -31,16 +30,19 @@ async def task_of(member: Member, direction: str) -> dict[str, Any] | None:
 
 
 async def wait_state(member: Member, direction: str, states: tuple[str, ...],
-                     timeout: float = 90.0) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while True:
-        task = await task_of(member, direction)
-        if task is not None and task["state"] in states:
-            return task
-        assert time.monotonic() < deadline, (
-            f"{member.name}'s {direction} task is {task} after {timeout} s\n"
-            + member.daemon.log()[-3000:])
-        await asyncio.sleep(0.3)
+                     timeout: float = 90.0, task_id: str | None = None) -> dict[str, Any]:
+    """The member's task (the first in `direction`, or `task_id`) once it is in `states`."""
+    async def arrived() -> dict[str, Any] | None:
+        tasks = await member.ctl_json("tasks")
+        task = next((t for t in tasks if t["direction"] == direction
+                     and task_id in (None, t["task_id"])), None)
+        return task if task is not None and task["state"] in states else None
+
+    found: dict[str, Any] = await poll(
+        arrived, timeout=timeout, every=0.3,
+        what=lambda: f"{member.name}'s {direction} task in {states}\n"
+                     + member.daemon.log()[-3000:])
+    return found
 
 
 def check_branch(member: Member, branch: str, tmp: Path) -> None:
@@ -98,7 +100,16 @@ async def test_a_delegated_coding_task_comes_back_as_a_branch_whose_test_passes(
 
 
 async def test_sigkill_of_either_side_mid_task_still_finishes_it(tmp_path: Path) -> None:
-    async with ScriptedLLMServer(functools.partial(route, coder_delay=1.0)) as llm:
+    coder_steps: list[int] = []  # how many tool results each coder request carried
+
+    def script(request: dict[str, Any]) -> Reply:
+        tools = {t["function"]["name"] for t in request.get("tools") or []}
+        if "write_file" in tools and "delegate_to_coder" not in tools:
+            messages = request.get("messages") or []
+            coder_steps.append(sum(1 for m in messages if m.get("role") == "tool"))
+        return route(request, coder_delay=1.0)
+
+    async with ScriptedLLMServer(script) as llm:
         fed = await start_pair(tmp_path, llm)
         try:
             a, b = fed["entity-a"], fed["entity-b"]
@@ -107,42 +118,34 @@ async def test_sigkill_of_either_side_mid_task_still_finishes_it(tmp_path: Path)
             code, out, err = await a.ctl("delegate", "entity-b", "Write calc.add with a test")
             assert code == 0, out + err
             await wait_state(b, "in", ("working",))
-            await asyncio.sleep(1.5)  # the coder is between steps
+            # The coder has a step behind it and waits (1 s) for the model's next one.
+            await poll(lambda: any(done >= 1 for done in coder_steps), timeout=90, every=0.05,
+                       what="the coder's second request")
             b.daemon.kill()
             b.start()
             await b.ready()
             delivered = await wait_state(a, "out", ("delivered", "failed"), timeout=120)
             assert delivered["state"] == "delivered", delivered
             check_branch(a, delivered["branch"], tmp_path)
-            assert (await task_of(b, "in") or {}).get("state") == "completed"
+            first = await wait_state(b, "in", ("completed", "failed"))
+            assert first["state"] == "completed", first
 
-            # The delegator dies while the delegate works: the result waits for it.
-            for task in await a.ctl_json("tasks"):
-                assert task["state"] in ("delivered", "completed")
-            code, out, err = await a.ctl("delegate", "entity-b", "Write calc.add again")
+            # The delegator dies while the delegate works: the result waits for it. (A new
+            # file: the calc files are already in entity-b's workspace, an empty deliverable.)
+            code, out, err = await a.ctl("delegate", "entity-b", "BIG numbered lines")
             assert code == 0, out + err
             task_id = out.split("offered task ")[1].split()[0]
             a.daemon.kill()
-            deadline = time.monotonic() + 90
-            while True:  # entity-b finishes and keeps the result for entity-a
-                tasks = await b.ctl_json("tasks")
-                state = next(t["state"] for t in tasks if t["task_id"] == task_id)
-                if state in ("completed", "failed"):
-                    break
-                assert time.monotonic() < deadline, state
-                await asyncio.sleep(0.5)
+            theirs = await wait_state(b, "in", ("completed", "failed"), task_id=task_id)
+            assert theirs["state"] == "completed", theirs
             a.start()
             await a.ready()
-            deadline = time.monotonic() + 60
-            while True:
-                tasks = await a.ctl_json("tasks")
-                mine = next(t for t in tasks if t["task_id"] == task_id)
-                if mine["state"] in ("delivered", "failed"):
-                    break
-                assert time.monotonic() < deadline, mine
-                await asyncio.sleep(0.5)
-            # The same commits again: they apply on a fresh branch (or fail cleanly, said).
-            assert mine["state"] == "delivered" or "did not apply" in mine["note"], mine
+            mine = await wait_state(a, "out", ("delivered", "failed"), timeout=60,
+                                    task_id=task_id)
+            assert mine["state"] == "delivered", mine
+            assert mine["branch"] == f"delegated/{task_id}" != delivered["branch"]
+            big = git(a.workspace, "show", f"{mine['branch']}:big.txt")
+            assert big.splitlines() == [f"line {i}" for i in range(BIG_LINES)]
         finally:
             await asyncio.to_thread(fed.stop)
 
