@@ -78,7 +78,8 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         MemoryActor.name: lambda: MemoryActor(config.memory_path),
         ToolActor.name: lambda: ToolActor(config, limits),
         CoderActor.name: lambda: CoderActor(llm, workspace, steps),
-        OrchestratorActor.name: lambda: OrchestratorActor(llm, steps, config.autonomy,
-                                                          config.peers, trust.allowed),
+        OrchestratorActor.name: lambda: OrchestratorActor(
+            llm, steps, config.autonomy, config.peers, trust.allowed,
+            goals_path=config.data_dir / "goals.sqlite3"),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
     }

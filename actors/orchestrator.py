@@ -2,7 +2,9 @@
 
 Goals arrive from entityctl, from autonomy ticks and (with the federation) from peers.
 They are accepted at once and queued; turns run one after another in `run`. Progress
-is published as events carrying the task id, ending with an `answer` event.
+is published as events carrying the task id, ending with an `answer` event. An accepted
+goal is on disk before it is acknowledged (actors/goal_store.py): after a stop or a
+crash, the goals still queued are run and a turn cut short is answered with the reason.
 
 Each turn has a scope (actors/turn_scope.py): whose turn it is decides the tools its model
 is offered, the memory it recalls, the token budget it spends and whether its events may
@@ -19,6 +21,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from entityd.actor import Actor
@@ -30,6 +33,7 @@ from . import prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import TurnOutcome, summarize
 from .agent.toolbox import Tool
+from .goal_store import GoalState, GoalStore
 from .lessons import learn
 from .llm import LLM, BudgetExhausted, Completion, LLMError
 from .llm.budget import LLMSource
@@ -56,6 +60,9 @@ PEER_GOALS = 4  # talks one peer may have queued or running here at once ...
 OPERATOR_ROOM = 8  # ... and places in the queue that peers' goals never take
 RECALL_LIMIT = 5
 REPORTS_KEPT = 20
+INTERRUPTED = ("stopped: this goal's turn was cut short by a restart of the entity (or a "
+               "crash of its orchestrator) and is not run again, since what it did so far "
+               "may already have taken effect; give the goal again to retry it")
 
 
 @dataclass
@@ -86,7 +93,8 @@ class OrchestratorActor(Actor):
     def __init__(self, llm: LLMSource, max_steps: int,
                  autonomy: AutonomySection | None = None,
                  peers: PeersSection | None = None,
-                 grants: Callable[[str], Iterable[str]] | None = None) -> None:
+                 grants: Callable[[str], Iterable[str]] | None = None,
+                 goals_path: Path | str = ":memory:") -> None:
         self._llm = llm
         self.max_steps = max_steps
         self.autonomy = autonomy or AutonomySection()
@@ -100,11 +108,21 @@ class OrchestratorActor(Actor):
         self._reports: deque[PeerReportIn] = deque(maxlen=REPORTS_KEPT)
         self._auto = AutonomyState()
         self._tools = RemoteTools(self)
+        self._goals = GoalStore(goals_path)
+
+    async def on_start(self) -> None:
+        await self._goals.open()
+
+    async def on_stop(self) -> None:
+        await self._goals.close()
+
+    async def on_failure(self, exc: BaseException) -> None:
+        await self._goals.close()
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
             case Goal() as goal:
-                return self._accept(goal)
+                return await self._accept(goal)
             case Wake(reason) if envelope.src == f"{self.ctx.entity}/peer":
                 # A peer's wake names only the peer: its reason is its own words, which
                 # stay out of the turn and its events (the peer actor logs it).
@@ -119,7 +137,7 @@ class OrchestratorActor(Actor):
                 return None
         raise TypeError(f"orchestrator does not handle {envelope.typ}")
 
-    def _accept(self, goal: Goal) -> GoalAccepted | Error:
+    async def _accept(self, goal: Goal) -> GoalAccepted | Error:
         task_id = goal.task_id or uuid.uuid4().hex[:12]
         ahead = self._queue.qsize() + int(self._busy)
         if task_id in self._ids:
@@ -129,17 +147,27 @@ class OrchestratorActor(Actor):
             refused = self._peer_refusal(payer, goal.task_id.startswith(DELEGATED_PREFIX))
             if refused is not None:
                 return refused
-        try:
-            self._queue.put_nowait(
-                dataclasses.replace(goal, task_id=task_id,
-                                    conversation=goal.conversation or task_id)
-            )
-        except asyncio.QueueFull:
+        if self._queue.full():
             return Error("busy", f"{QUEUE_SIZE} goals are already queued; try later")
-        self._ids.add(task_id)
+        goal = dataclasses.replace(goal, task_id=task_id,
+                                   conversation=goal.conversation or task_id)
+        self._ids.add(task_id)  # before the store's await: the same goal twice is one
+        try:
+            await self._goals.add(goal)  # on disk before it is acknowledged
+        except BaseException:
+            self._ids.discard(task_id)
+            raise
+        self._enqueue(goal)
+        return GoalAccepted(task_id, ahead)
+
+    def _enqueue(self, goal: Goal) -> None:
+        # Never full here: _accept checked before its one await, and the tick's wake
+        # only accepts with the queue empty.
+        self._queue.put_nowait(goal)
+        self._ids.add(goal.task_id)
+        payer = payer_of(goal)
         if payer:
             self._pending[payer] += 1
-        return GoalAccepted(task_id, ahead)
 
     def _peer_refusal(self, peer: str, delegated: bool) -> Error | None:
         try:
@@ -167,12 +195,13 @@ class OrchestratorActor(Actor):
         todos: TodoItems = await self.ctx.ask(f"{self.ctx.entity}/memory", TodoList())
         if not todos.items:
             return WakeResult(False, "idle: the todo list is empty")
-        accepted = self._accept(Goal(_todo_goal(todos), source=source))
+        accepted = await self._accept(Goal(_todo_goal(todos), source=source))
         if isinstance(accepted, Error):
             return WakeResult(False, accepted.message)
         return WakeResult(True, "started a turn on the todo list", accepted.task_id)
 
     async def run(self) -> None:
+        await self._recover()
         async with asyncio.TaskGroup() as tg:
             if self.autonomy.enabled:
                 tg.create_task(self._tick())
@@ -180,7 +209,9 @@ class OrchestratorActor(Actor):
                 goal = await self._queue.get()
                 self._busy = True
                 try:
+                    await self._goals.running(goal.task_id)
                     await self._turn(goal)
+                    await self._goals.answered(goal.task_id)
                 finally:
                     self._busy = False
                     self._ids.discard(goal.task_id)
@@ -189,6 +220,23 @@ class OrchestratorActor(Actor):
                         self._pending[payer] -= 1
                         if self._pending[payer] <= 0:
                             del self._pending[payer]
+
+    async def _recover(self) -> None:
+        """Run again the goals accepted before a stop or a crash and still queued; answer
+        the one whose turn was cut short, with the reason."""
+        for goal, state in await self._goals.pending():
+            if goal.task_id in self._ids:
+                continue
+            if state is GoalState.QUEUED and not self._queue.full():
+                self._enqueue(goal)
+                await self.ctx.emit("goal_resumed", task_id=goal.task_id, source=goal.source)
+                continue
+            scope = TurnScope.of(goal, self.grants)
+            outcome = TurnOutcome(False, INTERRUPTED, 0, "interrupted")
+            await self._finish(goal, scope, outcome, OrchestratorTools(self.ctx, goal.task_id,
+                                                                       scope),
+                               time.monotonic(), tokens=0)
+            await self._goals.answered(goal.task_id)
 
     async def _tick(self) -> None:
         while True:

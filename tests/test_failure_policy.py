@@ -17,10 +17,21 @@ import protocol
 from actors.agent.toolbox import Tool, Toolbox, schema
 from actors.llm import LLM, Reply, ScriptedLLMServer, ScriptedToolCall, TokenBudget, build_llm
 from actors.memory import MemoryActor
-from actors.messages import Goal, GoalAccepted, ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
+from actors.messages import (
+    Goal,
+    GoalAccepted,
+    History,
+    HistoryGet,
+    ToolCall,
+    ToolResult,
+    ToolSpecs,
+    ToolSpecsGet,
+)
 from actors.orchestrator import OrchestratorActor
+from entityd import config as config_mod
 from entityd.actor import Actor
 from entityd.bus import barrier
+from entityd.client import EntityClient
 from entityd.config import LlmSection, RuntimeSection
 from entityd.errors import (
     ActorDeadError,
@@ -33,7 +44,8 @@ from entityd.runtime import Runtime
 from entityd.supervisor import ActorState
 from entityd.transport import Transport
 from protocol import Envelope, Event, Keyring, ReplayGuard
-from tests.helpers import NatsServer, RunningActors, nats_connect, running_actors
+from tests.helpers import DaemonProc, NatsServer, RunningActors, nats_connect, running_actors
+from tests.test_agent_e2e import make_entity_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -216,3 +228,67 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
     return [exc]
+
+
+# -- accepted goals outlive a SIGKILL --------------------------------------------------------
+
+
+def _goal_of(body: dict[str, Any]) -> str:
+    """The goal a turn's request is for (what memory recalled for it left out)."""
+    task = next(str(m.get("content")) for m in body["messages"] if m["role"] == "user")
+    return task.split("\n\n<memory>")[0]
+
+
+async def test_goals_queued_at_a_sigkill_are_answered_after_the_restart(tmp_path: Path) -> None:
+    slow_started = asyncio.Event()
+
+    def model(body: dict[str, Any]) -> Reply:
+        if not body.get("tools"):
+            return Reply(content="[]")  # lessons
+        text = _goal_of(body)
+        if text.startswith("goal one"):
+            slow_started.set()
+            return Reply(content="never sent: the daemon dies first", delay=60)
+        return Reply(content=f"done: {text}")
+
+    goals = {"g-one": "goal one, a slow one", "g-two": "goal two", "g-three": "goal three"}
+    async with ScriptedLLMServer(model) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            async with EntityClient(config_mod.load(config)) as client:
+                for task_id, text in goals.items():
+                    accepted = await client.ask("orchestrator", Goal(text, task_id), 10.0)
+                    assert isinstance(accepted, GoalAccepted)
+                async with asyncio.timeout(20):
+                    await slow_started.wait()
+        finally:
+            await asyncio.to_thread(daemon.kill)  # SIGKILL: no drain, no clean close
+        asked_before = len(llm.requests)
+
+        daemon = DaemonProc(config, tmp_path / "entityd-2.log").start()
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            answers: dict[str, str] = {}
+            async with EntityClient(config_mod.load(config)) as client, asyncio.timeout(40):
+                while len(answers) < len(goals):
+                    for task_id in goals:
+                        history: History = await client.ask(
+                            "memory", HistoryGet(conversation=task_id), 10.0)
+                        said = [e.content for e in history.entries if e.role == "assistant"]
+                        if said:
+                            answers[task_id] = said[-1]
+                    await asyncio.sleep(0.1)
+        finally:
+            code = await asyncio.to_thread(daemon.terminate)
+        after = [_goal_of(r.body) for r in llm.requests[asked_before:]
+                 if r.body and r.body.get("tools")]
+    assert code == 0, daemon.log()[-3000:]
+    # The turn cut short is answered with the reason, not run again (it may have acted);
+    # the goals still queued ran, in the order they were accepted.
+    assert "cut short by a restart" in answers["g-one"]
+    assert "give the goal again" in answers["g-one"]
+    assert answers["g-two"] == "done: goal two"
+    assert answers["g-three"] == "done: goal three"
+    assert after == ["goal two", "goal three"]
