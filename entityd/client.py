@@ -8,6 +8,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import nats.errors
 from nacl.signing import SigningKey
 
 from protocol import Envelope, Event, Keyring, ProtocolError, subjects
@@ -101,7 +102,9 @@ class EntityClient:
         try:
             yield verified()
         finally:
-            await sub.unsubscribe()
+            # Closed already when the entity died: there is nothing left to unsubscribe.
+            with contextlib.suppress(nats.errors.ConnectionClosedError):
+                await sub.unsubscribe()
 
     async def ask(self, actor: str, message: object, timeout: float) -> Any:
         assert self._transport is not None, "use `async with EntityClient(...)`"

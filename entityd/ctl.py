@@ -151,6 +151,10 @@ async def _ask(client: EntityClient, args: argparse.Namespace) -> int:
                     return _print_answer(data, args.json)
                 if not args.quiet and not args.json:
                     print(render_progress(event), file=sys.stderr)
+    # The events ended: the connection to the entity is gone (it stopped or died). The
+    # goal is kept by the entity and answered once it runs again, in its history.
+    print(f"entityctl: lost the entity before task {task_id} was answered; it keeps the "
+          f"task and answers it when it runs again: see `entityctl history`", file=sys.stderr)
     return EXIT_UNREACHABLE
 
 

@@ -44,7 +44,15 @@ from entityd.runtime import Runtime
 from entityd.supervisor import ActorState
 from entityd.transport import Transport
 from protocol import Envelope, Event, Keyring, ReplayGuard
-from tests.helpers import DaemonProc, NatsServer, RunningActors, nats_connect, running_actors
+from tests.helpers import (
+    BIN,
+    DaemonProc,
+    NatsServer,
+    RunningActors,
+    child_env,
+    nats_connect,
+    running_actors,
+)
 from tests.test_agent_e2e import make_entity_config
 
 pytestmark = pytest.mark.timeout(60)
@@ -263,8 +271,21 @@ async def test_goals_queued_at_a_sigkill_are_answered_after_the_restart(tmp_path
                     assert isinstance(accepted, GoalAccepted)
                 async with asyncio.timeout(20):
                     await slow_started.wait()
+            # And one asked by entityctl, which waits for its answer.
+            asker = await asyncio.create_subprocess_exec(
+                str(BIN / "entityctl"), "--config", str(config), "ask", "goal four",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env=child_env())
+            assert asker.stderr is not None
+            async with asyncio.timeout(20):
+                accepted_line = (await asker.stderr.readline()).decode()
+            goals[accepted_line.split()[1]] = "goal four"
         finally:
             await asyncio.to_thread(daemon.kill)  # SIGKILL: no drain, no clean close
+        async with asyncio.timeout(20):
+            _, asker_err = await asker.communicate()
+        assert asker.returncode == 4, asker_err.decode()  # EXIT_UNREACHABLE, at once
+        assert "it keeps the task and answers it when it runs again" in asker_err.decode()
         asked_before = len(llm.requests)
 
         daemon = DaemonProc(config, tmp_path / "entityd-2.log").start()
@@ -291,4 +312,5 @@ async def test_goals_queued_at_a_sigkill_are_answered_after_the_restart(tmp_path
     assert "give the goal again" in answers["g-one"]
     assert answers["g-two"] == "done: goal two"
     assert answers["g-three"] == "done: goal three"
-    assert after == ["goal two", "goal three"]
+    assert answers[next(t for t, g in goals.items() if g == "goal four")] == "done: goal four"
+    assert after == ["goal two", "goal three", "goal four"]
