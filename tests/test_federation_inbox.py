@@ -56,7 +56,7 @@ from entityd.config import from_mapping
 from entityd.errors import ConfigError
 from protocol import Sealer
 from tests.federation_rig import ALL, Federation, build, running
-from tests.helpers import DaemonProc, NatsServer, child_env, make_entity
+from tests.helpers import DaemonProc, NatsServer, child_env, make_entity, poll
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(240)
@@ -104,16 +104,6 @@ async def status(client: EntityClient) -> Any:
 
 def restarts(state: Any) -> dict[str, int]:
     return {a.name: a.restarts for a in state.actors}
-
-
-async def until(check: Any, timeout: float, what: str, every: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        await asyncio.sleep(every)
 
 
 # ---- the attacker: a process of its own, so its publishing does not slow the probes -----
@@ -296,7 +286,7 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
 
         # While entity-c floods: entity-b checks entity-a; entity-a reports to entity-b;
         # entity-c's own daemon reports to entity-b, into its full share.
-        await until(lambda: _at_least(sampler, LIMIT), 20.0, "entity-c's share filled")
+        await poll(lambda: _at_least(sampler, LIMIT), timeout=20.0, what="entity-c's share filled")
         a_text, c_text = "entity-a reports during the flood", "entity-c's own daemon reports"
         a_sent = await a.ctl_json("report", B, a_text)
         c_sent = await c.ctl_json("report", B, c_text)
@@ -310,14 +300,14 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
 
         # entity-a's report landed at once and entity-b handled it during the flood.
         assert a_sent["code"] == "delivered", a_sent
-        await until(lambda: _received(received, A, a_sent["id"]), 30.0,
-                    "entity-a's report handled")
+        await poll(lambda: _received(received, A, a_sent["id"]), timeout=30.0,
+                    what="entity-a's report handled")
         # entity-c's daemon was told why its report waits, and it lands once entity-b
         # has handled entity-c's backlog.
         assert c_sent["code"] == "queued", c_sent
         assert f"{B}'s INBOX refused it as full for us" in c_sent["text"], c_sent
-        await until(lambda: _received(received, C, c_sent["id"]), 90.0,
-                    "entity-c's own report handled after the backlog")
+        await poll(lambda: _received(received, C, c_sent["id"]), timeout=90.0,
+                    what="entity-c's own report handled after the backlog")
         sampling.cancel()
 
         outcomes = Counter(result["outcomes"])
@@ -357,8 +347,8 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
         await asyncio.sleep(0.5)
         sampling.cancel()
         assert a_sent2["code"] == "delivered", a_sent2
-        await until(lambda: _received(received, A, a_sent2["id"]), 30.0,
-                    "entity-a's report handled during the junk flood")
+        await poll(lambda: _received(received, A, a_sent2["id"]), timeout=30.0,
+                    what="entity-a's report handled during the junk flood")
         held = await at_b.jetstream().stream_info(stream, subjects_filter=f"fed.cmd.{B}.{C}.>")
         assert all(n <= LIMIT for n in (held.state.subjects or {}).values()), held.state
         for op in OPS:
@@ -454,17 +444,17 @@ async def test_an_older_inbox_is_updated_in_place_and_keeps_every_command(
             async def all_handled() -> bool:
                 return {e["id"] for e in received.data() if e["peer"] == p} >= ids
 
-            await until(all_handled, 60.0, "every older report handled")
+            await poll(all_handled, timeout=60.0, what="every older report handled")
             assert len({e["id"] for e in received.data()}) == OLD
-            await until(lambda: _reason(rejected, "unknown_kind", bogus), 20.0,
-                        "the older command on a made-up operation refused")
+            await poll(lambda: _reason(rejected, "unknown_kind", bogus), timeout=20.0,
+                        what="the older command on a made-up operation refused")
             assert '"inbox_limit_deferred"' in daemon.log()
 
             async def tightened() -> StreamConfig | None:
                 config = (await js.stream_info(stream)).config
                 return config if config.max_msgs_per_subject == 10 else None
 
-            limits = await until(tightened, 30.0, "the per-sender limit at its setting")
+            limits = await poll(tightened, timeout=30.0, what="the per-sender limit at its setting")
             assert limits.discard == "new" and limits.discard_new_per_subject, limits
             assert limits.max_bytes == 512 * 1024 * 1024, limits
             assert set(limits.subjects or ()) == {
@@ -479,8 +469,8 @@ async def test_an_older_inbox_is_updated_in_place_and_keeps_every_command(
             wire, msg_id = Sealer(key).seal(x_pub, src=f"{p}/peer", dst=f"{x}/peer",
                                             subj=subj, message=Report("after the consumer"))
             await js.publish(subj, wire, headers={"Nats-Msg-Id": msg_id.hex()})
-            await until(lambda: _received(received, p, msg_id.hex()), 40.0,
-                        "a report handled by the consumer made again")
+            await poll(lambda: _received(received, p, msg_id.hex()), timeout=40.0,
+                        what="a report handled by the consumer made again")
             assert '"inbox_consumer_missing"' in daemon.log()
         finally:
             await nc.close()
@@ -542,7 +532,8 @@ async def test_what_is_published_on_the_consumers_inbox_is_refused_and_crashes_n
         await local.flush()
         before = await status(b_client)
         first = await a.ctl_json("report", B, "before the injection")
-        await until(lambda: _received(received, A, first["id"]), 30.0, "a report handled")
+        await poll(lambda: _received(received, A, first["id"]), timeout=30.0,
+                   what="a report handled")
 
         inbox = await delivery_inbox(local, f"INBOX-{B}")
         assert inbox.startswith(f"_l.{B}."), inbox  # never forwarded to or from the hub
@@ -574,7 +565,7 @@ async def test_what_is_published_on_the_consumers_inbox_is_refused_and_crashes_n
                 "not_a_delivery", 0)
             return state if seen >= len(counted) else None
 
-        after = await until(all_counted, 30.0, "every injected message refused")
+        after = await poll(all_counted, timeout=30.0, what="every injected message refused")
         refused = after.rejected.get("not_a_delivery", 0) - before.rejected.get(
             "not_a_delivery", 0)
         forged_ack = [e for e in errors if "$js.ack.inbox-" in str(e).lower()]
@@ -590,7 +581,8 @@ async def test_what_is_published_on_the_consumers_inbox_is_refused_and_crashes_n
         # command never was.
         second = await a.ctl_json("report", B, "after the injection")
         assert second["code"] == "delivered", second
-        await until(lambda: _received(received, A, second["id"]), 30.0, "a report handled")
+        await poll(lambda: _received(received, A, second["id"]), timeout=30.0,
+                   what="a report handled")
         hits = await b.ctl_json("memory", "search", "INJECTED")
         assert not [h for h in hits["hits"] if "INJECTED" in h["text"]], hits
         assert restarts(await status(b_client)) == restarts(before)
@@ -627,8 +619,9 @@ async def test_a_deliverable_over_the_room_for_its_delegator_fails_its_task(
                 return next((t for t in tasks if t["direction"] == direction
                              and t["state"] in ("delivered", "completed", "failed")), None)
 
-            theirs = await until(lambda: ended(b, "in"), 120.0, "entity-b ended the task")
-            mine = await until(lambda: ended(a, "out"), 30.0, "entity-a heard the end")
+            theirs = await poll(lambda: ended(b, "in"), timeout=120.0,
+                                what="entity-b ended the task")
+            mine = await poll(lambda: ended(a, "out"), timeout=30.0, what="entity-a heard the end")
             for task in (theirs, mine):
                 assert task["state"] == "failed", task
                 assert "no room for the deliverable" in task["note"], task

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.messages import Heartbeat, Report, Restart, Talk
 from entityd import federation, identity
 from tests.federation_rig import ALL, Federation, Member, build, running
+from tests.helpers import poll
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
@@ -50,18 +51,6 @@ OBSERVER_PASSWORD = secrets.token_hex(16)
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-async def poll(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
-               every: float = 0.1, what: str = "condition") -> Any:
-    """Await `check()` until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not met within {timeout} s"
-        await asyncio.sleep(every)
 
 
 @dataclass

@@ -14,20 +14,10 @@ import pytest
 from actors.llm.scripted import ScriptedLLMServer
 from entityd import identity
 from tests.federation_rig import ALL, Federation, Member, build, running
+from tests.helpers import poll
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
-
-
-async def poll(check: Any, timeout: float = 20.0, every: float = 0.2) -> Any:
-    """Await `check()` until it returns something true."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(every)
 
 
 async def restarts(member: Member, actor: str) -> int:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgpack
@@ -22,7 +21,7 @@ from entityd.runtime import Runtime, RuntimeState
 from entityd.supervisor import ActorState
 from entityd.transport import Transport
 from protocol import Envelope, Keyring, ReplayGuard
-from tests.helpers import NatsServer, running_actors
+from tests.helpers import NatsServer, poll, running_actors
 
 ENTITY = "entity-a"
 
@@ -123,15 +122,6 @@ class Rig:
 
 async def _connect(url: str) -> nats.NATS:
     return await nats.connect(url, inbox_prefix=f"_i.{ENTITY}", max_reconnect_attempts=-1)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a condition of in-process state that no event announces."""
-    async with asyncio.timeout(timeout):
-        for _ in itertools.count():
-            if condition():
-                return
-            await asyncio.sleep(0.005)
 
 
 @pytest.fixture(autouse=True)
@@ -300,9 +290,11 @@ async def test_stop_drains_queued_work(nats_server: NatsServer, tmp_path: Path) 
         for i in range(20):
             await transport.tell(f"{ENTITY}/ctl", f"{ENTITY}/echo", Echo(str(i)))
         echo = runtime.supervisor.actors["echo"]
-        await until(lambda: EchoActor.entered.is_set() and echo.mailbox.pending() == 20)
+        await poll(lambda: EchoActor.entered.is_set() and echo.mailbox.pending() == 20,
+                   timeout=5, every=0.005, what="echo blocked with 20 waiting")
         stopping = asyncio.ensure_future(runtime.stop())
-        await until(lambda: runtime.state is RuntimeState.STOPPING)
+        await poll(lambda: runtime.state is RuntimeState.STOPPING, timeout=5, every=0.005,
+                   what="the runtime stopping")
         release.set()
         await stopping
     assert seen == [str(i) for i in range(20)]

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -21,7 +20,7 @@ from entityd.errors import RemoteError
 from entityd.runtime import Runtime, RuntimeState
 from entityd.supervisor import ActorState
 from protocol import ActorStatus, Envelope, Event, ReplayGuard, Status, StatusGet
-from tests.helpers import NatsServer, RunningActors, running_actors
+from tests.helpers import NatsServer, RunningActors, poll, running_actors
 
 ENTITY = "entity-a"
 
@@ -164,15 +163,6 @@ class Rig:
     def status(self, name: str) -> ActorStatus:
         (found,) = [s for s in self.runtime.actors() if s.name == name]
         return found
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a condition of in-process state that no event announces."""
-    async with asyncio.timeout(timeout):
-        for _ in itertools.count():
-            if condition():
-                return
-            await asyncio.sleep(0.005)
 
 
 @asynccontextmanager
@@ -325,7 +315,8 @@ async def test_stop_waits_for_later_work_and_its_reply_goes_out(nats_server: Nat
         async with asyncio.timeout(5):
             await book.waiting.wait()
         stopping = asyncio.ensure_future(rig.runtime.stop())
-        await until(lambda: rig.runtime.state is RuntimeState.STOPPING)
+        await poll(lambda: rig.runtime.state is RuntimeState.STOPPING, timeout=5,
+                   every=0.005, what="the runtime stopping")
         assert not stopping.done()
         book.gate.set()
         await stopping
@@ -357,7 +348,8 @@ async def test_restart_asked_during_crash_backoff_is_one_restart(
         with pytest.raises(RemoteError):
             await rig.ask("x", CrashNow())
         child = rig.runtime.supervisor.actors["x"]
-        await until(lambda: child.state is ActorState.RESTARTING, timeout=0.4)  # in the backoff
+        await poll(lambda: child.state is ActorState.RESTARTING, timeout=0.4,  # in the backoff
+                   every=0.005, what="x in its restart backoff")
         rig.runtime.restart(["x"], "operator asked")
         event = await rig.event("actor_restarted", "x")
         assert event.data["reason"] == "crash"
