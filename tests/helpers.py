@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-import random
 import re
 import signal
 import socket
@@ -22,6 +21,9 @@ import nats
 from nacl.signing import SigningKey
 from nats.aio.subscription import Subscription
 
+# Re-exported: the tests take ports from here, the same picker the benches use.
+from bench.ports import free_port as free_port
+from bench.ports import free_port_range as free_port_range
 from entityd import config as config_mod
 from entityd import identity
 from entityd.actor import Actor
@@ -33,40 +35,6 @@ from protocol import Keyring
 
 BIN = Path(sys.executable).parent
 NATS_SERVER = str(BIN / "nats-server")
-
-
-# Ports are picked below the kernel's ephemeral range (32768 and up on Linux): a port
-# from that range, free when picked, can be taken by any outgoing connection (a leaf
-# dialling its hub) before the server meant for it binds it.
-PORT_LOW, PORT_HIGH = 15_000, 32_000
-_handed_out: set[int] = set()  # never the same port twice in one test run
-
-
-def free_port() -> int:
-    return free_port_range(1)
-
-
-def free_port_range(count: int) -> int:
-    """The first of `count` consecutive free loopback ports, below the ephemeral range."""
-    for _ in range(500):
-        base = random.randrange(PORT_LOW, PORT_HIGH - count)
-        ports = range(base, base + count)
-        if _handed_out.intersection(ports):
-            continue
-        sockets = []
-        try:
-            for port in ports:
-                sock = socket.socket()
-                sockets.append(sock)
-                sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        _handed_out.update(ports)
-        return base
-    raise RuntimeError(f"no {count} consecutive free ports in {PORT_LOW}-{PORT_HIGH}")
 
 
 def wait_port(port: int, timeout: float = 10.0) -> None:
@@ -82,7 +50,7 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
 
 
 async def poll(
-    check: Callable[[], Any | Awaitable[Any]], *, timeout: float = 20.0, every: float = 0.1,
+    check: Callable[[], Any | Awaitable[Any]], *, timeout: float = 20.0, every: float = 0.2,
     what: str | Callable[[], str] = "condition",
 ) -> Any:
     """Call `check` (plain or async) until it returns something true, and return that.
