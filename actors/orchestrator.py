@@ -222,12 +222,16 @@ class OrchestratorActor(Actor):
                             del self._pending[payer]
 
     async def _recover(self) -> None:
-        """Run again the goals accepted before a stop or a crash and still queued; answer
-        the one whose turn was cut short, with the reason."""
+        """Run again the goals accepted before a stop or a crash and still queued (and a
+        delegated task); answer any other whose turn was cut short, with the reason."""
         for goal, state in await self._goals.pending():
             if goal.task_id in self._ids:
                 continue
-            if state is GoalState.QUEUED and not self._queue.full():
+            # A delegated task is worked again even if its turn was cut short: that is
+            # the delegation's promise (its work is in the workspace, and the delegate's
+            # peer actor gives it again after a restart, which counts as the same goal).
+            rerun = state is GoalState.QUEUED or goal.task_id.startswith(DELEGATED_PREFIX)
+            if rerun and not self._queue.full():
                 self._enqueue(goal)
                 await self.ctx.emit("goal_resumed", task_id=goal.task_id, source=goal.source)
                 continue
