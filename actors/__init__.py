@@ -1,9 +1,5 @@
-"""The entity's actors; each module holds one (plus its helpers)."""
+"""The entity's actors; each module holds one (plus its helpers).
 
-from .coder import CoderActor
-from .health import HealthActor
-from .memory import MemoryActor
-from .orchestrator import OrchestratorActor
-from .tool import ToolActor
-
-__all__ = ["CoderActor", "HealthActor", "MemoryActor", "OrchestratorActor", "ToolActor"]
+Nothing is imported here: a module that needs only the message kinds
+(`actors.messages`, entityctl) must not load every actor and the LLM client with them.
+"""

@@ -16,7 +16,8 @@ from .llm import LLM, LLMError, TokenBudget, build_llm
 from .llm.budget import Budgets, Metered
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
-from .peer import PeerActor, Supervision
+from .peer.actor import PeerActor
+from .peer.calls import Supervision
 from .peer.policy import Trust
 from .sandbox.cgroup import SharedLimits
 from .tool import ToolActor

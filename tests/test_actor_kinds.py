@@ -50,7 +50,7 @@ from actors.messages import (
     Wake,
 )
 from actors.orchestrator import OrchestratorActor
-from actors.peer import PeerActor
+from actors.peer.actor import PeerActor
 from actors.peer.inbound import COMMANDS
 from actors.peer.link import inbox_stream
 from actors.peer.messages import Peers, PeersGet

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import subprocess
+import sys
 from typing import Any
 
 import msgpack
@@ -170,3 +173,15 @@ def test_registration_refuses_non_dataclasses_and_taken_names() -> None:
     assert kinds.kinds()["ping"] is Ping
     with pytest.raises(TypeError):
         kinds.kind_name(Impostor())
+
+
+def test_importing_the_message_kinds_loads_no_actor() -> None:
+    """entityctl needs the kinds, not the actors: importing a message module must not
+    load every actor and the LLM client (it took 0.8 s when it did)."""
+    code = ("import sys, actors.messages, actors.peer.messages; "
+            "print(sorted(m for m in sys.modules if m.startswith(('actors.', 'openai'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    loaded = ast.literal_eval(out)
+    assert "openai" not in loaded
+    assert not [m for m in loaded if m.endswith(("orchestrator", "coder", "tool", "memory"))]

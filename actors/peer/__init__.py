@@ -1,7 +1,5 @@
-"""The federation: the peer actor, its directory and wire, the peer tools, delegation."""
+"""The federation: the peer actor (actor.py), its directory and wire, the peer tools,
+delegation.
 
-from .actor import PeerActor
-from .calls import Supervision
-from .tools import PeerTools
-
-__all__ = ["PeerActor", "PeerTools", "Supervision"]
+Nothing is imported here, so the message kinds (messages.py) load without the actor.
+"""
