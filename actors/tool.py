@@ -21,12 +21,12 @@ from protocol import Envelope
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
 from .sandbox import (
     BadArguments,
+    Confinement,
     FileLimits,
     FileTools,
     SandboxUnavailable,
     Shell,
     ToolError,
-    Workspace,
     check_args,
     classify,
     prepare,
@@ -55,26 +55,26 @@ class ToolActor(Actor):
         self.settings = settings
         self.root = Path(os.path.realpath(config.workspace_dir))
         owner = (settings.uid, settings.gid) if os.geteuid() == 0 else None
-        self.workspace = Workspace(self.root, owner)
+        self.workspace = Confinement(self.root, owner)
         self.files = FileTools(self.workspace, FileLimits(
             max_file_bytes=settings.file_size_mb * 1024 * 1024,
             output_limit=settings.output_limit,
         ))
         self.shell = Shell(settings, self.root, limits)
-        self.broken = _contains(self.root, config.data_dir)
+        self.unavailable = _contains(self.root, config.data_dir)
 
     async def on_start(self) -> None:
-        if not self.broken:
+        if not self.unavailable:
             try:
                 left = await asyncio.to_thread(prepare, self.root, self.workspace.owner)
             except OSError as exc:
-                self.broken = f"cannot prepare the workspace {self.root}: {exc.strerror}"
+                self.unavailable = f"cannot prepare the workspace {self.root}: {exc.strerror}"
             else:
                 if left:
                     self.ctx.log.warning("workspace_partly_prepared", left=left)
-        if self.broken:
-            self.ctx.log.error("tool_unavailable", reason=self.broken)
-            await self.ctx.emit("sandbox", available=False, reason=self.broken, shell=False)
+        if self.unavailable:
+            self.ctx.log.error("tool_unavailable", reason=self.unavailable)
+            await self.ctx.emit("sandbox", available=False, reason=self.unavailable, shell=False)
             return
         reason = await self.shell.probe()
         await self.ctx.emit("sandbox", available=True, shell=reason is None, reason=reason or "",
@@ -94,8 +94,8 @@ class ToolActor(Actor):
         started = time.monotonic()
         tool = call.tool if len(call.tool) <= MAX_TOOL_NAME else call.tool[:MAX_TOOL_NAME] + "..."
         try:
-            if self.broken:
-                raise ToolError(f"tools are unavailable: {self.broken}")
+            if self.unavailable:
+                raise ToolError(f"tools are unavailable: {self.unavailable}")
             args = check_args(call.tool, call.args)
             result = await self.dispatch(call.tool, args)
         except ToolError as exc:

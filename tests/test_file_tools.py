@@ -9,11 +9,11 @@ import pytest
 
 from actors.sandbox import (
     BadArguments,
+    Confinement,
     FileLimits,
     FileTools,
     PathRefused,
     ToolError,
-    Workspace,
 )
 
 AS_ROOT = os.geteuid() == 0
@@ -33,7 +33,7 @@ def layout(tmp_path: Path) -> tuple[Path, Path]:
 @pytest.fixture
 def tools(layout: tuple[Path, Path]) -> FileTools:
     workspace, _ = layout
-    return FileTools(Workspace(workspace, OWNER if AS_ROOT else None),
+    return FileTools(Confinement(workspace, OWNER if AS_ROOT else None),
                      FileLimits(max_file_bytes=64 * 1024, output_limit=2000, max_entries=5,
                                 max_matches=3))
 

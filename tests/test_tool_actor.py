@@ -273,6 +273,6 @@ def test_sandbox_package_public_surface() -> None:
     assert sorted(sandbox.__all__) == sorted([
         "TOOL_NAMES", "WORKSPACE_MOUNT", "BadArguments", "Classification", "CommandRefused",
         "FileLimits", "FileTools", "PathRefused", "SandboxUnavailable", "Shell", "ShellResult",
-        "ToolError", "Workspace", "check_args", "classify", "prepare", "tool_specs",
+        "ToolError", "Confinement", "check_args", "classify", "prepare", "tool_specs",
     ])
     assert all(hasattr(sandbox, name) for name in sandbox.__all__)

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from actors.health import HealthActor
 from actors.messages import ToolCall, ToolResult
-from actors.sandbox import BadArguments, FileLimits, FileTools, PathRefused, ToolError, Workspace
+from actors.sandbox import BadArguments, Confinement, FileLimits, FileTools, PathRefused, ToolError
 from actors.sandbox.paths import prepare
 from actors.tool import ToolActor
 from entityd import identity
@@ -137,7 +137,7 @@ def hostile_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 @pytest.fixture
 def hostile(hostile_root: Path) -> FileTools:
-    return FileTools(Workspace(hostile_root), LIMITS)
+    return FileTools(Confinement(hostile_root), LIMITS)
 
 
 def timed(call: Callable[[], Any]) -> tuple[Any, float]:
@@ -263,7 +263,7 @@ def test_regexes_re2_cannot_run_are_refused_saying_why(hostile: FileTools) -> No
 
 
 def test_grep_matches_within_single_lines(tmp_path: Path) -> None:
-    tools = FileTools(Workspace(tmp_path), LIMITS)
+    tools = FileTools(Confinement(tmp_path), LIMITS)
     (tmp_path / "t.txt").write_bytes(b"alpha\r\nbeta\n\ngamma a\n\xffdelta\nlast")
     def lines(pattern: str, regex: bool = True) -> list[str]:
         text, _ = tools.grep(pattern, "t.txt", regex=regex)
@@ -282,7 +282,7 @@ def test_grep_matches_within_single_lines(tmp_path: Path) -> None:
 
 
 def test_glob_components(tmp_path: Path) -> None:
-    tools = FileTools(Workspace(tmp_path), LIMITS)
+    tools = FileTools(Confinement(tmp_path), LIMITS)
     for path in ("src/a/b/m.py", "src/n.py", "]x", "ab", "bb", "doc/x.md"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("")
@@ -299,7 +299,7 @@ def test_glob_components(tmp_path: Path) -> None:
 def test_walks_stop_at_their_budget_and_say_so(tmp_path: Path) -> None:
     for i in range(50):
         (tmp_path / f"f{i:02}.txt").write_text("hit\n")
-    tools = FileTools(Workspace(tmp_path), FileLimits(max_file_bytes=1024, output_limit=4000,
+    tools = FileTools(Confinement(tmp_path), FileLimits(max_file_bytes=1024, output_limit=4000,
                                                       max_visited=10, max_matches=500))
     text, data = tools.glob("*.txt")
     assert data == {"matches": 10, "complete": False}
@@ -308,7 +308,7 @@ def test_walks_stop_at_their_budget_and_say_so(tmp_path: Path) -> None:
     assert text.startswith("./ (at least 10 entries)") and not data["complete"]
     text, data = tools.grep("hit")
     assert data["matches"] == 10 and not data["complete"]
-    late = FileTools(Workspace(tmp_path), FileLimits(max_file_bytes=1024, output_limit=4000,
+    late = FileTools(Confinement(tmp_path), FileLimits(max_file_bytes=1024, output_limit=4000,
                                                      walk_seconds=0))
     text, data = late.grep("hit")
     assert "stopped after 0 s" in text and not data["complete"]
@@ -318,7 +318,7 @@ def test_grep_says_which_files_it_did_not_search(tmp_path: Path) -> None:
     (tmp_path / "small.txt").write_text("hit\n")
     (tmp_path / "big.txt").write_text("hit\n" * 1000)
     (tmp_path / "binary.bin").write_bytes(b"hit\n\x00")
-    tools = FileTools(Workspace(tmp_path), FileLimits(max_file_bytes=1024, output_limit=4000,
+    tools = FileTools(Confinement(tmp_path), FileLimits(max_file_bytes=1024, output_limit=4000,
                                                       max_grep_file_bytes=100))
     text, data = tools.grep("hit")
     assert text == "small.txt:1: hit\n[... 1 files over 100 bytes not searched]"
@@ -329,7 +329,7 @@ def test_grep_says_which_files_it_did_not_search(tmp_path: Path) -> None:
 
 def test_read_file_never_holds_a_huge_line(tmp_path: Path) -> None:
     (tmp_path / "big.txt").write_bytes(b"x" * (20 * 1024 * 1024) + b"\nsecond\n")
-    tools = FileTools(Workspace(tmp_path), LIMITS)
+    tools = FileTools(Confinement(tmp_path), LIMITS)
     text, data = tools.read_file("big.txt", start_line=1, end_line=2)
     first, second = text.splitlines()
     assert first.endswith(f"[... line cut: it is {20 * 1024 * 1024} bytes long]")

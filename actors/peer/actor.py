@@ -270,22 +270,22 @@ class PeerActor(Actor):
                 await self.turns.done(done)
                 return None
             case PeerCheck(peer):
-                unknown = calls.known(peer)
+                unknown = calls.unusable(peer)
                 if unknown is not None:
                     return PeerCheckResult(peer, "unknown", detail=unknown.text)
                 return Later(calls.check(peer))
             case PeerTalk() as talk:
-                return calls.known(talk.peer) or Later(calls.talk(talk))
+                return calls.unusable(talk.peer) or Later(calls.talk(talk))
             case PeerReport(peer, text):
-                return calls.known(peer) or Later(calls.report(peer, text))
+                return calls.unusable(peer) or Later(calls.report(peer, text))
             case PeerWake(peer, reason):
-                return calls.known(peer) or Later(
+                return calls.unusable(peer) or Later(
                     calls.command(peer, "wake", Wake(reason or "woken by a peer")))
             case PeerRestart(peer, actor):
-                return calls.known(peer) or Later(calls.command(peer, "restart",
+                return calls.unusable(peer) or Later(calls.command(peer, "restart",
                                                                 Restart(actor)))
             case PeerDelegate() as delegate:
-                return calls.known(delegate.peer) or await self.delegation.offer(delegate)
+                return calls.unusable(delegate.peer) or await self.delegation.offer(delegate)
         raise TypeError(f"peer does not handle {envelope.typ}")
 
 

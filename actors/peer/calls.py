@@ -54,7 +54,9 @@ class PeerCalls:
         # Commands waiting for their result: id -> (the peer it went to, the future).
         self._results: dict[bytes, tuple[str, asyncio.Future[CommandResult]]] = {}
 
-    def known(self, peer: str) -> PeerOutcome | None:
+    def unusable(self, peer: str) -> PeerOutcome | None:
+        """Why `peer` cannot be called (it is this entity, or not in the directory);
+        None when it can."""
         if peer == self.ctx.entity:
             return PeerOutcome(peer, False, "self", f"{peer} is this entity itself")
         if not self.link.known(peer):

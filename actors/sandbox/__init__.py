@@ -4,7 +4,7 @@ the command classifier and the tools' JSON schemas."""
 from .classify import Classification, classify
 from .errors import BadArguments, CommandRefused, PathRefused, SandboxUnavailable, ToolError
 from .files import FileLimits, FileTools
-from .paths import WORKSPACE_MOUNT, Workspace, prepare
+from .paths import WORKSPACE_MOUNT, Confinement, prepare
 from .shell import Shell, ShellResult
 from .specs import TOOL_NAMES, check_args, tool_specs
 
@@ -14,6 +14,7 @@ __all__ = [
     "BadArguments",
     "Classification",
     "CommandRefused",
+    "Confinement",
     "FileLimits",
     "FileTools",
     "PathRefused",
@@ -21,7 +22,6 @@ __all__ = [
     "Shell",
     "ShellResult",
     "ToolError",
-    "Workspace",
     "check_args",
     "classify",
     "prepare",

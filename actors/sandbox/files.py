@@ -1,7 +1,7 @@
 """The file tools: read, write, str_replace, list, glob and grep, confined to the workspace.
 
 They run in the daemon (not in the sandbox) on paths, patterns and trees the agent chose,
-so every path goes through `Workspace`, every walk is bounded (walk.py) and never follows a
+so every path goes through `Confinement`, every walk is bounded (walk.py) and never follows a
 symlink, and every pattern runs on RE2 (match.py). Each tool returns its text for the model
 and a small data map; refusals and failures, whatever their cause, raise ToolError.
 """
@@ -18,7 +18,7 @@ from typing import Any, Concatenate, ParamSpec
 
 from .errors import BadArguments, ToolError
 from .match import Glob, LineSearch, shown
-from .paths import Parts, Workspace, display, is_protected_name, printable, shown_path
+from .paths import Confinement, Parts, display, is_protected_name, printable, shown_path
 from .walk import Budget, walk
 
 Result = tuple[str, dict[str, Any]]
@@ -79,7 +79,7 @@ def _tool_errors(
 
 
 class FileTools:
-    def __init__(self, workspace: Workspace, limits: FileLimits) -> None:
+    def __init__(self, workspace: Confinement, limits: FileLimits) -> None:
         self.workspace = workspace
         self.limits = limits
 

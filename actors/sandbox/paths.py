@@ -79,7 +79,7 @@ def shown_path(path: str, limit: int = 200) -> str:
     return f"{path[:limit - 60]}...[{len(path)} characters]...{path[-40:]}"
 
 
-class Workspace:
+class Confinement:
     """The one directory the tools may touch; `owner` (uid, gid) gets what they create."""
 
     def __init__(self, root: Path | str, owner: tuple[int, int] | None = None) -> None:
