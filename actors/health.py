@@ -22,9 +22,5 @@ class HealthActor(Actor):
             case Ping():
                 return Pong()
             case _:
-                raise UnexpectedMessage(envelope.typ)
+                raise TypeError(f"health does not handle {envelope.typ}")
 
-
-class UnexpectedMessage(Exception):
-    def __init__(self, typ: str) -> None:
-        super().__init__(f"health does not handle {typ!r}")

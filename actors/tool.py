@@ -88,7 +88,7 @@ class ToolActor(Actor):
             case ToolSpecsGet():
                 return ToolSpecs(tools=tool_specs())
             case _:
-                raise UnexpectedMessage(envelope.typ)
+                raise TypeError(f"tool does not handle {envelope.typ}")
 
     async def call(self, call: ToolCall) -> ToolResult:
         started = time.monotonic()
@@ -179,10 +179,6 @@ def _utf8(text: str) -> str:
         return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text
 
-
-class UnexpectedMessage(Exception):
-    def __init__(self, typ: str) -> None:
-        super().__init__(f"tool does not handle {typ!r}")
 
 
 def summarize(tool: str, args: dict[str, Any], result: ToolResult) -> str:

@@ -31,7 +31,7 @@ from typing import Any
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from protocol import Envelope, ProtocolError, Verified, subjects
+from protocol import Envelope, Overloaded, ProtocolError, Verified, subjects
 
 from .bus import unsubscribe
 from .transport import Transport
@@ -57,10 +57,6 @@ PENDING_BYTES_LIMIT = 64 * 1024 * 1024
 
 Rejecter = Callable[[Msg, str, ProtocolError], Coroutine[Any, Any, None]]
 Checked = tuple[Msg, Envelope | ProtocolError]
-
-
-class Overloaded(ProtocolError):
-    reason = "overloaded"
 
 
 class Stop:

@@ -98,6 +98,13 @@ class UnexpectedKind(ProtocolError):
     reason = "unexpected_kind"
 
 
+class Overloaded(ProtocolError):
+    """A receiver's queue for the message is full (an actor's mailbox, the peer actor's
+    requests): refused at once rather than waited on."""
+
+    reason = "overloaded"
+
+
 class UnexpectedEncryption(ProtocolError):
     """An encrypted payload to an actor that decrypts nothing (every local mailbox:
     encryption is for the federation's subjects, which the peer actor opens)."""

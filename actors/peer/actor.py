@@ -22,7 +22,7 @@ from nats.aio.subscription import Subscription
 import protocol
 from entityd.actor import Actor, Later
 from entityd.config import Config
-from protocol import Envelope, ProtocolError, subjects
+from protocol import Envelope, Overloaded, ProtocolError, subjects
 
 from ..messages import TurnDone, Wake
 from ..workspace import Workspace
@@ -63,10 +63,6 @@ COMMAND_RETRY_S = 5.0
 # member's own heartbeat subject is dropped before any verification work.
 BEATS_PER_INTERVAL = 4
 BEATS_BURST = 10
-
-
-class Overloaded(ProtocolError):
-    reason = "overloaded"
 
 
 class PeerActor(Actor):
