@@ -17,6 +17,7 @@ from nacl.signing import SigningKey
 import protocol
 from actors import kind_vectors, spec
 from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Sealer, kinds
+from protocol.vectors.generate import as_json
 
 SPEC_PATH = Path(protocol.__file__).parent / "PROTOCOL.md"
 
@@ -208,16 +209,6 @@ def test_only_subclasses_of_protocol_error_are_raised() -> None:
 # ---- vectors for every kind ----------------------------------------------------------------
 
 KIND_VECTORS = sorted(kind_vectors.DIRECTORY.glob("*.json"))
-
-
-def as_json(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list):
-        return [as_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: as_json(v) for k, v in value.items()}
-    return value
 
 
 def test_kind_vectors_are_the_generators_output() -> None:

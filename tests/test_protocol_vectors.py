@@ -15,6 +15,7 @@ from nacl.signing import SigningKey, VerifyKey
 import protocol
 from protocol import REASON_CODES, Envelope, Keyring, ProtocolError, ReplayGuard, kinds, subjects
 from protocol.vectors import generate
+from protocol.vectors.generate import as_json
 
 PACKAGE_DIR = Path(protocol.__file__).parent
 VECTOR_DIR = PACKAGE_DIR / "vectors"
@@ -46,16 +47,6 @@ def keyring_of(vector: dict[str, Any]) -> Keyring:
     for entry in vector["keyring"]:
         keyring.add(bytes.fromhex(entry["public_key"]), entry["entity"])
     return keyring
-
-
-def as_json(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, list):
-        return [as_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: as_json(v) for k, v in value.items()}
-    return value
 
 
 def body_of(envelope: Envelope) -> dict[str, Any]:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from actors.sandbox import WORKSPACE_MOUNT
 from actors.workspace import Workspace
 from tests.test_tool_actor import SANDBOX
 
 
 def _plant(path: Path, marker: Path) -> None:
-    path.write_text(f"#!/bin/sh\ntouch {marker}\nexit 0\n")
+    # Git runs in the sandbox, where the host path does not exist: the program also
+    # marks the workspace (its working directory there), so a run would show.
+    path.write_text(f"#!/bin/sh\ntouch {marker} RAN-{marker.name}\nexit 0\n")
     path.chmod(0o755)
 
 
@@ -21,18 +24,20 @@ async def test_commit_runs_no_hook_and_no_fsmonitor(tmp_path: Path) -> None:
     markers.mkdir()
     for hook in ("pre-commit", "commit-msg", "post-commit", "prepare-commit-msg"):
         _plant(git_dir / "hooks" / hook, markers / hook)
-    _plant(tmp_path / "fsmonitor.sh", markers / "fsmonitor")
-    # What an agent would plant if .git were writable: the repository's own config.
+    _plant(workspace.path / "fsmonitor.sh", markers / "fsmonitor")
+    # What an agent would plant if .git were writable: the repository's own config, with
+    # the paths git sees where it runs (the sandbox's /workspace).
     with (git_dir / "config").open("a") as config:
-        config.write(f"[core]\n\tfsmonitor = {tmp_path / 'fsmonitor.sh'}\n"
-                     f"\thooksPath = {git_dir / 'hooks'}\n")
+        config.write(f"[core]\n\tfsmonitor = {WORKSPACE_MOUNT}/fsmonitor.sh\n"
+                     f"\thooksPath = {WORKSPACE_MOUNT}/.git/hooks\n")
 
     (workspace.path / "work.py").write_text("print('work')\n")
     commit = await workspace.commit("Add work\n\nentityd task t1")
 
     assert commit is not None
-    assert "work.py" in commit.diffstat
+    assert "work.py" in commit.diffstat and "fsmonitor.sh" in commit.diffstat
     assert list(markers.iterdir()) == []
+    assert not list(workspace.path.rglob("RAN-*"))
     assert await workspace.head() == commit.sha
 
 
