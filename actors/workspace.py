@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from entityd.config import SandboxSection
 from .sandbox import Shell, ToolError
 from .sandbox.cgroup import SharedLimits
 from .sandbox.paths import KEY_PATTERNS, WORKSPACE_MOUNT, protected_reason
+from .sandbox.scan import Scan
 
 GIT_TIMEOUT_S = 120.0
 IGNORED = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
@@ -47,6 +49,11 @@ SAFE_CONFIG = (
 PROTECTED_PATHSPECS = (":(exclude,glob,icase)**/.env*",
                        *(f":(exclude,glob,icase)**/{pattern}" for pattern in KEY_PATTERNS))
 EXCLUDE = "\n".join((*IGNORED, "# never committed by entityd", ".env*", *KEY_PATTERNS)) + "\n"
+
+
+# The scan a commit made, for the git runs it makes (a task's own, so a delegation's git
+# beside it scans for itself).
+_SCANNED: ContextVar[Scan | None] = ContextVar("workspace_scanned", default=None)
 
 
 class GitError(Exception):
@@ -115,7 +122,7 @@ class Workspace:
         shell = await self._sandbox()
         try:
             done = await shell.exec(program, stdin=input, git=True, env=self._env(),
-                                    timeout=GIT_TIMEOUT_S)
+                                    timeout=GIT_TIMEOUT_S, found=_SCANNED.get())
         except ToolError as exc:
             raise GitError(str(exc)) from None
         name = program[1] if program[0] == "git" else program[0]
@@ -151,6 +158,15 @@ class Workspace:
         """
         await self.ensure()
         found = await self.shell.scan()
+        # One look at the tree serves every git run of this commit: nothing else writes
+        # the workspace meanwhile (agent commands run only inside tool calls).
+        scanned = _SCANNED.set(found)
+        try:
+            return await self._commit(message, found)
+        finally:
+            _SCANNED.reset(scanned)
+
+    async def _commit(self, message: str, found: Scan) -> Commit | None:
         skipped = [f":(exclude,literal){path}" for path in (*found.nested_repos, *found.cut)]
         specs = [".", *skipped, *PROTECTED_PATHSPECS]
         await self.git("add", "-A", "--pathspec-from-file=-", "--pathspec-file-nul",

@@ -409,12 +409,13 @@ class Shell:
 
     async def exec(self, program: Sequence[str], *, stdin: bytes | None = None,
                    git: bool = False, env: Mapping[str, str] | None = None,
-                   timeout: float | None = None) -> ExecResult:
+                   timeout: float | None = None, found: Scan | None = None) -> ExecResult:
         """Run `program` (no shell) in the sandbox, stdout and stderr apart; for the
-        daemon's own work on the workspace (git), not the agent's commands."""
+        daemon's own work on the workspace (git), not the agent's commands. `found`: a
+        scan of the workspace as it still is, else it is scanned now."""
         if self.unavailable:
             raise SandboxUnavailable(self.unavailable)
-        found = await self.scan()
+        found = found or await self.scan()
         argv = self.program_argv(program, found=found, git=git, env=env)
         async with self.limits.call() as cgroup:
             return await self._exec(cgroup, argv, stdin, timeout)
