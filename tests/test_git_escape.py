@@ -96,6 +96,18 @@ def host_git(repo: Path, *args: str, input: bytes | None = None) -> str:
                           capture_output=True, check=True).stdout.decode()
 
 
+def committed_by_hand(root: Path, files: dict[str, str]) -> None:
+    """A repository with `files` committed by a person (as an older entityd might
+    have), before the daemon ever saw it."""
+    root.mkdir()
+    host_git(root, "init", "-q", "-b", "main")
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    host_git(root, "add", "-A")
+    host_git(root, "-c", "user.name=o", "-c", "user.email=o@x", "commit", "-qm", "old")
+
+
 @pytest.fixture
 def key(tmp_path: Path) -> Path:
     keys = tmp_path / "data" / "keys"
@@ -204,13 +216,7 @@ async def test_secrets_never_enter_git_at_any_depth(tmp_path: Path) -> None:
 
 async def test_a_secret_committed_before_is_reported_and_dropped(tmp_path: Path) -> None:
     root = tmp_path / "ws"
-    root.mkdir()
-    host_git(root, "init", "-q", "-b", "main")
-    (root / "app").mkdir()
-    (root / "app" / ".env").write_text("TOP-SECRET old\n")
-    (root / "main.py").write_text("x = 1\n")
-    host_git(root, "add", "-A")
-    host_git(root, "-c", "user.name=o", "-c", "user.email=o@x", "commit", "-qm", "old")
+    committed_by_hand(root, {"app/.env": "TOP-SECRET old\n", "main.py": "x = 1\n"})
     ws = Workspace(root, "entity-a", SANDBOX)
     await ws.ensure()
     assert await ws.secrets_in_history() == ["app/.env"]
@@ -324,14 +330,8 @@ def test_a_secret_already_in_the_history_is_reported_at_start(tmp_path: Path) ->
     """The daemon never commits one, but a person (or an older entityd) may have: the
     operator hears of it in the log and an event, by path, never by content."""
     config = make_entity(tmp_path, "entity-a")
-    workspace = config.parent / "workspace"
-    workspace.mkdir()
-    host_git(workspace, "init", "-q", "-b", "main")
-    (workspace / "deploy").mkdir()
-    (workspace / "deploy" / ".env.production").write_text("DB_PASSWORD=TOP-SECRET\n")
-    (workspace / "app.py").write_text("print('app')\n")
-    host_git(workspace, "add", "-A")
-    host_git(workspace, "-c", "user.name=o", "-c", "user.email=o@x", "commit", "-qm", "old")
+    committed_by_hand(config.parent / "workspace", {
+        "deploy/.env.production": "DB_PASSWORD=TOP-SECRET\n", "app.py": "print('app')\n"})
     daemon = DaemonProc(config, tmp_path / "entityd.log").start()
     try:
         daemon.wait_log('"workspace_secrets_in_history"', timeout=40.0)
