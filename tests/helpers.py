@@ -34,6 +34,7 @@ from entityd.transport import Transport
 from protocol import Keyring
 
 BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
 NATS_SERVER = str(BIN / "nats-server")
 
 
@@ -259,3 +260,18 @@ async def running_actors(
     finally:
         await client_nc.close()
         await daemon_nc.close()
+
+
+async def start_attacker(module: str, payload: str) -> asyncio.subprocess.Process:
+    """A hostile member in a process of its own (`python -m module payload`): it says
+    `ready` once its messages are signed, and floods on `go` (the signing is not part of
+    the flood the tests measure)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, payload, cwd=REPO,
+        env=child_env(), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 60.0)
+    assert line == b"ready\n", line
+    proc.stdin.write(b"go\n")
+    await proc.stdin.drain()
+    return proc

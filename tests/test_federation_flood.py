@@ -48,7 +48,7 @@ from entityd import config as entity_config
 from entityd import identity
 from entityd.client import EntityClient
 from tests.federation_rig import ALL, Federation, Member, build, running
-from tests.helpers import child_env
+from tests.helpers import start_attacker
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(240)
@@ -63,7 +63,6 @@ SLOWEST = 50  # and the slowest one: at most 50x (the baseline is the median bef
 PROBES = 6  # checks in each direction before the flood, and again after it
 PROBE_EVERY_S = 0.4  # within the default rate limit of 2 requests a second
 SPREAD_S = 3.0  # each flood is sent over at least this long, in bursts of CHUNK
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- the federation ---------------------------------------------------------------------
@@ -215,16 +214,8 @@ class Flood:
     async def start(self) -> asyncio.subprocess.Process:
         """The attacker process, once it has signed its messages and is flooding (the
         signing is not part of the flood the probes measure)."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.test_federation_flood",
-            json.dumps(dataclasses.asdict(self.attack)), cwd=ROOT, env=child_env(),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-        assert proc.stdin is not None and proc.stdout is not None
-        line = await asyncio.wait_for(proc.stdout.readline(), 60.0)
-        assert line == b"ready\n", line
-        proc.stdin.write(b"go\n")
-        await proc.stdin.drain()
-        return proc
+        return await start_attacker("tests.test_federation_flood",
+                                    json.dumps(dataclasses.asdict(self.attack)))
 
     async def finished(self, proc: asyncio.subprocess.Process) -> None:
         out, _ = await proc.communicate()

@@ -56,7 +56,7 @@ from entityd.config import from_mapping
 from entityd.errors import ConfigError
 from protocol import Sealer
 from tests.federation_rig import ALL, Federation, build, running
-from tests.helpers import DaemonProc, NatsServer, child_env, make_entity, poll
+from tests.helpers import DaemonProc, NatsServer, make_entity, poll, start_attacker
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(240)
@@ -73,7 +73,6 @@ SLOWER, SLOWEST = 5, 50  # median and worst check during the flood, times the ba
 PER_SUBJECT_FULL = "maximum messages per subject exceeded"
 OPS = ("report", "wake", "restart", "result", "delegate", "task")
 JUNK_BYTES = 200_000
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def edit(path: Path, old: str, new: str) -> None:
@@ -176,16 +175,8 @@ class Flood:
 
 
 async def start_flood(flood: Flood) -> asyncio.subprocess.Process:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.test_federation_inbox",
-        json.dumps(dataclasses.asdict(flood)), cwd=ROOT, env=child_env(),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
-    assert proc.stdin is not None and proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 60.0)
-    assert line == b"ready\n", line
-    proc.stdin.write(b"go\n")
-    await proc.stdin.drain()
-    return proc
+    return await start_attacker("tests.test_federation_inbox",
+                                json.dumps(dataclasses.asdict(flood)))
 
 
 async def flood_result(proc: asyncio.subprocess.Process) -> dict[str, Any]:
