@@ -5,9 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from entityd.actor import Actor
-from entityd.config import Config
-from entityd.errors import ConfigError
+from entityd import Actor, Config, ConfigError, Supervision
 from protocol import Status
 
 from .coder import CoderActor
@@ -17,7 +15,6 @@ from .llm.budget import Budgets, Metered
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
 from .peer.actor import PeerActor
-from .peer.calls import Supervision
 from .peer.policy import Trust
 from .sandbox.cgroup import SharedLimits
 from .tool import ToolActor
@@ -84,3 +81,27 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
             goals_path=config.data_dir / "goals.sqlite3"),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
     }
+
+
+class StandardAssembly:
+    """The daemon's actors with what they share: one model client and the sandboxes'
+    limits (entityd.daemon.Assembly)."""
+
+    def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
+        self.config = config
+        self.llm = SharedLLM(config, environ)
+        self.limits = sandbox_limits(config)
+
+    @property
+    def sandbox(self) -> str:
+        return self.limits.description
+
+    def actors(self, status: Callable[[], Status],
+               supervision: Supervision) -> dict[str, ActorFactory]:
+        return standard_actors(self.config, status, self.llm, supervision, self.limits)
+
+    async def aclose(self) -> None:
+        try:
+            await self.llm.aclose()
+        finally:
+            self.limits.close()  # the empty parents of the sandboxes' cgroups

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from entityd.actor import Actor
+from entityd import Actor
 from protocol import Envelope
 
 from . import prompts

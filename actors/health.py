@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from entityd.actor import Actor
+from entityd import Actor
 from protocol import Envelope, Ping, Pong, Status, StatusGet
 
 

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import json
 
-from entityd.actor import Context
-from entityd.errors import EntitydError
+from entityd import Context, EntitydError
 
 from . import prompts
 from .agent.loop import TurnOutcome

@@ -16,7 +16,7 @@ import asyncio
 from pathlib import Path
 
 import protocol
-from entityd.actor import Actor
+from entityd import Actor
 from protocol import Envelope
 
 from .memory_store import MAX_RECALL, MemoryStore, MemoryStoreError, Todo

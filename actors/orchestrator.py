@@ -24,9 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from entityd.actor import Actor
-from entityd.config import AutonomySection, PeersSection
-from entityd.errors import EntitydError
+from entityd import Actor, AutonomySection, EntitydError, PeersSection
 from protocol import Envelope, Error
 
 from . import prompts

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from entityd.actor import Context
+from entityd import Context
 
 from .agent.toolbox import Tool, ToolFailed, schema
 from .messages import (

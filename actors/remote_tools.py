@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from entityd.actor import Actor, Context
-from entityd.errors import EntitydError
+from entityd import Actor, Context, EntitydError
 
 from .agent.toolbox import Tool, ToolFailed
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entityd.actor import Actor
-from entityd.config import Config
+from entityd import Actor, Config
 from protocol import Envelope
 
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet

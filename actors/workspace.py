@@ -17,7 +17,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
-from entityd.config import SandboxSection
+from entityd import SandboxSection
 
 from .sandbox import Shell, ToolError
 from .sandbox.cgroup import SharedLimits

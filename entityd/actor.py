@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from protocol import Envelope, Event, ProtocolError, kinds
 from protocol.errors import UnexpectedEncryption, UnexpectedKind
 
+from .federated import FederationAccess
+
 if TYPE_CHECKING:
     from structlog.typing import FilteringBoundLogger
 
@@ -28,7 +30,8 @@ class Context:
     """What an actor may do: ask and tell other actors, emit events, log."""
 
     def __init__(
-        self, transport: Transport, actor: str, ask_timeout: float, log: FilteringBoundLogger
+        self, transport: Transport, actor: str, ask_timeout: float, log: FilteringBoundLogger,
+        *, federated: bool = False,
     ) -> None:
         self._transport = transport
         self.entity = transport.entity
@@ -36,12 +39,19 @@ class Context:
         self.address = f"{self.entity}/{actor}"
         self.ask_timeout = ask_timeout
         self.log = log
+        self._federation: FederationAccess | None = None
+        if federated:
+            self._federation = FederationAccess(transport)
 
     @property
-    def transport(self) -> Transport:
-        """The signed connection itself, for the peer actor, which speaks on federation
-        subjects; other actors use ask, tell and emit."""
-        return self._transport
+    def federation(self) -> FederationAccess:
+        """The federation handle, for an actor that declares `federated = True` (the
+        peer actor, which speaks on federation subjects); other actors use ask, tell
+        and emit."""
+        if self._federation is None:
+            raise PermissionError(f"actor {self.actor} is not federated: it has no "
+                                  "federation handle")
+        return self._federation
 
     async def ask(self, dst: str, message: object, timeout: float | None = None) -> Any:
         """Send `message` to actor `dst` ("entity/actor") and return its reply's record."""
@@ -74,6 +84,9 @@ class Actor:
     # The record classes of the kinds `handle` takes. None lets every kind through: for
     # the runtime's own tests; every actor the daemon runs declares its kinds.
     accepts: ClassVar[tuple[type[Any], ...] | None] = None
+    # True for an actor that speaks on the federation's subjects: its context then
+    # carries the federation handle (Context.federation).
+    federated: ClassVar[bool] = False
     ctx: Context
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

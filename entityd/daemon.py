@@ -1,19 +1,21 @@
-"""The daemon: wires config, identity, NATS, the runtime and its actors; runs until SIGTERM."""
+"""The daemon: wires config, identity, NATS and the runtime, and runs the actors an
+assembly names until SIGTERM.
+
+Which actors those are is the application's choice (entityd.app runs actors.assembly's),
+so the runtime library never imports them."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Protocol
 
 from nats.aio.client import Client
 
-from actors.assembly import SharedLLM, sandbox_limits, standard_actors
-from actors.health import HealthActor
 from protocol import Keyring, Status
 
 from . import bus, federation, identity, localauth
@@ -24,6 +26,7 @@ from .logs import get
 from .natsserver import EmbeddedNatsServer, shipped_config
 from .runtime import Runtime
 from .sdnotify import Notifier
+from .supervisor import Supervision
 from .transport import Transport, wait_closed
 
 log = get("entityd.daemon")
@@ -60,26 +63,43 @@ def leaf_server_config(cfg: Config) -> tuple[str, dict[str, str]]:
     return str(path), federation.leaf_env(seed)
 
 
+class Assembly(Protocol):
+    """Which actors a daemon runs, and what they share (a model client, the sandboxes'
+    limits), built by the application from the config."""
+
+    @property
+    def sandbox(self) -> str:
+        """How the sandboxes are confined, for the status."""
+        ...
+
+    def actors(self, status: Callable[[], Status],
+               supervision: Supervision) -> Mapping[str, Callable[[], Actor]]:
+        """The actor factories by name; `status` reports the daemon, `supervision` lets
+        an actor restart others (restart_peer)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the actors shared, once they are stopped."""
+        ...
+
+
 class Daemon:
     def __init__(
         self,
         config: Config,
+        assembly: Assembly,
         *,
-        extra_actors: dict[str, Callable[[], Actor]] | None = None,
+        extra_actors: Mapping[str, Callable[[], Actor]] | None = None,
         notifier: Notifier | None = None,
-        only_health: bool = False,
         on_fatal: Callable[[], None] | None = None,
     ) -> None:
-        """`extra_actors` run beside the standard ones (or, with only_health, the
-        health actor alone: the runtime's tests). `on_fatal` is called once the daemon
-        has given up (past the restart budget, or any error), before its cleanup: the
-        process entry bounds how long that cleanup may take."""
+        """`extra_actors` run beside the assembly's (the runtime's tests). `on_fatal` is
+        called once the daemon has given up (past the restart budget, or any error),
+        before its cleanup: the process entry bounds how long that cleanup may take."""
         self.config = config
+        self.assembly = assembly
         self.on_fatal = on_fatal
-        self.extra_actors = extra_actors or {}
-        self.only_health = only_health
-        self.llm = SharedLLM(config, os.environ)
-        self.limits = sandbox_limits(config)
+        self.extra_actors = dict(extra_actors or {})
         self._token: str | None = None  # the embedded server's local login
         self.notifier = notifier or Notifier()
         self.identity = identity.load(config.name, config.data_dir)
@@ -157,15 +177,8 @@ class Daemon:
                 task.cancel()
 
     def _actors(self) -> dict[str, Callable[[], Actor]]:
-        if self.only_health:
-            base: dict[str, Callable[[], Actor]] = {
-                HealthActor.name: lambda: HealthActor(self.status)
-            }
-        else:
-            assert self.runtime is not None
-            base = standard_actors(self.config, self.status, self.llm, self.runtime,
-                                   self.limits)
-        return {**base, **self.extra_actors}
+        assert self.runtime is not None
+        return {**self.assembly.actors(self.status, self.runtime), **self.extra_actors}
 
     async def _start_server(self) -> str:
         cfg = self.config
@@ -210,8 +223,7 @@ class Daemon:
         gave up does not drain: the actors that would take what is pending are gone,
         and a drain would wait for them."""
         with contextlib.suppress(Exception):
-            await self.llm.aclose()
-        self.limits.close()  # the empty parents of the sandboxes' cgroups
+            await self.assembly.aclose()
         if self.runtime is not None:
             self.runtime.transport.closing = True
         if self._nc is not None:
@@ -243,7 +255,7 @@ class Daemon:
             actors=runtime.actors() if runtime else [],
             started_at=self.started_at,
             rejected=dict(runtime.rejected) if runtime else {},
-            sandbox=self.limits.description,
+            sandbox=self.assembly.sandbox,
         )
 
 

@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import protocol
 from protocol import ActorStatus, Envelope
@@ -31,6 +32,15 @@ from .mailbox import Mailbox, Rejecter, Stop
 from .transport import Transport
 
 log = get("entityd.supervisor")
+
+
+class Supervision(Protocol):
+    """What an actor may do to its own runtime (the peer actor, for restart_peer): the
+    Runtime is one."""
+
+    def restart(self, names: list[str], reason: str) -> list[str]: ...
+
+    def actors(self) -> list[ActorStatus]: ...
 
 
 class ActorState(enum.StrEnum):
@@ -114,6 +124,7 @@ class Supervisor:
                 child.name,
                 self.ask_timeout,
                 log.bind(actor=child.name),
+                federated=actor.federated,
             )
             phase = "on_start"
             try:

@@ -2,7 +2,7 @@
 process ends (tests/test_process_exit.py).
 
 Run as `python tests/faulty_entityd.py run --config PATH`: the same process entry as
-the `entityd` console script (entityd.cli.main) and the standard actors, plus
+the `entityd` console script (entityd.app.cli.main) and the standard actors, plus
 - `crasher`, which raises on every message: the stand-in for any handler bug an input
   can trigger, sent through NATS as an attacker or a bad peer would send it;
 - `stuck`, which on `test_px_stick` starts blocking work in the default executor that
@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 import protocol
-from entityd import cli
-from entityd import daemon as daemon_mod
-from entityd.actor import Actor
+from actors import assembly
+from entityd import Actor
+from entityd.app import cli
 from protocol import Envelope
 
 
@@ -61,5 +61,5 @@ def with_faulty(standard: Callable[..., dict[str, Any]]) -> Callable[..., dict[s
 
 
 if __name__ == "__main__":
-    daemon_mod.standard_actors = with_faulty(daemon_mod.standard_actors)  # type: ignore[assignment]
+    assembly.standard_actors = with_faulty(assembly.standard_actors)  # type: ignore[assignment]
     sys.exit(cli.main())

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from entityd import cli
 from entityd import config as config_mod
+from entityd.app import cli
 from entityd.errors import ConfigError
 
 OPERATOR_KEY = "ab" * 32

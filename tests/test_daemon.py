@@ -8,18 +8,21 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats
 import pytest
 
 import protocol
+from actors.health import HealthActor
 from entityd import config as config_mod
 from entityd import identity, localauth
 from entityd.actor import Actor
 from entityd.bus import barrier
 from entityd.daemon import EXIT_FAILED, Daemon
-from protocol import Envelope, Keyring, ReplayGuard
+from entityd.supervisor import Supervision
+from protocol import Envelope, Keyring, ReplayGuard, Status
 from tests.helpers import DaemonProc, NatsServer, ctl, make_entity
 
 pytestmark = pytest.mark.timeout(90)
@@ -198,6 +201,19 @@ class CrashOnStart(Actor):
         return None
 
 
+class HealthOnly:
+    """An assembly of the health actor alone: the runtime's own test."""
+
+    sandbox = "none"
+
+    def actors(self, status: Callable[[], Status],
+               supervision: Supervision) -> dict[str, Callable[[], Actor]]:
+        return {HealthActor.name: lambda: HealthActor(status)}
+
+    async def aclose(self) -> None:
+        pass
+
+
 async def test_crash_loop_past_budget_makes_the_daemon_exit_non_zero(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
@@ -208,7 +224,7 @@ async def test_crash_loop_past_budget_makes_the_daemon_exit_non_zero(
         config,
         environ={"ENTITYD_RUNTIME_RESTART_BUDGET": "3", "ENTITYD_RUNTIME_BACKOFF_INITIAL": "0.01"},
     )
-    daemon = Daemon(cfg, extra_actors={"doomed": CrashOnStart}, only_health=True)
+    daemon = Daemon(cfg, HealthOnly(), extra_actors={"doomed": CrashOnStart})
     async with asyncio.timeout(30):
         code = await daemon.run()
     assert code == EXIT_FAILED

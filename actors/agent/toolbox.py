@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from entityd.errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
+from entityd import ActorDeadError, AskTimeout, EntitydError, RemoteError
 
 
 class ToolFailed(Exception):

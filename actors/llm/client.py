@@ -17,14 +17,13 @@ from typing import Any, Protocol, cast
 import openai
 from openai.types.chat import ChatCompletion
 
-from entityd.config import LlmSection
-from entityd.logs import get
+from entityd import LlmSection, get_logger
 
 from .budget import TokenBudget
 from .errors import BudgetExhausted, LLMError, LLMTimeout, ProviderError
 from .providers import NO_KEY, ResolvedProvider, resolve
 
-log = get("actors.llm")
+log = get_logger("actors.llm")
 
 EventSink = Callable[[str, dict[str, Any]], Awaitable[None]]
 """`await on_event(type, data)`: "llm_call", "llm_retry" or "budget_exhausted"."""

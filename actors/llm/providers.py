@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from entityd.config import LlmSection
-from entityd.errors import ConfigError
+from entityd import ConfigError, LlmSection
 
 from .errors import KeyFileRefused, MissingApiKey
 

@@ -20,13 +20,12 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 import protocol
-from entityd.actor import Actor, Later
-from entityd.config import Config
+from entityd import Actor, Config, Later, Supervision
 from protocol import Envelope, Overloaded, ProtocolError, subjects
 
 from ..messages import TurnDone, Wake
 from ..workspace import Workspace
-from .calls import PeerCalls, Supervision
+from .calls import PeerCalls
 from .delegation import Delegation
 from .deliverable import Deliverables
 from .inbound import COMMANDS, Inbound, Rejections
@@ -69,6 +68,7 @@ class PeerActor(Actor):
     name = ACTOR
     accepts = (PeersGet, TasksGet, TurnDone, PeerCheck, PeerTalk, PeerReport, PeerWake,
                PeerRestart, PeerDelegate)
+    federated = True  # it speaks for the entity on the federation's subjects
 
     def __init__(self, config: Config, workspace: Workspace, supervision: Supervision) -> None:
         self.config = config
@@ -89,9 +89,9 @@ class PeerActor(Actor):
     # ---- lifecycle --------------------------------------------------------------------
 
     async def on_start(self) -> None:
-        ctx, transport = self.ctx, self.ctx.transport
+        ctx, fed = self.ctx, self.ctx.federation
         self.store = store = await PeerStore.open(self.config.data_dir / "peers.sqlite3")
-        self.link = link = FedLink(transport, store, pinning=self.settings.pinning)
+        self.link = link = FedLink(fed, store, pinning=self.settings.pinning)
         await link.load(self.config.peer_keys)
         self.rejections = Rejections(ctx)
         self.turns = Turns(ctx)
@@ -107,9 +107,9 @@ class PeerActor(Actor):
                                trust=self.trust, limiter=self.limiter,
                                supervision=self.supervision, rejections=self.rejections)
         await self._ensure_inbox()
-        self._subs.append(await transport.nc.subscribe(
+        self._subs.append(await fed.subscribe(
             subjects.event("*", ACTOR, "heartbeat"), cb=self._on_heartbeat))
-        self._subs.append(await transport.nc.subscribe(
+        self._subs.append(await fed.subscribe(
             subjects.request(ctx.entity, "*", "*"), cb=self._on_request))
 
     async def _ensure_inbox(self) -> None:
@@ -119,7 +119,7 @@ class PeerActor(Actor):
         async def refuse(exc: ProtocolError, msg: Msg) -> None:
             await self.rejections.note(exc, msg.subject, None)
 
-        inbox = Inbox(self.link.nc, self.link.js, stream=inbox_stream(self.ctx.entity),
+        inbox = Inbox(self.link.fed, self.link.js, stream=inbox_stream(self.ctx.entity),
                       entity=self.ctx.entity, ops=list(COMMANDS), settings=self.settings,
                       max_message_bytes=self.config.protocol.max_message_bytes,
                       log=self.ctx.log, refuse=refuse)
@@ -177,10 +177,10 @@ class PeerActor(Actor):
         beat = Heartbeat(list(self.settings.capabilities), self.settings.heartbeat_interval,
                          self._started_at)
         while True:
-            wire, _ = protocol.seal(self.ctx.transport.key, src=self.link.address,
-                                    dst=protocol.BROADCAST, subj=subject, message=beat)
+            wire, _ = self.link.fed.sign(src=self.link.address, dst=protocol.BROADCAST,
+                                         subj=subject, message=beat)
             try:
-                await self.link.nc.publish(subject, wire)
+                await self.link.fed.publish(subject, wire)
             except Exception as exc:  # the connection reconnects by itself
                 self.ctx.log.warning("heartbeat_not_sent", error=repr(exc))
             await asyncio.sleep(self.settings.heartbeat_interval)
@@ -216,7 +216,7 @@ class PeerActor(Actor):
         try:
             self._requests.put_nowait(msg)
         except asyncio.QueueFull:
-            await self.ctx.transport.refuse(msg, self.link.address, Overloaded(
+            await self.ctx.federation.refuse(msg, self.link.address, Overloaded(
                 f"{REQUEST_QUEUE} peer requests are waiting"))
 
     async def _consume(self) -> None:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
 
 import nats.errors
 
 import protocol
-from entityd.actor import Context
-from entityd.config import PeersSection
-from entityd.errors import AskTimeout, EntitydError, RemoteError
-from protocol import ActorStatus, Envelope, Ping, ProtocolError
+from entityd import AskTimeout, Context, EntitydError, PeersSection, RemoteError
+from protocol import Envelope, Ping, ProtocolError
 
 from .link import FedLink, UnknownPeer, describe_failure
 from .messages import (
@@ -32,14 +29,6 @@ from .policy import Trust
 from .store import PeerStore
 
 ASK_FAILURES = (EntitydError, ProtocolError, nats.errors.Error, UnknownPeer, TimeoutError)
-
-
-class Supervision(Protocol):
-    """What the peer actor may do to its own runtime (for restart_peer)."""
-
-    def restart(self, names: list[str], reason: str) -> list[str]: ...
-
-    def actors(self) -> list[ActorStatus]: ...
 
 
 class PeerCalls:

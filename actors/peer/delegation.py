@@ -23,9 +23,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
-from entityd.actor import Context
-from entityd.config import Config
-from entityd.errors import EntitydError
+from entityd import Config, Context, EntitydError
 
 from ..messages import Goal, TurnDone
 from ..workspace import GitError, Workspace

@@ -22,8 +22,7 @@ import nats.js.errors
 from nats.js.api import ObjectStoreConfig
 from nats.js.object_store import ObjectStore
 
-from entityd.config import PeersSection
-from entityd.errors import EntitydError, PeerUnavailable, RemoteError
+from entityd import EntitydError, PeersSection, PeerUnavailable, RemoteError
 from protocol import ProtocolError
 
 from .inbox import insufficient_storage

@@ -21,13 +21,11 @@ import nats.errors
 from nats.aio.msg import Msg
 
 import protocol
-from entityd.actor import Context
-from entityd.config import PeersSection
-from entityd.errors import EntitydError, RemoteError
+from entityd import Context, EntitydError, PeersSection, RemoteError, Supervision
 from protocol import Envelope, Error, Ping, Pong, ProtocolError, subjects
 
 from ..messages import Goal, MemoryAdd, MemoryRef, Wake, WakeResult
-from .calls import PeerCalls, Supervision
+from .calls import PeerCalls
 from .delegation import Delegation
 from .link import FedLink, UnknownPeer
 from .messages import (
@@ -78,7 +76,7 @@ class Rejections:
 
     async def note(self, exc: ProtocolError, subject: str, peer: str | None) -> None:
         """Count a refused envelope; log and announce it, at most a few a second."""
-        self.ctx.transport.rejected[exc.reason] += 1
+        self.ctx.federation.count_rejected(exc.reason)
         window, count = self._budget
         now = time.monotonic()
         if now - window >= 1.0:
@@ -130,7 +128,7 @@ class Inbound:
                           subject=msg.subject)
         await self.rejections.note(exc, msg.subject, sender)
         if msg.reply and not self._told_limited.take(sender):
-            await self.ctx.transport.refuse(msg, self.link.address, exc)
+            await self.ctx.federation.refuse(msg, self.link.address, exc)
         return True
 
     async def serve_request(self, msg: Msg) -> None:
@@ -139,13 +137,13 @@ class Inbound:
             env, record = self.link.open(msg, self.link.requests)
         except ProtocolError as exc:
             await self.rejections.note(exc, msg.subject, route.sender if route else None)
-            await self.ctx.transport.refuse(msg, self.link.address, exc)
+            await self.ctx.federation.refuse(msg, self.link.address, exc)
             return
         peer, op = env.src_entity, msg.subject.rsplit(".", 1)[-1]
         mismatch = _kind_mismatch(REQUESTS, op, record, env)
         if mismatch is not None:
             await self.rejections.note(mismatch, msg.subject, peer)
-            await self.ctx.transport.refuse(msg, self.link.address, mismatch)
+            await self.ctx.federation.refuse(msg, self.link.address, mismatch)
             return
         if not msg.reply:
             return
@@ -226,7 +224,7 @@ class Inbound:
         try:
             # Freshness is judged against when the INBOX stored it; replays are caught
             # by id in the store (below), which outlives restarts and the window.
-            fresh = self.ctx.transport.new_replay_guard()
+            fresh = self.ctx.federation.new_replay_guard()
             env, record = self.link.open(msg, fresh, now_ms=stored_ms)
         except ProtocolError as exc:
             await self.rejections.note(exc, msg.subject, route.sender if route else None)

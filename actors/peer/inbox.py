@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import (
@@ -40,8 +39,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 from structlog.typing import FilteringBoundLogger
 
-from entityd.bus import unsubscribe
-from entityd.config import PeersSection
+from entityd import FederationAccess, PeersSection, unsubscribe
 from protocol import ProtocolError, subjects
 
 DURABLE = "peer"
@@ -101,10 +99,10 @@ Refuse = Callable[[ProtocolError, Msg], Awaitable[None]]
 class Inbox:
     """The INBOX stream and its pull consumer, for one entity."""
 
-    def __init__(self, nc: Client, js: JetStreamContext, *, stream: str, entity: str,
+    def __init__(self, bus: FederationAccess, js: JetStreamContext, *, stream: str, entity: str,
                  ops: Sequence[str], settings: PeersSection, max_message_bytes: int,
                  log: FilteringBoundLogger, refuse: Refuse) -> None:
-        self.nc = nc
+        self.bus = bus
         self.js = js
         self.stream = stream
         self.entity = entity
@@ -215,8 +213,8 @@ class Inbox:
     # ---- deliveries -------------------------------------------------------------------
 
     async def subscribe(self) -> None:
-        self.deliver = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(self.deliver, cb=self._arrived)
+        self.deliver = self.bus.new_inbox()
+        self._sub = await self.bus.subscribe(self.deliver, cb=self._arrived)
 
     async def unsubscribe(self) -> None:
         sub, self._sub = self._sub, None
@@ -249,7 +247,7 @@ class Inbox:
         request = json.dumps({"batch": PULL_BATCH,
                               "expires": int(PULL_EXPIRES_S * 1_000_000_000)}).encode()
         try:
-            await self.nc.publish(f"{API}.CONSUMER.MSG.NEXT.{self.stream}.{DURABLE}",
+            await self.bus.publish(f"{API}.CONSUMER.MSG.NEXT.{self.stream}.{DURABLE}",
                                   request, reply=self.deliver)
         except (nats.errors.Error, OSError) as exc:  # e.g. closed; reconnects by itself
             self.log.warning("inbox_pull_failed", error=repr(exc))

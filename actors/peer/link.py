@@ -20,9 +20,8 @@ import nats.js.errors
 from nats.aio.msg import Msg
 
 import protocol
-from entityd.errors import AskTimeout, RemoteError
-from entityd.transport import Transport
-from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Sealer, subjects
+from entityd import AskTimeout, FederationAccess, RemoteError
+from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, subjects
 
 from .replies import Replies, StrayReply
 from .store import OutboxRow, PeerStore
@@ -40,24 +39,21 @@ def inbox_stream(entity: str) -> str:
 
 
 class FedLink:
-    def __init__(self, transport: Transport, store: PeerStore, *, pinning: str) -> None:
-        self.transport = transport
-        self.nc = transport.nc
-        self.entity = transport.entity
+    def __init__(self, fed: FederationAccess, store: PeerStore, *, pinning: str) -> None:
+        self.fed = fed
+        self.entity = fed.entity
         self.address = f"{self.entity}/{ACTOR}"
         self.store = store
         self.pinning = pinning
-        self.max_bytes = transport.max_bytes
-        self.sealer = Sealer(transport.key)
+        self.max_bytes = fed.max_bytes
         self.keyring = Keyring()
-        self.keyring.add(bytes(transport.key.verify_key), self.entity)
+        self.keyring.add(fed.public_key, self.entity)
         self._keys: dict[str, bytes] = {}
-        self.js = self.nc.jetstream()
-        self.heartbeats = transport.new_replay_guard()
-        self.requests = transport.new_replay_guard()
-        self.replies = transport.new_replay_guard()
-        self.reply_mux = Replies(self.nc, self.entity,
-                                 lambda reason: transport.rejected.update([reason]))
+        self.js = fed.jetstream()
+        self.heartbeats = fed.new_replay_guard()
+        self.requests = fed.new_replay_guard()
+        self.replies = fed.new_replay_guard()
+        self.reply_mux = Replies(fed, self.entity, fed.count_rejected)
         # (Commands get no guard here: see Inbound.serve_command.)
 
     async def load(self, fixed: Mapping[str, str]) -> None:
@@ -100,7 +96,7 @@ class FedLink:
                                              keyring=self.keyring, max_bytes=self.max_bytes)
         env = protocol.check_body(verified, subject=msg.subject, local=self.address,
                                   replay=guard, now=now_ms, max_bytes=self.max_bytes)
-        return env, self.sealer.decrypt(env, self.max_bytes)
+        return env, self.fed.decrypt(env)
 
     async def open_heartbeat(self, msg: Msg) -> tuple[Envelope, Any, bool]:
         """A peer's heartbeat, pinning its key on first sight: (envelope, record, new)."""
@@ -132,9 +128,9 @@ class FedLink:
              msg_id: bytes | None = None, dst: str | None = None) -> tuple[bytes, bytes]:
         dst = dst or f"{peer}/{ACTOR}"
         if protocol.kinds.kind_name(message) in PLAIN_KINDS:
-            return protocol.seal(self.transport.key, src=self.address, dst=dst, subj=subj,
-                                 message=message, corr=corr, msg_id=msg_id)
-        return self.sealer.seal(self.key_of(peer), src=self.address, dst=dst, subj=subj,
+            return self.fed.sign(src=self.address, dst=dst, subj=subj, message=message,
+                                 corr=corr, msg_id=msg_id)
+        return self.fed.encrypt(self.key_of(peer), src=self.address, dst=dst, subj=subj,
                                 message=message, corr=corr, msg_id=msg_id)
 
     async def ask(self, peer: str, op: str, message: object, timeout: float) -> Any:
@@ -165,7 +161,7 @@ class FedLink:
     async def reply(self, request: Envelope, reply_to: str, message: object) -> None:
         wire, _ = self.seal(request.src_entity, reply_to, message, corr=request.id,
                             dst=request.src)
-        await self.nc.publish(reply_to, wire)
+        await self.fed.publish(reply_to, wire)
 
     async def put(self, row: OutboxRow, timeout: float) -> None:
         """Publish a durable command into the peer's INBOX; returns once it is stored

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from entityd.config import PEER_PERMISSIONS, PeersSection
+from entityd import PEER_PERMISSIONS, PeersSection
 
 
 @dataclass(frozen=True)

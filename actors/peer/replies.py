@@ -17,11 +17,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import nats.errors
-from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from entityd.bus import unsubscribe
+from entityd import FederationAccess, unsubscribe
 from protocol import ProtocolError, subjects
 
 T = TypeVar("T")
@@ -35,15 +34,15 @@ class StrayReply(Exception):
 
 
 class Replies:
-    def __init__(self, nc: Client, entity: str, rejected: Callable[[str], None]) -> None:
-        self.nc = nc
+    def __init__(self, bus: FederationAccess, entity: str, rejected: Callable[[str], None]) -> None:
+        self.bus = bus
         self.prefix = f"{subjects.inbox_prefix(entity)}.{secrets.token_hex(8)}"
         self._rejected = rejected
         self._pending: dict[str, tuple[asyncio.Future[Any], Callable[[Msg], Any]]] = {}
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{self.prefix}.*", cb=self._on_reply)
+        self._sub = await self.bus.subscribe(f"{self.prefix}.*", cb=self._on_reply)
 
     async def stop(self) -> None:
         sub, self._sub = self._sub, None
@@ -64,7 +63,7 @@ class Replies:
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending[token] = (future, accept)
         try:
-            await self.nc.publish(subject, data, reply=f"{self.prefix}.{token}",
+            await self.bus.publish(subject, data, reply=f"{self.prefix}.{token}",
                                   headers=headers)
             try:
                 async with asyncio.timeout(timeout):

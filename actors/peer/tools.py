@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from entityd.actor import Context
-from entityd.config import PeersSection
-from entityd.errors import EntitydError
+from entityd import Context, EntitydError, PeersSection
 
 from ..agent.toolbox import Tool, ToolFailed, schema
 from .messages import (

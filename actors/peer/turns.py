@@ -11,7 +11,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 
-from entityd.actor import Context
+from entityd import Context
 
 from ..messages import Goal, GoalAccepted, TurnDone
 

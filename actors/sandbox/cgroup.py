@@ -35,11 +35,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 
-from entityd.logs import get
+from entityd import get_logger
 
 from .errors import ToolError
 
-log = get("actors.sandbox")
+log = get_logger("actors.sandbox")
 
 MiB = 1024 * 1024
 CALLS = "entityd-calls"

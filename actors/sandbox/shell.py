@@ -31,15 +31,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from entityd.config import SandboxSection
-from entityd.logs import get
+from entityd import SandboxSection, get_logger
 
 from .cgroup import CallCgroup, CallLimits, SharedLimits
 from .errors import SandboxUnavailable, ToolError
 from .paths import WORKSPACE_MOUNT
 from .scan import Scan, scan
 
-log = get("actors.sandbox")
+log = get_logger("actors.sandbox")
 
 MiB = 1024 * 1024
 HOST_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from entityd.logs import configure
+from entityd import configure_logging
 
 from ..demo import demo_reply
 from .script import Script, step_from_json
@@ -31,7 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="serve the demo model: stateless answers marked '(demo model)', for any request",
     )
     args = parser.parse_args(argv)
-    configure("info")  # to stderr; stdout carries only the line naming the URL
+    configure_logging("info")  # to stderr; stdout carries only the line naming the URL
     if args.demo:
         asyncio.run(_run(demo_reply, args.port))
         return 0

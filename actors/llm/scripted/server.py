@@ -8,13 +8,13 @@ import contextlib
 import json
 from typing import Any
 
-from entityd.logs import get
+from entityd import get_logger
 
 from . import wire
 from .answer import Answer, error_object, model_entry
 from .script import ErrorReply, RecordedRequest, Reply, Script, Step, checked_step
 
-log = get("actors.llm.scripted")
+log = get_logger("actors.llm.scripted")
 
 HOST = "127.0.0.1"
 

@@ -14,13 +14,25 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from actors.messages import (
+    Goal,
+    GoalAccepted,
+    History,
+    HistoryGet,
+    MemoryHits,
+    MemorySearch,
+    TodoAdd,
+    TodoItems,
+    TodoList,
+)
 from protocol import Envelope, ProtocolError, Status, StatusGet
 
-from . import config as config_mod
-from . import ctl_peers, logs
-from .client import EntityClient
+from .. import config as config_mod
+from .. import logs
+from ..client import EntityClient
+from ..errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
+from . import ctl_peers
 from .ctl_peers import print_json
-from .errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 
 EXIT_REFUSED = 3
 EXIT_UNREACHABLE = 4
@@ -128,8 +140,6 @@ async def _status(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _ask(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.messages import Goal, GoalAccepted
-
     task_id = uuid.uuid4().hex[:12]
     timeout = args.timeout or ASK_TIMEOUT_S
     async with client.events() as events:
@@ -161,8 +171,6 @@ async def _ask(client: EntityClient, args: argparse.Namespace) -> int:
 async def _private_answer(client: EntityClient, conversation: str) -> str:
     """The answer of a turn that held a peer's words: its event carries no text (events
     cross the hub), so it comes from the entity's own log, over the local bus."""
-    from actors.messages import History, HistoryGet
-
     history: History = await client.ask("memory", HistoryGet(conversation, 10), 10.0)
     answers = [e.content for e in history.entries if e.role == "assistant"]
     return answers[-1] if answers else ""
@@ -182,16 +190,12 @@ def _print_answer(data: dict[str, Any], as_json: bool) -> int:
 
 
 async def _task(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.messages import Goal, GoalAccepted
-
     accepted: GoalAccepted = await client.ask("orchestrator", Goal(args.text), args.timeout)
     print(f"task {accepted.task_id} queued ({accepted.queued} ahead)")
     return 0
 
 
 async def _memory_search(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.messages import MemoryHits, MemorySearch
-
     hits: MemoryHits = await client.ask("memory", MemorySearch(args.text, args.limit),
                                         args.timeout)
     if args.json:
@@ -205,8 +209,6 @@ async def _memory_search(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _todo(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.messages import TodoAdd, TodoItems, TodoList
-
     if args.add:
         await client.ask("memory", TodoAdd(args.add), args.timeout)
     items: TodoItems = await client.ask("memory", TodoList(args.all), args.timeout)
@@ -221,8 +223,6 @@ async def _todo(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _history(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.messages import History, HistoryGet
-
     history: History = await client.ask("memory", HistoryGet(args.conversation, args.limit),
                                         args.timeout)
     if args.json:

@@ -13,14 +13,15 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from actors.assembly import StandardAssembly
 from protocol import subjects
 
-from . import config as config_mod
-from . import identity, logs
-from .errors import EntitydError
+from .. import config as config_mod
+from .. import identity, logs
+from ..errors import EntitydError
 
 if TYPE_CHECKING:
-    from .daemon import Daemon
+    from ..daemon import Daemon
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["federation"]:
-        from . import federation
+        from .. import federation
 
         return federation.main(argv[1:])
     args = parser.parse_args(argv)
@@ -95,7 +96,7 @@ FLUSH_WITHIN_S = 0.5
 
 def _run(path: Path) -> NoReturn:
     """Run the daemon, then end the process with its code; never returns."""
-    from .daemon import EXIT_FAILED, Daemon
+    from ..daemon import EXIT_FAILED, Daemon
 
     cfg = config_mod.load(path)
     logs.configure(cfg.log.level, cfg.log.format)
@@ -103,7 +104,7 @@ def _run(path: Path) -> NoReturn:
     def give_up() -> None:  # called by the running daemon, so `daemon` is bound
         _exit_within(FAILED_EXIT_WITHIN_S, EXIT_FAILED, daemon)
 
-    daemon = Daemon(cfg, on_fatal=give_up)
+    daemon = Daemon(cfg, StandardAssembly(cfg, os.environ), on_fatal=give_up)
 
     async def serve() -> int:
         code = await daemon.run()

@@ -12,7 +12,21 @@ import json
 import time
 from typing import Any
 
-from .client import EntityClient
+from actors.peer.messages import (
+    PeerCheck,
+    PeerCheckResult,
+    PeerDelegate,
+    PeerReport,
+    PeerRestart,
+    Peers,
+    PeersGet,
+    PeerTalk,
+    PeerWake,
+    Tasks,
+    TasksGet,
+)
+
+from ..client import EntityClient
 
 EXIT_UNKNOWN = 2
 EXIT_REFUSED = 3
@@ -111,8 +125,6 @@ def _outcome_exit(outcome: Any, as_json: bool) -> int:
 
 
 async def _peers(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import Peers, PeersGet
-
     peers: Peers = await client.ask("peer", PeersGet(), args.timeout)
     if args.json:
         print_json(peers.peers)
@@ -129,8 +141,6 @@ async def _peers(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _check(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import PeerCheck, PeerCheckResult
-
     result = await client.ask("peer", PeerCheck(args.peer),
                               _timeout(args, client.config.peers.ping_timeout))
     if not isinstance(result, PeerCheckResult):
@@ -146,8 +156,6 @@ async def _check(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _talk(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import PeerTalk
-
     wait = client.config.peers.talk_timeout
     outcome = await client.ask("peer", PeerTalk(args.peer, args.text),
                                _timeout(args, wait))
@@ -155,32 +163,24 @@ async def _talk(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _report(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import PeerReport
-
     outcome = await client.ask("peer", PeerReport(args.peer, args.text),
                                _timeout(args, 5.0))
     return _outcome_exit(outcome, args.json)
 
 
 async def _wake(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import PeerWake
-
     outcome = await client.ask("peer", PeerWake(args.peer, args.reason),
                                _timeout(args, client.config.peers.command_timeout))
     return _outcome_exit(outcome, args.json)
 
 
 async def _restart(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import PeerRestart
-
     outcome = await client.ask("peer", PeerRestart(args.peer, args.actor),
                                _timeout(args, client.config.peers.command_timeout))
     return _outcome_exit(outcome, args.json)
 
 
 async def _delegate(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import PeerDelegate, Tasks, TasksGet
-
     outcome = await client.ask("peer", PeerDelegate(
         args.peer, args.title, args.description or args.title, args.deliverables,
         args.deadline, list(args.capability)), _timeout(args, 5.0))
@@ -207,8 +207,6 @@ async def _delegate(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _tasks(client: EntityClient, args: argparse.Namespace) -> int:
-    from actors.peer.messages import Tasks, TasksGet
-
     tasks: Tasks = await client.ask("peer", TasksGet(), args.timeout)
     if args.json:
         print_json(tasks.tasks)
