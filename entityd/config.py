@@ -1,15 +1,16 @@
 """Daemon configuration: a TOML file, then ENTITYD_<SECTION>_<KEY> environment overrides.
 
-Every value is checked on load; a bad one raises ConfigError naming the key, what was
-found and what is expected.
+Each key is declared once, below, as a field of its section with its default, its doc and
+its checks (entityd.schema); loading, the overrides, the errors (naming the key, what was
+found and what is expected) and the starter file `entityd init` writes follow from that.
+The checks that involve two keys are in _check_across.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 import os
-import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,138 +19,200 @@ from typing import Any
 
 from protocol import subjects
 
-from . import hublink
+from . import hublink, schema
 from .errors import ConfigError
+from .schema import hex_key, key, one_of, positive, table, tcp_port, url_of, zero_or_more
 
 CONFIG_NAME = "entityd.toml"
-HEX_KEY_RE = re.compile(r"[0-9a-fA-F]{64}")
-ENV_PREFIX = "ENTITYD_"
+PEER_PERMISSIONS = ("talk", "report", "delegate", "wake", "restart")
+PINNING = ("first-sight", "config")
+LLM_PROVIDERS = ("moonshot", "openrouter", "openai", "ollama", "custom", "scripted")
+_PERMITTED = one_of(*PEER_PERMISSIONS)
+_MIB = 1024 * 1024
+
+
+def _entity_name(value: str) -> str | None:
+    if not value:
+        return "missing; set it to the entity's name, e.g. entity-a"
+    if not subjects.valid_name(value):
+        return f"{value!r} must be 1-32 of lowercase letters, digits and '-'"
+    return None
 
 
 @dataclass(frozen=True)
 class EntitySection:
-    name: str = ""
-    data_dir: str = ""
+    """Who the entity is, and where it keeps its state."""
+
+    name: str = key("", "1-32 of lowercase letters, digits and '-'", _entity_name,
+                    starter='"{name}"')
+    data_dir: str = key("", "Where the key, the embedded nats-server's JetStream store, the "
+                        "memory and the workspace live.", starter='"{data_dir}"')
 
 
 @dataclass(frozen=True)
 class NatsSection:
-    url: str = ""
-    host: str = "127.0.0.1"
-    port: int = 4222
-    server_binary: str = ""
-    config: str = ""
-    connect_timeout: float = 5.0
-    ready_timeout: float = 20.0
-    hub_url: str = ""
-    hub_credentials: str = ""
-    hub_ca_file: str = ""
-    hub_insecure: bool = False
-    domain: str = ""
+    """The bus: an embedded nats-server, or an existing server at nats.url."""
+
+    url: str = key("", "Empty: start an embedded nats-server on host:port. Set a URL to use "
+                   "an existing server.",
+                   url_of(("nats://", "tls://", "ws://", "wss://"), "a nats:// or tls:// URL"))
+    host: str = key("127.0.0.1", "where the embedded server listens ...")
+    port: int = key(4222, "... and its port", tcp_port, starter="{port}")
+    server_binary: str = key("", "empty: the venv's nats-server, then PATH")
+    config: str = key("", "empty: the shipped nats.conf, with a login added")
+    connect_timeout: float = key(5.0, "seconds per connection attempt", positive)
+    ready_timeout: float = key(20.0, "seconds to wait for the embedded server", positive)
+    hub_url: str = key("", "Federation: run the embedded server as a leaf of this hub "
+                       "(tls://hub.example.net:7422), logging in with the nkey seed from "
+                       "`entityd federation hub-user` (see deploy/FEDERATION.md).")
+    hub_credentials: str = key("", "empty: DATA_DIR/keys/hub.nk")
+    hub_ca_file: str = key("", "the hub's CA (its ca.crt), pinned; empty: the system's roots")
+    hub_insecure: bool = key(False, "true: allow a plain nats-leaf:// hub beyond loopback "
+                             "(no TLS)")
+    domain: str = key("", "JetStream domain; empty: the entity's name")
 
 
 @dataclass(frozen=True)
 class RuntimeSection:
-    ask_timeout: float = 5.0
-    queue_size: int = 1024
-    restart_budget: int = 5
-    restart_window: float = 60.0
-    backoff_initial: float = 0.1
-    backoff_max: float = 10.0
-    drain_timeout: float = 10.0
+    """The actors' runtime: asks, mailboxes, and restarts after a crash."""
+
+    ask_timeout: float = key(5.0, "seconds an ask waits for its reply by default", positive)
+    queue_size: int = key(1024, "mailbox bound of each actor; past it: overloaded", positive)
+    restart_budget: int = key(5, "crashes of one actor allowed within restart_window ...",
+                              positive)
+    restart_window: float = key(60.0, "... seconds; past that the daemon exits non-zero",
+                                positive)
+    backoff_initial: float = key(0.1, "seconds before a restart, doubling per recent crash ...",
+                                 positive)
+    backoff_max: float = key(10.0, "... up to this", positive)
+    drain_timeout: float = key(10.0, "seconds SIGTERM waits for queued work", positive)
 
 
 @dataclass(frozen=True)
 class ProtocolSection:
-    replay_window: float = 90.0
-    replay_capacity: int = 100_000
-    max_message_bytes: int = 1024 * 1024
+    """What a signed message must be to be accepted."""
+
+    replay_window: float = key(90.0, "how old (seconds) a message may be; replays in it are "
+                               "refused", positive)
+    replay_capacity: int = key(100_000, "ids remembered per sender key", positive)
+    max_message_bytes: int = key(_MIB, "larger envelopes are refused before decoding",
+                                 positive)
 
 
 @dataclass(frozen=True)
 class LogSection:
-    level: str = "info"
-    format: str = "auto"
+    """The daemon's log."""
+
+    level: str = key("info", "debug, info, warning or error",
+                     one_of("debug", "info", "warning", "error"))
+    format: str = key("auto", "auto: JSON when not on a terminal, key=value on one",
+                      one_of("auto", "json", "console"))
 
 
 @dataclass(frozen=True)
 class LlmSection:
-    provider: str = "moonshot"
-    model: str = ""
-    base_url: str = ""
-    api_key_env: str = ""
-    api_key_file: str = ""
-    timeout: float = 120.0
-    max_retries: int = 4
-    max_steps_per_turn: int = 24
-    max_tokens_per_hour: int = 400_000
-    temperature: float = 0.6
+    """The model the orchestrator and the coder talk to."""
+
+    provider: str = key("moonshot", "moonshot | openrouter | openai | ollama | custom (set "
+                        "base_url) | scripted (offline demo)", one_of(*LLM_PROVIDERS))
+    model: str = key("", "empty: the provider's default (moonshot: kimi-k2.5)")
+    base_url: str = key("", "empty: the provider's URL",
+                        url_of(("http://", "https://"), "an http(s) URL"))
+    api_key_env: str = key("", "empty: the provider's variable, e.g. MOONSHOT_API_KEY")
+    api_key_file: str = key("", "or a 0600 file holding the key (never inside the workspace)")
+    timeout: float = key(120.0, "seconds per call", positive)
+    max_retries: int = key(4, "of a call answered 429 or 5xx, with backoff", zero_or_more())
+    max_steps_per_turn: int = key(24, "model calls one turn may make", positive)
+    max_tokens_per_hour: int = key(400_000, "the operator's turns' budget; peers never spend "
+                                   "it", positive)
+    temperature: float = key(0.6, "the model's sampling temperature")
 
 
 @dataclass(frozen=True)
 class SandboxSection:
-    uid: int = 65534
-    gid: int = 65534
-    timeout: float = 60.0
-    cpu_seconds: int = 60
-    memory_mb: int = 2048
-    file_size_mb: int = 64
-    max_processes: int = 256
-    max_open_files: int = 512
-    output_limit: int = 16_000
-    network_commands: tuple[str, ...] = ()
-    workspace_mb: int = 4096  # disk the workspace may use; a call that grows it past is killed
+    """The limits every shell command of the entity runs under."""
+
+    uid: int = key(65534, "the unprivileged uid commands run as when entityd runs as root")
+    gid: int = key(65534, "... and its gid")
+    timeout: float = key(60.0, "wall-clock seconds; the whole process group is killed after",
+                         positive)
+    cpu_seconds: int = key(60, "CPU seconds of each process", positive)
+    memory_mb: int = key(2048, "memory of the whole call (a cgroup where the host has one)",
+                         positive)
+    file_size_mb: int = key(64, "the largest file a process may write", positive)
+    max_processes: int = key(256, "processes of the whole call", positive)
+    max_open_files: int = key(512, "open files of each process", positive)
+    output_limit: int = key(16_000, "characters of output kept; the rest is cut with a notice",
+                            positive)
+    network_commands: tuple[str, ...] = key((), 'program names allowed network access, e.g. '
+                                            '["pip"]')
+    workspace_mb: int = key(4096, "disk quota of the workspace; a call that grows it past this "
+                            "is killed", positive)
 
 
 @dataclass(frozen=True)
 class WorkspaceSection:
-    path: str = ""
+    """The entity's git workspace: the only place its tools may write."""
+
+    path: str = key("", "empty: DATA_DIR/workspace")
 
 
 @dataclass(frozen=True)
 class MemorySection:
-    path: str = ""
+    """The entity's memory, history and todo list."""
+
+    path: str = key("", "empty: DATA_DIR/memory.sqlite3")
 
 
 @dataclass(frozen=True)
 class AutonomySection:
-    enabled: bool = False
-    interval: float = 600.0
-    max_turns: int = 10
-    max_tokens: int = 200_000
+    """Work without being asked."""
 
-
-PEER_PERMISSIONS = ("talk", "report", "delegate", "wake", "restart")
-PINNING = ("first-sight", "config")
+    enabled: bool = key(False, "wake by itself every `interval` seconds and work the todo list")
+    interval: float = key(600.0, "seconds between wake-ups", positive)
+    max_turns: int = key(10, "then stop until restarted or re-enabled ...", positive)
+    max_tokens: int = key(200_000, "... or when these are spent", positive)
 
 
 @dataclass(frozen=True)
 class PeersSection:
-    heartbeat_interval: float = 5.0
-    alive_window: float = 0.0  # 0: three heartbeat intervals
-    pinning: str = "first-sight"
-    capabilities: tuple[str, ...] = ("chat", "code")
-    default_trust: tuple[str, ...] = ("talk", "report")
-    rate_per_minute: int = 120
-    rate_burst: int = 30
-    ping_timeout: float = 3.0
-    talk_timeout: float = 600.0
-    command_timeout: float = 15.0
-    delegation_timeout: float = 3600.0
+    """The federation: presence, the peer tools, delegation (see README, "Peers")."""
+
+    heartbeat_interval: float = key(5.0, "seconds between presence heartbeats", positive)
+    alive_window: float = key(0.0, "seconds a heartbeat counts as presence; 0: 3 intervals",
+                              zero_or_more("auto"))
+    pinning: str = key("first-sight", "pin a peer's key the first time it is seen, or "
+                       '"config": only [peer_keys]', one_of(*PINNING))
+    capabilities: tuple[str, ...] = key(("chat", "code"), "what this entity offers for "
+                                        "delegated tasks")
+    default_trust: tuple[str, ...] = key(("talk", "report"), "what peers not listed in [trust] "
+                                         "may do", _PERMITTED)
+    rate_per_minute: int = key(120, "requests and commands accepted per peer per minute ...",
+                               positive)
+    rate_burst: int = key(30, "... with bursts up to this many", positive)
+    ping_timeout: float = key(3.0, "how long check_peer_alive waits for the pong", positive)
+    talk_timeout: float = key(600.0, "how long talk_to_peer waits for the peer's answer",
+                              positive)
+    command_timeout: float = key(15.0, "how long wake and restart wait for the peer's result",
+                                 positive)
+    delegation_timeout: float = key(3600.0, "the default deadline of a delegated task",
+                                    positive)
     # What one peer's turns (its talks, delegated tasks and wakes) may spend of the model,
-    # apart from the operator's llm.max_tokens_per_hour, and the longest talk or report
-    # text accepted from a peer (characters); a longer one is refused with the reason.
-    max_tokens_per_hour: int = 40_000
-    max_text_chars: int = 16_000
-    # What a peer may keep waiting in this entity's INBOX: commands per peer and operation
-    # (more are refused to the sender, whose outbox retries), and the INBOX's total size.
-    inbox_per_sender: int = 32
-    inbox_max_bytes: int = 512 * 1024 * 1024
-    # The object store of deliverables kept for delegators: its total size, what one
-    # delegator's deliverables may take of it, and how long one is kept (seconds).
-    deliverables_max_bytes: int = 512 * 1024 * 1024
-    deliverables_per_peer_bytes: int = 128 * 1024 * 1024
-    deliverables_ttl: float = 7 * 24 * 3600.0
+    # apart from the operator's llm.max_tokens_per_hour.
+    max_tokens_per_hour: int = key(40_000, "what each peer's turns may spend, never the "
+                                   "operator's budget", positive)
+    max_text_chars: int = key(16_000, "the longest talk or report text taken from a peer",
+                              positive)
+    inbox_per_sender: int = key(32, "commands a peer may keep waiting here, per operation; "
+                                "more are refused", positive)
+    inbox_max_bytes: int = key(512 * _MIB, "the INBOX's total size; full, every sender is "
+                               "refused", positive)
+    deliverables_max_bytes: int = key(512 * _MIB, "the store of deliverables kept for "
+                                      "delegators ...", positive)
+    deliverables_per_peer_bytes: int = key(128 * _MIB, "... what one delegator's may take of "
+                                           "it ...", positive)
+    deliverables_ttl: float = key(7 * 24 * 3600.0, "... and how long one is kept (seconds)",
+                                  positive)
 
     @property
     def window(self) -> float:
@@ -157,8 +220,25 @@ class PeersSection:
         return self.alive_window or 3 * self.heartbeat_interval
 
 
+def _peer_name(name: str) -> str | None:
+    return None if subjects.valid_name(name) else "not an entity name ([a-z0-9-]{1,32})"
+
+
+def _peer_or_everyone(name: str) -> str | None:
+    problem = None if name == "*" else _peer_name(name)
+    return problem and f'{problem} or "*"'
+
+
+def _permissions(value: Any) -> str | None:
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        return f"expected a list drawn from {', '.join(PEER_PERMISSIONS)}"
+    return _PERMITTED(tuple(value))
+
+
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration: its sections and tables, in the starter file's order."""
+
     entity: EntitySection
     nats: NatsSection = field(default_factory=NatsSection)
     runtime: RuntimeSection = field(default_factory=RuntimeSection)
@@ -170,9 +250,21 @@ class Config:
     memory: MemorySection = field(default_factory=MemorySection)
     autonomy: AutonomySection = field(default_factory=AutonomySection)
     peers: PeersSection = field(default_factory=PeersSection)
-    operators: Mapping[str, str] = field(default_factory=dict)
-    trust: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    peer_keys: Mapping[str, str] = field(default_factory=dict)
+    trust: Mapping[str, tuple[str, ...]] = table(
+        'peer = ["talk", "report", ...]',
+        f"What each peer may ask of this entity: {', '.join(PEER_PERMISSIONS)}.\n"
+        '"*" applies to every peer not listed; absent, peers.default_trust does.\n'
+        f"entity-b = {json.dumps(list(PEER_PERMISSIONS))}",
+        _permissions, tuple, name_check=_peer_or_everyone)
+    peer_keys: Mapping[str, str] = table(
+        'name = "hex public key"',
+        "Fix a peer's key instead of pinning it on first sight: name = \"hex public key\".",
+        hex_key, str.lower, name_check=_peer_name)
+    operators: Mapping[str, str] = table(  # last: an entry appended to the file lands here
+        'name = "hex public key"',
+        'Extra keys allowed to drive this entity with entityctl, as name = "hex public key".\n'
+        "Create one with `entityd keygen FILE`.",
+        hex_key, str.lower)
     path: Path | None = None
 
     @property
@@ -202,26 +294,6 @@ def _under(data_dir: Path, configured: str, default: str) -> Path:
     return path if path.is_absolute() else data_dir / path
 
 
-_SECTIONS: dict[str, type[Any]] = {
-    "entity": EntitySection,
-    "nats": NatsSection,
-    "runtime": RuntimeSection,
-    "protocol": ProtocolSection,
-    "log": LogSection,
-    "llm": LlmSection,
-    "sandbox": SandboxSection,
-    "workspace": WorkspaceSection,
-    "memory": MemorySection,
-    "autonomy": AutonomySection,
-    "peers": PeersSection,
-}
-_TABLES = ("operators", "trust", "peer_keys")
-
-_LEVELS = ("debug", "info", "warning", "error")
-LLM_PROVIDERS = ("moonshot", "openrouter", "openai", "ollama", "custom", "scripted")
-_FORMATS = ("auto", "json", "console")
-
-
 def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     """Read and check the config at `path`; environment overrides win over the file."""
     path = Path(path).expanduser().resolve()
@@ -237,203 +309,44 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
 def from_mapping(
     raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, path: Path | None = None
 ) -> Config:
-    environ = environ or {}
-    unknown = sorted(set(raw) - set(_SECTIONS) - set(_TABLES))
-    if unknown:
-        raise ConfigError(
-            unknown[0], f"unknown section; known: {', '.join([*_SECTIONS, *_TABLES])}"
-        )
-    sections = {
-        name: _section(name, cls, raw.get(name, {}), environ) for name, cls in _SECTIONS.items()
-    }
-    entity: EntitySection = sections["entity"]
-    if not entity.name:
-        raise ConfigError("entity.name", "missing; set it to the entity's name, e.g. entity-a")
-    if not subjects.valid_name(entity.name):
-        raise ConfigError(
-            "entity.name", f"{entity.name!r} must be 1-32 of lowercase letters, digits and '-'"
-        )
+    parts = schema.parse(Config, raw, environ or {})
+    entity: EntitySection = parts["entity"]
     base = path.parent if path else Path.cwd()
     data_dir = Path(entity.data_dir).expanduser() if entity.data_dir else base
     if not data_dir.is_absolute():
         data_dir = (base / data_dir).resolve()
-    sections["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
-    _check_values(sections)
-    sections["nats"] = _hub_link(sections["nats"], base)
-    operators = _hex_keys("operators", raw.get("operators", {}))
-    peer_keys = _hex_keys("peer_keys", raw.get("peer_keys", {}))
-    for name in peer_keys:
-        if not subjects.valid_name(name):
-            raise ConfigError(f"peer_keys.{name}", "not an entity name ([a-z0-9-]{1,32})")
-    trust = _trust(raw.get("trust", {}))
-    return Config(operators=operators, path=path, trust=trust, peer_keys=peer_keys, **sections)
+    parts["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
+    _check_across(parts)
+    parts["nats"] = _hub_link(parts["nats"], base)
+    return Config(path=path, **parts)
 
 
-def _section(name: str, cls: type[Any], raw: Any, environ: Mapping[str, str]) -> Any:
-    if not isinstance(raw, dict):
-        raise ConfigError(name, "must be a table, e.g. [" + name + "]")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ConfigError(f"{name}.{unknown[0]}", f"unknown key; known keys: {', '.join(fields)}")
-    values: dict[str, Any] = {}
-    for key, f in fields.items():
-        env_name = f"{ENV_PREFIX}{name.upper()}_{key.upper()}"
-        if env_name in environ:
-            values[key] = _from_env(f"{name}.{key} (from {env_name})", f.type, environ[env_name])
-        elif key in raw:
-            values[key] = _typed(f"{name}.{key}", f.type, raw[key])
-    return cls(**values)
-
-
-def _typed(key: str, type_name: Any, value: Any) -> Any:
-    if str(type_name) == "tuple[str, ...]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, f"expected a list of strings, got {value!r}")
-        return tuple(value)
-    expected = {"str": str, "int": int, "float": float, "bool": bool}[str(type_name)]
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if expected is int and isinstance(value, bool):
-        raise ConfigError(key, f"expected an integer, got {value!r}")
-    if not isinstance(value, expected):
-        raise ConfigError(key, f"expected {_describe(expected)}, got {value!r}")
-    return value
-
-
-def _from_env(key: str, type_name: Any, text: str) -> Any:
-    kind = str(type_name)
-    if kind == "tuple[str, ...]":
-        return tuple(item.strip() for item in text.split(",") if item.strip())
-    try:
-        if kind == "int":
-            return int(text)
-        if kind == "float":
-            return float(text)
-    except ValueError:
-        raise ConfigError(key, f"expected {kind_name(kind)}, got {text!r}") from None
-    if kind == "bool":
-        lowered = text.strip().lower()
-        if lowered in ("1", "true", "yes", "on"):
-            return True
-        if lowered in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(key, f"expected true or false, got {text!r}")
-    return text
-
-
-def kind_name(kind: str) -> str:
-    return {"int": "an integer", "float": "a number", "bool": "true or false"}.get(kind, "a string")
-
-
-def _describe(expected: type) -> str:
-    return kind_name(expected.__name__)
-
-
-def _check_values(sections: dict[str, Any]) -> None:
-    nats: NatsSection = sections["nats"]
-    if nats.url and not nats.url.startswith(("nats://", "tls://", "ws://", "wss://")):
-        raise ConfigError("nats.url", f"{nats.url!r} is not a nats:// or tls:// URL")
-    if nats.hub_url and nats.url:
-        raise ConfigError("nats.hub_url", "only the embedded server joins a hub; clear nats.url "
-                          "or configure the leaf on the server nats.url points at")
-    if not 0 < nats.port < 65536:
-        raise ConfigError("nats.port", f"{nats.port} is not a TCP port (1-65535)")
-    positive = [
-        ("nats.connect_timeout", nats.connect_timeout),
-        ("nats.ready_timeout", nats.ready_timeout),
-    ]
-    rt: RuntimeSection = sections["runtime"]
-    positive += [
-        ("runtime.ask_timeout", rt.ask_timeout),
-        ("runtime.queue_size", rt.queue_size),
-        ("runtime.restart_budget", rt.restart_budget),
-        ("runtime.restart_window", rt.restart_window),
-        ("runtime.backoff_initial", rt.backoff_initial),
-        ("runtime.backoff_max", rt.backoff_max),
-        ("runtime.drain_timeout", rt.drain_timeout),
-    ]
-    pr: ProtocolSection = sections["protocol"]
-    positive += [
-        ("protocol.replay_window", pr.replay_window),
-        ("protocol.replay_capacity", pr.replay_capacity),
-        ("protocol.max_message_bytes", pr.max_message_bytes),
-    ]
-    for key, value in positive:
-        _check_positive(key, value)
-    if rt.backoff_max < rt.backoff_initial:
-        raise ConfigError("runtime.backoff_max", "must be at least runtime.backoff_initial")
-    llm: LlmSection = sections["llm"]
-    if llm.provider not in LLM_PROVIDERS:
-        raise ConfigError(
-            "llm.provider", f"{llm.provider!r} is not one of {', '.join(LLM_PROVIDERS)}"
-        )
-    if llm.provider in ("custom", "scripted") and not llm.base_url:
-        raise ConfigError("llm.base_url", f"provider {llm.provider!r} needs the server's base_url")
-    if llm.base_url and not llm.base_url.startswith(("http://", "https://")):
-        raise ConfigError("llm.base_url", f"{llm.base_url!r} is not an http(s) URL")
-    sandbox: SandboxSection = sections["sandbox"]
-    autonomy: AutonomySection = sections["autonomy"]
-    peers: PeersSection = sections["peers"]
-    for key, value in [
-        ("llm.timeout", llm.timeout),
-        ("llm.max_steps_per_turn", llm.max_steps_per_turn),
-        ("llm.max_tokens_per_hour", llm.max_tokens_per_hour),
-        ("sandbox.timeout", sandbox.timeout),
-        ("sandbox.cpu_seconds", sandbox.cpu_seconds),
-        ("sandbox.memory_mb", sandbox.memory_mb),
-        ("sandbox.file_size_mb", sandbox.file_size_mb),
-        ("sandbox.max_processes", sandbox.max_processes),
-        ("sandbox.max_open_files", sandbox.max_open_files),
-        ("sandbox.output_limit", sandbox.output_limit),
-        ("sandbox.workspace_mb", sandbox.workspace_mb),
-        ("autonomy.interval", autonomy.interval),
-        ("autonomy.max_turns", autonomy.max_turns),
-        ("autonomy.max_tokens", autonomy.max_tokens),
-        ("peers.heartbeat_interval", peers.heartbeat_interval),
-        ("peers.rate_per_minute", peers.rate_per_minute),
-        ("peers.rate_burst", peers.rate_burst),
-        ("peers.ping_timeout", peers.ping_timeout),
-        ("peers.talk_timeout", peers.talk_timeout),
-        ("peers.command_timeout", peers.command_timeout),
-        ("peers.delegation_timeout", peers.delegation_timeout),
-        ("peers.max_tokens_per_hour", peers.max_tokens_per_hour),
-        ("peers.max_text_chars", peers.max_text_chars),
-        ("peers.inbox_per_sender", peers.inbox_per_sender),
-        ("peers.inbox_max_bytes", peers.inbox_max_bytes),
-        ("peers.deliverables_max_bytes", peers.deliverables_max_bytes),
-        ("peers.deliverables_per_peer_bytes", peers.deliverables_per_peer_bytes),
-        ("peers.deliverables_ttl", peers.deliverables_ttl),
+def _check_across(parts: Mapping[str, Any]) -> None:
+    """The checks that involve two keys, each naming the key to change."""
+    nats: NatsSection = parts["nats"]
+    runtime: RuntimeSection = parts["runtime"]
+    llm: LlmSection = parts["llm"]
+    peers: PeersSection = parts["peers"]
+    least_inbox = 2 * parts["protocol"].max_message_bytes
+    for where, wrong, problem in [
+        ("nats.hub_url", nats.hub_url and nats.url, "only the embedded server joins a hub; "
+         "clear nats.url or configure the leaf on the server nats.url points at"),
+        ("runtime.backoff_max", runtime.backoff_max < runtime.backoff_initial,
+         "must be at least runtime.backoff_initial"),
+        ("llm.base_url", llm.provider in ("custom", "scripted") and not llm.base_url,
+         f"provider {llm.provider!r} needs the server's base_url"),
+        ("peers.alive_window", 0 < peers.alive_window < peers.heartbeat_interval,
+         "must be at least peers.heartbeat_interval (or 0 for three intervals), or peers "
+         "flicker between present and absent"),
+        ("peers.inbox_max_bytes", peers.inbox_max_bytes < least_inbox,
+         f"must be at least twice protocol.max_message_bytes ({least_inbox}), got "
+         f"{peers.inbox_max_bytes}"),
+        ("peers.deliverables_per_peer_bytes",
+         peers.deliverables_per_peer_bytes > peers.deliverables_max_bytes,
+         "must not exceed peers.deliverables_max_bytes"),
     ]:
-        _check_positive(key, value)
-    if llm.max_retries < 0:
-        raise ConfigError("llm.max_retries", f"must be 0 or more, got {llm.max_retries}")
-    if not peers.alive_window >= 0:
-        raise ConfigError("peers.alive_window",
-                          f"must be 0 (auto) or more, got {peers.alive_window}")
-    if 0 < peers.alive_window < peers.heartbeat_interval:
-        raise ConfigError("peers.alive_window", "must be at least peers.heartbeat_interval "
-                          "(or 0 for three intervals), or peers flicker between present "
-                          "and absent")
-    if peers.inbox_max_bytes < 2 * pr.max_message_bytes:
-        raise ConfigError("peers.inbox_max_bytes", f"must be at least twice "
-                          f"protocol.max_message_bytes ({2 * pr.max_message_bytes}), got "
-                          f"{peers.inbox_max_bytes}")
-    if peers.deliverables_per_peer_bytes > peers.deliverables_max_bytes:
-        raise ConfigError("peers.deliverables_per_peer_bytes",
-                          "must not exceed peers.deliverables_max_bytes")
-    if peers.pinning not in PINNING:
-        raise ConfigError("peers.pinning",
-                          f"{peers.pinning!r} is not one of {', '.join(PINNING)}")
-    bad = [p for p in peers.default_trust if p not in PEER_PERMISSIONS]
-    if bad:
-        raise ConfigError("peers.default_trust",
-                          f"{bad[0]!r} is not one of {', '.join(PEER_PERMISSIONS)}")
-    log: LogSection = sections["log"]
-    if log.level not in _LEVELS:
-        raise ConfigError("log.level", f"{log.level!r} is not one of {', '.join(_LEVELS)}")
-    if log.format not in _FORMATS:
-        raise ConfigError("log.format", f"{log.format!r} is not one of {', '.join(_FORMATS)}")
+        if wrong:
+            raise ConfigError(where, problem)
 
 
 def _hub_link(nats: NatsSection, base: Path) -> NatsSection:
@@ -460,149 +373,8 @@ def _hub_link(nats: NatsSection, base: Path) -> NatsSection:
     return dataclasses.replace(nats, hub_ca_file=ca_file)
 
 
-def _check_positive(key: str, value: float) -> None:
-    if not value > 0:  # written so that NaN fails too
-        raise ConfigError(key, f"must be greater than 0, got {value}")
-    if math.isinf(value):
-        raise ConfigError(key, "must be a finite number")
-
-
-def _trust(raw: Any) -> dict[str, tuple[str, ...]]:
-    if not isinstance(raw, dict):
-        raise ConfigError("trust", 'must be a table of peer = ["talk", "report", ...]')
-    result = {}
-    for name, allowed in raw.items():
-        where = f"trust.{name}"
-        if name != "*" and not subjects.valid_name(name):
-            raise ConfigError(where, 'not an entity name ([a-z0-9-]{1,32}) or "*"')
-        if not isinstance(allowed, list) or not all(isinstance(p, str) for p in allowed):
-            raise ConfigError(where, f"expected a list drawn from {', '.join(PEER_PERMISSIONS)}")
-        bad = [p for p in allowed if p not in PEER_PERMISSIONS]
-        if bad:
-            raise ConfigError(where, f"{bad[0]!r} is not one of {', '.join(PEER_PERMISSIONS)}")
-        result[name] = tuple(allowed)
-    return result
-
-
-def _hex_keys(table: str, raw: Any) -> dict[str, str]:
-    if not isinstance(raw, dict):
-        raise ConfigError(table, 'must be a table of name = "hex public key"')
-    result = {}
-    for name, key in raw.items():
-        where = f"{table}.{name}"
-        # fullmatch, not bytes.fromhex alone: that skips spaces and makes a short key.
-        if not isinstance(key, str) or not HEX_KEY_RE.fullmatch(key):
-            raise ConfigError(where, "expected a 64-character hex Ed25519 public key")
-        result[name] = key.lower()
-    return result
-
-
 STARTER = """\
 # entityd configuration for {name}. Every key can be overridden from the environment
 # as ENTITYD_<SECTION>_<KEY>, e.g. ENTITYD_NATS_URL=nats://127.0.0.1:4222.
 
-[entity]
-name = "{name}"
-# Where the key, the embedded nats-server's JetStream store and later the memory live.
-data_dir = "{data_dir}"
-
-[nats]
-# Empty: start an embedded nats-server on host:port. Set a URL to use an existing server.
-url = ""
-host = "127.0.0.1"
-port = {port}
-# Federation: run the embedded server as a leaf of this hub (tls://hub.example.net:7422),
-# logging in with the nkey seed from `entityd federation hub-user` (see deploy/FEDERATION.md).
-hub_url = ""
-hub_credentials = ""    # empty: DATA_DIR/keys/hub.nk
-hub_ca_file = ""        # the hub's CA (its ca.crt), pinned; empty: the system's roots
-hub_insecure = false    # true: allow a plain nats-leaf:// hub beyond loopback (no TLS)
-domain = ""             # JetStream domain; empty: the entity's name
-
-[runtime]
-ask_timeout = 5.0
-queue_size = 1024
-restart_budget = 5      # crashes of one actor allowed within restart_window ...
-restart_window = 60.0   # ... seconds; past that the daemon exits non-zero
-backoff_initial = 0.1
-backoff_max = 10.0
-drain_timeout = 10.0
-
-[protocol]
-replay_window = 90.0
-max_message_bytes = 1048576
-
-[llm]
-# moonshot | openrouter | openai | ollama | custom (set base_url) | scripted (offline demo)
-provider = "moonshot"
-model = ""              # empty: the provider's default (moonshot: kimi-k2.5)
-base_url = ""           # empty: the provider's URL
-api_key_env = ""        # empty: the provider's variable, e.g. MOONSHOT_API_KEY
-api_key_file = ""       # or a 0600 file holding the key (never inside the workspace)
-timeout = 120.0
-max_retries = 4
-max_steps_per_turn = 24
-max_tokens_per_hour = 400000
-
-[sandbox]
-uid = 65534             # the unprivileged uid commands run as when entityd runs as root
-gid = 65534
-timeout = 60.0          # wall-clock seconds; the whole process group is killed after
-cpu_seconds = 60
-memory_mb = 2048
-file_size_mb = 64
-max_processes = 256
-max_open_files = 512
-output_limit = 16000    # characters of output kept; the rest is cut with a notice
-network_commands = []   # program names allowed network access, e.g. ["pip"]
-workspace_mb = 4096     # disk quota of the workspace; a call that grows it past this is killed
-
-[workspace]
-path = ""               # empty: DATA_DIR/workspace
-
-[memory]
-path = ""               # empty: DATA_DIR/memory.sqlite3
-
-[autonomy]
-enabled = false         # wake by itself every `interval` seconds and work the todo list
-interval = 600.0
-max_turns = 10          # then stop until restarted or re-enabled
-max_tokens = 200000
-
-[peers]
-# The federation: presence, the peer tools, delegation (see README, "Peers").
-heartbeat_interval = 5.0
-alive_window = 0.0      # seconds a heartbeat counts as presence; 0: 3 intervals
-pinning = "first-sight" # pin a peer's key the first time it is seen, or "config": only [peer_keys]
-capabilities = ["chat", "code"]   # what this entity offers for delegated tasks
-default_trust = ["talk", "report"]  # what peers not listed in [trust] may do
-rate_per_minute = 120   # requests and commands accepted per peer per minute ...
-rate_burst = 30         # ... with bursts up to this many
-ping_timeout = 3.0
-talk_timeout = 600.0    # how long talk_to_peer waits for the peer's answer
-command_timeout = 15.0  # how long wake and restart wait for the peer's result
-delegation_timeout = 3600.0  # the default deadline of a delegated task
-max_tokens_per_hour = 40000  # what each peer's turns may spend, never the operator's budget
-max_text_chars = 16000  # the longest talk or report text taken from a peer
-inbox_per_sender = 32   # commands a peer may keep waiting here, per operation; more are refused
-inbox_max_bytes = 536870912  # the INBOX's total size; full, every sender is refused
-deliverables_max_bytes = 536870912  # the store of deliverables kept for delegators ...
-deliverables_per_peer_bytes = 134217728  # ... what one delegator's may take of it ...
-deliverables_ttl = 604800.0  # ... and how long one is kept (seconds)
-
-[trust]
-# What each peer may ask of this entity: talk, report, delegate, wake, restart.
-# "*" applies to every peer not listed; absent, peers.default_trust does.
-# entity-b = ["talk", "report", "delegate", "wake", "restart"]
-
-[peer_keys]
-# Fix a peer's key instead of pinning it on first sight: name = "hex public key".
-
-[log]
-level = "info"
-format = "auto"         # auto: JSON when not on a terminal, key=value on one
-
-[operators]
-# Extra keys allowed to drive this entity with entityctl, as name = "hex public key".
-# Create one with `entityd keygen FILE`.
-"""
+""" + schema.starter(Config)

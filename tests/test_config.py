@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,23 @@ def test_starter_config_loads_with_the_defaults(starter: Path) -> None:
     assert cfg.workspace_dir == starter.parent / "workspace"
     assert cfg.memory_path == starter.parent / "memory.sqlite3"
     assert dict(cfg.operators) == {}
+
+
+def test_starter_spells_out_every_key_once_at_its_default_with_a_comment(starter: Path) -> None:
+    cfg = config_mod.load(starter, environ={})
+    blocks = dict(re.findall(r"(?ms)^\[(\w+)\]\n(.*?)(?=^\[|\Z)", starter.read_text()))
+    placeholders = {"entity": cfg.entity, "nats": config_mod.NatsSection(port=4310)}
+    for part in dataclasses.fields(cfg):
+        section = getattr(cfg, part.name)
+        if not dataclasses.is_dataclass(section):
+            continue
+        assert section == placeholders.get(part.name, type(section)()), part.name
+        lines = blocks[part.name].splitlines()
+        for key in dataclasses.fields(section):
+            at = [i for i, line in enumerate(lines) if line.startswith(f"{key.name} = ")]
+            assert len(at) == 1, f"{part.name}.{key.name}"
+            commented = re.search(r"  # \S", lines[at[0]]) or lines[at[0] - 1].startswith("# ")
+            assert commented, f"{part.name}.{key.name} has no comment"
 
 
 def test_starter_accepts_an_operator_key(starter: Path) -> None:
