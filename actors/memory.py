@@ -17,7 +17,7 @@ from pathlib import Path
 
 import protocol
 from entityd import Actor
-from protocol import Envelope
+from protocol import Envelope, reasons
 
 from .memory_store import MAX_RECALL, MemoryStore, MemoryStoreError, Todo
 from .messages import (
@@ -75,7 +75,7 @@ class MemoryActor(Actor):
         try:
             return await self._dispatch(envelope.message, envelope.typ)
         except MemoryStoreError as exc:
-            return protocol.Error("bad_request", str(exc))
+            return protocol.Error(reasons.BAD_REQUEST, str(exc))
 
     async def _dispatch(self, message: object, typ: str) -> object | None:
         store = self.store
@@ -86,7 +86,8 @@ class MemoryActor(Actor):
                 return MemoryRef(added.id, added.merged)
             case MemorySearch(query, limit, kinds, origin):
                 if limit < 1:
-                    return protocol.Error("bad_request", f"limit must be at least 1, not {limit}")
+                    return protocol.Error(reasons.BAD_REQUEST,
+                                          f"limit must be at least 1, not {limit}")
                 recalled = await store.recall(query, min(limit, MAX_RECALL), kinds,
                                               origin=origin)
                 return MemoryHits([
@@ -100,8 +101,8 @@ class MemoryActor(Actor):
                 return TodoItems([_item(todo)])
             case TodoUpdate(todo_id, status, text):
                 if status is None and text is None:
-                    return protocol.Error("bad_request", "todo_update changes nothing: give a "
-                                          "status or a text")
+                    return protocol.Error(reasons.BAD_REQUEST, "todo_update changes nothing: "
+                                          "give a status or a text")
                 todo = await store.update_todo(todo_id, status=status, text=text)
                 await self._todo_changed(todo, "updated")
                 return TodoItems([_item(todo)])
@@ -113,7 +114,8 @@ class MemoryActor(Actor):
                 return None
             case HistoryGet(conversation, limit):
                 if limit < 1:
-                    return protocol.Error("bad_request", f"limit must be at least 1, not {limit}")
+                    return protocol.Error(reasons.BAD_REQUEST,
+                                          f"limit must be at least 1, not {limit}")
                 entries = await store.history(conversation, min(limit, MAX_HISTORY))
                 return History([
                     HistoryEntry(e.id, e.conversation, e.role, e.content, e.created_at)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from entityd import Actor, AutonomySection, EntitydError, PeersSection
-from protocol import Envelope, Error
+from protocol import Envelope, Error, reasons
 
 from . import prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
@@ -146,7 +146,7 @@ class OrchestratorActor(Actor):
             if refused is not None:
                 return refused
         if self._queue.full():
-            return Error("busy", f"{QUEUE_SIZE} goals are already queued; try later")
+            return Error(reasons.BUSY, f"{QUEUE_SIZE} goals are already queued; try later")
         goal = dataclasses.replace(goal, task_id=task_id,
                                    conversation=goal.conversation or task_id)
         self._ids.add(task_id)  # before the store's await: the same goal twice is one
@@ -171,13 +171,13 @@ class OrchestratorActor(Actor):
         try:
             self._llm.budget(peer).check()
         except BudgetExhausted as exc:
-            return Error("budget_exhausted", str(exc))
+            return Error(reasons.BUDGET_EXHAUSTED, str(exc))
         # (A delegator's tasks are durable and each was accepted by trust: they queue.)
         if not delegated and self._pending[peer] >= PEER_GOALS:
-            return Error("busy", f"{peer} already has {PEER_GOALS} turns queued or running "
+            return Error(reasons.BUSY, f"{peer} already has {PEER_GOALS} turns queued or running "
                          f"at {self.ctx.entity}; try later")
         if self._pending.total() >= QUEUE_SIZE - OPERATOR_ROOM:
-            return Error("busy", f"{self.ctx.entity} has as many peers' turns queued as it "
+            return Error(reasons.BUSY, f"{self.ctx.entity} has as many peers' turns queued as it "
                          "takes; try later")
         return None
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import protocol
-from protocol import ActorStatus, Envelope
+from protocol import ActorStatus, Envelope, reasons
 
 from .actor import Actor, Context, Later, refusal
 from .errors import ActorDeadError, RestartBudgetExceeded
@@ -213,7 +213,7 @@ class Supervisor:
                         env,
                         msg.reply,
                         protocol.Error(
-                            "actor_crashed", f"{child.name} failed: {type(exc).__name__}"
+                            reasons.ACTOR_CRASHED, f"{child.name} failed: {type(exc).__name__}"
                         ),
                     )
                 raise
@@ -233,7 +233,7 @@ class Supervisor:
         except Exception as exc:
             if reply_to:
                 await self._answer(env, reply_to, protocol.Error(
-                    "actor_crashed", f"{child.name} failed: {type(exc).__name__}"))
+                    reasons.ACTOR_CRASHED, f"{child.name} failed: {type(exc).__name__}"))
             raise
         if reply_to:
             await self._answer(env, reply_to, protocol.Ack() if result is None else result)
@@ -247,7 +247,7 @@ class Supervisor:
         try:
             async with asyncio.timeout(1.0):
                 await self._answer(env, reply_to, protocol.Error(
-                    "actor_restarted", f"{child.name} was {why} before it answered"))
+                    reasons.ACTOR_RESTARTED, f"{child.name} was {why} before it answered"))
         except (TimeoutError, asyncio.CancelledError):
             pass
 

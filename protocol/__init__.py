@@ -3,7 +3,7 @@
 PROTOCOL.md in this package is the normative specification.
 """
 
-from . import kinds, subjects
+from . import kinds, reasons, subjects
 from .e2e import Sealer
 from .envelope import (
     BROADCAST,
@@ -25,10 +25,14 @@ from .errors import (
     BadSignature,
     Malformed,
     MalformedBody,
+    NotADelivery,
+    NotTrusted,
     Overloaded,
     ProtocolError,
+    RateLimited,
     Replayed,
     StaleTimestamp,
+    StrayReply,
     TooLarge,
     UnexpectedEncryption,
     UnexpectedKind,
@@ -60,16 +64,20 @@ __all__ = [
     "Keyring",
     "Malformed",
     "MalformedBody",
+    "NotADelivery",
+    "NotTrusted",
     "Overloaded",
     "Ping",
     "Pong",
     "ProtocolError",
+    "RateLimited",
     "ReplayGuard",
     "Replayed",
     "Sealer",
     "StaleTimestamp",
     "Status",
     "StatusGet",
+    "StrayReply",
     "TooLarge",
     "UnexpectedEncryption",
     "UnexpectedKind",
@@ -86,6 +94,7 @@ __all__ = [
     "new_id",
     "now_ms",
     "open",
+    "reasons",
     "seal",
     "subjects",
     "verify_signature",

@@ -16,7 +16,7 @@ from nacl.signing import SigningKey
 
 import protocol
 from actors import kind_vectors, spec
-from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Sealer, kinds
+from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Sealer, kinds, reasons
 from protocol.vectors.generate import as_json
 
 SPEC_PATH = Path(protocol.__file__).parent / "PROTOCOL.md"
@@ -113,9 +113,15 @@ def test_protocol_kinds_are_documented() -> None:
 
 ROOT = Path(__file__).resolve().parent.parent
 CODE_DIRS = ("actors", "entityd", "protocol")
-ERROR_LITERAL = re.compile(r'\bError\(\s*(?:code\s*=\s*)?"([a-z_]+)"')
-REASON_ATTRIBUTE = re.compile(r'^\s+reason\s*=\s*"([a-z_]+)"', re.MULTILINE)
-COMMAND_RESULT_LITERAL = re.compile(r'\bCommandResult\(\s*(?:True|False)\s*,\s*"([a-z_]+)"')
+# A code written as a literal where a message or a refusal is built: the code must name
+# protocol.reasons' constant instead.
+LITERALS = (
+    re.compile(r'\bError\(\s*(?:code\s*=\s*)?"([a-z_]+)"'),
+    re.compile(r'^\s+reason\s*=\s*"([a-z_]+)"', re.MULTILINE),
+    re.compile(r'\bCommandResult\(\s*(?:True|False)\s*,\s*"([a-z_]+)"'),
+    re.compile(r'\.code\s*[!=]=\s*"([a-z_]+)"'),
+)
+CONSTANT = re.compile(r"\breasons\.([A-Z_]+)\b")
 # ProtocolError's own reason: never on the wire, since only its subclasses are raised.
 BASE_REASON = protocol.ProtocolError.reason
 
@@ -128,13 +134,8 @@ def sources() -> dict[str, str]:
     }
 
 
-def used(pattern: re.Pattern[str]) -> dict[str, str]:
-    """code -> the first file that uses it."""
-    found: dict[str, str] = {}
-    for name, text in sources().items():
-        for code in pattern.findall(text):
-            found.setdefault(code, name)
-    return found
+def literals(text: str) -> list[str]:
+    return [code for pattern in LITERALS for code in pattern.findall(text)]
 
 
 def table_codes(heading: str) -> list[str]:
@@ -148,7 +149,7 @@ def table_codes(heading: str) -> list[str]:
 
 def protocol_error_reasons() -> set[str]:
     """The reasons of every ProtocolError subclass the application defines."""
-    import actors.peer.inbox  # noqa: F401  (defines NotADelivery)
+    import actors.peer.actor  # noqa: F401
     import entityd.runtime  # noqa: F401
 
     found = set()
@@ -161,37 +162,38 @@ def protocol_error_reasons() -> set[str]:
     return found
 
 
-def test_the_scan_finds_what_it_looks_for() -> None:
-    errors = used(ERROR_LITERAL)
-    assert {"bad_request", "actor_crashed", "not_trusted", "busy"} <= set(errors)
-    assert {"stray_reply", "not_a_delivery", "overloaded", "rate_limited"} <= set(
-        used(REASON_ATTRIBUTE))
-    assert {"done", "unknown_actor"} <= set(used(COMMAND_RESULT_LITERAL))
+def test_the_literal_scan_finds_what_it_looks_for() -> None:
+    planted = ('Error("busy", "x")\n    reason = "stray_reply"\n'
+               'CommandResult(True, "done", "")\nif exc.code == "not_found":\n')
+    assert literals(planted) == ["busy", "stray_reply", "done", "not_found"]
 
 
-def test_every_code_in_use_is_listed() -> None:
-    listed = table_codes("### 9.2 Every reason code")
-    assert len(listed) == len(set(listed)), "a code is listed twice"
-    in_use = used(ERROR_LITERAL) | used(REASON_ATTRIBUTE)
-    del in_use[BASE_REASON]
-    missing = {code: where for code, where in in_use.items() if code not in listed}
-    assert not missing, f"codes used but not in PROTOCOL.md §9.2: {missing}"
-    assert protocol_error_reasons() <= set(listed)
-    assert set(protocol.REASON_CODES) <= set(listed)
+def test_no_code_is_written_as_a_literal() -> None:
+    found = {name: codes for name, text in sources().items()
+             if name != "protocol/errors.py" and (codes := literals(text))}
+    base = literals((ROOT / "protocol/errors.py").read_text(encoding="utf-8"))
+    assert base == [BASE_REASON]
+    assert not found, f"codes written as literals, not protocol.reasons' constants: {found}"
 
 
-def test_every_listed_code_is_in_use() -> None:
-    in_use = set(used(ERROR_LITERAL)) | set(used(REASON_ATTRIBUTE))
-    stale = set(table_codes("### 9.2 Every reason code")) - in_use
-    assert not stale, f"PROTOCOL.md §9.2 lists codes nothing uses: {stale}"
+def test_every_constant_named_is_registered_and_every_registered_code_is_used() -> None:
+    names = {name: getattr(reasons, name) for name in dir(reasons) if name.isupper()
+             and isinstance(getattr(reasons, name), str)}
+    used = {constant for path, text in sources().items() if path != "protocol/reasons.py"
+            for constant in CONSTANT.findall(text)}
+    assert used <= set(names), f"reasons has no {used - set(names)}"
+    codes = {names[name] for name in used}
+    unused = (set(reasons.REASONS) | set(reasons.RESULT_CODES)) - codes
+    assert not unused, f"registered codes nothing sends or counts: {unused}"
+    assert protocol_error_reasons() <= set(reasons.REASONS)
+    assert set(protocol.REASON_CODES) <= set(reasons.REASONS)
 
 
-def test_every_command_result_code_is_listed() -> None:
-    listed = table_codes("### 9.3 Command result codes")
-    in_use = used(COMMAND_RESULT_LITERAL)
-    missing = {code: where for code, where in in_use.items() if code not in listed}
-    assert not missing, f"command_result codes not in PROTOCOL.md §9.3: {missing}"
-    assert set(listed) <= set(in_use)
+def test_the_reason_tables_are_the_registry() -> None:
+    assert spec.generated(spec_text()) == spec_text(), (
+        "PROTOCOL.md differs from protocol/reasons.py: run `python -m actors.spec --write`")
+    assert table_codes("### 9.2 Every reason code") == list(reasons.REASONS)
+    assert table_codes("### 9.3 Command result codes") == list(reasons.RESULT_CODES)
 
 
 def test_open_codes_table_is_reason_codes() -> None:

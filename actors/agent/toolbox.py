@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from entityd import ActorDeadError, AskTimeout, EntitydError, RemoteError
+from protocol import reasons
 
 
 class ToolFailed(Exception):
@@ -23,11 +24,11 @@ class ToolFailed(Exception):
 
 # What the model should make of each refusal code an asked actor can answer with.
 _REMOTE_ADVICE = {
-    "busy": "it is busy; try again later or do without it",
-    "overloaded": "it has more work queued than it takes; try again later",
-    "actor_restarted": ("it was restarting and cut the call short, so the call may or may "
+    reasons.BUSY: "it is busy; try again later or do without it",
+    reasons.OVERLOADED: "it has more work queued than it takes; try again later",
+    reasons.ACTOR_RESTARTED: ("it was restarting and cut the call short, so the call may or may "
                         "not have taken effect; check before repeating it"),
-    "actor_crashed": ("it failed on this call (a bug on our side, now restarted); the "
+    reasons.ACTOR_CRASHED: ("it failed on this call (a bug on our side, now restarted); the "
                       "call may or may not have taken effect; check before repeating it"),
 }
 

@@ -10,8 +10,9 @@ import nats.errors
 
 import protocol
 from entityd import AskTimeout, Context, EntitydError, PeersSection, RemoteError
-from protocol import Envelope, Ping, ProtocolError
+from protocol import Envelope, Ping, ProtocolError, reasons
 
+from . import outcomes
 from .link import FedLink, UnknownPeer, describe_failure
 from .messages import (
     CommandResult,
@@ -47,9 +48,9 @@ class PeerCalls:
         """Why `peer` cannot be called (it is this entity, or not in the directory);
         None when it can."""
         if peer == self.ctx.entity:
-            return PeerOutcome(peer, False, "self", f"{peer} is this entity itself")
+            return PeerOutcome(peer, False, outcomes.SELF, f"{peer} is this entity itself")
         if not self.link.known(peer):
-            return PeerOutcome(peer, False, "unknown_peer",
+            return PeerOutcome(peer, False, outcomes.UNKNOWN_PEER,
                                f"{peer} is not in the directory: no heartbeat seen from it "
                                "and no key for it in [peer_keys]")
         return None
@@ -88,25 +89,26 @@ class PeerCalls:
             return PeerOutcome(request.peer, False, exc.code, f"{request.peer} refused: "
                                f"{exc.message}")
         except AskTimeout:
-            return PeerOutcome(request.peer, False, "timeout", f"{request.peer} did not answer "
-                               f"within {timeout:g} s")
+            return PeerOutcome(request.peer, False, reasons.TIMEOUT,
+                               f"{request.peer} did not answer within {timeout:g} s")
         except ASK_FAILURES as exc:
-            return PeerOutcome(request.peer, False, "unreachable", f"{request.peer} cannot be "
-                               f"reached: {describe_failure(exc)}")
+            return PeerOutcome(request.peer, False, outcomes.UNREACHABLE,
+                               f"{request.peer} cannot be reached: {describe_failure(exc)}")
         latency = (time.perf_counter() - started) * 1000
         if not isinstance(reply, TalkReply):
-            return PeerOutcome(request.peer, False, "bad_reply", f"{request.peer} answered "
+            return PeerOutcome(request.peer, False, outcomes.BAD_REPLY, f"{request.peer} answered "
                                f"with {protocol.kinds.kind_name(reply)}, not talk_reply")
-        return PeerOutcome(request.peer, reply.ok, "answered" if reply.ok else "failed",
-                           reply.text, reply.task_id, round(latency, 3))
+        code = outcomes.ANSWERED if reply.ok else reasons.FAILED
+        return PeerOutcome(request.peer, reply.ok, code, reply.text, reply.task_id,
+                           round(latency, 3))
 
     async def report(self, peer: str, text: str) -> PeerOutcome:
         row = await self.outbox.send(peer, "report", Report(text), now=True)
         landed = await self.outbox.try_now(row)
         if landed:
-            return PeerOutcome(peer, True, "delivered", f"the report is in {peer}'s inbox",
+            return PeerOutcome(peer, True, outcomes.DELIVERED, f"the report is in {peer}'s inbox",
                                row.id.hex())
-        return PeerOutcome(peer, True, "queued", f"{peer}'s inbox cannot be reached now "
+        return PeerOutcome(peer, True, outcomes.QUEUED, f"{peer}'s inbox cannot be reached now "
                            f"({self.outbox.last_error(row.id)}); the report is kept and "
                            "sent as soon as it can be", row.id.hex())
 
@@ -122,7 +124,7 @@ class PeerCalls:
         except TimeoutError:
             where = ("is in its inbox" if landed or await self.outbox.has_landed(row.id)
                      else "could not reach its inbox and stays queued here")
-            return PeerOutcome(peer, False, "no_answer", f"{peer} did not answer the {op} "
+            return PeerOutcome(peer, False, outcomes.NO_ANSWER, f"{peer} did not answer the {op} "
                                f"within {self.settings.command_timeout:g} s; the command "
                                f"{where}. If {peer} is hung, its supervisor (systemd's "
                                "watchdog, or start-pair.sh) restarts it.", row.id.hex())

@@ -27,6 +27,7 @@ from entityd import Config, Context, EntitydError
 
 from ..messages import Goal, TurnDone
 from ..workspace import GitError, Workspace
+from . import outcomes
 from .deliverable import Deliverables
 from .messages import (
     DeliverableChunk,
@@ -76,7 +77,7 @@ class Delegation:
             task.task_id, task.title, task.description, task.deliverables, deadline,
             task.capabilities))
         await self.ctx.emit("task_offered", task_id=task.task_id, peer=request.peer)
-        return PeerOutcome(request.peer, True, "offered",
+        return PeerOutcome(request.peer, True, outcomes.OFFERED,
                            f"offered task {task.task_id} to {request.peer}; "
                            "`entityctl tasks` follows it", task.task_id)
 

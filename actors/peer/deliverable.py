@@ -23,7 +23,7 @@ from nats.js.api import ObjectStoreConfig
 from nats.js.object_store import ObjectStore
 
 from entityd import EntitydError, PeersSection, PeerUnavailable, RemoteError
-from protocol import ProtocolError
+from protocol import ProtocolError, reasons
 
 from .inbox import insufficient_storage
 from .link import FedLink, UnknownPeer
@@ -146,7 +146,7 @@ class Deliverables:
                 got = await self.link.ask(peer, "fetch", DeliverableGet(
                     task_id, offset, self.chunk), FETCH_TIMEOUT_S)
             except RemoteError as exc:
-                if exc.code == "not_found":  # expired (its ttl), or never kept
+                if exc.code == reasons.NOT_FOUND:  # expired (its ttl), or never kept
                     raise ValueError(f"{peer} no longer keeps it: {exc.message}") from None
                 raise PeerUnavailable(f"cannot fetch task {task_id}'s deliverable from "
                                       f"{peer}: {exc}") from None

@@ -22,7 +22,18 @@ from nats.aio.msg import Msg
 
 import protocol
 from entityd import Context, EntitydError, PeersSection, RemoteError, Supervision
-from protocol import Envelope, Error, Ping, Pong, ProtocolError, subjects
+from protocol import (
+    Envelope,
+    Error,
+    NotTrusted,
+    Ping,
+    Pong,
+    ProtocolError,
+    RateLimited,
+    UnknownKind,
+    reasons,
+    subjects,
+)
 
 from ..messages import Goal, MemoryAdd, MemoryRef, Wake, WakeResult
 from .calls import PeerCalls
@@ -53,18 +64,6 @@ MAX_DEFER_S = 600.0
 REQUESTS: dict[str, type] = {"ping": Ping, "talk": Talk, "fetch": DeliverableGet}
 COMMANDS: dict[str, type] = {"report": Report, "wake": Wake, "restart": Restart,
                              "result": CommandResult, "delegate": TaskOffer, "task": TaskUpdate}
-
-
-class NotTrusted(ProtocolError):
-    reason = "not_trusted"
-
-
-class UnknownOp(ProtocolError):
-    reason = "unknown_kind"
-
-
-class RateLimited(ProtocolError):
-    reason = "rate_limited"
 
 
 class Rejections:
@@ -151,7 +150,7 @@ class Inbound:
         if peer == self.ctx.entity:
             # Its own key on the federation subjects: there is no peer key to seal an
             # answer for, so a plain refusal, never silence.
-            answer = Error("wrong_sender", "an entity sends no federation request to itself")
+            answer = Error(reasons.WRONG_SENDER, "an entity sends no federation request to itself")
         if answer is None:
             match record:
                 case Ping():
@@ -161,7 +160,7 @@ class Inbound:
                 case DeliverableGet() as get:
                     answer = await self._piece(peer, get)
                 case _:
-                    answer = Error("unknown_op", f"{env.typ} is not a request a peer answers")
+                    answer = Error(reasons.UNKNOWN_OP, f"{env.typ} is not a request a peer answers")
         try:
             await self.link.reply(env, msg.reply, answer)
         except (UnknownPeer, EntitydError, OSError) as exc:
@@ -174,13 +173,13 @@ class Inbound:
             piece = await self.delegation.piece(peer, get)
         except (nats.errors.Error, OSError) as exc:
             self.ctx.log.warning("deliverable_piece_failed", peer=peer, error=repr(exc))
-            return Error("busy", "the deliverable cannot be read now; fetch it again later")
-        return piece or Error("not_found", f"no deliverable of task {get.task_id} for {peer}")
+            return Error(reasons.BUSY, "the deliverable cannot be read now; fetch it again later")
+        return piece or Error(reasons.NOT_FOUND, f"no deliverable of task {get.task_id} for {peer}")
 
     def _refusal(self, peer: str, op: str) -> Error | None:
         # (The rate limit was applied on arrival, before verification: PeerActor.)
         refused = self.trust.refusal(peer, op, self.ctx.entity)
-        return None if refused is None else Error("not_trusted", refused)
+        return None if refused is None else Error(reasons.NOT_TRUSTED, refused)
 
     async def _talked_to(self, peer: str, talk: Talk) -> TalkReply | Error:
         """A talk becomes a turn of the orchestrator run for `peer` (its scope: see
@@ -189,7 +188,7 @@ class Inbound:
         if too_long is not None:
             await self.rejections.note(protocol.TooLarge(too_long),
                                        subjects.request(self.ctx.entity, peer, "talk"), peer)
-            return Error("too_large", too_long)
+            return Error(reasons.TOO_LARGE, too_long)
         # The peer's conversations are its own: it cannot name one of the operator's.
         conversation = f"peer-{peer}" + (f"-{talk.conversation[:64]}" if talk.conversation
                                          else "")
@@ -198,12 +197,12 @@ class Inbound:
         try:
             answer = await self.turns.run(goal, self.settings.talk_timeout)
         except TimeoutError:
-            return Error("timeout", f"{self.ctx.entity} did not finish its answer within "
+            return Error(reasons.TIMEOUT, f"{self.ctx.entity} did not finish its answer within "
                          f"{self.settings.talk_timeout:g} s")
         except RemoteError as exc:  # refused by the orchestrator: budget_exhausted, busy
             return Error(exc.code, exc.message)
         except EntitydError as exc:
-            return Error("unavailable", f"{self.ctx.entity}'s orchestrator: {exc}")
+            return Error(reasons.UNAVAILABLE, f"{self.ctx.entity}'s orchestrator: {exc}")
         return TalkReply(answer.ok, answer.text, goal.task_id)
 
     def _too_long(self, peer: str, what: str, text: str) -> str | None:
@@ -279,7 +278,8 @@ class Inbound:
             if isinstance(record, TaskOffer):
                 await self.delegation.on_offer(peer, record)  # records and answers the refusal
             else:
-                await self.outbox.send(peer, "result", CommandResult(False, "not_trusted", text),
+                await self.outbox.send(peer, "result",
+                                       CommandResult(False, reasons.NOT_TRUSTED, text),
                                        corr=env.id)
             return None
         match record:
@@ -297,14 +297,15 @@ class Inbound:
             case TaskUpdate() as update:
                 await self.delegation.on_update(peer, update)
             case _:
-                await self.rejections.note(UnknownOp(f"{env.typ} on {op}"), env.subj, peer)
+                await self.rejections.note(UnknownKind(f"{env.typ} on {op}"), env.subj, peer)
         return None
 
     async def _reported(self, env: Envelope, peer: str, text: str) -> None:
         too_long = self._too_long(peer, "report", text)
         if too_long is not None:
             await self.rejections.note(protocol.TooLarge(too_long), env.subj, peer)
-            await self.outbox.send(peer, "result", CommandResult(False, "too_large", too_long),
+            await self.outbox.send(peer, "result",
+                                   CommandResult(False, reasons.TOO_LARGE, too_long),
                                    corr=env.id)
             return
         # The envelope id in the text makes the memory exactly-once: a redelivered
@@ -328,12 +329,12 @@ class Inbound:
             result: WakeResult = await self.ctx.ask(
                 f"{self.ctx.entity}/orchestrator", Wake(f"peer:{peer}"))
         except EntitydError as exc:
-            return CommandResult(False, "failed", f"the orchestrator did not answer: {exc}")
+            return CommandResult(False, reasons.FAILED, f"the orchestrator did not answer: {exc}")
         await self.ctx.emit("woken", peer=peer, started=result.started, reason=result.reason)
         if result.started:
-            return CommandResult(True, "done", f"{self.ctx.entity} {result.reason} "
+            return CommandResult(True, reasons.DONE, f"{self.ctx.entity} {result.reason} "
                                  f"(task {result.task_id})")
-        return CommandResult(True, "noop", f"{self.ctx.entity} did nothing: {result.reason}")
+        return CommandResult(True, reasons.NOOP, f"{self.ctx.entity} did nothing: {result.reason}")
 
     async def _restart_requested(self, env: Envelope, peer: str, actor: str
                                  ) -> Callable[[], Any] | None:
@@ -341,12 +342,12 @@ class Inbound:
         running = [a.name for a in self.supervision.actors()]
         if actor and actor not in running:
             await self.outbox.send(peer, "result", CommandResult(
-                False, "unknown_actor", f"{self.ctx.entity} runs no actor {actor!r} "
+                False, reasons.UNKNOWN_ACTOR, f"{self.ctx.entity} runs no actor {actor!r} "
                 f"(it runs {', '.join(running)})"), corr=env.id)
             return None
         which = actor or "all actors"
         await self.outbox.send(peer, "result", CommandResult(
-            True, "done", f"{self.ctx.entity} is restarting {which}"), corr=env.id)
+            True, reasons.DONE, f"{self.ctx.entity} is restarting {which}"), corr=env.id)
         await self.ctx.emit("restart_requested", peer=peer, actor=which)
         reason = f"restart_peer from {peer}"
         # After the ack: restarting ourselves cancels whatever this instance was doing.
@@ -357,7 +358,7 @@ def _kind_mismatch(ops: dict[str, type], op: str, record: Any, env: Envelope
                    ) -> ProtocolError | None:
     expected = ops.get(op)
     if expected is None:
-        return UnknownOp(f"no peer operation {op!r}", subject=env.subj)
+        return UnknownKind(f"no peer operation {op!r}", subject=env.subj)
     if not isinstance(record, expected):
         return protocol.WrongSubject(f"{env.typ} does not belong on {op!r}", subject=env.subj)
     return None

@@ -40,7 +40,7 @@ from nats.js.client import JetStreamContext
 from structlog.typing import FilteringBoundLogger
 
 from entityd import FederationAccess, PeersSection, unsubscribe
-from protocol import ProtocolError, subjects
+from protocol import NotADelivery, ProtocolError, subjects
 
 DURABLE = "peer"
 ACK_WAIT_S = 60.0
@@ -59,12 +59,6 @@ PENDING_SENDERS = 64
 SUBJECTS_LISTED = 10_000
 MAINTAIN_EVERY_S = 10.0
 STATUS_LOG_EVERY_S = 60.0
-
-
-class NotADelivery(ProtocolError):
-    """A message on the consumer's delivery inbox that the INBOX did not deliver."""
-
-    reason = "not_a_delivery"
 
 
 def stream_config(name: str, entity: str, ops: Sequence[str], *, per_subject: int,

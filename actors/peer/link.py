@@ -21,9 +21,9 @@ from nats.aio.msg import Msg
 
 import protocol
 from entityd import AskTimeout, FederationAccess, RemoteError
-from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, subjects
+from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, StrayReply, subjects
 
-from .replies import Replies, StrayReply
+from .replies import Replies
 from .store import OutboxRow, PeerStore
 
 ACTOR = "peer"

@@ -21,16 +21,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from entityd import FederationAccess, unsubscribe
-from protocol import ProtocolError, subjects
+from protocol import ProtocolError, StrayReply, subjects
 
 T = TypeVar("T")
 NO_RESPONDERS = "503"
-
-
-class StrayReply(Exception):
-    """A message on a reply subject that does not answer its request."""
-
-    reason = "stray_reply"
 
 
 class Replies:
@@ -88,10 +82,10 @@ class Replies:
             return
         try:
             value = accept(msg)
-        except ProtocolError as exc:
+        except ProtocolError as exc:  # StrayReply among them
             self._rejected(exc.reason)
             return
-        except (StrayReply, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):
             self._rejected(StrayReply.reason)
             return
         future.set_result(value)

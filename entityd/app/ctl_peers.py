@@ -25,14 +25,15 @@ from actors.peer.messages import (
     Tasks,
     TasksGet,
 )
+from actors.peer.outcomes import Verdict, verdict
 
 from ..client import EntityClient
 
 EXIT_UNKNOWN = 2
 EXIT_REFUSED = 3
 EXIT_UNREACHABLE = 4
-REFUSED = ("not_trusted", "rate_limited", "rejected", "unknown_actor", "self", "failed")
-UNKNOWN = ("unknown_peer",)
+EXITS = {Verdict.DONE: 0, Verdict.UNKNOWN: EXIT_UNKNOWN, Verdict.REFUSED: EXIT_REFUSED,
+         Verdict.UNREACHABLE: EXIT_UNREACHABLE}
 MARGIN_S = 10.0
 REPLY_S = 5.0
 FINAL = ("delivered", "completed", "failed", "rejected")
@@ -115,13 +116,7 @@ def _outcome_exit(outcome: Any, as_json: bool) -> int:
     else:
         latency = f" in {outcome.latency_ms:.0f} ms" if outcome.latency_ms else ""
         print(f"{outcome.peer}: {outcome.code}{latency}\n{outcome.text}")
-    if outcome.ok:
-        return 0
-    if outcome.code in UNKNOWN:
-        return EXIT_UNKNOWN
-    if outcome.code in REFUSED:
-        return EXIT_REFUSED
-    return EXIT_UNREACHABLE
+    return EXITS[verdict(outcome.ok, outcome.code)]
 
 
 async def _peers(client: EntityClient, args: argparse.Namespace) -> int:
