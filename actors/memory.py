@@ -1,6 +1,6 @@
 """The memory actor: the entity's memories, todo list and conversation log over the bus.
 
-It owns one MemoryStore (actors/memory_store.py) and answers the memory kinds of
+It owns one MemoryStore (actors/memory_store/) and answers the memory kinds of
 actors/messages.py. Every memory carries its origin (the operator's, or a peer's turn),
 and a search may ask for one origin only: that is how a peer's turn recalls its own
 memories and nobody else's. A request with an unacceptable value (unknown kind or status,

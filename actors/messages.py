@@ -61,7 +61,7 @@ class MemoryAdd:
     importance: float = 0.5  # 0..1
     source: str = ""
     # Whose words it holds: "operator", "peer:<name>", or several comma-joined (a turn
-    # that held several); a peer's turn recalls only its own (actors/memory_store.py).
+    # that held several); a peer's turn recalls only its own (actors/memory_store/records.py).
     origin: str = "operator"
 
 

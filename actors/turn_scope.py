@@ -109,7 +109,7 @@ class TurnScope:
         self.heard.update(p for p in peers if NAME.fullmatch(p))
 
     def hear_origins(self, origins: Iterable[str]) -> None:
-        """Hear the peers named by memory origins (see actors/memory_store.py)."""
+        """Hear the peers named by memory origins (see actors/memory_store/records.py)."""
         self.hear(part.removeprefix("peer:") for origin in origins
                   for part in origin.split(",") if part.startswith("peer:"))
 

@@ -140,7 +140,7 @@ def _exit(code: int, note: str = "") -> NoReturn:
 
     def flush() -> None:
         if note:
-            logs.get("entityd.cli").error("entityd_exit_forced", code=code, reason=note)
+            logs.get("entityd.app.cli").error("entityd_exit_forced", code=code, reason=note)
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
