@@ -22,7 +22,7 @@ from typing import Any
 from nacl.public import Box
 from nacl.signing import SigningKey
 
-from protocol import kinds
+from protocol import kinds, ledger, subjects
 from protocol.errors import BadPayload
 from protocol.vectors import generate as g
 
@@ -227,6 +227,9 @@ def _federation_route(name: str) -> Route | None:
             return Route(FED_INBOX, "beta/peer", "alpha/peer", "alpha", g.BETA, request=request)
     if name == "error":
         return Route(FED_INBOX, "beta/peer", "alpha/peer", "alpha", g.BETA, request="talk")
+    if name in ledger.ENTRY_KINDS:
+        address = f"alpha/{subjects.LEDGER_ACTOR}"
+        return Route(subjects.ledger("alpha"), address, address, address, g.ALPHA)
     if name in spec.EVENTS:
         actor = "peer" if name == "heartbeat" else "coder"
         token = "heartbeat" if name == "heartbeat" else SAMPLE_STR["type"]

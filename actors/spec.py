@@ -85,6 +85,9 @@ EVENTS: dict[str, str] = {
     "heartbeat": "fed.evt.<entity>.peer.heartbeat",
 }
 
+# Kinds stored as entries of an account's chain in the LEDGER stream (section 16).
+LEDGER_ENTRIES = tuple(protocol.ledger.ENTRY_KINDS)
+
 # Durable commands answered by a durable command back (the INBOX has no reply subject).
 COMMAND_ANSWERS: dict[str, tuple[str, str]] = {
     "report": ("result", "command_result"),
@@ -209,6 +212,9 @@ def source_of(cls: type[Any]) -> Source:
             parts.append(trailing)
         if parts:
             notes[stmt.target.id] = " ".join(" ".join(parts).split()).rstrip(":")
+    for base in cls.__mro__[1:]:  # the fields a record inherits keep their notes
+        if dataclasses.is_dataclass(base):
+            notes = source_of(base).notes | notes
     return Source(doc, notes)
 
 
@@ -246,6 +252,9 @@ def travels(name: str) -> list[str]:
                     + ", ".join(f"`{op}`" for op in answered_ops))
     if name in EVENTS:
         ways.append(f"event on `{EVENTS[name]}` (`dst` `*`)")
+    if name in LEDGER_ENTRIES:
+        ways.append("entry of the account's chain on `ledger.<entity>` in the LEDGER stream, "
+                    "`dst` `<entity>/ledger` (section 16)")
     if name == "error":
         ways.append("reply to any request that is refused or fails (section 9)")
     if name == "ack":
@@ -265,14 +274,15 @@ def federation_kinds() -> set[str]:
     commands = {kind_name_of(cls) for cls in COMMANDS.values()}
     replies = {reply for name in requests for reply in REPLIES.get(name, ())}
     answers = {kind for _, kind in COMMAND_ANSWERS.values()}
-    return requests | commands | replies | answers | set(EVENTS) | {"error"}
+    entries = set(LEDGER_ENTRIES)
+    return requests | commands | replies | answers | set(EVENTS) | entries | {"error"}
 
 
 def federation_payload(name: str) -> str:
     """How a kind's payload crosses a federation subject: encrypted, plain, or not at all."""
     if name not in federation_kinds():
         return "local only"
-    if name in EVENTS or name in PLAIN_KINDS:
+    if name in EVENTS or name in PLAIN_KINDS or name in LEDGER_ENTRIES:
         return "plain"
     return "encrypted"
 
@@ -289,9 +299,10 @@ def render() -> str:
         "",
         f"Version 1 has these {len(registered)} kinds. *Federation payload* says how the "
         "payload crosses a federation subject (`fed.req`, `fed.cmd`, their `_i` reply "
-        "inboxes, `fed.evt`): **encrypted** means `enc` is true and the payload is the "
-        "ciphertext of section 12, **plain** means `enc` is false; *local only* kinds "
-        "travel only on `loc` and `_l` subjects, where `enc` is always false. The column "
+        "inboxes, `fed.evt`, the `ledger` chains): **encrypted** means `enc` is true and "
+        "the payload is the ciphertext of section 12, **plain** means `enc` is false; "
+        "*local only* kinds travel only on `loc` and `_l` subjects, where `enc` is always "
+        "false. The column "
         "says what the reference sends; on `fed.req`, `fed.cmd` and `_i` a receiver "
         "accepts either form of every kind that is not local only, and events are always "
         "plain (section 11, *Where kinds may go*).",

@@ -1,9 +1,10 @@
-"""The entityd wire protocol: signed msgpack envelopes, replay protection, message kinds.
+"""The entityd wire protocol: signed msgpack envelopes, replay protection, message kinds,
+and the ledger's entries and books.
 
 PROTOCOL.md in this package is the normative specification.
 """
 
-from . import kinds, reasons, subjects
+from . import kinds, ledger, reasons, subjects
 from .e2e import Sealer
 from .envelope import (
     BROADCAST,
@@ -45,6 +46,7 @@ from .errors import (
 )
 from .keyring import KeyEntry, Keyring
 from .kinds import Ack, ActorStatus, Error, Event, Ping, Pong, Status, StatusGet, kind
+from .ledger import LedgerError
 from .replay import ReplayGuard
 
 __all__ = [
@@ -62,6 +64,7 @@ __all__ = [
     "Event",
     "KeyEntry",
     "Keyring",
+    "LedgerError",
     "Malformed",
     "MalformedBody",
     "NotADelivery",
@@ -91,6 +94,7 @@ __all__ = [
     "check_body",
     "kind",
     "kinds",
+    "ledger",
     "new_id",
     "now_ms",
     "open",

@@ -136,6 +136,43 @@ UNKNOWN_OP = _reason(
     "receiver has no handler for (not sent by the reference, which checks operations "
     "first)", counted="no")
 
+# ---- the ledger's refusals (section 16) ---------------------------------------------
+# A chain's writer refuses the entry with them; a reader of the chain (`entityctl ledger
+# verify`) reports the first entry that breaks a rule with its code.
+
+BROKEN_CHAIN = _reason(
+    "broken_chain", "a ledger entry out of its chain: its `seq` is not the next one, its "
+    "`prev` is not the hash of the entry before it, or its `ts` is older than that "
+    "entry's (an entry dropped, reordered, forked or forged)", counted="no")
+WRONG_SIGNER = _reason(
+    "wrong_signer", "a ledger entry signed by another key than the one its kind needs: the "
+    "account's own key, an operator key for a `mint`", counted="no")
+BAD_ENTRY = _reason(
+    "bad_entry", "a ledger entry that breaks a rule of its own fields: an amount outside "
+    "1..2^63-1 or a `post` over the amount held, a payee or peer that is the account "
+    "itself or no entity name, a `mint` for another account or past the supply bound, a "
+    "score outside 1..5, a hold expiring before it is made, an encrypted entry, another "
+    "kind, `src`, or a `corr`", counted="no")
+OVERDRAFT = _reason(
+    "overdraft", "a `transfer` or `hold` for more than the account's available balance",
+    counted="no")
+UNKNOWN_HOLD = _reason(
+    "unknown_hold", "a `post` or `void` naming no hold of the account's chain",
+    counted="no")
+HOLD_RESOLVED = _reason(
+    "hold_resolved", "a `post` or `void` of a hold already posted or voided (a hold "
+    "resolves at most once)", counted="no")
+HOLD_EXPIRED = _reason(
+    "hold_expired", "a `post` whose `ts` is past the hold's `expires_at`", counted="no")
+CONFLICT = _reason(
+    "conflict", "a ledger entry whose id the chain holds already with another body (an "
+    "idempotency key reused)", counted="no")
+NOT_SETTLED = _reason(
+    "not_settled", "a `rate` of a peer with which the account has no settled escrow for "
+    "that task", counted="no")
+DUPLICATE_RATING = _reason(
+    "duplicate_rating", "a second `rate` of the same peer for the same task", counted="no")
+
 # ---- a `command_result`'s code (section 9.3) ----------------------------------------
 
 DONE = _result("done", True, "the command was carried out")

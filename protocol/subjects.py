@@ -8,6 +8,8 @@ from dataclasses import dataclass
 # \A and \Z, not ^ and $: "$" also matches before a trailing newline, so "peer\n" passed.
 NAME_RE = re.compile(r"\A[a-z0-9-]{1,32}\Z")
 TOKEN_RE = re.compile(r"\A[a-z0-9_-]{1,64}\Z")
+# The actor of `dst` on a ledger subject: the chain's account's ledger.
+LEDGER_ACTOR = "ledger"
 
 
 def valid_name(name: str) -> bool:
@@ -29,6 +31,12 @@ def request(dst: str, src: str, op: str) -> str:
 
 def command(dst: str, src: str, op: str) -> str:
     return f"fed.cmd.{dst}.{src}.{op}"
+
+
+def ledger(account: str) -> str:
+    """An account's chain of ledger entries in the LEDGER stream (PROTOCOL.md §16): only
+    the account's ledger appends there, and every entity may read it."""
+    return f"ledger.{account}"
 
 
 def inbox_prefix(entity: str) -> str:
@@ -63,7 +71,7 @@ class Route:
         entity, _, actor = dst.partition("/")
         if entity != self.receiver:
             return False
-        return self.family != "loc" or actor == self.actor
+        return self.family not in ("loc", "ledger") or actor == self.actor
 
 
 def route(subject: str) -> Route | None:
@@ -80,6 +88,8 @@ def route(subject: str) -> Route | None:
         if family in ("req", "cmd"):
             return Route(family, second, first)
         return None
+    if head == "ledger" and len(tokens) == 2:
+        return Route("ledger", tokens[1], tokens[1], LEDGER_ACTOR)
     if head in ("_i", "_l") and len(tokens) >= 3:
         return Route("reply", None, tokens[1])
     return None

@@ -148,7 +148,9 @@ def table_codes(heading: str) -> list[str]:
 
 
 def protocol_error_reasons() -> set[str]:
-    """The reasons of every ProtocolError subclass the application defines."""
+    """The reasons of every ProtocolError subclass the application defines (but a
+    family's base that keeps ProtocolError's reason, such as protocol.ledger's
+    LedgerError: only its subclasses are raised)."""
     import actors.peer.actor  # noqa: F401
     import entityd.runtime  # noqa: F401
 
@@ -157,7 +159,8 @@ def protocol_error_reasons() -> set[str]:
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        if cls.__module__.split(".")[0] in CODE_DIRS and cls is not protocol.ProtocolError:
+        family_base = cls.reason == BASE_REASON and cls.__subclasses__()
+        if cls.__module__.split(".")[0] in CODE_DIRS and not family_base:
             found.add(cls.reason)
     return found
 

@@ -208,10 +208,12 @@ def entity_of(address: str) -> str:
 class SubjectForm:
     """A subject of section 10's layout: its family and tokens."""
 
-    family: str  # loc, evt, req, cmd, reply
+    family: str  # loc, evt, req, cmd, ledger, reply
     sender: str | None  # the sender token, if the family has one
     receiver: str | None  # the receiver token, if the family has one
-    loc_dst: str | None = None  # on loc.<entity>.<actor>.<op>: <entity>/<actor>
+    # the one dst of the subject: <entity>/<actor> on loc.<entity>.<actor>.<op>,
+    # <entity>/ledger on ledger.<entity>
+    loc_dst: str | None = None
 
 
 def parse_subject(subject: str) -> SubjectForm | None:
@@ -223,6 +225,8 @@ def parse_subject(subject: str) -> SubjectForm | None:
         if tokens[1] == "evt":
             return SubjectForm("evt", tokens[2], None)
         return SubjectForm(tokens[1], tokens[3], tokens[2])
+    if len(tokens) == 2 and tokens[0] == "ledger":
+        return SubjectForm("ledger", tokens[1], tokens[1], f"{tokens[1]}/ledger")
     if len(tokens) >= 3 and tokens[0] in ("_i", "_l"):
         return SubjectForm("reply", None, tokens[1])
     return None
@@ -359,6 +363,8 @@ _ROUTES: list[tuple[str, str]] = [
     ("reply", r"reply to any request (?:whose handler returns nothing|that is refused or "
               r"fails \(section 9\))"),
     ("answer", r"sent back as the answer to the durable commands? " + _KINDS_IN),
+    ("ledger", r"entry of the account's chain on `ledger\.<entity>` in the LEDGER stream, "
+               r"`dst` `<entity>/ledger` \(section 16\)"),
 ]
 
 
@@ -767,7 +773,7 @@ class Receiver:
             raise bad(f"dst {dst} is not one of {self.local}'s actors")
         if entity_of(dst) != form.receiver:
             raise bad(f"dst {dst} does not belong on a subject for {form.receiver}")
-        if form.family == "loc" and dst != form.loc_dst:
+        if form.family in ("loc", "ledger") and dst != form.loc_dst:
             raise bad(f"dst {dst} is not {form.loc_dst} of the subject")
 
 
@@ -775,7 +781,7 @@ class Receiver:
 
 # Section 9.1/9.2 codes of the checks after open (section 11, *Where kinds may go*).
 ROUTE_CODES = ("unexpected_kind", "unexpected_encryption", "wrong_subject", "unknown_kind",
-               "wrong_sender")
+               "wrong_sender", "bad_entry")
 
 
 def check_route(opened: Opened, subject: str, spec: Spec | None = None) -> None:
@@ -824,6 +830,10 @@ def check_route(opened: Opened, subject: str, spec: Spec | None = None) -> None:
             fits = typ == "heartbeat" and src_actor == actor == "peer" and type_ == typ
         if not fits:
             raise Rejected("wrong_subject", f"{typ} from {opened.body['src']} on {subject}")
+        return
+    if family == "ledger":  # 11: only the entry kinds, plain (16.3 reads them further)
+        if enc or not any(r.how == "ledger" for r in kind.routes):
+            raise Rejected("bad_entry", f"{typ}{' encrypted' if enc else ''} on {subject}")
         return
     # reply inboxes
     if tokens[0] == "_l":
