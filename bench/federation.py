@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import dataclasses
-import json
 import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager, suppress
+from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import nats
@@ -53,22 +50,13 @@ from actors.peer.messages import (
     PeerCheckResult,
     PeerOutcome,
     PeerReport,
-    Peers,
-    PeersGet,
     Report,
 )
-from bench.harness import (
-    BenchError,
-    free_port,
-    nats_server_binary,
-    run_guarded,
-    stop_process,
-    wait_nats,
-)
+from bench.harness import BenchError, run_guarded
+from bench.rig import Federation, build, edit
 from entityd import config as config_mod
-from entityd import federation, identity, localauth, logs
+from entityd import identity, logs
 from entityd.client import EntityClient
-from entityd.config import Config
 from entityd.transport import wait_closed
 from protocol import Keyring, Ping, Pong, ReplayGuard, Sealer, subjects
 
@@ -83,7 +71,6 @@ WIRE_SUBJECT = subjects.request(B, A, "ping")
 # longer than a command (fed.cmd.<dst>.<src>.<op>) so that it overlaps no INBOX subject.
 RAW_STREAM = "BENCH-RAW"
 RAW_CMD_SUBJECT = subjects.command(B, A, "bench") + ".raw"
-HEARTBEAT_S = 0.5
 # Far above what the bench sends, so B's per-peer token bucket never refuses it.
 RATE_PER_MINUTE = 100_000_000
 RATE_BURST = 1_000_000
@@ -92,10 +79,7 @@ UNUSED_LLM_URL = "http://127.0.0.1:9/v1"
 
 REPLY_TIMEOUT_S = 10.0
 PHASE_TIMEOUT_S = 300.0
-READY_TIMEOUT_S = 60.0
 DISCOVERY_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 20.0
-BIN = Path(sys.executable).parent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,159 +99,6 @@ DEFAULT = Sizes(raw=2000, ping=1000, wire=1000, report=300, warmup=100, rounds=5
 QUICK = Sizes(raw=200, ping=100, wire=100, report=30, warmup=20, rounds=2)
 
 
-# ---- the federation: a hub and two daemons ------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    # If the bench is SIGKILLed, its daemons and hub go down too instead of staying orphans.
-    with suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclasses.dataclass
-class Member:
-    name: str
-    config_path: Path
-    port: int  # the client port of its embedded (leaf) nats-server
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def data(self) -> Path:
-        return self.config_path.parent
-
-    @property
-    def url(self) -> str:
-        """Its leaf, logged in with the entity's local token (as its daemon is)."""
-        return f"nats://{localauth.read(self.data)}@127.0.0.1:{self.port}"
-
-    def config(self) -> Config:
-        return config_mod.load(self.config_path)
-
-    def start(self) -> None:
-        env = dict(os.environ)
-        env.pop("NOTIFY_SOCKET", None)
-        env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(BIN / "entityd"), "run", "--config", str(self.config_path)],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=_die_with_parent,
-            )
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if '"entityd_ready"' in self.log.read_text(errors="replace"):
-                return
-            if self.proc is None or self.proc.poll() is not None:
-                code = None if self.proc is None else self.proc.returncode
-                raise BenchError(f"{self.name} exited ({code}) before it was ready: "
-                                 f"{self.log.read_text(errors='replace')[-1500:]}")
-            time.sleep(0.05)
-        raise BenchError(f"{self.name} was not ready within {timeout} s; see {self.log}")
-
-    def terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait_stopped(self) -> None:
-        """After terminate(): wait for the drain, then kill whatever is still running."""
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        stop_process(proc, STOP_TIMEOUT_S)
-
-
-class Federation:
-    """A hub nats-server and two `entityd run` daemons with leaf servers, in `root`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.hub_port = free_port()
-        self.leaf_port = free_port()
-        self.hub_log = root / "hub.log"
-        self.hub: subprocess.Popen[bytes] | None = None
-        self.members: dict[str, Member] = {}
-        users = []
-        for name in (A, B):
-            other = B if name == A else A
-            member = self._configure(name, other)
-            public, _ = federation.make_entity_credentials(name, member.data)
-            users.append((name, public))
-            self.members[name] = member
-        self.hub_conf = root / "hub.conf"
-        self.hub_conf.write_text(federation.render_hub_conf(
-            users, store_dir=root / "hub-store", port=self.hub_port, leaf_host="127.0.0.1",
-            leaf_port=self.leaf_port))
-
-    def _configure(self, name: str, other: str) -> Member:
-        data = self.root / name
-        data.mkdir(parents=True)
-        identity.create(data)
-        port = free_port()
-        text = config_mod.STARTER.format(name=name, data_dir=data, port=port)
-        everything = json.dumps(list(config_mod.PEER_PERMISSIONS))
-        for old, new in [
-            ('hub_url = ""', f'hub_url = "nats-leaf://127.0.0.1:{self.leaf_port}"'),
-            ('provider = "moonshot"', 'provider = "scripted"'),
-            ('base_url = ""', f'base_url = "{UNUSED_LLM_URL}"'),
-            ("heartbeat_interval = 5.0", f"heartbeat_interval = {HEARTBEAT_S}"),
-            ("rate_per_minute = 120", f"rate_per_minute = {RATE_PER_MINUTE}"),
-            ("rate_burst = 30", f"rate_burst = {RATE_BURST}"),
-            ("[trust]\n", f"[trust]\n{other} = {everything}\n"),
-        ]:
-            if old not in text:
-                raise BenchError(f"the starter config has no {old!r} any more")
-            text = text.replace(old, new, 1)
-        path = data / config_mod.CONFIG_NAME
-        path.write_text(text)
-        return Member(name, path, port, self.root / f"{name}.log")
-
-    def __getitem__(self, name: str) -> Member:
-        return self.members[name]
-
-    def start(self) -> None:
-        with self.hub_log.open("ab") as out:
-            self.hub = subprocess.Popen(
-                [nats_server_binary(), "-c", str(self.hub_conf)],
-                stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-            )
-        wait_nats(self.hub_port, self.hub, 10.0, self.hub_log)
-        for member in self.members.values():
-            member.start()
-        for member in self.members.values():
-            member.wait_ready(READY_TIMEOUT_S)
-
-    def stop(self) -> None:
-        # Both drain at once: each takes a few seconds to stop.
-        for member in self.members.values():
-            member.terminate()
-        for member in self.members.values():
-            try:
-                member.wait_stopped()
-            except Exception as exc:  # still stop the others and the hub
-                print(f"bench.federation: stopping {member.name}: {exc!r}", file=sys.stderr)
-        hub, self.hub = self.hub, None
-        if hub is not None and hub.poll() is None:
-            hub.terminate()
-            stop_process(hub, 10.0)
-
-
-async def discovered(fed: Federation, timeout: float) -> None:
-    """Until each daemon's peer actor lists the other as present (keys pinned both ways)."""
-    deadline = time.monotonic() + timeout
-    for me, other in ((A, B), (B, A)):
-        async with EntityClient(fed[me].config()) as client:
-            while True:
-                peers: Peers = await client.ask(PEER_ACTOR, PeersGet(), REPLY_TIMEOUT_S)
-                if any(p.name == other and p.present for p in peers.peers):
-                    break
-                if time.monotonic() > deadline:
-                    raise BenchError(f"{me} did not see {other} within {timeout} s")
-                await asyncio.sleep(0.1)
-
-
 # ---- figures ------------------------------------------------------------------------------
 
 
@@ -283,14 +114,14 @@ class CpuMeter:
     def __init__(self, fed: Federation) -> None:
         pids: dict[str, int] = {"bench": os.getpid()}
         for name, short in ((A, "A"), (B, "B")):
-            proc = fed[name].proc
+            proc = fed[name].daemon.proc
             if proc is not None:
                 pids[short] = proc.pid
                 leaf = _child_named(proc.pid, "nats-server")
                 if leaf is not None:
                     pids[f"{short} leaf"] = leaf
-        if fed.hub is not None:
-            pids["hub"] = fed.hub.pid
+        if fed.hub.proc is not None:
+            pids["hub"] = fed.hub.proc.pid
         order = ["bench", "A", "A leaf", "hub", "B leaf", "B"]
         self.pids = {k: pids[k] for k in order if k in pids}
 
@@ -611,9 +442,9 @@ class Results:
 
 
 async def measure(fed: Federation, sizes: Sizes) -> Results:
-    await discovered(fed, DISCOVERY_TIMEOUT_S)
+    await fed.discovered(DISCOVERY_TIMEOUT_S)
     cpu = CpuMeter(fed)
-    cfg_a, cfg_b = fed[A].config(), fed[B].config()
+    cfg_a, cfg_b = config_mod.load(fed[A].config), config_mod.load(fed[B].config)
     key_a = identity.read_key(identity.key_path(cfg_a.data_dir))
     public_b = identity.read_public(cfg_b.data_dir)
     payload = b"x" * len(ping_wire(key_a))  # raw messages as large as a signed ping
@@ -733,18 +564,25 @@ def run_federation(sizes: Sizes, keep: bool) -> tuple[Results | None, int]:
 
 @contextmanager
 def running_federation(keep: bool) -> Iterator[Federation]:
-    """The hub and both daemons, ready; all stopped (and the work dir gone) after."""
+    """The hub and both daemons, ready; all stopped (and the work dir gone) after. If the
+    bench is SIGKILLed, its daemons and hub get SIGTERM instead of staying orphans."""
     with workdir(keep) as root:
-        fed = Federation(root)
+        # No model is asked by ping or report; per-peer rate limits far above what is sent.
+        fed = build(root, (A, B), llm_url=UNUSED_LLM_URL, die_with_parent=True)
+        for member in fed.members.values():
+            edit(member.config, "rate_per_minute = 120", f"rate_per_minute = {RATE_PER_MINUTE}")
+            edit(member.config, "rate_burst = 30", f"rate_burst = {RATE_BURST}")
+        print(f"hub on 127.0.0.1:{fed.hub.port} (leafnodes {fed.leaf_port}); "
+              f"{A} leaf {fed[A].port}, {B} leaf {fed[B].port}", flush=True)
+        t0 = time.monotonic()
         try:
-            print(f"hub on 127.0.0.1:{fed.hub_port} (leafnodes {fed.leaf_port}); "
-                  f"{A} leaf {fed[A].port}, {B} leaf {fed[B].port}", flush=True)
-            t0 = time.monotonic()
             fed.start()
             print(f"daemons ready in {time.monotonic() - t0:.1f} s", flush=True)
             yield fed
         finally:
-            fed.stop()
+            codes = fed.stop()
+            if set(codes) - {0}:
+                print(f"bench.federation: the daemons exited with {codes}", file=sys.stderr)
 
 
 TARGETS = {"fed_rr": 0.5}

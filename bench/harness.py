@@ -1,4 +1,5 @@
-"""What every benchmark here shares: a nats-server of its own, and a clean exit.
+"""What benchmarks and tests share: the child processes they start (nats-server,
+`entityd run`, entityctl), and for a benchmark a clean exit.
 
 `run_with_nats` starts a core nats-server on a free loopback port, runs the bench's
 coroutine against it, and always stops the server: on success, on a BenchError (a
@@ -8,6 +9,8 @@ measurement that could not complete), and on Ctrl-C or SIGTERM (exit code 130).
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import os
 import shutil
 import signal
 import socket
@@ -15,7 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -25,16 +28,18 @@ from bench.ports import free_port
 T = TypeVar("T")
 R = TypeVar("R")
 
+BIN = Path(sys.executable).parent
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
 
 
 class BenchError(Exception):
-    """A measurement could not complete (lost messages, a wrong reply, no server)."""
+    """A measurement could not complete (lost messages, a wrong reply), or a process it
+    needs did not start, answer or stop (a server or daemon, named with its log)."""
 
 
 def nats_server_binary() -> str:
-    beside = Path(sys.executable).parent / "nats-server"
+    beside = BIN / "nats-server"
     if beside.exists():
         return str(beside)
     found = shutil.which("nats-server")
@@ -97,6 +102,135 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float) -> None:
         proc.kill()
         proc.wait(10)
 
+
+def _die_with_parent() -> None:
+    # If the one who started it is SIGKILLed, the child goes down too instead of staying
+    # an orphan (PR_SET_PDEATHSIG, sent when the thread that forked it ends).
+    with suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """This environment for a child, with the venv's commands first on PATH and no
+    systemd notify socket (a child must not speak for its parent's unit)."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+class ServerProcess:
+    """A nats-server process on a known port, its output in a log; kill() and start() again."""
+
+    def __init__(self, args: list[str], port: int, log: Path,
+                 env: dict[str, str] | None = None, *, die_with_parent: bool = False) -> None:
+        self.args = args
+        self.port = port
+        self.log = log
+        self.env = env
+        self.die_with_parent = die_with_parent
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ServerProcess:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as output:
+            self.proc = subprocess.Popen(
+                self.args, stdout=output, stderr=output, stdin=subprocess.DEVNULL, env=self.env,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+        wait_nats(self.port, self.proc, timeout, self.log)
+        # Whoever answered must be our server, not another one that took the port.
+        if self.proc.poll() is not None:
+            raise BenchError(f"{self.args} exited: {self.log.read_text()[-800:]}")
+        return self
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            stop_process(self.proc, 10.0)
+
+
+class DaemonProc:
+    """`entityd run` as a child process, with its log captured to a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None, *,
+                 die_with_parent: bool = False) -> None:
+        self.config = config
+        self.log_path = log
+        self.env = env or child_env()
+        self.die_with_parent = die_with_parent
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DaemonProc:
+        with self.log_path.open("ab") as output:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [str(BIN / "entityd"), "run", "--config", str(self.config)],
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=self.env,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 20.0, count: int = 1) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.log().count(needle) >= count:
+                return
+            if self.proc and self.proc.poll() is not None:
+                raise BenchError(
+                    f"entityd ({self.config}) exited ({self.proc.returncode}) before "
+                    f"logging {needle!r}:\n"
+                    + self.log()[-3000:]
+                )
+            time.sleep(0.05)
+        raise BenchError(
+            f"entityd ({self.config}) did not log {needle!r} within {timeout} s:\n"
+            + self.log()[-3000:]
+        )
+
+    def signal_stop(self) -> None:
+        """SIGTERM, once: the daemon drains its queued work and exits."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        assert self.proc is not None
+        self.signal_stop()
+        return self.proc.wait(timeout)
+
+    def wait_stopped(self, grace: float) -> int:
+        """After signal_stop(): its exit code, killed (-9) if still running after `grace` s."""
+        assert self.proc is not None
+        stop_process(self.proc, grace)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def ctl(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """entityctl with `config`, its output captured as text."""
+    return subprocess.run(
+        [str(BIN / "entityctl"), "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, env=child_env(),
+    )
 
 
 def _leaves(group: BaseExceptionGroup[BenchError]) -> Iterator[BaseException]:

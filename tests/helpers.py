@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
-import re
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,11 +16,16 @@ import nats
 from nacl.signing import SigningKey
 from nats.aio.subscription import Subscription
 
-# Re-exported: the tests take ports from here, the same picker the benches use.
+# Re-exported: the tests take ports, processes and entity data dirs from here, the same
+# the benches use (bench/rig.py, the federation rig, starts them too).
+from bench.harness import BIN as BIN
+from bench.harness import DaemonProc as DaemonProc
+from bench.harness import ServerProcess as ServerProcess
+from bench.harness import child_env as child_env
+from bench.harness import ctl as ctl
 from bench.ports import free_port as free_port
 from bench.ports import free_port_range as free_port_range
-from entityd import config as config_mod
-from entityd import identity
+from bench.rig import make_entity as make_entity
 from entityd.actor import Actor
 from entityd.bus import barrier
 from entityd.config import RuntimeSection
@@ -33,21 +33,8 @@ from entityd.runtime import Runtime
 from entityd.transport import Transport
 from protocol import Keyring
 
-BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent
 NATS_SERVER = str(BIN / "nats-server")
-
-
-def wait_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                if s.recv(4) == b"INFO":
-                    return
-        except OSError:
-            time.sleep(0.02)
-    raise TimeoutError(f"nothing answered NATS on port {port} within {timeout} s")
 
 
 async def poll(
@@ -73,49 +60,6 @@ async def poll(
         await asyncio.sleep(every)
 
 
-class ServerProcess:
-    """A nats-server process on a known port, its output in a log; kill() and start() again."""
-
-    def __init__(self, args: list[str], port: int, log: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.args = args
-        self.port = port
-        self.log = log
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"nats://127.0.0.1:{self.port}"
-
-    def start(self) -> ServerProcess:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as output:
-            self.proc = subprocess.Popen(
-                self.args, stdout=output, stderr=output, stdin=subprocess.DEVNULL, env=self.env
-            )
-        try:
-            wait_port(self.port)
-        finally:
-            # Whoever answered must be our server, not another one that took the port.
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.args} exited: {self.log.read_text()[-800:]}")
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 class NatsServer(ServerProcess):
     """A real nats-server with JetStream in `store`, on a free port unless one is given."""
 
@@ -127,90 +71,9 @@ class NatsServer(ServerProcess):
             port, store / "nats-server.log",
         )
 
-    def start(self) -> NatsServer:
-        super().start()
+    def start(self, timeout: float = 10.0) -> NatsServer:
+        super().start(timeout)
         return self
-
-
-def make_entity(
-    root: Path, name: str = "entity-a", *, nats_url: str = "", port: int | None = None,
-    extra: str = "",
-) -> Path:
-    """An initialised data dir with a config; returns the config path."""
-    data = root / name
-    data.mkdir(parents=True, exist_ok=True)
-    identity.create(data)
-    text = config_mod.STARTER.format(name=name, data_dir=data, port=port or free_port())
-    if nats_url:
-        text = re.sub(r'(?m)^url = ""', f'url = "{nats_url}"', text, count=1)
-    path = data / config_mod.CONFIG_NAME
-    path.write_text(text + extra)
-    return path
-
-
-def child_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
-    env.update(extra)
-    return env
-
-
-class DaemonProc:
-    """`entityd run` as a child process, with its log captured to a file."""
-
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
-        self.config = config
-        self.log_path = log
-        self.env = env or child_env()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> DaemonProc:
-        with self.log_path.open("ab") as output:  # the child keeps its own descriptor
-            self.proc = subprocess.Popen(
-                [str(BIN / "entityd"), "run", "--config", str(self.config)],
-                stdout=output,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-            )
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_log(self, needle: str, timeout: float = 20.0, count: int = 1) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.log().count(needle) >= count:
-                return
-            if self.proc and self.proc.poll() is not None:
-                raise AssertionError(
-                    f"entityd exited ({self.proc.returncode}) before logging {needle!r}:\n"
-                    + self.log()[-3000:]
-                )
-            time.sleep(0.05)
-        raise AssertionError(
-            f"entityd did not log {needle!r} within {timeout} s:\n{self.log()[-3000:]}"
-        )
-
-    def terminate(self, timeout: float = 20.0) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def ctl(config: Path, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "entityctl"), "--config", str(config), *args],
-        capture_output=True, text=True, timeout=timeout, env=child_env(),
-    )
 
 
 async def nats_connect(url: str, inbox_prefix: str = "_INBOX") -> nats.NATS:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from actors.llm.scripted import Reply, ScriptedLLMServer
-from tests.federation_rig import Federation, Member, build, running
+from bench.rig import Federation, Member, build, running
 from tests.helpers import poll
 from tests.peer_model import BIG_LINES, CALC, TEST_CALC, route
 
@@ -64,7 +64,7 @@ def check_branch(member: Member, branch: str, tmp: Path) -> None:
 
 async def start_pair(tmp_path: Path, llm: ScriptedLLMServer) -> Federation:
     fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
-    await fed.start()
+    await asyncio.to_thread(fed.start)
     await fed.discovered()
     return fed
 

@@ -9,9 +9,9 @@ import pytest
 
 import protocol
 from actors.llm.scripted import ScriptedLLMServer
+from bench.rig import build, running
 from entityd import identity
 from protocol import Keyring, ReplayGuard
-from tests.federation_rig import build, running
 from tests.helpers import DaemonProc, free_port, make_entity
 from tests.peer_model import route
 

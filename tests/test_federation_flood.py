@@ -44,10 +44,10 @@ from nats.aio.msg import Msg
 import protocol
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.messages import Heartbeat, PeerCheck, PeerCheckResult, Peers, PeersGet
+from bench.rig import ALL, Federation, Member, build, edit, running
 from entityd import config as entity_config
 from entityd import identity
 from entityd.client import EntityClient
-from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.helpers import start_attacker
 from tests.peer_model import route
 
@@ -76,19 +76,12 @@ async def trio(tmp_path: Path) -> AsyncIterator[Federation]:
         fed = build(tmp_path, [A, B, C], llm_url=llm.base_url, trust=trust,
                     heartbeat=HEARTBEAT)
         for member in fed.members.values():
-            edit(member.config, "replay_window = 90.0\n",
-                 f"replay_window = 90.0\nreplay_capacity = {CAPACITY}\n")
+            edit(member.config, "replay_capacity = 100000", f"replay_capacity = {CAPACITY}")
         # Phase 2: entity-a verifies everything it is sent, however fast.
         edit(fed[A].config, "rate_per_minute = 120", "rate_per_minute = 100000000")
         edit(fed[A].config, "rate_burst = 30", "rate_burst = 100000000")
         async with running(fed):
             yield fed
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
 
 
 @dataclass

@@ -49,13 +49,13 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 import protocol
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.messages import PeerCheck, PeerCheckResult, Report
+from bench.rig import ALL, Federation, build, edit, running
 from entityd import config as entity_config
 from entityd import identity
 from entityd.client import EntityClient
 from entityd.config import from_mapping
 from entityd.errors import ConfigError
 from protocol import Sealer
-from tests.federation_rig import ALL, Federation, build, running
 from tests.helpers import DaemonProc, NatsServer, make_entity, poll, start_attacker
 from tests.peer_model import route
 
@@ -73,12 +73,6 @@ SLOWER, SLOWEST = 5, 50  # median and worst check during the flood, times the ba
 PER_SUBJECT_FULL = "maximum messages per subject exceeded"
 OPS = ("report", "wake", "restart", "result", "delegate", "task")
 JUNK_BYTES = 200_000
-
-
-def edit(path: Path, old: str, new: str) -> None:
-    text = path.read_text()
-    assert old in text, old
-    path.write_text(text.replace(old, new, 1))
 
 
 def event_data(msg: Msg) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from nats.aio.msg import Msg
 
 from actors.llm import ScriptedLLMServer
 from actors.peer.replies import Replies, StrayReply
-from tests.federation_rig import ALL, build, running
+from bench.rig import ALL, build, running
 from tests.helpers import NatsServer
 from tests.peer_model import route
 from tests.test_federation_security import OBSERVER_PASSWORD, Tap, add_observer, connect

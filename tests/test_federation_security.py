@@ -39,8 +39,8 @@ from nats.aio.msg import Msg
 import protocol
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.messages import Heartbeat, Report, Restart, Talk
+from bench.rig import ALL, Federation, Member, build, running
 from entityd import federation, identity
-from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.helpers import poll
 from tests.peer_model import route
 

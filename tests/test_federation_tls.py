@@ -24,11 +24,11 @@ import pytest
 import structlog
 from nats.aio.msg import Msg
 
+from bench.rig import leaf_server
 from entityd import config as config_mod
 from entityd import federation, hublink
 from entityd.daemon import leaf_server_config
 from entityd.errors import ConfigError
-from entityd.natsserver import EmbeddedNatsServer
 from tests.helpers import BIN, NATS_SERVER, ServerProcess, child_env, free_port, make_entity
 
 REPO = Path(__file__).resolve().parent.parent
@@ -395,14 +395,8 @@ class Hub:
         command line."""
         _, seed = self.creds[name]
         data_dir = self.root / f"{name}-{len(self.leaves)}"
-        conf = data_dir / "nats" / "leaf.conf"
-        conf.parent.mkdir(parents=True)
-        conf.write_text(edit(federation.render_leaf_conf(name, hub_url, seed,
-                                                         hub_ca_file=hub_ca_file)))
-        embedded = EmbeddedNatsServer(name=name, data_dir=data_dir, port=free_port(),
-                                      binary=NATS_SERVER, config=str(conf))
-        leaf = ServerProcess(embedded.command(), embedded.port, embedded.log_path,
-                             child_env(**federation.leaf_env(seed), **(env or {})))
+        leaf = leaf_server(name, data_dir, hub_url, seed, hub_ca_file=hub_ca_file, env=env,
+                           rewrite=edit)
         self.leaves.append(leaf)
         return leaf.start()
 

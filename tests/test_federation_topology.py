@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,84 +25,18 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 
+from bench.rig import Federation, build_leaves
 from entityd import federation
 from entityd.errors import ConfigError, IdentityError
-from entityd.natsserver import EmbeddedNatsServer
-from tests.helpers import NATS_SERVER, ServerProcess, child_env, free_port
+from tests.helpers import NATS_SERVER, child_env
 
 REPO = Path(__file__).resolve().parent.parent
 A, B, C = "entity-a", "entity-b", "entity-c"
 
 
-@dataclass
-class Federation:
-    root: Path
-    hub: ServerProcess
-    leaves: dict[str, ServerProcess] = field(default_factory=dict)
-
-    def url(self, name: str) -> str:
-        return f"nats://127.0.0.1:{self.leaves[name].port}"
-
-    def stop(self) -> None:
-        for server in [*self.leaves.values(), self.hub]:
-            server.stop()
-
-
-def start_federation(
-    root: Path,
-    names: tuple[str, ...] = (A, B),
-    *,
-    grants: dict[str, federation.Permissions] | None = None,
-    tls: tuple[Path, Path] | None = None,
-) -> Federation:
-    creds = {name: federation.make_entity_credentials(name, root / name) for name in names}
-    hub_port, leaf_port = free_port(), free_port()
-    hub_conf = root / "hub" / "hub.conf"
-    hub_conf.parent.mkdir(parents=True)
-    cert, key = tls or ("", "")
-    hub_conf.write_text(
-        federation.render_hub_conf(
-            [(name, public) for name, (public, _) in creds.items()],
-            store_dir=root / "hub" / "jetstream", port=hub_port,
-            leaf_host="127.0.0.1", leaf_port=leaf_port,
-            tls_cert=str(cert), tls_key=str(key), grants=grants,
-        )
-    )
-    hub = ServerProcess(
-        [NATS_SERVER, "-c", str(hub_conf), "-l", str(root / "hub" / "nats-server.log")],
-        hub_port, root / "hub" / "nats-server.log", child_env(),
-    )
-    fed = Federation(root, hub.start())
-    try:
-        scheme = "tls" if tls else "nats-leaf"
-        for name, (_, seed) in creds.items():
-            data_dir = root / name
-            conf = data_dir / "nats" / "leaf.conf"
-            conf.parent.mkdir(parents=True, exist_ok=True)
-            conf.write_text(
-                federation.render_leaf_conf(
-                    name, f"{scheme}://127.0.0.1:{leaf_port}", seed,
-                    hub_ca_file=str(cert) if tls else "",
-                )
-            )
-            # Exactly the command line entityd's embedded server runs, plus the seed.
-            embedded = EmbeddedNatsServer(
-                name=name, data_dir=data_dir, port=free_port(), binary=NATS_SERVER,
-                config=str(conf),
-            )
-            fed.leaves[name] = ServerProcess(
-                embedded.command(), embedded.port, embedded.log_path,
-                child_env(**federation.leaf_env(seed)),
-            ).start()
-    except BaseException:
-        fed.stop()
-        raise
-    return fed
-
-
 @pytest.fixture
 def fed(tmp_path: Path) -> Iterator[Federation]:
-    f = start_federation(tmp_path)
+    f = build_leaves(tmp_path, (A, B)).start()
     try:
         yield f
     finally:
@@ -118,7 +51,7 @@ async def clients(fed: Federation, *names: str) -> AsyncIterator[list[Client]]:
         for name in names:
             opened.append(
                 await nats.connect(
-                    fed.url(name), inbox_prefix=f"_i.{name}", max_reconnect_attempts=-1,
+                    fed.leaves[name].url, inbox_prefix=f"_i.{name}", max_reconnect_attempts=-1,
                     reconnect_time_wait=0.1,
                 )
             )
@@ -364,7 +297,7 @@ async def test_an_entity_cannot_publish_as_another_or_leak_local_traffic(
 async def test_an_entity_cannot_listen_to_another_entitys_requests_or_replies(
     tmp_path: Path,
 ) -> None:
-    fed = await asyncio.to_thread(start_federation, tmp_path, (A, B, C))
+    fed = await asyncio.to_thread(build_leaves(tmp_path, (A, B, C)).start)
     try:
         async with clients(fed, A, B, C) as (a, b, c):
             sniffed, markers = Collector(), Collector()
@@ -471,14 +404,11 @@ async def test_commands_land_in_the_receivers_stream_in_its_own_domain(
 
 async def test_another_domains_jetstream_api_needs_an_explicit_grant(tmp_path: Path) -> None:
     api = f"$JS.{B}.API.>"
-    fed = await asyncio.to_thread(
-        start_federation,
-        tmp_path,
-        grants={
-            A: federation.Permissions(publish=(api,)),
-            B: federation.Permissions(subscribe=(api,)),
-        },
-    )
+    grants = {
+        A: federation.Permissions(publish=(api,)),
+        B: federation.Permissions(subscribe=(api,)),
+    }
+    fed = await asyncio.to_thread(build_leaves(tmp_path, (A, B), grants=grants).start)
     try:
         async with clients(fed, A, B) as (a, b):
             await b.jetstream().add_stream(StreamConfig(name="INBOX", subjects=[f"fed.cmd.{B}.>"]))
@@ -486,13 +416,6 @@ async def test_another_domains_jetstream_api_needs_an_explicit_grant(tmp_path: P
             assert info.config.name == "INBOX"
     finally:
         fed.stop()
-
-
-def leaf_port(fed: Federation) -> int:
-    conf = (fed.root / "hub" / "hub.conf").read_text()
-    found = re.search(r"leafnodes \{\n    host: \S+\n    port: (\d+)", conf)
-    assert found, conf
-    return int(found[1])
 
 
 def make_cert(cert: Path, key: Path) -> None:
@@ -509,14 +432,14 @@ async def test_leaves_join_over_tls(tmp_path: Path) -> None:
         pytest.skip("openssl is needed to make a test certificate")
     cert, key = tmp_path / "hub.crt", tmp_path / "hub.key"
     await asyncio.to_thread(make_cert, cert, key)
-    fed = await asyncio.to_thread(start_federation, tmp_path, tls=(cert, key))
+    fed = await asyncio.to_thread(build_leaves(tmp_path, (A, B), tls=(cert, key)).start)
     try:
         async with clients(fed, A, B) as (a, b):
             await responder(b, f"fed.req.{B}.>")
             reply = await until(lambda: a.request(f"fed.req.{B}.{A}.ping", b"", timeout=0.5))
             assert reply.data == b"pong"
         # The hub's leafnode port speaks only TLS, so the leaves that got through used it.
-        with socket.create_connection(("127.0.0.1", leaf_port(fed)), timeout=5) as s:
+        with socket.create_connection(("127.0.0.1", fed.leaf_port), timeout=5) as s:
             info = s.recv(4096).decode()
         assert info.startswith("INFO ") and json.loads(info[5:])["tls_required"] is True
     finally:

@@ -31,8 +31,8 @@ from nacl.signing import SigningKey
 from nats.aio.msg import Msg
 
 from actors.llm.scripted import ScriptedLLMServer
+from bench.rig import ALL, Federation, Member, build, running
 from entityd.transport import _claimed_header  # the reference's 9.1, compared below
-from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.independent.receiver import (
     DEFAULT_MAX_BYTES,
     REASON_CODES,

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from actors.llm.scripted import ScriptedLLMServer
+from bench.rig import ALL, Federation, Member, build, running
 from entityd import identity
-from tests.federation_rig import ALL, Federation, Member, build, running
 from tests.helpers import poll
 from tests.peer_model import route
 
@@ -151,7 +151,7 @@ async def test_a_peer_over_its_rate_limit_is_refused_and_its_commands_wait(
                             .replace("rate_per_minute = 120", "rate_per_minute = 20")
                             .replace("rate_burst = 30", "rate_burst = 2"))
         try:
-            await fed.start()
+            await asyncio.to_thread(fed.start)
             await fed.discovered()
             a = fed["entity-a"]
             states = [await _check_state(a) for _ in range(4)]

@@ -33,7 +33,7 @@ from actors.memory_store import MIGRATIONS, MemoryStore
 from actors.messages import Goal
 from actors.sandbox import tool_specs
 from actors.turn_scope import WORKSPACE_TOOLS, TurnScope
-from tests.federation_rig import ALL, Federation, Member, build, running
+from bench.rig import ALL, Federation, Member, build, running
 from tests.peer_model import CALL_RE, route
 from tests.test_federation_security import (
     OBSERVER_PASSWORD,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from actors.llm.scripted import ScriptedLLMServer
-from tests.federation_rig import Member, build
+from bench.rig import Member, build
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
@@ -37,7 +37,7 @@ async def test_reports_sent_while_the_receiver_or_the_hub_is_down_arrive_exactly
 ) -> None:
     async with ScriptedLLMServer(route) as llm:
         fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
-        await fed.start()
+        await asyncio.to_thread(fed.start)
         try:
             await fed.discovered()
             a, b = fed["entity-a"], fed["entity-b"]

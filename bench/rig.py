@@ -1,0 +1,276 @@
+"""One federation for tests and benchmarks: a hub nats-server with a user per member, and
+per member either an `entityd run` daemon whose embedded server is a leaf of the hub
+(`build`) or a bare leaf nats-server on the embedded server's command line
+(`build_leaves`). What `Federation.start` started, `Federation.stop` stops.
+
+It lives in bench/ so that both may import it (see bench/ports.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from actors.peer.messages import Peers, PeersGet
+from bench.harness import (
+    BenchError,
+    DaemonProc,
+    ServerProcess,
+    child_env,
+    ctl,
+    nats_server_binary,
+)
+from bench.ports import free_port
+from entityd import config as config_mod
+from entityd import federation, identity, localauth
+from entityd.client import EntityClient
+from entityd.natsserver import EmbeddedNatsServer
+
+ALL = config_mod.PEER_PERMISSIONS  # what a member trusts every other with by default
+Trust = Mapping[str, Mapping[str, Sequence[str]]]
+READY = '"entityd_ready"'  # what `entityd run` logs once it serves
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 20.0  # a daemon's drain, before it is killed
+ASK_TIMEOUT_S = 10.0
+
+
+def make_entity(
+    root: Path, name: str = "entity-a", *, nats_url: str = "", port: int | None = None,
+    extra: str = "",
+) -> Path:
+    """An initialised data dir `root/name` with the starter config; returns its path."""
+    data = root / name
+    data.mkdir(parents=True, exist_ok=True)
+    identity.create(data)
+    text = config_mod.STARTER.format(name=name, data_dir=data, port=port or free_port())
+    if nats_url:
+        text = re.sub(r'(?m)^url = ""', f'url = "{nats_url}"', text, count=1)
+    path = data / config_mod.CONFIG_NAME
+    path.write_text(text + extra)
+    return path
+
+
+def edited(text: str, old: str, new: str) -> str:
+    """`text` with its first `old` replaced; BenchError if there is none (the starter
+    config changed under whoever edits it)."""
+    if old not in text:
+        raise BenchError(f"no {old!r} to replace in the config")
+    return text.replace(old, new, 1)
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    """The file at `path` with its first `old` replaced (see edited)."""
+    path.write_text(edited(path.read_text(), old, new))
+
+
+@dataclass
+class Member:
+    """An entity run by `entityd run`, its embedded nats-server a leaf of the hub."""
+
+    name: str
+    config: Path
+    port: int  # the client port of its embedded (leaf) nats-server
+    daemon: DaemonProc
+
+    @property
+    def data(self) -> Path:
+        return self.config.parent
+
+    @property
+    def workspace(self) -> Path:
+        return self.data / "workspace"
+
+    @property
+    def url(self) -> str:
+        """The member's own leaf, logged in with its local token (as its daemon is)."""
+        return f"nats://{localauth.read(self.data)}@127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.daemon.start()
+
+    async def ready(self) -> None:
+        await asyncio.to_thread(self.daemon.wait_log, READY, READY_TIMEOUT_S)
+
+    async def ctl(self, *args: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        """entityctl in a thread: the scripted model may be serving on this loop."""
+        result = await asyncio.to_thread(ctl, self.config, *args, timeout=timeout)
+        return result.returncode, result.stdout, result.stderr
+
+    async def ctl_json(self, *args: str, timeout: float = 60.0) -> Any:
+        code, out, err = await self.ctl(*args, "--json", timeout=timeout)
+        if code != 0:
+            raise BenchError(f"entityctl {' '.join(args)} exited {code}: {out}{err}")
+        return json.loads(out)
+
+
+@dataclass
+class Federation:
+    """A hub, and its members: daemons (`members`, from build) or bare leaf servers
+    (`leaves`, from build_leaves), all in `root`."""
+
+    root: Path
+    hub: ServerProcess
+    leaf_port: int  # the hub's leafnode port
+    members: dict[str, Member] = field(default_factory=dict)
+    leaves: dict[str, ServerProcess] = field(default_factory=dict)
+    llm: Any = None  # the scripted model server, when a test keeps it here
+
+    def __getitem__(self, name: str) -> Member:
+        return self.members[name]
+
+    def start(self) -> Federation:
+        """The hub, then the leaves and daemons, until every daemon is ready; blocks (call
+        it in a thread from a loop). If anything fails to start, all is stopped again."""
+        try:
+            self.hub.start()
+            for leaf in self.leaves.values():
+                leaf.start()
+            for member in self.members.values():
+                member.start()
+            for member in self.members.values():
+                member.daemon.wait_log(READY, READY_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> list[int]:
+        """Every daemon, the leaves and the hub stopped; the daemons' exit codes (-9 for one
+        killed). The daemons get SIGTERM at once and drain together, each killed if still
+        running after STOP_TIMEOUT_S."""
+        daemons = [m.daemon for m in self.members.values() if m.daemon.proc is not None]
+        for daemon in daemons:
+            daemon.signal_stop()
+        codes = [daemon.wait_stopped(STOP_TIMEOUT_S) for daemon in daemons]
+        for server in [*self.leaves.values(), self.hub]:
+            server.stop()
+        return codes
+
+    async def discovered(self, timeout: float = 30.0) -> None:
+        """Until each member's peer actor lists every other member as present."""
+        deadline = time.monotonic() + timeout
+        for member in self.members.values():
+            others = set(self.members) - {member.name}
+            async with EntityClient(config_mod.load(member.config)) as client:
+                while True:
+                    peers: Peers = await client.ask("peer", PeersGet(), ASK_TIMEOUT_S)
+                    present = {p.name for p in peers.peers if p.present}
+                    if present >= others:
+                        break
+                    if time.monotonic() > deadline:
+                        raise BenchError(f"{member.name} sees only {sorted(present)} present "
+                                         f"after {timeout} s, not all of {sorted(others)}")
+                    await asyncio.sleep(0.1)
+
+
+@asynccontextmanager
+async def running(fed: Federation) -> AsyncIterator[Federation]:
+    """Started in a thread (the loop stays free for a scripted model serving on it); on the
+    way out stopped, and every daemon must have exited 0."""
+    try:
+        await asyncio.to_thread(fed.start)
+        yield fed
+    finally:
+        codes = await asyncio.to_thread(fed.stop)
+        if set(codes) - {0}:
+            logs = "\n".join(f"{m.name}: {m.daemon.log()[-2000:]}" for m in fed.members.values())
+            raise BenchError(f"daemons exited with {codes}:\n{logs}")
+
+
+def build(
+    root: Path, names: Sequence[str], *, llm_url: str, trust: Trust | None = None,
+    heartbeat: float = 0.5, extra: Mapping[str, str] | None = None,
+    die_with_parent: bool = False,
+) -> Federation:
+    """Data dirs, configs and hub users for `names` as `entityd run` daemons (not started).
+
+    `trust[receiver][sender]` lists what `sender` may ask of `receiver`; by default every
+    member trusts every other with everything. `extra[name]` is appended to that member's
+    config. With `die_with_parent`, the daemons and the hub get SIGTERM when the thread
+    that started them ends: start them from one that outlives them."""
+    leaf_port = free_port()
+    members = {}
+    for name in names:
+        port = free_port()
+        config = make_entity(root, name, port=port)
+        granted = (trust or {}).get(name)
+        if granted is None:
+            granted = {other: ALL for other in names if other != name}
+        lines = "".join(f"{peer} = {json.dumps(list(perms))}\n" for peer, perms in granted.items())
+        text = config.read_text()
+        for old, new in [
+            ('hub_url = ""', f'hub_url = "nats-leaf://127.0.0.1:{leaf_port}"'),
+            ('provider = "moonshot"', 'provider = "scripted"'),
+            ('base_url = ""', f'base_url = "{llm_url}"'),
+            ("heartbeat_interval = 5.0", f"heartbeat_interval = {heartbeat}"),
+            ("command_timeout = 15.0", "command_timeout = 5.0"),
+            ("[trust]\n", f"[trust]\n{lines}"),
+        ]:
+            text = edited(text, old, new)
+        config.write_text(text + (extra or {}).get(name, ""))
+        daemon = DaemonProc(config, root / f"{name}.log", die_with_parent=die_with_parent)
+        members[name] = Member(name, config, port, daemon)
+    hub = _hub(root, {name: m.data for name, m in members.items()}, leaf_port,
+               die_with_parent=die_with_parent)
+    return Federation(root, hub, leaf_port, members)
+
+
+def build_leaves(
+    root: Path, names: Sequence[str], *, grants: Mapping[str, federation.Permissions] | None
+    = None, tls: tuple[Path, Path] | None = None,
+) -> Federation:
+    """A hub and a bare leaf server per name, each with its hub credentials in `root/name`
+    (not started). `grants` are hub permissions beyond a member's own; with `tls` (a
+    certificate and its key) the hub's leafnode port speaks only TLS and the leaves pin
+    that certificate."""
+    leaf_port = free_port()
+    hub = _hub(root, {name: root / name for name in names}, leaf_port, grants=grants, tls=tls)
+    hub_url = f"{'tls' if tls else 'nats-leaf'}://127.0.0.1:{leaf_port}"
+    leaves = {
+        name: leaf_server(name, root / name, hub_url, federation.seed_path(root / name),
+                          hub_ca_file=str(tls[0]) if tls else "")
+        for name in names
+    }
+    return Federation(root, hub, leaf_port, leaves=leaves)
+
+
+def leaf_server(
+    name: str, data_dir: Path, hub_url: str, seed: Path, *, hub_ca_file: str = "",
+    env: Mapping[str, str] | None = None, rewrite: Callable[[str], str] = str,
+) -> ServerProcess:
+    """Entity `name`'s leaf without its daemon (not started): the leaf config entityd
+    renders (`rewrite` may change it), on the command line entityd's embedded server runs,
+    with the hub seed in its environment."""
+    conf = data_dir / "nats" / "leaf.conf"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(rewrite(federation.render_leaf_conf(name, hub_url, seed,
+                                                        hub_ca_file=hub_ca_file)))
+    embedded = EmbeddedNatsServer(name=name, data_dir=data_dir, port=free_port(),
+                                  binary=nats_server_binary(), config=str(conf))
+    return ServerProcess(embedded.command(), embedded.port, embedded.log_path,
+                         child_env(**federation.leaf_env(seed), **(env or {})))
+
+
+def _hub(
+    root: Path, data_dirs: Mapping[str, Path], leaf_port: int, *,
+    grants: Mapping[str, federation.Permissions] | None = None,
+    tls: tuple[Path, Path] | None = None, die_with_parent: bool = False,
+) -> ServerProcess:
+    """The hub (not started): a user per member, its nkey made in the member's data dir."""
+    users = [(name, federation.make_entity_credentials(name, data)[0])
+             for name, data in data_dirs.items()]
+    cert, key = tls or ("", "")
+    port = free_port()
+    conf = root / "hub.conf"
+    conf.write_text(federation.render_hub_conf(
+        users, store_dir=root / "hub-store", port=port, leaf_host="127.0.0.1",
+        leaf_port=leaf_port, tls_cert=str(cert), tls_key=str(key), grants=grants))
+    return ServerProcess([nats_server_binary(), "-c", str(conf)], port, root / "hub.log",
+                         child_env(), die_with_parent=die_with_parent)
