@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from hypothesis.stateful import (
 )
 from nacl.signing import SigningKey
 
-from protocol import ProtocolError, reasons, seal, subjects
+from protocol import ProtocolError, reasons, seal, subjects, verify_signature
 from protocol.ledger import (
     GENESIS,
     MAX_AMOUNT,
@@ -42,6 +43,7 @@ from protocol.ledger import (
     Rate,
     Transfer,
     Void,
+    check_entry,
     content,
     entry_hash,
     read_entry,
@@ -161,6 +163,27 @@ def test_an_entry_reads_back_as_sealed_and_its_hash_is_its_bodys(books: Books) -
     applied = books.ledger.apply(entry)
     assert books.ledger.position("alpha") == (3, entry.hash, T0)
     assert applied == Applied("alpha", eid("t"), "transfer", 2, entry.hash, T0)
+
+
+def test_signatures_may_be_checked_apart_and_the_rest_in_order(books: Books) -> None:
+    """read_entry is verify_signature (pure: any thread) then check_entry (in order)."""
+    wires = []
+    for n in range(1, 9):
+        wires.append(books.seal("alpha", pay("beta", n), n))
+        books.ledger.apply_wire(wires[-1], "ledger.alpha")
+    reader = Ledger(ledger_keys())
+    reader.apply_wire(books.seal("alpha", mint(100), "mint", seq=1, prev=GENESIS),
+                      "ledger.alpha")
+    keys = reader.keys
+    with ThreadPoolExecutor(4) as pool:
+        verified = list(pool.map(
+            lambda wire: verify_signature(wire, subject="ledger.alpha", keyring=keys.keyring),
+            wires))
+    for one, wire in zip(verified, wires, strict=True):
+        entry = check_entry(one, "ledger.alpha", keys)
+        assert reader.apply(entry) == books.ledger.result("alpha", entry.id)
+        assert entry == read_entry(wire, "ledger.alpha", keys)
+    assert reader.balance("beta") == books.ledger.balance("beta") == Balance(36, 0)
 
 
 def test_the_chain_hash_survives_a_reencoded_outer_array(books: Books) -> None:

@@ -33,7 +33,7 @@ from .errors import (
     UnknownHold,
     WrongSigner,
 )
-from .signed import Entry, LedgerKeys, entry_hash, read_entry, seal_entry
+from .signed import Entry, LedgerKeys, check_entry, entry_hash, read_entry, seal_entry
 from .state import Applied, Balance, HoldState, Position, Reputation
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "UnknownHold",
     "Void",
     "WrongSigner",
+    "check_entry",
     "content",
     "entry_hash",
     "read_entry",

@@ -100,10 +100,19 @@ def seal_entry(key: SigningKey, account: str, record: Link, *, entry_id: bytes,
 
 def read_entry(wire: bytes, subject: str, keys: LedgerKeys, *,
                max_bytes: int = MAX_WIRE_BYTES) -> Entry:
-    """Open an entry stored on `subject`; raise ProtocolError (a LedgerError for a ledger
-    rule). The rules that depend on the chain and the balances are the books'."""
+    """Open an entry stored on `subject` (PROTOCOL.md §16.3, steps 1 to 6); raise
+    ProtocolError (a LedgerError for a ledger rule). The rules that depend on the chain
+    and the balances are the books'."""
     verified = verify_signature(wire, subject=subject, keyring=keys.keyring,
                                 max_bytes=max_bytes)
+    return check_entry(verified, subject, keys, max_bytes=max_bytes)
+
+
+def check_entry(verified: Verified, subject: str, keys: LedgerKeys, *,
+                max_bytes: int = MAX_WIRE_BYTES) -> Entry:
+    """Steps 2 to 6 of §16.3 on a wire whose signature verified under `keys.keyring`
+    (step 1, `protocol.verify_signature`: pure, so a reader replaying many entries may
+    run it on other threads and this in stream order)."""
     route = subjects.route(subject)
     if route is None or route.family != "ledger" or route.receiver is None:
         raise WrongSubject("not the subject of a ledger chain", subject=subject)
