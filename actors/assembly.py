@@ -10,6 +10,7 @@ from protocol import Status
 
 from .coder import CoderActor
 from .health import HealthActor
+from .ledger.actor import LedgerActor
 from .llm import LLM, LLMError, TokenBudget, build_llm
 from .llm.budget import Budgets, Metered
 from .memory import MemoryActor
@@ -80,6 +81,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
             llm, steps, config.autonomy, config.peers, trust.allowed,
             goals_path=config.data_dir / "goals.sqlite3"),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
+        LedgerActor.name: lambda: LedgerActor(config),
     }
 
 

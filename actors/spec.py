@@ -28,6 +28,8 @@ from protocol import kinds, reasons
 from . import messages as _actor_messages  # noqa: F401  (registers its kinds)
 from .coder import CoderActor
 from .health import HealthActor
+from .ledger import messages as _ledger_messages  # noqa: F401  (registers its kinds)
+from .ledger.actor import LedgerActor
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
 from .peer import messages as _peer_messages  # noqa: F401  (registers its kinds)
@@ -45,7 +47,8 @@ END = "<!-- kinds: end -->"
 TABLES = (("reasons", reasons.reasons_table), ("results", reasons.results_table))
 
 # The actors a daemon runs (actors/assembly.py), in the order the spec lists them.
-ACTORS = (HealthActor, MemoryActor, ToolActor, CoderActor, OrchestratorActor, PeerActor)
+ACTORS = (HealthActor, MemoryActor, ToolActor, CoderActor, OrchestratorActor, PeerActor,
+          LedgerActor)
 
 # What each request is answered with besides `error` (any request) and `ack` (a handler
 # that returned nothing). Not derivable from the records; tests/test_protocol_spec.py
@@ -77,6 +80,10 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "peer_delegate": ("peer_outcome",),
     "talk": ("talk_reply",),
     "deliverable_get": ("deliverable_chunk",),
+    "balance_get": ("balance",),
+    "pay": ("ledger_result",),
+    "ledger_get": ("ledger_entries",),
+    "ledger_verify": ("ledger_report",),
 }
 
 # Kinds published as events (fed.evt), and where.

@@ -220,6 +220,16 @@ class PeersSection:
         return self.alive_window or 3 * self.heartbeat_interval
 
 
+@dataclass(frozen=True)
+class EconomySection:
+    """The ledger: this entity's account on the LEDGER stream (README, "The economy")."""
+
+    hub_domain: str = key("fed_hub", "in a federation, the hub's JetStream domain, where "
+                          "the LEDGER stream lives (entityd federation hub-conf --domain)")
+    append_timeout: float = key(10.0, "seconds to wait for the LEDGER stream to store an "
+                                "entry or answer a read", positive)
+
+
 def _peer_name(name: str) -> str | None:
     return None if subjects.valid_name(name) else "not an entity name ([a-z0-9-]{1,32})"
 
@@ -250,6 +260,7 @@ class Config:
     memory: MemorySection = field(default_factory=MemorySection)
     autonomy: AutonomySection = field(default_factory=AutonomySection)
     peers: PeersSection = field(default_factory=PeersSection)
+    economy: EconomySection = field(default_factory=EconomySection)
     trust: Mapping[str, tuple[str, ...]] = table(
         'peer = ["talk", "report", ...]',
         f"What each peer may ask of this entity: {', '.join(PEER_PERMISSIONS)}.\n"
@@ -260,6 +271,11 @@ class Config:
         'name = "hex public key"',
         "Fix a peer's key instead of pinning it on first sight: name = \"hex public key\".",
         hex_key, str.lower, name_check=_peer_name)
+    mint_keys: Mapping[str, str] = table(
+        'name = "hex public key"',
+        "The federation's operators who may mint: the ledger counts a mint entry signed\n"
+        "by one of these keys (`entityd economy mint`), as name = \"hex public key\".",
+        hex_key, str.lower)
     operators: Mapping[str, str] = table(  # last: an entry appended to the file lands here
         'name = "hex public key"',
         'Extra keys allowed to drive this entity with entityctl, as name = "hex public key".\n'

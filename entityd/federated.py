@@ -40,10 +40,11 @@ class FederationAccess:
     # ---- keys, without handing them out -------------------------------------------
 
     def sign(self, *, src: str, dst: str, subj: str, message: object,
-             corr: bytes | None = None, msg_id: bytes | None = None) -> tuple[bytes, bytes]:
+             corr: bytes | None = None, msg_id: bytes | None = None,
+             ts: int | None = None) -> tuple[bytes, bytes]:
         """A plain signed envelope (PROTOCOL.md §5): the wire bytes and the id."""
         return protocol.seal(self._transport.key, src=src, dst=dst, subj=subj,
-                             message=message, corr=corr, msg_id=msg_id)
+                             message=message, corr=corr, msg_id=msg_id, ts=ts)
 
     def encrypt(self, recipient: bytes, *, src: str, dst: str, subj: str, message: object,
                 corr: bytes | None = None, msg_id: bytes | None = None

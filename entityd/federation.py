@@ -35,6 +35,7 @@ __all__ = [
     "HUB_DOMAIN",
     "LEAF_PORT",
     "SEED_ENV",
+    "TREASURER",
     "Permissions",
     "check_public_key",
     "entity_permissions",
@@ -47,6 +48,8 @@ __all__ = [
     "render_hub_conf",
     "render_leaf_conf",
     "seed_path",
+    "treasurer_entry",
+    "treasurer_permissions",
 ]
 
 SEED_FILE = "hub.nk"
@@ -58,6 +61,7 @@ SEED_ENV = "HUB_NKEY_SEED"
 HUB_ACCOUNT = "FED"
 # Not a valid entity name (no '_' there), so no entity's default domain can take it.
 HUB_DOMAIN = "fed_hub"
+TREASURER = "treasury"  # the hub user of `entityd economy`; its reply inboxes: _i.treasury
 LEAF_PORT = 7422
 DOMAIN_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _USER_KEY_RE = re.compile(r"\AU[A-Z2-7]{55}\Z")
@@ -85,15 +89,21 @@ class Permissions:
         return Permissions(self.publish + other.publish, self.subscribe + other.subscribe)
 
 
-def entity_permissions(name: str) -> Permissions:
-    """What the hub lets entity `name`'s leaf send and receive; exactly DESIGN.md's list.
+def entity_permissions(name: str, hub_domain: str = HUB_DOMAIN) -> Permissions:
+    """What the hub lets entity `name`'s leaf send and receive: DESIGN.md's list, and the
+    ledger's (DESIGN.md, "The economy"): append to its own chain `ledger.<self>` and read
+    every chain by direct gets on the hub's LEDGER stream, nothing else of the hub's
+    JetStream (no consumer, purge, delete or update).
 
     A durable command needs nothing more: its stream lives in the receiver's leaf, so the
     sender publishes on `fed.cmd.<dst>.<self>.<op>` and the PubAck comes back on `_i.<self>.`.
+    An append's PubAck comes back the same way.
     """
     _check_name(name)
+    _check_domain("hub domain", hub_domain)
     return Permissions(
-        publish=(f"fed.evt.{name}.>", f"fed.req.*.{name}.>", f"fed.cmd.*.{name}.>", "_i.*.>"),
+        publish=(f"fed.evt.{name}.>", f"fed.req.*.{name}.>", f"fed.cmd.*.{name}.>", "_i.*.>",
+                 subjects.ledger(name), f"$JS.{hub_domain}.API.DIRECT.GET.LEDGER"),
         subscribe=(
             "fed.evt.>",
             f"fed.req.{name}.>",
@@ -175,14 +185,36 @@ def check_public_key(key: str) -> str:
 # -- the hub -------------------------------------------------------------------------------
 
 
-def hub_user_entry(name: str, public_nkey: str, *, extra: Permissions | None = None) -> str:
+def treasurer_permissions() -> Permissions:
+    """What the hub lets its treasurer do (`entityd economy`): make and read the LEDGER
+    stream and append to any chain (a mint sits on the credited entity's chain), nothing
+    else: no update, purge or delete of LEDGER, no other stream, no federation subject."""
+    api = "$JS.API"
+    return Permissions(
+        publish=(subjects.ledger("*"), f"{api}.STREAM.CREATE.LEDGER",
+                 f"{api}.STREAM.INFO.LEDGER", f"{api}.DIRECT.GET.LEDGER"),
+        subscribe=(f"{subjects.inbox_prefix(TREASURER)}.>",),
+    )
+
+
+def hub_user_entry(name: str, public_nkey: str, *, extra: Permissions | None = None,
+                   hub_domain: str = HUB_DOMAIN) -> str:
     """The hub's user entry for an entity: a NATS config map for `accounts.FED.users`.
 
     `extra` adds subjects for an operator's deliberate grant (e.g. `$JS.<domain>.API.>`,
     see deploy/FEDERATION.md); an entity's own permissions never need it.
     """
+    return _user_entry(name, public_nkey,
+                       entity_permissions(name, hub_domain) + (extra or Permissions()))
+
+
+def treasurer_entry(public_nkey: str) -> str:
+    """The hub's user entry for its treasurer."""
+    return _user_entry(TREASURER, public_nkey, treasurer_permissions())
+
+
+def _user_entry(name: str, public_nkey: str, perms: Permissions) -> str:
     check_public_key(public_nkey)
-    perms = entity_permissions(name) + (extra or Permissions())
     return (
         f"# {name}\n"
         "{\n"
@@ -209,6 +241,7 @@ def render_hub_conf(
     tls_key: str = "",
     insecure_plain: bool = False,
     grants: Mapping[str, Permissions] | None = None,
+    treasurer: str = "",
 ) -> str:
     """A complete hub configuration: one nkey user per (name, public nkey) in account FED.
 
@@ -245,9 +278,12 @@ def render_hub_conf(
     unknown = set(grants) - set(names)
     if unknown:
         raise ConfigError("grants", f"no such entity: {sorted(unknown)}")
+    if TREASURER in names:
+        raise ConfigError("entities", f"{TREASURER!r} is the treasurer's name, not an entity's")
     users = "".join(
-        _indent(hub_user_entry(name, key, extra=grants.get(name)), 6) for name, key in entities
-    )
+        _indent(hub_user_entry(name, key, extra=grants.get(name), hub_domain=domain), 6)
+        for name, key in entities
+    ) + (_indent(treasurer_entry(treasurer), 6) if treasurer else "")
     client_tls = ""
     if not tls_cert and not hublink.is_loopback(host):
         client_tls = "# IN CLEAR, by --insecure-plain: this port is reachable beyond loopback.\n"
@@ -432,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
         help="an entity and its public user nkey (from hub-user); repeat for each",
     )
     hub.add_argument("--store-dir", required=True, help="the hub's JetStream store")
+    hub.add_argument("--treasurer", default="", metavar="NKEY",
+                     help="admit the treasurer (`treasurer` makes its login), who makes the "
+                     "LEDGER stream and mints with `entityd economy`")
     hub.add_argument("--host", default="127.0.0.1", help="client listen address")
     hub.add_argument("--port", type=int, default=4222, help="client port")
     hub.add_argument("--leaf-host", default="0.0.0.0", help="leafnode listen address")
@@ -455,6 +494,11 @@ def main(argv: list[str] | None = None) -> int:
         help="no TLS beyond loopback: anyone on the path reads and alters the traffic",
     )
 
+    treasurer = sub.add_parser(
+        "treasurer", help="make (or show) the treasurer's hub login, for `entityd economy`")
+    treasurer.add_argument("--data-dir", required=True, type=Path,
+                           help="where its login is kept (0600)")
+
     leaf = sub.add_parser("leaf-conf", help="print an entity's leaf nats-server configuration")
     leaf.add_argument("name")
     leaf.add_argument("--data-dir", required=True, type=Path)
@@ -474,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_hub_user(args.name, args.data_dir)
         if args.command == "hub-conf":
             return _cmd_hub_conf(args)
+        if args.command == "treasurer":
+            return _cmd_treasurer(args.data_dir)
         return _cmd_leaf_conf(args)
     except EntitydError as exc:
         print(f"entityd.federation: {exc}", file=sys.stderr)
@@ -488,6 +534,16 @@ def _cmd_hub_user(name: str, data_dir: Path) -> int:
     print(f"# On the hub, add this entry to accounts.{HUB_ACCOUNT}.users, then restart it")
     print(f"# (or render a whole hub.conf with `hub-conf --entity {name}={public} ...`):")
     print(hub_user_entry(name, public), end="")
+    return 0
+
+
+def _cmd_treasurer(data_dir: Path) -> int:
+    data_dir = data_dir.expanduser().resolve()
+    public, path = make_entity_credentials(TREASURER, data_dir)
+    print(f"# the treasurer (`entityd economy` on the hub): its hub login, 0600: {path}")
+    print(f"# public nkey: {public}; render the hub with `hub-conf --treasurer {public}`,")
+    print(f"# or add this entry to accounts.{HUB_ACCOUNT}.users:")
+    print(treasurer_entry(public), end="")
     return 0
 
 
@@ -521,6 +577,7 @@ def _cmd_hub_conf(args: argparse.Namespace) -> int:
         entities, store_dir=args.store_dir, host=args.host, port=args.port,
         leaf_host=args.leaf_host, leaf_port=args.leaf_port,
         tls_cert=cert, tls_key=key, insecure_plain=args.insecure_plain,
+        treasurer=check_public_key(args.treasurer) if args.treasurer else "",
     )
     if args.insecure_plain and not all(map(hublink.is_loopback, (args.leaf_host, args.host))):
         print(

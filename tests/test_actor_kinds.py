@@ -37,6 +37,8 @@ from nats.aio.subscription import Subscription
 import protocol
 from actors.coder import CoderActor
 from actors.health import HealthActor
+from actors.ledger.actor import LedgerActor
+from actors.ledger.messages import Balance, BalanceGet
 from actors.memory import MemoryActor
 from actors.messages import (
     CodeResult,
@@ -75,7 +77,7 @@ pytestmark = pytest.mark.timeout(120)
 ENTITY = "entity-a"
 PEER = "entity-b"
 STANDARD: tuple[type[Actor], ...] = (HealthActor, MemoryActor, ToolActor, CoderActor,
-                                     OrchestratorActor, PeerActor)
+                                     OrchestratorActor, PeerActor, LedgerActor)
 SIGNERS = ("entity", "operator", "peer")
 REQUEST_TIMEOUT = 20.0
 # What says that an actor failed on a message: none of these may come back.
@@ -390,6 +392,7 @@ NORMAL: dict[str, tuple[object, type[Any]]] = {
     "coder": (CodeTask("kinds-1", "say hello"), CodeResult),  # "no model", and no crash
     "orchestrator": (Goal("say hello"), GoalAccepted),
     "peer": (PeersGet(), Peers),
+    "ledger": (BalanceGet(), Balance),
 }
 
 

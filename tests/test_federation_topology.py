@@ -142,10 +142,10 @@ def test_public_names_exist() -> None:
     """The module's public surface is exactly these names: one added or dropped is a choice
     made here, in the open, not a side effect."""
     assert federation.__all__ == [
-        "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "Permissions",
+        "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "TREASURER", "Permissions",
         "check_public_key", "entity_permissions", "hub_user_entry", "leaf_env", "main",
         "make_entity_credentials", "public_key", "read_seed", "render_hub_conf",
-        "render_leaf_conf", "seed_path",
+        "render_leaf_conf", "seed_path", "treasurer_entry", "treasurer_permissions",
     ]
     assert all(hasattr(federation, name) for name in federation.__all__)
     # Nothing public defined in the module is left out of __all__.
@@ -181,7 +181,8 @@ def test_hub_user_entry_has_exactly_the_design_permissions() -> None:
     assert f"nkey: {public}" in entry
     assert (
         'publish: { allow: ["fed.evt.entity-a.>", "fed.req.*.entity-a.>", '
-        '"fed.cmd.*.entity-a.>", "_i.*.>"] }'
+        '"fed.cmd.*.entity-a.>", "_i.*.>", "ledger.entity-a", '
+        '"$JS.fed_hub.API.DIRECT.GET.LEDGER"] }'
     ) in entry
     assert (
         'subscribe: { allow: ["fed.evt.>", "fed.req.entity-a.>", "fed.cmd.entity-a.>", '

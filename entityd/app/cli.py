@@ -1,4 +1,4 @@
-"""`entityd`: init an entity, run the daemon, make operator keys."""
+"""`entityd`: init an entity, run the daemon, make operator keys, run the economy."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from protocol import subjects
 from .. import config as config_mod
 from .. import identity, logs
 from ..errors import EntitydError
+from . import economy
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("federation", add_help=False,
                    help="hub credentials and configs: `entityd federation --help`")
 
+    economy_cmd = sub.add_parser("economy", help="the ledger's operator side: make the "
+                                 "LEDGER stream, mint")
+    economy.add_arguments(economy_cmd)
+
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["federation"]:
         from .. import federation
@@ -55,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args.name, args.data_dir, args.nats_port)
         if args.command == "run":
             return _run(args.config)
+        if args.command == "economy":
+            return economy.main(args)
         return _keygen(args.path)
     except EntitydError as exc:
         print(f"entityd: {exc}", file=sys.stderr)

@@ -31,7 +31,7 @@ from .. import config as config_mod
 from .. import logs
 from ..client import EntityClient
 from ..errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
-from . import ctl_peers
+from . import ctl_ledger, ctl_peers
 from .ctl_peers import print_json
 
 EXIT_REFUSED = 3
@@ -118,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("--json", action="store_true")
     watch.set_defaults(run=_watch)
     ctl_peers.add_commands(sub)
+    ctl_ledger.add_commands(sub)
     return parser
 
 

@@ -33,7 +33,15 @@ from .errors import (
     UnknownHold,
     WrongSigner,
 )
-from .signed import Entry, LedgerKeys, check_entry, entry_hash, read_entry, seal_entry
+from .signed import (
+    Entry,
+    LedgerKeys,
+    check_entry,
+    entry_envelope,
+    entry_hash,
+    read_entry,
+    seal_entry,
+)
 from .state import Applied, Balance, HoldState, Position, Reputation
 
 __all__ = [
@@ -68,6 +76,7 @@ __all__ = [
     "WrongSigner",
     "check_entry",
     "content",
+    "entry_envelope",
     "entry_hash",
     "read_entry",
     "seal_entry",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping
+from typing import TypedDict
 
 from nacl.signing import SigningKey
 
@@ -89,12 +90,24 @@ class Entry:
         return self.record.prev
 
 
+class EntryEnvelope(TypedDict):
+    """The envelope fields of an entry on an account's chain."""
+
+    src: str
+    dst: str
+    subj: str
+
+
+def entry_envelope(account: str) -> EntryEnvelope:
+    """The envelope fields of an entry on `account`'s chain: src, dst and subj."""
+    address = f"{account}/{ACTOR}"
+    return EntryEnvelope(src=address, dst=address, subj=subjects.ledger(account))
+
+
 def seal_entry(key: SigningKey, account: str, record: Link, *, entry_id: bytes,
                ts: int) -> bytes:
     """The wire of `record` as entry `entry_id` of `account`'s chain, signed by `key`."""
-    address = f"{account}/{ACTOR}"
-    wire, _ = seal(key, src=address, dst=address, subj=subjects.ledger(account),
-                   message=record, msg_id=entry_id, ts=ts)
+    wire, _ = seal(key, **entry_envelope(account), message=record, msg_id=entry_id, ts=ts)
     return wire
 
 

@@ -1,0 +1,202 @@
+"""The ledger actor: the only writer of this entity's chain on the LEDGER stream, and its
+reader of every chain (DESIGN.md, "The economy").
+
+A payment is checked against the books before it is appended (an overdraft is refused
+here, with its code, and never reaches the stream), appended with compare-and-set, and
+counted once the stream has it. Its entry id makes it idempotent: asked again with the
+same id and the same payment, the actor answers the original result and pays nothing
+more; the same id with another payment is refused `conflict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import nats.errors
+
+import protocol
+from entityd import Actor, Config, Later
+from protocol import ProtocolError, reasons
+from protocol.ledger import GENESIS, LedgerError, Transfer, entry_envelope
+from protocol.ledger.entries import Link
+
+from ..peer.messages import Peers, PeersGet
+from ..peer.outcomes import UNREACHABLE
+from .chains import Chains
+from .messages import (
+    Balance,
+    BalanceGet,
+    LedgerEntries,
+    LedgerGet,
+    LedgerReport,
+    LedgerResult,
+    LedgerVerify,
+    Pay,
+)
+from .stream import ChainMoved, LedgerStream
+
+ACTOR = protocol.subjects.LEDGER_ACTOR
+RETRIED = "retried"  # the chain held the entry already: the original result, nothing more
+APPEND_ATTEMPTS = 3  # another writer came first this many times: give up, say so
+STREAM_FAILURES = (nats.errors.Error, TimeoutError)
+
+
+class LedgerActor(Actor):
+    name = ACTOR
+    accepts = (BalanceGet, Pay, LedgerGet, LedgerVerify)
+    federated = True  # it appends to ledger.<entity> and reads the others' chains
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.federation_domain = config.economy.hub_domain if config.nats.hub_url else ""
+
+    async def on_start(self) -> None:
+        fed = self.ctx.federation
+        self.stream = LedgerStream(fed, domain=self.federation_domain,
+                                   timeout=self.config.economy.append_timeout)
+        await self.stream.start(create=not self.config.nats.hub_url)
+        self.chains = self._chains()
+
+    def _chains(self) -> Chains:
+        mint_keys = {name: bytes.fromhex(key) for name, key in self.config.mint_keys.items()}
+        return Chains(self.stream, self.ctx.entity, self.ctx.federation.public_key, mint_keys,
+                      self._peer_keys)
+
+    async def on_stop(self) -> None:
+        await self.stream.stop()
+
+    async def on_failure(self, exc: BaseException) -> None:
+        if hasattr(self, "stream"):
+            await self.stream.stop()
+
+    async def _peer_keys(self) -> dict[str, bytes]:
+        """The keys the peer actor's directory pins, and the fixed [peer_keys]."""
+        keys = {name: bytes.fromhex(key) for name, key in self.config.peer_keys.items()}
+        try:
+            peers: Peers = await self.ctx.ask(f"{self.ctx.entity}/peer", PeersGet())
+        except Exception as exc:  # no directory now: the fixed keys, and try again later
+            self.ctx.log.warning("ledger_peer_keys_unavailable", error=repr(exc))
+            return keys
+        return {**{p.name: bytes.fromhex(p.public_key) for p in peers.peers}, **keys}
+
+    async def handle(self, envelope: protocol.Envelope) -> object | None:
+        match envelope.message:
+            case BalanceGet(account):
+                return await self._balance(account or self.ctx.entity)
+            case Pay() as pay:
+                return await self._pay(pay)
+            case LedgerGet(peer, limit):
+                return await self._entries(peer, limit)
+            case LedgerVerify():
+                return Later(self._verify())
+        raise TypeError(f"unexpected {envelope.typ}")  # the runtime refuses others first
+
+    # ---- reading ------------------------------------------------------------------------
+
+    async def _balance(self, account: str) -> Balance | protocol.Error:
+        try:
+            await self.chains.catch_up()
+        except STREAM_FAILURES as exc:
+            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        books = self.chains.books
+        balance = books.balance(account, now=_now_ms())
+        return Balance(account, balance.available, balance.held,
+                       books.position(account).seq - 1)
+
+    async def _entries(self, peer: str, limit: int) -> LedgerEntries | protocol.Error:
+        if limit < 1:
+            return protocol.Error(reasons.BAD_REQUEST, f"limit must be at least 1, not {limit}")
+        try:
+            await self.chains.catch_up()
+        except STREAM_FAILURES as exc:
+            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        mine = [info for info in reversed(self.chains.mine)
+                if not peer or peer in (info.account, info.counterparty)]
+        return LedgerEntries(mine[:limit])
+
+    async def _verify(self) -> LedgerReport:
+        """Every chain replayed afresh into new books: signatures, chains, rules, and the
+        invariants of the books that result."""
+        fresh = self._chains()
+        try:
+            await fresh.catch_up()
+        except STREAM_FAILURES as exc:
+            return LedgerReport(False, fresh.entries, 0, 0,
+                                [f"the LEDGER stream cannot be read: {exc!r}"])
+        books = fresh.books
+        violations = [str(exc) for exc in fresh.violations.values()] + books.audit()
+        return LedgerReport(not violations, fresh.entries, len(books.accounts()),
+                            books.supply, violations)
+
+    # ---- writing ------------------------------------------------------------------------
+
+    async def _pay(self, pay: Pay) -> LedgerResult:
+        me = self.ctx.entity
+        problem = _payment_problem(me, pay)
+        if problem:
+            return LedgerResult(False, reasons.BAD_REQUEST, problem)
+        record = Transfer(seq=0, prev=GENESIS, to=pay.to, amount=pay.amount, memo=pay.memo)
+        result = await self._append(record, pay.id or protocol.new_id())
+        if result.code == reasons.DONE:
+            await self.ctx.emit("transfer", to=pay.to, amount=pay.amount, id=result.id,
+                                seq=result.seq)
+        return result
+
+    async def _append(self, record: Link, entry_id: bytes) -> LedgerResult:
+        """Append `record` to our chain as entry `entry_id`, once."""
+        me = self.ctx.entity
+        for _ in range(APPEND_ATTEMPTS):
+            try:
+                await self.chains.catch_up()
+                broken = self.chains.violations.get(me)
+                if broken is not None:
+                    return LedgerResult(False, reasons.BROKEN_CHAIN, f"{me}'s chain holds an "
+                                        f"entry its readers refuse ({broken}): nothing can "
+                                        "be appended after it", entry_id.hex())
+                books = self.chains.books
+                done = books.retry_of(me, entry_id, record)
+                if done is not None:
+                    return LedgerResult(True, RETRIED, "the chain holds this entry already; "
+                                        "nothing more was done", entry_id.hex(), done.seq)
+                seq, prev, last_ts = books.position(me)
+                placed = dataclasses.replace(record, seq=seq, prev=prev)
+                wire, _ = self.ctx.federation.sign(
+                    **entry_envelope(me), message=placed, msg_id=entry_id,
+                    ts=max(_now_ms(), last_ts))
+                books.check(books.read(wire, protocol.subjects.ledger(me)))
+                await self.stream.append(me, wire, entry_id, self.chains.last_of.get(me, 0))
+            except ChainMoved:
+                continue  # another writer came first: read its entry, then try again
+            except LedgerError as exc:
+                return LedgerResult(False, exc.reason, exc.detail, entry_id.hex())
+            except ProtocolError as exc:  # our own entry does not open: a bug of ours
+                raise RuntimeError(f"the ledger's own entry is refused: {exc}") from exc
+            except STREAM_FAILURES as exc:
+                return LedgerResult(False, UNREACHABLE, "the LEDGER stream cannot be "
+                                    f"reached ({exc!r}); ask again with the same id to be "
+                                    "sure it happens once", entry_id.hex())
+            await self.chains.catch_up()
+            return LedgerResult(True, reasons.DONE, f"entry {seq} of {me}'s chain",
+                                entry_id.hex(), seq)
+        return LedgerResult(False, UNREACHABLE, f"another writer appended to {me}'s chain "
+                            f"{APPEND_ATTEMPTS} times in a row; ask again with the same id",
+                            entry_id.hex())
+
+
+def _payment_problem(me: str, pay: Pay) -> str:
+    if pay.to == me:
+        return "an entity pays no one but others"
+    if not protocol.subjects.valid_name(pay.to):
+        return f"{pay.to!r} is not an entity name"
+    if not 0 < pay.amount <= protocol.ledger.MAX_AMOUNT:
+        return f"amount {pay.amount} is outside 1..{protocol.ledger.MAX_AMOUNT}"
+    if pay.id and len(pay.id) != 16:
+        return "an entry id is 16 bytes"
+    if len(pay.memo) > protocol.ledger.entries.MAX_TEXT:
+        return f"the memo is longer than {protocol.ledger.entries.MAX_TEXT} characters"
+    return ""
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000

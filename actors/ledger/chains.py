@@ -1,0 +1,115 @@
+"""The ledger actor's view of every chain: the books, replayed from the LEDGER stream in
+its order, each entry verified before it counts.
+
+An entry that breaks a rule (a forged, reordered or dropped entry, an overdraft) is not
+applied, and its chain counts for nothing past it: the first violation of each chain is
+kept and reported. An entry signed by a key we do not know yet (a peer never heard) is a
+violation only until the key is known: learning new keys replays the books from the
+start, so every reader ends with the same books.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import protocol
+from protocol import ProtocolError
+from protocol.ledger import (
+    Entry,
+    Hold,
+    Ledger,
+    LedgerKeys,
+    Mint,
+    Post,
+    Rate,
+    Transfer,
+    Void,
+)
+
+from .messages import EntryInfo
+from .stream import LedgerStream, Stored
+
+MAX_KEPT = 1000  # entries of our own that ledger_get can show, newest kept
+
+
+class Chains:
+    def __init__(self, stream: LedgerStream, me: str, own_key: bytes,
+                 mint_keys: Mapping[str, bytes],
+                 peer_keys: Callable[[], Awaitable[Mapping[str, bytes]]]) -> None:
+        self.stream = stream
+        self.me = me
+        self._own_key = own_key
+        self._mint_keys = dict(mint_keys)
+        self._peer_keys = peer_keys
+        self._known: dict[str, bytes] = {}
+        self._reset({})
+
+    def _reset(self, peers: Mapping[str, bytes]) -> None:
+        self._known = {**peers, self.me: self._own_key}
+        self.keys = LedgerKeys(self._known, self._mint_keys)
+        self.books = Ledger(self.keys)
+        self.after = 0  # the stream sequence read up to
+        self.last_of: dict[str, int] = {}  # each chain's last entry, by stream sequence
+        self.violations: dict[str, ProtocolError] = {}  # the first of each chain
+        self.unknown_signer = False
+        self.entries = 0
+        self.mine: list[EntryInfo] = []  # our entries and the ones naming us, oldest first
+
+    async def catch_up(self) -> None:
+        """Read and apply what the stream has past what we read; when it held entries
+        of signers we did not know, learn the peers' keys and, if that taught us any,
+        replay from the start."""
+        await self._read()
+        if self.unknown_signer:
+            peers = await self._peer_keys()
+            if any(self._known.get(name) != key for name, key in peers.items()):
+                self._reset(peers)
+                await self._read()
+
+    async def _read(self) -> None:
+        while batch := await self.stream.read(self.after):
+            for stored in batch:
+                self._take(stored)
+                self.after = stored.seq
+
+    def _take(self, stored: Stored) -> None:
+        route = protocol.subjects.route(stored.subject)
+        chain = route.receiver if route and route.receiver else stored.subject
+        if chain in self.violations:
+            return
+        try:
+            entry = self.books.read(stored.data, stored.subject)
+            self.books.apply(entry)
+        except ProtocolError as exc:
+            self.violations[chain] = exc
+            if exc.reason == protocol.reasons.UNKNOWN_KEY:
+                self.unknown_signer = True
+            return
+        self.entries += 1
+        self.last_of[chain] = stored.seq
+        info = describe(entry)
+        if entry.account == self.me or info.counterparty == self.me:
+            self.mine.append(info)
+            del self.mine[:-MAX_KEPT]
+
+
+def describe(entry: Entry) -> EntryInfo:
+    record = entry.record
+    amount = getattr(record, "amount", 0)
+    match record:
+        case Transfer():
+            counterparty, text = record.to, record.memo
+        case Hold():
+            counterparty, text = record.to, f"escrow for {record.task}"
+        case Rate():
+            counterparty, text = record.peer, f"{record.score}/5 for {record.task}"
+        case Post():
+            counterparty, text = "", f"hold {record.hold.hex()}"
+        case Void():
+            counterparty, text = "", record.reason or f"hold {record.hold.hex()}"
+        case Mint():
+            counterparty, text = "", record.memo
+        case _:
+            counterparty, text = "", ""
+    return EntryInfo(entry.account, entry.seq, entry.id.hex(), entry.ts,
+                     protocol.kinds.kind_name(record), amount, counterparty, text)

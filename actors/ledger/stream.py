@@ -1,0 +1,156 @@
+"""The LEDGER stream as the ledger actor reaches it: append to its own chain with
+compare-and-set, and read every chain in the stream's order.
+
+In a federation the stream lives in the hub's JetStream domain, where each entity may
+append only to `ledger.<itself>` and read the others through direct gets (the hub's
+permissions; no consumer, purge or delete). An entity on its own keeps the stream on its
+own server and makes it on first start. Either way two writers of one chain (a restarted
+daemon beside the old one, the operator minting) cannot both append at one position:
+each append names the stream sequence of the chain's last entry
+(Nats-Expected-Last-Subject-Sequence), and the server refuses it if another came first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+from nats.aio.msg import Msg
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+
+from entityd import FederationAccess, unsubscribe
+from protocol import StrayReply, subjects
+
+from ..peer.replies import Replies
+
+STREAM = "LEDGER"
+SUBJECTS = "ledger.>"
+WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed compare-and-set
+READ_BATCH = 256
+END_OF_BATCH = "204"  # the status closing a batch of direct gets
+NOTHING_MORE = "404"  # ... or answering one past the stream's end
+NO_RESPONDERS = "503"
+
+
+class ChainMoved(Exception):
+    """The chain gained an entry since we read it (another writer): read and retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    seq: int  # the stream sequence
+    subject: str
+    data: bytes
+
+
+def stream_config(replicas: int = 1) -> StreamConfig:
+    """The LEDGER stream: kept for ever, nothing deleted or purged, reads by direct get."""
+    return StreamConfig(
+        name=STREAM, subjects=[SUBJECTS], retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.NEW, storage=StorageType.FILE, num_replicas=replicas,
+        allow_direct=True, deny_delete=True, deny_purge=True, duplicate_window=120.0)
+
+
+class LedgerStream:
+    def __init__(self, fed: FederationAccess, *, domain: str, timeout: float) -> None:
+        self.fed = fed
+        self.domain = domain
+        self.timeout = timeout
+        self.api = f"$JS.{domain}.API" if domain else "$JS.API"
+        self.replies = Replies(fed, fed.entity, fed.count_rejected)
+
+    async def start(self, *, create: bool) -> None:
+        """Listen for answers; with `create` (an entity on its own), make the stream on
+        our own server unless it is there."""
+        await self.replies.start()
+        if create:
+            js = self.fed.jetstream()
+            try:
+                await js.stream_info(STREAM)
+            except nats.js.errors.NotFoundError:
+                await js.add_stream(stream_config())
+
+    async def stop(self) -> None:
+        await self.replies.stop()
+
+    async def append(self, account: str, wire: bytes, entry_id: bytes,
+                     after: int) -> int:
+        """Store `wire` on `account`'s chain if its last entry is still at stream
+        sequence `after` (0: the chain is empty); the new entry's stream sequence.
+        ChainMoved if another entry came first; nats errors when the stream cannot be
+        reached (the caller says so; nothing is appended then, or a retry with the same
+        id finds it)."""
+
+        def pub_ack(reply: Msg) -> dict[str, Any]:
+            answer = json.loads(reply.data)
+            if not isinstance(answer, dict):
+                raise StrayReply
+            if isinstance(answer.get("error"), dict) or answer.get("stream") == STREAM:
+                return answer
+            raise StrayReply
+
+        answer = await self.replies.request(
+            subjects.ledger(account), wire, self.timeout, pub_ack,
+            headers={"Nats-Expected-Last-Subject-Sequence": str(after),
+                     "Nats-Msg-Id": entry_id.hex()})
+        error = answer.get("error")
+        if error:
+            if error.get("err_code") == WRONG_LAST_SEQUENCE:
+                raise ChainMoved(error.get("description", ""))
+            nats.js.errors.APIError.from_error(error)  # raises the fitting error
+        return int(answer["seq"])
+
+    async def last(self, account: str) -> Stored | None:
+        """The last entry of `account`'s chain; None when it has none."""
+        batch = await self._get({"last_by_subj": subjects.ledger(account)})
+        return batch[0] if batch else None
+
+    async def read(self, after: int, subject: str = SUBJECTS) -> list[Stored]:
+        """The entries on `subject` (every chain, or one) stored after stream sequence
+        `after`, in order, up to one batch; an empty list when there are none."""
+        return await self._get({"seq": after + 1, "next_by_subj": subject,
+                                "batch": READ_BATCH})
+
+    async def _get(self, request: dict[str, Any]) -> list[Stored]:
+        inbox = f"{subjects.inbox_prefix(self.fed.entity)}.{secrets.token_hex(16)}"
+        got: list[Stored] = []
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def arrived(msg: Msg) -> None:
+            headers = msg.headers or {}
+            status = headers.get("Status")
+            if status or (not msg.data and "Nats-Sequence" not in headers):
+                if not done.done():
+                    if status in (END_OF_BATCH, NOTHING_MORE):
+                        done.set_result(None)
+                    else:  # 503: no stream answers; 408 and the like: the server's
+                        done.set_exception(nats.errors.NoRespondersError()
+                                           if status == NO_RESPONDERS else
+                                           nats.errors.Error(f"direct get: {status}"))
+                return
+            try:
+                got.append(Stored(int(headers["Nats-Sequence"]), headers["Nats-Subject"],
+                                  msg.data))
+            except (KeyError, ValueError):
+                self.fed.count_rejected(StrayReply.reason)
+                return
+            if "batch" not in request and not done.done():  # one message, no end marker
+                done.set_result(None)
+
+        sub = await self.fed.subscribe(inbox, cb=arrived)
+        try:
+            await self.fed.publish(f"{self.api}.DIRECT.GET.{STREAM}",
+                                   json.dumps(request).encode(), reply=inbox)
+            try:
+                async with asyncio.timeout(self.timeout):
+                    await done
+            except TimeoutError:
+                raise nats.errors.TimeoutError from None
+        finally:
+            await unsubscribe(sub)
+        return sorted(got, key=lambda stored: stored.seq)

@@ -1,0 +1,115 @@
+"""entityctl's economy commands: balance, pay, ledger (and ledger verify). Each asks the
+entity's own ledger actor. Exit codes: 0 done, 3 refused (an overdraft, a conflict, a bad
+amount), 4 the LEDGER stream could not be reached (a payment then may or may not have
+happened: run it again with the same --id, which pays at most once), 5 `ledger verify`
+found a violation."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from typing import Any
+
+from actors.ledger.messages import (
+    Balance,
+    BalanceGet,
+    LedgerEntries,
+    LedgerGet,
+    LedgerReport,
+    LedgerResult,
+    LedgerVerify,
+    Pay,
+)
+from actors.peer.outcomes import UNREACHABLE
+
+from ..client import EntityClient
+from .ctl_peers import EXIT_REFUSED, EXIT_UNREACHABLE, print_json
+
+EXIT_VIOLATION = 5
+VERIFY_TIMEOUT_S = 300.0
+
+
+def add_commands(sub: Any) -> None:
+    balance = sub.add_parser("balance", help="the entity's balance, or a peer's")
+    balance.add_argument("peer", nargs="?", default="")
+    balance.add_argument("--json", action="store_true")
+    balance.set_defaults(run=_balance)
+
+    pay = sub.add_parser("pay", help="pay a peer at once from the entity's balance")
+    pay.add_argument("peer")
+    pay.add_argument("amount", type=int)
+    pay.add_argument("--memo", default="")
+    pay.add_argument("--id", type=_entry_id, default=b"",
+                     help="32 hex digits: the payment's idempotency key (the same id pays "
+                     "at most once; default: a fresh one, printed)")
+    pay.add_argument("--json", action="store_true")
+    pay.set_defaults(run=_pay)
+
+    ledger = sub.add_parser("ledger", help="the entity's ledger entries, newest first; "
+                            "`ledger verify` replays and checks every chain")
+    ledger.add_argument("action", nargs="?", choices=["verify"])
+    ledger.add_argument("--peer", default="", help="only the entries with this peer")
+    ledger.add_argument("--limit", type=int, default=50)
+    ledger.add_argument("--json", action="store_true")
+    ledger.set_defaults(run=_ledger)
+
+
+def _entry_id(text: str) -> bytes:
+    try:
+        entry_id = bytes.fromhex(text)
+    except ValueError:
+        entry_id = b""
+    if len(entry_id) != 16:
+        raise argparse.ArgumentTypeError(f"{text!r} is not 32 hex digits")
+    return entry_id
+
+
+async def _balance(client: EntityClient, args: argparse.Namespace) -> int:
+    balance: Balance = await client.ask("ledger", BalanceGet(args.peer), args.timeout)
+    if args.json:
+        print_json(balance)
+    else:
+        print(f"{balance.account}: {balance.available} available, {balance.held} held in "
+              f"escrow ({balance.entries} entries on its chain)")
+    return 0
+
+
+async def _pay(client: EntityClient, args: argparse.Namespace) -> int:
+    result: LedgerResult = await client.ask(
+        "ledger", Pay(args.peer, args.amount, args.memo, args.id), args.timeout)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result.code}: {result.text}" + (f"\nid {result.id}" if result.id else ""))
+    if result.ok:
+        return 0
+    return EXIT_UNREACHABLE if result.code == UNREACHABLE else EXIT_REFUSED
+
+
+async def _ledger(client: EntityClient, args: argparse.Namespace) -> int:
+    if args.action == "verify":
+        timeout = args.timeout if args.timeout_given else VERIFY_TIMEOUT_S
+        report: LedgerReport = await client.ask("ledger", LedgerVerify(), timeout)
+        if args.json:
+            print_json(report)
+        else:
+            verdict = "ok" if report.ok else "VIOLATED"
+            print(f"{verdict}: {report.entries} entries on {report.chains} chains, "
+                  f"{report.supply} minted")
+            for violation in report.violations:
+                print(f"  {violation}")
+        return 0 if report.ok else EXIT_VIOLATION
+    entries: LedgerEntries = await client.ask("ledger", LedgerGet(args.peer, args.limit),
+                                              args.timeout)
+    if args.json:
+        print_json(entries.entries)
+        return 0
+    if not entries.entries:
+        print("(no entries)")
+    for e in entries.entries:
+        when = datetime.datetime.fromtimestamp(e.ts / 1000, datetime.UTC)
+        party = f" {e.counterparty}" if e.counterparty else ""
+        amount = f" {e.amount}" if e.amount else ""
+        print(f"{when:%Y-%m-%d %H:%M:%S} {e.account}#{e.seq} {e.typ}{amount}{party}"
+              f"  {e.text}".rstrip())
+    return 0
