@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -18,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nacl.signing import SigningKey
+
 from actors.peer.messages import Peers, PeersGet
 from bench.harness import (
+    BIN,
     BenchError,
     DaemonProc,
     ServerProcess,
@@ -36,6 +40,7 @@ from entityd.natsserver import EmbeddedNatsServer
 ALL = config_mod.PEER_PERMISSIONS  # what a member trusts every other with by default
 Trust = Mapping[str, Mapping[str, Sequence[str]]]
 READY = '"entityd_ready"'  # what `entityd run` logs once it serves
+MINT_KEY = "mint.key"  # in the treasurer's dir: the key its mints are signed with
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0  # a daemon's drain, before it is killed
 ASK_TIMEOUT_S = 10.0
@@ -121,9 +126,21 @@ class Federation:
     members: dict[str, Member] = field(default_factory=dict)
     leaves: dict[str, ServerProcess] = field(default_factory=dict)
     llm: Any = None  # the scripted model server, when a test keeps it here
+    treasury: Path | None = None  # the treasurer's dir (hub login, mint.key), from build
 
     def __getitem__(self, name: str) -> Member:
         return self.members[name]
+
+    def economy(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """`entityd economy COMMAND ARGS` on the hub as its treasurer (a mint signed with
+        the treasury's mint key, which every member's [mint_keys] lists)."""
+        if self.treasury is None:
+            raise BenchError("this federation has no treasurer (build makes one)")
+        key = ["--key", str(self.treasury / MINT_KEY)] if command == "mint" else []
+        return subprocess.run(
+            [str(BIN / "entityd"), "economy", command, *args, "--hub",
+             f"nats://127.0.0.1:{self.hub.port}", "--data-dir", str(self.treasury), *key],
+            capture_output=True, text=True, timeout=60, env=child_env())
 
     def start(self) -> Federation:
         """The hub, then the leaves and daemons, until every daemon is ready; blocks (call
@@ -196,6 +213,10 @@ def build(
     config. With `die_with_parent`, the daemons and the hub get SIGTERM when the thread
     that started them ends: start them from one that outlives them."""
     leaf_port = free_port()
+    treasury = root / federation.TREASURER
+    treasury.mkdir(parents=True, exist_ok=True)
+    mint_key = SigningKey.generate()
+    identity.write_key(treasury / MINT_KEY, mint_key)
     members = {}
     for name in names:
         port = free_port()
@@ -212,14 +233,16 @@ def build(
             ("heartbeat_interval = 5.0", f"heartbeat_interval = {heartbeat}"),
             ("command_timeout = 15.0", "command_timeout = 5.0"),
             ("[trust]\n", f"[trust]\n{lines}"),
+            ("[mint_keys]\n", f'[mint_keys]\n{federation.TREASURER} = '
+                               f'"{bytes(mint_key.verify_key).hex()}"\n'),
         ]:
             text = edited(text, old, new)
         config.write_text(text + (extra or {}).get(name, ""))
         daemon = DaemonProc(config, root / f"{name}.log", die_with_parent=die_with_parent)
         members[name] = Member(name, config, port, daemon)
     hub = _hub(root, {name: m.data for name, m in members.items()}, leaf_port,
-               die_with_parent=die_with_parent)
-    return Federation(root, hub, leaf_port, members)
+               die_with_parent=die_with_parent, treasury=treasury)
+    return Federation(root, hub, leaf_port, members, treasury=treasury)
 
 
 def build_leaves(
@@ -262,15 +285,20 @@ def _hub(
     root: Path, data_dirs: Mapping[str, Path], leaf_port: int, *,
     grants: Mapping[str, federation.Permissions] | None = None,
     tls: tuple[Path, Path] | None = None, die_with_parent: bool = False,
+    treasury: Path | None = None,
 ) -> ServerProcess:
-    """The hub (not started): a user per member, its nkey made in the member's data dir."""
+    """The hub (not started): a user per member, its nkey made in the member's data dir,
+    and the treasurer's, made in `treasury`."""
     users = [(name, federation.make_entity_credentials(name, data)[0])
              for name, data in data_dirs.items()]
+    treasurer = (federation.make_entity_credentials(federation.TREASURER, treasury)[0]
+                 if treasury else "")
     cert, key = tls or ("", "")
     port = free_port()
     conf = root / "hub.conf"
     conf.write_text(federation.render_hub_conf(
         users, store_dir=root / "hub-store", port=port, leaf_host="127.0.0.1",
-        leaf_port=leaf_port, tls_cert=str(cert), tls_key=str(key), grants=grants))
+        leaf_port=leaf_port, tls_cert=str(cert), tls_key=str(key), grants=grants,
+        treasurer=treasurer))
     return ServerProcess([nats_server_binary(), "-c", str(conf)], port, root / "hub.log",
                          child_env(), die_with_parent=die_with_parent)
