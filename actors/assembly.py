@@ -22,6 +22,9 @@ from .tool import ToolActor
 from .workspace import Workspace
 
 ActorFactory = Callable[[], Actor]
+# A ledger write waits for the stream up to this many times (appends the stream refused
+# for a rival's entry, each retried): what the orchestrator's ledger tools wait for.
+LEDGER_ATTEMPTS = 4
 
 
 class SharedLLM:
@@ -79,7 +82,8 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         CoderActor.name: lambda: CoderActor(llm, workspace, steps),
         OrchestratorActor.name: lambda: OrchestratorActor(
             llm, steps, config.autonomy, config.peers, trust.allowed,
-            goals_path=config.data_dir / "goals.sqlite3"),
+            goals_path=config.data_dir / "goals.sqlite3",
+            ledger_timeout=LEDGER_ATTEMPTS * config.economy.append_timeout),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
         LedgerActor.name: lambda: LedgerActor(config),
     }

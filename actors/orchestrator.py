@@ -32,6 +32,7 @@ from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import TurnOutcome, summarize
 from .agent.toolbox import Tool
 from .goal_store import GoalState, GoalStore
+from .ledger.tools import LedgerTools
 from .lessons import learn
 from .llm import LLM, BudgetExhausted, Completion, LLMError
 from .llm.budget import LLMSource
@@ -92,8 +93,9 @@ class OrchestratorActor(Actor):
                  autonomy: AutonomySection | None = None,
                  peers: PeersSection | None = None,
                  grants: Callable[[str], Iterable[str]] | None = None,
-                 goals_path: Path | str = ":memory:") -> None:
+                 goals_path: Path | str = ":memory:", ledger_timeout: float = 40.0) -> None:
         self._llm = llm
+        self.ledger_timeout = ledger_timeout  # a ledger write, with its retries
         self.max_steps = max_steps
         self.autonomy = autonomy or AutonomySection()
         self.peers = peers or PeersSection()
@@ -270,7 +272,11 @@ class OrchestratorActor(Actor):
             outcome = TurnOutcome(False, f"no model is available: {exc}", 0, "llm_error")
             await self._finish(goal, scope, outcome, tools, started, tokens=0)
             return
-        toolbox = Toolbox(scope.toolbox([*tools.tools(), *PeerTools(self.ctx, self.peers).tools(),
+        operator = not scope.owner  # only the operator's turns spend or rate
+        peer_tools = PeerTools(self.ctx, self.peers, may_pay=operator,
+                               ledger_timeout=self.ledger_timeout)
+        ledger_tools = LedgerTools(self.ctx, self.ledger_timeout).tools() if operator else []
+        toolbox = Toolbox(scope.toolbox([*tools.tools(), *peer_tools.tools(), *ledger_tools,
                                          *await self._workspace_tools(scope)]))
 
         async def report(step: Step) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 from entityd import Context
 
-from .agent.toolbox import Tool, ToolFailed, schema
+from .agent.toolbox import Tool, ToolFailed, integer, schema
 from .messages import (
     MEMORY_KINDS,
     CodeResult,
@@ -138,7 +138,7 @@ class OrchestratorTools:
 
     async def todo_add(self, args: dict[str, Any]) -> str:
         items: TodoItems = await self._ask(
-            "memory", TodoAdd(str(args["text"]), _int(args.get("priority", 0), "priority"))
+            "memory", TodoAdd(str(args["text"]), integer(args.get("priority", 0), "priority"))
         )
         return render_todos(items)
 
@@ -147,14 +147,8 @@ class OrchestratorTools:
         text = args.get("text")
         items: TodoItems = await self._ask(
             "memory",
-            TodoUpdate(_int(args["id"], "id"), None if status is None else str(status),
+            TodoUpdate(integer(args["id"], "id"), None if status is None else str(status),
                        None if text is None else str(text)),
         )
         return render_todos(items)
 
-
-def _int(value: Any, name: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ToolFailed(f"{name} must be an integer, got {value!r}") from None

@@ -36,6 +36,7 @@ __all__ = [
     "LEAF_PORT",
     "SEED_ENV",
     "TREASURER",
+    "HubCluster",
     "Permissions",
     "check_public_key",
     "entity_permissions",
@@ -63,6 +64,9 @@ HUB_ACCOUNT = "FED"
 HUB_DOMAIN = "fed_hub"
 TREASURER = "treasury"  # the hub user of `entityd economy`; its reply inboxes: _i.treasury
 LEAF_PORT = 7422
+CLUSTER_PORT = 6222
+ROUTE_SCHEMES = ("nats-route://", "nats://")
+MIN_CLUSTER = 3  # nodes: an R3 stream keeps its quorum with one of them lost
 DOMAIN_RE = re.compile(r"\A[A-Za-z0-9_-]{1,64}\Z")
 _USER_KEY_RE = re.compile(r"\AU[A-Z2-7]{55}\Z")
 
@@ -185,6 +189,99 @@ def check_public_key(key: str) -> str:
 # -- the hub -------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class HubCluster:
+    """One node's place in a hub cluster (DESIGN.md: "a hub can be a 3-node NATS cluster
+    for availability"): every node has the same users, account and JetStream domain, its
+    own server name and store, and routes to the others; a LEDGER stream made with three
+    replicas (`entityd economy init --replicas 3`) then keeps every entry it acknowledged
+    through the loss of any one node.
+
+    `routes` are the nodes' route URLs (nats-route://HOST:PORT), this node's own allowed
+    (nats-server skips it), so every node can be given the same list. Routes beyond
+    loopback need mutual TLS: `tls_cert` and `tls_key` (a certificate good for both
+    serverAuth and clientAuth, naming the node's route address) and `tls_ca`, the CA
+    every node's certificate must be signed by; a node without one cannot join.
+    """
+
+    name: str
+    routes: tuple[str, ...]
+    host: str = "127.0.0.1"
+    port: int = CLUSTER_PORT
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+
+
+def _cluster_block(cluster: HubCluster, server_name: str, insecure_plain: bool) -> str:
+    """The `cluster` block of one node, after refusing what would not keep a quorum or
+    would let anyone who reaches the route port join the hub (and read every account)."""
+    _check_domain("--cluster", cluster.name)
+    if server_name in ("", "entityd-hub"):
+        raise ConfigError("--server-name", "each node of a hub cluster needs a name of its own "
+                          "(e.g. hub-1, hub-2, hub-3: JetStream places replicas by it)")
+    if server_name == cluster.name:
+        raise ConfigError("--server-name", f"{server_name!r} is the cluster's name; give the "
+                          "node one of its own")
+    own = f"{cluster.host}:{cluster.port}"
+    others = []
+    for route in cluster.routes:
+        if not route.startswith(ROUTE_SCHEMES):
+            raise ConfigError("--route", f"{route!r} is not a nats-route://HOST:PORT URL")
+        if "@" in route:
+            raise ConfigError("--route", f"{route!r} carries credentials; the nodes prove "
+                              "who they are with their certificates (tls_cert)")
+        address = route.split("://", 1)[1].rstrip("/")
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ConfigError("--route", f"{route!r} names no HOST:PORT")
+        if address != own:
+            others.append(address)
+    if len(set(others)) + 1 < MIN_CLUSTER:
+        raise ConfigError("--route", f"a hub cluster needs at least {MIN_CLUSTER} nodes (a "
+                          "replicated stream keeps its quorum only with a majority left); "
+                          f"give the routes of at least {MIN_CLUSTER - 1} other nodes")
+    tls_files = (cluster.tls_cert, cluster.tls_key, cluster.tls_ca)
+    if any(tls_files) and not all(tls_files):
+        raise ConfigError("--cluster-tls-cert", "give the node's certificate, its key and the CA "
+                          "that signed every node's certificate, or none of them")
+    beyond = [where for where in (cluster.host, *(a.rpartition(":")[0] for a in others))
+              if not hublink.is_loopback(where)]
+    if cluster.tls_cert:
+        # verify: a route is accepted only from a node with a certificate of that CA.
+        tls = (
+            "    tls {\n"
+            f"        cert_file: {_quote(cluster.tls_cert)}\n"
+            f"        key_file: {_quote(cluster.tls_key)}\n"
+            f"        ca_file: {_quote(cluster.tls_ca)}\n"
+            "        verify: true\n"
+            '        min_version: "1.3"\n'
+            "        timeout: 2\n"
+            "    }\n"
+        )
+    elif beyond and not insecure_plain:
+        raise ConfigError(
+            "--cluster-host" if not hublink.is_loopback(cluster.host) else "--route",
+            f"{beyond[0]} is beyond loopback: routes carry every account's traffic, and "
+            "anyone who reaches an open route port joins the hub; give the nodes mutual "
+            "TLS (--cluster-tls-cert, --cluster-tls-key, --cluster-tls-ca), or keep the "
+            "cluster on loopback, or --insecure-plain on a network you trust")
+    elif beyond:
+        tls = ("    # IN CLEAR, by --insecure-plain: any host that reaches this port can join\n"
+               "    # the hub as a node and read every account's traffic.\n")
+    else:
+        tls = "    # No TLS: every node is on loopback.\n"
+    return (
+        "cluster {\n"
+        f"    name: {_quote(cluster.name)}\n"
+        f"    host: {_quote(cluster.host)}\n"
+        f"    port: {cluster.port}\n"
+        f"    routes = {_list(cluster.routes)}\n"
+        + tls
+        + "}\n\n"
+    )
+
+
 def treasurer_permissions() -> Permissions:
     """What the hub lets its treasurer do (`entityd economy`): make and read the LEDGER
     stream and append to any chain (a mint sits on the credited entity's chain), nothing
@@ -242,12 +339,15 @@ def render_hub_conf(
     insecure_plain: bool = False,
     grants: Mapping[str, Permissions] | None = None,
     treasurer: str = "",
+    cluster: HubCluster | None = None,
 ) -> str:
     """A complete hub configuration: one nkey user per (name, public nkey) in account FED.
 
     Leaf nodes log in on leaf_host:leaf_port. With tls_cert and tls_key (PEM files) that
     port speaks only TLS, and so does the client port if `host` is beyond loopback. A
     port bound beyond loopback without them is refused unless `insecure_plain`.
+    With `cluster`, the configuration of one node of a hub cluster (see HubCluster):
+    render one per node, each with its own `server_name` and `store_dir`, the rest alike.
     """
     names = [name for name, _ in entities]
     if len(set(names)) != len(names):
@@ -274,6 +374,7 @@ def render_hub_conf(
             f"or --tls-cert and --tls-key, or bind loopback ({flag} 127.0.0.1), or "
             "--insecure-plain on a network you trust",
         )
+    cluster_conf = _cluster_block(cluster, server_name, insecure_plain) if cluster else ""
     grants = grants or {}
     unknown = set(grants) - set(names)
     if unknown:
@@ -323,7 +424,8 @@ def render_hub_conf(
         f"    store_dir: {_quote(str(store_dir))}\n"
         f"    domain: {_quote(domain)}\n"
         "}\n\n"
-        "leafnodes {\n"
+        + cluster_conf
+        + "leafnodes {\n"
         f"    host: {_quote(leaf_host)}\n"
         f"    port: {leaf_port}\n"
         + tls
@@ -493,6 +595,24 @@ def main(argv: list[str] | None = None) -> int:
         "--insecure-plain", action="store_true",
         help="no TLS beyond loopback: anyone on the path reads and alters the traffic",
     )
+    node = hub.add_argument_group(
+        "cluster", "one node of a hub cluster of 3 or more: render a config for each node, "
+        "with its own --server-name and --store-dir and the same users and --route list")
+    node.add_argument("--cluster", default="", metavar="NAME",
+                      help="the cluster's name, the same on every node")
+    node.add_argument("--server-name", default="entityd-hub",
+                      help="this node's name, its own in a cluster (e.g. hub-1)")
+    node.add_argument("--cluster-host", default="127.0.0.1", help="route listen address")
+    node.add_argument("--cluster-port", type=int, default=CLUSTER_PORT)
+    node.add_argument("--route", action="append", default=[], metavar="URL",
+                      help="nats-route://HOST:PORT of a node; repeat for each (this "
+                      "node's own may be among them)")
+    node.add_argument("--cluster-tls-cert", default="",
+                      help="this node's certificate for the routes (serverAuth and "
+                      "clientAuth); required beyond loopback")
+    node.add_argument("--cluster-tls-key", default="", help="its PEM key")
+    node.add_argument("--cluster-tls-ca", default="",
+                      help="the CA every node's route certificate is signed by")
 
     treasurer = sub.add_parser(
         "treasurer", help="make (or show) the treasurer's hub login, for `entityd economy`")
@@ -575,9 +695,10 @@ def _cmd_hub_conf(args: argparse.Namespace) -> int:
         raise ConfigError("--tls-name", "goes with --tls-dir, where the certificate is made")
     text = render_hub_conf(
         entities, store_dir=args.store_dir, host=args.host, port=args.port,
-        leaf_host=args.leaf_host, leaf_port=args.leaf_port,
+        leaf_host=args.leaf_host, leaf_port=args.leaf_port, server_name=args.server_name,
         tls_cert=cert, tls_key=key, insecure_plain=args.insecure_plain,
         treasurer=check_public_key(args.treasurer) if args.treasurer else "",
+        cluster=_cluster(args),
     )
     if args.insecure_plain and not all(map(hublink.is_loopback, (args.leaf_host, args.host))):
         print(
@@ -587,6 +708,16 @@ def _cmd_hub_conf(args: argparse.Namespace) -> int:
         )
     print(text, end="")
     return 0
+
+
+def _cluster(args: argparse.Namespace) -> HubCluster | None:
+    if args.cluster:
+        return HubCluster(args.cluster, tuple(args.route), args.cluster_host,
+                          args.cluster_port, args.cluster_tls_cert, args.cluster_tls_key,
+                          args.cluster_tls_ca)
+    if args.route or args.cluster_tls_cert or args.cluster_tls_key or args.cluster_tls_ca:
+        raise ConfigError("--cluster", "the routes and their TLS go with --cluster NAME")
+    return None
 
 
 def _tls_names(names: list[str], leaf_host: str) -> list[str]:

@@ -25,6 +25,7 @@ from bench.harness import child_env as child_env
 from bench.harness import ctl as ctl
 from bench.ports import free_port as free_port
 from bench.ports import free_port_range as free_port_range
+from bench.rig import Member
 from bench.rig import make_entity as make_entity
 from entityd.actor import Actor
 from entityd.bus import barrier
@@ -138,3 +139,24 @@ async def start_attacker(module: str, payload: str) -> asyncio.subprocess.Proces
     proc.stdin.write(b"go\n")
     await proc.stdin.drain()
     return proc
+
+
+async def task_of(member: Member, direction: str) -> dict[str, Any] | None:
+    tasks = await member.ctl_json("tasks")
+    return next((t for t in tasks if t["direction"] == direction), None)
+
+
+async def wait_state(member: Member, direction: str, states: tuple[str, ...],
+                     timeout: float = 90.0, task_id: str | None = None) -> dict[str, Any]:
+    """The member's task (the first in `direction`, or `task_id`) once it is in `states`."""
+    async def arrived() -> dict[str, Any] | None:
+        tasks = await member.ctl_json("tasks")
+        task = next((t for t in tasks if t["direction"] == direction
+                     and task_id in (None, t["task_id"])), None)
+        return task if task is not None and task["state"] in states else None
+
+    found: dict[str, Any] = await poll(
+        arrived, timeout=timeout, every=0.3,
+        what=lambda: f"{member.name}'s {direction} task in {states}\n"
+                     + member.daemon.log()[-3000:])
+    return found

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from actors.llm import Reply, ScriptedLLMServer, ScriptedToolCall
+from bench.rig import edit
 from entityd import config as config_mod
 from entityd.client import EntityClient
 from tests.helpers import BIN, DaemonProc, child_env, make_entity
@@ -28,11 +29,9 @@ LESSON = "Run python3 -m unittest in this workspace to test Python code."
 
 def make_entity_config(tmp_path: Path, name: str, base_url: str) -> Path:
     config = make_entity(tmp_path, name)
-    text = config.read_text()
-    text = text.replace('provider = "moonshot"', 'provider = "scripted"')
-    text = text.replace('base_url = ""', f'base_url = "{base_url}"', 1)
-    text = text.replace("timeout = 60.0 ", "timeout = 30.0 ")
-    config.write_text(text)
+    edit(config, 'provider = "moonshot"', 'provider = "scripted"')
+    edit(config, 'base_url = ""', f'base_url = "{base_url}"')
+    edit(config, "timeout = 60.0 ", "timeout = 30.0 ")
     return config
 
 
@@ -165,9 +164,10 @@ async def test_autonomy_works_the_todo_list_until_its_budget_is_spent(tmp_path: 
     ]
     async with ScriptedLLMServer(script) as llm:
         config = make_entity_config(tmp_path, "entity-a", llm.base_url)
-        config.write_text(config.read_text().replace(
-            "[autonomy]\nenabled = false", "[autonomy]\nenabled = true"
-        ).replace("interval = 600.0", "interval = 0.3").replace("max_turns = 10", "max_turns = 1"))
+        for old, new in (("enabled = false", "enabled = true"),
+                         ("interval = 600.0", "interval = 0.3"),
+                         ("max_turns = 10", "max_turns = 1")):
+            edit(config, old, new)  # each in [autonomy]: the starter's only such keys
         daemon = DaemonProc(config, tmp_path / "entityd.log").start()
         seen: list[tuple[str, dict[str, object]]] = []
         try:
@@ -204,8 +204,7 @@ async def test_step_budget_ends_a_runaway_turn_with_an_event(tmp_path: Path) -> 
 
     async with ScriptedLLMServer(always_a_tool_call) as llm:
         config = make_entity_config(tmp_path, "entity-a", llm.base_url)
-        config.write_text(config.read_text().replace("max_steps_per_turn = 24",
-                                                     "max_steps_per_turn = 3"))
+        edit(config, "max_steps_per_turn = 24", "max_steps_per_turn = 3")
         daemon = DaemonProc(config, tmp_path / "entityd.log").start()
         try:
             await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from actors.llm.scripted import Reply, ScriptedLLMServer
-from bench.rig import Federation, Member, build, running
-from tests.helpers import poll
+from bench.rig import Federation, Member, build, edit, running
+from tests.helpers import poll, task_of, wait_state
 from tests.peer_model import BIG_LINES, CALC, TEST_CALC, route
 
 pytestmark = pytest.mark.timeout(240)
@@ -22,27 +22,6 @@ pytestmark = pytest.mark.timeout(240)
 def git(workspace: Path, *args: str) -> str:
     return subprocess.run(["git", "-c", f"safe.directory={workspace}", *args], cwd=workspace,
                           capture_output=True, text=True, check=True).stdout
-
-
-async def task_of(member: Member, direction: str) -> dict[str, Any] | None:
-    tasks = await member.ctl_json("tasks")
-    return next((t for t in tasks if t["direction"] == direction), None)
-
-
-async def wait_state(member: Member, direction: str, states: tuple[str, ...],
-                     timeout: float = 90.0, task_id: str | None = None) -> dict[str, Any]:
-    """The member's task (the first in `direction`, or `task_id`) once it is in `states`."""
-    async def arrived() -> dict[str, Any] | None:
-        tasks = await member.ctl_json("tasks")
-        task = next((t for t in tasks if t["direction"] == direction
-                     and task_id in (None, t["task_id"])), None)
-        return task if task is not None and task["state"] in states else None
-
-    found: dict[str, Any] = await poll(
-        arrived, timeout=timeout, every=0.3,
-        what=lambda: f"{member.name}'s {direction} task in {states}\n"
-                     + member.daemon.log()[-3000:])
-    return found
 
 
 def check_branch(member: Member, branch: str, tmp: Path) -> None:
@@ -156,8 +135,7 @@ async def test_a_deliverable_too_large_for_one_message_is_fetched_in_pieces(
     async with ScriptedLLMServer(route) as llm:
         fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
         for member in fed.members.values():  # 256 KiB envelopes: the patch needs ~3 pieces
-            member.config.write_text(member.config.read_text().replace(
-                "max_message_bytes = 1048576", "max_message_bytes = 262144"))
+            edit(member.config, "max_message_bytes = 1048576", "max_message_bytes = 262144")
         async with running(fed):
             await fed.discovered()
             a, b = fed["entity-a"], fed["entity-b"]

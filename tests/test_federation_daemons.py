@@ -9,7 +9,7 @@ import pytest
 
 import protocol
 from actors.llm.scripted import ScriptedLLMServer
-from bench.rig import build, running
+from bench.rig import build, edit, running
 from entityd import identity
 from protocol import Keyring, ReplayGuard
 from tests.helpers import DaemonProc, free_port, make_entity
@@ -56,9 +56,7 @@ async def test_two_daemons_join_a_hub_and_see_each_others_signed_events(
 
 def test_a_missing_hub_key_is_a_clear_startup_error(tmp_path: Path) -> None:
     config = make_entity(tmp_path, "entity-a")
-    config.write_text(config.read_text().replace(
-        'hub_url = ""', f'hub_url = "nats-leaf://127.0.0.1:{free_port()}"'
-    ))
+    edit(config, 'hub_url = ""', f'hub_url = "nats-leaf://127.0.0.1:{free_port()}"')
     daemon = DaemonProc(config, tmp_path / "entityd.log").start()
     assert daemon.proc is not None
     assert daemon.proc.wait(30) == 1

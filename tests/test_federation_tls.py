@@ -24,7 +24,7 @@ import pytest
 import structlog
 from nats.aio.msg import Msg
 
-from bench.rig import leaf_server
+from bench.rig import edit, edited, leaf_server
 from entityd import config as config_mod
 from entityd import federation, hublink
 from entityd.daemon import leaf_server_config
@@ -193,10 +193,7 @@ def test_entityd_run_refuses_a_plain_remote_hub_before_starting_anything(
     tmp_path: Path,
 ) -> None:
     config = make_entity(tmp_path, A)
-    text = config.read_text().replace(
-        'hub_url = ""', 'hub_url = "nats-leaf://hub.example.net:7422"'
-    )
-    config.write_text(text)
+    edit(config, 'hub_url = ""', 'hub_url = "nats-leaf://hub.example.net:7422"')
     run = subprocess.run(
         [str(BIN / "entityd"), "run", "--config", str(config)], capture_output=True, text=True,
         timeout=60, env=child_env(),
@@ -212,14 +209,15 @@ def test_the_daemons_leaf_config_pins_the_ca_or_says_in_clear(tmp_path: Path) ->
     federation.make_entity_credentials(A, config.parent)
     starter = config.read_text()
     (config.parent / "hub-ca.pem").write_text("-----BEGIN CERTIFICATE-----\n...\n")
-    config.write_text(starter.replace('hub_url = ""', 'hub_url = "tls://hub.example.net:7422"')
-                      .replace('hub_ca_file = ""', 'hub_ca_file = "hub-ca.pem"'))
+    config.write_text(edited(edited(starter, 'hub_url = ""',
+                                    'hub_url = "tls://hub.example.net:7422"'),
+                             'hub_ca_file = ""', 'hub_ca_file = "hub-ca.pem"'))
     path, env = leaf_server_config(config_mod.load(config, environ={}))
     assert f'tls {{ ca_file: "{config.parent / "hub-ca.pem"}" }}' in Path(path).read_text()
 
-    config.write_text(starter.replace(
-        'hub_url = ""', 'hub_url = "nats-leaf://192.0.2.1:7422"'
-    ).replace("hub_insecure = false", "hub_insecure = true"))
+    config.write_text(edited(edited(starter, 'hub_url = ""',
+                                    'hub_url = "nats-leaf://192.0.2.1:7422"'),
+                             "hub_insecure = false", "hub_insecure = true"))
     with structlog.testing.capture_logs() as logged:
         path, env = leaf_server_config(config_mod.load(config, environ={}))
     assert "IN CLEAR, by nats.hub_insecure" in Path(path).read_text()

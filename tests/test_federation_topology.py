@@ -142,7 +142,8 @@ def test_public_names_exist() -> None:
     """The module's public surface is exactly these names: one added or dropped is a choice
     made here, in the open, not a side effect."""
     assert federation.__all__ == [
-        "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "TREASURER", "Permissions",
+        "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "TREASURER", "HubCluster",
+        "Permissions",
         "check_public_key", "entity_permissions", "hub_user_entry", "leaf_env", "main",
         "make_entity_credentials", "public_key", "read_seed", "render_hub_conf",
         "render_leaf_conf", "seed_path", "treasurer_entry", "treasurer_permissions",

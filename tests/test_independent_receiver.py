@@ -31,7 +31,7 @@ from nacl.signing import SigningKey
 from nats.aio.msg import Msg
 
 from actors.llm.scripted import ScriptedLLMServer
-from bench.rig import ALL, Federation, Member, build, running
+from bench.rig import ALL, Federation, Member, build, edit, running
 from entityd.transport import _claimed_header  # the reference's 9.1, compared below
 from tests.independent.receiver import (
     DEFAULT_MAX_BYTES,
@@ -566,8 +566,8 @@ async def run_scenarios(tmp_path: Path) -> tuple[Tap, dict[str, Identity], list[
                     trust={A: {B: ("report",)}, B: {A: ALL}},
                     extra={A: f'alice = "{bytes(operator.verify_key).hex()}"\n'})
         for member in fed.members.values():
-            member.config.write_text(member.config.read_text().replace(
-                "max_message_bytes = 1048576", f"max_message_bytes = {MAX_BYTES}"))
+            edit(member.config, "max_message_bytes = 1048576",
+                 f"max_message_bytes = {MAX_BYTES}")
         add_observer(fed)
         async with running(fed):
             observer = await connect(fed.hub.url, "_i.observer", user="observer",

@@ -199,10 +199,15 @@ async def test_the_same_task_id_from_two_peers_is_two_tasks(store: PeerStore) ->
     assert await store.task_by_goal("dlg-entity-a-t1") == real
 
 
+# The columns paid delegation added to the tasks table.
+UNPAID = ("    price INTEGER NOT NULL DEFAULT 0,\n    hold BLOB NOT NULL DEFAULT x'',\n"
+          "    money TEXT NOT NULL DEFAULT '',\n")
+
+
 async def test_a_store_keyed_by_id_alone_is_migrated(tmp_path: Path) -> None:
     path = tmp_path / "peers.sqlite3"
     old = SCHEMA.replace("PRIMARY KEY (task_id, direction, peer)",
-                         "PRIMARY KEY (task_id, direction)")
+                         "PRIMARY KEY (task_id, direction)").replace(UNPAID, "")
     async with aiosqlite.connect(path) as db:
         await db.executescript(old)
         await db.execute(
@@ -215,6 +220,26 @@ async def test_a_store_keyed_by_id_alone_is_migrated(tmp_path: Path) -> None:
         assert kept is not None and kept.goal_id == "dlg-t1"
         await store.save_task(task_row(direction="in", peer="entity-c"))
         assert len(await store.tasks()) == 2
+    finally:
+        await store.close()
+
+
+async def test_a_store_from_before_paid_tasks_gains_their_columns(tmp_path: Path) -> None:
+    path = tmp_path / "peers.sqlite3"
+    async with aiosqlite.connect(path) as db:
+        await db.executescript(SCHEMA.replace(UNPAID, ""))
+        await db.execute(
+            "INSERT INTO tasks VALUES ('t1', 'out', 'entity-b', 'T', 'D', '', 0, '[]', "
+            "'working', '', '', '', 1.0, 2.0)")
+        await db.commit()
+    store = await PeerStore.open(path)
+    try:
+        kept = await store.task("t1", "out", "entity-b")
+        assert kept is not None and (kept.state, kept.price, kept.hold, kept.money) == (
+            "working", 0, b"", "")
+        paid = task_row(task_id="t2", price=40, hold=b"h" * 16, money="held")
+        await store.save_task(paid)
+        assert await store.task("t2", "out", paid.peer) == paid
     finally:
         await store.close()
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from actors.llm.scripted import ScriptedLLMServer
-from bench.rig import ALL, Federation, Member, build, running
+from bench.rig import ALL, Federation, Member, build, edit, running
 from entityd import identity
 from tests.helpers import poll
 from tests.peer_model import route
@@ -147,9 +147,8 @@ async def test_a_peer_over_its_rate_limit_is_refused_and_its_commands_wait(
     async with ScriptedLLMServer(route) as llm:
         fed = build(tmp_path, ["entity-a", "entity-b"], llm_url=llm.base_url)
         b = fed["entity-b"]
-        b.config.write_text(b.config.read_text()
-                            .replace("rate_per_minute = 120", "rate_per_minute = 20")
-                            .replace("rate_burst = 30", "rate_burst = 2"))
+        edit(b.config, "rate_per_minute = 120", "rate_per_minute = 20")
+        edit(b.config, "rate_burst = 30", "rate_burst = 2")
         try:
             await asyncio.to_thread(fed.start)
             await fed.discovered()

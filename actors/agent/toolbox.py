@@ -123,3 +123,17 @@ def schema(required: dict[str, str], optional: dict[str, str] | None = None,
         for key, text in {**required, **(optional or {})}.items()
     }
     return {"type": "object", "properties": properties, "required": list(required)}
+
+
+def integer(value: Any, name: str) -> int:
+    """A tool argument that must be a whole number (a model may send 3, "3" or 3.0)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ToolFailed(f"{name} must be a whole number, got {value!r}")

@@ -18,33 +18,50 @@ import nats.errors
 import protocol
 from entityd import Actor, Config, Later
 from protocol import ProtocolError, reasons
-from protocol.ledger import GENESIS, LedgerError, Transfer, entry_envelope
+from protocol.ledger import (
+    GENESIS,
+    Hold,
+    LedgerError,
+    Post,
+    Rate,
+    Transfer,
+    Void,
+    entry_envelope,
+)
 from protocol.ledger.entries import Link
 
 from ..peer.messages import Peers, PeersGet
 from ..peer.outcomes import UNREACHABLE
 from .chains import Chains
 from .messages import (
+    RETRIED,
     Balance,
     BalanceGet,
+    HoldGet,
+    HoldInfo,
+    HoldPlace,
+    HoldResolve,
     LedgerEntries,
     LedgerGet,
     LedgerReport,
     LedgerResult,
     LedgerVerify,
     Pay,
+    RatePeer,
+    ReputationGet,
+    ReputationInfo,
 )
 from .stream import ChainMoved, LedgerStream
 
 ACTOR = protocol.subjects.LEDGER_ACTOR
-RETRIED = "retried"  # the chain held the entry already: the original result, nothing more
 APPEND_ATTEMPTS = 3  # another writer came first this many times: give up, say so
 STREAM_FAILURES = (nats.errors.Error, TimeoutError)
 
 
 class LedgerActor(Actor):
     name = ACTOR
-    accepts = (BalanceGet, Pay, LedgerGet, LedgerVerify)
+    accepts = (BalanceGet, Pay, LedgerGet, LedgerVerify, HoldPlace, HoldResolve, HoldGet,
+               RatePeer, ReputationGet)
     federated = True  # it appends to ledger.<entity> and reads the others' chains
 
     def __init__(self, config: Config) -> None:
@@ -90,6 +107,16 @@ class LedgerActor(Actor):
                 return await self._entries(peer, limit)
             case LedgerVerify():
                 return Later(self._verify())
+            case HoldPlace() as hold:
+                return await self._hold(hold)
+            case HoldResolve() as resolve:
+                return await self._resolve(resolve)
+            case HoldGet(payer, hold_id):
+                return await self._hold_info(payer, hold_id)
+            case RatePeer() as rating:
+                return await self._rate(rating)
+            case ReputationGet(account):
+                return await self._reputation(account or self.ctx.entity)
         raise TypeError(f"unexpected {envelope.typ}")  # the runtime refuses others first
 
     # ---- reading ------------------------------------------------------------------------
@@ -115,6 +142,26 @@ class LedgerActor(Actor):
                 if not peer or peer in (info.account, info.counterparty)]
         return LedgerEntries(mine[:limit])
 
+    async def _hold_info(self, payer: str, hold_id: bytes) -> HoldInfo | protocol.Error:
+        try:
+            await self.chains.catch_up()
+        except STREAM_FAILURES as exc:
+            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        for hold in self.chains.books.holds(payer, now=_now_ms()):
+            if hold.id == hold_id:
+                return HoldInfo(True, hold.payer, hold.to, hold.amount, hold.expires_at,
+                                hold.task, hold.state, hold.posted)
+        return HoldInfo(False)
+
+    async def _reputation(self, account: str) -> ReputationInfo | protocol.Error:
+        try:
+            await self.chains.catch_up()
+        except STREAM_FAILURES as exc:
+            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        known = self.chains.books.reputation(account)
+        return ReputationInfo(account, round(known.score or 0.0, 3), known.tasks,
+                              known.weight)
+
     async def _verify(self) -> LedgerReport:
         """Every chain replayed afresh into new books: signatures, chains, rules, and the
         invariants of the books that result."""
@@ -133,13 +180,59 @@ class LedgerActor(Actor):
 
     async def _pay(self, pay: Pay) -> LedgerResult:
         me = self.ctx.entity
-        problem = _payment_problem(me, pay)
+        problem = _payment_problem(me, pay.to, pay.amount, pay.id, pay.memo)
         if problem:
             return LedgerResult(False, reasons.BAD_REQUEST, problem)
         record = Transfer(seq=0, prev=GENESIS, to=pay.to, amount=pay.amount, memo=pay.memo)
         result = await self._append(record, pay.id or protocol.new_id())
         if result.code == reasons.DONE:
             await self.ctx.emit("transfer", to=pay.to, amount=pay.amount, id=result.id,
+                                seq=result.seq)
+        return result
+
+    async def _hold(self, hold: HoldPlace) -> LedgerResult:
+        problem = _payment_problem(self.ctx.entity, hold.to, hold.amount, hold.id, hold.task)
+        if not hold.task:
+            problem = problem or "a hold names the task it pays for"
+        if problem:
+            return LedgerResult(False, reasons.BAD_REQUEST, problem)
+        record = Hold(seq=0, prev=GENESIS, to=hold.to, amount=hold.amount,
+                      expires_at=hold.expires_at, task=hold.task)
+        result = await self._append(record, hold.id or protocol.new_id())
+        if result.code == reasons.DONE:
+            await self.ctx.emit("hold", to=hold.to, amount=hold.amount, id=result.id,
+                                seq=result.seq, expires_at=hold.expires_at)
+        return result
+
+    async def _resolve(self, resolve: HoldResolve) -> LedgerResult:
+        if len(resolve.hold) != 16 or (resolve.id and len(resolve.id) != 16):
+            return LedgerResult(False, reasons.BAD_REQUEST, "ids are 16 bytes")
+        if resolve.amount < 0:
+            return LedgerResult(False, reasons.BAD_REQUEST, "a post pays more than 0")
+        record: Link = (Post(seq=0, prev=GENESIS, hold=resolve.hold, amount=resolve.amount)
+                        if resolve.amount else
+                        Void(seq=0, prev=GENESIS, hold=resolve.hold,
+                             reason=resolve.reason[:protocol.ledger.entries.MAX_TEXT]))
+        result = await self._append(record, resolve.id or protocol.new_id())
+        if result.code == reasons.DONE:
+            typ = "post" if resolve.amount else "void"
+            await self.ctx.emit(typ, hold=resolve.hold.hex(), amount=resolve.amount,
+                                id=result.id, seq=result.seq)
+        return result
+
+    async def _rate(self, rating: RatePeer) -> LedgerResult:
+        if not 1 <= rating.score <= 5:
+            return LedgerResult(False, reasons.BAD_REQUEST, "a score is 1..5")
+        if rating.peer == self.ctx.entity or not protocol.subjects.valid_name(rating.peer):
+            return LedgerResult(False, reasons.BAD_REQUEST, f"{rating.peer!r} is not a peer")
+        if not rating.task or (rating.id and len(rating.id) != 16):
+            return LedgerResult(False, reasons.BAD_REQUEST, "a rating names its task; ids "
+                                "are 16 bytes")
+        record = Rate(seq=0, prev=GENESIS, peer=rating.peer, task=rating.task,
+                      score=rating.score, note=rating.note[:protocol.ledger.entries.MAX_TEXT])
+        result = await self._append(record, rating.id or protocol.new_id())
+        if result.code == reasons.DONE:
+            await self.ctx.emit("rate", peer=rating.peer, score=rating.score, id=result.id,
                                 seq=result.seq)
         return result
 
@@ -184,17 +277,18 @@ class LedgerActor(Actor):
                             entry_id.hex())
 
 
-def _payment_problem(me: str, pay: Pay) -> str:
-    if pay.to == me:
+def _payment_problem(me: str, to: str, amount: int, entry_id: bytes, text: str) -> str:
+    """What is wrong with a payment or hold of `amount` to `to` ('' if nothing is)."""
+    if to == me:
         return "an entity pays no one but others"
-    if not protocol.subjects.valid_name(pay.to):
-        return f"{pay.to!r} is not an entity name"
-    if not 0 < pay.amount <= protocol.ledger.MAX_AMOUNT:
-        return f"amount {pay.amount} is outside 1..{protocol.ledger.MAX_AMOUNT}"
-    if pay.id and len(pay.id) != 16:
+    if not protocol.subjects.valid_name(to):
+        return f"{to!r} is not an entity name"
+    if not 0 < amount <= protocol.ledger.MAX_AMOUNT:
+        return f"amount {amount} is outside 1..{protocol.ledger.MAX_AMOUNT}"
+    if entry_id and len(entry_id) != 16:
         return "an entry id is 16 bytes"
-    if len(pay.memo) > protocol.ledger.entries.MAX_TEXT:
-        return f"the memo is longer than {protocol.ledger.entries.MAX_TEXT} characters"
+    if len(text) > protocol.ledger.entries.MAX_TEXT:
+        return f"the text is longer than {protocol.ledger.entries.MAX_TEXT} characters"
     return ""
 
 

@@ -9,6 +9,10 @@ from dataclasses import dataclass, field
 
 from protocol import kind
 
+# A LedgerResult's code when the chain held the entry already: the original result,
+# nothing more done. (Otherwise `done`, or a reason code of protocol.reasons.)
+RETRIED = "retried"
+
 
 @kind("balance_get")
 @dataclass(frozen=True, slots=True)
@@ -91,3 +95,77 @@ class LedgerReport:
     chains: int
     supply: int  # the sum of every mint
     violations: list[str] = field(default_factory=list)  # the first of each chain
+
+
+@kind("hold_place")
+@dataclass(frozen=True, slots=True)
+class HoldPlace:
+    """Escrow: set `amount` aside for `to` until a post pays it, a void releases it or
+    `expires_at` (ms since the epoch) passes. `id` makes a retry safe, as for a payment."""
+
+    to: str
+    amount: int
+    expires_at: int
+    task: str
+    id: bytes = b""
+
+
+@kind("hold_resolve")
+@dataclass(frozen=True, slots=True)
+class HoldResolve:
+    """Resolve one of this entity's holds: `amount` > 0 posts that much of it to its
+    payee (the rest released), 0 voids it."""
+
+    hold: bytes
+    amount: int = 0
+    reason: str = ""  # for a void: why
+    id: bytes = b""
+
+
+@kind("hold_get")
+@dataclass(frozen=True, slots=True)
+class HoldGet:
+    payer: str  # whose chain holds it
+    hold: bytes
+
+
+@kind("hold_info")
+@dataclass(frozen=True, slots=True)
+class HoldInfo:
+    found: bool
+    payer: str = ""
+    to: str = ""
+    amount: int = 0
+    expires_at: int = 0  # ms since the epoch
+    task: str = ""
+    state: str = ""  # pending | posted | voided | expired (as of now)
+    posted: int = 0  # what its post paid
+
+
+@kind("rate_peer")
+@dataclass(frozen=True, slots=True)
+class RatePeer:
+    """Rate `peer` 1..5 for `task`, an escrow between the two that was settled."""
+
+    peer: str
+    task: str
+    score: int
+    note: str = ""
+    id: bytes = b""
+
+
+@kind("reputation_get")
+@dataclass(frozen=True, slots=True)
+class ReputationGet:
+    account: str = ""  # empty: this entity's own
+
+
+@kind("reputation")
+@dataclass(frozen=True, slots=True)
+class ReputationInfo:
+    """Ratings weighed by the amount each rated escrow settled."""
+
+    account: str
+    score: float  # the weighted mean, 1..5; 0 when nothing rated
+    tasks: int  # rated settled escrows
+    weight: int  # the amount they settled

@@ -43,6 +43,7 @@ from .messages import (
     PeerWake,
     Restart,
     Tasks,
+    TaskSettle,
     TasksGet,
 )
 from .outbox import Outbox
@@ -67,7 +68,7 @@ BEATS_BURST = 10
 class PeerActor(Actor):
     name = ACTOR
     accepts = (PeersGet, TasksGet, TurnDone, PeerCheck, PeerTalk, PeerReport, PeerWake,
-               PeerRestart, PeerDelegate)
+               PeerRestart, PeerDelegate, TaskSettle)
     federated = True  # it speaks for the entity on the federation's subjects
 
     def __init__(self, config: Config, workspace: Workspace, supervision: Supervision) -> None:
@@ -281,7 +282,11 @@ class PeerActor(Actor):
                 return calls.unusable(peer) or Later(calls.command(peer, "restart",
                                                                 Restart(actor)))
             case PeerDelegate() as delegate:
-                return calls.unusable(delegate.peer) or await self.delegation.offer(delegate)
+                # Beside the mailbox: a priced offer waits for the ledger, which may ask
+                # us for the peers' keys meanwhile.
+                return calls.unusable(delegate.peer) or Later(self.delegation.offer(delegate))
+            case TaskSettle() as verdict:
+                return Later(self.delegation.settle(verdict))
         raise TypeError(f"peer does not handle {envelope.typ}")
 
 

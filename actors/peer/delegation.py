@@ -7,6 +7,11 @@ killed at any point and pick the task up where it was:
     delegator (out)  offered -> accepted -> working -> delivered | failed | rejected
     delegate (in)    accepted -> working -> completed | failed   (or rejected at once)
 
+A priced task is paid through an escrow on the delegator's chain (escrow.py): held
+before the offer, checked by the delegate before it accepts, posted when the delegator
+accepts the delivery, voided when it rejects it or the deadline passes; the delegate
+hears which (`paid` or `unpaid`), and both sides show the task's money state.
+
 The delegate runs the task as a turn of its orchestrator; when the turn commits code,
 the commits travel back as `git format-patch` output and land on the branch
 `delegated/<task_id>` of the delegator's workspace, beside its own work, where it can
@@ -24,11 +29,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from entityd import Config, Context, EntitydError
+from protocol import reasons
 
 from ..messages import Goal, TurnDone
 from ..workspace import GitError, Workspace
 from . import outcomes
 from .deliverable import Deliverables
+from .escrow import HELD, POSTED, VOIDED, Escrow, settled
 from .messages import (
     DeliverableChunk,
     DeliverableGet,
@@ -36,6 +43,7 @@ from .messages import (
     PeerOutcome,
     TaskInfo,
     TaskOffer,
+    TaskSettle,
     TaskUpdate,
 )
 from .policy import Trust
@@ -45,6 +53,7 @@ from .turns import Turns
 Send = Callable[[str, str, object], Awaitable[object]]  # (peer, op, message)
 
 FINAL = ("delivered", "completed", "failed", "rejected")
+PAID, UNPAID = "paid", "unpaid"  # the delegator's word to the delegate on its escrow
 GOAL_PREFIX = "dlg-"
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -61,6 +70,7 @@ class Delegation:
         self.trust = trust
         self.send = send
         self.deliverables = deliverables
+        self.escrow = Escrow(ctx)
         self._answers: asyncio.Queue[TurnDone] = asyncio.Queue()
         turns.listen(self._on_turn)
 
@@ -72,16 +82,68 @@ class Delegation:
         task = TaskRow(uuid.uuid4().hex[:12], "out", request.peer, request.title,
                        request.description, request.deliverables, deadline,
                        list(request.capabilities), "offered", "", "", "", now, now)
+        if request.price < 0:
+            return PeerOutcome(request.peer, False, reasons.BAD_REQUEST,
+                               "a price is 0 (unpaid) or more")
+        if request.price:
+            placed = await self.escrow.place(request.peer, task.task_id, request.price,
+                                             deadline)
+            if not placed.ok:
+                return PeerOutcome(request.peer, False, placed.code, "the escrow could not "
+                                   f"be placed, so nothing was offered: {placed.text}")
+            task = dataclasses.replace(task, price=request.price,
+                                       hold=bytes.fromhex(placed.id), money=HELD)
         await self.store.save_task(task)
         await self.send(request.peer, "delegate", TaskOffer(
             task.task_id, task.title, task.description, task.deliverables, deadline,
-            task.capabilities))
-        await self.ctx.emit("task_offered", task_id=task.task_id, peer=request.peer)
+            task.capabilities, task.price, task.hold))
+        await self.ctx.emit("task_offered", task_id=task.task_id, peer=request.peer,
+                            price=task.price)
+        paid = f" for {task.price}, held in escrow" if task.price else ""
         return PeerOutcome(request.peer, True, outcomes.OFFERED,
-                           f"offered task {task.task_id} to {request.peer}; "
+                           f"offered task {task.task_id} to {request.peer}{paid}; "
                            "`entityctl tasks` follows it", task.task_id)
 
+    async def settle(self, request: TaskSettle) -> PeerOutcome:
+        """The delegator's verdict on a task it delegated: accept the delivery (the
+        escrow pays) or reject it (the escrow is voided)."""
+        task = next((t for t in await self.store.tasks()
+                     if t.task_id == request.task_id and t.direction == "out"), None)
+        if task is None:
+            return PeerOutcome("", False, reasons.NOT_FOUND,
+                               f"no task {request.task_id} was delegated by this entity")
+        if request.accept and task.state != "delivered":
+            return PeerOutcome(task.peer, False, reasons.BAD_REQUEST,
+                               f"task {task.task_id} is {task.state}, not delivered")
+        if not task.price:
+            return PeerOutcome(task.peer, True, reasons.DONE, f"task {task.task_id} was "
+                               "unpaid: there is no escrow to settle")
+        if task.money != HELD:
+            return PeerOutcome(task.peer, False, reasons.HOLD_RESOLVED,
+                               f"the escrow of task {task.task_id} is {task.money} already")
+        amount = (request.amount or task.price) if request.accept else 0
+        if amount > task.price:
+            return PeerOutcome(task.peer, False, reasons.BAD_REQUEST,
+                               f"the escrow holds {task.price}, not {amount}")
+        reason = request.reason or ("" if request.accept else "the delivery was rejected")
+        return await self._settle(task, amount, reason)
+
+    async def _settle(self, task: TaskRow, amount: int, reason: str) -> PeerOutcome:
+        result = await self.escrow.settle(task, amount, reason)
+        if not settled(result):
+            return PeerOutcome(task.peer, False, result.code, result.text)
+        money, word = (POSTED, PAID) if amount else (VOIDED, UNPAID)
+        task = dataclasses.replace(task, money=money)
+        note = f"{amount} of {task.price} paid" if amount else reason
+        await self._save(task, task.state, note, event=f"task_{word}")
+        await self.send(task.peer, "task", TaskUpdate(task.task_id, word, note))
+        return PeerOutcome(task.peer, True, reasons.DONE,
+                           f"task {task.task_id}: {note}", task.task_id)
+
     async def on_update(self, peer: str, update: TaskUpdate) -> None:
+        if update.state in (PAID, UNPAID):
+            await self._paid(peer, update)
+            return
         task = await self.store.task(update.task_id, "out", peer)
         if task is None:
             self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
@@ -96,7 +158,9 @@ class Delegation:
         elif state not in ("accepted", "rejected", "failed", "working"):
             self.ctx.log.warning("task_update_bad_state", peer=peer, state=update.state)
             return
-        await self._save(task, state, note, branch)
+        task = await self._save(task, state, note, branch)
+        if state in ("rejected", "failed") and task.money == HELD:  # no work to pay for
+            await self._settle(task, 0, f"the task was {state}: {note}"[:1000])
 
     async def _receive(self, task: TaskRow, update: TaskUpdate) -> tuple[str, str, str]:
         patch = update.patch
@@ -118,11 +182,20 @@ class Delegation:
         return "delivered", update.note, branch
 
     async def expire(self) -> None:
-        """Fail our offers whose deadline passed without a result."""
+        """Fail our offers whose deadline passed without a result, and void the escrow
+        of every task of ours whose deadline passed before it was settled."""
         now = time.time()
         for task in await self.store.tasks(("offered", "accepted", "working")):
             if task.direction == "out" and task.deadline and now > task.deadline:
                 await self._save(task, "failed", "the deadline passed without a result")
+        for task in await self.store.tasks():
+            if (task.direction == "out" and task.money == HELD and task.deadline
+                    and now > task.deadline):
+                done = await self._settle(task, 0, "the deadline passed before the "
+                                          "delivery was accepted")
+                if not done.ok:
+                    self.ctx.log.warning("escrow_not_voided", task_id=task.task_id,
+                                         reason=done.text)
 
     # ---- as the delegate --------------------------------------------------------------
 
@@ -136,9 +209,13 @@ class Delegation:
             return  # already recorded: the offer came again
         now = time.time()
         reason = self._refusal(peer, offer, now)
+        if not reason and offer.price:
+            reason = await self.escrow.check(peer, offer)
         task = TaskRow(offer.task_id, "in", peer, offer.title, offer.description,
                        offer.deliverables, offer.deadline, list(offer.capabilities),
-                       "rejected" if reason else "accepted", reason, "", "", now, now)
+                       "rejected" if reason else "accepted", reason, "", "", now, now,
+                       max(offer.price, 0), offer.hold,
+                       HELD if offer.price > 0 and not reason else "")
         await self._save(task, task.state, reason)
         await self.send(peer, "task", TaskUpdate(task.task_id, task.state, reason))
         if not reason:
@@ -152,7 +229,21 @@ class Delegation:
             return f"{self.ctx.entity} lacks the capabilities {', '.join(missing)}"
         if offer.deadline and offer.deadline < now:
             return "the deadline has already passed"
+        if offer.price < 0:
+            return "a price is 0 (unpaid) or more"
         return ""
+
+    async def _paid(self, peer: str, update: TaskUpdate) -> None:
+        """The delegator settled the escrow of a task it gave us."""
+        task = await self.store.task(update.task_id, "in", peer)
+        if task is None:
+            self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
+            return
+        if task.money != HELD:
+            return  # a repeated word, or an offer we did not take
+        money = POSTED if update.state == PAID else VOIDED
+        await self._save(dataclasses.replace(task, money=money), task.state, update.note,
+                         event=f"task_{update.state}")
 
     async def resume(self) -> None:
         """After a restart: give unfinished tasks to the orchestrator again."""
@@ -220,19 +311,22 @@ class Delegation:
     # ---- both -------------------------------------------------------------------------
 
     async def _save(self, task: TaskRow, state: str, note: str, branch: str = "",
-                    goal_id: str = "") -> None:
-        now = time.time()
-        await self.store.save_task(TaskRow(
-            task.task_id, task.direction, task.peer, task.title, task.description,
-            task.deliverables, task.deadline, task.capabilities, state, note,
-            branch or task.branch, goal_id or task.goal_id, task.created, now))
+                    goal_id: str = "", event: str = "") -> TaskRow:
+        """Record the task's new state, announce it (as `event`, by default
+        `task_<state>`), and return the row as saved."""
+        saved = dataclasses.replace(task, state=state, note=note, branch=branch or task.branch,
+                                    goal_id=goal_id or task.goal_id, updated=time.time())
+        await self.store.save_task(saved)
         # No title or note: events cross the hub, and these came encrypted.
-        await self.ctx.emit(f"task_{state}", task_id=task.task_id, peer=task.peer,
-                            direction=task.direction, branch=branch or task.branch)
+        await self.ctx.emit(event or f"task_{state}", task_id=task.task_id, peer=task.peer,
+                            direction=task.direction, branch=saved.branch, price=task.price,
+                            money=task.money)
+        return saved
 
     async def infos(self) -> list[TaskInfo]:
         return [TaskInfo(t.task_id, t.direction, t.peer, t.title, t.state, t.note, t.branch,
-                         t.created, t.updated) for t in await self.store.tasks()]
+                         t.created, t.updated, t.price, t.money)
+                for t in await self.store.tasks()]
 
 
 def _kept(task: TaskRow) -> str:

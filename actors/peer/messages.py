@@ -67,6 +67,10 @@ class TaskOffer:
     deliverables: str = ""
     deadline: float = 0.0  # epoch seconds; 0: none
     capabilities: list[str] = field(default_factory=list)
+    # Paid work: the delegator's hold (its entry id on the delegator's chain) escrows at
+    # least `price` for the delegate until the deadline; the delegate checks it first.
+    price: int = 0
+    hold: bytes = b""
 
 
 @kind("task_update")
@@ -182,6 +186,19 @@ class PeerDelegate:
     deliverables: str = ""
     deadline_s: float = 0.0  # from now; 0: peers.delegation_timeout
     capabilities: list[str] = field(default_factory=list)
+    price: int = 0  # escrowed from our balance until the delivery is accepted
+
+
+@kind("task_settle")
+@dataclass(frozen=True, slots=True)
+class TaskSettle:
+    """The delegator's verdict on a delivered task: accept (the escrow pays `amount`, or
+    the whole price when 0) or reject (the escrow is voided, `reason` says why)."""
+
+    task_id: str
+    accept: bool
+    amount: int = 0
+    reason: str = ""
 
 
 @kind("peer_outcome")
@@ -214,6 +231,8 @@ class TaskInfo:
     branch: str
     created: float
     updated: float
+    price: int = 0
+    money: str = ""  # the escrow: held | posted | voided | expired ("" when unpaid)
 
 
 @kind("tasks")

@@ -40,10 +40,13 @@ UNREACHABLE = _outcome("unreachable", Verdict.UNREACHABLE)  # no route or no res
 NO_ANSWER = _outcome("no_answer", Verdict.UNREACHABLE)  # a command's result never came
 BAD_REPLY = _outcome("bad_reply", Verdict.UNREACHABLE)  # a reply of the wrong kind
 
-# The peer's own codes that mean it refused (the others, say `timeout` or `busy`, mean
-# it could not answer now).
+# The codes that mean the call was refused, the peer's or the ledger's (for paid
+# delegation): the others, say `timeout` or `busy`, mean it could not be done now.
 REFUSALS = frozenset({reasons.NOT_TRUSTED, reasons.RATE_LIMITED, reasons.TOO_LARGE,
-                      reasons.UNKNOWN_ACTOR, reasons.FAILED})
+                      reasons.UNKNOWN_ACTOR, reasons.FAILED, reasons.BAD_REQUEST,
+                      reasons.NOT_FOUND, reasons.OVERDRAFT, reasons.CONFLICT,
+                      reasons.HOLD_RESOLVED, reasons.HOLD_EXPIRED, reasons.UNKNOWN_HOLD,
+                      reasons.BROKEN_CHAIN})
 
 
 def verdict(ok: bool, code: str) -> Verdict:

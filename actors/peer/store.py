@@ -62,15 +62,23 @@ CREATE TABLE IF NOT EXISTS tasks (
     goal_id TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     updated REAL NOT NULL,
+    price INTEGER NOT NULL DEFAULT 0,
+    hold BLOB NOT NULL DEFAULT x'',
+    money TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (task_id, direction, peer)
 );
 """
+TASK_COLUMNS = ("task_id, direction, peer, title, description, deliverables, deadline, "
+                "capabilities, state, note, branch, goal_id, created, updated")
+# Paid delegation added these to the tasks table.
+MONEY_COLUMNS = {"price": "INTEGER NOT NULL DEFAULT 0", "hold": "BLOB NOT NULL DEFAULT x''",
+                 "money": "TEXT NOT NULL DEFAULT ''"}
 # Before tasks were keyed by peer too, another member could take a task id first (ids
 # are public in events) and leave the real delegator's offer looking like a repeat.
 MIGRATE_TASKS = """
 ALTER TABLE tasks RENAME TO tasks_by_id;
 {create}
-INSERT INTO tasks SELECT * FROM tasks_by_id;
+INSERT INTO tasks ({columns}) SELECT {columns} FROM tasks_by_id;
 DROP TABLE tasks_by_id;
 """
 
@@ -119,6 +127,9 @@ class TaskRow:
     goal_id: str
     created: float
     updated: float
+    price: int = 0  # escrowed for the delegate (0: unpaid)
+    hold: bytes = b""  # the escrow's entry id on the delegator's chain
+    money: str = ""  # the delegator's record of it: held | posted | voided
 
 
 class PeerStore:
@@ -231,15 +242,15 @@ class PeerStore:
 
     async def save_task(self, task: TaskRow) -> None:
         await self._db.execute(
-            "INSERT INTO tasks (task_id, direction, peer, title, description, deliverables,"
-            " deadline, capabilities, state, note, branch, goal_id, created, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            f"INSERT INTO tasks ({TASK_COLUMNS}, price, hold, money)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (task_id, direction, peer) DO UPDATE SET state = excluded.state,"
             " note = excluded.note, branch = excluded.branch, goal_id = excluded.goal_id,"
-            " updated = excluded.updated",
+            " updated = excluded.updated, money = excluded.money",
             (task.task_id, task.direction, task.peer, task.title, task.description,
              task.deliverables, task.deadline, json.dumps(task.capabilities), task.state,
-             task.note, task.branch, task.goal_id, task.created, task.updated),
+             task.note, task.branch, task.goal_id, task.created, task.updated, task.price,
+             task.hold, task.money),
         )
 
     async def task(self, task_id: str, direction: str, peer: str) -> TaskRow | None:
@@ -277,16 +288,28 @@ def _outbox(row: aiosqlite.Row) -> OutboxRow:
 
 
 async def _migrate(db: aiosqlite.Connection) -> None:
-    async with db.execute("PRAGMA table_info(tasks)") as cursor:
-        keyed = {row[1]: row[5] for row in await cursor.fetchall()}  # name -> pk position
+    keyed = await _columns(db)
     if not keyed.get("peer"):
         start = SCHEMA.index("CREATE TABLE IF NOT EXISTS tasks")
         create = SCHEMA[start:SCHEMA.index(");", start) + 2]
-        await db.executescript("BEGIN;" + MIGRATE_TASKS.format(create=create) + "COMMIT;")
+        await db.executescript("BEGIN;" + MIGRATE_TASKS.format(create=create,
+                                                               columns=TASK_COLUMNS)
+                               + "COMMIT;")
+        keyed = await _columns(db)
+    for column, declared in MONEY_COLUMNS.items():
+        if column not in keyed:
+            await db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {declared}")
+
+
+async def _columns(db: aiosqlite.Connection) -> dict[str, int]:
+    """The tasks table's columns: name -> position in its primary key (0: not in it)."""
+    async with db.execute("PRAGMA table_info(tasks)") as cursor:
+        return {row[1]: row[5] for row in await cursor.fetchall()}
 
 
 def _task(row: aiosqlite.Row) -> TaskRow:
     return TaskRow(row["task_id"], row["direction"], row["peer"], row["title"],
                    row["description"], row["deliverables"], row["deadline"],
                    json.loads(row["capabilities"]), row["state"], row["note"], row["branch"],
-                   row["goal_id"], row["created"], row["updated"])
+                   row["goal_id"], row["created"], row["updated"], row["price"],
+                   bytes(row["hold"]), row["money"])

@@ -1,5 +1,6 @@
-"""The five peer tools (and two helpers) as the orchestrator's model sees them; each
-asks the entity's own peer actor, which does the federation work."""
+"""The five peer tools (and helpers: the peer list, the delegated tasks and settling a
+delivery) as the orchestrator's model sees them; each asks the entity's own peer actor,
+which does the federation work. Only the operator's turns may put a price on a task."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from entityd import Context, EntitydError, PeersSection
 
-from ..agent.toolbox import Tool, ToolFailed, schema
+from ..agent.toolbox import Tool, ToolFailed, integer, schema
 from .messages import (
     PeerCheck,
     PeerCheckResult,
@@ -20,6 +21,7 @@ from .messages import (
     PeerTalk,
     PeerWake,
     Tasks,
+    TaskSettle,
     TasksGet,
 )
 
@@ -49,14 +51,19 @@ def render_tasks(tasks: Tasks) -> str:
         return "(no delegated tasks)"
     return "\n".join(
         f"{t.task_id} {'to' if t.direction == 'out' else 'from'} {t.peer}: [{t.state}] {t.title}"
-        + (f" (branch {t.branch})" if t.branch else "") + (f" - {t.note[:200]}" if t.note else "")
+        + (f" (branch {t.branch})" if t.branch else "")
+        + (f" (price {t.price}, {t.money})" if t.price else "")
+        + (f" - {t.note[:200]}" if t.note else "")
         for t in tasks.tasks)
 
 
 class PeerTools:
-    def __init__(self, ctx: Context, settings: PeersSection) -> None:
+    def __init__(self, ctx: Context, settings: PeersSection, *, may_pay: bool = False,
+                 ledger_timeout: float = 10.0) -> None:
         self.ctx = ctx
         self.settings = settings
+        self.may_pay = may_pay  # the operator's turn: its delegations may carry a price
+        self.ledger_timeout = ledger_timeout
 
     async def _ask(self, message: object, timeout: float) -> Any:
         try:
@@ -82,12 +89,28 @@ class PeerTools:
             Tool("restart_peer", "Ask a peer to restart one of its actors, or all of them.",
                  schema(peer, {"actor": "the actor's name; empty for all"}), self.restart),
             Tool("delegate_to_peer", "Delegate a task to a peer. Coding work comes back as "
-                 "a branch delegated/<task id> in your workspace.",
+                 "a branch delegated/<task id> in your workspace."
+                 + (" With a price, that much of your balance is held in escrow until you "
+                    "accept the delivery (accept_delivery pays it) or reject it or the "
+                    "deadline passes (it comes back to you); check_balance and "
+                    "peer_reputation help you choose." if self.may_pay else ""),
                  schema({**peer, "title": "short title", "description": "what to do and "
-                         "how to check it"}, {"deliverables": "what to hand back"}),
+                         "how to check it"},
+                        {"deliverables": "what to hand back",
+                         **({"price": "what you pay for it (0: unpaid)"} if self.may_pay
+                            else {})},
+                        types={"price": "integer"}),
                  self.delegate),
             Tool("delegated_tasks", "Show the tasks delegated to and from you, with state.",
                  schema({}), self.tasks),
+            *([Tool("accept_delivery", "Accept a delivered task you delegated: its escrow "
+                    "pays the peer (the whole price, or the amount you give).",
+                    schema({"task": "the task id"}, {"amount": "pay only this much"},
+                           types={"amount": "integer"}), self.accept),
+               Tool("reject_delivery", "Reject a delivered task you delegated: its escrow "
+                    "comes back to you; say why.",
+                    schema({"task": "the task id", "reason": "what is wrong with it"}),
+                    self.reject)] if self.may_pay else []),
         ]
 
     async def list_peers(self, args: dict[str, Any]) -> str:
@@ -118,9 +141,19 @@ class PeerTools:
             self.settings.command_timeout))
 
     async def delegate(self, args: dict[str, Any]) -> str:
+        price = integer(args.get("price", 0), "price") if self.may_pay else 0
         return render_outcome(await self._ask(PeerDelegate(
             str(args["peer"]), str(args["title"]), str(args["description"]),
-            str(args.get("deliverables", ""))), self.settings.command_timeout))
+            str(args.get("deliverables", "")), price=price), self.ledger_timeout))
+
+    async def accept(self, args: dict[str, Any]) -> str:
+        return render_outcome(await self._ask(TaskSettle(
+            str(args["task"]), True, integer(args.get("amount", 0), "amount")),
+            self.ledger_timeout))
+
+    async def reject(self, args: dict[str, Any]) -> str:
+        return render_outcome(await self._ask(TaskSettle(
+            str(args["task"]), False, reason=str(args["reason"])), self.ledger_timeout))
 
     async def tasks(self, args: dict[str, Any]) -> str:
         return render_tasks(await self._ask(TasksGet(), 0))

@@ -19,6 +19,9 @@ from actors.ledger.messages import (
     LedgerResult,
     LedgerVerify,
     Pay,
+    RatePeer,
+    ReputationGet,
+    ReputationInfo,
 )
 from actors.peer.outcomes import UNREACHABLE
 
@@ -53,6 +56,21 @@ def add_commands(sub: Any) -> None:
     ledger.add_argument("--json", action="store_true")
     ledger.set_defaults(run=_ledger)
 
+    rate = sub.add_parser("rate", help="rate a peer 1..5 for a task whose escrow between "
+                          "you was settled (once per task)")
+    rate.add_argument("peer")
+    rate.add_argument("task")
+    rate.add_argument("score", type=int, choices=range(1, 6), metavar="1..5")
+    rate.add_argument("--note", default="")
+    rate.add_argument("--json", action="store_true")
+    rate.set_defaults(run=_rate)
+
+    reputation = sub.add_parser("reputation", help="what the ratings of the entity (or "
+                                "a peer) say, weighed by the money behind them")
+    reputation.add_argument("peer", nargs="?", default="")
+    reputation.add_argument("--json", action="store_true")
+    reputation.set_defaults(run=_reputation)
+
 
 def _entry_id(text: str) -> bytes:
     try:
@@ -77,7 +95,30 @@ async def _balance(client: EntityClient, args: argparse.Namespace) -> int:
 async def _pay(client: EntityClient, args: argparse.Namespace) -> int:
     result: LedgerResult = await client.ask(
         "ledger", Pay(args.peer, args.amount, args.memo, args.id), args.timeout)
+    return _result_exit(result, args.json)
+
+
+async def _rate(client: EntityClient, args: argparse.Namespace) -> int:
+    result: LedgerResult = await client.ask(
+        "ledger", RatePeer(args.peer, args.task, args.score, args.note), args.timeout)
+    return _result_exit(result, args.json)
+
+
+async def _reputation(client: EntityClient, args: argparse.Namespace) -> int:
+    known: ReputationInfo = await client.ask("ledger", ReputationGet(args.peer),
+                                             args.timeout)
     if args.json:
+        print_json(known)
+    elif not known.tasks:
+        print(f"{known.account}: no ratings yet")
+    else:
+        print(f"{known.account}: {known.score:.2f} of 5 from {known.tasks} rated task(s) "
+              f"settled for {known.weight} in all")
+    return 0
+
+
+def _result_exit(result: LedgerResult, as_json: bool) -> int:
+    if as_json:
         print_json(result)
     else:
         print(f"{result.code}: {result.text}" + (f"\nid {result.id}" if result.id else ""))

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import sys
 import time
 from typing import Any
 
@@ -23,6 +24,7 @@ from actors.peer.messages import (
     PeerTalk,
     PeerWake,
     Tasks,
+    TaskSettle,
     TasksGet,
 )
 from actors.peer.outcomes import Verdict, verdict
@@ -78,8 +80,12 @@ def add_commands(sub: Any) -> None:
     delegate.add_argument("title", help="the task, in a line")
     delegate.add_argument("--description", default="", help="details (default: the title)")
     delegate.add_argument("--deliverables", default="")
-    delegate.add_argument("--deadline", type=float, default=0.0,
-                          help="seconds from now (default: peers.delegation_timeout)")
+    delegate.add_argument("--deadline", type=_duration, default=0.0,
+                          help="from now: seconds, or 90s, 30m, 2h (default: "
+                          "peers.delegation_timeout)")
+    delegate.add_argument("--price", type=int, default=0,
+                          help="pay the peer this much for the task: held in escrow from "
+                          "now, paid when you accept the delivery (`tasks accept`)")
     delegate.add_argument("--capability", action="append", default=[],
                           help="a capability the peer must offer (repeatable)")
     delegate.add_argument("--wait", action="store_true",
@@ -87,7 +93,13 @@ def add_commands(sub: Any) -> None:
     delegate.add_argument("--json", action="store_true")
     delegate.set_defaults(run=_delegate)
 
-    tasks = sub.add_parser("tasks", help="delegated tasks, both ways, with their state")
+    tasks = sub.add_parser("tasks", help="delegated tasks, both ways, with their state and "
+                           "money; `tasks accept|reject TASK` settles a delivered one")
+    tasks.add_argument("action", nargs="?", choices=["accept", "reject"])
+    tasks.add_argument("task", nargs="?", default="")
+    tasks.add_argument("--amount", type=int, default=0,
+                       help="accept: pay this much of the escrow (default: the price)")
+    tasks.add_argument("--reason", default="", help="reject: why")
     tasks.add_argument("--json", action="store_true")
     tasks.set_defaults(run=_tasks)
 
@@ -95,6 +107,20 @@ def add_commands(sub: Any) -> None:
 def _timeout(args: argparse.Namespace, seconds: float) -> float:
     """--timeout if given, else the peer actor's own limit and a margin."""
     return float(args.timeout) if args.timeout_given else seconds + MARGIN_S
+
+
+def _duration(text: str) -> float:
+    """Seconds, from 90, 90s, 30m or 2h."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    scale = units.get(text[-1:], 1)
+    try:
+        seconds = float(text[:-1] if text[-1:] in units else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 30m "
+                                         "or 2h") from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("a deadline is after now")
+    return seconds
 
 
 def print_json(value: Any) -> None:
@@ -178,7 +204,8 @@ async def _restart(client: EntityClient, args: argparse.Namespace) -> int:
 async def _delegate(client: EntityClient, args: argparse.Namespace) -> int:
     outcome = await client.ask("peer", PeerDelegate(
         args.peer, args.title, args.description or args.title, args.deliverables,
-        args.deadline, list(args.capability)), _timeout(args, 5.0))
+        args.deadline, list(args.capability), args.price),
+        _timeout(args, client.config.economy.append_timeout))
     if not outcome.ok or not args.wait:
         return _outcome_exit(outcome, args.json)
     print(f"task {outcome.id} offered to {args.peer}; waiting", flush=True)
@@ -202,6 +229,14 @@ async def _delegate(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _tasks(client: EntityClient, args: argparse.Namespace) -> int:
+    if args.action:
+        if not args.task:
+            print(f"entityctl: tasks {args.action} needs the TASK id", file=sys.stderr)
+            return 2
+        outcome = await client.ask("peer", TaskSettle(
+            args.task, args.action == "accept", args.amount, args.reason),
+            _timeout(args, client.config.economy.append_timeout))
+        return _outcome_exit(outcome, args.json)
     tasks: Tasks = await client.ask("peer", TasksGet(), args.timeout)
     if args.json:
         print_json(tasks.tasks)
@@ -211,7 +246,8 @@ async def _tasks(client: EntityClient, args: argparse.Namespace) -> int:
     for t in tasks.tasks:
         way = f"to {t.peer}" if t.direction == "out" else f"from {t.peer}"
         branch = f"  branch {t.branch}" if t.branch else ""
-        print(f"{t.task_id}  {way:<22} {t.state:<10} {t.title}{branch}")
+        money = f"  {t.price} {t.money}" if t.price else ""
+        print(f"{t.task_id}  {way:<22} {t.state:<10} {t.title}{branch}{money}")
         if t.note:
             print(f"    {t.note[:300]}")
     return 0
