@@ -30,7 +30,7 @@ from protocol import Envelope, Error, reasons
 from . import prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import TurnOutcome, summarize
-from .agent.toolbox import Tool
+from .agent.toolbox import Tool, ToolFailed
 from .goal_store import GoalState, GoalStore
 from .ledger.tools import LedgerTools
 from .lessons import learn
@@ -59,6 +59,7 @@ PEER_GOALS = 4  # talks one peer may have queued or running here at once ...
 OPERATOR_ROOM = 8  # ... and places in the queue that peers' goals never take
 RECALL_LIMIT = 5
 REPORTS_KEPT = 20
+PROMPT_BALANCE_S = 3.0  # how long a turn waits to tell its prompt the balance
 INTERRUPTED = ("stopped: this goal's turn was cut short by a restart of the entity (or a "
                "crash of its orchestrator) and is not run again, since what it did so far "
                "may already have taken effect; give the goal again to retry it")
@@ -287,7 +288,8 @@ class OrchestratorActor(Actor):
         if scope.owner:
             prompt = prompts.load("peer", entity=self.ctx.entity, peer=scope.owner)
         else:
-            prompt = prompts.load("orchestrator", entity=self.ctx.entity)
+            prompt = prompts.load("orchestrator", entity=self.ctx.entity,
+                                  balance=await self._balance())
         loop = AgentLoop(llm, toolbox, prompt, self.max_steps, report)
         recalled = await self._recall(goal.text, scope)
         if not scope.owner:
@@ -301,6 +303,14 @@ class OrchestratorActor(Actor):
             self._auto.turns += 1
             self._auto.tokens += llm.tokens
         await self._finish(goal, scope, outcome, tools, started, llm.tokens)
+
+    async def _balance(self) -> str:
+        """The operator's turn is told its balance, as check_balance says it (not waited
+        for long: a turn does not wait on the ledger's stream)."""
+        try:
+            return await LedgerTools(self.ctx, PROMPT_BALANCE_S).balance({})
+        except ToolFailed as exc:
+            return f"unknown just now ({exc})"
 
     async def _workspace_tools(self, scope: TurnScope) -> list[Tool]:
         """The tool actor's tools, each audited privately once the turn is private."""

@@ -73,6 +73,8 @@ async def test_a_priced_task_is_paid_on_acceptance_and_both_sides_rate(tmp_path:
             assert task_id, out
             task = task_id.group(1)
             assert await money(a) == (400, 100)  # held before b was even asked
+            told = [json.dumps(r.body) for r in llm.requests if r.body]
+            assert any("ledger: 500 available, 0 held in escrow" in p for p in told)
 
             theirs = await wait_state(b, "in", ("working", "completed"), task_id=task)
             assert (theirs["price"], theirs["money"]) == (100, "held"), theirs
@@ -96,6 +98,8 @@ async def test_a_priced_task_is_paid_on_acceptance_and_both_sides_rate(tmp_path:
                 "account": B, "score": 5.0, "tasks": 1, "weight": 100}
             assert await b.ctl_json("reputation", A) == {
                 "account": A, "score": 4.0, "tasks": 1, "weight": 100}
+            code, out, err = await a.ctl("ask", call("list_peers"))
+            assert code == 0 and "rated 5.0/5 over 1 paid task(s)" in out, out + err
             code, out, err = await a.ctl("tasks", "accept", task)  # settled already
             assert code == 3 and "hold_resolved" in out, out + err
             for member in (a, b):

@@ -9,6 +9,7 @@ from typing import Any
 from entityd import Context, EntitydError, PeersSection
 
 from ..agent.toolbox import Tool, ToolFailed, integer, schema
+from ..ledger.messages import ReputationGet, ReputationInfo
 from .messages import (
     PeerCheck,
     PeerCheckResult,
@@ -26,6 +27,7 @@ from .messages import (
 )
 
 MARGIN_S = 10.0  # on top of the peer actor's own timeouts, so its answer comes first
+REPUTATION_S = 3.0  # what list_peers waits for the ledger's view of each peer
 
 
 def render_outcome(outcome: PeerOutcome) -> str:
@@ -38,12 +40,15 @@ def render_check(result: PeerCheckResult) -> str:
     return f"{result.peer}: {result.state}{latency}. {result.detail}"
 
 
-def render_peers(peers: Peers) -> str:
+def render_peers(peers: Peers, reputations: dict[str, str] | None = None) -> str:
     if not peers.peers:
         return "(no peers known yet)"
+    reputations = reputations or {}
     return "\n".join(
         f"{p.name}: {'present' if p.present else 'absent'}, may {', '.join(p.trust) or 'nothing'}"
-        f", offers {', '.join(p.capabilities) or 'nothing'}" for p in peers.peers)
+        f", offers {', '.join(p.capabilities) or 'nothing'}"
+        + (f"; rated {reputations[p.name]}" if p.name in reputations else "")
+        for p in peers.peers)
 
 
 def render_tasks(tasks: Tasks) -> str:
@@ -114,7 +119,19 @@ class PeerTools:
         ]
 
     async def list_peers(self, args: dict[str, Any]) -> str:
-        return render_peers(await self._ask(PeersGet(), 0))
+        peers: Peers = await self._ask(PeersGet(), 0)
+        if not self.may_pay:
+            return render_peers(peers)
+        reputations = {}  # the operator's turn, choosing whom to pay, sees their ratings
+        for peer in peers.peers:
+            try:
+                known: ReputationInfo = await self.ctx.ask(
+                    f"{self.ctx.entity}/ledger", ReputationGet(peer.name), REPUTATION_S)
+            except EntitydError:
+                break  # no ledger now: the list without ratings
+            reputations[peer.name] = (f"{known.score:.1f}/5 over {known.tasks} paid task(s)"
+                                      if known.tasks else "by no one yet")
+        return render_peers(peers, reputations)
 
     async def check(self, args: dict[str, Any]) -> str:
         result: PeerCheckResult = await self._ask(PeerCheck(str(args["peer"])),
