@@ -1,7 +1,8 @@
-"""One federation for tests and benchmarks: a hub nats-server with a user per member, and
-per member either an `entityd run` daemon whose embedded server is a leaf of the hub
-(`build`) or a bare leaf nats-server on the embedded server's command line
-(`build_leaves`). What `Federation.start` started, `Federation.stop` stops.
+"""One federation for tests and benchmarks: a hub nats-server (or a hub cluster of three or
+more, `build(hub_nodes=3)`) with a user per member, and per member either an `entityd run`
+daemon whose embedded server is a leaf of the hub (`build`) or a bare leaf nats-server on
+the embedded server's command line (`build_leaves`). What `Federation.start` started,
+`Federation.stop` stops.
 
 It lives in bench/ so that both may import it (see bench/ports.py).
 """
@@ -44,6 +45,9 @@ MINT_KEY = "mint.key"  # in the treasurer's dir: the key its mints are signed wi
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 20.0  # a daemon's drain, before it is killed
 ASK_TIMEOUT_S = 10.0
+# What a hub node logs once it knows its cluster's JetStream meta leader (or is it).
+META_LEADER = re.compile(r"new (JetStream cluster )?metadata leader")
+HUB_NAME = "entityd-hub"  # the hub's server name; a hub cluster's name, its nodes hub-1...
 
 
 def make_entity(
@@ -118,7 +122,8 @@ class Member:
 @dataclass
 class Federation:
     """A hub, and its members: daemons (`members`, from build) or bare leaf servers
-    (`leaves`, from build_leaves), all in `root`."""
+    (`leaves`, from build_leaves), all in `root`. The hub is one server or the nodes of a
+    cluster (`nodes`, by server name; `hub` is then the first)."""
 
     root: Path
     hub: ServerProcess
@@ -127,9 +132,21 @@ class Federation:
     leaves: dict[str, ServerProcess] = field(default_factory=dict)
     llm: Any = None  # the scripted model server, when a test keeps it here
     treasury: Path | None = None  # the treasurer's dir (hub login, mint.key), from build
+    nodes: dict[str, ServerProcess] = field(default_factory=dict)  # every hub server
+
+    def __post_init__(self) -> None:
+        self.nodes = self.nodes or {HUB_NAME: self.hub}
 
     def __getitem__(self, name: str) -> Member:
         return self.members[name]
+
+    @property
+    def hub_url(self) -> str:
+        """The client URL of a hub node that is running (the first one, if several are)."""
+        for node in self.nodes.values():
+            if node.proc is not None and node.proc.poll() is None:
+                return node.url
+        raise BenchError("no hub node is running")
 
     def economy(self, command: str, *args: str) -> subprocess.CompletedProcess[str]:
         """`entityd economy COMMAND ARGS` on the hub as its treasurer (a mint signed with
@@ -138,15 +155,18 @@ class Federation:
             raise BenchError("this federation has no treasurer (build makes one)")
         key = ["--key", str(self.treasury / MINT_KEY)] if command == "mint" else []
         return subprocess.run(
-            [str(BIN / "entityd"), "economy", command, *args, "--hub",
-             f"nats://127.0.0.1:{self.hub.port}", "--data-dir", str(self.treasury), *key],
+            [str(BIN / "entityd"), "economy", command, *args, "--hub", self.hub_url,
+             "--data-dir", str(self.treasury), *key],
             capture_output=True, text=True, timeout=60, env=child_env())
 
     def start(self) -> Federation:
         """The hub, then the leaves and daemons, until every daemon is ready; blocks (call
         it in a thread from a loop). If anything fails to start, all is stopped again."""
         try:
-            self.hub.start()
+            for node in self.nodes.values():
+                node.start()
+            if len(self.nodes) > 1:
+                self.wait_cluster()
             for leaf in self.leaves.values():
                 leaf.start()
             for member in self.members.values():
@@ -158,6 +178,21 @@ class Federation:
             raise
         return self
 
+    def wait_cluster(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Until every running hub node knows the cluster's JetStream meta leader: before
+        that, a stream cannot be made (the request goes unanswered), and nothing tells a
+        client to wait."""
+        deadline = time.monotonic() + timeout
+        for name, node in self.nodes.items():
+            while not META_LEADER.search(node.log.read_text(errors="replace")):
+                if node.proc is None or node.proc.poll() is not None:
+                    raise BenchError(f"hub node {name} is not running: "
+                                     f"{node.log.read_text(errors='replace')[-800:]}")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"hub node {name} knows no JetStream meta leader "
+                                     f"after {timeout} s (see {node.log})")
+                time.sleep(0.05)
+
     def stop(self) -> list[int]:
         """Every daemon, the leaves and the hub stopped; the daemons' exit codes (-9 for one
         killed). The daemons get SIGTERM at once and drain together, each killed if still
@@ -166,7 +201,7 @@ class Federation:
         for daemon in daemons:
             daemon.signal_stop()
         codes = [daemon.wait_stopped(STOP_TIMEOUT_S) for daemon in daemons]
-        for server in [*self.leaves.values(), self.hub]:
+        for server in [*self.leaves.values(), *self.nodes.values()]:
             server.stop()
         return codes
 
@@ -204,15 +239,18 @@ async def running(fed: Federation) -> AsyncIterator[Federation]:
 def build(
     root: Path, names: Sequence[str], *, llm_url: str, trust: Trust | None = None,
     heartbeat: float = 0.5, extra: Mapping[str, str] | None = None,
-    die_with_parent: bool = False,
+    die_with_parent: bool = False, hub_nodes: int = 1,
 ) -> Federation:
     """Data dirs, configs and hub users for `names` as `entityd run` daemons (not started).
 
     `trust[receiver][sender]` lists what `sender` may ask of `receiver`; by default every
     member trusts every other with everything. `extra[name]` is appended to that member's
     config. With `die_with_parent`, the daemons and the hub get SIGTERM when the thread
-    that started them ends: start them from one that outlives them."""
-    leaf_port = free_port()
+    that started them ends: start them from one that outlives them. With `hub_nodes` of 3
+    or more the hub is a cluster of that many nodes on loopback, and every leaf is given
+    the leafnode URLs of all of them."""
+    leaf_ports = [free_port() for _ in range(hub_nodes)]
+    hub_url = ",".join(f"nats-leaf://127.0.0.1:{port}" for port in leaf_ports)
     treasury = root / federation.TREASURER
     treasury.mkdir(parents=True, exist_ok=True)
     mint_key = SigningKey.generate()
@@ -227,7 +265,7 @@ def build(
         lines = "".join(f"{peer} = {json.dumps(list(perms))}\n" for peer, perms in granted.items())
         text = config.read_text()
         for old, new in [
-            ('hub_url = ""', f'hub_url = "nats-leaf://127.0.0.1:{leaf_port}"'),
+            ('hub_url = ""', f'hub_url = "{hub_url}"'),
             ('provider = "moonshot"', 'provider = "scripted"'),
             ('base_url = ""', f'base_url = "{llm_url}"'),
             ("heartbeat_interval = 5.0", f"heartbeat_interval = {heartbeat}"),
@@ -240,9 +278,10 @@ def build(
         config.write_text(text + (extra or {}).get(name, ""))
         daemon = DaemonProc(config, root / f"{name}.log", die_with_parent=die_with_parent)
         members[name] = Member(name, config, port, daemon)
-    hub = _hub(root, {name: m.data for name, m in members.items()}, leaf_port,
-               die_with_parent=die_with_parent, treasury=treasury)
-    return Federation(root, hub, leaf_port, members, treasury=treasury)
+    nodes = _hub(root, {name: m.data for name, m in members.items()}, leaf_ports,
+                 die_with_parent=die_with_parent, treasury=treasury)
+    return Federation(root, next(iter(nodes.values())), leaf_ports[0], members,
+                      treasury=treasury, nodes=nodes)
 
 
 def build_leaves(
@@ -254,7 +293,8 @@ def build_leaves(
     certificate and its key) the hub's leafnode port speaks only TLS and the leaves pin
     that certificate."""
     leaf_port = free_port()
-    hub = _hub(root, {name: root / name for name in names}, leaf_port, grants=grants, tls=tls)
+    hub = _hub(root, {name: root / name for name in names}, [leaf_port], grants=grants,
+               tls=tls)[HUB_NAME]
     hub_url = f"{'tls' if tls else 'nats-leaf'}://127.0.0.1:{leaf_port}"
     leaves = {
         name: leaf_server(name, root / name, hub_url, federation.seed_path(root / name),
@@ -282,23 +322,36 @@ def leaf_server(
 
 
 def _hub(
-    root: Path, data_dirs: Mapping[str, Path], leaf_port: int, *,
+    root: Path, data_dirs: Mapping[str, Path], leaf_ports: Sequence[int], *,
     grants: Mapping[str, federation.Permissions] | None = None,
     tls: tuple[Path, Path] | None = None, die_with_parent: bool = False,
     treasury: Path | None = None,
-) -> ServerProcess:
-    """The hub (not started): a user per member, its nkey made in the member's data dir,
-    and the treasurer's, made in `treasury`."""
+) -> dict[str, ServerProcess]:
+    """The hub (not started), by server name: one server (`root/hub.conf`), or with several
+    leaf ports a cluster of as many nodes (`root/hub-1.conf`, ...) routed to each other on
+    loopback. A user per member, its nkey made in the member's data dir, and the
+    treasurer's, made in `treasury`."""
     users = [(name, federation.make_entity_credentials(name, data)[0])
              for name, data in data_dirs.items()]
     treasurer = (federation.make_entity_credentials(federation.TREASURER, treasury)[0]
                  if treasury else "")
     cert, key = tls or ("", "")
-    port = free_port()
-    conf = root / "hub.conf"
-    conf.write_text(federation.render_hub_conf(
-        users, store_dir=root / "hub-store", port=port, leaf_host="127.0.0.1",
-        leaf_port=leaf_port, tls_cert=str(cert), tls_key=str(key), grants=grants,
-        treasurer=treasurer))
-    return ServerProcess([nats_server_binary(), "-c", str(conf)], port, root / "hub.log",
-                         child_env(), die_with_parent=die_with_parent)
+    route_ports = [free_port() for _ in leaf_ports] if len(leaf_ports) > 1 else []
+    routes = tuple(f"nats-route://127.0.0.1:{port}" for port in route_ports)
+    nodes = {}
+    for i, leaf_port in enumerate(leaf_ports, 1):
+        name, cluster = HUB_NAME, None
+        if route_ports:
+            name = f"hub-{i}"
+            cluster = federation.HubCluster(HUB_NAME, routes, port=route_ports[i - 1])
+        stem = "hub" if cluster is None else name
+        port = free_port()
+        conf = root / f"{stem}.conf"
+        conf.write_text(federation.render_hub_conf(
+            users, store_dir=root / f"{stem}-store", port=port, leaf_host="127.0.0.1",
+            leaf_port=leaf_port, server_name=name, tls_cert=str(cert), tls_key=str(key),
+            grants=grants, treasurer=treasurer, cluster=cluster))
+        nodes[name] = ServerProcess([nats_server_binary(), "-c", str(conf)], port,
+                                    root / f"{stem}.log", child_env(),
+                                    die_with_parent=die_with_parent)
+    return nodes
