@@ -12,6 +12,7 @@
 #   PAIR_B_PROVIDER    entity-b's LLM provider (default openrouter, key OPENROUTER_API_KEY)
 #                      "demo" runs that entity on the demo model even when a key is set
 #   PAIR_DURATION      stop by itself this many seconds after "pair ready" (for tests)
+#   PAIR_ALLOWANCE     what the hub's treasurer mints to each entity once (default 1000)
 #   PYTHON             the python3 that makes .venv on a fresh machine (default python3)
 # An entity whose provider's key is not in the environment runs on the scripted demo
 # model (actors/llm/demo.py), which is not a model and says so in every answer.
@@ -107,6 +108,22 @@ toml_set() {
     mv "$file.tmp" "$file"
 }
 
+# The hub's treasurer makes the LEDGER stream and mints the pair's starting allowance; its
+# mint key is in both entities' [mint_keys] (README, "The economy").
+TREASURY=$HUB_DIR/treasury
+mkdir -p "$TREASURY"
+TREASURER_NKEY=$(entityd federation treasurer --data-dir "$TREASURY" \
+    | sed -n 's/^# public nkey: //p')
+[ -n "$TREASURER_NKEY" ] || fail "no public nkey from 'entityd federation treasurer'"
+[ -f "$TREASURY/mint.key" ] || entityd keygen "$TREASURY/mint.key" >/dev/null
+MINT_KEY=$(python - "$TREASURY/mint.key" <<'PY'
+import sys
+from pathlib import Path
+from entityd import identity
+print(bytes(identity.read_key(Path(sys.argv[1])).verify_key).hex())
+PY
+)
+
 declare -A HUB_NKEY
 for name in "${ENTITIES[@]}"; do
     data=$PAIR_DIR/$name
@@ -126,13 +143,15 @@ for name in "${ENTITIES[@]}"; do
     toml_set "$config" peers heartbeat_interval 2.0
     # The pair trusts each other fully; [trust] is a table, which no ENTITYD_* variable sets.
     toml_set "$config" trust "${PEER[$name]}" '["talk", "report", "delegate", "wake", "restart"]'
+    toml_set "$config" mint_keys treasury "\"$MINT_KEY\""
 done
 
 mkdir -p "$HUB_DIR"
 entityd federation hub-conf \
     --entity "entity-a=${HUB_NKEY[entity-a]}" --entity "entity-b=${HUB_NKEY[entity-b]}" \
     --store-dir "$HUB_DIR/jetstream" --host 127.0.0.1 --port "$HUB_PORT" \
-    --leaf-host 127.0.0.1 --leaf-port "$HUB_LEAF_PORT" >"$HUB_DIR/hub.conf"
+    --leaf-host 127.0.0.1 --leaf-port "$HUB_LEAF_PORT" --treasurer "$TREASURER_NKEY" \
+    >"$HUB_DIR/hub.conf"
 
 # -- models: a real provider when its key is here, else the demo model --------------------
 
@@ -292,6 +311,18 @@ done
 say "starting the hub on 127.0.0.1:$HUB_PORT (leafnodes :$HUB_LEAF_PORT)"
 start_hub
 wait_until "listening" 20 hub port_open "$HUB_PORT"
+economy() {  # economy COMMAND ARGS...: as the hub's treasurer
+    entityd economy "$1" "${@:2}" --hub "nats://127.0.0.1:$HUB_PORT" --data-dir "$TREASURY"
+}
+economy init >/dev/null || fail "could not make the LEDGER stream on the hub"
+for name in "${ENTITIES[@]}"; do
+    # Once per entity and pair dir: the mint's id is the same on every start (retried).
+    allowance_id=$(printf 'allowance/%s' "$name" | sha256sum | cut -c1-32)
+    minted=$(economy mint "$name" "${PAIR_ALLOWANCE:-1000}" --key "$TREASURY/mint.key" \
+        --memo "the pair's starting allowance" --id "$allowance_id") \
+        || fail "could not mint $name's starting allowance"
+    say "$name's allowance: $minted"
+done
 for name in "${ENTITIES[@]}"; do
     if [ "${USES_DEMO[$name]}" = 1 ]; then
         start_demo "$name"

@@ -139,6 +139,10 @@ def test_the_pair_starts_restarts_a_killed_daemon_and_stops_on_ctrl_c(
     status = ctl(pair.config("entity-a"), "status")
     assert status.returncode == 0, status.stderr
     assert "entity-a" in status.stdout
+    for name in ("entity-a", "entity-b"):  # the treasurer's starting allowance
+        balance = ctl(pair.config(name), "balance", "--json")
+        assert balance.returncode == 0, balance.stdout + balance.stderr
+        assert json.loads(balance.stdout)["available"] == 1000, balance.stdout
 
     pid_file = pair.dir / "entity-b" / "entityd.pid"
     killed = int(pid_file.read_text())
@@ -185,6 +189,12 @@ def test_a_second_run_keeps_the_first_runs_keys(pair_dir: Path, tmp_path: Path) 
     trusted = 'entity-b = ["talk", "report", "delegate", "wake", "restart"]'
     assert config.splitlines().count(trusted) == 1  # set once, not once per run
     assert f'hub_url = "nats-leaf://127.0.0.1:{base + 1}"' in config
+    assert config.count("treasury = ") == 1
+    # The allowance was minted once, not once per run: the second run's mint was a retry.
+    for name in ("entity-a", "entity-b"):
+        assert f"{name}'s allowance: minted 1000 to {name}: entry 1" in first_output
+        assert f"{name}'s allowance: retried: the chain holds this mint already" \
+            in second_output
 
 
 def test_each_entity_sees_the_other_as_a_peer(started_pair: Pair) -> None:
