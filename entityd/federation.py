@@ -661,8 +661,9 @@ def _cmd_treasurer(data_dir: Path) -> int:
     data_dir = data_dir.expanduser().resolve()
     public, path = make_entity_credentials(TREASURER, data_dir)
     print(f"# the treasurer (`entityd economy` on the hub): its hub login, 0600: {path}")
-    print(f"# public nkey: {public}; render the hub with `hub-conf --treasurer {public}`,")
-    print(f"# or add this entry to accounts.{HUB_ACCOUNT}.users:")
+    print(f"# public nkey: {public}")
+    print(f"# Render the hub with `hub-conf --treasurer {public} ...`, or add this entry to")
+    print(f"# accounts.{HUB_ACCOUNT}.users:")
     print(treasurer_entry(public), end="")
     return 0
 
