@@ -177,3 +177,27 @@ async def test_forged_and_overdrawn_entries_are_not_counted_and_verify_names_the
     stuck = entity.ctl("pay", B, "10")
     assert stuck.returncode == 3, stuck.stdout + stuck.stderr
     assert stuck.stdout.startswith("broken_chain:") and "unknown_key" in stuck.stdout
+
+
+async def test_a_replayed_entry_is_not_counted_twice_and_verify_names_it(
+        entity: Entity) -> None:
+    """Someone able to write the chain (the key's other holder) appends a copy of an
+    entry already on it: the copy names an old position, so it counts for nothing."""
+    assert entity.mint(100).returncode == 0
+    paid = entity.ctl_json("pay", B, "40")
+    assert isinstance(paid, dict) and paid["ok"], paid
+    nc = await entity.stream()
+    try:
+        js = nc.jetstream()
+        last = await js.get_last_msg("LEDGER", protocol.subjects.ledger(A))
+        await js.publish(protocol.subjects.ledger(A), last.data or b"")  # the payment again
+    finally:
+        await nc.close()
+    assert entity.available() == 60  # paid once
+    peer = entity.ctl_json("balance", B)
+    assert isinstance(peer, dict) and peer["available"] == 40
+    verified = entity.ctl("ledger", "verify")
+    assert verified.returncode == 5, verified.stdout + verified.stderr
+    assert verified.stdout.startswith("VIOLATED: 2 entries on 2 chains"), verified.stdout
+    assert "replayed:" in verified.stdout and "it counts once" in verified.stdout
+

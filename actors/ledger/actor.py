@@ -172,7 +172,8 @@ class LedgerActor(Actor):
             return LedgerReport(False, fresh.entries, 0, 0,
                                 [f"the LEDGER stream cannot be read: {exc!r}"])
         books = fresh.books
-        violations = [str(exc) for exc in fresh.violations.values()] + books.audit()
+        violations = ([str(exc) for exc in fresh.violations.values()]
+                      + [str(exc) for exc in fresh.repeats] + books.audit())
         return LedgerReport(not violations, fresh.entries, len(books.accounts()),
                             books.supply, violations)
 

@@ -3,9 +3,10 @@ its order, each entry verified before it counts.
 
 An entry that breaks a rule (a forged, reordered or dropped entry, an overdraft) is not
 applied, and its chain counts for nothing past it: the first violation of each chain is
-kept and reported. An entry signed by a key we do not know yet (a peer never heard) is a
-violation only until the key is known: learning new keys replays the books from the
-start, so every reader ends with the same books.
+kept and reported. A copy of an entry the chain holds already (replayed into the stream)
+changes nothing, and is reported too. An entry signed by a key we do not know yet (a peer
+never heard) is a violation only until the key is known: learning new keys replays the
+books from the start, so every reader ends with the same books.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 
 import protocol
-from protocol import ProtocolError
+from protocol import ProtocolError, Replayed
 from protocol.ledger import (
     Entry,
     Hold,
@@ -51,6 +52,7 @@ class Chains:
         self.after = 0  # the stream sequence read up to
         self.last_of: dict[str, int] = {}  # each chain's last entry, by stream sequence
         self.violations: dict[str, ProtocolError] = {}  # the first of each chain
+        self.repeats: list[ProtocolError] = []  # copies of entries the chains hold
         self.unknown_signer = False
         self.entries = 0
         self.mine: list[EntryInfo] = []  # our entries and the ones naming us, oldest first
@@ -79,14 +81,20 @@ class Chains:
             return
         try:
             entry = self.books.read(stored.data, stored.subject)
+            head = self.books.position(chain).seq - 1
             self.books.apply(entry)
         except ProtocolError as exc:
             self.violations[chain] = exc
             if exc.reason == protocol.reasons.UNKNOWN_KEY:
                 self.unknown_signer = True
             return
-        self.entries += 1
         self.last_of[chain] = stored.seq
+        if entry.seq <= head:  # the books took it as a redelivery: no effect
+            self.repeats.append(Replayed(
+                f"{chain}'s entry {entry.seq} (id {entry.id.hex()}) is in the stream again, "
+                f"at {stored.seq}; it counts once", subject=stored.subject))
+            return
+        self.entries += 1
         info = describe(entry)
         if entry.account == self.me or info.counterparty == self.me:
             self.mine.append(info)
