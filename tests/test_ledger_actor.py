@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,4 +201,29 @@ async def test_a_replayed_entry_is_not_counted_twice_and_verify_names_it(
     assert verified.returncode == 5, verified.stdout + verified.stderr
     assert verified.stdout.startswith("VIOLATED: 2 entries on 2 chains"), verified.stdout
     assert "replayed:" in verified.stdout and "it counts once" in verified.stdout
+
+
+def test_a_restart_goes_on_from_the_checkpoint_unless_the_stream_changed(
+        entity: Entity) -> None:
+    assert entity.mint(100).returncode == 0
+    for amount in ("10", "20"):
+        assert entity.ctl("pay", B, amount).returncode == 0
+    assert entity.daemon.terminate() == 0  # its ledger actor writes the checkpoint
+    assert (entity.data / "ledger.checkpoint").stat().st_mode & 0o777 == 0o600
+    entity.daemon.start()
+    entity.daemon.wait_log('"entityd_ready"', count=2)
+    started = entity.daemon.log().rsplit('"event": "ledger_checkpoint"', 1)[0]
+    assert started.rstrip().endswith('"used": true, "after": 3,'), started[-300:]
+    assert entity.available() == 70
+    assert entity.ctl("pay", B, "5").returncode == 0  # appended after the checkpoint's head
+    assert entity.available() == 65 and entity.ctl("ledger", "verify").returncode == 0
+
+    # A stream made afresh (its store lost) does not hold the heads the checkpoint names:
+    # the books are replayed from the (now empty) stream instead of trusted.
+    assert entity.daemon.terminate() == 0
+    shutil.rmtree(entity.data / "nats" / "jetstream")
+    entity.daemon.start()
+    entity.daemon.wait_log('"entityd_ready"', count=3)
+    assert "the stream no longer holds entity-a's entry at" in entity.daemon.log()
+    assert entity.available() == 0
 

@@ -48,6 +48,7 @@ from protocol.ledger import (
     entry_hash,
     read_entry,
     seal_entry,
+    snapshot,
 )
 from protocol.vectors.generate import as_json
 from protocol.vectors.ledger import generate as ledger_vectors
@@ -783,6 +784,18 @@ class LedgerMachine(RuleBasedStateMachine):
             changed = dataclasses.replace(record, note="changed")
         self.submit(sent.account, changed, sent.entry_id)
 
+    @rule()
+    def restarted_from_a_snapshot(self) -> None:
+        """A reader restarting from its checkpoint goes on exactly as if it had not: the
+        rules after this step check the restored books against the model."""
+        views = [(a, self.ledger.position(a), self.ledger.balance(a, self.clock),
+                  self.ledger.holds(a), self.ledger.reputation(a)) for a in ACCOUNTS]
+        self.ledger, extra = snapshot.load(snapshot.dump(self.ledger, {"after": self.count}),
+                                           self.ledger.keys)
+        assert extra == {"after": self.count}
+        assert views == [(a, self.ledger.position(a), self.ledger.balance(a, self.clock),
+                          self.ledger.holds(a), self.ledger.reputation(a)) for a in ACCOUNTS]
+
     @rule(payer=ACCOUNT, payees=st.tuples(OTHER, OTHER), amounts=st.tuples(AMOUNT, AMOUNT))
     def two_writers_race(self, payer: str, payees: tuple[int, int],
                          amounts: tuple[int, int]) -> None:
@@ -820,3 +833,15 @@ LedgerMachine.TestCase.settings = settings(
     max_examples=60, stateful_step_count=40, deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 TestLedgerHistories = LedgerMachine.TestCase
+
+
+def test_a_snapshot_is_refused_for_other_keys_a_foreign_format_or_damage() -> None:
+    books = Ledger(ledger_keys())
+    data = snapshot.dump(books, {})
+    other = LedgerKeys({"alpha": bytes(KEYS["alpha"].verify_key)})
+    for bad, keys, says in ((data, other, "other keys"), (b"\x93junk", ledger_keys(),
+                                                           "unreadable"),
+                            (msgpack.packb({"format": 99}), ledger_keys(), "format 99")):
+        with pytest.raises(snapshot.SnapshotError, match=says):
+            snapshot.load(bad, keys)
+

@@ -33,6 +33,7 @@ from protocol.ledger.entries import Link
 from ..peer.messages import Peers, PeersGet
 from ..peer.outcomes import UNREACHABLE
 from .chains import Chains
+from .checkpoint import Checkpoint
 from .messages import (
     RETRIED,
     Balance,
@@ -54,6 +55,7 @@ from .messages import (
 from .stream import ChainMoved, LedgerStream
 
 ACTOR = protocol.subjects.LEDGER_ACTOR
+CHECKPOINT = "ledger.checkpoint"  # in the data dir
 APPEND_ATTEMPTS = 3  # another writer came first this many times: give up, say so
 STREAM_FAILURES = (nats.errors.Error, TimeoutError)
 
@@ -74,6 +76,26 @@ class LedgerActor(Actor):
                                    timeout=self.config.economy.append_timeout)
         await self.stream.start(create=not self.config.nats.hub_url)
         self.chains = self._chains()
+        self.checkpoint = Checkpoint(self.config.data_dir / CHECKPOINT)
+        try:
+            why_not = await self.checkpoint.restore(self.chains)
+        except STREAM_FAILURES as exc:  # the stream is away: replay once it is back
+            self.chains.restart()
+            why_not = f"the stream cannot be read now: {exc!r}"
+        self.ctx.log.info("ledger_checkpoint", used=not why_not, after=self.chains.after,
+                          **({"why_not": why_not} if why_not else {}))
+
+    async def _catch_up(self) -> None:
+        await self.chains.catch_up()
+        await self.checkpoint.save(self.chains)
+
+    async def _caught_up(self) -> protocol.Error | None:
+        """Read what the stream gained; an `unavailable` error when it cannot be read."""
+        try:
+            await self._catch_up()
+        except STREAM_FAILURES as exc:
+            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        return None
 
     def _chains(self) -> Chains:
         mint_keys = {name: bytes.fromhex(key) for name, key in self.config.mint_keys.items()}
@@ -81,7 +103,10 @@ class LedgerActor(Actor):
                       self._peer_keys)
 
     async def on_stop(self) -> None:
-        await self.stream.stop()
+        try:
+            await self.checkpoint.save(self.chains, force=True)
+        finally:
+            await self.stream.stop()
 
     async def on_failure(self, exc: BaseException) -> None:
         if hasattr(self, "stream"):
@@ -122,10 +147,8 @@ class LedgerActor(Actor):
     # ---- reading ------------------------------------------------------------------------
 
     async def _balance(self, account: str) -> Balance | protocol.Error:
-        try:
-            await self.chains.catch_up()
-        except STREAM_FAILURES as exc:
-            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        if error := await self._caught_up():
+            return error
         books = self.chains.books
         balance = books.balance(account, now=_now_ms())
         return Balance(account, balance.available, balance.held,
@@ -134,19 +157,15 @@ class LedgerActor(Actor):
     async def _entries(self, peer: str, limit: int) -> LedgerEntries | protocol.Error:
         if limit < 1:
             return protocol.Error(reasons.BAD_REQUEST, f"limit must be at least 1, not {limit}")
-        try:
-            await self.chains.catch_up()
-        except STREAM_FAILURES as exc:
-            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        if error := await self._caught_up():
+            return error
         mine = [info for info in reversed(self.chains.mine)
                 if not peer or peer in (info.account, info.counterparty)]
         return LedgerEntries(mine[:limit])
 
     async def _hold_info(self, payer: str, hold_id: bytes) -> HoldInfo | protocol.Error:
-        try:
-            await self.chains.catch_up()
-        except STREAM_FAILURES as exc:
-            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        if error := await self._caught_up():
+            return error
         for hold in self.chains.books.holds(payer, now=_now_ms()):
             if hold.id == hold_id:
                 return HoldInfo(True, hold.payer, hold.to, hold.amount, hold.expires_at,
@@ -154,10 +173,8 @@ class LedgerActor(Actor):
         return HoldInfo(False)
 
     async def _reputation(self, account: str) -> ReputationInfo | protocol.Error:
-        try:
-            await self.chains.catch_up()
-        except STREAM_FAILURES as exc:
-            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        if error := await self._caught_up():
+            return error
         known = self.chains.books.reputation(account)
         return ReputationInfo(account, round(known.score or 0.0, 3), known.tasks,
                               known.weight)
@@ -242,7 +259,7 @@ class LedgerActor(Actor):
         me = self.ctx.entity
         for _ in range(APPEND_ATTEMPTS):
             try:
-                await self.chains.catch_up()
+                await self._catch_up()
                 broken = self.chains.violations.get(me)
                 if broken is not None:
                     return LedgerResult(False, reasons.BROKEN_CHAIN, f"{me}'s chain holds an "
@@ -270,7 +287,7 @@ class LedgerActor(Actor):
                 return LedgerResult(False, UNREACHABLE, "the LEDGER stream cannot be "
                                     f"reached ({exc!r}); ask again with the same id to be "
                                     "sure it happens once", entry_id.hex())
-            await self.chains.catch_up()
+            await self._catch_up()
             return LedgerResult(True, reasons.DONE, f"entry {seq} of {me}'s chain",
                                 entry_id.hex(), seq)
         return LedgerResult(False, UNREACHABLE, f"another writer appended to {me}'s chain "

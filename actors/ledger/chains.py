@@ -11,7 +11,9 @@ books from the start, so every reader ends with the same books.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import protocol
 from protocol import ProtocolError, Replayed
@@ -56,6 +58,33 @@ class Chains:
         self.unknown_signer = False
         self.entries = 0
         self.mine: list[EntryInfo] = []  # our entries and the ones naming us, oldest first
+
+    @property
+    def peers(self) -> dict[str, bytes]:
+        """The peers' keys the books are built with."""
+        return {name: key for name, key in self._known.items() if name != self.me}
+
+    def clean(self) -> bool:
+        """Whether every entry read so far counted (nothing refused or repeated)."""
+        return not (self.violations or self.repeats or self.unknown_signer)
+
+    def state(self) -> dict[str, Any]:
+        """Where this reader is, beside its books (for a checkpoint)."""
+        return {"after": self.after, "last_of": self.last_of, "entries": self.entries,
+                "mine": [dataclasses.astuple(info) for info in self.mine]}
+
+    def adopt(self, books: Ledger, state: dict[str, Any]) -> None:
+        """Go on from a checkpoint: books built with our keys (restart(peers) first),
+        and where state() said we were."""
+        self.books = books
+        self.after, self.last_of = state["after"], state["last_of"]
+        self.entries = state["entries"]
+        self.mine = [EntryInfo(*info) for info in state["mine"]]
+
+    def restart(self, peers: Mapping[str, bytes] | None = None) -> None:
+        """Forget everything read (and take these peers' keys, if given): the next
+        catch_up replays every chain."""
+        self._reset(self.peers if peers is None else peers)
 
     async def catch_up(self) -> None:
         """Read and apply what the stream has past what we read; when it held entries

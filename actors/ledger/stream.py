@@ -105,6 +105,11 @@ class LedgerStream:
             nats.js.errors.APIError.from_error(error)  # raises the fitting error
         return int(answer["seq"])
 
+    async def get(self, seq: int) -> Stored | None:
+        """The entry at stream sequence `seq`; None when there is none."""
+        found = await self._get({"seq": seq})
+        return found[0] if found else None
+
     async def last(self, account: str) -> Stored | None:
         """The last entry of `account`'s chain; None when it has none."""
         batch = await self._get({"last_by_subj": subjects.ledger(account)})

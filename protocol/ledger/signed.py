@@ -62,6 +62,11 @@ class LedgerKeys:
         self.keyring.add(key, name, f"operator:{name}")
         self._operators.add(key)
 
+    def fingerprint(self) -> bytes:
+        """What identifies these keys: each account's, and the operators'."""
+        held = (sorted(self._owners.items()), sorted(self._operators))
+        return hashlib.sha256(repr(held).encode()).digest()
+
     def may_sign(self, account: str, kid: bytes, record: Link) -> bool:
         """Whether `kid` may sign `record` on `account`'s chain."""
         if isinstance(record, Mint):

@@ -1,0 +1,80 @@
+"""The ledger actor's checkpoint: its books written to the data dir now and then, so that
+a restart reads only what the LEDGER stream gained since, not every chain from the start.
+
+The file is the actor's own cache (0600 in the data dir, beside its key), not evidence:
+`ledger verify` never reads it. It is used only when it still matches the stream: every
+chain's last entry it names must be in the stream at the same place with the same hash
+(a stream made afresh, or another federation's, fails that), else the books are replayed
+from the start. Books that refused or repeated an entry are not written down at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import msgpack
+
+from protocol import ProtocolError
+from protocol.ledger import snapshot
+
+from .chains import Chains
+
+SAVE_EVERY = 1000  # entries read between two checkpoints
+
+
+class Checkpoint:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.saved_at = 0  # the stream sequence the last checkpoint was made at
+
+    async def restore(self, chains: Chains) -> str:
+        """Put `chains` where the checkpoint left them; '' when it did, else why not."""
+        try:
+            data = await asyncio.to_thread(self.path.read_bytes)
+        except FileNotFoundError:
+            return "no checkpoint yet"
+        try:
+            kept = msgpack.unpackb(data, raw=False)
+            chains.restart({name: bytes(key) for name, key in kept["peers"].items()})
+            chains.adopt(*snapshot.load(kept["books"], chains.keys))
+        except (snapshot.SnapshotError, KeyError, TypeError, ValueError) as exc:
+            chains.restart()
+            return f"the checkpoint cannot be used: {exc}"
+        for chain, seq in chains.last_of.items():
+            stored = await chains.stream.get(seq)
+            head = chains.books.position(chain).prev
+            try:
+                same = stored is not None and chains.books.read(
+                    stored.data, stored.subject).hash == head
+            except ProtocolError:
+                same = False
+            if not same:
+                chains.restart()
+                return f"the stream no longer holds {chain}'s entry at {seq}"
+        self.saved_at = chains.after
+        return ""
+
+    async def save(self, chains: Chains, *, force: bool = False) -> None:
+        if not chains.clean() or chains.after == self.saved_at:
+            return
+        if not force and chains.after - self.saved_at < SAVE_EVERY:
+            return
+        data = msgpack.packb({"peers": chains.peers,
+                              "books": snapshot.dump(chains.books, chains.state())},
+                             use_bin_type=True)
+        await asyncio.to_thread(_write, self.path, data)
+        self.saved_at = chains.after
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Replace the file whole: a crash leaves the old checkpoint or the new one."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(partial, path)
