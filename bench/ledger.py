@@ -1,0 +1,455 @@
+"""The ledger: payments appended through the ledger actor beside raw JetStream publishes
+with the same headers on the same server, and `ledger verify`'s replay rate.
+
+`python -m bench.ledger` starts, in a temporary directory, one `entityd run` daemon
+(entity-a, on its own: its LEDGER stream on its own embedded nats-server), mints it
+money with `entityd economy mint`, and measures:
+
+1. ledger pay: `Pay` asked of the ledger actor with an EntityClient, as `entityctl pay`
+   does (ctl -> ledger actor: read the chain's news, sign, append with
+   Nats-Expected-Last-Subject-Sequence and Nats-Msg-Id, read it back), one at a time;
+2. raw JetStream: nats-py `js.publish` of a payload as large as a transfer entry, with
+   the same two headers (compare-and-set on the last PubAck's sequence), into a stream
+   made like LEDGER on the same server, one at a time;
+3. ledger balance: `BalanceGet` asked the same way: the ctl hop and one read of the
+   stream finding nothing new, what a payment pays for before it appends;
+   (1-3 alternate in rounds, so that drift on the machine hits them alike)
+4. and 5. 1 and 2 with several in flight: callers asking Pay at once (the actor appends
+   one after another to its one chain), and raw publishers each on its own subject;
+6. read alone: the stream filled to `--entries` with valid chains of several accounts
+   (signed here, their keys in the daemon's [peer_keys]), then read from the start by
+   the actor's own reader (LedgerStream: batched direct gets) in this process, without
+   verifying anything;
+7. ledger verify: `LedgerVerify` asked and timed: entries replayed per second.
+
+It prints each figure, then `ratio ledger_vs_js` (1/2) and `ratio ledger_vs_js_conc`
+(4/5). Nothing is asserted about timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
+
+import msgpack
+import nats
+from nacl.signing import SigningKey
+from nats.aio.client import Client
+
+import protocol
+from actors.ledger.messages import (
+    Balance,
+    BalanceGet,
+    LedgerReport,
+    LedgerResult,
+    LedgerVerify,
+    Pay,
+)
+from actors.ledger.stream import STREAM, LedgerStream, stream_config
+from bench.federation import Cpu, CpuMeter, Figure, _child_named, interleaved
+from bench.harness import BIN, BenchError, DaemonProc, child_env, run_guarded
+from bench.rig import MINT_KEY, READY, READY_TIMEOUT_S, STOP_TIMEOUT_S, edit, make_entity
+from entityd import config as config_mod
+from entityd import identity, localauth, logs
+from entityd.client import EntityClient
+from entityd.federated import FederationAccess
+from entityd.transport import Transport, wait_closed
+from protocol import Keyring
+from protocol.ledger import GENESIS, Mint, Transfer, entry_hash, seal_entry
+
+A, PAYEE = "entity-a", "entity-b"
+LEDGER_ACTOR = protocol.subjects.LEDGER_ACTOR
+RAW_STREAM = "BENCH-RAW"
+RAW_SUBJECTS = "benchraw.>"
+MINTED = 10**12  # to entity-a, far more than the bench pays
+ACCOUNTS = 8  # the other chains the replay reads, beside entity-a's
+LOAD_WINDOW = 512  # publishes in flight while the stream is filled
+REPLY_TIMEOUT_S = 10.0
+VERIFY_TIMEOUT_S = 900.0
+PHASE_TIMEOUT_S = 600.0
+UNUSED_LLM_URL = "http://127.0.0.1:9/v1"  # the scripted provider needs some URL; none asked
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """Payments per figure, calls in flight for the concurrent ones, untimed warm-up calls
+    before each, rounds in which the sequential figures alternate, and the entries the
+    stream holds when it is verified."""
+
+    pay: int
+    raw: int
+    conc: int
+    in_flight: int
+    warmup: int
+    rounds: int
+    entries: int
+
+
+DEFAULT = Sizes(pay=1000, raw=1000, conc=1000, in_flight=16, warmup=50, rounds=5,
+                entries=100_000)
+QUICK = Sizes(pay=100, raw=100, conc=100, in_flight=8, warmup=10, rounds=2, entries=2_000)
+
+
+# ---- the entity --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Entity:
+    """entity-a's daemon, its config, the mint key and the other accounts' keys."""
+
+    config: Path
+    daemon: DaemonProc
+    mint_key: SigningKey
+    others: dict[str, SigningKey]
+
+    @property
+    def url(self) -> str:
+        cfg = config_mod.load(self.config)
+        return f"nats://{localauth.read(cfg.data_dir)}@127.0.0.1:{cfg.nats.port}"
+
+
+@contextmanager
+def running_entity(keep: bool) -> Iterator[Entity]:
+    """entity-a started on its own and minted into; stopped (and the directory gone) after.
+    If the bench is SIGKILLed, its daemon gets SIGTERM instead of staying an orphan."""
+    root = Path(tempfile.mkdtemp(prefix="bench-ledger-"))
+    try:
+        mint_key = SigningKey.generate()
+        identity.write_key(root / MINT_KEY, mint_key)
+        others = {f"bench-{i}": SigningKey.generate() for i in range(1, ACCOUNTS + 1)}
+        config = make_entity(root, A)
+        pinned = "".join(f'{name} = "{bytes(key.verify_key).hex()}"\n'
+                         for name, key in others.items())
+        edit(config, "\n[peer_keys]\n", f"\n[peer_keys]\n{pinned}")
+        edit(config, "[mint_keys]\n",
+             f'[mint_keys]\ntreasury = "{bytes(mint_key.verify_key).hex()}"\n')
+        edit(config, 'provider = "moonshot"', 'provider = "scripted"')
+        edit(config, 'base_url = ""', f'base_url = "{UNUSED_LLM_URL}"')
+        daemon = DaemonProc(config, root / f"{A}.log", die_with_parent=True)
+        t0 = time.monotonic()
+        daemon.start()
+        try:
+            daemon.wait_log(READY, READY_TIMEOUT_S)
+            print(f"{A} ready in {time.monotonic() - t0:.1f} s", flush=True)
+            minted = subprocess.run(
+                [str(BIN / "entityd"), "economy", "mint", A, str(MINTED), "--config",
+                 str(config), "--key", str(root / MINT_KEY)],
+                capture_output=True, text=True, timeout=60, env=child_env())
+            if minted.returncode != 0:
+                raise BenchError(f"entityd economy mint exited {minted.returncode}: "
+                                 f"{minted.stdout}{minted.stderr}")
+            yield Entity(config, daemon, mint_key, others)
+        finally:
+            daemon.signal_stop()
+            code = daemon.wait_stopped(STOP_TIMEOUT_S)
+            if code != 0:
+                print(f"bench.ledger: {A} exited with {code}: {daemon.log()[-2000:]}",
+                      file=sys.stderr)
+    finally:
+        if keep:
+            print(f"bench.ledger: kept {root} (config, daemon log, data)", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+class ProcessCpu(CpuMeter):
+    """CpuMeter over the bench, the daemon and its nats-server."""
+
+    def __init__(self, entity: Entity) -> None:
+        self.pids = {"bench": os.getpid()}
+        proc = entity.daemon.proc
+        if proc is not None:
+            self.pids["daemon"] = proc.pid
+            server = _child_named(proc.pid, "nats-server")
+            if server is not None:
+                self.pids["nats-server"] = server
+
+
+# ---- what is measured --------------------------------------------------------------------
+
+
+class LedgerPay:
+    """entityctl pay, on one open client: the ledger actor appends a transfer of 1."""
+
+    def __init__(self, client: EntityClient) -> None:
+        self.client = client
+
+    async def call(self, i: int) -> None:
+        result = await self.client.ask(LEDGER_ACTOR, Pay(PAYEE, 1, "bench"), REPLY_TIMEOUT_S)
+        if not isinstance(result, LedgerResult) or result.code != protocol.reasons.DONE:
+            raise BenchError(f"pay answered {result!r}")
+
+
+class LedgerBalance:
+    """entityctl balance: the ctl hop and one read of the stream (nothing new there)."""
+
+    def __init__(self, client: EntityClient) -> None:
+        self.client = client
+
+    async def call(self, i: int) -> None:
+        result = await self.client.ask(LEDGER_ACTOR, BalanceGet(), REPLY_TIMEOUT_S)
+        if not isinstance(result, Balance):
+            raise BenchError(f"balance answered {result!r}")
+
+
+class RawAppend:
+    """js.publish with the ledger's two headers on its own subject: compare-and-set on
+    the sequence of its own last PubAck, and a fresh Nats-Msg-Id."""
+
+    def __init__(self, nc: Client, subject: str, payload: bytes) -> None:
+        self.js = nc.jetstream()
+        self.subject = subject
+        self.payload = payload
+        self.last = 0
+
+    async def call(self, i: int) -> None:
+        ack = await self.js.publish(
+            self.subject, self.payload, timeout=REPLY_TIMEOUT_S,
+            headers={"Nats-Expected-Last-Subject-Sequence": str(self.last),
+                     "Nats-Msg-Id": os.urandom(16).hex()})
+        if ack.stream != RAW_STREAM or ack.duplicate:
+            raise BenchError(f"the raw publish got {ack!r}")
+        self.last = ack.seq
+
+
+@dataclasses.dataclass
+class Burst:
+    """n calls made by `in_flight` callers at once; from the first to the last answer."""
+
+    name: str
+    n: int
+    in_flight: int
+    seconds: float = 0.0
+    cpu: Cpu = dataclasses.field(default_factory=dict)
+
+    async def run(self, calls: list[Callable[[int], Awaitable[None]]],
+                  meter: CpuMeter) -> None:
+        """`calls[k]` is caller k's call; each makes its share of n, one at a time."""
+        async def caller(k: int) -> None:
+            for i in range(k, self.n, self.in_flight):
+                await calls[k](i)
+
+        before = meter.sample()
+        start = time.perf_counter()
+        async with asyncio.timeout(PHASE_TIMEOUT_S), asyncio.TaskGroup() as tg:
+            for k in range(self.in_flight):
+                tg.create_task(caller(k))
+        self.seconds = time.perf_counter() - start
+        self.cpu = meter.since(before, meter.sample())
+
+    @property
+    def rate(self) -> float:
+        return self.n / self.seconds
+
+    def lines(self) -> list[str]:
+        return [f"{self.name:<34} {self.rate:>8,.0f} msg/s  (N={self.n}, {self.in_flight} in "
+                f"flight, {self.seconds:.2f} s)",
+                CpuMeter.line(self.cpu, self.n, self.seconds)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Replay:
+    name: str
+    entries: int
+    seconds: float
+    cpu: Cpu
+    chains: int = 0
+
+    @property
+    def rate(self) -> float:
+        return self.entries / self.seconds
+
+    def lines(self) -> list[str]:
+        where = f" on {self.chains} chains" if self.chains else ""
+        return [f"{self.name:<34} {self.rate:>8,.0f} entries/s  ({self.entries:,} "
+                f"entries{where} in {self.seconds:.2f} s)",
+                CpuMeter.line(self.cpu, self.entries, self.seconds).replace(
+                    "per call", "per entry")]
+
+
+async def read_alone(nc: Client, key: SigningKey, meter: CpuMeter) -> Replay:
+    """Every entry of the stream read as the ledger actor reads it, verifying nothing."""
+    stream = LedgerStream(FederationAccess(Transport(nc, entity=A, key=key,
+                                                     keyring=Keyring())),
+                          domain="", timeout=REPLY_TIMEOUT_S)
+    await stream.start(create=False)
+    before = meter.sample()
+    start = time.perf_counter()
+    after = read = 0
+    try:
+        while batch := await stream.read(after):
+            read += len(batch)
+            after = batch[-1].seq
+    finally:
+        await stream.stop()
+    return Replay("read alone (LedgerStream.read)", read, time.perf_counter() - start,
+                  meter.since(before, meter.sample()))
+
+
+@dataclasses.dataclass(frozen=True)
+class Results:
+    pay: Figure
+    raw: Figure
+    pay_conc: Burst
+    raw_conc: Burst
+    replay: Replay
+
+    def ratios(self) -> dict[str, float]:
+        return {"ledger_vs_js": self.pay.rate / self.raw.rate,
+                "ledger_vs_js_conc": self.pay_conc.rate / self.raw_conc.rate}
+
+
+def transfer_size(key: SigningKey) -> int:
+    """The bytes of a transfer entry as the actor appends it (PAYEE, 1, memo "bench")."""
+    record = Transfer(seq=2, prev=bytes(32), to=PAYEE, amount=1, memo="bench")
+    return len(seal_entry(key, A, record, entry_id=protocol.new_id(), ts=protocol.now_ms()))
+
+
+def chains(others: dict[str, SigningKey], mint_key: SigningKey, n: int) -> Iterator[
+        tuple[str, bytes]]:
+    """n entries (subject, wire) on the chains of `others`: a mint to each, then transfers
+    of 1 from each to the next in turn, each chain linked by its entries' hashes."""
+    names = list(others)
+    heads = dict.fromkeys(names, (0, GENESIS))
+    ts = protocol.now_ms()
+    for i in range(n):
+        name = names[i % len(names)]
+        seq, prev = heads[name]
+        if seq == 0:
+            key: SigningKey = mint_key
+            record: Transfer | Mint = Mint(seq=1, prev=prev, account=name, amount=MINTED)
+        else:
+            key = others[name]
+            record = Transfer(seq=seq + 1, prev=prev, to=names[(i + 1) % len(names)],
+                              amount=1)
+        wire = seal_entry(key, name, record, entry_id=protocol.new_id(), ts=ts)
+        heads[name] = (seq + 1, entry_hash(msgpack.unpackb(wire)[2]))
+        yield protocol.subjects.ledger(name), wire
+
+
+async def fill(nc: Client, entity: Entity, total: int) -> int:
+    """Entries of the other accounts appended until the stream holds `total`; how many."""
+    js = nc.jetstream(timeout=REPLY_TIMEOUT_S)
+    have = (await js.stream_info(STREAM)).state.messages
+    wanted = max(0, total - have)
+    entries = chains(entity.others, entity.mint_key, wanted)
+    for subject, wire in itertools.islice(entries, 1):
+        await js.publish(subject, wire)  # alone: nats-py's first request sets up its inbox
+    pending: list[asyncio.Task[object]] = []
+    async with asyncio.TaskGroup() as tg:
+        for subject, wire in entries:  # in order: each publish is written before it waits
+            pending.append(tg.create_task(js.publish(subject, wire)))
+            if len(pending) >= LOAD_WINDOW:
+                await asyncio.gather(*pending)
+                pending.clear()
+    held = (await js.stream_info(STREAM)).state.messages
+    if held != total and wanted:
+        raise BenchError(f"LEDGER holds {held} entries, not {total}")
+    return wanted
+
+
+async def measure(entity: Entity, sizes: Sizes) -> Results:
+    cfg = config_mod.load(entity.config)
+    key = identity.read_key(identity.key_path(cfg.data_dir))
+    payload = b"x" * transfer_size(key)
+    meter = ProcessCpu(entity)
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(EntityClient(cfg))
+        nc = await nats.connect(entity.url, name="bench-ledger-raw")
+        stack.push_async_callback(wait_closed, nc, 5.0)
+        await nc.jetstream().add_stream(dataclasses.replace(
+            stream_config(), name=RAW_STREAM, subjects=[RAW_SUBJECTS]))
+
+        pay, raw = LedgerPay(client), RawAppend(nc, "benchraw.seq", payload)
+        figures = [Figure("ledger pay (ledger actor)", pay.call, sizes.pay),
+                   Figure("raw JetStream publish, CAS", raw.call, sizes.raw),
+                   Figure("ledger balance (ctl hop, a read)", LedgerBalance(client).call,
+                          sizes.pay)]
+        await interleaved(figures, sizes.rounds, sizes.warmup, meter)
+        for figure in figures:
+            print("\n".join(figure.lines()), flush=True)
+
+        k = sizes.in_flight
+        pay_conc = Burst(f"ledger pay, {k} in flight", sizes.conc, k)
+        await pay_conc.run([pay.call] * k, meter)
+        print("\n".join(pay_conc.lines()), flush=True)
+        raws = [RawAppend(nc, f"benchraw.conc.{i}", payload) for i in range(k)]
+        raw_conc = Burst(f"raw publish, {k} subjects at once", sizes.conc, k)
+        await raw_conc.run([r.call for r in raws], meter)
+        print("\n".join(raw_conc.lines()), flush=True)
+
+        t0 = time.perf_counter()
+        added = await fill(nc, entity, sizes.entries)
+        print(f"  LEDGER filled to {sizes.entries:,} entries ({added:,} signed and appended "
+              f"in {time.perf_counter() - t0:.1f} s)", flush=True)
+        reading = await read_alone(nc, key, meter)
+        print("\n".join(reading.lines()), flush=True)
+        before = meter.sample()
+        start = time.perf_counter()
+        report = await client.ask(LEDGER_ACTOR, LedgerVerify(), VERIFY_TIMEOUT_S)
+        seconds = time.perf_counter() - start
+        if not isinstance(report, LedgerReport) or not report.ok or (
+                report.entries != sizes.entries):
+            raise BenchError(f"ledger verify answered {report!r}")
+        replay = Replay("ledger verify", report.entries, seconds,
+                        meter.since(before, meter.sample()), report.chains)
+        print("\n".join(replay.lines()), flush=True)
+    return Results(figures[0], figures[1], pay_conc, raw_conc, replay)
+
+
+TARGETS = {"ledger_vs_js": 0.5}
+REPLAY_TARGET = 20_000  # entries/s at 100,000 entries
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ledger", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small N: a smoke run (the N options below still win)")
+    for name, text in (("pay", "payments through the ledger actor, one at a time"),
+                       ("raw", "raw publishes, one at a time"),
+                       ("conc", "payments and raw publishes with several in flight"),
+                       ("in-flight", "callers at once for the concurrent figures"),
+                       ("warmup", "untimed calls before each sequential figure"),
+                       ("rounds", "turns in which the sequential figures alternate"),
+                       ("entries", "entries in the stream when it is verified")):
+        parser.add_argument(f"--{name}", type=int,
+                            help=f"{text} (default {getattr(DEFAULT, name.replace('-', '_'))})")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temporary directory (config, daemon log, data)")
+    args = parser.parse_args(argv)
+    given = {f.name: value for f in dataclasses.fields(Sizes)
+             if (value := getattr(args, f.name)) is not None}
+    sizes = dataclasses.replace(QUICK if args.quick else DEFAULT, **given)
+    if min(sizes.pay, sizes.raw) < sizes.rounds or min(sizes.conc, sizes.in_flight,
+                                                        sizes.rounds) < 1 or sizes.warmup < 0:
+        parser.error("every N must be at least 1, --pay and --raw at least --rounds")
+
+    logs.configure("error")  # this process's clients; failures end the run as BenchError
+    print(f"bench.ledger: pay={sizes.pay} raw={sizes.raw} conc={sizes.conc} "
+          f"in_flight={sizes.in_flight} warmup={sizes.warmup} rounds={sizes.rounds} "
+          f"entries={sizes.entries}", flush=True)
+    results, code = run_guarded("bench.ledger", lambda: running_entity(args.keep),
+                                lambda entity: measure(entity, sizes))
+    if results is None:
+        return code
+    print("targets: " + ", ".join(f"{name} >= {t:.2f}" for name, t in TARGETS.items())
+          + f", ledger verify >= {REPLAY_TARGET:,} entries/s at 100,000 entries")
+    for name, value in results.ratios().items():
+        print(f"ratio {name}: {value:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
