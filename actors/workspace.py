@@ -1,5 +1,6 @@
 """The entity's git workspace, seen from the daemon: create it, commit finished work, ship
-commits as patches and land a peer's patches on a branch.
+commits as patches, land a peer's patches on a branch and hand out a branch's tree (for
+the accept command to test it elsewhere: actors/peer/acceptance.py).
 
 Git on a tree the agent wrote runs code the agent chose (a nested repository's filters,
 drivers and hooks, a gitfile, an include), so every git command here runs in the sandbox
@@ -119,6 +120,12 @@ class Workspace:
     async def run(self, program: Sequence[str], *, input: bytes | None = None,
                   check: bool = True) -> tuple[int, str]:
         """Run `program` (git, or sh for a few steps in one sandbox) in the workspace."""
+        code, out = await self._exec(program, input=input, check=check)
+        return code, out.decode(errors="replace")
+
+    async def _exec(self, program: Sequence[str], *, input: bytes | None = None,
+                    check: bool = True) -> tuple[int, bytes]:
+        """`run`, its standard output as bytes."""
         shell = await self._sandbox()
         try:
             done = await shell.exec(program, stdin=input, git=True, env=self._env(),
@@ -132,7 +139,7 @@ class Workspace:
         if check and code != 0:
             detail = done.stderr.decode(errors="replace").strip()[-2000:]
             raise GitError(f"git {name} failed: {detail or f'exit code {code}'}")
-        return code, done.stdout.decode(errors="replace")
+        return code, done.stdout
 
     async def git(self, *args: str, check: bool = True, input: bytes | None = None) -> str:
         """Run git in the workspace, in the sandbox; its standard output."""
@@ -248,6 +255,16 @@ class Workspace:
             await self.git("update-ref", f"refs/heads/{branch}", incoming)
         finally:
             await self.git("update-ref", "-d", incoming, check=False)
+
+    async def tree(self, branch: str) -> bytes:
+        """A checkout of `branch` as a tar archive: written by git from a scratch index
+        into the sandbox's /tmp (the workspace's checkout and index are not touched),
+        taken as it is by tar."""
+        await self.ensure()
+        script = ('set -e; export GIT_INDEX_FILE=/tmp/index; git read-tree "$1"; '
+                  "mkdir /tmp/tree; git checkout-index -a -q --prefix=/tmp/tree/; "
+                  "tar -C /tmp/tree -cf - .")
+        return (await self._exec(["/bin/sh", "-c", script, "tree", f"refs/heads/{branch}"]))[1]
 
     async def secrets_in_history(self) -> list[str]:
         """Protected paths that some commit of the repository already holds."""

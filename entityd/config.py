@@ -228,6 +228,12 @@ class EconomySection:
                           "the LEDGER stream lives (entityd federation hub-conf --domain)")
     append_timeout: float = key(10.0, "seconds to wait for the LEDGER stream to store an "
                                 "entry or answer a read", positive)
+    auto_accept: bool = key(False, "true: pay a priced delivery once accept_command passes on "
+                            "it, with no `entityctl tasks accept`")
+    accept_command: str = key("", 'must exit 0 on the delivered branch (sandboxed), e.g. '
+                              '"python3 -m unittest"')
+    accept_timeout: float = key(600.0, "seconds accept_command may run; past them the operator "
+                                "decides", positive)
 
 
 def _peer_name(name: str) -> str | None:
@@ -343,6 +349,7 @@ def _check_across(parts: Mapping[str, Any]) -> None:
     runtime: RuntimeSection = parts["runtime"]
     llm: LlmSection = parts["llm"]
     peers: PeersSection = parts["peers"]
+    economy: EconomySection = parts["economy"]
     least_inbox = 2 * parts["protocol"].max_message_bytes
     for where, wrong, problem in [
         ("nats.hub_url", nats.hub_url and nats.url, "only the embedded server joins a hub; "
@@ -360,6 +367,10 @@ def _check_across(parts: Mapping[str, Any]) -> None:
         ("peers.deliverables_per_peer_bytes",
          peers.deliverables_per_peer_bytes > peers.deliverables_max_bytes,
          "must not exceed peers.deliverables_max_bytes"),
+        ("economy.accept_command", economy.auto_accept and not economy.accept_command.strip(),
+         "economy.auto_accept = true pays a delivery once this command passes on it, and it "
+         'is empty: set it (e.g. accept_command = "python3 -m unittest") or set '
+         "economy.auto_accept = false"),
     ]:
         if wrong:
             raise ConfigError(where, problem)

@@ -204,6 +204,29 @@ def test_bad_value_names_the_key_and_what_is_expected(
     assert str(err).startswith(f"config {key}: ")
 
 
+@pytest.mark.parametrize("command", ["", "   "])
+def test_auto_accept_needs_the_command_that_must_pass(tmp_path: Path, command: str) -> None:
+    err = load_error(tmp_path, f'[economy]\nauto_accept = true\naccept_command = "{command}"\n')
+    assert err.key == "economy.accept_command"
+    assert "economy.auto_accept = true" in err.problem
+    assert 'set it (e.g. accept_command = "python3 -m unittest")' in err.problem
+    assert "or set economy.auto_accept = false" in err.problem
+
+
+def test_auto_accept_with_its_command_loads_and_the_env_can_set_both(tmp_path: Path) -> None:
+    path = write(tmp_path, '[economy]\nauto_accept = true\naccept_command = "pytest -q"\n')
+    economy = config_mod.load(path, environ={}).economy
+    assert (economy.auto_accept, economy.accept_command, economy.accept_timeout) == (
+        True, "pytest -q", 600.0)
+    path = write(tmp_path, "")
+    with pytest.raises(ConfigError, match=r"economy\.accept_command: economy\.auto_accept"):
+        config_mod.load(path, environ={"ENTITYD_ECONOMY_AUTO_ACCEPT": "true"})
+    economy = config_mod.load(path, environ={
+        "ENTITYD_ECONOMY_AUTO_ACCEPT": "true",
+        "ENTITYD_ECONOMY_ACCEPT_COMMAND": "python3 -m unittest"}).economy
+    assert economy.auto_accept and economy.accept_command == "python3 -m unittest"
+
+
 def test_unknown_section_lists_the_known_ones(tmp_path: Path) -> None:
     err = load_error(tmp_path, "[natz]\nurl = 'nats://x'\n")
     assert err.key == "natz"

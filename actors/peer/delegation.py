@@ -10,7 +10,9 @@ killed at any point and pick the task up where it was:
 A priced task is paid through an escrow on the delegator's chain (escrow.py): held
 before the offer, checked by the delegate before it accepts, posted when the delegator
 accepts the delivery, voided when it rejects it or the deadline passes; the delegate
-hears which (`paid` or `unpaid`), and both sides show the task's money state.
+hears which (`paid` or `unpaid`), and both sides show the task's money state. With
+`[economy] auto_accept`, a priced delivery is accepted by itself once the operator's
+accept command passes on its branch (acceptance.py); otherwise it waits for them.
 
 The delegate runs the task as a turn of its orchestrator; when the turn commits code,
 the commits travel back as `git format-patch` output and land on the branch
@@ -34,6 +36,7 @@ from protocol import reasons
 from ..messages import Goal, TurnDone
 from ..workspace import GitError, Workspace
 from . import outcomes
+from .acceptance import PREFIX, Acceptance
 from .deliverable import Deliverables
 from .escrow import HELD, POSTED, VOIDED, Escrow, settled
 from .messages import (
@@ -72,6 +75,8 @@ class Delegation:
         self.deliverables = deliverables
         self.escrow = Escrow(ctx)
         self._answers: asyncio.Queue[TurnDone] = asyncio.Queue()
+        self.acceptance = Acceptance(config, workspace)
+        self._to_check: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # (task id, peer)
         turns.listen(self._on_turn)
 
     # ---- as the delegator -------------------------------------------------------------
@@ -128,13 +133,15 @@ class Delegation:
         reason = request.reason or ("" if request.accept else "the delivery was rejected")
         return await self._settle(task, amount, reason)
 
-    async def _settle(self, task: TaskRow, amount: int, reason: str) -> PeerOutcome:
+    async def _settle(self, task: TaskRow, amount: int, reason: str,
+                      why: str = "") -> PeerOutcome:
         result = await self.escrow.settle(task, amount, reason)
         if not settled(result):
             return PeerOutcome(task.peer, False, result.code, result.text)
         money, word = (POSTED, PAID) if amount else (VOIDED, UNPAID)
         task = dataclasses.replace(task, money=money)
         note = f"{amount} of {task.price} paid" if amount else reason
+        note += f" ({why})" if why else ""
         await self._save(task, task.state, note, event=f"task_{word}")
         await self.send(task.peer, "task", TaskUpdate(task.task_id, word, note))
         return PeerOutcome(task.peer, True, reasons.DONE,
@@ -161,6 +168,8 @@ class Delegation:
         task = await self._save(task, state, note, branch)
         if state in ("rejected", "failed") and task.money == HELD:  # no work to pay for
             await self._settle(task, 0, f"the task was {state}: {note}"[:1000])
+        elif self._to_accept(task):
+            self._to_check.put_nowait((task.task_id, task.peer))
 
     async def _receive(self, task: TaskRow, update: TaskUpdate) -> tuple[str, str, str]:
         patch = update.patch
@@ -180,6 +189,47 @@ class Delegation:
         except (GitError, OSError) as exc:
             return "failed", f"the deliverable did not apply: {exc}"[:2000], ""
         return "delivered", update.note, branch
+
+    def _to_accept(self, task: TaskRow) -> bool:
+        """Whether a task of ours waits for the accept command: delivered, its escrow
+        held, and not checked yet (a check's note says so; a delegate whose own note
+        began so would only forgo being paid by itself)."""
+        return (self.config.economy.auto_accept and task.direction == "out"
+                and task.state == "delivered" and task.money == HELD
+                and not task.note.startswith(PREFIX))
+
+    async def _waiting(self, task_id: str, peer: str) -> TaskRow | None:
+        """The task as stored, if it still waits for the accept command: the operator or
+        the deadline may have settled it while the command ran."""
+        task = await self.store.task(task_id, "out", peer)
+        return task if task is not None and self._to_accept(task) else None
+
+    async def _checks(self) -> None:
+        """Run the accept command on each delivery waiting for it, one at a time (outside
+        the handling of the delivery: a test suite takes minutes)."""
+        while True:
+            task_id, peer = await self._to_check.get()
+            task = await self._waiting(task_id, peer)
+            if task is None:
+                continue
+            verdict = await self.acceptance.check(task.branch)
+            # No output: events cross the hub.
+            await self.ctx.emit("task_checked", task_id=task_id, peer=peer,
+                                branch=task.branch, outcome=verdict.outcome,
+                                exit_code=verdict.exit_code)
+            note = verdict.note
+            task = await self._waiting(task_id, peer)
+            if task is not None and verdict.passed:
+                paid = await self._settle(task, task.price, "", verdict.note)
+                if paid.ok:
+                    continue
+                note += (f", but the escrow could not be posted ({paid.text}); "
+                         "`entityctl tasks accept` tries again")
+                task = await self._waiting(task_id, peer)
+            if task is not None:  # the operator decides, with what the delegate said
+                note += f"\n\nThe delegate's note: {task.note}" if task.note else ""
+                await self.store.save_task(dataclasses.replace(task, note=note[:8000],
+                                                               updated=time.time()))
 
     async def expire(self) -> None:
         """Fail our offers whose deadline passed without a result, and void the escrow
@@ -246,10 +296,14 @@ class Delegation:
                          event=f"task_{update.state}")
 
     async def resume(self) -> None:
-        """After a restart: give unfinished tasks to the orchestrator again."""
+        """After a restart: give unfinished tasks to the orchestrator again, and check
+        the deliveries whose check had not ended."""
         for task in await self.store.tasks(("accepted", "working")):
             if task.direction == "in":
                 await self._start(task)
+        for task in await self.store.tasks(("delivered",)):
+            if self._to_accept(task):
+                self._to_check.put_nowait((task.task_id, task.peer))
 
     async def _start(self, task: TaskRow) -> None:
         goal_id = task.goal_id or f"{GOAL_PREFIX}{task.peer}-{task.task_id}"
@@ -272,6 +326,11 @@ class Delegation:
             await self._answers.put(done)
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._turns_ended())
+            tasks.create_task(self._checks())
+
+    async def _turns_ended(self) -> None:
         """Finish the tasks whose turns ended (outside the event callback: git is slow)."""
         while True:
             done = await self._answers.get()
