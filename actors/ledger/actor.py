@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import nats.errors
 
@@ -52,7 +53,7 @@ from .messages import (
     ReputationGet,
     ReputationInfo,
 )
-from .stream import ChainMoved, LedgerStream
+from .stream import ChainMoved, LedgerStream, Stored
 
 ACTOR = protocol.subjects.LEDGER_ACTOR
 CHECKPOINT = "ledger.checkpoint"  # in the data dir
@@ -68,6 +69,8 @@ class LedgerActor(Actor):
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        # Signature checks of long reads (verify, a replay), beside the loop.
+        self.verifier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ledger-verify")
         self.federation_domain = config.economy.hub_domain if config.nats.hub_url else ""
 
     async def on_start(self) -> None:
@@ -99,18 +102,23 @@ class LedgerActor(Actor):
 
     def _chains(self) -> Chains:
         mint_keys = {name: bytes.fromhex(key) for name, key in self.config.mint_keys.items()}
+        known = self.chains.peers if hasattr(self, "chains") else {}
         return Chains(self.stream, self.ctx.entity, self.ctx.federation.public_key, mint_keys,
-                      self._peer_keys)
+                      self._peer_keys, peers=known, verifier=self.verifier)
 
     async def on_stop(self) -> None:
         try:
             await self.checkpoint.save(self.chains, force=True)
         finally:
-            await self.stream.stop()
+            await self._close()
 
     async def on_failure(self, exc: BaseException) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
         if hasattr(self, "stream"):
             await self.stream.stop()
+        self.verifier.shutdown(wait=False, cancel_futures=True)
 
     async def _peer_keys(self) -> dict[str, bytes]:
         """The keys the peer actor's directory pins, and the fixed [peer_keys]."""
@@ -255,11 +263,18 @@ class LedgerActor(Actor):
         return result
 
     async def _append(self, record: Link, entry_id: bytes) -> LedgerResult:
-        """Append `record` to our chain as entry `entry_id`, once."""
+        """Append `record` to our chain as entry `entry_id`, once.
+
+        The first attempt trusts the books as they are (we are our chain's writer, and
+        count each entry we append at once): a rival's entry on our chain fails the
+        compare-and-set, and a refusal may be for credits not read yet; either way the
+        next attempt reads the stream first."""
         me = self.ctx.entity
-        for _ in range(APPEND_ATTEMPTS):
+        subject = protocol.subjects.ledger(me)
+        for attempt in range(APPEND_ATTEMPTS):
             try:
-                await self._catch_up()
+                if attempt:
+                    await self._catch_up()
                 broken = self.chains.violations.get(me)
                 if broken is not None:
                     return LedgerResult(False, reasons.BROKEN_CHAIN, f"{me}'s chain holds an "
@@ -275,11 +290,14 @@ class LedgerActor(Actor):
                 wire, _ = self.ctx.federation.sign(
                     **entry_envelope(me), message=placed, msg_id=entry_id,
                     ts=max(_now_ms(), last_ts))
-                books.check(books.read(wire, protocol.subjects.ledger(me)))
-                await self.stream.append(me, wire, entry_id, self.chains.last_of.get(me, 0))
+                books.check(books.read(wire, subject))
+                stored = await self.stream.append(me, wire, entry_id,
+                                                  self.chains.last_of.get(me, 0))
             except ChainMoved:
                 continue  # another writer came first: read its entry, then try again
             except LedgerError as exc:
+                if not attempt:
+                    continue  # on books read up to date, the same refusal is final
                 return LedgerResult(False, exc.reason, exc.detail, entry_id.hex())
             except ProtocolError as exc:  # our own entry does not open: a bug of ours
                 raise RuntimeError(f"the ledger's own entry is refused: {exc}") from exc
@@ -287,7 +305,11 @@ class LedgerActor(Actor):
                 return LedgerResult(False, UNREACHABLE, "the LEDGER stream cannot be "
                                     f"reached ({exc!r}); ask again with the same id to be "
                                     "sure it happens once", entry_id.hex())
-            await self._catch_up()
+            if self.chains.take_own(Stored(stored, subject, wire)):
+                await self.checkpoint.save(self.chains)
+            else:
+                await self._caught_up()  # others' entries came first; if the stream is
+                # away now, the next read counts ours
             return LedgerResult(True, reasons.DONE, f"entry {seq} of {me}'s chain",
                                 entry_id.hex(), seq)
         return LedgerResult(False, UNREACHABLE, f"another writer appended to {me}'s chain "

@@ -11,8 +11,10 @@ books from the start, so every reader ends with the same books.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Executor
 from typing import Any
 
 import protocol
@@ -27,25 +29,32 @@ from protocol.ledger import (
     Rate,
     Transfer,
     Void,
+    read_entry,
 )
 
 from .messages import EntryInfo
-from .stream import LedgerStream, Stored
+from .stream import READ_BATCH, LedgerStream, Stored
 
 MAX_KEPT = 1000  # entries of our own that ledger_get can show, newest kept
+PARALLEL_FROM = 64  # a read this long has its signatures checked in threads
 
 
 class Chains:
     def __init__(self, stream: LedgerStream, me: str, own_key: bytes,
                  mint_keys: Mapping[str, bytes],
-                 peer_keys: Callable[[], Awaitable[Mapping[str, bytes]]]) -> None:
+                 peer_keys: Callable[[], Awaitable[Mapping[str, bytes]]], *,
+                 peers: Mapping[str, bytes] | None = None,
+                 verifier: Executor | None = None) -> None:
+        """`peers`: the keys known already; `verifier`: threads that check signatures
+        of long reads beside the loop (Ed25519 in libsodium runs without the GIL)."""
         self.stream = stream
         self.me = me
         self._own_key = own_key
         self._mint_keys = dict(mint_keys)
         self._peer_keys = peer_keys
+        self._verifier = verifier
         self._known: dict[str, bytes] = {}
-        self._reset({})
+        self._reset(peers or {})
 
     def _reset(self, peers: Mapping[str, bytes]) -> None:
         self._known = {**peers, self.me: self._own_key}
@@ -98,18 +107,45 @@ class Chains:
                 await self._read()
 
     async def _read(self) -> None:
-        while batch := await self.stream.read(self.after):
-            for stored in batch:
-                self._take(stored)
+        while True:
+            batch = await self.stream.read(self.after)
+            for stored, opened in zip(batch, await self._open(batch), strict=True):
+                self._take(stored, opened)
                 self.after = stored.seq
+            if len(batch) < READ_BATCH:  # the stream has no more now
+                return
 
-    def _take(self, stored: Stored) -> None:
+    def take_own(self, stored: Stored) -> bool:
+        """Count an entry we just appended, at `stored.seq`, without reading it back:
+        only when nothing else came into the stream before it (else False: read)."""
+        if stored.seq != self.after + 1:
+            return False
+        self._take(stored, _opened(stored, self.keys))
+        self.after = stored.seq
+        return True
+
+    async def _open(self, batch: list[Stored]) -> list[Entry | ProtocolError]:
+        """Each entry's signature and fields checked (what needs no books), a long
+        batch in threads beside the loop."""
+        keys = self.keys
+        if self._verifier is None or len(batch) < PARALLEL_FROM:
+            return [_opened(stored, keys) for stored in batch]
+        loop = asyncio.get_running_loop()
+        half = len(batch) // 2
+        parts = await asyncio.gather(*(
+            loop.run_in_executor(self._verifier, _open_all, part, keys)
+            for part in (batch[:half], batch[half:])))
+        return [*parts[0], *parts[1]]
+
+    def _take(self, stored: Stored, opened: Entry | ProtocolError) -> None:
         route = protocol.subjects.route(stored.subject)
         chain = route.receiver if route and route.receiver else stored.subject
         if chain in self.violations:
             return
         try:
-            entry = self.books.read(stored.data, stored.subject)
+            if isinstance(opened, ProtocolError):
+                raise opened
+            entry = opened
             head = self.books.position(chain).seq - 1
             self.books.apply(entry)
         except ProtocolError as exc:
@@ -128,6 +164,17 @@ class Chains:
         if entry.account == self.me or info.counterparty == self.me:
             self.mine.append(info)
             del self.mine[:-MAX_KEPT]
+
+
+def _opened(stored: Stored, keys: LedgerKeys) -> Entry | ProtocolError:
+    try:
+        return read_entry(stored.data, stored.subject, keys)
+    except ProtocolError as exc:
+        return exc
+
+
+def _open_all(batch: list[Stored], keys: LedgerKeys) -> list[Entry | ProtocolError]:
+    return [_opened(stored, keys) for stored in batch]
 
 
 def describe(entry: Entry) -> EntryInfo:

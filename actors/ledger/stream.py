@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from entityd import FederationAccess, unsubscribe
@@ -63,11 +64,16 @@ class LedgerStream:
         self.timeout = timeout
         self.api = f"$JS.{domain}.API" if domain else "$JS.API"
         self.replies = Replies(fed, fed.entity, fed.count_rejected)
+        # Reads come back to one inbox of ours, each to a token of its own.
+        self._prefix = f"{subjects.inbox_prefix(fed.entity)}.{secrets.token_hex(8)}"
+        self._reads: Subscription | None = None
+        self._pending: dict[str, _Read] = {}
 
     async def start(self, *, create: bool) -> None:
         """Listen for answers; with `create` (an entity on its own), make the stream on
         our own server unless it is there."""
         await self.replies.start()
+        self._reads = await self.fed.subscribe(f"{self._prefix}.*", cb=self._arrived)
         if create:
             js = self.fed.jetstream()
             try:
@@ -77,6 +83,10 @@ class LedgerStream:
 
     async def stop(self) -> None:
         await self.replies.stop()
+        reads, self._reads = self._reads, None
+        await unsubscribe(reads)
+        for read in self._pending.values():
+            read.done.cancel()
 
     async def append(self, account: str, wire: bytes, entry_id: bytes,
                      after: int) -> int:
@@ -103,6 +113,8 @@ class LedgerStream:
             if error.get("err_code") == WRONG_LAST_SEQUENCE:
                 raise ChainMoved(error.get("description", ""))
             nats.js.errors.APIError.from_error(error)  # raises the fitting error
+        if answer.get("duplicate"):  # this id was stored before: read where it went
+            raise ChainMoved(f"the stream holds entry {entry_id.hex()} already")
         return int(answer["seq"])
 
     async def get(self, seq: int) -> Stored | None:
@@ -122,40 +134,55 @@ class LedgerStream:
                                 "batch": READ_BATCH})
 
     async def _get(self, request: dict[str, Any]) -> list[Stored]:
-        inbox = f"{subjects.inbox_prefix(self.fed.entity)}.{secrets.token_hex(16)}"
-        got: list[Stored] = []
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def arrived(msg: Msg) -> None:
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status or (not msg.data and "Nats-Sequence" not in headers):
-                if not done.done():
-                    if status in (END_OF_BATCH, NOTHING_MORE):
-                        done.set_result(None)
-                    else:  # 503: no stream answers; 408 and the like: the server's
-                        done.set_exception(nats.errors.NoRespondersError()
-                                           if status == NO_RESPONDERS else
-                                           nats.errors.Error(f"direct get: {status}"))
-                return
-            try:
-                got.append(Stored(int(headers["Nats-Sequence"]), headers["Nats-Subject"],
-                                  msg.data))
-            except (KeyError, ValueError):
-                self.fed.count_rejected(StrayReply.reason)
-                return
-            if "batch" not in request and not done.done():  # one message, no end marker
-                done.set_result(None)
-
-        sub = await self.fed.subscribe(inbox, cb=arrived)
+        if self._reads is None:
+            raise nats.errors.ConnectionClosedError
+        token = secrets.token_hex(16)
+        read = _Read(many="batch" in request)
+        self._pending[token] = read
         try:
             await self.fed.publish(f"{self.api}.DIRECT.GET.{STREAM}",
-                                   json.dumps(request).encode(), reply=inbox)
+                                   json.dumps(request).encode(),
+                                   reply=f"{self._prefix}.{token}")
             try:
                 async with asyncio.timeout(self.timeout):
-                    await done
+                    await read.done
             except TimeoutError:
                 raise nats.errors.TimeoutError from None
         finally:
-            await unsubscribe(sub)
-        return sorted(got, key=lambda stored: stored.seq)
+            self._pending.pop(token, None)
+        return sorted(read.got, key=lambda stored: stored.seq)
+
+    async def _arrived(self, msg: Msg) -> None:
+        """An answer to a read: an entry, or the status that ends the read."""
+        read = self._pending.get(msg.subject.rsplit(".", 1)[-1])
+        if read is None or read.done.done():
+            self.fed.count_rejected(StrayReply.reason)  # late, or never asked
+            return
+        headers = msg.headers or {}
+        status = headers.get("Status")
+        if status or (not msg.data and "Nats-Sequence" not in headers):
+            if status in (END_OF_BATCH, NOTHING_MORE):
+                read.done.set_result(None)
+            else:  # 503: no stream answers; 408 and the like: the server's
+                read.done.set_exception(nats.errors.NoRespondersError()
+                                        if status == NO_RESPONDERS else
+                                        nats.errors.Error(f"direct get: {status}"))
+            return
+        try:
+            read.got.append(Stored(int(headers["Nats-Sequence"]), headers["Nats-Subject"],
+                                   msg.data))
+        except (KeyError, ValueError):
+            self.fed.count_rejected(StrayReply.reason)
+            return
+        if not read.many:  # one message, no end marker
+            read.done.set_result(None)
+
+
+@dataclass
+class _Read:
+    """A read in flight: what has come, and whether it is over."""
+
+    many: bool
+    got: list[Stored] = field(default_factory=list)
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
