@@ -6,6 +6,7 @@ payer's view of the balances and the payee's agree, with `ledger verify` clean o
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -71,40 +72,41 @@ async def funded_pair(fed: Federation) -> None:
     await fed.discovered()
 
 
-async def test_the_payer_sigkilled_mid_payments_pays_each_once(tmp_path: Path) -> None:
+async def paying_through(tmp_path: Path, fault: Callable[[Federation, dict[int, int]],
+                                                         Awaitable[None]]) -> dict[int, int]:
+    """The payments made while `fault` happens, a third of the way in; then each one is
+    asked again with its id and the views compared. The exit code each payment got first."""
     async with ScriptedLLMServer(route) as llm:
         fed = build(tmp_path, [A, B], llm_url=llm.base_url)
         async with running(fed):
             await funded_pair(fed)
-            payer = fed[A]
             answered: dict[int, int] = {}
-            paying = asyncio.create_task(pay_all(payer, answered))
+            paying = asyncio.create_task(pay_all(fed[A], answered))
             await poll(lambda: len(answered) >= PAYMENTS // 3, timeout=60,
                        what="a third of the payments made")
-            payer.daemon.kill()
-            await asyncio.sleep(1.0)  # some payments fail meanwhile: nobody answers
-            payer.start()
-            await payer.ready()
-            await paying  # entityctl reconnects: a payment asked meanwhile may still land
-            await settle_every_payment(payer, answered)
+            await fault(fed, answered)
+            await paying
+            await settle_every_payment(fed[A], answered)
             await views_agree(fed)
+    return answered
+
+
+async def test_the_payer_sigkilled_mid_payments_pays_each_once(tmp_path: Path) -> None:
+    async def kill_the_payer(fed: Federation, answered: dict[int, int]) -> None:
+        fed[A].daemon.kill()
+        await asyncio.sleep(1.0)  # entityctl reconnects: a payment asked now may still land
+        fed[A].start()
+        await fed[A].ready()
+
+    await paying_through(tmp_path, kill_the_payer)
 
 
 async def test_the_hub_sigkilled_mid_payments_loses_no_entry(tmp_path: Path) -> None:
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded_pair(fed)
-            payer = fed[A]
-            answered: dict[int, int] = {}
-            paying = asyncio.create_task(pay_all(payer, answered))
-            await poll(lambda: len(answered) >= PAYMENTS // 3, timeout=60,
-                       what="a third of the payments made")
-            fed.hub.kill()
-            await poll(lambda: len(answered) >= PAYMENTS // 2, timeout=120,
-                       what="payments tried while the hub is down")
-            await asyncio.to_thread(fed.hub.start)
-            await paying
-            assert 4 in answered.values(), answered  # the hub's absence was noticed
-            await settle_every_payment(payer, answered)
-            await views_agree(fed)
+    async def kill_the_hub(fed: Federation, answered: dict[int, int]) -> None:
+        fed.hub.kill()
+        await poll(lambda: len(answered) >= PAYMENTS // 2, timeout=120,
+                   what="payments tried while the hub is down")
+        await asyncio.to_thread(fed.hub.start)
+
+    answered = await paying_through(tmp_path, kill_the_hub)
+    assert 4 in answered.values(), answered  # the hub's absence was noticed
