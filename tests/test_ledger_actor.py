@@ -21,7 +21,9 @@ from nacl.signing import SigningKey
 
 import protocol
 from bench.rig import edit
+from entityd import config as config_mod
 from entityd import identity, localauth
+from entityd.client import EntityClient
 from protocol.ledger import GENESIS, Transfer, seal_entry
 from tests.helpers import BIN, DaemonProc, child_env, ctl, make_entity
 
@@ -226,4 +228,21 @@ def test_a_restart_goes_on_from_the_checkpoint_unless_the_stream_changed(
     entity.daemon.wait_log('"entityd_ready"', count=3)
     assert "the stream no longer holds entity-a's entry at" in entity.daemon.log()
     assert entity.available() == 0
+
+
+async def test_each_payment_is_an_event_with_amounts_and_ids_but_no_text(
+        entity: Entity) -> None:
+    assert entity.mint(100).returncode == 0
+    async with EntityClient(config_mod.load(entity.config)) as client:
+        async with client.events() as events:
+            paid = await asyncio.to_thread(entity.ctl_json, "pay", B, "25", "--memo",
+                                           "the secret plan")
+            assert isinstance(paid, dict) and paid["ok"], paid
+            async with asyncio.timeout(20):
+                async for event in events:
+                    if event.src == f"{A}/ledger":
+                        break
+    assert event.subj == f"fed.evt.{A}.ledger.transfer"
+    assert event.message.data == {"to": B, "amount": 25, "id": paid["id"], "seq": 2}
+    assert "secret plan" not in repr(event)
 
