@@ -225,7 +225,8 @@ class EconomySection:
     """The ledger: this entity's account on the LEDGER stream (README, "The economy")."""
 
     hub_domain: str = key("fed_hub", "in a federation, the hub's JetStream domain, where "
-                          "the LEDGER stream lives (entityd federation hub-conf --domain)")
+                          "the LEDGER stream lives (the one `entityd federation hub-conf` "
+                          "renders)")
     append_timeout: float = key(10.0, "seconds to wait for the LEDGER stream to store an "
                                 "entry or answer a read", positive)
     auto_accept: bool = key(False, "true: pay a priced delivery once accept_command passes on "

@@ -30,6 +30,9 @@ from .ctl_peers import EXIT_REFUSED, EXIT_UNREACHABLE, print_json
 
 EXIT_VIOLATION = 5
 VERIFY_TIMEOUT_S = 300.0
+# A write waits for the stream up to this many times (a rival's entry, a retry): what
+# entityctl waits for by default, in economy.append_timeout's.
+WRITE_WAITS = 4
 
 
 def add_commands(sub: Any) -> None:
@@ -94,14 +97,23 @@ async def _balance(client: EntityClient, args: argparse.Namespace) -> int:
 
 async def _pay(client: EntityClient, args: argparse.Namespace) -> int:
     result: LedgerResult = await client.ask(
-        "ledger", Pay(args.peer, args.amount, args.memo, args.id), args.timeout)
+        "ledger", Pay(args.peer, args.amount, args.memo, args.id), _write_timeout(
+            client, args))
     return _result_exit(result, args.json)
 
 
 async def _rate(client: EntityClient, args: argparse.Namespace) -> int:
     result: LedgerResult = await client.ask(
-        "ledger", RatePeer(args.peer, args.task, args.score, args.note), args.timeout)
+        "ledger", RatePeer(args.peer, args.task, args.score, args.note), _write_timeout(
+            client, args))
     return _result_exit(result, args.json)
+
+
+def _write_timeout(client: EntityClient, args: argparse.Namespace) -> float:
+    """--timeout if given, else long enough for the ledger actor's own waits."""
+    if args.timeout_given:
+        return float(args.timeout)
+    return WRITE_WAITS * client.config.economy.append_timeout
 
 
 async def _reputation(client: EntityClient, args: argparse.Namespace) -> int:
