@@ -1,10 +1,11 @@
 """Orchestrator overhead per LLM step, beside one bare chat-completions call.
 
-`python -m bench.agent` starts its own nats-server and a scripted chat-completions server
-(not a model: it answers at once), runs the daemon's standard actors in one Runtime, and
-drives turns as `entityctl ask` does: a signed `Goal` to the orchestrator, then its
-`answer` event. Each turn's model calls are replayed as bare calls through the same
-client, and the difference is what the orchestrator adds per LLM call.
+`python -m bench.agent` starts its own nats-server (with JetStream, which the peer and
+ledger actors need) and a scripted chat-completions server (not a model: it answers at
+once), runs the daemon's standard actors in one Runtime, and drives turns as `entityctl
+ask` does: a signed `Goal` to the orchestrator, then its `answer` event. Each turn's model
+calls are replayed as bare calls through the same client, and the difference is what the
+orchestrator adds per LLM call.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from actors import prompts
-from actors.assembly import SharedLLM, standard_actors
+from actors.assembly import StandardAssembly
 from actors.llm import LLM, Reply, ScriptedLLMServer, ScriptedToolCall
 from actors.messages import Goal, GoalAccepted
 from bench.harness import BenchError, run_with_nats
@@ -317,13 +318,13 @@ async def measure(nats_url: str, sizes: Sizes, root: Path, profile: bool) -> Res
             max_bytes=cfg.protocol.max_message_bytes,
         )
         runtime = Runtime(daemon, cfg.runtime)
-        shared = SharedLLM(cfg, {})
-        stack.push_async_callback(shared.aclose)
+        assembly = StandardAssembly(cfg, {})
+        stack.push_async_callback(assembly.aclose)
 
         def status() -> Status:
             return Status(cfg.name, own.public_hex, 0.0, nats_url, runtime.actors())
 
-        for name, factory in standard_actors(cfg, status, shared).items():
+        for name, factory in assembly.actors(status, runtime).items():
             runtime.add(name, factory)
 
         # The client's side, as entityctl builds it (entityd/client.py).
@@ -337,7 +338,7 @@ async def measure(nats_url: str, sizes: Sizes, root: Path, profile: bool) -> Res
         await client.open()
 
         profiler = TurnProfiler() if profile else None
-        bench = Bench(client, server, shared(), profiler)
+        bench = Bench(client, server, assembly.llm(), profiler)
         long, short = Series(sizes.tool_steps), Series(0)
         async with asyncio.TaskGroup() as tg:
             await runtime.start(tg)
@@ -384,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"bench.agent: {'quick' if args.quick else 'default'} sizes, {sizes.rounds} rounds "
           f"of a {sizes.tool_steps}-tool-step turn and a 0-tool-step turn, each replayed bare")
-    results, code = run_with_nats("bench.agent", lambda url: run(url, sizes, args.profile))
+    results, code = run_with_nats("bench.agent", lambda url: run(url, sizes, args.profile),
+                                  jetstream=True)
     if results is None:
         return code
 

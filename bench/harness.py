@@ -1,9 +1,10 @@
 """What benchmarks and tests share: the child processes they start (nats-server,
 `entityd run`, entityctl), and for a benchmark a clean exit.
 
-`run_with_nats` starts a core nats-server on a free loopback port, runs the bench's
-coroutine against it, and always stops the server: on success, on a BenchError (a
-measurement that could not complete), and on Ctrl-C or SIGTERM (exit code 130).
+`run_with_nats` starts a nats-server on a free loopback port (JetStream on, in a temporary
+store, when the bench asks), runs the bench's coroutine against it, and always stops the
+server: on success, on a BenchError (a measurement that could not complete), and on
+Ctrl-C or SIGTERM (exit code 130).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import AbstractContextManager, contextmanager, suppress
@@ -49,10 +51,12 @@ def nats_server_binary() -> str:
 
 
 class NatsServer:
-    """A plain core nats-server on a free loopback port; the bench needs no JetStream."""
+    """A nats-server on a free loopback port: core NATS only, or with JetStream keeping
+    its streams under `store` (which the caller owns)."""
 
-    def __init__(self, binary: str) -> None:
+    def __init__(self, binary: str, store: Path | None = None) -> None:
         self.binary = binary
+        self.store = store
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -61,8 +65,9 @@ class NatsServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
+        jetstream = ["-js", "-sd", str(self.store)] if self.store is not None else []
         self.proc = subprocess.Popen(
-            [self.binary, "-a", "127.0.0.1", "-p", str(self.port)],
+            [self.binary, "-a", "127.0.0.1", "-p", str(self.port), *jetstream],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             stdin=subprocess.DEVNULL,
@@ -256,21 +261,23 @@ def sigterm_interrupts() -> Iterator[None]:
 
 
 def run_with_nats(
-    name: str, bench: Callable[[str], Coroutine[Any, Any, T]]
+    name: str, bench: Callable[[str], Coroutine[Any, Any, T]], *, jetstream: bool = False
 ) -> tuple[T | None, int]:
-    """Run `bench` against a nats-server of its own: see run_guarded."""
-    return run_guarded(name, _nats_server, bench)
+    """Run `bench` against a nats-server of its own (with JetStream if asked, its store
+    removed afterwards): see run_guarded."""
+    return run_guarded(name, lambda: _nats_server(jetstream), bench)
 
 
 @contextmanager
-def _nats_server() -> Iterator[str]:
-    server = NatsServer(nats_server_binary())
-    try:
-        server.start()
-        print(f"nats-server {server.url}", flush=True)
-        yield server.url
-    finally:
-        server.stop()
+def _nats_server(jetstream: bool) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="bench-nats-") as store:
+        server = NatsServer(nats_server_binary(), Path(store) if jetstream else None)
+        try:
+            server.start()
+            print(f"nats-server {server.url}{' (JetStream)' if jetstream else ''}", flush=True)
+            yield server.url
+        finally:
+            server.stop()
 
 
 def run_guarded(
