@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+from urllib.parse import urlsplit
 
 import nats.errors
 from nacl.signing import SigningKey
@@ -18,6 +20,12 @@ from .config import Config
 from .transport import Transport, wait_closed
 
 CTL_ACTOR = "ctl"
+PROBE_S = 1.0  # a local server answers a TCP connect at once; a down one refuses at once
+
+
+class EntityDown(ConnectionError):
+    """Nothing listens at the entity's NATS URL: the entity is not running. Kept beside
+    the client (a ConnectionError, not an EntitydError): only entityctl meets it."""
 
 
 class EntityClient:
@@ -39,7 +47,27 @@ class EntityClient:
             return None  # a daemon older than the login, or never started
         return localauth.read(self.config.data_dir)
 
+    async def _probe(self) -> None:
+        """EntityDown within PROBE_S when nothing accepts a connection at the URL, rather
+        than nats-py's retries for connect_timeout and a bare "timed out"."""
+        where = urlsplit(self.url)
+        if not where.hostname or where.scheme not in ("nats", "tls"):
+            return
+        try:
+            async with asyncio.timeout(PROBE_S):
+                _, writer = await asyncio.open_connection(where.hostname, where.port or 4222)
+        except (OSError, TimeoutError):
+            config = self.config.path or "DATA_DIR/entityd.toml"
+            raise EntityDown(
+                f"cannot reach {self.config.name}: its NATS server is not running at "
+                f"{self.url}; start the entity with `entityd run --config {config}` (or "
+                f"`systemctl start entityd@{self.config.name}`)") from None
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
     async def __aenter__(self) -> EntityClient:
+        await self._probe()
         nc = await bus.connect(
             self.url,
             entity=self.config.name,

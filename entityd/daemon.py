@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import signal
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +35,29 @@ log = get("entityd.daemon")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+LOCK_NAME = "entityd.lock"
+
+
+def lock_data_dir(data_dir: Path) -> int:
+    """Take DATA_DIR/entityd.lock for this process's life (flock; the kernel lets it go
+    when the process dies), with our pid in it; the open descriptor is the lock.
+
+    A second daemon on the same dir would share its key, databases and JetStream store,
+    so it is refused here, before it starts anything, naming the first one's pid."""
+    path = data_dir / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise EntitydError(
+            f"another entityd (pid {holder}) is running on {data_dir} (it holds {path}); "
+            "stop it first, or give this one its own data dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def build_keyring(config: Config, own: identity.Identity) -> Keyring:
@@ -114,12 +139,17 @@ class Daemon:
         self._stop.set()
 
     async def run(self) -> int:
-        """Run until asked to stop; the process exit code."""
-        loop = asyncio.get_running_loop()
-        # Kept until the loop closes: a second SIGTERM during shutdown must not kill us.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        return await self._run()
+        """Run until asked to stop; the process exit code. EntitydError, before anything
+        starts, when another daemon runs on the same data dir."""
+        lock = lock_data_dir(self.config.data_dir)
+        try:
+            loop = asyncio.get_running_loop()
+            # Kept until the loop closes: a second SIGTERM during shutdown must not kill us.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.request_stop)
+            return await self._run()
+        finally:
+            os.close(lock)
 
     async def _run(self) -> int:
         cfg = self.config

@@ -13,59 +13,77 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from actors.assembly import StandardAssembly
 from protocol import subjects
 
 from .. import config as config_mod
 from .. import identity, logs
 from ..errors import EntitydError
+from . import args as args_mod
 from . import economy
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="entityd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="entityd", description=__doc__)
+    args_mod.add_version(top)
+    # Each subcommand sets `handler(args) -> exit code`, so a module can add its own
+    # commands with an `add_commands(sub)` of its own.
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    init = sub.add_parser("init", help="write a starter config and a new key")
+    init = args_mod.command(
+        sub, "init", "Write a starter config and a new key into a new data dir.",
+        "entityd init entity-a --data-dir ~/entities/entity-a")
     init.add_argument("name", help="the entity's name, e.g. entity-a")
     init.add_argument(
         "--data-dir", required=True, type=Path, help="where config, key and state live"
     )
     init.add_argument("--nats-port", type=int, default=4222, help="embedded nats-server port")
+    init.set_defaults(handler=lambda a: _init(a.name, a.data_dir, a.nats_port))
 
-    run = sub.add_parser("run", help="run the daemon in the foreground")
-    run.add_argument("--config", required=True, type=Path)
+    run = args_mod.command(
+        sub, "run", "Run the entity's daemon in the foreground until Ctrl-C or SIGTERM.",
+        "entityd run --config ~/entities/entity-a/entityd.toml\n"
+        "ENTITYD_CONFIG=~/entities/entity-a/entityd.toml entityd run")
+    args_mod.add_config(run)
+    run.set_defaults(handler=lambda a: _run(args_mod.config_file(a.config)))
 
-    keygen = sub.add_parser("keygen", help="make an operator key for entityctl --key")
+    keygen = args_mod.command(
+        sub, "keygen", "Make an operator key, which entityctl signs with (--key).",
+        "entityd keygen ~/.config/entityd/alice.key")
     keygen.add_argument("path", type=Path, help="file to write the secret key to (0600)")
+    keygen.set_defaults(handler=lambda a: _keygen(a.path))
 
-    sub.add_parser("federation", add_help=False,
-                   help="hub credentials and configs: `entityd federation --help`")
+    args_mod.command(sub, "federation",
+                     "Make hub credentials and configs (its own --help lists them).",
+                     "entityd federation hub-user entity-a --data-dir ~/entities/entity-a",
+                     add_help=False)
 
-    economy_cmd = sub.add_parser("economy", help="the ledger's operator side: make the "
-                                 "LEDGER stream, mint")
+    economy_cmd = args_mod.command(
+        sub, "economy", "The ledger's operator side: make the LEDGER stream, and mint.",
+        "entityd economy init --config ~/entities/entity-a/entityd.toml")
     economy.add_arguments(economy_cmd)
+    economy_cmd.set_defaults(handler=economy.main)
+    return top
 
+
+def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["federation"]:
         from .. import federation
 
         return federation.main(argv[1:])
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
-        if args.command == "init":
-            return _init(args.name, args.data_dir, args.nats_port)
-        if args.command == "run":
-            return _run(args.config)
-        if args.command == "economy":
-            return economy.main(args)
-        return _keygen(args.path)
+        code: int = args.handler(args)
+        return code
     except EntitydError as exc:
         print(f"entityd: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the daemon took over SIGINT: nothing to undo
+        print("entityd: interrupted", file=sys.stderr)
+        return 130
 
 
 def _init(name: str, data_dir: Path, port: int) -> int:
@@ -103,6 +121,10 @@ FLUSH_WITHIN_S = 0.5
 
 def _run(path: Path) -> NoReturn:
     """Run the daemon, then end the process with its code; never returns."""
+    # Imported here, not at the top: Ctrl-C during this slow import is then answered by
+    # main, with no traceback.
+    from actors.assembly import StandardAssembly
+
     from ..daemon import EXIT_FAILED, Daemon
 
     cfg = config_mod.load(path)
@@ -121,6 +143,12 @@ def _run(path: Path) -> NoReturn:
     code = EXIT_FAILED
     try:
         code = asyncio.run(serve())
+    except EntitydError as exc:  # refused before it started, e.g. the data dir is in use
+        print(f"entityd: {exc}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:  # before the daemon took over SIGINT: nothing was started
+        print("entityd: interrupted before start-up", file=sys.stderr)
+        code = 130
     except BaseException:  # a bug of ours: its traceback, then the same bounded exit
         traceback.print_exc()
     _exit(code)

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import sys
 import time
 import uuid
@@ -29,9 +28,11 @@ from protocol import Envelope, ProtocolError, Status, StatusGet
 
 from .. import config as config_mod
 from .. import logs
-from ..client import EntityClient
+from ..client import EntityClient, EntityDown
 from ..errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
+from . import args as args_mod
 from . import ctl_ledger, ctl_peers
+from .args import command
 from .ctl_peers import print_json
 
 EXIT_REFUSED = 3
@@ -44,19 +45,19 @@ Command = Callable[[EntityClient, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    if args.config is None:
-        parser.error("--config is required (or set ENTITYD_CONFIG)")
+    args = parser().parse_args(argv)
     logs.configure("error", "console")
     try:
-        cfg = config_mod.load(args.config)
+        cfg = config_mod.load(args_mod.config_file(args.config))
         return asyncio.run(_run(cfg, args))
     except RemoteError as exc:
         print(f"entityctl: refused by {exc.src}: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED
     except (AskTimeout, ActorDeadError, TimeoutError) as exc:
         print(f"entityctl: {exc or 'timed out'}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except EntityDown as exc:
+        print(f"entityctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except (ConnectionError, OSError) as exc:
         print(f"entityctl: cannot reach the entity's NATS server: {exc}", file=sys.stderr)
@@ -65,61 +66,72 @@ def main(argv: list[str] | None = None) -> int:
         print(f"entityctl: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        note = getattr(args, "on_interrupt", "")
+        print(f"entityctl: interrupted{'; ' + note if note else ''}", file=sys.stderr)
         return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="entityctl", description=__doc__)
-    parser.add_argument("--config", type=Path, default=os.environ.get("ENTITYD_CONFIG"),
-                        help="the entity's entityd.toml (or $ENTITYD_CONFIG)")
-    parser.add_argument("--key", type=Path, default=None,
-                        help="sign with this operator key instead of the entity's own")
-    parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds to wait for a reply (default 5; ask: for the whole "
-                             "task, default 1800)")
-    sub = parser.add_subparsers(dest="command", required=True)
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="entityctl", description=__doc__)
+    args_mod.add_config(top)
+    args_mod.add_version(top)
+    top.add_argument("--key", type=Path, default=None,
+                     help="sign with this operator key instead of the entity's own")
+    top.add_argument("--timeout", type=float, default=None,
+                     help="seconds to wait for a reply (default 5; ask: for the whole "
+                          "task, default 1800)")
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    status = sub.add_parser("status", help="name, key, uptime, NATS server and actors")
+    status = command(sub, "status", "Show the entity's name, key, uptime, NATS server "
+                     "and actors.", "entityctl status --json")
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(run=_status)
 
-    ask = sub.add_parser("ask", help="give the entity a goal; stream progress; print the answer")
+    ask = command(sub, "ask", "Give the entity a goal, stream its progress and print "
+                  "the answer.", 'entityctl ask "write fib.py with a test"')
     ask.add_argument("text")
     ask.add_argument("--json", action="store_true", help="print the answer event as JSON")
     ask.add_argument("--conversation", default="", help="continue this conversation")
     ask.add_argument("--quiet", action="store_true", help="no progress lines")
     ask.set_defaults(run=_ask)
 
-    task = sub.add_parser("task", help="give the entity a goal without waiting")
+    task = command(sub, "task", "Give the entity a goal and return at once with its "
+                   "task id.", 'entityctl task "tidy the README" && entityctl watch')
     task.add_argument("text")
     task.set_defaults(run=_task)
 
-    memory = sub.add_parser("memory", help="what the entity remembers")
+    memory = command(sub, "memory", "Search what the entity remembers.",
+                     'entityctl memory search "unittest"')
     memory_sub = memory.add_subparsers(dest="memory_command", required=True)
-    search = memory_sub.add_parser("search", help="search memories")
+    search = command(memory_sub, "search", "Search the entity's facts, lessons, "
+                     "reflections and episodes, best first.",
+                     'entityctl memory search "unittest" --limit 5')
     search.add_argument("text")
     search.add_argument("--limit", type=int, default=10)
     search.add_argument("--json", action="store_true")
     search.set_defaults(run=_memory_search)
 
-    todo = sub.add_parser("todo", help="the entity's todo list")
+    todo = command(sub, "todo", "Show the entity's todo list, or add to it.",
+                   'entityctl todo --add "write a CHANGELOG"')
     todo.add_argument("--all", action="store_true", help="include done and dropped items")
     todo.add_argument("--add", metavar="TEXT", help="add an item")
     todo.add_argument("--json", action="store_true")
     todo.set_defaults(run=_todo)
 
-    history = sub.add_parser("history", help="the conversation log")
+    history = command(sub, "history", "Show the conversation log.",
+                      "entityctl history --limit 10")
     history.add_argument("--conversation", default="")
     history.add_argument("--limit", type=int, default=30)
     history.add_argument("--json", action="store_true")
     history.set_defaults(run=_history)
 
-    watch = sub.add_parser("watch", help="print the entity's events as they happen")
+    watch = command(sub, "watch", "Print the entity's signed events as they happen, "
+                    "until Ctrl-C.", "entityctl watch --json")
     watch.add_argument("--json", action="store_true")
     watch.set_defaults(run=_watch)
     ctl_peers.add_commands(sub)
     ctl_ledger.add_commands(sub)
-    return parser
+    return top
 
 
 async def _run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
@@ -147,6 +159,8 @@ async def _ask(client: EntityClient, args: argparse.Namespace) -> int:
         accepted: GoalAccepted = await client.ask(
             "orchestrator", Goal(args.text, task_id, args.conversation, "ctl"), 10.0
         )
+        args.on_interrupt = (f"the entity keeps task {accepted.task_id} and answers it; "
+                             "see `entityctl history`")
         if not args.quiet and not args.json:
             ahead = f", {accepted.queued} ahead" if accepted.queued else ""
             print(f"task {accepted.task_id} accepted{ahead}", file=sys.stderr)
@@ -237,6 +251,9 @@ async def _history(client: EntityClient, args: argparse.Namespace) -> int:
 
 async def _watch(client: EntityClient, args: argparse.Namespace) -> int:
     async with client.events() as events:
+        # On stderr, so that stdout stays the events alone (--json).
+        print(f"watching {client.config.name}'s events on {client.url}; waiting for "
+              "events; Ctrl-C stops", file=sys.stderr, flush=True)
         async for event in events:
             if args.json:
                 print_json({"subject": event.subj, "src": event.src, "ts": event.ts,

@@ -26,6 +26,7 @@ from actors.ledger.messages import (
 from actors.peer.outcomes import UNREACHABLE
 
 from ..client import EntityClient
+from .args import command
 from .ctl_peers import EXIT_REFUSED, EXIT_UNREACHABLE, print_json
 
 EXIT_VIOLATION = 5
@@ -36,12 +37,14 @@ WRITE_WAITS = 4
 
 
 def add_commands(sub: Any) -> None:
-    balance = sub.add_parser("balance", help="the entity's balance, or a peer's")
+    balance = command(sub, "balance", "Show the entity's balance (available and held "
+                      "in escrow), or a peer's.", "entityctl balance entity-b --json")
     balance.add_argument("peer", nargs="?", default="")
     balance.add_argument("--json", action="store_true")
     balance.set_defaults(run=_balance)
 
-    pay = sub.add_parser("pay", help="pay a peer at once from the entity's balance")
+    pay = command(sub, "pay", "Pay a peer at once from the entity's balance.",
+                  'entityctl pay entity-b 25 --memo "for the review"')
     pay.add_argument("peer")
     pay.add_argument("amount", type=int)
     pay.add_argument("--memo", default="")
@@ -51,16 +54,17 @@ def add_commands(sub: Any) -> None:
     pay.add_argument("--json", action="store_true")
     pay.set_defaults(run=_pay)
 
-    ledger = sub.add_parser("ledger", help="the entity's ledger entries, newest first; "
-                            "`ledger verify` replays and checks every chain")
+    ledger = command(sub, "ledger", "List the entity's ledger entries, newest first; "
+                     "`ledger verify` replays and checks every chain.",
+                     "entityctl ledger\nentityctl ledger verify")
     ledger.add_argument("action", nargs="?", choices=["verify"])
     ledger.add_argument("--peer", default="", help="only the entries with this peer")
     ledger.add_argument("--limit", type=int, default=50)
     ledger.add_argument("--json", action="store_true")
     ledger.set_defaults(run=_ledger)
 
-    rate = sub.add_parser("rate", help="rate a peer 1..5 for a task whose escrow between "
-                          "you was settled (once per task)")
+    rate = command(sub, "rate", "Rate a peer 1..5 for a task whose escrow between you "
+                   "was settled (once per task).", "entityctl rate entity-b TASK 5")
     rate.add_argument("peer")
     rate.add_argument("task")
     rate.add_argument("score", type=int, choices=range(1, 6), metavar="1..5")
@@ -68,8 +72,9 @@ def add_commands(sub: Any) -> None:
     rate.add_argument("--json", action="store_true")
     rate.set_defaults(run=_rate)
 
-    reputation = sub.add_parser("reputation", help="what the ratings of the entity (or "
-                                "a peer) say, weighed by the money behind them")
+    reputation = command(sub, "reputation", "Show what the ratings of the entity (or a "
+                         "peer) say, weighed by the money behind them.",
+                         "entityctl reputation entity-b")
     reputation.add_argument("peer", nargs="?", default="")
     reputation.add_argument("--json", action="store_true")
     reputation.set_defaults(run=_reputation)

@@ -1,7 +1,8 @@
 """entityctl's federation commands: peers, check, talk, report, wake, restart, delegate,
 tasks. Each asks the entity's own peer actor, which does the work and answers with an
-outcome; the exit code says how it went (0 done, 2 unknown peer, 3 refused, 4 not
-reachable or no answer in time)."""
+outcome (but `wake` with no peer asks the entity's own orchestrator); the exit code
+says how it went (0 done, 2 unknown peer, 3 refused, 4 not reachable or no answer in
+time)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from typing import Any
 
+from actors.messages import Wake, WakeResult
 from actors.peer.messages import (
     PeerCheck,
     PeerCheckResult,
@@ -30,6 +32,7 @@ from actors.peer.messages import (
 from actors.peer.outcomes import Verdict, verdict
 
 from ..client import EntityClient
+from .args import command
 
 EXIT_UNKNOWN = 2
 EXIT_REFUSED = 3
@@ -42,40 +45,49 @@ FINAL = ("delivered", "completed", "failed", "rejected")
 
 
 def add_commands(sub: Any) -> None:
-    peers = sub.add_parser("peers", help="the entities this one knows: keys, heartbeat, trust")
+    peers = command(sub, "peers", "List the entities this one knows: keys, heartbeat, "
+                    "trust.", "entityctl peers --json")
     peers.add_argument("--json", action="store_true")
     peers.set_defaults(run=_peers)
 
-    check = sub.add_parser("check", help="check_peer_alive: heartbeat and a signed ping")
+    check = command(sub, "check", "Check that a peer is alive (check_peer_alive): "
+                    "heartbeat and a signed ping.", "entityctl check entity-b")
     check.add_argument("peer")
     check.add_argument("--json", action="store_true")
     check.set_defaults(run=_check)
 
-    talk = sub.add_parser("talk", help="talk_to_peer: say something, print the answer")
+    talk = command(sub, "talk", "Say something to a peer (talk_to_peer) and print its "
+                   "answer.", 'entityctl talk entity-b "what are you working on?"')
     talk.add_argument("peer")
     talk.add_argument("text")
     talk.add_argument("--json", action="store_true")
     talk.set_defaults(run=_talk)
 
-    report = sub.add_parser("report", help="report_to_peer: durable, fire and forget")
+    report = command(sub, "report", "Report to a peer (report_to_peer): durable, fire "
+                     "and forget.", 'entityctl report entity-b "build is green"')
     report.add_argument("peer")
     report.add_argument("text")
     report.add_argument("--json", action="store_true")
     report.set_defaults(run=_report)
 
-    wake = sub.add_parser("wake", help="wake_up_peer: start a turn on its todo list if idle")
-    wake.add_argument("peer")
+    wake = command(sub, "wake", "Wake this entity, or a peer (wake_up_peer): it starts a "
+                   "turn on its todo list if it is idle.",
+                   "entityctl wake\nentityctl wake entity-b --reason \"the build broke\"")
+    wake.add_argument("peer", nargs="?", default="", help="a peer (default: this entity)")
     wake.add_argument("--reason", default="")
     wake.add_argument("--json", action="store_true")
     wake.set_defaults(run=_wake)
 
-    restart = sub.add_parser("restart", help="restart_peer: restart one actor (or all)")
+    restart = command(sub, "restart", "Have a peer's supervisor restart one actor, or all "
+                      "(restart_peer).", "entityctl restart entity-b memory")
     restart.add_argument("peer")
     restart.add_argument("actor", nargs="?", default="")
     restart.add_argument("--json", action="store_true")
     restart.set_defaults(run=_restart)
 
-    delegate = sub.add_parser("delegate", help="delegate a task to a peer")
+    delegate = command(sub, "delegate", "Offer a task to a peer; --wait follows it to "
+                       "its end.", 'entityctl delegate entity-b "Write calc.add with a '
+                       'test" --price 10 --wait')
     delegate.add_argument("peer")
     delegate.add_argument("title", help="the task, in a line")
     delegate.add_argument("--description", default="", help="details (default: the title)")
@@ -93,8 +105,9 @@ def add_commands(sub: Any) -> None:
     delegate.add_argument("--json", action="store_true")
     delegate.set_defaults(run=_delegate)
 
-    tasks = sub.add_parser("tasks", help="delegated tasks, both ways, with their state and "
-                           "money; `tasks accept|reject TASK` settles a delivered one")
+    tasks = command(sub, "tasks", "List delegated tasks, both ways, with their state and "
+                    "money; `tasks accept|reject TASK` settles a delivered one.",
+                    "entityctl tasks\nentityctl tasks accept TASK")
     tasks.add_argument("action", nargs="?", choices=["accept", "reject"])
     tasks.add_argument("task", nargs="?", default="")
     tasks.add_argument("--amount", type=int, default=0,
@@ -190,9 +203,24 @@ async def _report(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _wake(client: EntityClient, args: argparse.Namespace) -> int:
+    if not args.peer:
+        return await _wake_self(client, args)
     outcome = await client.ask("peer", PeerWake(args.peer, args.reason),
                                _timeout(args, client.config.peers.command_timeout))
     return _outcome_exit(outcome, args.json)
+
+
+async def _wake_self(client: EntityClient, args: argparse.Namespace) -> int:
+    """The same Wake the peer actor sends for a peer's wake_up_peer, from entityctl."""
+    result: WakeResult = await client.ask(
+        "orchestrator", Wake(args.reason or "woken by its operator"), args.timeout)
+    if args.json:
+        print_json(result)
+    elif result.started:
+        print(f"{client.config.name}: started task {result.task_id} on its todo list")
+    else:
+        print(f"{client.config.name}: noop: {result.reason}")
+    return 0
 
 
 async def _restart(client: EntityClient, args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -33,8 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configure_logging("info")  # to stderr; stdout carries only the line naming the URL
     if args.demo:
-        asyncio.run(_run(demo_reply, args.port))
-        return 0
+        return _serve(demo_reply, args.port)
     try:
         raw = json.loads(args.script.read_text())
         if not isinstance(raw, list):
@@ -43,7 +43,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (OSError, ValueError, TypeError) as exc:
         print(f"scripted LLM server: cannot use {args.script}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(_run(steps, args.port))
+    return _serve(steps, args.port)
+
+
+def _serve(script: Script, port: int) -> int:
+    try:
+        asyncio.run(_run(script, port))
+    except OSError as exc:  # the port is taken, most often: say which, and the way out
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        print(f"scripted LLM server: cannot listen on 127.0.0.1:{port}: {reason}"
+              "; free that port or pass another --port (0 picks a free one)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # before the signal handlers were in place
+        return 130
     return 0
 
 
