@@ -1,6 +1,6 @@
-"""deploy/start-pair.sh as a user runs it: two federated entities on the demo model come
-up, a killed daemon is started again, Ctrl-C stops everything, and a second run keeps the
-keys of the first."""
+"""deploy/start-pair.sh as a user runs it (a wrapper of `entityd up deploy/pair.toml`):
+two federated entities on the demo model come up, a killed daemon is started again, Ctrl-C
+stops everything, and a second run keeps the keys of the first."""
 
 from __future__ import annotations
 
@@ -144,13 +144,13 @@ def test_the_pair_starts_restarts_a_killed_daemon_and_stops_on_ctrl_c(
         assert balance.returncode == 0, balance.stdout + balance.stderr
         assert json.loads(balance.stdout)["available"] == 1000, balance.stdout
 
-    pid_file = pair.dir / "entity-b" / "entityd.pid"
-    killed = int(pid_file.read_text())
+    pid_file = pair.dir / "run" / "entity-b.pid"  # entityd up's: "PID START_TIME"
+    killed = int(pid_file.read_text().split()[0])
     os.kill(killed, signal.SIGKILL)
     pair.wait_output("entity-b exited (code 137); restarting", timeout=30)
 
     def answers_again() -> bool:
-        pid = pid_file.read_text().strip()
+        pid = pid_file.read_text().split()[0]
         return pid != str(killed) and ctl(
             pair.config("entity-b"), "--timeout", "2", "status"
         ).returncode == 0

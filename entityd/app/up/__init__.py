@@ -16,9 +16,11 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from ... import logs
 from ...errors import EntitydError
+from .. import args as args_mod
 from .plan import StartError, prepare, say, show
 from .spec import Overrides, Spec, load
 from .supervisor import (
@@ -36,17 +38,16 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_RUNNING = 3
 DEFAULT_FILE = Path("deploy/pair.toml")
-COMMANDS = ("up", "down", "ps")
 
 
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`up`, `down` and `ps` on the `entityd` command's subparsers."""
+def add_commands(sub: Any) -> None:
+    """`up`, `down` and `ps` on the `entityd` command's subparsers, each with `handler`
+    (this module's main) set."""
     file_help = f"the federation file (default: {DEFAULT_FILE})"
-    up = sub.add_parser(
-        "up", help="start a federation from a TOML file and keep it running",
-        description="Start the hub and every entity of FILE (creating them on the first "
-        "run), keep them running, and stop them all on Ctrl-C. Example: entityd up "
-        "deploy/trio.toml", formatter_class=argparse.RawDescriptionHelpFormatter)
+    up = args_mod.command(
+        sub, "up", "Start the hub and every entity of a federation file (creating them on "
+        "the first run), keep them running, and stop them all on Ctrl-C.",
+        "entityd up deploy/trio.toml\nentityd up deploy/pair.toml --provider entity-a=demo")
     up.add_argument("file", nargs="?", type=Path, default=DEFAULT_FILE, help=file_help)
     up.add_argument("--dir", type=Path, help="where the hub and the entities live "
                     "(instead of the file's [federation] dir)")
@@ -57,14 +58,16 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                     help="an entity's provider, instead of the file's; repeat for each")
     up.add_argument("--duration", type=float, help="stop by itself this many seconds after "
                     "all is ready")
-    for name, text, example in (
-        ("down", "stop the federation `entityd up FILE` runs", "entityd down deploy/trio.toml"),
-        ("ps", "list the processes of a running `entityd up FILE`", "entityd ps"),
-    ):
-        cmd = sub.add_parser(name, help=text, description=f"{text[0].upper()}{text[1:]}. "
-                             f"Example: {example}")
-        cmd.add_argument("file", nargs="?", type=Path, default=DEFAULT_FILE, help=file_help)
-        cmd.add_argument("--dir", type=Path, help="the dir `up` was given with --dir")
+    down = args_mod.command(sub, "down", "Stop the federation `entityd up FILE` runs (or "
+                            "what an earlier run left behind).", "entityd down deploy/trio.toml")
+    ps = args_mod.command(sub, "ps", "List the processes of a running `entityd up FILE`: "
+                          "pid, state, restarts, ports.", "entityd ps deploy/trio.toml")
+    for name, cmd in (("up", up), ("down", down), ("ps", ps)):
+        if cmd is not up:
+            cmd.add_argument("file", nargs="?", type=Path, default=DEFAULT_FILE,
+                             help=file_help)
+            cmd.add_argument("--dir", type=Path, help="the dir `up` was given with --dir")
+        cmd.set_defaults(handler=main, up_command=name)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -74,13 +77,13 @@ def main(args: argparse.Namespace) -> int:
             getattr(args, "dir", None), getattr(args, "base_port", None),
             getattr(args, "allowance", None), _providers(getattr(args, "provider", [])))
         spec = load(args.file, overrides)
-        if args.command == "ps":
+        if args.up_command == "ps":
             return _ps(spec.dir, spec.path)
-        if args.command == "down":
+        if args.up_command == "down":
             return asyncio.run(_down(spec.dir, spec.path))
         return asyncio.run(_up(spec, args.duration))
     except EntitydError as exc:
-        print(f"entityd {args.command}: {exc}", file=sys.stderr)
+        print(f"entityd {args.up_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, StartError) else EXIT_USAGE
     except KeyboardInterrupt:  # before anything was started
         return 0

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -161,7 +162,23 @@ def _ports(spec: Spec) -> dict[str, int]:
     base = spec.base_port or free_port_range(len(slots))
     ports = {slot: base + i for i, slot in enumerate(slots)}
     ports.update({e.name: e.port for e in spec.entities if e.port})
+    for slot, port in ports.items():
+        # Another federation (or anything else) there would answer in our place.
+        if _taken(port):
+            raise StartError(f"port {port} ({slot}) is in use (another federation "
+                             f"running?); set base_port in {spec.path} (or --base-port) to "
+                             "a free range")
     return ports
+
+
+def _taken(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server binds
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return True
+    return False
 
 
 def _runs_on_demo(name: str, provider: str) -> bool:

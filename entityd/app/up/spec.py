@@ -107,7 +107,8 @@ def _parse(path: Path, raw: Mapping[str, Any], over: Overrides) -> Spec:
     _only(raw, ("federation", "entities"), "", fail)
     fed = _table(raw, "federation", fail)
     _only(fed, ("dir", "base_port", "allowance", "heartbeat"), "federation.", fail)
-    where = over.dir or Path(_get(fed, "dir", str, "", "federation.dir", fail)).expanduser()
+    where = (over.dir.expanduser().resolve() if over.dir  # given on the command line
+             else Path(_get(fed, "dir", str, "", "federation.dir", fail)).expanduser())
     base = _get(fed, "base_port", int, 0, "federation.base_port", fail)
     if over.base_port is not None:
         base = over.base_port
