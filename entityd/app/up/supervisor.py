@@ -48,12 +48,14 @@ def run_dir(root: Path) -> Path:
 
 
 def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks after boot), None if there is no such process."""
+    """The process's start time (clock ticks after boot), None if there is no such process
+    or only its zombie (an orphan's, where no init reaps them, as in some containers)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] in ("Z", "X") else fields[19]
 
 
 def write_pid(root: Path, name: str, pid: int) -> None:
