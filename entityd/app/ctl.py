@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 import time
 import uuid
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AskTimeout, ActorDeadError, TimeoutError) as exc:
         print(f"entityctl: {exc or 'timed out'}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    except BrokenPipeError:  # `entityctl ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 0
     except EntityDown as exc:
         print(f"entityctl: {exc}", file=sys.stderr)
         return EXIT_UNREACHABLE
