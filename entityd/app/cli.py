@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from .. import federation
 
         return federation.main(argv[1:])
-    args = parser().parse_args(argv)
     try:
+        args = parser().parse_args(argv)  # inside: a command's module may import a lot
         code: int = args.handler(args)
         return code
     except EntitydError as exc:
