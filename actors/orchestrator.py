@@ -19,8 +19,8 @@ import dataclasses
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from .messages import (
     WakeResult,
 )
 from .orchestrator_tools import OrchestratorTools, render_hits, render_todos
-from .peer.messages import PeerReportIn
+from .peer.messages import PeerReportIn, Tasks, TasksGet
 from .peer.tools import PeerTools
 from .remote_tools import RemoteTools
 from .turn_scope import DELEGATED_PREFIX, NAME, WAKE_SOURCE, TurnScope, either, payer_of
@@ -60,6 +60,7 @@ OPERATOR_ROOM = 8  # ... and places in the queue that peers' goals never take
 RECALL_LIMIT = 5
 REPORTS_KEPT = 20
 PROMPT_BALANCE_S = 3.0  # how long a turn waits to tell its prompt the balance
+AUTONOMY_WINDOW_S = 3600.0  # autonomy's turn and token budgets are per hour
 INTERRUPTED = ("stopped: this goal's turn was cut short by a restart of the entity (or a "
                "crash of its orchestrator) and is not run again, since what it did so far "
                "may already have taken effect; give the goal again to retry it")
@@ -67,9 +68,18 @@ INTERRUPTED = ("stopped: this goal's turn was cut short by a restart of the enti
 
 @dataclass
 class AutonomyState:
+    """What the turns autonomy started spent in the current hour."""
+
+    since: float = field(default_factory=time.monotonic)
     turns: int = 0
     tokens: int = 0
     spent_reported: bool = False
+
+    def roll(self) -> None:
+        """A new hour: a new budget."""
+        if time.monotonic() - self.since >= AUTONOMY_WINDOW_S:
+            self.since, self.turns, self.tokens = time.monotonic(), 0, 0
+            self.spent_reported = False
 
 
 class CountingLLM:
@@ -194,9 +204,15 @@ class OrchestratorActor(Actor):
         if self._busy or not self._queue.empty():
             return WakeResult(False, "busy: a turn is running or queued")
         todos: TodoItems = await self.ctx.ask(f"{self.ctx.entity}/memory", TodoList())
-        if not todos.items:
+        mission = self.autonomy.mission if source.startswith("wake:autonomy") else ""
+        if not todos.items and not mission:
             return WakeResult(False, "idle: the todo list is empty")
-        accepted = await self._accept(Goal(_todo_goal(todos), source=source))
+        if not todos.items:
+            text = _plan_goal(mission)
+        else:
+            settled = await self._settled_tasks() if mission else []
+            text = _todo_goal(todos, mission, settled)
+        accepted = await self._accept(Goal(text, source=source))
         if isinstance(accepted, Error):
             return WakeResult(False, accepted.message)
         return WakeResult(True, "started a turn on the todo list", accepted.task_id)
@@ -246,12 +262,14 @@ class OrchestratorActor(Actor):
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.autonomy.interval)
+            self._auto.roll()
             if self._autonomy_spent():
                 if not self._auto.spent_reported:
                     self._auto.spent_reported = True
+                    left = AUTONOMY_WINDOW_S - (time.monotonic() - self._auto.since)
                     await self.ctx.emit("autonomy_budget_spent", turns=self._auto.turns,
-                                        tokens=self._auto.tokens)
-                return
+                                        tokens=self._auto.tokens, resumes_in_s=round(left))
+                continue
             result = await self._wake("wake:autonomy")
             await self.ctx.emit("autonomy_tick", started=result.started, reason=result.reason,
                                 task_id=result.task_id)
@@ -303,6 +321,17 @@ class OrchestratorActor(Actor):
             self._auto.turns += 1
             self._auto.tokens += llm.tokens
         await self._finish(goal, scope, outcome, tools, started, llm.tokens)
+
+    async def _settled_tasks(self) -> list[str]:
+        """The tasks we delegated whose escrow was paid: "<task id> (<peer>)", from our
+        own records only (no peer's words reach an autonomous turn's goal)."""
+        try:
+            tasks: Tasks = await self.ctx.ask(f"{self.ctx.entity}/peer", TasksGet(),
+                                              PROMPT_BALANCE_S)
+        except EntitydError:
+            return []
+        return [f"{t.task_id} ({t.peer})" for t in tasks.tasks
+                if t.direction == "out" and t.money == "posted"]
 
     async def _balance(self) -> str:
         """The operator's turn is told its balance, as check_balance says it (not waited
@@ -373,6 +402,22 @@ class OrchestratorActor(Actor):
             self.ctx.log.warning("log_failed", error=str(exc))
 
 
-def _todo_goal(todos: TodoItems) -> str:
-    return ("You woke up to work on your todo list. Pick the most important open item, "
-            "work on it, and update its status.\n\n" + render_todos(todos))
+def _todo_goal(todos: TodoItems, mission: str = "", settled: Sequence[str] = ()) -> str:
+    text = ("You woke up to work on your todo list. Pick the most important open item, "
+            "work on it, and update its status.")
+    if mission:
+        text += (f"\n\nYour mission: {mission}\nWork an item with your coder, or, when a "
+                 "peer offers what it needs (list_peers), delegate it to that peer with a "
+                 "price; tell your peers what you finished (report_to_peer). Deliveries "
+                 "whose tests pass are accepted and paid by themselves.")
+    if settled:
+        text += ("\n\nTasks you delegated that were paid, to rate (rate_peer, once each): "
+                 + ", ".join(settled))
+    return text + "\n\n" + render_todos(todos)
+
+
+def _plan_goal(mission: str) -> str:
+    return (f"You woke up with an empty todo list. Your mission: {mission}\n\nPLAN the "
+            "next steps towards it: add two to five small, concrete items with todo_add "
+            "(each one a piece of code with its test, or a piece a peer could do for you), "
+            "then answer with the plan in a few lines.")

@@ -170,8 +170,11 @@ class AutonomySection:
 
     enabled: bool = key(False, "wake by itself every `interval` seconds and work the todo list")
     interval: float = key(600.0, "seconds between wake-ups", positive)
-    max_turns: int = key(10, "then stop until restarted or re-enabled ...", positive)
-    max_tokens: int = key(200_000, "... or when these are spent", positive)
+    mission: str = key("", "what the entity works towards when left alone: with its todo "
+                       "list empty, it plans the next items from this")
+    max_turns: int = key(10, "turns it may start by itself per hour ...", positive)
+    max_tokens: int = key(200_000, "... and tokens those turns may spend per hour; then it "
+                          "waits for the next hour", positive)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,8 @@ whole turn offline, and says in every answer that it is not a model.
 
 It decides from the request alone (so a restarted server answers the same way):
 
+- a step of an entity left alone with a mission (planning, working its todo list, a
+  delegated task, the coder writing a module): see demo_work.py;
 - after a tool result: a final answer quoting the result;
 - the orchestrator, asked about a peer named entity-...: call `check_peer_alive` on it;
 - the coder: a plain answer that it writes no code;
@@ -16,9 +18,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from .demo_work import PREFIX, demo_work
 from .scripted import Reply, ScriptedToolCall
 
-PREFIX = "(demo model) "
 PEER_RE = re.compile(r"\bentity-[a-z0-9-]+")
 # The orchestrator's prompt opens "You are entity-a, ..."; the coder's "You are the coder
 # of entity-a, ...". Names are 1-32 of [a-z0-9-] (protocol.subjects).
@@ -32,10 +34,13 @@ def demo_reply(request: dict[str, Any]) -> Reply:
     messages = [m for m in _list(request.get("messages")) if isinstance(m, dict)]
     tools = _tool_names(_list(request.get("tools")))
     last = messages[-1] if messages else {}
-    if last.get("role") == "tool":
-        return Reply(content=PREFIX + _text(last)[:TOOL_RESULT_CHARS])
     system = "\n".join(_text(m) for m in messages if m.get("role") == "system")
     user = next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    work = demo_work(messages, tools, system, user)
+    if work is not None:  # a step of an entity left alone (demo_work.py)
+        return work
+    if last.get("role") == "tool":
+        return Reply(content=PREFIX + _text(last)[:TOOL_RESULT_CHARS])
     if "check_peer_alive" in tools:
         peer = _peer_named(user, _own_name(system))
         if peer is not None:
