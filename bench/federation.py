@@ -39,6 +39,7 @@ from pathlib import Path
 
 import nats
 import nats.errors
+import nats.js.errors
 from nacl.signing import SigningKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -526,7 +527,9 @@ async def _reachable(call: Callable[[int], Awaitable[None]]) -> None:
             async with asyncio.timeout(1.0):
                 await call(-1)
             return
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+        # (A JetStream publish reports no responders as NoStreamResponseError.)
+        except (nats.errors.NoRespondersError, nats.js.errors.NoStreamResponseError,
+                nats.errors.TimeoutError, TimeoutError):
             if time.monotonic() > deadline:
                 raise BenchError("B's leaf is not reachable from A's") from None
             await asyncio.sleep(0.1)
