@@ -21,12 +21,13 @@ from typing import Any
 from ... import logs
 from ...errors import EntitydError
 from .. import args as args_mod
-from .plan import StartError, prepare, say, show
+from .plan import StartError, prepare, show
 from .spec import Overrides, Spec, load
 from .supervisor import (
     Leftovers,
     Supervisor,
     check_no_leftovers,
+    named,
     run_dir,
     running,
     stop_leftovers,
@@ -85,6 +86,10 @@ def main(args: argparse.Namespace) -> int:
     except EntitydError as exc:
         print(f"entityd {args.up_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, StartError) else EXIT_USAGE
+    except OSError as exc:  # the dir or a file in it cannot be made or written
+        print(f"entityd {args.up_command}: {exc.strerror}: {exc.filename}; check that "
+              "the federation's dir is yours to write", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:  # before anything was started
         return 0
 
@@ -116,24 +121,8 @@ async def _up(spec: Spec, duration: float | None) -> int:
         plan = prepare(spec)
         if stop.is_set():
             return 0
-        failed: list[StartError] = []
-        try:
-            await Supervisor(plan).run(stop, duration)
-        except* StartError as group:
-            failed = _leaves(group)
-    for error in failed:
-        say(f"could not start: {error}")
-    return EXIT_FAILED if failed else 0
-
-
-def _leaves(group: BaseExceptionGroup[StartError]) -> list[StartError]:
-    found: list[StartError] = []
-    for error in group.exceptions:
-        if isinstance(error, BaseExceptionGroup):
-            found += _leaves(error)
-        else:
-            found.append(error)
-    return found
+        started = await Supervisor(plan).run(stop, duration)
+    return 0 if started else EXIT_FAILED
 
 
 async def _down(root: Path, file: Path) -> int:
@@ -152,7 +141,8 @@ def _ps(root: Path, file: Path) -> int:
     alive = running(root)
     if "up" not in alive:
         show(f"`entityd up {file}` is not running on {root}"
-             + (f"; leftovers: {alive} (`entityd down {file}` stops them)" if alive else ""))
+             + (f"; leftovers: {named(alive)} (`entityd down {file}` stops them)"
+                if alive else ""))
         return EXIT_NOT_RUNNING
     state = {}
     with contextlib.suppress(OSError, ValueError):

@@ -87,9 +87,13 @@ def check_no_leftovers(root: Path, file: Path) -> None:
         raise Leftovers(f"{root} is in use by a running `entityd up` (pid {alive[UP]}); see "
                         f"it with `entityd ps {file}`, stop it with `entityd down {file}`")
     if alive:
-        named = ", ".join(f"{name} (pid {pid})" for name, pid in alive.items())
-        raise Leftovers(f"leftovers of an earlier run on {root} are still running: {named}; "
+        raise Leftovers(f"leftovers of an earlier run on {root} are still running: "
+                        f"{named(alive)}; "
                         f"stop them with `entityd down {file}`")
+
+
+def named(alive: dict[str, int]) -> str:
+    return ", ".join(f"{name} (pid {pid})" for name, pid in alive.items())
 
 
 def _kill(pid: int, sig: signal.Signals, group: bool = False) -> None:
@@ -104,7 +108,7 @@ async def stop_leftovers(root: Path) -> bool:
     if not alive:
         return False
     targets = {UP: alive[UP]} if UP in alive else alive
-    say("stopping " + ", ".join(f"{name} (pid {pid})" for name, pid in targets.items()))
+    say(f"stopping {named(targets)}")
     for pid in targets.values():
         _kill(pid, signal.SIGTERM)
 
@@ -155,11 +159,12 @@ class Supervisor:
         self.procs = {child.name: Running(child) for child in plan.children}
         self.stopping = False
 
-    async def run(self, stop: asyncio.Event, duration: float | None = None) -> None:
+    async def run(self, stop: asyncio.Event, duration: float | None = None) -> bool:
         """Start everything, keep it running until `stop` is set (or `duration` seconds
-        after all is ready), then stop it all. StartError (in an ExceptionGroup) if it
-        could not start; everything it started is stopped again on every way out."""
+        after all is ready), then stop it all; False if it could not start (said why).
+        Everything it started is stopped again on every way out."""
         write_pid(self.root, UP, os.getpid())
+        failed: list[BaseException] = []
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._stop_on(stop))
@@ -168,12 +173,17 @@ class Supervisor:
                     tg.create_task(self._stop_after(duration, stop))
         except* _Stopped:
             pass
+        except* StartError as group:
+            failed = _leaves(group)
+            for error in failed:
+                say(f"could not start: {error}")
         finally:
             await self.stop_all()
             show(f"{self.plan.spec.name} stopped")
             for path in run_dir(self.root).glob("*.pid"):
                 path.unlink(missing_ok=True)
             self._save_state()
+        return not failed
 
     @staticmethod
     async def _stop_on(stop: asyncio.Event) -> None:
@@ -219,7 +229,7 @@ class Supervisor:
             if not proc.ready.is_set():
                 raise StartError(f"{proc.child.label} exited (code {_shell_code(code)}) "
                                  f"before it was ready; see its log {proc.child.log}"
-                                 + _tail(proc.child.log))
+                                 + _tail(proc.child.log, proc.log_offset))
             fails = fails + 1 if time.monotonic() - proc.started_at < QUICK_DEATH_S else 1
             delay = 0 if fails == 1 else 2 ** min(fails - 1, MAX_BACKOFF_EXPONENT)
             why = f"{proc.child.label} exited (code {_shell_code(code)}); restarting"
@@ -338,6 +348,13 @@ class Supervisor:
         partial.replace(path)
 
 
+def _leaves(group: BaseExceptionGroup[StartError]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found += _leaves(error) if isinstance(error, BaseExceptionGroup) else [error]
+    return found
+
+
 def _shell_code(code: int) -> int:
     """An exit code as a shell shows it: 128 + N for a death by signal N."""
     return 128 - code if code < 0 else code
@@ -352,8 +369,9 @@ def _read_from(path: Path, offset: int) -> bytes:
         return b""
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    last = _read_from(path, 0).decode(errors="replace").strip().splitlines()[-lines:]
+def _tail(path: Path, offset: int, lines: int = 3) -> str:
+    """The last lines the process wrote to its log since `offset`, indented."""
+    last = _read_from(path, offset).decode(errors="replace").strip().splitlines()[-lines:]
     return "".join(f"\n  {line[:300]}" for line in last)
 
 
