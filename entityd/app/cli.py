@@ -1,4 +1,5 @@
-"""`entityd`: init an entity, run the daemon, make operator keys, run the economy."""
+"""`entityd`: init an entity, run the daemon, make operator keys, run the economy, start
+a whole federation from one file (up, down, ps)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .. import config as config_mod
 from .. import identity, logs
 from ..errors import EntitydError
 from . import args as args_mod
-from . import economy
+from . import economy, up
 
 if TYPE_CHECKING:
     from ..daemon import Daemon
@@ -65,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
         "entityd economy init --config ~/entities/entity-a/entityd.toml")
     economy.add_arguments(economy_cmd)
     economy_cmd.set_defaults(handler=economy.main)
+    up.add_commands(sub)  # up, down, ps: a federation from one file
     return top
 
 
