@@ -108,7 +108,7 @@ async def stop_leftovers(root: Path) -> bool:
     if not alive:
         return False
     targets = {UP: alive[UP]} if UP in alive else alive
-    say(f"stopping {named(targets)}")
+    show(f"stopping {named(targets)}")
     for pid in targets.values():
         _kill(pid, signal.SIGTERM)
 
@@ -119,7 +119,7 @@ async def stop_leftovers(root: Path) -> bool:
         async with asyncio.timeout(3 * STOP_TIMEOUT_S):
             await _until(all_gone)
     for name, pid in running(root).items():
-        say(f"{name} (pid {pid}) did not stop; killing it")
+        show(f"{name} (pid {pid}) did not stop; killing it")
         _kill(pid, signal.SIGKILL, group=name != UP)
         _kill(pid, signal.SIGKILL)
     return True
@@ -317,7 +317,7 @@ class Supervisor:
     def _print_reach(self) -> None:
         daemons = self.plan.of_kind("daemon")
         first = daemons[0]
-        peer = daemons[1].name if len(daemons) > 1 else first.name
+        peer = daemons[1].name if len(daemons) > 1 else ""
         venv_bin = Path(self.plan.children[-1].argv[0]).parent
         lines = [
             "",
@@ -325,7 +325,7 @@ class Supervisor:
             f'export PATH="{venv_bin}:$PATH"):',
             f"  entityctl --config {first.config} status",
             f"  entityctl --config {first.config} peers",
-            f'  entityctl --config {first.config} talk {peer} "hi"',
+            *([f'  entityctl --config {first.config} talk {peer} "hi"'] if peer else []),
             f"  entityctl --config {first.config} watch",
             *[f"  ({d.name} likewise with --config {d.config})" for d in daemons[1:]],
             "Logs:",
