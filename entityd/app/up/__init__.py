@@ -21,17 +21,10 @@ from typing import Any
 from ... import logs
 from ...errors import EntitydError
 from .. import args as args_mod
+from .pidfiles import Leftovers, check_no_leftovers, named, run_dir, running, stop_leftovers
 from .plan import StartError, prepare, show
 from .spec import Overrides, Spec, load
-from .supervisor import (
-    Leftovers,
-    Supervisor,
-    check_no_leftovers,
-    named,
-    run_dir,
-    running,
-    stop_leftovers,
-)
+from .supervisor import Supervisor
 
 __all__ = ["add_commands", "main"]
 

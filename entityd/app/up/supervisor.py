@@ -4,9 +4,8 @@ at once, then after 2, 4 ... 32 s while it keeps dying within QUICK_DEATH_S of s
 stops them all, daemons first, on Ctrl-C, SIGTERM or SIGHUP.
 
 Each child runs in a session of its own (a Ctrl-C in the terminal reaches only `up`, which
-stops them in order) and gets SIGTERM from the kernel if `up` dies (PR_SET_PDEATHSIG). A
-pid file per process (run/NAME.pid: pid and start time, so a reused pid is not taken for
-ours) lets a later `up` name leftovers, and `down` and `ps` find them.
+stops them in order), gets SIGTERM from the kernel if `up` dies (PR_SET_PDEATHSIG), and
+has a pid file (entityd.app.up.pidfiles).
 """
 
 from __future__ import annotations
@@ -18,114 +17,17 @@ import json
 import os
 import signal
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from ...errors import EntitydError
+from .pidfiles import STOP_TIMEOUT_S, UP, kill, run_dir, until, write_pid
 from .plan import HOST, Child, Plan, StartError, fund, say, show
 
 QUICK_DEATH_S = 30.0
 MAX_BACKOFF_EXPONENT = 5  # 32 s
 READY_TIMEOUT_S = {"hub": 20.0, "model": 20.0, "daemon": 60.0}
-STOP_TIMEOUT_S = 15.0
-POLL_S = 0.1  # per group: then what is left is killed
 READY_LINE = b'"entityd_ready"'
-UP = "up"  # the pid file of `up` itself
 _PR_SET_PDEATHSIG = 1
-
-
-class Leftovers(EntitydError):
-    """An earlier run on the same dir is still running."""
-
-
-# -- pid files ------------------------------------------------------------------------------
-
-
-def run_dir(root: Path) -> Path:
-    return root / "run"
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time (clock ticks after boot), None if there is no such process
-    or only its zombie (an orphan's, where no init reaps them, as in some containers)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return None if fields[0] in ("Z", "X") else fields[19]
-
-
-def write_pid(root: Path, name: str, pid: int) -> None:
-    path = run_dir(root) / f"{name}.pid"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"{pid} {_start_time(pid) or '?'}\n")
-
-
-def running(root: Path) -> dict[str, int]:
-    """The processes of a run on `root` that are still alive, by name (pid files whose
-    process has the start time written there); the stale pid files are removed."""
-    alive = {}
-    for path in sorted(run_dir(root).glob("*.pid")):
-        try:
-            pid_text, started = path.read_text().split()
-            pid = int(pid_text)
-        except (OSError, ValueError):
-            continue
-        if _start_time(pid) == started:
-            alive[path.stem] = pid
-        else:
-            path.unlink(missing_ok=True)
-    return alive
-
-
-def check_no_leftovers(root: Path, file: Path) -> None:
-    alive = running(root)
-    if UP in alive:
-        raise Leftovers(f"{root} is in use by a running `entityd up` (pid {alive[UP]}); see "
-                        f"it with `entityd ps {file}`, stop it with `entityd down {file}`")
-    if alive:
-        raise Leftovers(f"leftovers of an earlier run on {root} are still running: "
-                        f"{named(alive)}; "
-                        f"stop them with `entityd down {file}`")
-
-
-def named(alive: dict[str, int]) -> str:
-    return ", ".join(f"{name} (pid {pid})" for name, pid in alive.items())
-
-
-def _kill(pid: int, sig: signal.Signals, group: bool = False) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        (os.killpg if group else os.kill)(pid, sig)
-
-
-async def stop_leftovers(root: Path) -> bool:
-    """`entityd down`: the running `up` on root told to stop (it stops its children), or,
-    with no `up` left, its children stopped directly. False if nothing was running."""
-    alive = running(root)
-    if not alive:
-        return False
-    targets = {UP: alive[UP]} if UP in alive else alive
-    show(f"stopping {named(targets)}")
-    for pid in targets.values():
-        _kill(pid, signal.SIGTERM)
-
-    async def all_gone() -> bool:
-        return not running(root)
-
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(3 * STOP_TIMEOUT_S):
-            await _until(all_gone)
-    for name, pid in running(root).items():
-        show(f"{name} (pid {pid}) did not stop; killing it")
-        _kill(pid, signal.SIGKILL, group=name != UP)
-        _kill(pid, signal.SIGKILL)
-    return True
-
-
-# -- the supervisor -------------------------------------------------------------------------
 
 
 def _die_with_parent(parent: int) -> None:
@@ -269,9 +171,9 @@ class Supervisor:
         try:
             async with asyncio.timeout(timeout):
                 if child.kind == "daemon":
-                    await _until(self._logged_ready, proc)
+                    await until(self._logged_ready, proc)
                 else:
-                    await _until(_listening, next(iter(child.ports.values())))
+                    await until(_listening, next(iter(child.ports.values())))
         except TimeoutError:
             if proc.ready.is_set():  # a restart that hangs: left to run, said
                 say(f"{child.label} is not ready {timeout:g} s after its restart; "
@@ -299,7 +201,7 @@ class Supervisor:
                 assert proc.proc is not None
                 if proc.proc.returncode is None:
                     proc.state = "stopping"
-                    _kill(proc.proc.pid, signal.SIGTERM)
+                    kill(proc.proc.pid, signal.SIGTERM)
             for proc in group:
                 assert proc.proc is not None
                 try:
@@ -309,7 +211,7 @@ class Supervisor:
                     say(f"{proc.child.label} did not stop within {STOP_TIMEOUT_S:g} s; "
                              "killing it")
                 # Whatever it started itself (a daemon's nats-server) goes too.
-                _kill(proc.proc.pid, signal.SIGKILL, group=True)
+                kill(proc.proc.pid, signal.SIGKILL, group=True)
                 await proc.proc.wait()
                 proc.state = "stopped"
                 (run_dir(self.root) / f"{proc.child.name}.pid").unlink(missing_ok=True)
@@ -373,14 +275,6 @@ def _tail(path: Path, offset: int, lines: int = 3) -> str:
     """The last lines the process wrote to its log since `offset`, indented."""
     last = _read_from(path, offset).decode(errors="replace").strip().splitlines()[-lines:]
     return "".join(f"\n  {line[:300]}" for line in last)
-
-
-async def _until(check: Callable[..., Awaitable[bool]], *args: Any) -> None:
-    """Until `check(*args)` is true, asked every POLL_S (under the caller's deadline)."""
-    while True:
-        if await check(*args):
-            return
-        await asyncio.sleep(POLL_S)
 
 
 async def _listening(port: int) -> bool:
