@@ -115,6 +115,10 @@ def prepare(spec: Spec) -> Plan:
             ("mint_keys", federation.TREASURER, mint_key),
             ("autonomy", "enabled", entity.autonomy),
             ("autonomy", "mission", entity.mission),
+            ("autonomy", "interval", entity.interval),
+            # Left alone, it accepts (and pays for) a delivery once its tests pass.
+            ("economy", "auto_accept", entity.autonomy),
+            ("economy", "accept_command", entity.accept_command),
             *([("llm", "provider", entity.provider)] if entity.provider != DEMO else []),
             *([("llm", "model", entity.model)] if entity.model else []),
         ]:

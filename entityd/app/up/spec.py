@@ -14,8 +14,11 @@ into a checked Spec; a mistake is one FileError naming the key and the fix.
     port = 14222               # its NATS port (optional: from base_port, or free)
     trust = { entity-b = ["talk", "report"] }   # default: every other one, fully
     allowance = 500            # instead of [federation] allowance
-    autonomy = true
-    mission = "..."
+    autonomy = true            # left alone, it works its mission (README, "Autonomy"):
+    mission = "..."            # what it works towards
+    interval = 10.0            # seconds between its wake-ups (default 10)
+    accept_command = "python3 -m unittest"   # what a delivery it paid for must pass
+                               # (economy.auto_accept is on with autonomy)
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class FileError(EntitydError):
         self.key = key
 
 
+DEFAULT_INTERVAL = 10.0  # seconds between an autonomous entity's wake-ups
+DEFAULT_ACCEPT = "python3 -m unittest"  # what a paid delivery must pass to be accepted
+
 @dataclass(frozen=True)
 class EntitySpec:
     name: str
@@ -55,6 +61,8 @@ class EntitySpec:
     allowance: int = 0
     autonomy: bool = False
     mission: str = ""
+    interval: float = DEFAULT_INTERVAL
+    accept_command: str = DEFAULT_ACCEPT
 
 
 @dataclass(frozen=True)
@@ -151,8 +159,8 @@ def _entity(name: str, all_raw: Mapping[str, Any], allowance: int, over: Overrid
             fail: Any) -> EntitySpec:
     at = f"entities.{name}"
     raw = _table(all_raw, name, fail, at)
-    _only(raw, ("provider", "model", "port", "trust", "allowance", "autonomy", "mission"),
-          at + ".", fail)
+    _only(raw, ("provider", "model", "port", "trust", "allowance", "autonomy", "mission",
+                "interval", "accept_command"), at + ".", fail)
     provider = over.providers.get(name) or _get(raw, "provider", str, DEMO, at + ".provider",
                                                 fail)
     if provider == "scripted":
@@ -182,7 +190,16 @@ def _entity(name: str, all_raw: Mapping[str, Any], allowance: int, over: Overrid
     return EntitySpec(
         name, provider, _get(raw, "model", str, "", at + ".model", fail), port, trust, own,
         _get(raw, "autonomy", bool, False, at + ".autonomy", fail),
-        _get(raw, "mission", str, "", at + ".mission", fail))
+        _get(raw, "mission", str, "", at + ".mission", fail),
+        _interval(_get(raw, "interval", float, DEFAULT_INTERVAL, at + ".interval", fail),
+                  at + ".interval", fail),
+        _get(raw, "accept_command", str, DEFAULT_ACCEPT, at + ".accept_command", fail))
+
+
+def _interval(seconds: float, key: str, fail: Any) -> float:
+    if not seconds > 0:
+        raise fail(key, f"{seconds} must be more than 0 seconds between wake-ups")
+    return seconds
 
 
 def _check_allowance(amount: int, key: str, fail: Any) -> None:
