@@ -87,6 +87,7 @@ class Member:
     config: Path
     port: int  # the client port of its embedded (leaf) nats-server
     daemon: DaemonProc
+    _readies: int = field(default=0, init=False, repr=False)  # ready lines before start()
 
     @property
     def data(self) -> Path:
@@ -102,10 +103,15 @@ class Member:
         return f"nats://{localauth.read(self.data)}@127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        # The log keeps an earlier run's ready line: ready() waits for one more.
+        log = self.daemon.log_path
+        self._readies = log.read_text(errors="replace").count(READY) if log.exists() else 0
         self.daemon.start()
 
     async def ready(self) -> None:
-        await asyncio.to_thread(self.daemon.wait_log, READY, READY_TIMEOUT_S)
+        """Until the daemon started last is ready (not an earlier run of it)."""
+        await asyncio.to_thread(self.daemon.wait_log, READY, READY_TIMEOUT_S,
+                                self._readies + 1)
 
     async def ctl(self, *args: str, timeout: float = 60.0) -> tuple[int, str, str]:
         """entityctl in a thread: the scripted model may be serving on this loop."""
