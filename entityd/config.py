@@ -9,6 +9,7 @@ The checks that involve two keys are in _check_across.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import os
 import tomllib
@@ -240,6 +241,34 @@ class EconomySection:
                                 "decides", positive)
 
 
+@dataclass(frozen=True)
+class EventsSection:
+    """The EVENTS stream: what the entity's events (and its peers', as it sees them) are
+    kept as, for `entityctl watch --since` and the web page to resume from."""
+
+    max_age: float = key(7 * 24 * 3600.0, "seconds an event is kept", positive)
+    max_bytes: int = key(256 * _MIB, "the stream's total size; full, the oldest go first",
+                         positive)
+    peers: bool = key(True, "also keep the federation's events this entity's server sees "
+                      "(its peers'); only with the embedded server")
+
+
+def _web_port(value: int) -> str | None:
+    return None if value == 0 else tcp_port(value)
+
+
+@dataclass(frozen=True)
+class WebSection:
+    """The entity's web page (README, "The web page"): loopback only unless allowed."""
+
+    enabled: bool = key(False, "serve the page; `entityctl web` prints its login link")
+    host: str = key("127.0.0.1", "where it listens; beyond loopback needs web.allow_remote")
+    port: int = key(0, "its port; 0 picks a free one (`entityctl web` says which)", _web_port)
+    allow_remote: bool = key(False, "true lets web.host be a non-loopback address: put TLS "
+                             "(a reverse proxy) in front, the login travels in the clear")
+    session_hours: float = key(12.0, "how long a login lasts", positive)
+
+
 def _peer_name(name: str) -> str | None:
     return None if subjects.valid_name(name) else "not an entity name ([a-z0-9-]{1,32})"
 
@@ -247,6 +276,14 @@ def _peer_name(name: str) -> str | None:
 def _peer_or_everyone(name: str) -> str | None:
     problem = None if name == "*" else _peer_name(name)
     return problem and f'{problem} or "*"'
+
+
+def _price_pair(value: Any) -> str | None:
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0
+                    for v in value)):
+        return None
+    return "expected [input, output]: two numbers >= 0, US dollars per million tokens"
 
 
 def _permissions(value: Any) -> str | None:
@@ -271,6 +308,8 @@ class Config:
     autonomy: AutonomySection = field(default_factory=AutonomySection)
     peers: PeersSection = field(default_factory=PeersSection)
     economy: EconomySection = field(default_factory=EconomySection)
+    events: EventsSection = field(default_factory=EventsSection)
+    web: WebSection = field(default_factory=WebSection)
     trust: Mapping[str, tuple[str, ...]] = table(
         'peer = ["talk", "report", ...]',
         f"What each peer may ask of this entity: {', '.join(PEER_PERMISSIONS)}.\n"
@@ -286,6 +325,13 @@ class Config:
         "The federation's operators who may mint: the ledger counts a mint entry signed\n"
         "by one of these keys (`entityd economy mint`), as name = \"hex public key\".",
         hex_key, str.lower)
+    prices: Mapping[str, tuple[float, float]] = table(
+        '"provider/model" = [input, output]',
+        "What a model costs, in US dollars per million input and output tokens, as\n"
+        '"provider/model" = [input, output]; these add to and override the shipped table\n'
+        "(actors/llm/prices.toml). A model in neither is shown with its tokens, cost unknown.\n"
+        '"openrouter/moonshotai/kimi-k2" = [0.6, 2.5]',
+        _price_pair, lambda v: (float(v[0]), float(v[1])))
     operators: Mapping[str, str] = table(  # last: an entry appended to the file lands here
         'name = "hex public key"',
         'Extra keys allowed to drive this entity with entityctl, as name = "hex public key".\n'
@@ -371,6 +417,11 @@ def _check_across(parts: Mapping[str, Any]) -> None:
         ("peers.deliverables_per_peer_bytes",
          peers.deliverables_per_peer_bytes > peers.deliverables_max_bytes,
          "must not exceed peers.deliverables_max_bytes"),
+        ("web.host", parts["web"].enabled and not parts["web"].allow_remote
+         and not _loopback(parts["web"].host),
+         f"{parts['web'].host!r} is not a loopback address: the page would be reachable "
+         "from the network; set web.allow_remote = true behind TLS (a reverse proxy), or "
+         'web.host = "127.0.0.1"'),
         ("economy.accept_command", economy.auto_accept and not economy.accept_command.strip(),
          "economy.auto_accept = true pays a delivery once this command passes on it, and it "
          'is empty: set it (e.g. accept_command = "python3 -m unittest") or set '
@@ -378,6 +429,15 @@ def _check_across(parts: Mapping[str, Any]) -> None:
     ]:
         if wrong:
             raise ConfigError(where, problem)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _hub_link(nats: NatsSection, base: Path) -> NatsSection:
