@@ -6,9 +6,10 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from protocol import Envelope, Event, ProtocolError, kinds
+from protocol import Envelope, Event, Keyring, ProtocolError, kinds
 from protocol.errors import UnexpectedEncryption, UnexpectedKind
 
+from .eventlog import EventReader
 from .federated import FederationAccess
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ class Context:
 
     def __init__(
         self, transport: Transport, actor: str, ask_timeout: float, log: FilteringBoundLogger,
-        *, federated: bool = False,
+        *, federated: bool = False, reads_events: bool = False,
     ) -> None:
         self._transport = transport
         self.entity = transport.entity
@@ -42,6 +43,12 @@ class Context:
         self._federation: FederationAccess | None = None
         if federated:
             self._federation = FederationAccess(transport)
+        self._events: EventReader | None = None
+        if reads_events:
+            keyring = Keyring()  # the entity's own key; the reader's owner adds peers'
+            keyring.add(bytes(transport.key.verify_key), self.entity)
+            self._events = EventReader(transport.nc.jetstream(), self.entity, keyring,
+                                       max_bytes=transport.max_bytes)
 
     @property
     def federation(self) -> FederationAccess:
@@ -52,6 +59,14 @@ class Context:
             raise PermissionError(f"actor {self.actor} is not federated: it has no "
                                   "federation handle")
         return self._federation
+
+    @property
+    def events(self) -> EventReader:
+        """The EVENTS stream, read-only, for an actor that declares `reads_events = True`
+        (the web page's)."""
+        if self._events is None:
+            raise PermissionError(f"actor {self.actor} does not read the EVENTS stream")
+        return self._events
 
     async def ask(self, dst: str, message: object, timeout: float | None = None) -> Any:
         """Send `message` to actor `dst` ("entity/actor") and return its reply's record."""
@@ -87,6 +102,8 @@ class Actor:
     # True for an actor that speaks on the federation's subjects: its context then
     # carries the federation handle (Context.federation).
     federated: ClassVar[bool] = False
+    # True for an actor that reads the EVENTS stream back (Context.events).
+    reads_events: ClassVar[bool] = False
     ctx: Context
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -17,6 +17,7 @@ from protocol import Envelope, Event, Keyring, ProtocolError, subjects
 
 from . import bus, identity, localauth
 from .config import Config
+from .eventlog import EventReader, KeySource
 from .transport import Transport, wait_closed
 
 CTL_ACTOR = "ctl"
@@ -133,6 +134,15 @@ class EntityClient:
             # Closed already when the entity died: there is nothing left to unsubscribe.
             with contextlib.suppress(nats.errors.ConnectionClosedError):
                 await sub.unsubscribe()
+
+    def event_reader(self, refresh: KeySource | None = None) -> EventReader:
+        """The entity's EVENTS stream, verified with its key; `refresh` adds the keys
+        of peers whose events it holds (entityctl asks the peer actor)."""
+        assert self._transport is not None, "use `async with EntityClient(...)`"
+        keyring = Keyring()
+        keyring.add(self.entity_public, self.config.name)
+        return EventReader(self._transport.nc.jetstream(), self.config.name, keyring,
+                           max_bytes=self.config.protocol.max_message_bytes, refresh=refresh)
 
     async def ask(self, actor: str, message: object, timeout: float) -> Any:
         assert self._transport is not None, "use `async with EntityClient(...)`"

@@ -20,7 +20,7 @@ from nats.aio.client import Client
 
 from protocol import Keyring, Status
 
-from . import bus, federation, identity, localauth
+from . import bus, eventlog, federation, identity, localauth
 from .actor import Actor
 from .config import Config
 from .errors import EntitydError, NatsServerError
@@ -189,6 +189,7 @@ class Daemon:
             replay_capacity=cfg.protocol.replay_capacity,
             max_bytes=cfg.protocol.max_message_bytes,
         )
+        await eventlog.ensure(self._nc, cfg)  # before any actor emits its first event
         self.runtime = Runtime(transport, cfg.runtime)
         for name, factory in self._actors().items():
             self.runtime.add(name, factory)

@@ -125,6 +125,7 @@ class Supervisor:
                 self.ask_timeout,
                 log.bind(actor=child.name),
                 federated=actor.federated,
+                reads_events=actor.reads_events,
             )
             phase = "on_start"
             try:

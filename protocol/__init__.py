@@ -17,6 +17,7 @@ from .envelope import (
     new_id,
     now_ms,
     open,
+    open_stored_event,
     seal,
     verify_signature,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "new_id",
     "now_ms",
     "open",
+    "open_stored_event",
     "reasons",
     "seal",
     "subjects",

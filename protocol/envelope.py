@@ -292,6 +292,29 @@ def open(
     )
 
 
+class _Stored(ReplayGuard):
+    """The replay step of a stored event (section 6.1): history is not a replay."""
+
+    def admit(self, msg_id: bytes, ts_ms: int, now_ms: int, *, sender: bytes) -> None:
+        return None
+
+    def remember(self, msg_id: bytes, ts_ms: int, *, sender: bytes) -> None:
+        return None
+
+
+def open_stored_event(
+    wire: bytes, *, subject: str, keyring: Keyring, max_bytes: int = MAX_WIRE_BYTES
+) -> Envelope:
+    """Verify and decode an event read back from a stream (PROTOCOL.md section 6.1):
+    every step of `open` but the replay step, and only on a `fed.evt.` subject."""
+    route = _route(subject)
+    if route is None or route.family != "evt":
+        raise WrongSubject("only events are read back from a stream", subject=subject)
+    verified = verify_signature(wire, subject=subject, keyring=keyring, max_bytes=max_bytes)
+    return check_body(verified, subject=subject, local="*", replay=_Stored(),
+                      max_bytes=max_bytes)
+
+
 def verify_signature(
     wire: bytes, *, subject: str, keyring: Keyring, max_bytes: int = MAX_WIRE_BYTES
 ) -> Verified:

@@ -25,6 +25,11 @@ def event(entity: str, actor: str, typ: str) -> str:
     return f"fed.evt.{entity}.{actor}.{typ}"
 
 
+def events_of(entity: str) -> str:
+    """Every event of `entity` ("*": of every entity), as a subscription subject."""
+    return f"fed.evt.{entity}.>"
+
+
 def request(dst: str, src: str, op: str) -> str:
     return f"fed.req.{dst}.{src}.{op}"
 

@@ -47,3 +47,17 @@ def command(sub: Any, name: str, summary: str, example: str,
         name, help=summary, description=summary,
         epilog="example:\n" + "\n".join(f"  {line}" for line in example.splitlines()),
         formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+
+def duration(text: str) -> float:
+    """Seconds, from 90, 90s, 30m, 2h or 1d (an argparse type)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    scale = units.get(text[-1:], 1)
+    try:
+        seconds = float(text[:-1] if text[-1:] in units else text) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 30m, "
+                                         "2h or 1d") from None
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration is more than 0")
+    return seconds

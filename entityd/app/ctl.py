@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
-import json
 import os
 import sys
 import time
@@ -25,16 +23,17 @@ from actors.messages import (
     TodoItems,
     TodoList,
 )
-from protocol import Envelope, ProtocolError, Status, StatusGet
+from protocol import ProtocolError, Status, StatusGet
 
 from .. import config as config_mod
 from .. import logs
 from ..client import EntityClient, EntityDown
 from ..errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 from . import args as args_mod
-from . import ctl_ledger, ctl_peers
+from . import ctl_ledger, ctl_peers, ctl_watch
 from .args import command
 from .ctl_peers import print_json
+from .ctl_watch import render_progress
 
 EXIT_REFUSED = 3
 EXIT_UNREACHABLE = 4
@@ -129,10 +128,7 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true")
     history.set_defaults(run=_history)
 
-    watch = command(sub, "watch", "Print the entity's signed events as they happen, "
-                    "until Ctrl-C.", "entityctl watch --json")
-    watch.add_argument("--json", action="store_true")
-    watch.set_defaults(run=_watch)
+    ctl_watch.add_commands(sub)
     ctl_peers.add_commands(sub)
     ctl_ledger.add_commands(sub)
     return top
@@ -251,35 +247,6 @@ async def _history(client: EntityClient, args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created_at))
         print(f"{when} [{entry.conversation}] {entry.role}: {entry.content}")
     return 0
-
-
-async def _watch(client: EntityClient, args: argparse.Namespace) -> int:
-    async with client.events() as events:
-        # On stderr, so that stdout stays the events alone (--json).
-        print(f"watching {client.config.name}'s events on {client.url}; waiting for "
-              "events; Ctrl-C stops", file=sys.stderr, flush=True)
-        async for event in events:
-            if args.json:
-                print_json({"subject": event.subj, "src": event.src, "ts": event.ts,
-                             **dataclasses.asdict(event.message)})
-            else:
-                print(render_progress(event), flush=True)
-    return 0
-
-
-def render_progress(event: Envelope) -> str:
-    message = event.message
-    data = dict(message.data)
-    data.pop("task_id", None)
-    actor = event.src.split("/", 1)[1]
-    detail = " ".join(f"{k}={_short(v)}" for k, v in data.items())
-    return f"[{actor}] {message.type} {detail}".rstrip()
-
-
-def _short(value: Any, limit: int = 160) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    text = text.replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def render_status(status: Status) -> str:

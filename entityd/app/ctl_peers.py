@@ -32,6 +32,7 @@ from actors.peer.messages import (
 from actors.peer.outcomes import Verdict, verdict
 
 from ..client import EntityClient
+from . import args as args_mod
 from .args import command
 
 EXIT_UNKNOWN = 2
@@ -92,7 +93,7 @@ def add_commands(sub: Any) -> None:
     delegate.add_argument("title", help="the task, in a line")
     delegate.add_argument("--description", default="", help="details (default: the title)")
     delegate.add_argument("--deliverables", default="")
-    delegate.add_argument("--deadline", type=_duration, default=0.0,
+    delegate.add_argument("--deadline", type=args_mod.duration, default=0.0,
                           help="from now: seconds, or 90s, 30m, 2h (default: "
                           "peers.delegation_timeout)")
     delegate.add_argument("--price", type=int, default=0,
@@ -120,20 +121,6 @@ def add_commands(sub: Any) -> None:
 def _timeout(args: argparse.Namespace, seconds: float) -> float:
     """--timeout if given, else the peer actor's own limit and a margin."""
     return float(args.timeout) if args.timeout_given else seconds + MARGIN_S
-
-
-def _duration(text: str) -> float:
-    """Seconds, from 90, 90s, 30m or 2h."""
-    units = {"s": 1, "m": 60, "h": 3600}
-    scale = units.get(text[-1:], 1)
-    try:
-        seconds = float(text[:-1] if text[-1:] in units else text) * scale
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90, 30m "
-                                         "or 2h") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError("a deadline is after now")
-    return seconds
 
 
 def print_json(value: Any) -> None:
