@@ -13,6 +13,7 @@ from .health import HealthActor
 from .ledger.actor import LedgerActor
 from .llm import LLM, LLMError, TokenBudget, build_llm
 from .llm.budget import Budgets, Metered
+from .llm.cost import ModelCost
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
 from .peer.actor import PeerActor
@@ -75,6 +76,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
     workspace = Workspace(config.workspace_dir, config.name, config.sandbox, limits)
     trust = Trust(config.trust, config.peers.default_trust)
     steps = config.llm.max_steps_per_turn
+    cost = ModelCost.of(config.llm, config.prices)  # what each call's tokens cost
     return {
         HealthActor.name: lambda: HealthActor(status),
         MemoryActor.name: lambda: MemoryActor(config.memory_path),
@@ -83,7 +85,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         OrchestratorActor.name: lambda: OrchestratorActor(
             llm, steps, config.autonomy, config.peers, trust.allowed,
             goals_path=config.data_dir / "goals.sqlite3",
-            ledger_timeout=LEDGER_ATTEMPTS * config.economy.append_timeout),
+            ledger_timeout=LEDGER_ATTEMPTS * config.economy.append_timeout, cost=cost),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
         LedgerActor.name: lambda: LedgerActor(config),
     }

@@ -3,10 +3,12 @@
 It owns one MemoryStore (actors/memory_store/) and answers the memory kinds of
 actors/messages.py. Every memory carries its origin (the operator's, or a peer's turn),
 and a search may ask for one origin only: that is how a peer's turn recalls its own
-memories and nobody else's. A request with an unacceptable value (unknown kind or status,
-empty text, unknown todo id, a limit below 1) gets an `error` reply with code
-`bad_request`; the actor keeps serving. Events (no free text, only ids and kinds):
-`fed.evt.<entity>.memory.added` {kind, id, merged} and
+memories and nobody else's. It also keeps the token use and estimated cost of each LLM
+call (usage_add, told by the actor that made the call) and sums them per hour and per task
+(usage_get); those kinds are in actors/llm/messages.py. A request with an unacceptable
+value (unknown kind or status, empty text, unknown todo id, a limit below 1) gets an
+`error` reply with code `bad_request`; the actor keeps serving. Events (no free text,
+only ids and kinds): `fed.evt.<entity>.memory.added` {kind, id, merged} and
 `fed.evt.<entity>.memory.todo_changed` {id, status, priority, change: added|updated}.
 """
 
@@ -19,7 +21,8 @@ import protocol
 from entityd import Actor
 from protocol import Envelope, reasons
 
-from .memory_store import MAX_RECALL, MemoryStore, MemoryStoreError, Todo
+from .llm.messages import UsageAdd, UsageGet, UsageHour, UsageReport, UsageTask
+from .memory_store import MAX_RECALL, MemoryStore, MemoryStoreError, Todo, UsageCall, UsageWindow
 from .messages import (
     History,
     HistoryEntry,
@@ -43,7 +46,8 @@ CLOSE_TIMEOUT = 10.0
 
 class MemoryActor(Actor):
     name = "memory"
-    accepts = (MemoryAdd, MemorySearch, TodoAdd, TodoUpdate, TodoList, LogAppend, HistoryGet)
+    accepts = (MemoryAdd, MemorySearch, TodoAdd, TodoUpdate, TodoList, LogAppend, HistoryGet,
+               UsageAdd, UsageGet)
 
     def __init__(self, path: str | Path, *, synchronous: str = "NORMAL") -> None:
         self.path = Path(path)
@@ -121,6 +125,12 @@ class MemoryActor(Actor):
                     HistoryEntry(e.id, e.conversation, e.role, e.content, e.created_at)
                     for e in entries
                 ])
+            case UsageAdd(task_id, provider, model, prompt, completion, cost, ts, payer):
+                await store.add_usage(UsageCall(task_id, provider, model, prompt, completion,
+                                                cost, ts, payer))
+                return None
+            case UsageGet(since_s, task_limit):
+                return _usage(await store.usage(since_s, task_limit))
         raise TypeError(f"memory does not handle {typ}")  # a kind in `accepts` without a case
 
     async def _todo_changed(self, todo: Todo, change: str) -> None:
@@ -131,3 +141,13 @@ class MemoryActor(Actor):
 def _item(todo: Todo) -> TodoItem:
     return TodoItem(todo.id, todo.text, todo.status, todo.priority, todo.created_at,
                     todo.updated_at)
+
+
+def _usage(window: UsageWindow) -> UsageReport:
+    return UsageReport(
+        window.since,
+        [UsageHour(h.hour, h.provider, h.model, h.calls, h.prompt_tokens, h.completion_tokens,
+                   h.cost_micros, h.unknown_calls) for h in window.hours],
+        [UsageTask(t.task_id, t.payer, t.first_ts_ms, t.last_ts_ms, t.calls, t.prompt_tokens,
+                   t.completion_tokens, t.cost_micros, t.unknown_calls) for t in window.tasks],
+    )

@@ -36,6 +36,8 @@ from .ledger.tools import LedgerTools
 from .lessons import learn
 from .llm import LLM, BudgetExhausted, Completion, LLMError
 from .llm.budget import LLMSource
+from .llm.cost import ModelCost
+from .llm.usage import UsageMeter
 from .messages import (
     Goal,
     GoalAccepted,
@@ -104,8 +106,10 @@ class OrchestratorActor(Actor):
                  autonomy: AutonomySection | None = None,
                  peers: PeersSection | None = None,
                  grants: Callable[[str], Iterable[str]] | None = None,
-                 goals_path: Path | str = ":memory:", ledger_timeout: float = 40.0) -> None:
+                 goals_path: Path | str = ":memory:", ledger_timeout: float = 40.0,
+                 cost: ModelCost | None = None) -> None:
         self._llm = llm
+        self.cost = cost  # None: the turns' calls are not recorded in memory's usage
         self.ledger_timeout = ledger_timeout  # a ledger write, with its retries
         self.max_steps = max_steps
         self.autonomy = autonomy or AutonomySection()
@@ -286,7 +290,7 @@ class OrchestratorActor(Actor):
         await self._log(goal, "user", goal.text)
         tools = OrchestratorTools(self.ctx, goal.task_id, scope)
         try:
-            llm = CountingLLM(self._llm(scope.payer))
+            llm = CountingLLM(self._metered(self._llm(scope.payer), goal.task_id, scope.payer))
         except LLMError as exc:
             outcome = TurnOutcome(False, f"no model is available: {exc}", 0, "llm_error")
             await self._finish(goal, scope, outcome, tools, started, tokens=0)
@@ -321,6 +325,12 @@ class OrchestratorActor(Actor):
             self._auto.turns += 1
             self._auto.tokens += llm.tokens
         await self._finish(goal, scope, outcome, tools, started, llm.tokens)
+
+    def _metered(self, llm: LLM, task_id: str, payer: str) -> LLM:
+        """`llm` with each call's tokens and cost told to memory, under the turn's task."""
+        if self.cost is None:
+            return llm
+        return UsageMeter(llm, self.ctx, task_id, self.cost, payer)
 
     async def _settled_tasks(self) -> list[str]:
         """The tasks we delegated whose escrow was paid: "<task id> (<peer>)", from our

@@ -30,6 +30,7 @@ from .coder import CoderActor
 from .health import HealthActor
 from .ledger import messages as _ledger_messages  # noqa: F401  (registers its kinds)
 from .ledger.actor import LedgerActor
+from .llm import messages as _llm_messages  # noqa: F401  (registers its kinds)
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
 from .peer import messages as _peer_messages  # noqa: F401  (registers its kinds)
@@ -63,6 +64,8 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "todo_list": ("todo_items",),
     "log_append": ("ack",),
     "history_get": ("history",),
+    "usage_add": ("ack",),
+    "usage_get": ("usage",),
     "tool_call": ("tool_result",),
     "tool_specs_get": ("tool_specs",),
     "code_task": ("code_result",),

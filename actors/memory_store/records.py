@@ -114,6 +114,52 @@ class LogEntry:
     created_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class UsageCall:
+    """One LLM call's tokens and estimated cost, to store with `add_usage`."""
+
+    task_id: str
+    provider: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int | None  # micro-dollars; None: the model has no known price
+    ts_ms: int = 0  # ms since the epoch; 0: the store's clock
+    payer: str = ""  # "" the operator, else the peer whose budget paid
+
+
+@dataclass(frozen=True, slots=True)
+class HourUsage:
+    hour: int  # unix seconds, the start of the hour
+    provider: str
+    model: str
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int  # of the calls whose cost is known
+    unknown_calls: int  # calls of no known cost
+
+
+@dataclass(frozen=True, slots=True)
+class TaskUsage:
+    task_id: str
+    payer: str
+    first_ts_ms: int
+    last_ts_ms: int
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_micros: int  # of the calls whose cost is known
+    unknown_calls: int  # calls of no known cost
+
+
+@dataclass(frozen=True, slots=True)
+class UsageWindow:
+    since: int  # unix seconds, the start of the first hour
+    hours: list[HourUsage]  # oldest first
+    tasks: list[TaskUsage]  # newest (last call) first
+
+
 # ---- checks ----------------------------------------------------------------------------
 
 

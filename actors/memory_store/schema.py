@@ -89,8 +89,25 @@ DROP INDEX memories_by_norm;
 CREATE INDEX memories_by_norm ON memories (kind, norm, origin);
 """
 
+# Token use and estimated cost, one row per LLM call (usage.py); cost_micros is NULL when
+# the model had no known price. Rows older than the retention are pruned as rows are added.
+_SCHEMA_V3 = """
+CREATE TABLE llm_usage (
+    id INTEGER PRIMARY KEY,
+    ts INTEGER NOT NULL,
+    task_id TEXT NOT NULL,
+    payer TEXT NOT NULL DEFAULT '',
+    provider TEXT NOT NULL CHECK (length(provider) > 0),
+    model TEXT NOT NULL CHECK (length(model) > 0),
+    prompt_tokens INTEGER NOT NULL CHECK (prompt_tokens >= 0),
+    completion_tokens INTEGER NOT NULL CHECK (completion_tokens >= 0),
+    cost_micros INTEGER CHECK (cost_micros IS NULL OR cost_micros >= 0)
+);
+CREATE INDEX llm_usage_by_ts ON llm_usage (ts);
+"""
+
 # Migration N (1-based) brings a file from user_version N-1 to N. Append, never edit.
-MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
+MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2, _SCHEMA_V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -61,6 +61,7 @@ from .text import (
     signature,
 )
 from .todos import Todos
+from .usage import UsageLog
 
 HALF_LIFE_DAYS = 30.0
 RECENCY_WEIGHT = 0.5
@@ -79,7 +80,7 @@ _MEMORY_COLUMNS = (
 _MEMORY_COLUMNS_M = ", ".join("m." + c.strip() for c in _MEMORY_COLUMNS.split(","))
 
 
-class MemoryStore(Todos, ConversationLog):
+class MemoryStore(Todos, ConversationLog, UsageLog):
     """Async access to one entity's memory file. `await MemoryStore.open(path)`, then
     `await store.close()`; or `async with await MemoryStore.open(path) as store`."""
 
