@@ -20,6 +20,8 @@ from .peer.actor import PeerActor
 from .peer.policy import Trust
 from .sandbox.cgroup import SharedLimits
 from .tool import ToolActor
+from .web.actor import WebActor
+from .web.auth import LoginLinks
 from .workspace import Workspace
 
 ActorFactory = Callable[[], Actor]
@@ -70,14 +72,14 @@ def sandbox_limits(config: Config) -> SharedLimits:
 
 
 def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM,
-                    supervision: Supervision,
-                    limits: SharedLimits | None = None) -> dict[str, ActorFactory]:
+                    supervision: Supervision, limits: SharedLimits | None = None,
+                    links: LoginLinks | None = None) -> dict[str, ActorFactory]:
     limits = limits or sandbox_limits(config)
     workspace = Workspace(config.workspace_dir, config.name, config.sandbox, limits)
     trust = Trust(config.trust, config.peers.default_trust)
     steps = config.llm.max_steps_per_turn
     cost = ModelCost.of(config.llm, config.prices)  # what each call's tokens cost
-    return {
+    actors: dict[str, ActorFactory] = {
         HealthActor.name: lambda: HealthActor(status),
         MemoryActor.name: lambda: MemoryActor(config.memory_path),
         ToolActor.name: lambda: ToolActor(config, limits),
@@ -89,6 +91,10 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
         LedgerActor.name: lambda: LedgerActor(config),
     }
+    if config.web.enabled:
+        login_links = links or LoginLinks()
+        actors[WebActor.name] = lambda: WebActor(config, login_links)
+    return actors
 
 
 class StandardAssembly:
@@ -98,6 +104,7 @@ class StandardAssembly:
     def __init__(self, config: Config, environ: Mapping[str, str]) -> None:
         self.config = config
         self.llm = SharedLLM(config, environ)
+        self.links = LoginLinks()  # outlive a restart of the web actor
         self.limits = sandbox_limits(config)
 
     @property
@@ -106,7 +113,8 @@ class StandardAssembly:
 
     def actors(self, status: Callable[[], Status],
                supervision: Supervision) -> dict[str, ActorFactory]:
-        return standard_actors(self.config, status, self.llm, supervision, self.limits)
+        return standard_actors(self.config, status, self.llm, supervision, self.limits,
+                               self.links)
 
     async def aclose(self) -> None:
         try:

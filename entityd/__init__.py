@@ -17,6 +17,7 @@ from .config import (
     LlmSection,
     PeersSection,
     SandboxSection,
+    WebSection,
 )
 from .errors import (
     ActorDeadError,
@@ -26,6 +27,7 @@ from .errors import (
     PeerUnavailable,
     RemoteError,
 )
+from .eventlog import EventReader, StoredEvent
 from .federated import FederationAccess
 from .logs import configure as configure_logging
 from .logs import get as get_logger
@@ -42,6 +44,7 @@ __all__ = [
     "Context",
     "EntitydError",
     "Envelope",
+    "EventReader",
     "FederationAccess",
     "Later",
     "LlmSection",
@@ -49,7 +52,9 @@ __all__ = [
     "PeersSection",
     "RemoteError",
     "SandboxSection",
+    "StoredEvent",
     "Supervision",
+    "WebSection",
     "configure_logging",
     "get_logger",
     "kind",

@@ -88,6 +88,36 @@ class StoredEvent:
 KeySource = Callable[[], Awaitable[None]]
 
 
+class Follower:
+    """The verified events of one consumer, in stream order: iterate, or take the next
+    with a timeout (None when none came: the stream stays where it was)."""
+
+    def __init__(self, reader: EventReader, sub: JetStreamContext.PushSubscription) -> None:
+        self._reader = reader
+        self._sub = sub
+
+    async def next(self, timeout: float) -> StoredEvent | None:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await self._sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:
+                return None
+            stored = await self._reader.stored(msg)
+            if stored is not None:
+                return stored
+        return None
+
+    def __aiter__(self) -> Follower:
+        return self
+
+    async def __anext__(self) -> StoredEvent:
+        while True:
+            stored = await self.next(3600.0)
+            if stored is not None:
+                return stored
+
+
 class EventReader:
     """Reads one entity's EVENTS stream: verified events, from a position, then live.
 
@@ -112,7 +142,7 @@ class EventReader:
 
     @contextlib.asynccontextmanager
     async def follow(self, *, after: int | None = None, since: float | None = None
-                     ) -> AsyncIterator[AsyncIterator[StoredEvent]]:
+                     ) -> AsyncIterator[Follower]:
         """Events with a sequence above `after`, or stored since the unix time `since`,
         or (neither) only new ones; the consumer is live when the block is entered."""
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
@@ -126,19 +156,18 @@ class EventReader:
         sub = await self.js.subscribe(">", stream=self.stream, ordered_consumer=True,
                                       config=config, idle_heartbeat=5.0)
         try:
-            yield self._verified(sub.messages)
+            yield Follower(self, sub)
         finally:
             with contextlib.suppress(nats.errors.Error, asyncio.CancelledError):
                 await sub.unsubscribe()
 
-    async def _verified(self, messages: AsyncIterator[Msg]
-                        ) -> AsyncIterator[StoredEvent]:
-        async for msg in messages:
-            envelope = await self.open(msg.data, msg.subject)
-            if envelope is None or not isinstance(envelope.message, Event):
-                continue  # forged, or a presence heartbeat rather than an event
-            assert msg.metadata is not None and msg.metadata.sequence is not None
-            yield StoredEvent(msg.metadata.sequence.stream, envelope)
+    async def stored(self, msg: Msg) -> StoredEvent | None:
+        """The verified event `msg` carries; None for a forged one or a heartbeat."""
+        envelope = await self.open(msg.data, msg.subject)
+        if envelope is None or not isinstance(envelope.message, Event):
+            return None
+        assert msg.metadata is not None and msg.metadata.sequence is not None
+        return StoredEvent(msg.metadata.sequence.stream, envelope)
 
     async def open(self, data: bytes, subject: str) -> Envelope | None:
         try:

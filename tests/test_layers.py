@@ -33,7 +33,8 @@ from tests.helpers import NatsServer
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_API = {
     "PEER_PERMISSIONS", "Actor", "ActorDeadError", "AskTimeout", "AutonomySection",
-    "Config", "ConfigError", "Context", "EntitydError", "Envelope", "FederationAccess",
+    "Config", "ConfigError", "Context", "EntitydError", "Envelope", "EventReader",
+    "FederationAccess", "StoredEvent", "WebSection",
     "LlmSection", "Later", "PeerUnavailable", "PeersSection", "RemoteError",
     "SandboxSection", "Supervision", "configure_logging", "get_logger", "kind",
     "unsubscribe",

@@ -23,6 +23,7 @@ from actors.messages import (
     TodoItems,
     TodoList,
 )
+from actors.web.messages import WebLink, WebLogin
 from protocol import ProtocolError, Status, StatusGet
 
 from .. import config as config_mod
@@ -129,6 +130,10 @@ def parser() -> argparse.ArgumentParser:
     history.set_defaults(run=_history)
 
     ctl_watch.add_commands(sub)
+    web = command(sub, "web", "Print the entity's web page and a login link for it (good "
+                  "once, for 5 minutes).", "entityctl web")
+    web.add_argument("--json", action="store_true")
+    web.set_defaults(run=_web)
     ctl_peers.add_commands(sub)
     ctl_ledger.add_commands(sub)
     return top
@@ -246,6 +251,26 @@ async def _history(client: EntityClient, args: argparse.Namespace) -> int:
     for entry in history.entries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry.created_at))
         print(f"{when} [{entry.conversation}] {entry.role}: {entry.content}")
+    return 0
+
+
+async def _web(client: EntityClient, args: argparse.Namespace) -> int:
+    if not client.config.web.enabled:
+        where = client.config.path or "its entityd.toml"
+        print(f"entityctl: {client.config.name}'s web page is off: set enabled = true under "
+              f"[web] in {where} and restart the entity", file=sys.stderr)
+        return 2
+    link: WebLink = await client.ask("web", WebLogin(), REPLY_TIMEOUT_S)
+    if args.json:
+        print_json(link)
+        return 0 if link.url else EXIT_UNREACHABLE
+    if not link.url:
+        print(f"entityctl: {client.config.name}'s web page is not serving: {link.problem}",
+              file=sys.stderr)
+        return EXIT_UNREACHABLE
+    print(f"{client.config.name}'s page: {link.url}")
+    print(f"log in (the link works once, for {int(link.expires_in // 60)} minutes):")
+    print(link.login)
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import nats.js.errors
 
+from actors.peer import keys
 from actors.peer.messages import Peers, PeersGet
 from protocol import Envelope
 
@@ -90,11 +91,7 @@ async def add_peer_keys(client: EntityClient, reader: EventReader) -> None:
         peers: Peers = await client.ask("peer", PeersGet(), PEERS_TIMEOUT_S)
     except EntitydError:
         return
-    for peer in peers.peers:
-        try:
-            reader.keyring.add(bytes.fromhex(peer.public_key), peer.name)
-        except ValueError:  # already there, or a key that does not parse
-            continue
+    keys.pin(reader.keyring, peers)
 
 
 def _print(event: Envelope, seq: int | None, args: argparse.Namespace,

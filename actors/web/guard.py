@@ -1,0 +1,150 @@
+"""The page's front door, in front of every route (pure ASGI, so event streams pass
+through untouched): where a request may come from, who sent it, and the headers every
+answer carries.
+
+In order: a page bound to loopback answers only loopback clients, and only for a Host
+naming loopback (a DNS-rebinding site cannot borrow the browser); then every request but
+the login and the static files needs a valid session cookie; then every state-changing
+request needs the session's CSRF token in X-CSRF-Token and, when the browser says where
+it came from (Origin, Sec-Fetch-Site), this very origin.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import SimpleCookie
+from typing import Any
+
+from .auth import CSRF_HEADER, Sessions
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+SECURITY_HEADERS = [
+    (b"content-security-policy", CSP.encode()),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),
+    (b"x-frame-options", b"DENY"),
+    (b"cross-origin-opener-policy", b"same-origin"),
+    (b"cross-origin-resource-policy", b"same-origin"),
+    (b"cache-control", b"no-store"),
+]
+OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
+SAFE_METHODS = ("GET", "HEAD")
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def session_cookie(scope: Scope, name: str) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == b"cookie":
+            jar: SimpleCookie = SimpleCookie()
+            try:
+                jar.load(value.decode("latin-1"))
+            except Exception:  # a malformed Cookie header is no session
+                return None
+            morsel = jar.get(name)
+            return morsel.value if morsel else None
+    return None
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, sessions: Sessions, *, loopback_only: bool,
+                 port: Callable[[], int]) -> None:
+        self.app = app
+        self.sessions = sessions
+        self.loopback_only = loopback_only
+        self.port = port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *SECURITY_HEADERS]
+            await send(message)
+
+        refusal = self.refusal(scope)
+        if refusal is not None:
+            status, code, text = refusal
+            if code == "no_session" and scope.get("path") == "/":
+                await with_headers({"type": "http.response.start", "status": 303,
+                                    "headers": [(b"location", b"/login")]})
+                await with_headers({"type": "http.response.body", "body": b""})
+                return
+            await _json(with_headers, status, {"error": code, "message": text})
+            return
+        await self.app(scope, receive, with_headers)
+
+    def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
+        """(status, reason code, why) for a request that may not pass; None if it may."""
+        client = scope.get("client") or ("", 0)
+        if self.loopback_only and not is_loopback(client[0]):
+            return 403, "not_loopback", "this page answers only on this machine"
+        host = header(scope, b"host") or ""
+        if self.loopback_only and not self._own_host(host):
+            return 421, "wrong_host", f"this page is not served for Host {host[:80]!r}"
+        path: str = scope.get("path", "")
+        method: str = scope.get("method", "GET")
+        if path.startswith(OPEN_PATHS):
+            if method not in SAFE_METHODS and not self._same_origin(scope, host):
+                return 403, "cross_site", "a login from another site is refused"
+            return None
+        cookie = session_cookie(scope, self.sessions.cookie)
+        if not self.sessions.valid(cookie):
+            return 401, "no_session", "log in with the link `entityctl web` prints"
+        assert cookie is not None
+        if method not in SAFE_METHODS:
+            if not self.sessions.csrf_ok(cookie, header(scope, CSRF_HEADER.encode())):
+                return 403, "csrf", "the request lacks this page's CSRF token"
+            if not self._same_origin(scope, host):
+                return 403, "cross_site", "a request from another site is refused"
+        return None
+
+    def _own_host(self, host: str) -> bool:
+        name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+        if not name:
+            name, port = host, ""
+        return is_loopback(name) and port in ("", str(self.port()))
+
+    @staticmethod
+    def _same_origin(scope: Scope, host: str) -> bool:
+        fetch_site = header(scope, b"sec-fetch-site")
+        if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+            return False
+        origin = header(scope, b"origin")
+        if origin is None:
+            return True  # not a browser's cross-site request: browsers send Origin on POST
+        return origin in (f"http://{host}", f"https://{host}")
+
+
+async def _json(send: Send, status: int, body: dict[str, str]) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
