@@ -66,6 +66,14 @@ def make_entity(
     return path
 
 
+def enable_web(config: Path, port: int = 0) -> None:
+    """Turn the member's web page on (port 0: any free one; `entityctl web` says which)."""
+    edit(config, "\nenabled = false         # serve the page",
+         "\nenabled = true          # serve the page")
+    if port:
+        edit(config, "port = 0                # its port", f"port = {port}  # its port")
+
+
 def edited(text: str, old: str, new: str) -> str:
     """`text` with its first `old` replaced; BenchError if there is none (the starter
     config changed under whoever edits it)."""
