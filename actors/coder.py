@@ -1,30 +1,44 @@
-"""The coder actor: a coding sub-agent on the git workspace; the daemon commits its work."""
+"""The coder actor: a coding sub-agent on the git workspace; the daemon commits its work.
+It also shows the workspace's commits and diffs (for the entity's page) while it codes."""
 
 from __future__ import annotations
 
-from entityd import Actor
-from protocol import Envelope
+import asyncio
 
-from . import prompts
+import protocol
+from entityd import Actor, Later
+from protocol import Envelope, reasons
+
+from . import commits, prompts
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import summarize
 from .llm import LLMError
 from .llm.budget import LLMSource
-from .messages import CodeResult, CodeTask
+from .messages import CodeResult, CodeTask, CommitDiff, CommitDiffGet, Commits, CommitsGet
 from .remote_tools import RemoteTools
 from .turn_scope import WORKSPACE_TOOLS
 from .workspace import GitError, Workspace
 
+# Coding tasks waiting for the one running, and queries of the history answered at once;
+# past these a request is answered `busy`.
+WAITING_TASKS = 16
+QUERIES = 8
+
 
 class CoderActor(Actor):
     name = "coder"
-    accepts = (CodeTask,)
+    accepts = (CodeTask, CommitsGet, CommitDiffGet)
 
     def __init__(self, llm: LLMSource, workspace: Workspace, max_steps: int) -> None:
         self._llm_factory = llm
         self.workspace = workspace
         self.max_steps = max_steps
         self._tools = RemoteTools(self)
+        # Tasks run one at a time, in arrival order, beside the mailbox: a query of the
+        # history is answered while a task is coding.
+        self._turn = asyncio.Lock()
+        self._tasks = 0  # running and waiting
+        self._queries = 0
 
     async def on_start(self) -> None:
         try:
@@ -45,8 +59,42 @@ class CoderActor(Actor):
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
             case CodeTask() as task:
-                return await self._code(task)
+                if self._tasks > WAITING_TASKS:
+                    return protocol.Error(reasons.BUSY, f"{self._tasks} coding tasks are "
+                                          "already running or waiting; retry later")
+                self._tasks += 1
+                return Later(self._one_at_a_time(task))
+            case CommitsGet() | CommitDiffGet() as query:
+                if self._queries >= QUERIES:
+                    return protocol.Error(reasons.BUSY, f"{QUERIES} queries of the "
+                                          "workspace's history are running; retry later")
+                self._queries += 1
+                return Later(self._history(query))
         raise TypeError(f"coder does not handle {envelope.typ}")
+
+    async def _one_at_a_time(self, task: CodeTask) -> CodeResult:
+        try:
+            async with self._turn:
+                return await self._code(task)
+        finally:
+            self._tasks -= 1
+
+    async def _history(self, query: CommitsGet | CommitDiffGet
+                       ) -> Commits | CommitDiff | protocol.Error:
+        """The workspace's commits, or one with its diff, for the entity's page."""
+        try:
+            if isinstance(query, CommitsGet):
+                page, more = await commits.commits(self.workspace, query.limit, query.before)
+                return Commits(page, more)
+            return await commits.commit_diff(self.workspace, query.sha)
+        except commits.QueryRefused as exc:
+            return protocol.Error(exc.code, exc.message)
+        except GitError as exc:
+            return protocol.Error(reasons.UNAVAILABLE, f"the workspace's git: {exc}")
+        finally:
+            self._queries -= 1
+
+    # ---- coding ---------------------------------------------------------------------------
 
     async def _code(self, task: CodeTask) -> CodeResult:
         try:

@@ -242,3 +242,71 @@ class CodeResult:
     commit: str = ""  # the daemon's commit of the work, if anything changed
     diffstat: str = ""
     steps: int = 0
+
+
+# ---- the workspace's commits (answered by the coder, beside its coding turn) -----------
+
+
+@kind("commits_get")
+@dataclass(frozen=True, slots=True)
+class CommitsGet:
+    """The workspace's commits (HEAD's history), newest first; refused with `bad_request`
+    for a `limit` outside 1..200 or a `before` that is not 4 to 40 hex digits."""
+
+    limit: int = 30
+    # Paging: the commits that come after this one (a full sha or a prefix) in HEAD's
+    # history, as `commits` listed it; empty: from HEAD. Not in that history: `not_found`.
+    before: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    sha: str
+    parents: list[str]  # the first 16
+    author: str  # the author's name, as the commit has it (its first 100 characters)
+    ts: int  # the author's time, unix seconds
+    subject: str  # the message's first line (its first 300 characters)
+    # Against the first parent (nothing for the root commit); a binary file counts no
+    # lines, a withheld one (see FileChange) neither.
+    files_changed: int
+    insertions: int
+    deletions: int
+
+
+@kind("commits")
+@dataclass(frozen=True, slots=True)
+class Commits:
+    commits: list[CommitInfo]
+    more: bool = False  # older commits follow: ask again with `before` the last sha
+
+
+@kind("commit_diff_get")
+@dataclass(frozen=True, slots=True)
+class CommitDiffGet:
+    """One commit of the workspace's branches with its diff; refused with `bad_request`
+    for a `sha` that is not 4 to 40 hex digits, `not_found` for one that names no commit
+    on a branch (or more than one)."""
+
+    sha: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    path: str  # as git has it; bytes that are not UTF-8 show as U+FFFD
+    insertions: int
+    deletions: int
+    binary: bool = False  # git counts no lines of it
+    # A path the file tools refuse (.env*, key files, .git): its change is listed, its
+    # lines are not counted and its hunk is left out of the diff.
+    withheld: bool = False
+
+
+@kind("commit_diff")
+@dataclass(frozen=True, slots=True)
+class CommitDiff:
+    sha: str
+    subject: str
+    diff: str  # the unified diff against the first parent, without withheld paths' hunks
+    truncated: bool  # the diff was cut at a line end below 200,000 bytes (in UTF-8)
+    files: list[FileChange]
+    files_cut: int = 0  # files it changes past the first 1,000 (or 200,000 bytes of paths)

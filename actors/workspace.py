@@ -123,6 +123,11 @@ class Workspace:
         code, out = await self._exec(program, input=input, check=check)
         return code, out.decode(errors="replace")
 
+    async def output(self, program: Sequence[str], *, input: bytes | None = None) -> bytes:
+        """`run`'s standard output as git wrote it, for output framed by byte counts or
+        holding file names that are not UTF-8; a failure raises GitError."""
+        return (await self._exec(program, input=input))[1]
+
     async def _exec(self, program: Sequence[str], *, input: bytes | None = None,
                     check: bool = True) -> tuple[int, bytes]:
         """`run`, its standard output as bytes."""

@@ -115,22 +115,28 @@ ACTOR_RESTARTED = _reason(
 BAD_REQUEST = _reason(
     "bad_request", "the memory actor cannot do what was asked: a `limit` below 1, a "
     "`todo_update` that changes nothing, an unknown memory kind or todo status, an empty "
-    "text, an importance outside 0..1, an unknown todo or memory id", counted="no")
+    "text, an importance outside 0..1, an unknown todo or memory id; the coder refuses a "
+    "`commits_get` whose `limit` is outside 1..200, and a `before` or `sha` that is not 4 "
+    "to 40 hex digits", counted="no")
 BUSY = _reason(
     "busy", "the orchestrator's goal queue, or the queue of one peer's turns, is full; a "
-    "deliverable cannot be read now; retry later", counted="no")
+    "deliverable cannot be read now; the coder has too many coding tasks waiting, or "
+    "queries of the workspace's history running; retry later", counted="no")
 BUDGET_EXHAUSTED = _reason(
     "budget_exhausted", "the token budget that would pay for the turn (the operator's or "
     "the peer's) is spent for this hour", counted="no")
 NOT_FOUND = _reason(
     "not_found", "a `deliverable_get` for a deliverable the delegate does not keep "
-    "(expired, or never made)", counted="no")
+    "(expired, or never made); a `commit_diff_get` whose `sha` names no commit on a branch "
+    "of the workspace, or more than one; a `commits_get` whose `before` is not in HEAD's "
+    "history", counted="no")
 TIMEOUT = _reason(
     "timeout", "a peer's `talk` whose turn did not finish within `peers.talk_timeout`",
     counted="no")
 UNAVAILABLE = _reason(
     "unavailable", "a peer's `talk` that the receiving entity's orchestrator could not "
-    "take", counted="no")
+    "take; a query of the workspace's history whose git could not run (no sandbox here, "
+    "a broken repository)", counted="no")
 UNKNOWN_OP = _reason(
     "unknown_op", "a federation request of the right kind for its operation that the "
     "receiver has no handler for (not sent by the reference, which checks operations "
