@@ -83,7 +83,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         HealthActor.name: lambda: HealthActor(status),
         MemoryActor.name: lambda: MemoryActor(config.memory_path),
         ToolActor.name: lambda: ToolActor(config, limits),
-        CoderActor.name: lambda: CoderActor(llm, workspace, steps),
+        CoderActor.name: lambda: CoderActor(llm, workspace, steps, cost),
         OrchestratorActor.name: lambda: OrchestratorActor(
             llm, steps, config.autonomy, config.peers, trust.allowed,
             goals_path=config.data_dir / "goals.sqlite3",

@@ -14,6 +14,8 @@ from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import summarize
 from .llm import LLMError
 from .llm.budget import LLMSource
+from .llm.cost import ModelCost
+from .llm.usage import UsageMeter
 from .messages import CodeResult, CodeTask, CommitDiff, CommitDiffGet, Commits, CommitsGet
 from .remote_tools import RemoteTools
 from .turn_scope import WORKSPACE_TOOLS
@@ -29,8 +31,10 @@ class CoderActor(Actor):
     name = "coder"
     accepts = (CodeTask, CommitsGet, CommitDiffGet)
 
-    def __init__(self, llm: LLMSource, workspace: Workspace, max_steps: int) -> None:
+    def __init__(self, llm: LLMSource, workspace: Workspace, max_steps: int,
+                 cost: ModelCost | None = None) -> None:
         self._llm_factory = llm
+        self.cost = cost  # None: its calls are not recorded in memory's usage
         self.workspace = workspace
         self.max_steps = max_steps
         self._tools = RemoteTools(self)
@@ -101,6 +105,8 @@ class CoderActor(Actor):
             llm = self._llm_factory(task.payer)  # a peer's task spends the peer's budget
         except LLMError as exc:
             return CodeResult(False, f"the coder has no model: {exc}")
+        if self.cost is not None:
+            llm = UsageMeter(llm, self.ctx, task.task_id, self.cost, task.payer)
         tools = await self._tools.get(private=task.private)
         if task.payer:  # a peer's task: the workspace, not whatever else the tool actor offers
             tools = [tool for tool in tools if tool.name in WORKSPACE_TOOLS]

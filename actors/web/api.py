@@ -20,6 +20,8 @@ from protocol import StatusGet
 from ..ledger.messages import BalanceGet, LedgerGet, ReputationGet
 from ..llm.messages import UsageGet
 from ..messages import (
+    CommitDiffGet,
+    CommitsGet,
     Goal,
     MemorySearch,
     TodoAdd,
@@ -201,3 +203,18 @@ class Api:
         entries = await self.ask("ledger", LedgerGet(limit=int_param(request, "limit", 50,
                                                                       1, 500)), 10.0)
         return reply({"balance": balance, "entries": entries.entries})
+
+    # ---- the workspace ------------------------------------------------------------------
+
+    async def commits(self, request: Request) -> Response:
+        before = request.query_params.get("before", "")
+        limit = int_param(request, "limit", 30, 1, 200)
+        return reply(await self.ask("coder", CommitsGet(limit=limit, before=before), 30.0))
+
+    async def commit_diff(self, request: Request) -> Response:
+        return reply(await self.ask("coder", CommitDiffGet(request.path_params["sha"]), 30.0))
+
+    async def services(self, request: Request) -> Response:
+        """The services the entity runs; none until it has a services actor."""
+        return reply({"services": [], "note": "This entity runs no services (services.toml "
+                      "in its workspace declares them once the services actor exists)."})

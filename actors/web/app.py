@@ -92,6 +92,9 @@ def build(api: Api, pages: Pages, events: Handler, *, loopback_only: bool,
         Route("/api/talk", g(api.talk), methods=["POST"]),
         Route("/api/tasks", g(api.tasks)),
         Route("/api/ledger", g(api.ledger)),
+        Route("/api/commits", g(api.commits)),
+        Route("/api/commits/{sha}", g(api.commit_diff)),
+        Route("/api/services", g(api.services)),
     ]
     return Guard(Starlette(routes=routes), pages.sessions, loopback_only=loopback_only,
                  port=lambda: port)

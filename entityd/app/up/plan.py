@@ -78,6 +78,7 @@ class Plan:
     treasury: Path
     children: list[Child]
     allowances: dict[str, int]
+    pages: dict[str, int | None]  # each entity's web page port (0: a free one; None: none)
 
     def of_kind(self, *kinds: str) -> list[Child]:
         return [child for child in self.children if child.kind in kinds]
@@ -121,6 +122,8 @@ def prepare(spec: Spec) -> Plan:
             ("economy", "accept_command", entity.accept_command),
             *([("llm", "provider", entity.provider)] if entity.provider != DEMO else []),
             *([("llm", "model", entity.model)] if entity.model else []),
+            ("web", "enabled", entity.web is not None),
+            *([("web", "port", entity.web)] if entity.web is not None else []),
         ]:
             text = toml_set(text, section, key, json.dumps(value))
         config.write_text(text)
@@ -155,7 +158,8 @@ def prepare(spec: Spec) -> Plan:
                              "the key there, or delete the file to have it made again)") \
                 from None
     return Plan(spec, f"nats://{HOST}:{ports['hub']}", treasury, children + daemons,
-                {e.name: e.allowance for e in spec.entities})
+                {e.name: e.allowance for e in spec.entities},
+                {e.name: e.web for e in spec.entities})
 
 
 def _ports(spec: Spec) -> dict[str, int]:

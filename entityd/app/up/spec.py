@@ -19,6 +19,8 @@ into a checked Spec; a mistake is one FileError naming the key and the fix.
     interval = 10.0            # seconds between its wake-ups (default 10)
     accept_command = "python3 -m unittest"   # what a delivery it paid for must pass
                                # (economy.auto_accept is on with autonomy)
+    web = 8001                 # its web page on this loopback port (0: any free one;
+                               # absent: no page); `entityctl web` prints the login link
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class EntitySpec:
     mission: str = ""
     interval: float = DEFAULT_INTERVAL
     accept_command: str = DEFAULT_ACCEPT
+    web: int | None = None  # the page's port (0: any free one); None: no page
 
 
 @dataclass(frozen=True)
@@ -160,7 +163,7 @@ def _entity(name: str, all_raw: Mapping[str, Any], allowance: int, over: Overrid
     at = f"entities.{name}"
     raw = _table(all_raw, name, fail, at)
     _only(raw, ("provider", "model", "port", "trust", "allowance", "autonomy", "mission",
-                "interval", "accept_command"), at + ".", fail)
+                "interval", "accept_command", "web"), at + ".", fail)
     provider = over.providers.get(name) or _get(raw, "provider", str, DEMO, at + ".provider",
                                                 fail)
     if provider == "scripted":
@@ -193,7 +196,17 @@ def _entity(name: str, all_raw: Mapping[str, Any], allowance: int, over: Overrid
         _get(raw, "mission", str, "", at + ".mission", fail),
         _interval(_get(raw, "interval", float, DEFAULT_INTERVAL, at + ".interval", fail),
                   at + ".interval", fail),
-        _get(raw, "accept_command", str, DEFAULT_ACCEPT, at + ".accept_command", fail))
+        _get(raw, "accept_command", str, DEFAULT_ACCEPT, at + ".accept_command", fail),
+        _web_port(raw, at + ".web", fail))
+
+
+def _web_port(raw: Mapping[str, Any], key: str, fail: Any) -> int | None:
+    if "web" not in raw:
+        return None
+    port = _get(raw, "web", int, 0, key, fail)
+    if not 0 <= port < 65536:
+        raise fail(key, f"{port} is not a port number (1-65535, or 0 for any free one)")
+    return int(port)
 
 
 def _interval(seconds: float, key: str, fail: Any) -> float:

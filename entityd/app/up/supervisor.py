@@ -228,8 +228,12 @@ class Supervisor:
             f"  entityctl --config {first.config} status",
             f"  entityctl --config {first.config} peers",
             *([f'  entityctl --config {first.config} talk {peer} "hi"'] if peer else []),
-            f"  entityctl --config {first.config} watch",
+            f"  entityctl --config {first.config} watch --all",
+            *([f"  entityctl --config {first.config} web    # its web page, "
+               "with a login link"] if self.plan.pages.get(first.name) is not None else []),
             *[f"  ({d.name} likewise with --config {d.config})" for d in daemons[1:]],
+            *[f"{name}'s page: http://{HOST}:{port}/" for name, port in self.plan.pages.items()
+              if port],
             "Logs:",
             *[f"  {c.log}" for c in self.plan.children],
             f"`entityd ps {self.plan.spec.path}` lists the processes; Ctrl-C (or `entityd "
