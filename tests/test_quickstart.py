@@ -35,7 +35,7 @@ NOT_RUN = {
 READY = {
     "./deploy/start-pair.sh": "pair ready",
     "entityd run": "entityd_ready",
-    "entityctl watch": "watching entity-a's events",  # its banner
+    "entityctl watch": "Ctrl-C stops",  # the end of its banner, with or without --all
 }
 
 # Seconds a command may be run again until it succeeds with the key line: the README says
