@@ -125,9 +125,8 @@ function chatEvent(task, event) {
   if (event.type === "turn_started") {
     node.prepend(el("p", {class: "you"}, event.data.goal || "(goal)"));
   } else if (event.type === "step") {
-    const d = event.data;
-    const what = d.tool ? `${d.tool} ${short(d.args || "", 200)}` : short(d.thought || d.text || d, 200);
-    node.querySelector(".steps").append(el("li", {"data-seq": event.seq}, what));
+    node.querySelector(".steps").append(el("li", {"data-seq": event.seq, class: event.data.kind || ""},
+      describeStep(event.data)));
   } else if (event.type === "answer") {
     const d = event.data;
     const answer = el("div", {class: d.ok ? "answer" : "answer failed"}, el("p", {}, d.text || ""));
@@ -137,6 +136,15 @@ function chatEvent(task, event) {
     node.append(answer);
   }
   node.scrollIntoView({block: "end"});
+}
+
+function describeStep(d) {
+  if (d.kind === "action") {
+    const tools = (d.tools || []).length ? `→ ${d.tools.join(", ")}` : "";
+    return [short(d.text || "", 300), tools].filter(Boolean).join(" ");
+  }
+  if (d.kind === "observation") return `${d.tool}: ${d.ok ? "" : "failed: "}${short(d.output || "", 300)}`;
+  return short(d.text || JSON.stringify(d), 300);
 }
 
 document.getElementById("goal-form").addEventListener("submit", async (submit) => {
