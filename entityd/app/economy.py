@@ -39,6 +39,7 @@ from .. import federation, identity, localauth, logs
 from ..errors import EntitydError
 from ..federated import FederationAccess
 from ..transport import Transport
+from .args import command
 
 TREASURER = "treasury"  # the hub user's name, and its reply inboxes' (_i.treasury.>)
 ATTEMPTS = 5
@@ -47,9 +48,16 @@ TIMEOUT_S = 10.0
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="economy_command", required=True)
-    for name, text in (("init", "make the LEDGER stream (once; idempotent)"),
-                       ("mint", "credit an entity with new money")):
-        cmd = sub.add_parser(name, help=text)
+    examples = {
+        "init": "entityd economy init --hub nats://hub:4222 --data-dir /etc/entityd-hub/"
+                "treasury\nentityd economy init --config ~/entities/entity-a/entityd.toml",
+        "mint": "entityd economy mint entity-a 1000 --key ~/.config/entityd/mint.key "
+                "--hub nats://hub:4222 --data-dir /etc/entityd-hub/treasury",
+    }
+    for name, text in (("init", "Make the LEDGER stream (once; idempotent)."),
+                       ("mint", "Credit an entity with new money, signed by an operator's "
+                                "mint key.")):
+        cmd = command(sub, name, text, examples[name])
         where = cmd.add_mutually_exclusive_group(required=True)
         where.add_argument("--hub", help="the hub's client URL (as its treasurer user)")
         where.add_argument("--config", type=Path,
@@ -75,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logs.configure("warning", "console")
     try:
-        return asyncio.run(_main(args))
+        return asyncio.run(run(args))
     except (EntitydError, ValueError) as exc:
         print(f"entityd economy: {exc}", file=sys.stderr)
         return 2
@@ -85,7 +93,8 @@ def main(args: argparse.Namespace) -> int:
         return 4
 
 
-async def _main(args: argparse.Namespace) -> int:
+async def run(args: argparse.Namespace) -> int:
+    """The command in the running loop (`entityd up` runs it as the hub's treasurer)."""
     if args.economy_command == "mint":
         amount, entity = args.amount, args.entity
         if not 0 < amount <= protocol.ledger.MAX_AMOUNT:

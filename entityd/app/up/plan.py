@@ -250,7 +250,7 @@ async def _economy(plan: Plan, command: str, failed: str, **args: object) -> str
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
-            code = await economy._main(namespace)  # its body, without its own loop
+            code = await economy.run(namespace)  # its body, without its own loop
     except (EntitydError, ValueError, nats.errors.Error, OSError, TimeoutError) as exc:
         raise StartError(f"{failed}: {exc!r}; see {plan.children[0].log}") from None
     if code != 0:
