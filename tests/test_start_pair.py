@@ -6,21 +6,27 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import child_env, ctl, free_port_range
+from tests.helpers import BIN, child_env, ctl, free_port_range
 
 pytestmark = pytest.mark.timeout(180)
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "deploy" / "start-pair.sh"
 PORTS = 6
+# One collaboration cycle of each entity, as events (README, "Quick start: the pair").
+CYCLE = ("coder.committed", "peer.report_received", "peer.task_paid", "orchestrator.lessons")
+CYCLE_WITHIN_S = 60.0
 DEMO_NOTICE = "no {key} in the environment; running it on the scripted demo model (not a model)"
 
 
@@ -197,9 +203,14 @@ def test_a_second_run_keeps_the_first_runs_keys(pair_dir: Path, tmp_path: Path) 
             in second_output
 
 
-def test_each_entity_sees_the_other_as_a_peer(started_pair: Pair) -> None:
-    """Needs the peer actor and `entityctl peers` (issue 4, being built alongside)."""
+def test_left_alone_the_pair_meets_and_works_a_whole_cycle_within_60_s(
+    started_pair: Pair,
+) -> None:
+    """As the README's quick start promises: the two find each other, and on the demo
+    model each shows a whole collaboration cycle within 60 s of `pair ready`, read back
+    from its EVENTS stream (`entityctl watch --all --since`); each has its page."""
     pair = started_pair
+    ready = time.monotonic()
     last: list[subprocess.CompletedProcess[str]] = []
 
     def sees_entity_b() -> bool:
@@ -213,6 +224,36 @@ def test_each_entity_sees_the_other_as_a_peer(started_pair: Pair) -> None:
         poll(sees_entity_b, 30, "entity-a did not list entity-b in `entityctl peers --json`")
     except AssertionError as exc:
         raise AssertionError(f"{exc}; last: {last[0].returncode} {last[0].stderr}") from None
+
+    for name, port in (("entity-a", 8001), ("entity-b", 8002)):
+        link = ctl(pair.config(name), "web", "--json")
+        assert link.returncode == 0, link.stderr
+        assert json.loads(link.stdout)["url"] == f"http://127.0.0.1:{port}/"
+
+    seen: Counter[str] = Counter()
+    watch = subprocess.Popen(
+        [str(BIN / "entityctl"), "--config", str(pair.config("entity-a")), "watch", "--all",
+         "--since", "5m", "--json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        text=True, env=pair_env(pair.dir, pair.base))
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in watch.stdout or []],
+                     daemon=True).start()
+    wanted = {f"{name}:{kind}" for name in ("entity-a", "entity-b") for kind in CYCLE}
+    try:
+        while not wanted <= set(seen) and time.monotonic() - ready < CYCLE_WITHIN_S:
+            try:
+                event = json.loads(lines.get(timeout=1.0))
+            except queue.Empty:
+                continue
+            actor = event["src"].split("/")[1]
+            seen[f"{event['src'].split('/')[0]}:{actor}.{event['type']}"] += 1
+    finally:
+        watch.terminate()
+        watch.wait(10)
+        if watch.stdout:
+            watch.stdout.close()
+    missing = sorted(wanted - set(seen))
+    assert not missing, f"not within {CYCLE_WITHIN_S} s of pair ready: {missing}; seen {seen}"
     assert pair.stop(signal.SIGTERM) == 0
     assert "pair stopped" in pair.output()
     assert pair.leftovers() == []
