@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from entityd import config as config_mod
+from entityd.app.up import spec as spec_mod
+from entityd.app.up.plan import prepare
 from tests.helpers import BIN, child_env, ctl, poll
 
 pytestmark = pytest.mark.timeout(150)
@@ -233,3 +236,22 @@ async def test_a_wrong_file_is_one_line_naming_the_key(tmp_path: Path) -> None:
     assert code == 2
     assert said.strip().count("\n") == 0, said
     assert "entities.ea.provider" in said and "use one of" in said and "demo" in said
+
+
+def test_the_file_owns_the_trust_among_its_entities(tmp_path: Path) -> None:
+    """A peer taken out of an entity's trust in the file is taken out of its entityd.toml
+    on the next start, not left granted from an earlier one."""
+    path = tmp_path / "two.toml"
+    path.write_text('[federation]\ndir = "fed"\n\n[entities.entity-a]\nprovider = "demo"\n\n'
+                    '[entities.entity-b]\nprovider = "demo"\n')
+    prepare(spec_mod.load(path))
+    config = tmp_path / "fed" / "entity-a" / "entityd.toml"
+    assert config_mod.load(config).trust["entity-b"] == config_mod.PEER_PERMISSIONS
+    path.write_text(path.read_text().replace(
+        '[entities.entity-a]\nprovider = "demo"\n',
+        '[entities.entity-a]\nprovider = "demo"\ntrust = {}\n'))
+    prepare(spec_mod.load(path))
+    assert "entity-b" not in config_mod.load(config).trust
+    # The other way round is untouched: entity-b still trusts entity-a fully.
+    other = config_mod.load(tmp_path / "fed" / "entity-b" / "entityd.toml")
+    assert other.trust["entity-a"] == config_mod.PEER_PERMISSIONS

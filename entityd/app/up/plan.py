@@ -108,6 +108,9 @@ def prepare(spec: Spec) -> Plan:
                 name=entity.name, data_dir=data, port=ports[entity.name]))
         users.append((entity.name, federation.make_entity_credentials(entity.name, data)[0]))
         text = config.read_text()
+        for peer in (e.name for e in spec.entities):  # the file owns the trust among them
+            if peer != entity.name and peer not in entity.trust:
+                text = toml_unset(text, "trust", peer)
         for section, key, value in [
             ("nats", "port", ports[entity.name]),
             ("nats", "hub_url", f"nats-leaf://{HOST}:{ports['leafnodes']}"),
@@ -226,6 +229,20 @@ def toml_set(text: str, section: str, key: str, value: str) -> str:
         under = len(lines)
     lines.insert(under, f"{key} = {value}")
     return "\n".join(lines) + "\n"
+
+
+def toml_unset(text: str, section: str, key: str) -> str:
+    """The TOML text without `key`'s line in [section] (unchanged when it has none)."""
+    lines, current = text.splitlines(), ""
+    assignment = re.compile(rf"{re.escape(key)}\s*=")
+    kept = []
+    for line in lines:
+        if line.startswith("["):
+            current = line.split("#", 1)[0].strip()
+        if current == f"[{section}]" and assignment.match(line):
+            continue
+        kept.append(line)
+    return "\n".join(kept) + "\n"
 
 
 async def fund(plan: Plan) -> None:
