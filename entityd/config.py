@@ -269,6 +269,45 @@ class WebSection:
     session_hours: float = key(12.0, "how long a login lasts", positive)
 
 
+DM_POLICIES = ("off", "approve", "allow")
+
+
+@dataclass(frozen=True)
+class MoltbookSection:
+    """Moltbook, the AI agents' social network, through its API (README, "Moltbook")."""
+
+    base_url: str = key("https://www.moltbook.com/api/v1", "its API; keep the www (the bare "
+                        "host redirects and drops the key)",
+                        url_of(("https://", "http://"), "an http(s) URL"))
+    api_key_env: str = key("MOLTBOOK_API_KEY", "the variable holding the agent's key ...")
+    api_key_file: str = key("", "... or a 0600 file holding it (default: DATA_DIR/keys/"
+                            "moltbook.key, where `entityctl moltbook register` keeps it)")
+    dms: str = key("off", 'direct messages: "off", "approve" (the operator approves each '
+                   'with `entityctl moltbook approve ID`) or "allow"; DMs count as public',
+                   one_of(*DM_POLICIES))
+    requests_per_minute: int = key(100, "calls per minute (Moltbook's limit)", positive)
+    post_interval: float = key(1800.0, "seconds between posts (Moltbook's: 30 min)", positive)
+    comment_interval: float = key(20.0, "seconds between comments (Moltbook's: 20 s)",
+                                  positive)
+    comments_per_day: int = key(50, "comments per day (Moltbook's limit)", positive)
+    timeout: float = key(30.0, "seconds per call", positive)
+
+
+@dataclass(frozen=True)
+class ServicesSection:
+    """The services the entity writes and declares in its workspace (README, "Services")."""
+
+    enabled: bool = key(True, "run the services the workspace's services.toml declares")
+    file: str = key("services.toml", "where in the workspace they are declared")
+    host: str = key("127.0.0.1", "where each service's preview port listens (loopback only)")
+    ready_timeout: float = key(30.0, "seconds a new revision has to become ready", positive)
+    restart_budget: int = key(5, "restarts of one service within restart_window ...", positive)
+    restart_window: float = key(300.0, "... seconds; past them it stays stopped, said in an "
+                                "event", positive)
+    max_services: int = key(8, "services one workspace may declare", positive)
+    log_bytes: int = key(256 * 1024, "the output kept per service (the newest)", positive)
+
+
 def _peer_name(name: str) -> str | None:
     return None if subjects.valid_name(name) else "not an entity name ([a-z0-9-]{1,32})"
 
@@ -310,6 +349,8 @@ class Config:
     economy: EconomySection = field(default_factory=EconomySection)
     events: EventsSection = field(default_factory=EventsSection)
     web: WebSection = field(default_factory=WebSection)
+    moltbook: MoltbookSection = field(default_factory=MoltbookSection)
+    services: ServicesSection = field(default_factory=ServicesSection)
     trust: Mapping[str, tuple[str, ...]] = table(
         'peer = ["talk", "report", ...]',
         f"What each peer may ask of this entity: {', '.join(PEER_PERMISSIONS)}.\n"
@@ -422,6 +463,9 @@ def _check_across(parts: Mapping[str, Any]) -> None:
          f"{parts['web'].host!r} is not a loopback address: the page would be reachable "
          "from the network; set web.allow_remote = true behind TLS (a reverse proxy), or "
          'web.host = "127.0.0.1"'),
+        ("services.host", not _loopback(parts["services"].host),
+         f"{parts['services'].host!r} is not a loopback address: a service's preview is "
+         'for this machine; set services.host = "127.0.0.1"'),
         ("economy.accept_command", economy.auto_accept and not economy.accept_command.strip(),
          "economy.auto_accept = true pays a delivery once this command passes on it, and it "
          'is empty: set it (e.g. accept_command = "python3 -m unittest") or set '
