@@ -12,16 +12,17 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, cast
-
-import openai
-from openai.types.chat import ChatCompletion
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from entityd import LlmSection, get_logger
 
 from .budget import TokenBudget
 from .errors import BudgetExhausted, LLMError, LLMTimeout, ProviderError
 from .providers import NO_KEY, ResolvedProvider, resolve
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletion
 
 log = get_logger("actors.llm")
 
@@ -118,6 +119,10 @@ class OpenAICompatLLM:
         self._rng = rng or random.Random()
         key = provider.api_key.reveal() if provider.api_key is not None else NO_KEY
         self._secret = provider.api_key.reveal() if provider.api_key is not None else None
+        # Imported here, not at the top: openai takes about a second to import, which only
+        # a daemon that calls a model pays, never entityctl nor a daemon starting up.
+        import openai
+
         self._client = openai.AsyncOpenAI(
             base_url=provider.base_url,
             api_key=key,
@@ -198,7 +203,7 @@ class OpenAICompatLLM:
         while True:
             attempt += 1
             outcome = await self._attempt(messages, tools, attempt)
-            if isinstance(outcome, ChatCompletion):
+            if not isinstance(outcome, LLMError | tuple):
                 return outcome, attempt
             if isinstance(outcome, LLMError):
                 # Raised here, outside any except block, so that it has no __context__:
@@ -222,6 +227,8 @@ class OpenAICompatLLM:
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None, attempt: int
     ) -> ChatCompletion | LLMError | tuple[int | None, str, float]:
         """The response, the error to raise, or (status, reason, delay) to retry after."""
+        import openai  # loaded by __init__ already (see there)
+
         try:
             async with asyncio.timeout(self.timeout):
                 return await self._client.chat.completions.create(
