@@ -56,22 +56,29 @@ class Sessions:
         if not cookie or cookie.count(".") != 2:
             return False
         body, _, mac = cookie.rpartition(".")
-        if not hmac.compare_digest(mac, self._mac(b"session", body)):
+        if not _same(mac, self._mac(b"session", body)):
             return False
         expires = body.split(".", 1)[0]
-        return expires.isdigit() and int(expires) > (now or time.time())
+        return expires.isascii() and expires.isdigit() and int(expires) > (now or time.time())
 
     def csrf(self, cookie: str) -> str:
         return self._mac(b"csrf", cookie)
 
     def csrf_ok(self, cookie: str, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(self.csrf(cookie), token or "")
+        return bool(token) and _same(self.csrf(cookie), token or "")
 
     def secret_ok(self, offered: str) -> bool:
         return hmac.compare_digest(offered.strip().encode(), self._secret)
 
     def _mac(self, purpose: bytes, text: str) -> str:
         return hmac.new(self._key, purpose + b"\x00" + text.encode(), "sha256").hexdigest()
+
+
+def _same(ours: str, theirs: str) -> bool:
+    """Equal, in constant time. `theirs` comes from a request and may hold any character,
+    which compare_digest refuses in a str (TypeError): compare the bytes."""
+    return hmac.compare_digest(ours.encode("utf-8", "surrogatepass"),
+                               theirs.encode("utf-8", "surrogatepass"))
 
 
 class LoginLinks:

@@ -3,10 +3,13 @@ through untouched): where a request may come from, who sent it, and the headers 
 answer carries.
 
 In order: a page bound to loopback answers only loopback clients, and only for a Host
-naming loopback (a DNS-rebinding site cannot borrow the browser); then every request but
-the login and the static files needs a valid session cookie; then every state-changing
-request needs the session's CSRF token in X-CSRF-Token and, when the browser says where
-it came from (Origin, Sec-Fetch-Site), this very origin.
+naming loopback (a DNS-rebinding site cannot borrow the browser); a request body must say
+its length, at most MAX_BODY_BYTES, so nobody buffers an unbounded one (not even before
+logging in); then every request but the login and the static files needs a valid session
+cookie; then every state-changing request needs the session's CSRF token in X-CSRF-Token
+and, when the browser says where it came from (Origin, Sec-Fetch-Site), this very origin.
+Logging out needs only this origin: it changes nothing but the browser's own cookie
+(sessions are stateless), and the page's plain form cannot send the token.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
+LOGOUT = "/logout"
 SAFE_METHODS = ("GET", "HEAD")
+MAX_BODY_BYTES = 2**20  # the API takes at most 64 KiB, the login form 4 KiB
 
 
 def is_loopback(host: str) -> bool:
@@ -108,11 +113,16 @@ class Guard:
         host = header(scope, b"host") or ""
         if self.loopback_only and not self._own_host(host):
             return 421, "wrong_host", f"this page is not served for Host {host[:80]!r}"
+        if header(scope, b"transfer-encoding") is not None:
+            return 411, "length_required", "send a request body with its Content-Length"
+        length = header(scope, b"content-length") or "0"
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY_BYTES:
+            return 413, "too_large", f"a request body is at most {MAX_BODY_BYTES} bytes"
         path: str = scope.get("path", "")
         method: str = scope.get("method", "GET")
-        if path.startswith(OPEN_PATHS):
+        if path.startswith(OPEN_PATHS) or path == LOGOUT:
             if method not in SAFE_METHODS and not self._same_origin(scope, host):
-                return 403, "cross_site", "a login from another site is refused"
+                return 403, "cross_site", "a request from another site is refused"
             return None
         cookie = session_cookie(scope, self.sessions.cookie)
         if not self.sessions.valid(cookie):
@@ -139,6 +149,11 @@ class Guard:
         origin = header(scope, b"origin")
         if origin is None:
             return True  # not a browser's cross-site request: browsers send Origin on POST
+        if origin == "null":
+            # The page's own forms (login, logout) post with Origin "null" under
+            # Referrer-Policy: no-referrer; only the browser's Sec-Fetch-Site, which no
+            # page can set, may vouch for them.
+            return fetch_site == "same-origin"
         return origin in (f"http://{host}", f"https://{host}")
 
 
