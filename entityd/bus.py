@@ -23,6 +23,17 @@ log = get("entityd.bus")
 ERROR_LOG_INTERVAL_S = 10.0
 
 
+def shown_url(url: str) -> str:
+    """`url` without a login (user:password@) in it: what a log line or a status shows."""
+    parts = []
+    for one in url.split(","):
+        scheme, sep, rest = one.partition("://")
+        if sep and "@" in rest.split("/", 1)[0]:
+            rest = rest.split("@", 1)[1]
+        parts.append(f"{scheme}{sep}{rest}")
+    return ",".join(parts)
+
+
 async def connect(
     url: str,
     *,
@@ -35,18 +46,20 @@ async def connect(
     """Connect to `url` (with the entity's local `token` for its own embedded server);
     the daemon retries forever, entityctl fails at once."""
     last_error = [0.0]
+    shown = shown_url(url)
 
     async def disconnected() -> None:
         last_error[0] = 0.0
         # nats-py reports its own close() as a disconnect too: expected, so info. A lost
         # connection leaves the client reconnecting, or closed with the error recorded.
         if nc.is_closed and nc.last_error is None:
-            log.info("nats_disconnected", url=url, reason="closed")
+            log.info("nats_disconnected", url=shown, reason="closed")
         else:
-            log.warning("nats_disconnected", url=url)
+            log.warning("nats_disconnected", url=shown)
 
     async def reconnected() -> None:
-        log.info("nats_reconnected", url=nc.connected_url.geturl() if nc.connected_url else url)
+        log.info("nats_reconnected", url=shown_url(nc.connected_url.geturl())
+                 if nc.connected_url else shown)
 
     async def error(exc: Exception) -> None:
         # While the server is down every reconnect attempt fails: log them now and then.
@@ -56,7 +69,7 @@ async def connect(
             log.warning("nats_error", error=f"{type(exc).__name__}: {exc}")
 
     async def closed() -> None:
-        log.info("nats_closed", url=url)
+        log.info("nats_closed", url=shown)
 
     delay = 0.2
     while True:
@@ -85,13 +98,13 @@ async def connect(
                 with contextlib.suppress(Exception):
                     await nc.close()
                 raise ConnectionError(
-                    f"cannot connect to {url}: {str(exc) or 'timed out'}"
+                    f"cannot connect to {shown}: {str(exc) or 'timed out'}"
                 ) from None
-            log.warning("nats_connect_failed", url=url, error=str(exc), retry_in_s=delay)
+            log.warning("nats_connect_failed", url=shown, error=str(exc), retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue
-        log.info("nats_connected", url=url)
+        log.info("nats_connected", url=shown)
         return nc
 
 

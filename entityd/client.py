@@ -38,6 +38,7 @@ class EntityClient:
         self.key: SigningKey = identity.read_key(path)
         self.entity_public = identity.read_public(config.data_dir)
         self.url = config.nats.url or f"nats://{config.nats.host}:{config.nats.port}"
+        self.shown_url = bus.shown_url(self.url)  # without a login in it, for messages
         self._transport: Transport | None = None
 
     def _token(self) -> str | None:
@@ -61,7 +62,7 @@ class EntityClient:
             config = self.config.path or "DATA_DIR/entityd.toml"
             raise EntityDown(
                 f"cannot reach {self.config.name}: its NATS server is not running at "
-                f"{self.url}; start the entity with `entityd run --config {config}` (or "
+                f"{self.shown_url}; start the entity with `entityd run --config {config}` (or "
                 f"`systemctl start entityd@{self.config.name}`)") from None
         writer.close()
         with contextlib.suppress(OSError):

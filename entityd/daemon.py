@@ -199,7 +199,7 @@ class Daemon:
             if self.notifier.watchdog_interval:
                 background.append(tg.create_task(self._watchdog(), name="sd-watchdog"))
             self.notifier.ready(f"entity {cfg.name} serving")
-            log.info("entityd_ready", entity=cfg.name, nats=url)
+            log.info("entityd_ready", entity=cfg.name, nats=bus.shown_url(url))
             await self._stop.wait()
             log.info("entityd_stopping", entity=cfg.name)
             self.notifier.stopping()
@@ -276,7 +276,8 @@ class Daemon:
 
     def status(self) -> Status:
         nc = self._nc
-        url = nc.connected_url.geturl() if nc and nc.connected_url else "(disconnected)"
+        url = bus.shown_url(nc.connected_url.geturl()) if nc and nc.connected_url else (
+            "(disconnected)")
         runtime = self.runtime
         return Status(
             entity=self.config.name,

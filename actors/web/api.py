@@ -35,6 +35,7 @@ MAX_TEXT = 16_000
 MAX_BODY = 64 * 1024
 SOURCE = "web"  # Goal.source of the operator's goals from the page
 PEER_NAME = re.compile(r"[a-z0-9-]{1,32}")
+MAX_ID = 2**63 - 1  # what the wire's integers hold
 
 
 class BadRequest(Exception):
@@ -65,8 +66,8 @@ async def body_of(request: Request) -> dict[str, Any]:
         raise BadRequest(f"the request body is over {MAX_BODY} bytes")
     try:
         data = json.loads(raw or b"{}")
-    except ValueError:
-        raise BadRequest("the request body is not JSON") from None
+    except (ValueError, RecursionError):
+        raise BadRequest("the request body is not JSON (or nested too deep)") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body is not a JSON object")
     return data
@@ -78,6 +79,10 @@ def text_field(data: dict[str, Any], name: str, limit: int = MAX_TEXT) -> str:
         raise BadRequest(f"{name}: a non-empty string is needed")
     if len(value) > limit:
         raise BadRequest(f"{name}: at most {limit} characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # JSON may carry a lone surrogate (\ud800)
+        raise BadRequest(f"{name}: not valid Unicode text") from None
     return value
 
 
@@ -91,7 +96,7 @@ def int_param(request: Request, name: str, default: int, low: int, high: int) ->
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not low <= int(raw) <= high:
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
         raise BadRequest(f"{name}: a whole number from {low} to {high}")
     return int(raw)
 
@@ -158,6 +163,8 @@ class Api:
 
     async def todo_update(self, request: Request) -> Response:
         raw = request.path_params["id"]
+        if raw > MAX_ID:
+            raise BadRequest("id: no such todo item")
         data = await body_of(request)
         status = data.get("status")
         if status not in ("open", "doing", "done", "dropped"):

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -69,6 +69,17 @@ class Pages:
         return HTMLResponse(page.replace("{{problem}}", problem), status_code=status)
 
 
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "not_found", "message": f"no {request.url.path[:200]} here"},
+                        status_code=404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"error": "method_not_allowed",
+                         "message": f"{request.url.path[:200]} does not take {request.method}"},
+                        status_code=405)
+
+
 def build(api: Api, pages: Pages, events: Handler, *, loopback_only: bool,
           port: int) -> ASGIApp:
     g = api.guarded
@@ -96,5 +107,6 @@ def build(api: Api, pages: Pages, events: Handler, *, loopback_only: bool,
         Route("/api/commits/{sha}", g(api.commit_diff)),
         Route("/api/services", g(api.services)),
     ]
-    return Guard(Starlette(routes=routes), pages.sessions, loopback_only=loopback_only,
-                 port=lambda: port)
+    handlers = {404: _not_found, 405: _not_allowed}
+    return Guard(Starlette(routes=routes, exception_handlers=handlers), pages.sessions,
+                 loopback_only=loopback_only, port=lambda: port)

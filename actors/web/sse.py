@@ -21,7 +21,7 @@ MAX_ID = 2**63
 def resume_point(request: Request) -> int | None:
     """After which sequence to start: the browser's Last-Event-ID, else ?after=N."""
     raw = request.headers.get("last-event-id") or request.query_params.get("after") or ""
-    if raw.isdigit() and int(raw) < MAX_ID:
+    if raw.isascii() and raw.isdigit() and int(raw) < MAX_ID:
         return int(raw)
     return None
 

@@ -55,7 +55,7 @@ async def _live(client: EntityClient, args: argparse.Namespace) -> int:
     paint = Painter(client.config.name, colour=False)
     async with client.events() as events:
         # On stderr, so that stdout stays the events alone (--json).
-        print(f"watching {client.config.name}'s events on {client.url}; waiting for "
+        print(f"watching {client.config.name}'s events on {client.shown_url}; waiting for "
               "events; Ctrl-C stops", file=sys.stderr, flush=True)
         async for event in events:
             _print(event, None, args, paint)
@@ -72,7 +72,7 @@ async def _stored(client: EntityClient, args: argparse.Namespace) -> int:
     paint = Painter(client.config.name, colour=_colour_wanted())
     try:
         async with reader.follow(since=since) as events:
-            print(f"watching {whose} events on {client.url}, {start}; Ctrl-C stops",
+            print(f"watching {whose} events on {client.shown_url}, {start}; Ctrl-C stops",
                   file=sys.stderr, flush=True)
             async for stored in events:
                 if args.all or stored.entity == client.config.name:
