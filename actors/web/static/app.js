@@ -9,6 +9,7 @@ const state = {
   mine: new Set(JSON.parse(sessionStorage.getItem("tasks") || "[]")),  // goals sent here
   from: sessionStorage.getItem("from"),  // the stream position this page's view starts after
   source: null,
+  early: new Map(),       // task -> events of a page goal not yet known as one of ours
 };
 
 function el(tag, attrs, ...children) {
@@ -104,12 +105,23 @@ function onEvent(event) {
 function onOwnEvent(event) {
   const task = event.data.task_id;
   if (task && state.mine.has(task)) chatEvent(task, event);
+  else if (task && task.startsWith("web-")) early(task, event);
   if (event.actor === "memory" && event.type === "todo_changed") loaders.todo();
   if (event.actor === "peer" && event.type.startsWith("task")) loaders.tasks();
   if (event.actor === "ledger") refreshBalance();
 }
 
 // ---- chat -------------------------------------------------------------------------------
+
+// A goal's first events can come before the answer to its POST names its task: kept
+// (a few tasks' worth) until then, so the turn still shows its goal and every step.
+function early(task, event) {
+  if (!state.early.has(task)) {
+    if (state.early.size >= 20) state.early.delete(state.early.keys().next().value);
+    state.early.set(task, []);
+  }
+  state.early.get(task).push(event);
+}
 
 function turn(task) {
   let node = document.getElementById(`turn-${task}`);
@@ -125,7 +137,7 @@ function chatEvent(task, event) {
   if (event.type === "turn_started") {
     node.prepend(el("p", {class: "you"}, event.data.goal || "(goal)"));
   } else if (event.type === "step") {
-    node.querySelector(".steps").append(el("li", {"data-seq": event.seq, class: event.data.kind || ""},
+    node.querySelector(".steps").append(el("li", {"data-seq": event.seq, class: `step-${event.data.kind || "other"}`},
       describeStep(event.data)));
   } else if (event.type === "answer") {
     const d = event.data;
@@ -161,11 +173,14 @@ document.getElementById("goal-form").addEventListener("submit", async (submit) =
       const outcome = await api("/api/talk", {peer, text: words});
       said.append(el("div", {class: outcome.ok ? "answer" : "answer failed"},
         el("p", {}, `${peer}: ${outcome.text || outcome.code}`)));
+      said.scrollIntoView({block: "end"});
     } else {
       const accepted = await api("/api/goal", {text: text.value});
       state.mine.add(accepted.task_id);
       sessionStorage.setItem("tasks", JSON.stringify([...state.mine]));
       turn(accepted.task_id).dataset.queued = accepted.queued;
+      for (const event of state.early.get(accepted.task_id) || []) chatEvent(accepted.task_id, event);
+      state.early.delete(accepted.task_id);
       text.value = "";
     }
   } catch (error) {
