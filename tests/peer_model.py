@@ -64,6 +64,7 @@ def route(request: dict[str, Any], coder_delay: float = 0.0) -> Reply:
     if last.get("role") == "tool":
         return Reply(content="done: " + _text(last)[:3000])
     user = next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
+    user = user.split("\n\n<memory>", 1)[0]  # the goal, not what was recalled for it
     call = CALL_RE.search(user)
     if call:
         return Reply(tool_calls=[ScriptedToolCall(call.group(1), json.loads(call.group(2)))])
@@ -73,7 +74,7 @@ def route(request: dict[str, Any], coder_delay: float = 0.0) -> Reply:
         goal = ("BIG: write big.txt, numbered lines" if "BIG" in user else
                 "Write add(a, b) in calc.py with a unittest in test_calc.py and run it")
         return Reply(tool_calls=[ScriptedToolCall("delegate_to_coder", {"goal": goal})])
-    said = re.search(r"says to you: (.*?)(?:\n\n<memory>|$)", user, re.S)
+    said = re.search(r"says to you: (.*)", user, re.S)
     if said:
         return Reply(content="echo: " + said.group(1).strip())
     return Reply(content="ok: " + user[:200])

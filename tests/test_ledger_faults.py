@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from actors.llm.scripted import ScriptedLLMServer
-from bench.rig import Federation, Member, build, running
+from bench.rig import Federation, Member, build, edit, running
 from tests.helpers import poll
 from tests.peer_model import route
 
@@ -110,3 +110,26 @@ async def test_the_hub_sigkilled_mid_payments_loses_no_entry(tmp_path: Path) -> 
 
     answered = await paying_through(tmp_path, kill_the_hub)
     assert 4 in answered.values(), answered  # the hub's absence was noticed
+
+
+async def test_a_hub_without_the_ledger_stream_is_said_at_once_after_the_first_wait(
+        tmp_path: Path) -> None:
+    """Before `entityd economy init` the hub answers no read: the first ask waits out the
+    stream's timeout and says `unavailable`; the next ones within a few seconds say so at
+    once, with when it was tried (a page asks for the balance on every load)."""
+    async with ScriptedLLMServer(route) as llm:
+        fed = build(tmp_path, ["entity-a"], llm_url=llm.base_url)
+        edit_timeout(fed["entity-a"], 2.0)
+        async with running(fed):
+            a = fed["entity-a"]
+            first = await a.ctl("--timeout", "15", "balance")
+            second = await a.ctl("--timeout", "15", "balance")
+            assert first[0] == second[0] == 3, (first, second)
+            assert "unavailable: the LEDGER stream" in first[2]
+            assert "ago; asked again" in second[2], second[2]
+            # The daemon still serves everything else meanwhile.
+            assert (await a.ctl("status"))[0] == 0
+
+
+def edit_timeout(member: Member, seconds: float) -> None:
+    edit(member.config, "append_timeout = 10.0", f"append_timeout = {seconds}")

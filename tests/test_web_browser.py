@@ -59,17 +59,11 @@ class Pair:
 
 
 def model(request: dict[str, Any]) -> Reply:
-    """peer_model's route on what was asked, not on the memory recalled for it: these
-    tests share one federation, and a later turn recalls an earlier one's words (a talk
-    after the delegation would recall "delegated a task to you" and be taken for one).
+    """peer_model's route (which reads what was asked, not the memory recalled for it:
+    these tests share one federation, and a later turn recalls an earlier one's words).
     A goal saying PAUSE gets its final answer PAUSE_S after its last step."""
-    def asked(message: dict[str, Any]) -> dict[str, Any]:
-        content = message.get("content")
-        if message.get("role") != "user" or not isinstance(content, str):
-            return message
-        return {**message, "content": content.split("\n\n<memory>", 1)[0]}
-    messages = [asked(m) for m in request.get("messages") or []]
-    reply = route({**request, "messages": messages})
+    messages = request.get("messages") or []
+    reply = route(request)
     goal = next((str(m.get("content")) for m in messages if m.get("role") == "user"), "")
     if PAUSE in goal and request.get("tools") and reply.content and not reply.tool_calls:
         return dataclasses.replace(reply, delay=PAUSE_S)

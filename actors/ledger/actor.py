@@ -59,6 +59,10 @@ ACTOR = protocol.subjects.LEDGER_ACTOR
 CHECKPOINT = "ledger.checkpoint"  # in the data dir
 APPEND_ATTEMPTS = 3  # another writer came first this many times: give up, say so
 STREAM_FAILURES = (nats.errors.Error, TimeoutError)
+# After a read of the stream failed, reads within this many seconds fail at once with the
+# same reason, rather than each waiting out the timeout again (a hub with no LEDGER stream
+# answers nothing, and a page asks for the balance on every load).
+QUIET_AFTER_FAILURE_S = 5.0
 
 
 class LedgerActor(Actor):
@@ -72,6 +76,7 @@ class LedgerActor(Actor):
         # Signature checks of long reads (verify, a replay), beside the loop.
         self.verifier = ThreadPoolExecutor(max_workers=2, thread_name_prefix="ledger-verify")
         self.federation_domain = config.economy.hub_domain if config.nats.hub_url else ""
+        self._failed: tuple[float, str] | None = None  # when a read last failed, and why
 
     async def on_start(self) -> None:
         fed = self.ctx.federation
@@ -94,10 +99,18 @@ class LedgerActor(Actor):
 
     async def _caught_up(self) -> protocol.Error | None:
         """Read what the stream gained; an `unavailable` error when it cannot be read."""
+        failed = self._failed
+        if failed is not None and time.monotonic() - failed[0] < QUIET_AFTER_FAILURE_S:
+            ago = time.monotonic() - failed[0]
+            return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {failed[1]} "
+                                  f"({ago:.1f} s ago; asked again {QUIET_AFTER_FAILURE_S:g} s "
+                                  "after that)")
         try:
             await self._catch_up()
         except STREAM_FAILURES as exc:
+            self._failed = (time.monotonic(), repr(exc))
             return protocol.Error(reasons.UNAVAILABLE, f"the LEDGER stream: {exc!r}")
+        self._failed = None
         return None
 
     def _chains(self) -> Chains:

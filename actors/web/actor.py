@@ -48,7 +48,7 @@ class WebActor(Actor):
 
     async def _listen(self) -> bool:
         try:
-            sock = bind(self.settings.host, self.settings.port)
+            sock = bind(self.settings.host, self.settings.port or self.links.port)
         except ConfigError as exc:
             if self.problem != str(exc):
                 self.problem = str(exc)
@@ -58,6 +58,7 @@ class WebActor(Actor):
         api = Api(self.ctx, self.config.peers.talk_timeout)
         pages = Pages(self.sessions, self.links, secure=self.settings.allow_remote)
         port = int(sock.getsockname()[1])
+        self.links.port = port
         app = build(api, pages, event_stream(self.ctx.events, self._peer_keys,
                                              lambda: self.stopping),
                     loopback_only=is_loopback(self.settings.host), port=port)

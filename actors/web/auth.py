@@ -82,13 +82,16 @@ def _same(ours: str, theirs: str) -> bool:
 
 
 class LoginLinks:
-    """One-time login tokens: minted for `entityctl web`, each redeemed at most once.
+    """One-time login tokens: minted for `entityctl web`, each redeemed at most once; and
+    the port the page got when web.port is 0.
 
-    Held by the assembly, not the actor, so a link survives a restart of the web actor.
+    Held by the assembly, not the actor, so a link and the port survive a restart of the
+    web actor: an open page reconnects to the same address.
     """
 
     def __init__(self) -> None:
         self._pending: dict[str, float] = {}
+        self.port = 0  # the port bound first, kept for the next instance of the actor
 
     def mint(self, now: float | None = None) -> str:
         now = now or time.time()

@@ -45,7 +45,8 @@ def event_stream(reader: EventReader, keys: Callable[[], Awaitable[None]],
 
         async def body() -> AsyncIterator[bytes]:
             start = json.dumps({"after": after})
-            yield f"retry: 1000\nevent: start\ndata: {start}\n\n".encode()
+            # Its id is the start point: a page that got no event yet resumes from there.
+            yield f"retry: 1000\nid: {after}\nevent: start\ndata: {start}\n\n".encode()
             async with reader.follow(after=after) as follower:
                 while not stopping():
                     stored = await follower.next(KEEPALIVE_S)

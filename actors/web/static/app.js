@@ -317,7 +317,7 @@ loaders.services = async () => {
   try {
     const {services, note: said} = await api("/api/services");
     table(node, ["service", "state", "revision", "restarts", "preview"],
-      services.map((s) => [s.name, s.state, s.revision || "", s.restarts, s.url ? el("a", {href: s.url}, s.url) : ""]));
+      services.map((s) => [s.name, s.state, s.revision || "", s.restarts, /^https?:\/\//.test(s.url || "") ? el("a", {href: s.url}, s.url) : ""]));
     note.textContent = said || "";
   } catch (error) { problem(node, error); }
 };
