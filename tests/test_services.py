@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 import protocol
+from actors.sandbox.cgroup import CallLimits
 from actors.services.actor import ServicesActor
 from actors.services.messages import (
     ServiceInfo,
@@ -637,3 +638,7 @@ async def test_a_sigkilled_daemon_leaves_no_service_behind(tmp_path: Path) -> No
         await asyncio.wait_for(daemon.wait(), 10)
     await poll(lambda: processes_of(marker) == [], timeout=10,
                what=lambda: f"the service to die with the daemon: {processes_of(marker)}")
+    # The killed daemon's sandbox cgroups are swept by the next daemon's detection.
+    limits = await asyncio.to_thread(CallLimits.detect, SANDBOX.memory_mb * 1024 * 1024,
+                                     SANDBOX.max_processes)
+    limits.close()

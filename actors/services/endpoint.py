@@ -71,10 +71,12 @@ async def check_ready(directory: Path, uid: int, ready: str) -> str | None:
                              "Connection: close\r\n\r\n".encode())
                 await writer.drain()
                 line = await reader.readuntil(b"\n")
-                # The rest is read, not cut off: a server writing to a closed
-                # connection would fill its own log with the errors.
+                # The rest is read to its end, not cut off: a server writing to a
+                # closed connection would fill its own log with the errors.
                 with contextlib.suppress(OSError):
-                    await reader.read(READ_REST)
+                    rest = READ_REST
+                    while rest > 0 and (chunk := await reader.read(rest)):
+                        rest -= len(chunk)
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):

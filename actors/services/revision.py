@@ -73,6 +73,7 @@ class Revision:
     connections: int = 0  # proxied connections open to it
     ready: bool = False  # serving: its process runs and answered its readiness check
     retired: bool = False  # replaced; it goes once its connections are done
+    stopping: bool = False  # stopped on purpose: its run kills its process and ends
     pid: int = 0  # its bwrap process while one runs
     kill_reason: str = ""
     task: asyncio.Task[None] | None = None  # the current run (`live`)
@@ -84,6 +85,15 @@ class Revision:
     @property
     def uid(self) -> int:
         return self.shell.sandbox_uid
+
+    def stop(self) -> None:
+        """End its run: the process is killed (now, or as soon as it starts), and the run
+        then cleans up after itself undisturbed. Cancelling the run instead could cut its
+        cleanup short (the cgroup's removal awaits) if a second cancellation came."""
+        self.stopping = True
+        self.ready = False
+        if self.pid:
+            kill(self.pid)
 
     def enter(self) -> None:
         self.connections += 1
@@ -131,8 +141,11 @@ def environment(rev: Revision) -> dict[str, str]:
 
 async def live(rev: Revision, post: Post, ready_timeout: float, quota_bytes: int) -> None:
     """Run the revision's process once: Started, then Ready or NotReady, then (if it was
-    ready) Exited. Cancelled, it kills the sandbox and posts nothing."""
+    ready) Exited. `rev.stop()` ends it like a death; cancelled, it kills the sandbox and
+    posts nothing."""
     rev.kill_reason = ""
+    if rev.stopping:
+        return
     try:
         found = await rev.shell.scan()
         endpoint.remove_stale(rev.directory)
@@ -147,6 +160,8 @@ async def live(rev: Revision, post: Post, ready_timeout: float, quota_bytes: int
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=HOST_ENV,
             start_new_session=True)
         rev.pid = proc.pid
+        if rev.stopping:  # stopped while it was starting
+            kill(proc.pid)
         try:
             await _supervise(rev, proc, post, ready_timeout, quota_bytes)
         finally:

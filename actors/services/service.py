@@ -85,7 +85,7 @@ class Service:
     inbox: asyncio.Queue[object] = field(default_factory=asyncio.Queue)
     waiters: dict[Revision, asyncio.Future[ServiceResult]] = field(default_factory=dict)
     _tasks: asyncio.TaskGroup | None = None
-    _spawned: set[asyncio.Task[None]] = field(default_factory=set)
+    _spawned: set[asyncio.Task[None]] = field(default_factory=set)  # cancelled at the end
 
     def post(self, record: object) -> None:
         self.inbox.put_nowait(record)
@@ -129,7 +129,10 @@ class Service:
                         break
                     await self._on(record)
             finally:
-                for task in self._spawned:  # the runs of its revisions among them
+                # Not the runs of its revisions: they were stopped (Remove), or the task
+                # group cancels them once (cancellation); a second cancel could cut their
+                # cleanup short.
+                for task in self._spawned:
                     task.cancel()
                 if proxy is not None:
                     proxy.cancel()
@@ -172,8 +175,9 @@ class Service:
                 raise TypeError(f"a service does not handle {record!r}")
 
     def _launch(self, rev: Revision) -> None:
-        rev.task = self._spawn(self._run_after(rev, rev.task),
-                               name=f"service:{self.name}:{rev.id}")
+        assert self._tasks is not None
+        rev.task = self._tasks.create_task(self._run_after(rev, rev.task),
+                                           name=f"service:{self.name}:{rev.id}")
 
     async def _run_after(self, rev: Revision, previous: asyncio.Task[None] | None) -> None:
         """A run of `rev`, once its previous run (if any) has cleaned up after itself."""
@@ -181,12 +185,11 @@ class Service:
             await asyncio.wait({previous})
         await live(rev, self.post, self.policy.ready_timeout, self.policy.quota_bytes)
 
-    def _spawn(self, work: Coroutine[Any, Any, None], name: str | None = None
-               ) -> asyncio.Task[None]:
-        """Work beside the loop (a revision's run, a backoff, a drain), cancelled when
-        the loop ends."""
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Work beside the loop (a backoff, a drain, a removal), cancelled when the loop
+        ends."""
         assert self._tasks is not None
-        task = self._tasks.create_task(work, name=name)
+        task = self._tasks.create_task(work)
         self._spawned.add(task)
         task.add_done_callback(self._spawned.discard)
         return task
@@ -311,9 +314,7 @@ class Service:
 
     @staticmethod
     def _stop(rev: Revision) -> None:
-        rev.ready = False
-        if rev.task is not None:
-            rev.task.cancel()
+        rev.stop()
 
     def _forget(self, rev: Revision) -> None:
         """Its directory goes once its run has ended; its output stays readable among
