@@ -2,7 +2,9 @@
 
 It answers `tool_call` with `tool_result` (a refusal or failure is ok=false with an error
 for the model to read, never a crash) and `tool_specs_get` with the OpenAI function
-schemas, and publishes an audit event `call` for every call.
+schemas, and publishes an audit event `call` for every call. The Moltbook tools
+(actors/moltbook) answer beside the mailbox (a call may wait for Moltbook's limits), for
+the orchestrator and entityctl only, and are offered to the orchestrator when a key is.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from entityd import Actor, Config
+from entityd import Actor, Config, Later
 from protocol import Envelope
 
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
+from .moltbook import MoltbookTools
 from .sandbox import (
     BadArguments,
     Confinement,
@@ -61,6 +64,7 @@ class ToolActor(Actor):
         ))
         self.shell = Shell(settings, self.root, limits)
         self.unavailable = _contains(self.root, config.data_dir)
+        self.moltbook = MoltbookTools(config)
 
     async def on_start(self) -> None:
         if not self.unavailable:
@@ -82,21 +86,27 @@ class ToolActor(Actor):
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
+            case ToolCall() as call if self.moltbook.owns(call.tool):
+                return Later(self.call(call, envelope.src))
             case ToolCall() as call:
                 return await self.call(call)
             case ToolSpecsGet():
-                return ToolSpecs(tools=tool_specs())
+                return ToolSpecs(tools=tool_specs() + self.moltbook.specs(envelope.src))
             case _:
                 raise TypeError(f"tool does not handle {envelope.typ}")
 
-    async def call(self, call: ToolCall) -> ToolResult:
+    async def call(self, call: ToolCall, src: str = "") -> ToolResult:
         started = time.monotonic()
         tool = call.tool if len(call.tool) <= MAX_TOOL_NAME else call.tool[:MAX_TOOL_NAME] + "..."
+        moltbook = self.moltbook.owns(call.tool)
         try:
-            if self.unavailable:
+            if moltbook:  # needs no workspace; refuses and answers by itself
+                result = await self.moltbook.call(call, src, self.ctx.emit)
+            elif self.unavailable:
                 raise ToolError(f"tools are unavailable: {self.unavailable}")
-            args = check_args(call.tool, call.args)
-            result = await self.dispatch(call.tool, args)
+            else:
+                args = check_args(call.tool, call.args)
+                result = await self.dispatch(call.tool, args)
         except ToolError as exc:
             result = ToolResult(ok=False, error=str(exc))
         except Exception as exc:
@@ -108,7 +118,8 @@ class ToolActor(Actor):
                                 f"({type(exc).__name__}) in the tool actor; it was logged")
         result = _sendable(result)
         duration_ms = round((time.monotonic() - started) * 1000)
-        summary = summarize(call.tool, call.args, result)
+        summary = (self.moltbook.summary(call.tool, result) if moltbook
+                   else summarize(call.tool, call.args, result))
         if call.private:  # events cross the hub; a peer's work stays in the local log
             self.ctx.log.info("tool_call", tool=tool, caller=call.caller[:MAX_TOOL_NAME],
                               ok=result.ok, duration_ms=duration_ms, summary=summary)
