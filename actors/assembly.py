@@ -19,6 +19,7 @@ from .orchestrator import OrchestratorActor
 from .peer.actor import PeerActor
 from .peer.policy import Trust
 from .sandbox.cgroup import SharedLimits
+from .services.actor import ServicesActor
 from .tool import ToolActor
 from .web.actor import WebActor
 from .web.auth import LoginLinks
@@ -90,6 +91,7 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
             ledger_timeout=LEDGER_ATTEMPTS * config.economy.append_timeout, cost=cost),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
         LedgerActor.name: lambda: LedgerActor(config),
+        ServicesActor.name: lambda: ServicesActor(config, workspace),
     }
     if config.web.enabled:
         login_links = links or LoginLinks()

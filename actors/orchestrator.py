@@ -54,6 +54,7 @@ from .orchestrator_tools import OrchestratorTools, render_hits, render_todos
 from .peer.messages import PeerReportIn, Tasks, TasksGet
 from .peer.tools import PeerTools
 from .remote_tools import RemoteTools
+from .services.tools import ServicesTools
 from .turn_scope import DELEGATED_PREFIX, NAME, WAKE_SOURCE, TurnScope, either, payer_of
 
 QUEUE_SIZE = 32
@@ -299,7 +300,9 @@ class OrchestratorActor(Actor):
         peer_tools = PeerTools(self.ctx, self.peers, may_pay=operator,
                                ledger_timeout=self.ledger_timeout)
         ledger_tools = LedgerTools(self.ctx, self.ledger_timeout).tools() if operator else []
+        services_tools = ServicesTools(self.ctx).tools() if operator else []
         toolbox = Toolbox(scope.toolbox([*tools.tools(), *peer_tools.tools(), *ledger_tools,
+                                         *services_tools,
                                          *await self._workspace_tools(scope)]))
 
         async def report(step: Step) -> None:

@@ -38,6 +38,8 @@ from .peer.actor import PeerActor
 from .peer.inbound import COMMANDS, REQUESTS
 from .peer.link import PLAIN_KINDS
 from .peer.policy import PEER_PERMISSIONS
+from .services import messages as _services_messages  # noqa: F401  (registers its kinds)
+from .services.actor import ServicesActor
 from .tool import ToolActor
 from .web.actor import WebActor
 
@@ -50,7 +52,7 @@ TABLES = (("reasons", reasons.reasons_table), ("results", reasons.results_table)
 
 # The actors a daemon runs (actors/assembly.py), in the order the spec lists them.
 ACTORS = (HealthActor, MemoryActor, ToolActor, CoderActor, OrchestratorActor, PeerActor,
-          LedgerActor, WebActor)
+          LedgerActor, WebActor, ServicesActor)
 
 # What each request is answered with besides `error` (any request) and `ack` (a handler
 # that returned nothing). Not derivable from the records; tests/test_protocol_spec.py
@@ -97,6 +99,9 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "ledger_get": ("ledger_entries",),
     "ledger_verify": ("ledger_report",),
     "web_login": ("web_link",),
+    "services_get": ("services",),
+    "service_logs_get": ("service_logs", "service_result"),
+    "service_restart": ("service_result",),
 }
 
 # Kinds published as events (fed.evt), and where.

@@ -50,7 +50,8 @@ PEER_ACTIONS = {"report_to_peer": "report", "wake_up_peer": "wake",
 # and answer.
 READ_ONLY_TOOLS = frozenset({"recall", "remember", "todo_list", "list_peers",
                              "check_peer_alive", "delegated_tasks", "read_file", "list_dir",
-                             "glob", "grep", "check_balance", "peer_reputation"})
+                             "glob", "grep", "check_balance", "peer_reputation",
+                             "list_services", "service_logs"})
 # Tools whose output holds the words of the peer named in their `peer` argument.
 ANSWERED_BY_PEER = frozenset({"talk_to_peer", "wake_up_peer", "restart_peer"})
 # A peer's turn may make this many calls that reach other entities (a ping, a report, a

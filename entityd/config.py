@@ -299,7 +299,8 @@ class ServicesSection:
 
     enabled: bool = key(True, "run the services the workspace's services.toml declares")
     file: str = key("services.toml", "where in the workspace they are declared")
-    host: str = key("127.0.0.1", "where each service's preview port listens (loopback only)")
+    host: str = key("127.0.0.2", "where each service's preview port listens (loopback; not "
+                    "127.0.0.1, whose cookies, the web page's login among them, it would get)")
     ready_timeout: float = key(30.0, "seconds a new revision has to become ready", positive)
     restart_budget: int = key(5, "restarts of one service within restart_window ...", positive)
     restart_window: float = key(300.0, "... seconds; past them it stays stopped, said in an "
@@ -463,6 +464,9 @@ def _check_across(parts: Mapping[str, Any]) -> None:
          f"{parts['web'].host!r} is not a loopback address: the page would be reachable "
          "from the network; set web.allow_remote = true behind TLS (a reverse proxy), or "
          'web.host = "127.0.0.1"'),
+        ("services.host", parts["services"].host == parts["web"].host,
+         "is web.host too: a service (code the entity wrote) would get the browser's cookies "
+         "for the page, its login among them; keep services.host = \"127.0.0.2\""),
         ("services.host", not _loopback(parts["services"].host),
          f"{parts['services'].host!r} is not a loopback address: a service's preview is "
          'for this machine; set services.host = "127.0.0.1"'),

@@ -56,7 +56,12 @@ from actors.peer.actor import PeerActor
 from actors.peer.inbound import COMMANDS
 from actors.peer.link import inbox_stream
 from actors.peer.messages import Peers, PeersGet
+from actors.services.actor import ServicesActor
+from actors.services.messages import Services, ServicesGet
 from actors.tool import ToolActor
+from actors.web.actor import WebActor
+from actors.web.messages import WebLink, WebLogin
+from bench.rig import enable_web
 from entityd import identity, localauth
 from entityd.actor import Actor, accepted_kinds
 from entityd.errors import RemoteError
@@ -77,7 +82,8 @@ pytestmark = pytest.mark.timeout(120)
 ENTITY = "entity-a"
 PEER = "entity-b"
 STANDARD: tuple[type[Actor], ...] = (HealthActor, MemoryActor, ToolActor, CoderActor,
-                                     OrchestratorActor, PeerActor, LedgerActor)
+                                     OrchestratorActor, PeerActor, LedgerActor, WebActor,
+                                     ServicesActor)
 SIGNERS = ("entity", "operator", "peer")
 REQUEST_TIMEOUT = 20.0
 # What says that an actor failed on a message: none of these may come back.
@@ -272,6 +278,7 @@ def entity(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Entity]:
     text = re.sub(r"(?m)^\[peer_keys\]\n",
                   f'[peer_keys]\n{PEER} = "{bytes(peer.verify_key).hex()}"\n', text, count=1)
     config.write_text(text)
+    enable_web(config)  # the web actor takes its sweep too
     env = child_env()
     for name in LLM_KEYS:  # every turn ends at once with "no model"
         env.pop(name, None)
@@ -393,6 +400,8 @@ NORMAL: dict[str, tuple[object, type[Any]]] = {
     "orchestrator": (Goal("say hello"), GoalAccepted),
     "peer": (PeersGet(), Peers),
     "ledger": (BalanceGet(), Balance),
+    "web": (WebLogin(), WebLink),
+    "services": (ServicesGet(), Services),
 }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from actors.agent import AgentLoop, ObservationStep, Step, TaskStep, Tool, Toolbox
+from actors.agent.loop import summarize
 from actors.agent.toolbox import ToolFailed, schema
 from actors.llm import (
     OpenAICompatLLM,
@@ -117,3 +118,13 @@ async def test_token_budget_stops_the_turn_cleanly() -> None:
         asked = len(server.requests)
     assert not outcome.ok and outcome.stopped == "budget"
     assert asked == 1  # the second call was refused before it was made
+
+
+def test_a_dm_read_is_kept_out_of_the_step_event_and_other_output_is_cut() -> None:
+    """Events cross the hub: a Moltbook DM's words never go into one; other tools'
+    output goes in cut to the limit."""
+    words = "a stranger's words to this entity alone " * 20
+    dms = summarize(ObservationStep("c1", "moltbook_read_dms", words, True))
+    assert words[:40] not in str(dms) and dms["output"].endswith("kept out of events)")
+    shell = summarize(ObservationStep("c2", "shell", words, True), limit=50)
+    assert shell["output"] == words[:50]

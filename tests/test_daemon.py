@@ -73,7 +73,7 @@ def test_embedded_mode_serves_status_and_sigterm_leaves_nothing(tmp_path: Path) 
         assert {a["name"]: (a["state"], a["restarts"]) for a in status["actors"]} == {
             name: ("running", 0)
             for name in ("health", "memory", "tool", "coder", "orchestrator", "peer",
-                         "ledger")
+                         "ledger", "services")
         }
         assert (config.parent / "nats" / "jetstream").is_dir()
     finally:

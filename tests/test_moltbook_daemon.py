@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +31,9 @@ pytestmark = pytest.mark.timeout(240)
 
 
 async def moltbookctl(config: Path, *args: str) -> tuple[int, str, str]:
-    """entityctl moltbook ARGS (tests/moltbook_ctl.py: entityctl with those commands)."""
+    """entityctl moltbook ARGS, as a user runs it."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.moltbook_ctl", "--config", str(config), "moltbook",
+        str(BIN / "entityctl"), "--config", str(config), "moltbook",
         *args, cwd=REPO, env=child_env(), stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE)
     async with asyncio.timeout(120):

@@ -30,6 +30,7 @@ import protocol
 from actors.sandbox.cgroup import CallLimits
 from actors.services.actor import ServicesActor
 from actors.services.messages import (
+    NO_SUCH_SERVICE,
     ServiceInfo,
     ServiceLogs,
     ServiceLogsGet,
@@ -45,6 +46,7 @@ from protocol import Event, ReplayGuard
 from tests.helpers import NatsServer, RunningActors, poll, running_actors
 
 pytestmark = pytest.mark.timeout(90)
+PREVIEW_HOST = ServicesSection().host  # where the previews listen by default
 
 ENTITY = "entity-a"
 ASK_TIMEOUT = 30.0
@@ -206,7 +208,7 @@ async def services_rig(nats_server: NatsServer, root: Path,
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, str]:
     """One request through the proxy, on a fresh connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    conn = http.client.HTTPConnection(PREVIEW_HOST, port, timeout=timeout)
     try:
         conn.request("GET", path)
         response = conn.getresponse()
@@ -304,7 +306,7 @@ async def test_a_committed_service_answers_reloads_without_a_failed_request_and_
     assert ready.data["commit"] == first
     info = (await rig.services())["web"]
     assert info.state == "running" and info.commit == first
-    assert info.url == f"http://127.0.0.1:{info.port}/"
+    assert info.url == f"http://{PREVIEW_HOST}:{info.port}/"
     assert await aget(info.port, "/hello") == (200, "v1 /hello")
     v1_dir = rig.config.data_dir / "services" / "web" / info.revision
     assert (v1_dir / "app.py").read_text() == app("v1")
@@ -441,7 +443,7 @@ async def test_sigkill_is_a_death_it_comes_back_from_until_its_budget_is_spent(
     assert (info.state, info.revision) == ("running", result.revision)
     assert await aget(info.port) == (200, "v1 /")
     unknown = await rig.ask(ServiceRestart("nope"))
-    assert (unknown.ok, unknown.code) == (False, "unknown")
+    assert (unknown.ok, unknown.code) == (False, NO_SUCH_SERVICE)
     assert "declared: api" in unknown.text
 
 
@@ -594,7 +596,7 @@ async def _entityctl_services(client: Any) -> None:
     listed = json.loads(text)
     assert [s["name"] for s in listed["services"]] == ["one", "two"]
     code, text = await run("services")
-    assert code == 0 and "one" in text and "running" in text and "http://127.0.0.1:" in text
+    assert code == 0 and "one" in text and "running" in text and f"http://{PREVIEW_HOST}:" in text
     code, text = await run("services", "logs", "two")
     assert code == 0 and "v1 listening" in text
     code, text = await run("services", "restart", "one")

@@ -72,6 +72,9 @@ class AgentLoop:
 
 
 PRIVATE_KEYS = ("text", "output")
+# Tools whose output is never put in an event (events cross the hub): Moltbook DMs are
+# strangers' words to this entity alone, however public Moltbook lets them become.
+OUTPUT_NOT_IN_EVENTS = frozenset({"moltbook_read_dms"})
 
 
 def summarize(step: Step, limit: int = 300, private: bool = False) -> dict[str, Any]:
@@ -93,6 +96,8 @@ def _summary(step: Step, limit: int) -> dict[str, Any]:
                 "tools": [call.name for call in completion.tool_calls],
             }
         case ObservationStep(_, tool, output, ok):
+            if tool in OUTPUT_NOT_IN_EVENTS:
+                output = f"({len(output)} characters, kept out of events)"
             return {"kind": "observation", "tool": tool, "ok": ok, "output": output[:limit]}
         case FinalAnswerStep(text):
             return {"kind": "answer", "text": text[:limit]}

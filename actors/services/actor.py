@@ -56,6 +56,7 @@ from ..workspace import GitError, Workspace
 from .manifest import ManifestError, ServiceSpec, parse
 from .messages import (
     LOGS_MAX,
+    NO_SUCH_SERVICE,
     ServiceInfo,
     ServiceLogs,
     ServiceLogsGet,
@@ -211,7 +212,7 @@ class ServicesActor(Actor):
 
     def _unknown(self, name: str) -> ServiceResult:
         known = ", ".join(sorted(self.services)) or "none"
-        return ServiceResult(False, "unknown", f"no service {name[:40]!r} is declared in "
+        return ServiceResult(False, NO_SUCH_SERVICE, f"no service {name[:40]!r} is declared in "
                              f"{self.settings.file} (declared: {known})")
 
     # ---- watching the repository ---------------------------------------------------------

@@ -72,10 +72,13 @@ class ServiceRestart:
     name: str
 
 
+NO_SUCH_SERVICE = "no_such_service"  # ServiceResult.code for a name services.toml lacks
+
+
 @kind("service_result")
 @dataclass(frozen=True, slots=True)
 class ServiceResult:
     ok: bool
-    code: str  # ready | unknown | not_ready | disabled | unavailable
+    code: str  # ready | no_such_service | not_ready | disabled | unavailable
     text: str
     revision: str = ""

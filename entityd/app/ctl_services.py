@@ -13,6 +13,7 @@ from typing import Any
 from actors.services.messages import (
     LOGS_DEFAULT,
     LOGS_MAX,
+    NO_SUCH_SERVICE,
     ServiceLogs,
     ServiceLogsGet,
     ServiceRestart,
@@ -107,4 +108,4 @@ def _result(answer: ServiceResult, as_json: bool) -> int:
         print(f"{answer.code}: {answer.text}")
     if answer.ok:
         return 0
-    return EXIT_UNKNOWN if answer.code == "unknown" else EXIT_REFUSED
+    return EXIT_UNKNOWN if answer.code == NO_SUCH_SERVICE else EXIT_REFUSED
