@@ -29,6 +29,7 @@ from ..messages import (
     TodoUpdate,
 )
 from ..peer.messages import PeerCheck, PeersGet, PeerTalk, TasksGet
+from ..services.messages import ServicesGet
 
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_TEXT = 16_000
@@ -222,6 +223,7 @@ class Api:
         return reply(await self.ask("coder", CommitDiffGet(request.path_params["sha"]), 30.0))
 
     async def services(self, request: Request) -> Response:
-        """The services the entity runs; none until it has a services actor."""
-        return reply({"services": [], "note": "This entity runs no services (services.toml "
-                      "in its workspace declares them once the services actor exists)."})
+        """The services the entity runs, each with its loopback preview URL (served on a
+        host of its own: never under this page's origin, where the agent's code would
+        have the operator's session)."""
+        return reply(await self.ask("services", ServicesGet()))

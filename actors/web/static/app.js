@@ -315,10 +315,15 @@ loaders.services = async () => {
   const node = document.getElementById("service-table");
   const note = document.getElementById("services-note");
   try {
-    const {services, note: said} = await api("/api/services");
-    table(node, ["service", "state", "revision", "restarts", "preview"],
-      services.map((s) => [s.name, s.state, s.revision || "", s.restarts, /^https?:\/\//.test(s.url || "") ? el("a", {href: s.url}, s.url) : ""]));
-    note.textContent = said || "";
+    const report = await api("/api/services");
+    table(node, ["service", "state", "revision", "restarts", "preview", "last error"],
+      report.services.map((s) => [s.name, s.state + (s.pending ? ` (starting ${s.pending})` : ""),
+        s.revision || "", s.restarts,
+        /^https?:\/\//.test(s.url || "") ? el("a", {href: s.url, rel: "noopener noreferrer", target: "_blank"}, s.url) : "",
+        short(s.last_error || "", 300)]));
+    note.textContent = !report.enabled ? "Services are off (services.enabled = false)."
+      : report.problem ? `services.toml was not applied: ${report.problem}`
+      : report.services.length ? "" : "No services: the entity declares them in services.toml in its workspace.";
   } catch (error) { problem(node, error); }
 };
 
