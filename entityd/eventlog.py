@@ -108,6 +108,18 @@ class Follower:
                 return stored
         return None
 
+    async def waiting(self, limit: int) -> list[StoredEvent]:
+        """The events already delivered and waiting here (at most `limit`), without
+        waiting for more: a writer sends them together."""
+        found: list[StoredEvent] = []
+        for _ in range(limit):
+            if not self._sub.pending_msgs:
+                break
+            stored = await self._reader.stored(await self._sub.next_msg(timeout=1.0))
+            if stored is not None:
+                found.append(stored)
+        return found
+
     def __aiter__(self) -> Follower:
         return self
 

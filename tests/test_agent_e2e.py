@@ -78,8 +78,9 @@ async def test_ask_drives_coder_to_write_test_and_commit(tmp_path: Path) -> None
             assert code == 0, err + daemon.log()[-3000:]
             assert "its test passes" in out
             assert "[coder] step" in err  # progress was streamed
-            commit = next(line.split()[1] for line in out.splitlines()
-                          if line.startswith("commit "))
+            commit = next((line.split()[1] for line in out.splitlines()
+                           if line.startswith("commit ")), None)
+            assert commit, f"no commit line in:\n{out}\n{err}\n{daemon.log()[-6000:]}"
 
             assert "2 files changed" in out  # what changed comes back with the answer
             workspace = config.parent / "workspace"

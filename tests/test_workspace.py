@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from actors.sandbox import WORKSPACE_MOUNT
+from actors.sandbox.shell import Shell
 from actors.workspace import Workspace
 from tests.test_tool_actor import SANDBOX
 
@@ -54,3 +56,32 @@ async def test_build_droppings_are_not_committed_and_no_change_means_no_commit(
     files = await workspace.git("show", "--name-only", "--format=", "HEAD")
     assert files.split() == ["m.py"]
     assert await workspace.commit("Nothing new") is None
+
+
+async def test_sandboxes_starting_together_on_a_fresh_workspace_all_start(
+        tmp_path: Path) -> None:
+    """At a daemon's first start several actors reach the sandbox at once while the
+    workspace has no repository yet (the coder's and the services' git through one
+    Workspace, the tool actor's shell through a Shell of its own). Each sandbox mounts an
+    empty placeholder over .git and takes it away after: none may take another's
+    placeholder for a repository (bwrap then failed to start, and the shell stayed
+    unavailable for the daemon's life)."""
+    path = tmp_path / "ws"
+    workspace = Workspace(path, "entity-a", SANDBOX)
+    tool_shell = Shell(SANDBOX, path)
+
+    async def tool_actor() -> str | None:
+        problem = await tool_shell.probe()
+        for _ in range(3):
+            assert (await tool_shell.run("true")).exit_code == 0
+        return problem
+
+    results = await asyncio.gather(workspace.ensure(), workspace.head(), tool_actor(),
+                                   workspace.head(), return_exceptions=True)
+    problems = [r for r in results if isinstance(r, BaseException)]
+    assert not problems, problems
+    assert results[2] is None, results[2]  # the tool actor's sandbox is available
+    assert (path / ".git" / "HEAD").exists()  # the repository the daemon made
+    (path / "a.txt").write_text("a\n")
+    made = await workspace.commit("first")
+    assert made is not None and await workspace.head() == made.sha

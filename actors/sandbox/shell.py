@@ -27,7 +27,8 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,6 +92,17 @@ class ExecResult:
     stdout: bytes
     stderr: bytes
     timed_out: bool = False
+
+
+# Per event loop and workspace: the lock sandboxes take while the workspace has no
+# repository (Shell._git_placeholder).
+_NO_REPO_LOCKS: weakref.WeakKeyDictionary[
+    asyncio.AbstractEventLoop, dict[str, asyncio.Lock]] = weakref.WeakKeyDictionary()
+
+
+def _no_repo_lock(workspace: str) -> asyncio.Lock:
+    locks = _NO_REPO_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    return locks.setdefault(os.path.realpath(workspace), asyncio.Lock())
 
 
 @dataclass(frozen=True)
@@ -173,7 +185,7 @@ class Shell:
         if self.missing:
             log.warning("sandbox_bwrap_old", missing=self.missing)
         # In a call's cgroup too: the trial proves that the limits compose with bwrap.
-        with self._git_placeholder():
+        async with self._git_placeholder():
             try:
                 async with self.limits.call() as cgroup:
                     done = await self._exec(cgroup, self.argv("id -u"), None, PROBE_TIMEOUT)
@@ -280,18 +292,35 @@ class Shell:
                          f"{WORKSPACE_MOUNT}/.git/{name}"]
         return args
 
-    @contextlib.contextmanager
-    def _git_placeholder(self) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def _git_placeholder(self) -> AsyncIterator[None]:
         """Remove the empty mount point bwrap leaves for the .git placeholder, so the host
-        shows no repository that is not one (the daemon creates the real one)."""
-        path = os.path.join(self.workspace, ".git")
-        existed = os.path.lexists(path)
+        shows no repository that is not one (the daemon creates the real one).
+
+        While the workspace has no repository, sandboxes start one at a time (per
+        workspace, across the actors that share it): another one starting meanwhile
+        would take the placeholder's mount point for a repository and bind it, and find
+        it gone when bwrap starts. Build the command line inside this block."""
+        lock = _no_repo_lock(self.workspace)
+        await lock.acquire()
+        if self._has_git_dir():  # a repository: it stays, so others may start beside
+            lock.release()
+            yield
+            return
         try:
             yield
         finally:
-            if not existed:
-                with contextlib.suppress(OSError):  # not empty: the daemon made a repository
-                    os.rmdir(path)
+            try:
+                self._drop_placeholder()
+            finally:
+                lock.release()
+
+    def _has_git_dir(self) -> bool:
+        return os.path.lexists(os.path.join(self.workspace, ".git"))
+
+    def _drop_placeholder(self) -> None:
+        with contextlib.suppress(OSError):  # not empty: the daemon made a repository
+            os.rmdir(os.path.join(self.workspace, ".git"))
 
     @staticmethod
     def _masks(found: Scan | None) -> list[str]:
@@ -324,7 +353,7 @@ class Shell:
         started = time.monotonic()
         found = await self.scan()
         capture = _Capture(self.settings.output_limit)
-        with self._git_placeholder():
+        async with self._git_placeholder():
             async with self.limits.call() as cgroup:
                 proc = await asyncio.create_subprocess_exec(
                     *cgroup.prefix, *self.argv(command, network=network, found=found),
@@ -415,9 +444,10 @@ class Shell:
         if self.unavailable:
             raise SandboxUnavailable(self.unavailable)
         found = found or await self.scan()
-        argv = self.program_argv(program, found=found, git=git, env=env)
-        async with self.limits.call() as cgroup:
-            return await self._exec(cgroup, argv, stdin, timeout)
+        async with self._git_placeholder():
+            argv = self.program_argv(program, found=found, git=git, env=env)
+            async with self.limits.call() as cgroup:
+                return await self._exec(cgroup, argv, stdin, timeout)
 
     async def _exec(self, cgroup: CallCgroup, argv: list[str], stdin: bytes | None,
                     timeout: float | None) -> ExecResult:
