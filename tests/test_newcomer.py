@@ -206,7 +206,8 @@ def test_entityctl_with_the_entity_down_says_so_within_a_second(tmp_path: Path) 
     assert f"entityd run --config {config}" in line, line
 
 
-@pytest.mark.parametrize("when", ["while it imports the actors", "while its nats-server starts"])
+@pytest.mark.parametrize("when", ["while its commands load", "while it imports the actors",
+                                  "while its nats-server starts"])
 def test_ctrl_c_during_start_up_leaves_nothing_and_no_traceback(
         tmp_path: Path, when: str) -> None:
     config = make_entity(tmp_path)
@@ -214,9 +215,9 @@ def test_ctrl_c_during_start_up_leaves_nothing_and_no_traceback(
     with log.open("w") as output:
         proc = subprocess.Popen([ENTITYD, "run", "--config", str(config)], stdout=output,
                                 stderr=subprocess.STDOUT, text=True, env=child_env())
-    if when == "while it imports the actors":
-        # Past the entityd package's own import (0.2 s; a Ctrl-C within it still gets
-        # Python's traceback), inside the actors' (1.5 s).
+    if when == "while its commands load":
+        time.sleep(0.15)  # in the first import of entityd.app.cli (most of a second)
+    elif when == "while it imports the actors":
         time.sleep(1.0)
     else:
         wait_for(log, '"nats_server_starting"', proc)
@@ -230,6 +231,19 @@ def test_ctrl_c_during_start_up_leaves_nothing_and_no_traceback(
     else:
         assert text.strip().splitlines()[-1].startswith("entityd: interrupted"), text
     assert processes_naming(str(config.parent)) == []
+
+
+def test_ctrl_c_while_entityctl_loads_is_one_line(tmp_path: Path) -> None:
+    config = make_entity(tmp_path)
+    proc = subprocess.Popen([ENTITYCTL, "--config", str(config), "status"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=child_env())
+    time.sleep(0.15)  # while its commands load
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130, (out, err)
+    assert err.strip().splitlines()[-1].startswith("entityctl: interrupted"), err
 
 
 def test_the_demo_model_on_a_busy_port_names_it() -> None:
