@@ -551,20 +551,29 @@ def _indent(text: str, spaces: int) -> str:
 # -- command line --------------------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m entityd.federation",
+        prog="entityd federation",
         description="Hub credentials and nats-server configs for an entityd federation.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    user = sub.add_parser(
-        "hub-user", help="make (or show) an entity's hub credentials and its hub user entry"
-    )
+    def command(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        """A subcommand whose --help opens with `summary` and ends with `example`."""
+        return sub.add_parser(name, help=summary, description=summary,
+                              epilog=f"example:\n  {example}",
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    user = command("hub-user", "Make (or show) an entity's hub credentials and its hub user "
+                   "entry.", "entityd federation hub-user entity-a --data-dir "
+                   "~/entities/entity-a")
     user.add_argument("name", help="the entity's name, e.g. entity-a")
     user.add_argument("--data-dir", required=True, type=Path, help="the entity's data dir")
 
-    hub = sub.add_parser("hub-conf", help="print a complete hub configuration")
+    hub = command("hub-conf", "Print a complete hub configuration.",
+                  "entityd federation hub-conf --entity entity-a=UA... --store-dir "
+                  "/var/lib/entityd-hub --tls-dir /etc/entityd-hub/tls --tls-name "
+                  "hub.example.net > hub.conf")
     hub.add_argument(
         "--entity", action="append", default=[], metavar="NAME=NKEY",
         help="an entity and its public user nkey (from hub-user); repeat for each",
@@ -614,12 +623,15 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--cluster-tls-ca", default="",
                       help="the CA every node's route certificate is signed by")
 
-    treasurer = sub.add_parser(
-        "treasurer", help="make (or show) the treasurer's hub login, for `entityd economy`")
+    treasurer = command("treasurer", "Make (or show) the treasurer's hub login, for "
+                        "`entityd economy`.",
+                        "entityd federation treasurer --data-dir /etc/entityd-hub/treasury")
     treasurer.add_argument("--data-dir", required=True, type=Path,
                            help="where its login is kept (0600)")
 
-    leaf = sub.add_parser("leaf-conf", help="print an entity's leaf nats-server configuration")
+    leaf = command("leaf-conf", "Print an entity's leaf nats-server configuration.",
+                   "entityd federation leaf-conf entity-a --data-dir ~/entities/entity-a "
+                   "--hub-url tls://hub.example.net:7422 --hub-ca-file ca.crt")
     leaf.add_argument("name")
     leaf.add_argument("--data-dir", required=True, type=Path)
     leaf.add_argument("--hub-url", required=True, help="e.g. tls://hub.example.net:7422")
@@ -631,7 +643,11 @@ def main(argv: list[str] | None = None) -> int:
         help="allow a plain nats-leaf:// hub beyond loopback (nats.hub_insecure)",
     )
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     logs.configure(level="warning", fmt="console")  # to stderr: stdout carries the config
     try:
         if args.command == "hub-user":
