@@ -5,6 +5,8 @@ for the model to read, never a crash) and `tool_specs_get` with the OpenAI funct
 schemas, and publishes an audit event `call` for every call. The Moltbook tools
 (actors/moltbook) answer beside the mailbox (a call may wait for Moltbook's limits), for
 the orchestrator and entityctl only, and are offered to the orchestrator when a key is.
+The MCP tools (actors/mcp) answer beside the mailbox too (each call starts its server in
+the sandbox), for the orchestrator and the coder, and entityctl lists and approves them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from entityd import Actor, Config, Later
 from protocol import Envelope
 
+from .mcp import McpApprove, McpApproved, McpList, McpListing, McpTools
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
 from .moltbook import MoltbookTools
 from .sandbox import (
@@ -50,7 +53,7 @@ _SECRETS = [
 
 class ToolActor(Actor):
     name = "tool"
-    accepts = (ToolCall, ToolSpecsGet)
+    accepts = (ToolCall, ToolSpecsGet, McpList, McpApprove)
 
     def __init__(self, config: Config, limits: SharedLimits | None = None) -> None:
         settings = config.sandbox
@@ -65,8 +68,11 @@ class ToolActor(Actor):
         self.shell = Shell(settings, self.root, limits)
         self.unavailable = _contains(self.root, config.data_dir)
         self.moltbook = MoltbookTools(config)
+        self.mcp = McpTools(config, limits)
 
     async def on_start(self) -> None:
+        if self.mcp.problem:
+            self.ctx.log.error("mcp_unavailable", reason=self.mcp.problem)
         if not self.unavailable:
             try:
                 left = await asyncio.to_thread(prepare, self.root, self.workspace.owner)
@@ -86,22 +92,39 @@ class ToolActor(Actor):
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
-            case ToolCall() as call if self.moltbook.owns(call.tool):
+            case ToolCall() as call if self.moltbook.owns(call.tool) or self.mcp.owns(call.tool):
                 return Later(self.call(call, envelope.src))
             case ToolCall() as call:
                 return await self.call(call)
+            case ToolSpecsGet() if self.mcp.servers:  # may list the servers first
+                return Later(self.specs(envelope.src))
             case ToolSpecsGet():
                 return ToolSpecs(tools=tool_specs() + self.moltbook.specs(envelope.src))
+            case McpList() if _from_ctl(envelope.src, self.ctx.entity):
+                return Later(self.mcp.listing())
+            case McpList():
+                return McpListing(problem="the MCP servers are listed for entityctl only")
+            case McpApprove() as approve if _from_ctl(envelope.src, self.ctx.entity):
+                return Later(self.mcp.approve(approve.server))
+            case McpApprove() as approve:
+                return McpApproved(approve.server, error="only entityctl approves MCP tools")
             case _:
                 raise TypeError(f"tool does not handle {envelope.typ}")
+
+    async def specs(self, src: str) -> ToolSpecs:
+        return ToolSpecs(tools=tool_specs() + self.moltbook.specs(src)
+                         + await self.mcp.specs(src))
 
     async def call(self, call: ToolCall, src: str = "") -> ToolResult:
         started = time.monotonic()
         tool = call.tool if len(call.tool) <= MAX_TOOL_NAME else call.tool[:MAX_TOOL_NAME] + "..."
         moltbook = self.moltbook.owns(call.tool)
+        mcp = self.mcp.owns(call.tool)
         try:
             if moltbook:  # needs no workspace; refuses and answers by itself
                 result = await self.moltbook.call(call, src, self.ctx.emit)
+            elif mcp:  # the server runs in a directory of its own, not the workspace
+                result = await self.mcp.call(call, src)
             elif self.unavailable:
                 raise ToolError(f"tools are unavailable: {self.unavailable}")
             else:
@@ -118,8 +141,12 @@ class ToolActor(Actor):
                                 f"({type(exc).__name__}) in the tool actor; it was logged")
         result = _sendable(result)
         duration_ms = round((time.monotonic() - started) * 1000)
-        summary = (self.moltbook.summary(call.tool, result) if moltbook
-                   else summarize(call.tool, call.args, result))
+        if moltbook:
+            summary = self.moltbook.summary(call.tool, result)
+        elif mcp:
+            summary = self.mcp.summary(call.tool, result)
+        else:
+            summary = summarize(call.tool, call.args, result)
         if call.private:  # events cross the hub; a peer's work stays in the local log
             self.ctx.log.info("tool_call", tool=tool, caller=call.caller[:MAX_TOOL_NAME],
                               ok=result.ok, duration_ms=duration_ms, summary=summary)
@@ -225,6 +252,10 @@ def summarize(tool: str, args: dict[str, Any], result: ToolResult) -> str:
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text if len(text) <= SUMMARY_LIMIT else text[: SUMMARY_LIMIT - 3] + "..."
+
+
+def _from_ctl(src: str, entity: str) -> bool:
+    return src == f"{entity}/ctl"
 
 
 def _contains(workspace: Path, data_dir: Path) -> str:

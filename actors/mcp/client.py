@@ -1,0 +1,180 @@
+"""One session with a configured MCP server, started for it in the shell tool's sandbox.
+
+The server runs under the sandbox's rules (actors/sandbox/shell.py): the unprivileged uid,
+bwrap with no network, a cleared environment (only what `env` adds), rlimits, a cgroup of
+its own, and a wall-clock limit (sandbox.timeout) on the whole session. Its working
+directory is a directory of its own, DATA_DIR/mcp/NAME, mounted at /workspace: no
+workspace, no data dir, no keys; host paths it needs (a virtualenv) are mounted
+read-only when the config lists them under `read_only`.
+
+A session lasts one listing or one call: each call starts the server anew, so the
+definitions checked against the pins are the ones of the process that runs the call.
+The `mcp` SDK's stdio client spawns the process; it is given the sandbox's command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import tempfile
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mcp import ClientSession, StdioServerParameters, stdio_client, types
+
+from entityd import SandboxSection
+
+from ..sandbox import Shell, ToolError
+from ..sandbox.cgroup import SharedLimits
+from ..sandbox.shell import HOST_ENV
+from .config import McpServer
+
+STDERR_TAIL = 600  # characters of the server's stderr quoted when it fails
+
+
+class ServerUnavailable(ToolError):
+    """The server could not be started, listed or called."""
+
+
+@dataclass(frozen=True)
+class ServedTool:
+    name: str
+    description: str
+    input_schema: dict[str, Any]
+
+
+class ServerSandbox(Shell):
+    """The shell tool's sandbox over the server's own directory, with the host paths the
+    config lists bound read-only at the same place."""
+
+    def __init__(self, settings: SandboxSection, directory: Path, read_only: Sequence[str],
+                 limits: SharedLimits | None = None) -> None:
+        super().__init__(settings, directory, limits)
+        self.read_only = tuple(read_only)
+
+    def bwrap_args(self, *, network: bool, found: Any = None, git: bool = False,
+                   env: Mapping[str, str] | None = None) -> list[str]:
+        args = super().bwrap_args(network=network, found=found, git=git, env=env)
+        # Before the root is made read-only: bwrap makes the mount points on it.
+        at = next(i for i in range(len(args) - 1) if args[i:i + 2] == ["--remount-ro", "/"])
+        binds = [part for path in self.read_only for part in ("--ro-bind", path, path)]
+        return args[:at] + binds + args[at:]
+
+
+class Server:
+    """A configured server and its sandbox, probed on first use."""
+
+    def __init__(self, spec: McpServer, settings: SandboxSection, data_dir: Path,
+                 limits: SharedLimits | None = None) -> None:
+        self.spec = spec
+        self.settings = settings
+        self.directory = data_dir / "mcp" / spec.name
+        self.limits = limits
+        self.sandbox: ServerSandbox | None = None
+        self._probing = asyncio.Lock()
+
+    async def _ready_sandbox(self) -> ServerSandbox:
+        async with self._probing:
+            if self.sandbox is None:
+                await asyncio.to_thread(self._make_directory)
+                sandbox = ServerSandbox(self.settings, self.directory, self.spec.read_only,
+                                        self.limits)
+                reason = await sandbox.probe()
+                if reason:
+                    raise ServerUnavailable(f"MCP server {self.spec.name}: the sandbox is "
+                                            f"unavailable: {reason}")
+                self.sandbox = sandbox
+            return self.sandbox
+
+    def _make_directory(self) -> None:
+        self.directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        # An empty .git of the daemon's: the sandbox then binds it read-only instead of
+        # placing (and removing) a placeholder of its own at every start.
+        (self.directory / ".git").mkdir(mode=0o755, exist_ok=True)
+
+    @contextlib.asynccontextmanager
+    async def session(self) -> AsyncIterator[ClientSession]:
+        """An initialized session with a fresh process of the server, within the wall-clock
+        limit; any failure is ServerUnavailable, with the end of the server's stderr."""
+        sandbox = await self._ready_sandbox()
+        missing = await asyncio.to_thread(
+            lambda: [path for path in self.spec.read_only if not os.path.exists(path)])
+        if missing:
+            raise ServerUnavailable(f"mcp.servers.{self.spec.name}.read_only: {missing[0]} "
+                                    "does not exist")
+        argv = sandbox.program_argv(self.spec.command, env=self.spec.env)
+        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog:
+            try:
+                async with asyncio.timeout(self.settings.timeout):
+                    async with sandbox.limits.call() as cgroup:
+                        command = [*cgroup.prefix, *argv]
+                        params = StdioServerParameters(command=command[0], args=command[1:],
+                                                       env=dict(HOST_ENV))
+                        async with stdio_client(params, errlog=errlog) as (read, write):
+                            async with ClientSession(read, write) as session:
+                                await session.initialize()
+                                yield session
+            except ToolError:
+                raise
+            except BaseExceptionGroup as group:  # the SDK's task groups wrap what the body raised
+                ours = _first_tool_error(group)
+                if ours is not None:
+                    raise ours from None
+                raise ServerUnavailable(self._failed(_describe(group), errlog)) from None
+            except TimeoutError:
+                raise ServerUnavailable(self._failed(
+                    f"did not answer within {self.settings.timeout:g} s (sandbox.timeout)",
+                    errlog)) from None
+            except Exception as exc:  # the SDK's, anyio's, the process's: all the same here
+                raise ServerUnavailable(self._failed(_describe(exc), errlog)) from None
+
+    def _failed(self, what: str, errlog: Any) -> str:
+        errlog.seek(0)
+        stderr = errlog.read()[-STDERR_TAIL:].strip()
+        text = f"MCP server {self.spec.name}: {what}"
+        return text + (f"; its stderr ends: {stderr}" if stderr else "")
+
+
+async def list_tools(session: ClientSession) -> list[ServedTool]:
+    tools: list[ServedTool] = []
+    cursor: str | None = None
+    for _ in range(100):  # pages; a server paging forever is cut off
+        if cursor is None:
+            result = await session.list_tools()
+        else:
+            result = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
+        tools += [ServedTool(t.name, t.description or "", dict(field(t, "input_schema") or {}))
+                  for t in result.tools]
+        cursor = field(result, "next_cursor")
+        if not cursor:
+            break
+    return tools
+
+
+def field(record: Any, name: str) -> Any:
+    """`record.name`: mcp 2 names the SDK's fields in snake_case, mcp 1 as on the wire
+    (inputSchema, nextCursor, isError, structuredContent)."""
+    if hasattr(record, name):
+        return getattr(record, name)
+    head, *rest = name.split("_")
+    return getattr(record, head + "".join(part.title() for part in rest), None)
+
+
+def _first_tool_error(group: BaseExceptionGroup[BaseException]) -> ToolError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, ToolError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_tool_error(exc)
+            if found is not None:
+                return found
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"[:400] or type(exc).__name__
