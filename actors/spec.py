@@ -31,6 +31,7 @@ from .health import HealthActor
 from .ledger import messages as _ledger_messages  # noqa: F401  (registers its kinds)
 from .ledger.actor import LedgerActor
 from .llm import messages as _llm_messages  # noqa: F401  (registers its kinds)
+from .mcp import messages as _mcp_messages  # noqa: F401  (registers its kinds)
 from .memory import MemoryActor
 from .orchestrator import OrchestratorActor
 from .peer import messages as _peer_messages  # noqa: F401  (registers its kinds)
@@ -102,6 +103,8 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "services_get": ("services",),
     "service_logs_get": ("service_logs", "service_result"),
     "service_restart": ("service_result",),
+    "mcp_list": ("mcp_listing",),
+    "mcp_approve": ("mcp_approved",),
 }
 
 # Kinds published as events (fed.evt), and where.

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from .federated import FederationAccess
     from .logs import configure as configure_logging
     from .logs import get as get_logger
+    from .mcp_servers import McpServer
     from .supervisor import Supervision
 
 # Where each name lives, loaded on first use: `import entityd` (which the commands'
@@ -65,6 +66,7 @@ _HOMES = {
     "FederationAccess": (".federated", "FederationAccess"),
     "configure_logging": (".logs", "configure"),
     "get_logger": (".logs", "get"),
+    "McpServer": (".mcp_servers", "McpServer"),
     "Supervision": (".supervisor", "Supervision"),
 }
 
@@ -94,6 +96,7 @@ __all__ = [
     "FederationAccess",
     "Later",
     "LlmSection",
+    "McpServer",
     "PeerUnavailable",
     "PeersSection",
     "RemoteError",

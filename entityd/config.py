@@ -20,8 +20,9 @@ from typing import Any
 
 from protocol import subjects
 
-from . import hublink, schema
+from . import hublink, mcp_servers, schema
 from .errors import ConfigError
+from .mcp_servers import McpServer
 from .schema import hex_key, key, one_of, positive, table, tcp_port, url_of, zero_or_more
 
 CONFIG_NAME = "entityd.toml"
@@ -379,6 +380,8 @@ class Config:
         'Extra keys allowed to drive this entity with entityctl, as name = "hex public key".\n'
         "Create one with `entityd keygen FILE`.",
         hex_key, str.lower)
+    # [mcp.servers.NAME] tables: the MCP servers it runs (entityd/mcp_servers.py).
+    mcp: Mapping[str, McpServer] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -423,7 +426,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
 def from_mapping(
     raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, path: Path | None = None
 ) -> Config:
-    parts = schema.parse(Config, raw, environ or {})
+    mcp = mcp_servers.servers(raw.get("mcp", {}))
+    parts = schema.parse(Config, {k: v for k, v in raw.items() if k != "mcp"}, environ or {})
     entity: EntitySection = parts["entity"]
     base = path.parent if path else Path.cwd()
     data_dir = Path(entity.data_dir).expanduser() if entity.data_dir else base
@@ -432,7 +436,7 @@ def from_mapping(
     parts["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
     _check_across(parts)
     parts["nats"] = _hub_link(parts["nats"], base)
-    return Config(path=path, **parts)
+    return Config(path=path, mcp=mcp, **parts)
 
 
 def _check_across(parts: Mapping[str, Any]) -> None:

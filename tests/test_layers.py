@@ -35,7 +35,7 @@ RUNTIME_API = {
     "PEER_PERMISSIONS", "Actor", "ActorDeadError", "AskTimeout", "AutonomySection",
     "Config", "ConfigError", "Context", "EntitydError", "Envelope", "EventReader",
     "FederationAccess", "StoredEvent", "WebSection",
-    "LlmSection", "Later", "PeerUnavailable", "PeersSection", "RemoteError",
+    "LlmSection", "Later", "McpServer", "PeerUnavailable", "PeersSection", "RemoteError",
     "SandboxSection", "Supervision", "configure_logging", "get_logger", "kind",
     "unsubscribe",
 }

@@ -17,6 +17,7 @@ import json
 import re
 import sys
 import sysconfig
+import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,12 +26,14 @@ from typing import Any
 import pytest
 
 from actors.mcp import McpApprove, McpApproved, McpList, McpListing
-from actors.mcp.config import McpConfigError, servers
 from actors.messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
 from actors.tool import ToolActor
+from entityd import config as config_mod
 from entityd import identity
 from entityd.app import ctl_mcp
 from entityd.config import Config, EntitySection
+from entityd.errors import ConfigError
+from entityd.mcp_servers import McpServer, servers
 from entityd.transport import Transport
 from tests.helpers import NatsServer, running_actors
 from tests.test_tool_actor import SANDBOX
@@ -116,6 +119,11 @@ class McpRig:
         return {s["function"]["name"] for s in specs.tools}
 
 
+def mcp_table(text: str) -> dict[str, McpServer]:
+    """The servers of a config file's text, as entityd's config reads them."""
+    return servers(tomllib.loads(text)["mcp"])
+
+
 def server_config(allowed: list[str]) -> str:
     return (f"[mcp.servers.notes]\ncommand = [{json.dumps(SYSTEM_PYTHON)}, \"server.py\"]\n"
             f"allowed_tools = {json.dumps(allowed)}\nread_only = [{json.dumps(SITE)}]\n"
@@ -127,10 +135,8 @@ async def mcp_rig(nats_server: NatsServer, root: Path) -> AsyncIterator[McpRig]:
     data = root / ENTITY
     data.mkdir(parents=True)
     identity.create(data)
-    path = root / "entity.toml"
-    path.write_text(server_config(["echo", "reach"]))
     config = Config(entity=EntitySection(name=ENTITY, data_dir=str(data)), sandbox=SANDBOX,
-                    path=path)
+                    mcp=mcp_table(server_config(["echo", "reach"])))
     server_dir = data / "mcp" / "notes"
     server_dir.mkdir(parents=True)
     (server_dir / "server.py").write_text(SERVER)
@@ -247,7 +253,7 @@ async def test_the_server_cannot_read_the_data_dir_or_reach_the_network(
 
 def test_the_config_is_checked_strictly() -> None:
     good = {"mcp": {"servers": {"notes": {"command": ["x"], "allowed_tools": ["a"]}}}}
-    assert servers(good)["notes"].allowed_tools == frozenset({"a"})
+    assert servers(good["mcp"])["notes"].allowed_tools == frozenset({"a"})
     cases = [
         ({"notes": {"command": "x", "allowed_tools": []}}, "mcp.servers.notes.command"),
         ({"notes": {"command": [], "allowed_tools": []}}, "mcp.servers.notes.command"),
@@ -261,8 +267,8 @@ def test_the_config_is_checked_strictly() -> None:
         ({"no_tes": {"command": ["x"], "allowed_tools": []}}, "mcp.servers.no_tes"),
     ]
     for tables, key in cases:
-        with pytest.raises(McpConfigError) as raised:
-            servers({"mcp": {"servers": tables}})
+        with pytest.raises(ConfigError) as raised:
+            servers({"servers": tables})
         assert raised.value.key == key, (tables, raised.value)
 
 
@@ -308,3 +314,18 @@ async def test_entityctl_mcp_list_and_approve(
 
     assert await entityctl_mcp(rig, "approve", "other") == 3
     assert "no MCP server 'other' is configured" in capsys.readouterr().err
+
+
+def test_an_entity_config_file_carries_its_mcp_servers(tmp_path: Path) -> None:
+    """[mcp.servers.NAME] in entityd.toml reaches Config.mcp; a mistake there stops the
+    load naming the key, like any other key of the file."""
+    data = tmp_path / ENTITY
+    data.mkdir()
+    path = data / "entityd.toml"
+    starter = config_mod.STARTER.format(name=ENTITY, data_dir=data, port=4222)
+    path.write_text(starter + "\n" + server_config(["echo"]))
+    assert config_mod.load(path).mcp["notes"].allowed_tools == frozenset({"echo"})
+    path.write_text(starter + '\n[mcp.servers.notes]\ncommand = ["x"]\n')
+    with pytest.raises(ConfigError) as raised:
+        config_mod.load(path)
+    assert raised.value.key == "mcp.servers.notes.allowed_tools"

@@ -20,7 +20,7 @@ from protocol import ReplayGuard
 from tests.helpers import NatsServer, running_actors
 from tests.peer_model import route
 from tests.test_failure_policy import ScriptedSource, next_event
-from tests.test_mcp import ENTITY, SERVER, server_config, skip_without_host_python
+from tests.test_mcp import ENTITY, SERVER, mcp_table, server_config, skip_without_host_python
 from tests.test_tool_actor import SANDBOX
 
 
@@ -34,10 +34,8 @@ async def test_the_orchestrator_calls_an_approved_mcp_tool(
     data = tmp_path / ENTITY
     data.mkdir()
     identity.create(data)
-    path = tmp_path / "entity.toml"
-    path.write_text(server_config(["echo"]))
     config = Config(entity=EntitySection(name=ENTITY, data_dir=str(data)), sandbox=SANDBOX,
-                    path=path)
+                    mcp=mcp_table(server_config(["echo"])))
     (data / "mcp" / "notes").mkdir(parents=True)
     (data / "mcp" / "notes" / "server.py").write_text(SERVER)
     async with ScriptedLLMServer(route) as server:

@@ -25,12 +25,11 @@ from typing import Any
 
 from mcp import ClientSession, StdioServerParameters, stdio_client, types
 
-from entityd import SandboxSection
+from entityd import McpServer, SandboxSection
 
 from ..sandbox import Shell, ToolError
 from ..sandbox.cgroup import SharedLimits
 from ..sandbox.shell import HOST_ENV
-from .config import McpServer
 
 STDERR_TAIL = 600  # characters of the server's stderr quoted when it fails
 

@@ -29,7 +29,6 @@ from ..messages import ToolCall, ToolResult
 from ..sandbox import ToolError
 from ..sandbox.cgroup import SharedLimits
 from .client import ServedTool, Server, ServerUnavailable, field, list_tools
-from .config import McpConfigError, load
 from .messages import McpApproved, McpListing, McpServerInfo, McpToolInfo
 from .pins import Pins, definition_hash
 
@@ -62,11 +61,7 @@ class McpTools:
         self.output_limit = config.sandbox.output_limit
         self.pins = Pins(config.data_dir)
         self.problem = ""
-        try:
-            specs = load(config.path)
-        except (McpConfigError, OSError, ValueError) as exc:
-            specs = {}
-            self.problem = f"the [mcp] config was not applied: {exc}"
+        specs = config.mcp  # checked when the config was read: a mistake stops the start
         self.servers = {name: Server(spec, config.sandbox, Path(config.data_dir), limits)
                         for name, spec in specs.items()}
         # What each server served when last listed (None: it could not be), for the offer.

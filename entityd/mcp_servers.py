@@ -1,5 +1,6 @@
-"""The MCP servers an entity runs, from the `[mcp.servers.NAME]` tables of its config file,
-checked strictly: a mistake names the key (`mcp.servers.NAME.KEY`) and stops the start.
+"""The MCP servers an entity runs: the `[mcp.servers.NAME]` tables of its config file
+(Config.mcp), checked strictly; a mistake is a ConfigError naming the key
+(`mcp.servers.NAME.KEY`) and stops the start.
 
     [mcp.servers.files]
     command = ["/usr/bin/python3", "server.py"]   # run in the server's own directory
@@ -14,25 +15,16 @@ No server is configured by default, and a server's tools are offered only once
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from .errors import ConfigError
 
 # No underscore: the model sees mcp__NAME__TOOL, split at the first "__" after the prefix.
 SERVER_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 KEYS = frozenset({"command", "allowed_tools", "read_only", "env"})
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class McpConfigError(ValueError):
-    """A mistake in `[mcp]`; `key` is the full name of the key at fault."""
-
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -44,64 +36,54 @@ class McpServer:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-def load(path: Path | None) -> dict[str, McpServer]:
-    """The servers configured in the file at `path` (none when there is no file)."""
-    if path is None:
-        return {}
-    with open(path, "rb") as file:
-        raw = tomllib.load(file)
-    return servers(raw)
-
-
-def servers(raw: Mapping[str, Any]) -> dict[str, McpServer]:
-    """The servers of a parsed config file."""
-    mcp = raw.get("mcp", {})
+def servers(mcp: Any) -> dict[str, McpServer]:
+    """The servers of a config file's `[mcp]` table."""
     if not isinstance(mcp, Mapping):
-        raise McpConfigError("mcp", "must be a table")
+        raise ConfigError("mcp", "must be a table")
     unknown = set(mcp) - {"servers"}
     if unknown:
-        raise McpConfigError(f"mcp.{sorted(unknown)[0]}", "unknown key (only mcp.servers)")
+        raise ConfigError(f"mcp.{sorted(unknown)[0]}", "unknown key (only mcp.servers)")
     tables = mcp.get("servers", {})
     if not isinstance(tables, Mapping):
-        raise McpConfigError("mcp.servers", "must be a table of [mcp.servers.NAME] tables")
+        raise ConfigError("mcp.servers", "must be a table of [mcp.servers.NAME] tables")
     return {name: _server(name, table) for name, table in tables.items()}
 
 
 def _server(name: str, table: Any) -> McpServer:
     where = f"mcp.servers.{name}"
     if not SERVER_NAME.fullmatch(name):
-        raise McpConfigError(where, "a server's name is 1-32 of a-z, 0-9 and -, starting "
+        raise ConfigError(where, "a server's name is 1-32 of a-z, 0-9 and -, starting "
                              "with a letter or digit")
     if not isinstance(table, Mapping):
-        raise McpConfigError(where, "must be a table")
+        raise ConfigError(where, "must be a table")
     unknown = set(table) - KEYS
     if unknown:
-        raise McpConfigError(f"{where}.{sorted(unknown)[0]}",
+        raise ConfigError(f"{where}.{sorted(unknown)[0]}",
                              f"unknown key (known: {', '.join(sorted(KEYS))})")
     if "command" not in table:
-        raise McpConfigError(f"{where}.command", "missing: the server's program and arguments")
+        raise ConfigError(f"{where}.command", "missing: the server's program and arguments")
     command = _strings(table["command"], f"{where}.command")
     if not command:
-        raise McpConfigError(f"{where}.command", "must not be empty")
+        raise ConfigError(f"{where}.command", "must not be empty")
     if "allowed_tools" not in table:
-        raise McpConfigError(f"{where}.allowed_tools", "missing: list the tools the entity "
+        raise ConfigError(f"{where}.allowed_tools", "missing: list the tools the entity "
                              "may use ([] for none)")
     allowed = _strings(table["allowed_tools"], f"{where}.allowed_tools")
     read_only = _strings(table.get("read_only", []), f"{where}.read_only")
     for path in read_only:
         if not path.startswith("/"):
-            raise McpConfigError(f"{where}.read_only", f"{path!r} is not an absolute path")
+            raise ConfigError(f"{where}.read_only", f"{path!r} is not an absolute path")
     env = table.get("env", {})
     if not isinstance(env, Mapping) or not all(
             isinstance(k, str) and ENV_NAME.fullmatch(k) and isinstance(v, str)
             for k, v in env.items()):
-        raise McpConfigError(f"{where}.env", "must be a table of NAME = \"string\"")
+        raise ConfigError(f"{where}.env", "must be a table of NAME = \"string\"")
     return McpServer(name, tuple(command), frozenset(allowed), tuple(read_only), dict(env))
 
 
 def _strings(value: Any, key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise McpConfigError(key, "must be a list of strings")
+        raise ConfigError(key, "must be a list of strings")
     if any("\x00" in item for item in value):
-        raise McpConfigError(key, "must not contain a NUL byte")
+        raise ConfigError(key, "must not contain a NUL byte")
     return list(value)
