@@ -3,7 +3,9 @@
 `python -m bench.bus` starts its own nats-server on a free port, measures request/reply
 (one at a time and 256 in flight) and one-way publish, first with plain nats-py and then
 through a Transport and a Runtime serving an echo actor, measures the Ed25519
-sign+verify rate alone, and prints each figure and the ratios between them.
+sign+verify rate alone, and prints each figure and the ratios between them. Then the
+request/reply figures again with the responders in a second process (as entityd and
+entityctl are two), raw and enveloped alike: `ratio rr_seq_2p` and `ratio rr_conc_2p`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -41,7 +44,9 @@ PHASE_TIMEOUT_S = 120.0
 RAW_RR_SUBJECT = "bench.raw.rr"
 RAW_ONEWAY_SUBJECT = "bench.raw.oneway"
 
-TARGETS = {"rr_seq": 0.6, "rr_conc": 0.25, "oneway_vs_crypto": 0.7}
+TARGETS = {"rr_seq": 0.6, "rr_conc": 0.25, "oneway_vs_crypto": 0.7, "rr_seq_2p": 0.6,
+           "rr_conc_2p": 0.25}
+SEED_ENV = "BENCH_BUS_SEED"  # the echo process's signing key (hex), for --serve
 
 
 @protocol.kind("bench_echo")
@@ -347,13 +352,92 @@ class Results:
     raw_oneway: Figure
     crypto: Figure
     env_oneway: Figure
+    two: TwoProcess | None = None
 
     def ratios(self) -> dict[str, float]:
-        return {
+        ratios = {
             "rr_seq": self.env_rr_seq.rate / self.raw_rr_seq.rate,
             "rr_conc": self.env_rr_conc.rate / self.raw_rr_conc.rate,
             "oneway_vs_crypto": self.env_oneway.rate / self.crypto.rate,
         }
+        if self.two is not None:
+            ratios["rr_seq_2p"] = self.two.env_rr_seq.rate / self.two.raw_rr_seq.rate
+            ratios["rr_conc_2p"] = self.two.env_rr_conc.rate / self.two.raw_rr_conc.rate
+        return ratios
+
+
+@dataclasses.dataclass
+class TwoProcess:
+    raw_rr_seq: Figure
+    env_rr_seq: Figure
+    raw_rr_conc: Figure
+    env_rr_conc: Figure
+
+
+async def serve(url: str) -> None:
+    """The responders of the two-process run, in this (child) process: the raw echo and a
+    Runtime with the echo actor, on the key in $BENCH_BUS_SEED; until stdin closes."""
+    key = SigningKey(bytes.fromhex(os.environ[SEED_ENV]))
+    keyring = Keyring()
+    keyring.add(bytes(key.verify_key), ENTITY, ENTITY)
+    async with AsyncExitStack() as stack:
+        raw_server = await nats.connect(url, name="bench-raw-server-2p")
+        stack.push_async_callback(wait_closed, raw_server, 5.0)
+        raw = Raw(raw_server, raw_server, b"")
+        await raw.open()
+        daemon_nc = await bus.connect(url, entity=ENTITY, client_name="bench-daemon-2p")
+        stack.push_async_callback(wait_closed, daemon_nc, 5.0)
+        runtime = Runtime(Transport(daemon_nc, entity=ENTITY, key=key, keyring=keyring))
+        runtime.add(EchoActor.name, lambda: EchoActor(Tally()))
+        async with asyncio.TaskGroup() as tg:
+            await runtime.start(tg)
+            print("ready", flush=True)
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+            await runtime.stop()
+
+
+async def measure_two(url: str, sizes: Sizes) -> TwoProcess:
+    """Request/reply with the responders in a second process, raw and enveloped."""
+    key = SigningKey.generate()
+    keyring = Keyring()
+    keyring.add(bytes(key.verify_key), ENTITY, ENTITY)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.bus", "--serve", url, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, env={**os.environ, SEED_ENV: bytes(key).hex()})
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(30):
+            if (await child.stdout.readline()).strip() != b"ready":
+                raise BenchError("the echo process did not start")
+        async with AsyncExitStack() as stack:
+            raw_client = await nats.connect(url, name="bench-raw-client-2p")
+            stack.push_async_callback(wait_closed, raw_client, 5.0)
+            raw = Raw(raw_client, raw_client, b"x" * len(sample_wire()))
+            client_nc = await bus.connect(url, entity=ENTITY, client_name="bench-client-2p",
+                                          retry_forever=False)
+            stack.push_async_callback(wait_closed, client_nc, 5.0)
+            client = Transport(client_nc, entity=ENTITY, key=key, keyring=keyring)
+            env = Enveloped(client, Runtime(client), Tally())
+            w, k = sizes.warmup, IN_FLIGHT
+            return TwoProcess(
+                await timed("2p raw rr seq", sizes.raw_rr_seq,
+                            raw.request_reply(sizes.raw_rr_seq, 1, w)),
+                await timed("2p envelope rr seq", sizes.env_rr_seq,
+                            env.request_reply(sizes.env_rr_seq, 1, w)),
+                await timed(f"2p raw rr {k} in flight", sizes.raw_rr_conc,
+                            raw.request_reply(sizes.raw_rr_conc, k, w)),
+                await timed(f"2p envelope rr {k} in flight", sizes.env_rr_conc,
+                            env.request_reply(sizes.env_rr_conc, k, w)),
+            )
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        try:
+            async with asyncio.timeout(10):
+                await child.wait()
+        except TimeoutError:
+            child.kill()
+            await child.wait()
 
 
 async def measure(url: str, sizes: Sizes) -> Results:
@@ -427,7 +511,9 @@ async def run(url: str, sizes: Sizes) -> Results:
     assert task is not None
     loop.add_signal_handler(signal.SIGTERM, task.cancel)
     try:
-        return await measure(url, sizes)
+        results = await measure(url, sizes)
+        results.two = await measure_two(url, sizes)
+        return results
     finally:
         loop.remove_signal_handler(signal.SIGTERM)
 
@@ -437,7 +523,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="small N: a smoke run of a few seconds"
     )
+    parser.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)  # the 2p child
     args = parser.parse_args(argv)
+    if args.serve:
+        logs.configure("error")  # stdout carries the ready line
+        asyncio.run(serve(args.serve))
+        return 0
     sizes = QUICK if args.quick else DEFAULT
     logs.configure("error")  # rejections end the run as BenchError instead
 
