@@ -5,7 +5,7 @@ varied memories spread over a year (batched, 1,000 per transaction), times singl
 (one transaction each, with the duplicate-lesson check), then times recall over a few
 hundred varied queries and prints p50/p99. It also ranks the same queries by every match
 (no scan limit) and prints how close the bounded recall comes (`recall_quality_vs_exact`).
-`--quick` uses 10,000 memories.
+`--quick` uses 10,000 memories; `--n 1000000` a million.
 """
 
 from __future__ import annotations
@@ -264,12 +264,16 @@ async def run(count: int, n_queries: int, directory: Path, scan_limit: int) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.memory", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10,000 memories, not 100,000")
+    parser.add_argument("--n", type=int, default=0, metavar="N",
+                        help="this many memories (e.g. 1000000); overrides --quick")
     parser.add_argument("--queries", type=int, default=400)
     parser.add_argument("--scan-limit", type=int, default=SCAN_LIMIT,
                         help="matches ranked per recall pool (the store's default: %(default)s)")
     parser.add_argument("--dir", type=Path, help="where to put the database (default: a temp dir)")
     args = parser.parse_args()
-    count = 10_000 if args.quick else 100_000
+    count = args.n or (10_000 if args.quick else 100_000)
+    if count < 1:
+        parser.error("--n must be at least 1")
     if args.dir:
         args.dir.mkdir(parents=True, exist_ok=True)
         for leftover in args.dir.glob("memory.sqlite3*"):
