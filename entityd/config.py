@@ -20,7 +20,8 @@ from typing import Any
 
 from protocol import subjects
 
-from . import hublink, mcp_servers, schema
+from . import a2a_settings, hublink, mcp_servers, schema
+from .a2a_settings import A2ASettings
 from .errors import ConfigError
 from .mcp_servers import McpServer
 from .schema import hex_key, key, one_of, positive, table, tcp_port, url_of, zero_or_more
@@ -382,6 +383,8 @@ class Config:
         hex_key, str.lower)
     # [mcp.servers.NAME] tables: the MCP servers it runs (entityd/mcp_servers.py).
     mcp: Mapping[str, McpServer] = field(default_factory=dict)
+    # [a2a]: its A2A clients' API keys and the A2A agents it may call (entityd/a2a_settings.py).
+    a2a: A2ASettings = field(default_factory=A2ASettings)
     path: Path | None = None
 
     @property
@@ -427,7 +430,9 @@ def from_mapping(
     raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None, path: Path | None = None
 ) -> Config:
     mcp = mcp_servers.servers(raw.get("mcp", {}))
-    parts = schema.parse(Config, {k: v for k, v in raw.items() if k != "mcp"}, environ or {})
+    a2a = a2a_settings.settings(raw.get("a2a", {}))
+    parts = schema.parse(Config, {k: v for k, v in raw.items() if k not in ("mcp", "a2a")},
+                         environ or {})
     entity: EntitySection = parts["entity"]
     base = path.parent if path else Path.cwd()
     data_dir = Path(entity.data_dir).expanduser() if entity.data_dir else base
@@ -436,7 +441,7 @@ def from_mapping(
     parts["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
     _check_across(parts)
     parts["nats"] = _hub_link(parts["nats"], base)
-    return Config(path=path, mcp=mcp, **parts)
+    return Config(path=path, mcp=mcp, a2a=a2a, **parts)
 
 
 def _check_across(parts: Mapping[str, Any]) -> None:

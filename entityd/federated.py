@@ -13,6 +13,7 @@ cannot speak as, or listen in on, the entity's own actors.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ from protocol import Envelope, ProtocolError, ReplayGuard, Sealer
 
 from .transport import Transport
 
+_B64URL = re.compile(rb"[A-Za-z0-9_-]+")
 LOCAL_PREFIXES = ("loc.", "_l.")  # the actors' mailboxes, the connection's reply inboxes
 
 
@@ -45,6 +47,17 @@ class FederationAccess:
         """A plain signed envelope (PROTOCOL.md §5): the wire bytes and the id."""
         return protocol.seal(self._transport.key, src=src, dst=dst, subj=subj,
                              message=message, corr=corr, msg_id=msg_id, ts=ts)
+
+    def sign_agent_card(self, signing_input: bytes) -> bytes:
+        """The raw Ed25519 signature of an A2A agent card's JWS signing input
+        (actors/a2a/card.py): `<header>.<payload>`, both base64url, the header a JSON
+        object. Such bytes never begin with an envelope's signing domain, so this cannot
+        be made to sign an envelope; the peer actor builds the card it passes here."""
+        protected, dot, payload = signing_input.partition(b".")
+        if not (dot and protected.startswith(b"eyJ") and _B64URL.fullmatch(protected)
+                and _B64URL.fullmatch(payload)):
+            raise ValueError("not a JWS signing input")
+        return bytes(self._transport.key.sign(signing_input).signature)
 
     def encrypt(self, recipient: bytes, *, src: str, dst: str, subj: str, message: object,
                 corr: bytes | None = None, msg_id: bytes | None = None

@@ -23,6 +23,8 @@ import protocol
 from entityd import Actor, Config, Later, Supervision
 from protocol import Envelope, Overloaded, ProtocolError, subjects
 
+from ..a2a import card
+from ..a2a.messages import CardSign, CardSigned
 from ..messages import TurnDone, Wake
 from ..workspace import Workspace
 from .calls import PeerCalls
@@ -68,7 +70,7 @@ BEATS_BURST = 10
 class PeerActor(Actor):
     name = ACTOR
     accepts = (PeersGet, TasksGet, TurnDone, PeerCheck, PeerTalk, PeerReport, PeerWake,
-               PeerRestart, PeerDelegate, TaskSettle)
+               PeerRestart, PeerDelegate, TaskSettle, CardSign)
     federated = True  # it speaks for the entity on the federation's subjects
 
     def __init__(self, config: Config, workspace: Workspace, supervision: Supervision) -> None:
@@ -287,7 +289,20 @@ class PeerActor(Actor):
                 return calls.unusable(delegate.peer) or Later(self.delegation.offer(delegate))
             case TaskSettle() as verdict:
                 return Later(self.delegation.settle(verdict))
+            case CardSign(url):
+                return self._card(url)
         raise TypeError(f"peer does not handle {envelope.typ}")
+
+    def _card(self, url: str) -> CardSigned:
+        """The entity's A2A agent card for `url`, built here from the config and signed:
+        the asker picks the URL only, so no other bytes are ever signed this way."""
+        fed = self.ctx.federation
+        try:
+            unsigned = card.build(self.config, url, fed.public_key)
+        except ValueError as exc:
+            return CardSigned("", str(exc))
+        return CardSigned(card.to_json(card.sign(unsigned, self.ctx.entity, fed.public_key,
+                                                 fed.sign_agent_card)))
 
 
 def _attempt(msg: Msg) -> int:

@@ -13,6 +13,8 @@ from typing import ClassVar
 
 from entityd import Actor, Config, ConfigError, EntitydError, Envelope
 
+from ..a2a.server import A2AFace
+from ..messages import TurnDone
 from ..peer import keys
 from ..peer.messages import Peers, PeersGet
 from .api import Api
@@ -29,7 +31,7 @@ PEERS_TIMEOUT_S = 5.0
 
 class WebActor(Actor):
     name = "web"
-    accepts = (WebLogin,)
+    accepts = (WebLogin, TurnDone)
     reads_events: ClassVar[bool] = True
 
     def __init__(self, config: Config, links: LoginLinks) -> None:
@@ -39,11 +41,15 @@ class WebActor(Actor):
         self.server: WebServer | None = None
         self.problem = "starting"
         self.stopping = False
+        self.a2a: A2AFace | None = None  # with [a2a] api_keys: the entity's A2A face
 
     async def on_start(self) -> None:
         self.sessions = Sessions(load_secret(self.config.data_dir), self.settings.session_hours,
                                  self.ctx.entity)
         self.ctx.events.refresh = self._peer_keys
+        if self.config.a2a.serving:
+            self.a2a = A2AFace(self.ctx, self.config)
+            await self.a2a.open()
         await self._listen()
 
     async def _listen(self) -> bool:
@@ -59,9 +65,11 @@ class WebActor(Actor):
         pages = Pages(self.sessions, self.links, secure=self.settings.allow_remote)
         port = int(sock.getsockname()[1])
         self.links.port = port
+        self.links.port = port
+        a2a = self.a2a.routes(self.url_of(port)) if self.a2a is not None else []
         app = build(api, pages, event_stream(self.ctx.events, self._peer_keys,
                                              lambda: self.stopping),
-                    loopback_only=is_loopback(self.settings.host), port=port)
+                    loopback_only=is_loopback(self.settings.host), port=port, a2a=a2a)
         self.server = WebServer(app, sock)
         self.problem = ""
         self.ctx.log.info("web_serving", url=self.url)
@@ -70,28 +78,38 @@ class WebActor(Actor):
 
     @property
     def url(self) -> str:
-        if self.server is None:
-            return ""
+        return "" if self.server is None else self.url_of(self.server.port)
+
+    def url_of(self, port: int) -> str:
         host = self.settings.host
         host = f"[{host}]" if ":" in host else host
-        return f"http://{host}:{self.server.port}/"
+        return f"http://{host}:{port}/"
 
     async def run(self) -> None:
         while self.server is None:
             await asyncio.sleep(RETRY_BIND_S)
             await self._listen()
-        await self.server.serve()
+        async with asyncio.TaskGroup() as tasks:
+            if self.a2a is not None:
+                tasks.create_task(self.a2a.resume())
+            await self.server.serve()
 
     async def on_stop(self) -> None:
         self.stopping = True
         if self.server is not None:
             self.server.stop()
+        if self.a2a is not None:
+            await self.a2a.close()
 
     async def on_failure(self, exc: BaseException) -> None:
         await self.on_stop()
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
+            case TurnDone() as done:
+                if self.a2a is not None:
+                    await self.a2a.done(done)
+                return None
             case WebLogin():
                 if self.server is None:
                     return WebLink("", "", 0.0, self.problem)

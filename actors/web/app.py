@@ -3,6 +3,7 @@ files, the JSON API and the activity stream."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -81,7 +82,8 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def build(api: Api, pages: Pages, events: Handler, *, loopback_only: bool,
-          port: int) -> ASGIApp:
+          port: int, a2a: Sequence[BaseRoute] = ()) -> ASGIApp:
+    """The page's routes, then A2A's (actors/a2a/server.py: empty unless it serves)."""
     g = api.guarded
     routes: list[BaseRoute] = [
         Route("/", pages.index),
@@ -106,6 +108,7 @@ def build(api: Api, pages: Pages, events: Handler, *, loopback_only: bool,
         Route("/api/commits", g(api.commits)),
         Route("/api/commits/{sha}", g(api.commit_diff)),
         Route("/api/services", g(api.services)),
+        *a2a,
     ]
     handlers = {404: _not_found, 405: _not_allowed}
     return Guard(Starlette(routes=routes, exception_handlers=handlers), pages.sessions,

@@ -39,6 +39,10 @@ SECURITY_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
+# A2A's card and endpoint (actors/a2a/server.py): no session, no CSRF token: its clients are
+# programs that present an API key, which the endpoint checks itself. A browser cannot
+# send that key cross-site (Authorization needs a CORS preflight no route answers).
+A2A_PATHS = ("/a2a", "/.well-known/agent-card.json")
 LOGOUT = "/logout"
 SAFE_METHODS = ("GET", "HEAD")
 MAX_BODY_BYTES = 2**20  # the API takes at most 64 KiB, the login form 4 KiB
@@ -120,6 +124,8 @@ class Guard:
             return 413, "too_large", f"a request body is at most {MAX_BODY_BYTES} bytes"
         path: str = scope.get("path", "")
         method: str = scope.get("method", "GET")
+        if path in A2A_PATHS:
+            return None
         if path.startswith(OPEN_PATHS) or path == LOGOUT:
             if method not in SAFE_METHODS and not self._same_origin(scope, host):
                 return 403, "cross_site", "a request from another site is refused"

@@ -1,0 +1,228 @@
+"""The entity's A2A face, on the web actor's port: its signed agent card and a2a-sdk's
+JSON-RPC endpoint (message/send and /stream, tasks/get, tasks/cancel, tasks/resubscribe),
+with a durable task store (SQLite in the data dir).
+
+A message becomes a task run as a delegation to the orchestrator: a goal named
+`dlg-a2a-<client>.<task id>` from `peer:a2a-<client>`, so its turn has exactly a trusted
+peer's delegated task's rights (the workspace and the coder, nothing of the operator's),
+its events carry no content, and the orchestrator runs it again after a crash. The
+answer comes back as `turn_done` to the web actor and ends the task (an artifact with
+the answer). The tasks handed over are kept on disk (pending.py) until answered, so a
+restart of the daemon loses none: each is given to the orchestrator again, and its
+answer is written to the task even with no request left waiting for it.
+
+Who may call: a client presents its API key (`Authorization: Bearer KEY` or `X-API-Key`),
+checked against the sha256 digests in `[a2a] api_keys`; with none configured, nothing
+here is served. The card is public once serving, as A2A discovery expects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from a2a.helpers.proto_helpers import new_task, new_text_artifact, new_text_message, new_text_part
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.context import ServerCallContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandlerV2
+from a2a.server.routes import create_jsonrpc_routes
+from a2a.server.routes.common import StarletteUser
+from a2a.server.tasks import DatabaseTaskStore, TaskUpdater
+from a2a.types import TaskState
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from starlette.authentication import SimpleUser
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+
+from entityd import Config, Context, EntitydError
+from protocol import Error
+
+from ..messages import Goal, GoalAccepted, TurnDone
+from . import card
+from .messages import CardSign, CardSigned
+from .pending import Pending, PendingGoals
+
+GOAL_PREFIX = "dlg-a2a-"  # the delegation's prefix (turn_scope.DELEGATED_PREFIX), then a2a-
+SOURCE_PREFIX = "peer:a2a-"
+CARD_TIMEOUT_S = 10.0
+MAX_TEXT = 16_000
+TERMINAL = (TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED,
+            TaskState.TASK_STATE_CANCELED, TaskState.TASK_STATE_REJECTED)
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def goal_id(client: str, task_id: str) -> str:
+    return f"{GOAL_PREFIX}{client}.{task_id}"
+
+
+def call_context(client: str) -> ServerCallContext:
+    """The context a2a-sdk's task store scopes a client's tasks by."""
+    return ServerCallContext(user=StarletteUser(SimpleUser(client)))
+
+
+def api_key(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return request.headers.get("x-api-key", "")
+
+
+class A2AFace:
+    """What the web actor serves for A2A, and the answers it hands back to tasks."""
+
+    def __init__(self, ctx: Context, config: Config) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.pending = PendingGoals(config.data_dir / "a2a-pending.sqlite3")
+        self.engine: AsyncEngine = create_async_engine(
+            f"sqlite+aiosqlite:///{config.data_dir / 'a2a-tasks.sqlite3'}")
+        self.store = DatabaseTaskStore(self.engine)
+        self.waiting: dict[str, asyncio.Future[TurnDone]] = {}
+        self.url = ""
+        self._card: str | None = None
+
+    async def open(self) -> None:
+        await self.pending.open()
+        await self.store.initialize()
+
+    async def close(self) -> None:
+        await self.pending.close()
+        await self.engine.dispose()
+
+    def routes(self, url: str) -> list[BaseRoute]:
+        """The card and the RPC endpoint of the A2A server at `url` (the page's base)."""
+        self.url = url.rstrip("/") + card.RPC_PATH
+        handler = DefaultRequestHandlerV2(EntityExecutor(self), self.store,
+                                          card.build(self.config, self.url, bytes(32)))
+        rpc = create_jsonrpc_routes(handler, card.RPC_PATH)[0]
+        return [Route(card.CARD_PATH, self.agent_card, methods=["GET"]),
+                Route(card.RPC_PATH, self._authed(rpc.endpoint), methods=["POST"])]
+
+    async def agent_card(self, request: Request) -> Response:
+        if self._card is None:
+            try:
+                signed: CardSigned = await self.ctx.ask(f"{self.ctx.entity}/peer",
+                                                        CardSign(self.url), CARD_TIMEOUT_S)
+            except EntitydError as exc:
+                return JSONResponse({"error": "unavailable", "message": "the card could not "
+                                     f"be signed just now: {exc}"[:300]}, status_code=503)
+            if not signed.card:
+                return JSONResponse({"error": "unavailable", "message": signed.problem},
+                                    status_code=503)
+            self._card = signed.card
+        return Response(self._card, media_type="application/json")
+
+    def _authed(self, inner: Endpoint) -> Endpoint:
+        async def endpoint(request: Request) -> Response:
+            key = api_key(request)
+            client = self.config.a2a.client_of(key) if key else None
+            if client is None:
+                return JSONResponse({"error": "unauthorized", "message": "an A2A call needs "
+                                     "an API key: Authorization: Bearer KEY"},
+                                    status_code=401, headers={"www-authenticate": "Bearer"})
+            request.scope["user"] = SimpleUser(client)
+            return await inner(request)
+        return endpoint
+
+    # ---- the orchestrator's side ------------------------------------------------------
+
+    async def hand_over(self, item: Pending) -> GoalAccepted | str:
+        """Give the orchestrator the task's goal (again: the same goal id is one goal);
+        the accepted goal, or why it was refused."""
+        goal = Goal(item.text, item.goal_id, item.goal_id, SOURCE_PREFIX + item.client,
+                    private=True, notify=f"{self.ctx.entity}/web")
+        try:
+            accepted = await self.ctx.ask(f"{self.ctx.entity}/orchestrator", goal)
+        except EntitydError as exc:
+            return str(exc)
+        if isinstance(accepted, Error):
+            return accepted.message
+        return accepted if isinstance(accepted, GoalAccepted) else "no answer"
+
+    async def resume(self) -> None:
+        """After a restart: every task handed over and not answered, handed over again."""
+        for item in await self.pending.all():
+            refused = await self.hand_over(item)
+            if isinstance(refused, str):
+                self.ctx.log.warning("a2a_resume_refused", task_id=item.task_id,
+                                     reason=refused)
+            else:
+                await self.ctx.emit("a2a_task_resumed", task_id=item.task_id,
+                                    client=item.client)
+
+    async def done(self, done: TurnDone) -> None:
+        """A turn of an A2A task ended: to its waiting request, or else to its record."""
+        future = self.waiting.pop(done.task_id, None)
+        if future is not None and not future.done():
+            future.set_result(done)
+            return
+        item = await self.pending.get(done.task_id)
+        if item is None:
+            return
+        context = call_context(item.client)
+        task = await self.store.get(item.task_id, context)
+        if task is not None and task.status.state not in TERMINAL:
+            task.status.state = (TaskState.TASK_STATE_COMPLETED if done.ok
+                                 else TaskState.TASK_STATE_FAILED)
+            task.status.message.CopyFrom(new_text_message(
+                done.text[:MAX_TEXT], context_id=item.context_id, task_id=item.task_id))
+            task.artifacts.append(new_text_artifact("answer", done.text[:MAX_TEXT]))
+            await self.store.save(task, context)
+        await self.pending.remove(done.task_id)
+        await self.ctx.emit("a2a_task_answered", task_id=item.task_id, ok=done.ok)
+
+
+class EntityExecutor(AgentExecutor):
+    """Runs an A2A task as a goal of the orchestrator and reports its outcome."""
+
+    def __init__(self, face: A2AFace) -> None:
+        self.face = face
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        face = self.face
+        task_id, context_id = context.task_id or "", context.context_id or ""
+        client = context.call_context.user.user_name
+        updater = TaskUpdater(event_queue, task_id, context_id)
+        if context.current_task is None:
+            history = [context.message] if context.message is not None else []
+            await event_queue.enqueue_event(new_task(
+                task_id, context_id, TaskState.TASK_STATE_SUBMITTED, history=history))
+        item = Pending(goal_id(client, task_id), client, task_id, context_id,
+                       f"{client} (an A2A client) gives you a task:\n\n"
+                       + context.get_user_input()[:MAX_TEXT])
+        future: asyncio.Future[TurnDone] = asyncio.get_running_loop().create_future()
+        face.waiting[item.goal_id] = future
+        try:
+            await face.pending.add(item)
+            accepted = await face.hand_over(item)
+            if isinstance(accepted, str):
+                await face.pending.remove(item.goal_id)
+                await updater.failed(updater.new_agent_message(
+                    [new_text_part(f"not taken: {accepted}")]))
+                return
+            await updater.start_work(updater.new_agent_message(
+                [new_text_part(f"working on it ({accepted.queued} ahead)")]))
+            await face.ctx.emit("a2a_task_started", task_id=task_id, client=client)
+            done = await future
+            await updater.add_artifact(new_text_artifact("answer", done.text[:MAX_TEXT]).parts,
+                                       name="answer")
+            message = updater.new_agent_message([new_text_part(done.text[:MAX_TEXT])])
+            if done.ok:
+                await updater.complete(message)
+            else:
+                await updater.failed(message)
+            await face.pending.remove(item.goal_id)
+            await face.ctx.emit("a2a_task_answered", task_id=task_id, ok=done.ok)
+        finally:
+            if face.waiting.get(item.goal_id) is future:
+                del face.waiting[item.goal_id]
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        # The turn itself runs on (a turn has no cancel); its answer is dropped.
+        task_id, client = context.task_id or "", context.call_context.user.user_name
+        await self.face.pending.remove(goal_id(client, task_id))
+        await TaskUpdater(event_queue, task_id, context.context_id or "").cancel()
