@@ -88,7 +88,8 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         OrchestratorActor.name: lambda: OrchestratorActor(
             llm, steps, config.autonomy, config.peers, trust.allowed,
             goals_path=config.data_dir / "goals.sqlite3",
-            ledger_timeout=LEDGER_ATTEMPTS * config.economy.append_timeout, cost=cost),
+            ledger_timeout=LEDGER_ATTEMPTS * config.economy.append_timeout, cost=cost,
+            a2a_agents=config.a2a.agents),
         PeerActor.name: lambda: PeerActor(config, workspace, supervision),
         LedgerActor.name: lambda: LedgerActor(config),
         ServicesActor.name: lambda: ServicesActor(config, workspace),

@@ -19,7 +19,7 @@ import dataclasses
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from entityd import Actor, AutonomySection, EntitydError, PeersSection
 from protocol import Envelope, Error, reasons
 
 from . import prompts
+from .a2a.tools import A2ATools
 from .agent import AgentLoop, Step, TaskStep, Toolbox
 from .agent.loop import TurnOutcome, summarize
 from .agent.toolbox import Tool, ToolFailed
@@ -108,8 +109,10 @@ class OrchestratorActor(Actor):
                  peers: PeersSection | None = None,
                  grants: Callable[[str], Iterable[str]] | None = None,
                  goals_path: Path | str = ":memory:", ledger_timeout: float = 40.0,
-                 cost: ModelCost | None = None) -> None:
+                 cost: ModelCost | None = None,
+                 a2a_agents: Mapping[str, str] | None = None) -> None:
         self._llm = llm
+        self.a2a_agents = a2a_agents or {}  # [a2a] agents: delegate_to_a2a_agent's choices
         self.cost = cost  # None: the turns' calls are not recorded in memory's usage
         self.ledger_timeout = ledger_timeout  # a ledger write, with its retries
         self.max_steps = max_steps
@@ -301,8 +304,9 @@ class OrchestratorActor(Actor):
                                ledger_timeout=self.ledger_timeout)
         ledger_tools = LedgerTools(self.ctx, self.ledger_timeout).tools() if operator else []
         services_tools = ServicesTools(self.ctx).tools() if operator else []
+        a2a_tools = A2ATools(self.a2a_agents).tools() if operator else []
         toolbox = Toolbox(scope.toolbox([*tools.tools(), *peer_tools.tools(), *ledger_tools,
-                                         *services_tools,
+                                         *services_tools, *a2a_tools,
                                          *await self._workspace_tools(scope)]))
 
         async def report(step: Step) -> None:

@@ -250,3 +250,30 @@ async def test_a_task_survives_a_sigkill(entity: Entity) -> None:
                                              TaskState.TASK_STATE_FAILED), 60)
     assert task.status.state == TaskState.TASK_STATE_COMPLETED, task
     assert task.artifacts[-1].parts[0].text == "slowly done"
+
+
+async def test_entityctl_a2a_card_send_and_key(entity: Entity, capsys: pytest.CaptureFixture[str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """entityctl a2a's commands (entityd/app/ctl_a2a.py), run as entityctl runs them."""
+    from argparse import Namespace
+
+    from entityd.app import ctl_a2a
+
+    none: Any = None
+    assert await ctl_a2a._card(none, Namespace(url=entity.url, json=False, timeout=30.0)) == 0
+    public = identity.read_public(entity.data).hex()
+    assert f"signature: verified (Ed25519 {public})" in capsys.readouterr().out
+    monkeypatch.setenv(ctl_a2a.KEY_ENV, KEY)
+    assert await ctl_a2a._send(none, Namespace(url=entity.url, text="from entityctl",
+                                               json=True, timeout=60.0)) == 0
+    sent = json.loads(capsys.readouterr().out)
+    assert sent["ok"] and sent["state"] == "completed" and "from entityctl" in sent["text"]
+    monkeypatch.setenv(ctl_a2a.KEY_ENV, "wrong")
+    assert await ctl_a2a._send(none, Namespace(url=entity.url, text="x", json=True,
+                                               timeout=30.0)) == 3
+    assert "did not answer as one" in capsys.readouterr().err
+    assert await ctl_a2a._key(none, Namespace(name="new-bot")) == 0
+    printed = capsys.readouterr().out
+    new_key = printed.split("\n")[1].strip()
+    digest = hashlib.sha256(new_key.encode()).hexdigest()
+    assert f'api_keys = {{ new-bot = "{digest}" }}' in printed
