@@ -171,7 +171,7 @@ async def test_the_card_is_signed_with_the_entitys_key(entity: Entity) -> None:
 
 async def test_a_message_streams_to_completion_and_the_task_is_kept(entity: Entity) -> None:
     async with a2a_client(entity.url) as client:
-        states, task_id = [], ""
+        states, lines, task_id = [], [], ""
         async for event in client.send_message(message("hello there")):
             if event.HasField("task"):
                 task_id = event.task.id
@@ -179,8 +179,11 @@ async def test_a_message_streams_to_completion_and_the_task_is_kept(entity: Enti
             if event.HasField("status_update"):
                 task_id = event.status_update.task_id
                 states.append(event.status_update.status.state)
+                said = event.status_update.status.message.parts
+                lines.extend(part.text for part in said)
         assert states[-1] == TaskState.TASK_STATE_COMPLETED, states
         assert TaskState.TASK_STATE_WORKING in states
+        assert any(line.startswith("step: ") for line in lines), lines  # the turn's steps
         task = await client.get_task(GetTaskRequest(id=task_id))
         assert task.status.state == TaskState.TASK_STATE_COMPLETED
         answer = task.artifacts[0].parts[0].text

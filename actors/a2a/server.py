@@ -51,6 +51,8 @@ MAX_TEXT = 16_000
 TERMINAL = (TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED,
             TaskState.TASK_STATE_CANCELED, TaskState.TASK_STATE_REJECTED)
 
+STEP_WAIT_S = 0.5  # how soon the relay of steps sees its task end
+
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
@@ -196,6 +198,7 @@ class EntityExecutor(AgentExecutor):
                        + context.get_user_input()[:MAX_TEXT])
         future: asyncio.Future[TurnDone] = asyncio.get_running_loop().create_future()
         face.waiting[item.goal_id] = future
+        after = await face.ctx.events.last_seq()  # the turn's steps come after this
         try:
             await face.pending.add(item)
             accepted = await face.hand_over(item)
@@ -207,7 +210,14 @@ class EntityExecutor(AgentExecutor):
             await updater.start_work(updater.new_agent_message(
                 [new_text_part(f"working on it ({accepted.queued} ahead)")]))
             await face.ctx.emit("a2a_task_started", task_id=task_id, client=client)
-            done = await future
+            async with asyncio.TaskGroup() as tasks:
+                # It ends by itself once the future is done: a cancel can be lost in the
+                # event reader's wait (nats-py's next_msg), so it is not relied on.
+                tasks.create_task(self._relay_steps(updater, item.goal_id, after, future))
+                try:
+                    done = await future
+                finally:
+                    future.cancel()  # done already, or the execution was cancelled
             await updater.add_artifact(new_text_artifact("answer", done.text[:MAX_TEXT]).parts,
                                        name="answer")
             message = updater.new_agent_message([new_text_part(done.text[:MAX_TEXT])])
@@ -221,8 +231,34 @@ class EntityExecutor(AgentExecutor):
             if face.waiting.get(item.goal_id) is future:
                 del face.waiting[item.goal_id]
 
+    async def _relay_steps(self, updater: TaskUpdater, goal: str, after: int,
+                           until: asyncio.Future[TurnDone]) -> None:
+        """The turn's steps, as the orchestrator announces them (no content: the turn is
+        private), each a `working` status update of the task, until `until` is done."""
+        entity = self.face.ctx.entity
+        async with self.face.ctx.events.follow(after=after) as follower:
+            while not until.done():
+                stored = await follower.next(STEP_WAIT_S)
+                if stored is None or stored.envelope.src_entity != entity or until.done():
+                    continue
+                event = stored.envelope.message
+                if event.type != "step" or event.data.get("task_id") != goal:
+                    continue
+                await updater.update_status(TaskState.TASK_STATE_WORKING,
+                                            updater.new_agent_message(
+                                                [new_text_part(step_line(event.data))]))
+
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         # The turn itself runs on (a turn has no cancel); its answer is dropped.
         task_id, client = context.task_id or "", context.call_context.user.user_name
         await self.face.pending.remove(goal_id(client, task_id))
         await TaskUpdater(event_queue, task_id, context.context_id or "").cancel()
+
+
+def step_line(data: dict[str, object]) -> str:
+    """A step event of a private turn, in a line: its kind and the tools it used."""
+    line = f"step: {data.get('kind', '?')}"
+    tools = data.get("tools") or ([data["tool"]] if data.get("tool") else [])
+    if isinstance(tools, list) and tools:
+        line += " (" + ", ".join(str(t) for t in tools[:8]) + ")"
+    return line
