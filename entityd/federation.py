@@ -44,6 +44,7 @@ __all__ = [
     "leaf_env",
     "main",
     "make_entity_credentials",
+    "parser",
     "public_key",
     "read_seed",
     "render_hub_conf",

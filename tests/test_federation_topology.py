@@ -145,7 +145,7 @@ def test_public_names_exist() -> None:
         "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "TREASURER", "HubCluster",
         "Permissions",
         "check_public_key", "entity_permissions", "hub_user_entry", "leaf_env", "main",
-        "make_entity_credentials", "public_key", "read_seed", "render_hub_conf",
+        "make_entity_credentials", "parser", "public_key", "read_seed", "render_hub_conf",
         "render_leaf_conf", "seed_path", "treasurer_entry", "treasurer_permissions",
     ]
     assert all(hasattr(federation, name) for name in federation.__all__)
