@@ -155,6 +155,7 @@ async def test_the_card_is_signed_with_the_entitys_key(entity: Entity) -> None:
     assert card.verify(found, public) == public
     assert found.name == "entity-a"
     assert found.supported_interfaces[0].url == entity.url + "a2a"
+    assert found.security_schemes["apiKey"].http_auth_security_scheme.scheme == "Bearer"
 
     # a2a-sdk's own verifier, with the JWK of the protected header.
     def key_of(kid: str | None, jku: str | None) -> PyJWK:

@@ -24,6 +24,10 @@ from a2a.types import (
     AgentExtension,
     AgentInterface,
     AgentSkill,
+    HTTPAuthSecurityScheme,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
 )
 from google.protobuf.json_format import MessageToDict, ParseDict
 
@@ -33,6 +37,7 @@ KEY_EXTENSION = "urn:entityd:ed25519-public-key"
 ALGORITHM = "EdDSA"
 RPC_PATH = "/a2a"
 CARD_PATH = "/.well-known/agent-card.json"
+SCHEME = "apiKey"
 
 
 def b64url(data: bytes) -> str:
@@ -69,6 +74,10 @@ def build(config: Config, url: str, public_key: bytes) -> AgentCard:
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
         skills=skills,
+        security_schemes={SCHEME: SecurityScheme(http_auth_security_scheme=HTTPAuthSecurityScheme(
+            scheme="Bearer", description="an API key from the entity's operator "
+            "(`entityctl a2a key NAME`); X-API-Key works too"))},
+        security_requirements=[SecurityRequirement(schemes={SCHEME: StringList()})],
     )
 
 
