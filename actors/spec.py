@@ -26,6 +26,7 @@ import protocol
 from protocol import kinds, reasons
 
 from . import messages as _actor_messages  # noqa: F401  (registers its kinds)
+from .a2a import messages as _a2a_messages  # noqa: F401  (registers its kinds)
 from .coder import CoderActor
 from .health import HealthActor
 from .ledger import messages as _ledger_messages  # noqa: F401  (registers its kinds)
@@ -105,6 +106,7 @@ REPLIES: dict[str, tuple[str, ...]] = {
     "service_restart": ("service_result",),
     "mcp_list": ("mcp_listing",),
     "mcp_approve": ("mcp_approved",),
+    "card_sign": ("card_signed",),
 }
 
 # Kinds published as events (fed.evt), and where.

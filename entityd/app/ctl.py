@@ -31,7 +31,7 @@ from .. import logs
 from ..client import EntityClient, EntityDown
 from ..errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 from . import args as args_mod
-from . import ctl_ledger, ctl_mcp, ctl_moltbook, ctl_peers, ctl_services, ctl_watch
+from . import ctl_a2a, ctl_ledger, ctl_mcp, ctl_moltbook, ctl_peers, ctl_services, ctl_watch
 from .args import command
 from .ctl_peers import print_json
 from .ctl_watch import render_progress
@@ -139,6 +139,7 @@ def parser() -> argparse.ArgumentParser:
     ctl_services.add_commands(sub)
     ctl_moltbook.add_commands(sub)
     ctl_mcp.add_commands(sub)
+    ctl_a2a.add_commands(sub)
     return top
 
 
