@@ -12,11 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import dataclasses
+import functools
 import json
+import os
 import re
+import shutil
 import sys
 import sysconfig
+import tempfile
 import tomllib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,6 +46,10 @@ from tests.test_tool_actor import SANDBOX
 ENTITY = "entity-a"
 ASK_TIMEOUT = 30.0
 SITE = sysconfig.get_paths()["purelib"]
+# Run as root, the sandbox's launcher covers /tmp with a private tmpfs (it stages the
+# workspace there), so a venv under /tmp (a CI clone's) is out of the server's reach: the
+# tests then hand the server a hard-linked copy of the venv's packages under /var/tmp.
+HIDDEN_BY_THE_LAUNCHER = "/tmp/"
 SYSTEM_PYTHON = "/usr/bin/python3"
 LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[")
 HOST_PYTHON_VERSION = (3, 11)  # Debian 12's python3
@@ -124,10 +133,31 @@ def mcp_table(text: str) -> dict[str, McpServer]:
     return servers(tomllib.loads(text)["mcp"])
 
 
+@functools.cache
+def server_site() -> str:
+    """The venv's site-packages, where the sandboxed server can read it."""
+    if not SITE.startswith(HIDDEN_BY_THE_LAUNCHER):
+        return SITE
+    linked = Path(tempfile.mkdtemp(prefix="entityd-test-mcp-site-", dir="/var/tmp"))
+    os.chmod(linked, 0o755)
+    shutil.copytree(SITE, linked / "site-packages", copy_function=_link_or_copy,
+                    symlinks=True)
+    atexit.register(shutil.rmtree, linked, True)
+    return str(linked / "site-packages")
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem
+        shutil.copy2(source, target)
+
+
 def server_config(allowed: list[str]) -> str:
+    site = server_site()
     return (f"[mcp.servers.notes]\ncommand = [{json.dumps(SYSTEM_PYTHON)}, \"server.py\"]\n"
-            f"allowed_tools = {json.dumps(allowed)}\nread_only = [{json.dumps(SITE)}]\n"
-            f"env = {{ PYTHONPATH = {json.dumps(SITE)} }}\n")
+            f"allowed_tools = {json.dumps(allowed)}\nread_only = [{json.dumps(site)}]\n"
+            f"env = {{ PYTHONPATH = {json.dumps(site)} }}\n")
 
 
 @asynccontextmanager
