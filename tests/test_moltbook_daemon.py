@@ -27,6 +27,7 @@ from tests.test_agent_e2e import make_entity_config
 
 KEY = "moltbook_sk_FAKE_daemon_key_8e41b7"
 DM_TEXT = "hello Ben, a question for your human about the build"
+POST_INTERVAL_S = 8.0
 pytestmark = pytest.mark.timeout(240)
 
 
@@ -65,7 +66,9 @@ async def test_moltbook_through_the_orchestrator_and_entityctl(tmp_path: Path) -
             edit(config, 'base_url = "https://www.moltbook.com/api/v1"',
                  f'base_url = "{server.base_url}"')
             edit(config, 'dms = "off"', 'dms = "approve"')
-            edit(config, "post_interval = 1800.0", "post_interval = 1.0")
+            # Long enough that the "too soon" post below, one entityctl call after the
+            # person's, falls inside it on a busy machine too.
+            edit(config, "post_interval = 1800.0", f"post_interval = {POST_INTERVAL_S}")
             edit(config, "comment_interval = 20.0", "comment_interval = 0.1")
             settings = config_mod.load(config)
             daemon = DaemonProc(config, tmp_path / "entityd.log",
@@ -153,13 +156,13 @@ async def exercise(config: Path, server: MoltbookServer, llm: ScriptedLLMServer)
     code, out, err = await moltbookctl(config, "search", "entity says hello")
     assert code == 0 and "'From the orchestrator' by entity-a" in out
 
-    await asyncio.sleep(1.0)  # past post_interval since the orchestrator's post
+    await asyncio.sleep(POST_INTERVAL_S)  # past post_interval since the orchestrator's post
     code, out, err = await moltbookctl(config, "post", "From a person", "--content",
                                        "typed in entityctl", "--submolt", "aithoughts")
     assert code == 0, err
     assert "the post is published" in out
     code, out, err = await moltbookctl(config, "post", "Too soon", "--content", "x")
-    assert code == 3 and "Moltbook allows one post per 1 s" in err
+    assert code == 3 and f"Moltbook allows one post per {POST_INTERVAL_S:g} s" in err, (code, err)
     code, out, err = await moltbookctl(config, "status", "--json")
     assert code == 0 and json.loads(out)["verification_failures"] == 0
     code, out, err = await moltbookctl(config, "reset")
