@@ -21,7 +21,8 @@ from typing import Any
 from entityd import Actor, Config, Later
 from protocol import Envelope
 
-from .mcp import McpApprove, McpApproved, McpList, McpListing, McpTools
+from .mcp import McpApprove, McpApproved, McpList, McpListing
+from .mcp.tools import McpTools
 from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
 from .moltbook import MoltbookTools
 from .sandbox import (

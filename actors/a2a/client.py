@@ -8,7 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 import httpx
-from a2a.client import A2ACardResolver, ClientConfig, create_client
+from a2a.client import A2ACardResolver, A2AClientError, ClientConfig, create_client
 from a2a.helpers.proto_helpers import get_artifact_text, get_message_text
 from a2a.types import (
     AgentCard,
@@ -23,6 +23,9 @@ from a2a.types import (
 from . import card
 
 MAX_ANSWER = 8000
+
+# What a call to an agent raises when it did not answer as one.
+UNREACHABLE = (A2AClientError, httpx.HTTPError, ValueError)
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-from a2a.client import A2AClientError
-
 from ..agent.toolbox import Tool, ToolFailed
-from . import client
 
 TIMEOUT_S = 600.0
 
@@ -51,10 +47,12 @@ class A2ATools:
                              f"(known: {', '.join(sorted(self.agents))})")
         if not task.strip():
             raise ToolFailed("give the task to delegate")
+        from . import client  # the SDK (a fifth of a second to import) only once it is used
+
         try:
             outcome = await client.send(url, task, self.environ.get(key_variable(agent), ""),
                                         self.timeout)
-        except (A2AClientError, httpx.HTTPError, ValueError) as exc:
+        except client.UNREACHABLE as exc:
             raise ToolFailed(f"{agent} could not be reached: {exc}"[:500]) from None
         if not outcome.ok:
             raise ToolFailed(f"{agent}'s task ended {outcome.state}: {outcome.text}"[:4000])

@@ -21,15 +21,16 @@ import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from mcp import ClientSession, StdioServerParameters, stdio_client, types
+from typing import TYPE_CHECKING, Any
 
 from entityd import McpServer, SandboxSection
 
 from ..sandbox import Shell, ToolError
 from ..sandbox.cgroup import SharedLimits
 from ..sandbox.shell import HOST_ENV
+
+if TYPE_CHECKING:  # the SDK (half a second to import) only once a server is used
+    from mcp import ClientSession
 
 STDERR_TAIL = 600  # characters of the server's stderr quoted when it fails
 
@@ -98,6 +99,8 @@ class Server:
     async def session(self) -> AsyncIterator[ClientSession]:
         """An initialized session with a fresh process of the server, within the wall-clock
         limit; any failure is ServerUnavailable, with the end of the server's stderr."""
+        from mcp import ClientSession, StdioServerParameters, stdio_client
+
         sandbox = await self._ready_sandbox()
         missing = await asyncio.to_thread(
             lambda: [path for path in self.spec.read_only if not os.path.exists(path)])
@@ -138,6 +141,8 @@ class Server:
 
 
 async def list_tools(session: ClientSession) -> list[ServedTool]:
+    from mcp import types
+
     tools: list[ServedTool] = []
     cursor: str | None = None
     for _ in range(100):  # pages; a server paging forever is cut off

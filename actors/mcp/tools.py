@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
-
-from mcp import types
+from typing import TYPE_CHECKING, Any
 
 from entityd import Config
 
@@ -31,6 +29,9 @@ from ..sandbox.cgroup import SharedLimits
 from .client import ServedTool, Server, ServerUnavailable, field, list_tools
 from .messages import McpApproved, McpListing, McpServerInfo, McpToolInfo
 from .pins import Pins, definition_hash
+
+if TYPE_CHECKING:  # the SDK only once a server is used (client.py)
+    from mcp import types
 
 PREFIX = "mcp__"
 CALLERS = frozenset({"orchestrator", "coder"})
@@ -210,6 +211,8 @@ class McpTools:
                           f"`entityctl mcp approve {server}`")
 
     def _result(self, result: types.CallToolResult) -> ToolResult:
+        from mcp import types
+
         parts = []
         for block in result.content:
             if isinstance(block, types.TextContent):

@@ -9,11 +9,10 @@ actor like any other; an open page then reconnects and resumes its event stream.
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from entityd import Actor, Config, ConfigError, EntitydError, Envelope
 
-from ..a2a.server import A2AFace
 from ..messages import TurnDone
 from ..peer import keys
 from ..peer.messages import Peers, PeersGet
@@ -24,6 +23,9 @@ from .guard import is_loopback
 from .messages import WebLink, WebLogin
 from .server import WebServer, bind
 from .sse import event_stream
+
+if TYPE_CHECKING:  # the A2A SDK (a third of a second to import) only when it serves
+    from ..a2a.server import A2AFace
 
 RETRY_BIND_S = 30.0
 PEERS_TIMEOUT_S = 5.0
@@ -48,6 +50,8 @@ class WebActor(Actor):
                                  self.ctx.entity)
         self.ctx.events.refresh = self._peer_keys
         if self.config.a2a.serving:
+            from ..a2a.server import A2AFace
+
             self.a2a = A2AFace(self.ctx, self.config)
             await self.a2a.open()
         await self._listen()

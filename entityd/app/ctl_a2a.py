@@ -13,12 +13,6 @@ import secrets
 import sys
 from typing import Any
 
-import httpx
-from a2a.client import A2AClientError
-from google.protobuf.json_format import MessageToDict
-
-from actors.a2a import client as a2a_client
-
 from ..client import EntityClient
 from .args import command
 from .ctl_peers import EXIT_REFUSED
@@ -66,9 +60,13 @@ def _unreachable(url: str, exc: Exception) -> int:
 
 
 async def _card(client: EntityClient, args: argparse.Namespace) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    from actors.a2a import client as a2a_client  # the SDK only for these commands
+
     try:
         checked = await a2a_client.fetch_card(args.url, args.timeout)
-    except (A2AClientError, httpx.HTTPError, ValueError) as exc:
+    except a2a_client.UNREACHABLE as exc:
         return _unreachable(args.url, exc)
     if args.json:
         print(json.dumps({"card": MessageToDict(checked.card), "signature": checked.signed,
@@ -89,10 +87,12 @@ async def _card(client: EntityClient, args: argparse.Namespace) -> int:
 
 
 async def _send(client: EntityClient, args: argparse.Namespace) -> int:
+    from actors.a2a import client as a2a_client
+
     try:
         outcome = await a2a_client.send(args.url, args.text, os.environ.get(KEY_ENV, ""),
                                         args.timeout)
-    except (A2AClientError, httpx.HTTPError, ValueError) as exc:
+    except a2a_client.UNREACHABLE as exc:
         return _unreachable(args.url, exc)
     if args.json:
         print(json.dumps({"ok": outcome.ok, "state": outcome.state, "text": outcome.text,
