@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from bench.ports import free_port
+from entityd import loop
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -291,7 +292,7 @@ def run_guarded(
     with sigterm_interrupts():
         try:
             with setup() as resource:
-                results = asyncio.run(bench(resource))
+                results = loop.run(bench(resource))
         except* BenchError as group:
             for exc in _leaves(group):
                 print(f"{name}: {exc}", file=sys.stderr)

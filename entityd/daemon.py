@@ -153,7 +153,8 @@ class Daemon:
 
     async def _run(self) -> int:
         cfg = self.config
-        log.info("entityd_starting", entity=cfg.name, public_key=self.identity.public_hex)
+        log.info("entityd_starting", entity=cfg.name, public_key=self.identity.public_hex,
+                 loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
         stopped = False
         try:
             await self._serve()

@@ -4,7 +4,6 @@ a whole federation from one file (up, down, ps)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import os
 import signal
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, NoReturn
 from protocol import subjects
 
 from .. import config as config_mod
-from .. import identity, logs
+from .. import identity, logs, loop
 from ..errors import EntitydError
 from . import args as args_mod
 from . import economy, up
@@ -144,7 +143,7 @@ def _run(path: Path) -> NoReturn:
 
     code = EXIT_FAILED
     try:
-        code = asyncio.run(serve())
+        code = loop.run(serve())
     except EntitydError as exc:  # refused before it started, e.g. the data dir is in use
         print(f"entityd: {exc}", file=sys.stderr)
         code = 2

@@ -27,7 +27,7 @@ from actors.web.messages import WebLink, WebLogin
 from protocol import ProtocolError, Status, StatusGet
 
 from .. import config as config_mod
-from .. import logs
+from .. import logs, loop
 from ..client import EntityClient, EntityDown
 from ..errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 from . import args as args_mod
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure("error", "console")
     try:
         cfg = config_mod.load(args_mod.config_file(args.config))
-        return asyncio.run(_run(cfg, args))
+        return loop.run(_run(cfg, args))
     except RemoteError as exc:
         print(f"entityctl: refused by {exc.src}: {exc.code}: {exc.message}", file=sys.stderr)
         return EXIT_REFUSED

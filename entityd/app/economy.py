@@ -16,7 +16,6 @@ Where the stream is:
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator
@@ -35,7 +34,7 @@ from protocol import Keyring
 from protocol.ledger import GENESIS, Entry, LedgerKeys, Mint, content, read_entry, seal_entry
 
 from .. import config as config_mod
-from .. import federation, identity, localauth, logs
+from .. import federation, identity, localauth, logs, loop
 from ..errors import EntitydError
 from ..federated import FederationAccess
 from ..transport import Transport
@@ -83,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     logs.configure("warning", "console")
     try:
-        return asyncio.run(run(args))
+        return loop.run(run(args))
     except (EntitydError, ValueError) as exc:
         print(f"entityd economy: {exc}", file=sys.stderr)
         return 2

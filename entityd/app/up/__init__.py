@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ... import logs
+from ... import logs, loop
 from ...errors import EntitydError
 from .. import args as args_mod
 from .pidfiles import Leftovers, check_no_leftovers, named, run_dir, running, stop_leftovers
@@ -74,8 +74,8 @@ def main(args: argparse.Namespace) -> int:
         if args.up_command == "ps":
             return _ps(spec.dir, spec.path)
         if args.up_command == "down":
-            return asyncio.run(_down(spec.dir, spec.path))
-        return asyncio.run(_up(spec, args.duration))
+            return loop.run(_down(spec.dir, spec.path))
+        return loop.run(_up(spec, args.duration))
     except EntitydError as exc:
         print(f"entityd {args.up_command}: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, StartError) else EXIT_USAGE
