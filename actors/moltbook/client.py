@@ -4,10 +4,13 @@ The key goes only to the origin (scheme, host, port) of the configured base URL,
 over https (plain http only to a loopback test server). Redirects are handled here, not by
 a library: one to the same origin is followed, one anywhere else is refused, since the
 Authorization header would go along (Moltbook documents that the bare moltbook.com
-redirects to www and drops it). A 429 is waited out when Retry-After (seconds or a date)
-or the body's retry_after_seconds/minutes is short enough, else it is an error saying when
-to retry. Moltbook's JSON errors ({"success": false, "error": ..., "hint": ...}) become
-messages; the key is scrubbed from anything the server says.
+redirects to www and drops it). A Location that URL parsers could read differently (a
+userinfo, a backslash, anything but visible ASCII) or that does not parse is refused too:
+the origin checked must be the one connected to, whoever reads the URL. A 429 is waited
+out when Retry-After (seconds or a date) or the body's retry_after_seconds/minutes is
+short enough, else it is an error saying when to retry (at most a day: a server asking
+for forever gets a finite answer). Moltbook's JSON errors ({"success": false, "error":
+..., "hint": ...}) become messages; the key is scrubbed from anything the server says.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import email.utils
 import http.client
 import json
 import math
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -31,6 +35,10 @@ MAX_BODY = 4 * 1024 * 1024  # bytes of one answer
 MAX_REDIRECTS = 3
 RATE_LIMIT_RETRIES = 2  # 429s waited out per call, each up to max_wait seconds
 DEFAULT_RETRY_AFTER = 60.0  # a 429 that does not say how long
+MAX_RETRY_AFTER = 86400.0  # a longer (or infinite) wait asked for is reported as this
+# A Location is followed only when it is plain: visible ASCII, no backslash (WHATWG reads
+# it as a slash, urllib does not), no userinfo (what hides one host behind another).
+PLAIN_LOCATION = re.compile(r"[\x21-\x7e]+")
 LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
 WWW_NOTE = ("Moltbook documents that its API must be called at https://www.moltbook.com "
             "(with www): the bare moltbook.com redirects and drops the Authorization "
@@ -173,7 +181,12 @@ class MoltbookClient:
         if not location:
             raise ApiError(f"Moltbook answered {raw.status} to {endpoint} with no Location",
                            raw.status)
-        target = urljoin(url, location)
+        target = _plain_target(url, location)
+        if target is None:
+            raise RedirectRefused(
+                f"Moltbook redirected {endpoint} to a Location that is no plain URL "
+                f"({self._scrub(location)[:80]!r}), not followed: the key goes only to "
+                f"{show(self.origin)}. {WWW_NOTE}")
         if origin(target) != self.origin:
             raise RedirectRefused(
                 f"Moltbook redirected {endpoint} to {show(origin(target))}, not followed: "
@@ -218,6 +231,22 @@ class MoltbookClient:
         return text.replace(self._key, "***") if self._key else text
 
 
+def _plain_target(url: str, location: str) -> str | None:
+    """`location` resolved against `url`, or None when it is not a plain URL (see
+    PLAIN_LOCATION) or does not parse."""
+    if not PLAIN_LOCATION.fullmatch(location) or "\\" in location:
+        return None
+    try:
+        target = urljoin(url, location)
+        parts = urlsplit(target)
+        parts.port  # noqa: B018 (raises ValueError on a port that is not one)
+    except ValueError:
+        return None
+    if "@" in parts.netloc:
+        return None
+    return target
+
+
 def _error_of(data: dict[str, Any]) -> str:
     error = data.get("error") or data.get("message") or ""
     hint = data.get("hint") or ""
@@ -228,6 +257,11 @@ def _error_of(data: dict[str, Any]) -> str:
 def retry_after(raw: _Raw) -> float:
     """Seconds a 429 asks to wait: Retry-After (seconds or an HTTP date), else the body's
     retry_after_seconds or retry_after_minutes (Moltbook's documented fields)."""
+    wait = _asked_wait(raw)
+    return min(wait, MAX_RETRY_AFTER) if math.isfinite(wait) else MAX_RETRY_AFTER
+
+
+def _asked_wait(raw: _Raw) -> float:
     header = raw.headers.get("retry-after", "").strip()
     if header:
         try:
@@ -248,5 +282,6 @@ def retry_after(raw: _Raw) -> float:
         for field, scale in (("retry_after_seconds", 1.0), ("retry_after_minutes", 60.0)):
             value = data.get(field)
             if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+                # (NaN fails `>= 0`; an infinite or overflowing one is capped by the caller)
                 return float(value) * scale
     return DEFAULT_RETRY_AFTER
