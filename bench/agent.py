@@ -48,7 +48,7 @@ GOAL = "Bench turn {n}: call todo_list {steps} times, then answer."
 GOAL_STEPS = re.compile(r"call todo_list (\d+) times")
 ACCEPT_TIMEOUT_S = 10.0
 TURN_TIMEOUT_S = 60.0
-TARGET = 1.5
+TARGET = 1.1  # issue 15
 
 
 @dataclasses.dataclass(frozen=True)
