@@ -38,7 +38,11 @@ SECURITY_HEADERS = [
     (b"cross-origin-resource-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 ]
-OPEN_PATHS = ("/login", "/static/", "/favicon.ico")
+# Open to anyone (no session): these exact paths, and what lies under STATIC. Exact, not
+# prefixes: "/login" must not open "/loginx" or "/login/../api/status" to a router (today's
+# or a later one) that would serve them.
+OPEN_PATHS = ("/login", "/favicon.ico")
+STATIC = "/static/"
 # A2A's card and endpoint (actors/a2a/server.py): no session, no CSRF token: its clients are
 # programs that present an API key, which the endpoint checks itself. A browser cannot
 # send that key cross-site (Authorization needs a CORS preflight no route answers).
@@ -126,7 +130,7 @@ class Guard:
         method: str = scope.get("method", "GET")
         if path in A2A_PATHS:
             return None
-        if path.startswith(OPEN_PATHS) or path == LOGOUT:
+        if path in OPEN_PATHS or path.startswith(STATIC) or path == LOGOUT:
             if method not in SAFE_METHODS and not self._same_origin(scope, host):
                 return 403, "cross_site", "a request from another site is refused"
             return None
