@@ -14,6 +14,7 @@ import http.client
 import json
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,20 +74,10 @@ class Page:
         return await request(self.url, method, path, headers=headers, body=body)
 
 
-async def serve(app: Any) -> AsyncIterator[tuple[str, int]]:
-    sock = bind("127.0.0.1", 0)
-    server = WebServer(app, sock)
-    task = asyncio.create_task(server.serve())
-    try:
-        yield f"http://127.0.0.1:{server.port}/", server.port
-    finally:
-        server.stop()
-        await asyncio.wait({task}, timeout=10)
-        task.cancel()
-
-
-@pytest.fixture
-async def page() -> AsyncIterator[Page]:
+@asynccontextmanager
+async def serve_page() -> AsyncIterator[Page]:
+    """The page's real routes and guard under real uvicorn on 127.0.0.1, its actors a
+    Recorder, its A2A routes stubs that note each call."""
     sessions = Sessions(b"attack-secret-" * 4, 1.0, ENTITY)
     links = LoginLinks()
     actors = Recorder()
@@ -114,6 +105,12 @@ async def page() -> AsyncIterator[Page]:
         server.stop()
         await asyncio.wait({task}, timeout=10)
         task.cancel()
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[Page]:
+    async with serve_page() as served:
+        yield served
 
 
 def error_of(reply: Reply) -> str:

@@ -7,6 +7,11 @@ the count (`Revision.enter`), so a switch is atomic for new connections while th
 already open finish on the old revision, which is stopped only once they are done (or
 after the service's drain time). Connections are bounded in number, in the time to reach
 the service and in idle time.
+
+Each connection's first request head is read before anything reaches the service, and
+its Host must name loopback (and this port, if it names one): a web page whose DNS name
+was rebound to the preview's address gets 421, not the service's answers. A browser sends
+one origin's requests on a connection, so the first Host speaks for all that follow.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import socket
 import time
 from collections.abc import Callable
@@ -30,6 +36,7 @@ CONNECT_S = 5.0  # to reach the revision's socket
 IDLE_S = 120.0  # with no byte either way, a connection is closed
 CHUNK = 1 << 16
 BACKLOG = 128
+MAX_HEAD = 1 << 16  # bytes of a request head (request line and headers)
 
 
 class _Idle(Exception):
@@ -93,8 +100,12 @@ class Proxy:
 
     async def _forward(self, conn: socket.socket, rev: Revision) -> None:
         try:
-            client_r, client_w = await asyncio.open_connection(sock=conn)
+            client_r, client_w = await asyncio.open_connection(sock=conn, limit=MAX_HEAD)
             try:
+                head = await self._head(client_r, client_w)
+                if head is None:
+                    self.refused += 1
+                    return
                 try:
                     async with asyncio.timeout(CONNECT_S):
                         up_r, up_w = await endpoint.connect(rev.directory, rev.uid)
@@ -103,6 +114,7 @@ class Proxy:
                     return
                 self.served += 1
                 try:
+                    up_w.write(head)
                     await _splice(client_r, client_w, up_r, up_w)
                 finally:
                     await _close(up_w)
@@ -111,6 +123,61 @@ class Proxy:
         finally:
             self.open -= 1
             rev.leave()
+
+
+    async def _head(self, reader: asyncio.StreamReader,
+                    writer: asyncio.StreamWriter) -> bytes | None:
+        """The first request's head, if its Host is this preview's; else None, the client
+        told why (unless it sent no head at all)."""
+        try:
+            async with asyncio.timeout(IDLE_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, TimeoutError, OSError):
+            return None
+        except asyncio.LimitOverrunError:
+            await _refuse(writer, 431, "Request Header Fields Too Large",
+                          f"a request head is at most {MAX_HEAD} bytes")
+            return None
+        problem = misdirected(head, self.port)
+        if problem is not None:
+            await _refuse(writer, 421, "Misdirected Request", problem)
+            return None
+        return head
+
+
+def misdirected(head: bytes, port: int) -> str | None:
+    """Why a request head is not for this preview (its Host names no loopback address,
+    or another port), or None when it is."""
+    hosts = [line.partition(b":")[2].strip() for line in head.split(b"\r\n")[1:]
+             if line.partition(b":")[0].strip().lower() == b"host"]
+    if len(hosts) != 1:
+        return "a request needs one Host header"
+    host = hosts[0].decode("latin-1")
+    if host.startswith("["):
+        name, _, rest = host[1:].partition("]")
+        named_port = rest[1:] if rest.startswith(":") else rest
+    else:
+        name, _, named_port = host.partition(":")
+    if not _loopback(name) or named_port not in ("", str(port)):
+        return f"this preview answers only for a loopback Host, not {host[:80]!r}"
+    return None
+
+
+def _loopback(name: str) -> bool:
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+async def _refuse(writer: asyncio.StreamWriter, status: int, reason: str, why: str) -> None:
+    body = f"{why}\n".encode()
+    writer.write(f"HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+    with contextlib.suppress(OSError):
+        await writer.drain()
 
 
 async def _splice(a_r: asyncio.StreamReader, a_w: asyncio.StreamWriter,
