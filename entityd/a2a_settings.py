@@ -5,14 +5,19 @@ naming the key (`a2a.api_keys.NAME`) and stops the start.
     [a2a]
     api_keys = { ci-bot = "sha256 hex of the key" }   # `entityctl a2a key ci-bot`
     agents = { helper = "https://helper.example/" }   # delegate_to_a2a_agent's choices
+    push_hosts = ["hooks.internal:8443"]              # push targets beyond public https
 
-No key is configured by default, and then the A2A endpoint and its card are off.
+No key is configured by default, and then the A2A endpoint and its card are off. A
+client's push-notification URL must be https to a host whose every address is public,
+unless its `host[:port]` is in `push_hosts` (no port: the scheme's default); so a client
+cannot aim the entity's pushes at its loopback or private network.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -24,7 +29,9 @@ from .errors import ConfigError
 CLIENT_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,23}")
 AGENT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 DIGEST = re.compile(r"[0-9a-f]{64}")
-KEYS = frozenset({"api_keys", "agents"})
+KEYS = frozenset({"api_keys", "agents", "push_hosts"})
+DEFAULT_PORTS = {"http": 80, "https": 443}
+MAX_PUSH_HOSTS = 64
 
 
 class A2ASettings(NamedTuple):
@@ -32,6 +39,7 @@ class A2ASettings(NamedTuple):
 
     api_keys: Mapping[str, str] = MappingProxyType({})  # client name -> sha256 hex
     agents: Mapping[str, str] = MappingProxyType({})  # agent name -> base URL
+    push_hosts: frozenset[tuple[str, int]] = frozenset()  # (host, port); port 0: default
 
     @property
     def serving(self) -> bool:
@@ -45,6 +53,40 @@ class A2ASettings(NamedTuple):
             if hmac.compare_digest(digest, stored):
                 found = name
         return found
+
+    def push_host_allowed(self, scheme: str, host: str, port: int | None) -> bool:
+        """Whether the operator named this push target in `push_hosts` (the host as
+        written in the URL, normalised; `127.1` is not `127.0.0.1`: that errs closed)."""
+        name = host_key(host)
+        port = port or DEFAULT_PORTS.get(scheme, 0)
+        return ((name, port) in self.push_hosts
+                or (port == DEFAULT_PORTS.get(scheme) and (name, 0) in self.push_hosts))
+
+
+def host_key(host: str) -> str:
+    """A host as compared: lower case, no brackets or trailing dot, an IP address in its
+    normal form."""
+    name = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        return name
+
+
+def push_host(entry: str) -> tuple[str, int]:
+    """`host`, `host:port` or `[v6]:port` as (host, port); port 0 when none is given."""
+    host, port = entry, ""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise ValueError(entry)
+        port = rest[1:]
+    elif entry.count(":") == 1:
+        host, port = entry.split(":")
+    number = int(port) if port else 0
+    if not host.strip() or not 0 <= number <= 65535 or "/" in host or "@" in host:
+        raise ValueError(entry)
+    return host_key(host), number
 
 
 def settings(a2a: Any) -> A2ASettings:
@@ -71,7 +113,19 @@ def settings(a2a: Any) -> A2ASettings:
                               "and -")
         if where.scheme not in ("http", "https") or not where.hostname:
             raise ConfigError(f"a2a.agents.{name}", f"{url!r} is not an http(s) URL")
-    return A2ASettings(MappingProxyType(keys), MappingProxyType(agents))
+    hosts = a2a.get("push_hosts", [])
+    if (not isinstance(hosts, list) or len(hosts) > MAX_PUSH_HOSTS
+            or not all(isinstance(h, str) for h in hosts)):
+        raise ConfigError("a2a.push_hosts", f'must be a list of up to {MAX_PUSH_HOSTS} '
+                          '"host" or "host:port" strings')
+    push_hosts = set()
+    for entry in hosts:
+        try:
+            push_hosts.add(push_host(entry))
+        except ValueError:
+            raise ConfigError("a2a.push_hosts", f"{entry[:80]!r} is not a host or "
+                              "host:port") from None
+    return A2ASettings(MappingProxyType(keys), MappingProxyType(agents), frozenset(push_hosts))
 
 
 def _table(value: Any, key: str) -> dict[str, str]:

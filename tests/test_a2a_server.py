@@ -11,7 +11,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +51,12 @@ CLIENT = "ci-bot"
 
 
 @contextmanager
-def scripted_model() -> Iterator[str]:
+def scripted_model(script: Callable[[dict[str, Any]], Any] = route) -> Iterator[str]:
     """The scripted model on a loop of its own: it outlives each daemon (and its kill)."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="scripted-model", daemon=True)
     thread.start()
-    server = ScriptedLLMServer(route)
+    server = ScriptedLLMServer(script)
     try:
         asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
         yield server.base_url
@@ -156,6 +156,7 @@ async def test_the_card_is_signed_with_the_entitys_key(entity: Entity) -> None:
     assert found.name == "entity-a"
     assert found.supported_interfaces[0].url == entity.url + "a2a"
     assert found.security_schemes["apiKey"].http_auth_security_scheme.scheme == "Bearer"
+    assert found.capabilities.streaming and found.capabilities.push_notifications
 
     # a2a-sdk's own verifier, with the JWK of the protected header.
     def key_of(kid: str | None, jku: str | None) -> PyJWK:

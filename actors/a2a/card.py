@@ -67,7 +67,7 @@ def build(config: Config, url: str, public_key: bytes) -> AgentCard:
                                              protocol_version="1.0")],
         version="1.0",
         capabilities=AgentCapabilities(
-            streaming=True, push_notifications=False,
+            streaming=True, push_notifications=True,
             extensions=[AgentExtension(uri=KEY_EXTENSION, description="the entity's "
                                        "Ed25519 public key, its card signed with it",
                                        params={"hex": public_key.hex()})]),

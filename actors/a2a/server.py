@@ -11,6 +11,11 @@ the answer). The tasks handed over are kept on disk (pending.py) until answered,
 restart of the daemon loses none: each is given to the orchestrator again, and its
 answer is written to the task even with no request left waiting for it.
 
+A task resumed after a restart runs through a2a-sdk's own machinery again (its active
+task, fed by this executor), so a client that re-subscribes to it gets the rest of its
+updates and its end, and its push notifications (push.py; their configs in the same
+SQLite file) go on.
+
 Who may call: a client presents its API key (`Authorization: Bearer KEY` or `X-API-Key`),
 checked against the sha256 digests in `[a2a] api_keys`; with none configured, nothing
 here is served. The card is public once serving, as A2A discovery expects.
@@ -29,7 +34,8 @@ from a2a.server.request_handlers import DefaultRequestHandlerV2
 from a2a.server.routes import create_jsonrpc_routes
 from a2a.server.routes.common import StarletteUser
 from a2a.server.tasks import DatabaseTaskStore, TaskUpdater
-from a2a.types import TaskState
+from a2a.types import Artifact, TaskState
+from a2a.utils.errors import TaskNotFoundError, UnsupportedOperationError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.authentication import SimpleUser
 from starlette.requests import Request
@@ -43,11 +49,13 @@ from ..messages import Goal, GoalAccepted, TurnDone
 from . import card
 from .messages import CardSign, CardSigned
 from .pending import Pending, PendingGoals
+from .push import PushConfigStore, PushPolicy, PushSender, http_client
 
 GOAL_PREFIX = "dlg-a2a-"  # the delegation's prefix (turn_scope.DELEGATED_PREFIX), then a2a-
 SOURCE_PREFIX = "peer:a2a-"
 CARD_TIMEOUT_S = 10.0
 MAX_TEXT = 16_000
+MAX_COMMITS = 100
 TERMINAL = (TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED,
             TaskState.TASK_STATE_CANCELED, TaskState.TASK_STATE_REJECTED)
 
@@ -83,24 +91,40 @@ class A2AFace:
         self.engine: AsyncEngine = create_async_engine(
             f"sqlite+aiosqlite:///{config.data_dir / 'a2a-tasks.sqlite3'}")
         self.store = DatabaseTaskStore(self.engine)
+        self.push_configs = PushConfigStore(self.engine)
+        self.policy = PushPolicy(config.a2a.push_host_allowed)
+        self.push_http = http_client(self.policy)
+        # A task's answer, by goal id, for the execution waiting for it.
         self.waiting: dict[str, asyncio.Future[TurnDone]] = {}
+        self.handler: DefaultRequestHandlerV2 | None = None
         self.url = ""
         self._card: str | None = None
 
     async def open(self) -> None:
         await self.pending.open()
         await self.store.initialize()
+        await self.push_configs.initialize()
+        # Before any turn_done can arrive: a resumed task's answer waits for resume().
+        loop = asyncio.get_running_loop()
+        for item in await self.pending.all():
+            self.waiting[item.goal_id] = loop.create_future()
 
     async def close(self) -> None:
+        if self.handler is not None:
+            await self.handler.aclose()  # a2a-sdk's running tasks (each resumed later)
+        await self.push_http.aclose()
         await self.pending.close()
         await self.engine.dispose()
 
     def routes(self, url: str) -> list[BaseRoute]:
         """The card and the RPC endpoint of the A2A server at `url` (the page's base)."""
         self.url = url.rstrip("/") + card.RPC_PATH
-        handler = DefaultRequestHandlerV2(EntityExecutor(self), self.store,
-                                          card.build(self.config, self.url, bytes(32)))
-        rpc = create_jsonrpc_routes(handler, card.RPC_PATH)[0]
+        self.handler = DefaultRequestHandlerV2(
+            EntityExecutor(self), self.store, card.build(self.config, self.url, bytes(32)),
+            push_config_store=self.push_configs,
+            push_sender=PushSender(self.push_http, self.push_configs, self.ctx.log),
+            push_url_validator=self.policy.check)
+        rpc = create_jsonrpc_routes(self.handler, card.RPC_PATH)[0]
         return [Route(card.CARD_PATH, self.agent_card, methods=["GET"]),
                 Route(card.RPC_PATH, self._authed(rpc.endpoint), methods=["POST"])]
 
@@ -146,21 +170,47 @@ class A2AFace:
         return accepted if isinstance(accepted, GoalAccepted) else "no answer"
 
     async def resume(self) -> None:
-        """After a restart: every task handed over and not answered, handed over again."""
+        """After a restart: every task handed over and not answered runs again through
+        a2a-sdk's active task (so a client may re-subscribe to it, and its pushes go on),
+        its goal handed to the orchestrator again."""
         for item in await self.pending.all():
-            refused = await self.hand_over(item)
-            if isinstance(refused, str):
-                self.ctx.log.warning("a2a_resume_refused", task_id=item.task_id,
-                                     reason=refused)
-            else:
+            try:
+                started = await self._restart(item)
+            except Exception:
+                self.waiting.pop(item.goal_id, None)
+                raise
+            if started:
                 await self.ctx.emit("a2a_task_resumed", task_id=item.task_id,
                                     client=item.client)
 
+    async def _restart(self, item: Pending) -> bool:
+        if self.handler is None:
+            return False
+        future = self.waiting.setdefault(item.goal_id,
+                                         asyncio.get_running_loop().create_future())
+        context = call_context(item.client)
+        # a2a-sdk has no public call to run a stored task again; its registry is the
+        # one place an active task lives (and a re-subscription finds it).
+        registry = self.handler._active_task_registry
+        try:
+            active = await registry.get_or_create(item.task_id, call_context=context,
+                                                  create_task_if_missing=False)
+        except (TaskNotFoundError, UnsupportedOperationError):
+            # Gone, or it ended before the restart (its answer is in it): nothing to run.
+            if self.waiting.get(item.goal_id) is future:
+                del self.waiting[item.goal_id]
+            await self.pending.remove(item.goal_id)
+            return False
+        await active.enqueue_request(RequestContext(call_context=context, task_id=item.task_id,
+                                                    context_id=item.context_id))
+        return True
+
     async def done(self, done: TurnDone) -> None:
-        """A turn of an A2A task ended: to its waiting request, or else to its record."""
-        future = self.waiting.pop(done.task_id, None)
-        if future is not None and not future.done():
-            future.set_result(done)
+        """A turn of an A2A task ended: to its waiting execution, or else to its record."""
+        future = self.waiting.get(done.task_id)
+        if future is not None:
+            if not future.done():
+                future.set_result(done)
             return
         item = await self.pending.get(done.task_id)
         if item is None:
@@ -172,10 +222,20 @@ class A2AFace:
                                  else TaskState.TASK_STATE_FAILED)
             task.status.message.CopyFrom(new_text_message(
                 done.text[:MAX_TEXT], context_id=item.context_id, task_id=item.task_id))
-            task.artifacts.append(new_text_artifact("answer", done.text[:MAX_TEXT]))
+            task.artifacts.extend(artifacts(done))
             await self.store.save(task, context)
         await self.pending.remove(done.task_id)
         await self.ctx.emit("a2a_task_answered", task_id=item.task_id, ok=done.ok)
+
+
+def artifacts(done: TurnDone) -> list[Artifact]:
+    """What a task's turn leaves: its answer, and the commits it made in the workspace."""
+    found = [new_text_artifact("answer", done.text[:MAX_TEXT])]
+    if done.commits:
+        found.append(new_text_artifact("commits", "\n".join(done.commits[:MAX_COMMITS]),
+                                       description="the commits made in the entity's "
+                                       "workspace for this task, one id a line"))
+    return found
 
 
 class EntityExecutor(AgentExecutor):
@@ -189,15 +249,22 @@ class EntityExecutor(AgentExecutor):
         task_id, context_id = context.task_id or "", context.context_id or ""
         client = context.call_context.user.user_name
         updater = TaskUpdater(event_queue, task_id, context_id)
-        if context.current_task is None:
-            history = [context.message] if context.message is not None else []
-            await event_queue.enqueue_event(new_task(
-                task_id, context_id, TaskState.TASK_STATE_SUBMITTED, history=history))
-        item = Pending(goal_id(client, task_id), client, task_id, context_id,
-                       f"{client} (an A2A client) gives you a task:\n\n"
-                       + context.get_user_input()[:MAX_TEXT])
-        future: asyncio.Future[TurnDone] = asyncio.get_running_loop().create_future()
-        face.waiting[item.goal_id] = future
+        found: Pending | None
+        if context.message is None:  # a task run again after a restart (A2AFace.resume)
+            found = await face.pending.get(goal_id(client, task_id))
+            if found is None:
+                return
+            item = found
+        else:
+            if context.current_task is None:
+                await event_queue.enqueue_event(new_task(
+                    task_id, context_id, TaskState.TASK_STATE_SUBMITTED,
+                    history=[context.message]))
+            item = Pending(goal_id(client, task_id), client, task_id, context_id,
+                           f"{client} (an A2A client) gives you a task:\n\n"
+                           + context.get_user_input()[:MAX_TEXT])
+        future = face.waiting.setdefault(item.goal_id,
+                                         asyncio.get_running_loop().create_future())
         after = await face.ctx.events.last_seq()  # the turn's steps come after this
         try:
             await face.pending.add(item)
@@ -218,8 +285,8 @@ class EntityExecutor(AgentExecutor):
                     done = await future
                 finally:
                     future.cancel()  # done already, or the execution was cancelled
-            await updater.add_artifact(new_text_artifact("answer", done.text[:MAX_TEXT]).parts,
-                                       name="answer")
+            for artifact in artifacts(done):
+                await updater.add_artifact(list(artifact.parts), name=artifact.name)
             message = updater.new_agent_message([new_text_part(done.text[:MAX_TEXT])])
             if done.ok:
                 await updater.complete(message)
