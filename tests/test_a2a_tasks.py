@@ -12,6 +12,7 @@ import asyncio
 import json
 import re
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from a2a.server.context import ServerCallContext
+from a2a.server.tasks import InMemoryPushNotificationConfigStore
 from a2a.types import (
     ListTaskPushNotificationConfigsRequest,
     SendMessageConfiguration,
@@ -29,9 +32,11 @@ from a2a.types import (
     SubscribeToTaskRequest,
     TaskPushNotificationConfig,
     TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
 )
 
-from actors.a2a.push import MAX_CONFIGS, PushPolicy, http_client
+from actors.a2a.push import MAX_CONFIGS, TIMEOUT_S, PushPolicy, PushSender, http_client
 from actors.llm.scripted import Reply
 from entityd.a2a_settings import A2ASettings
 from tests.peer_model import route
@@ -70,6 +75,7 @@ class Hook:
 
     status: int = 200
     location: str = ""
+    trickle: bool = False  # answer a byte at a time, never ending (until 30 s)
     posts: list[tuple[dict[str, str], Any]] = field(default_factory=list)
     connections: int = 0
     changed: threading.Condition = field(default_factory=threading.Condition)
@@ -89,6 +95,16 @@ class Hook:
                     hook.posts.append(({k.lower(): v for k, v in self.headers.items()},
                                        json.loads(body or b"null")))
                     hook.changed.notify_all()
+                if hook.trickle:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nx-slow: ")
+                    try:
+                        for _ in range(60):  # until the sender hangs up
+                            self.wfile.write(b"x")
+                            self.wfile.flush()
+                            time.sleep(0.5)
+                    except OSError:  # the broken pipe of a sender that gave up
+                        pass
+                    return
                 self.send_response(hook.status)
                 if hook.location:
                     self.send_header("location", hook.location)
@@ -294,6 +310,31 @@ async def test_a_push_connects_to_the_address_that_was_checked(
     headers, body = receiver.posts[-1]
     assert headers["host"] == f"hooks.invalid:{receiver.port}" and body == {"a": 1}
     assert victim.connections == 0
+
+
+async def test_a_webhook_that_answers_a_byte_at_a_time_holds_an_update_5_s_at_most() -> None:
+    tarpit = Hook(trickle=True)
+    warnings: list[dict[str, Any]] = []
+
+    class Log:
+        def warning(self, event: str, **fields: Any) -> None:
+            warnings.append({"event": event, **fields})
+
+    configs = InMemoryPushNotificationConfigStore()
+    await configs.set_info("t1", TaskPushNotificationConfig(url=tarpit.url), ServerCallContext())
+    listed = A2ASettings(push_hosts=frozenset({("127.0.0.1", tarpit.port)})).push_host_allowed
+    try:
+        async with http_client(PushPolicy(listed)) as http:
+            started = time.monotonic()
+            await PushSender(http, configs, Log()).send_notification("t1", TaskStatusUpdateEvent(
+                task_id="t1", status=TaskStatus(state=TaskState.TASK_STATE_WORKING)))
+            took = time.monotonic() - started
+        assert tarpit.posts  # it was reached, and answered slowly
+        assert TIMEOUT_S - 0.5 < took < TIMEOUT_S + 2, took
+        assert warnings == [{"event": "a2a_push_failed", "task_id": "t1", "config": "t1",
+                             "error": f"no answer within {TIMEOUT_S:g} s"}]
+    finally:
+        tarpit.close()
 
 
 async def test_the_commits_of_a_task_come_back_in_its_artifacts(entity: Entity) -> None:

@@ -178,10 +178,16 @@ class PushSender(PushNotificationSender):
         if target.HasField("authentication") and auth.scheme and auth.credentials:
             headers["Authorization"] = f"{auth.scheme} {auth.credentials}"
         try:
-            reply = await self.http.post(target.url, json=body, headers=headers)
+            # The whole delivery, lookup included: a webhook that answers a byte at a time
+            # would otherwise hold the task's updates for as long as it likes.
+            async with asyncio.timeout(TIMEOUT_S):
+                reply = await self.http.post(target.url, json=body, headers=headers)
             if reply.status_code >= 300:  # redirects included: never followed
                 raise httpx.HTTPStatusError(f"answered {reply.status_code}",
                                             request=reply.request, response=reply)
+        except TimeoutError:
+            self.log.warning("a2a_push_failed", task_id=task_id, config=target.id[:64],
+                             error=f"no answer within {TIMEOUT_S:g} s")
         except (httpx.HTTPError, ValueError) as exc:  # ValueError: a header it cannot send
             self.log.warning("a2a_push_failed", task_id=task_id, config=target.id[:64],
                              error=str(exc)[:300])
