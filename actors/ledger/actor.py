@@ -53,7 +53,7 @@ from .messages import (
     ReputationGet,
     ReputationInfo,
 )
-from .stream import ChainMoved, LedgerStream, Stored
+from .stream import ChainMoved, LedgerStream
 
 ACTOR = protocol.subjects.LEDGER_ACTOR
 CHECKPOINT = "ledger.checkpoint"  # in the data dir
@@ -303,7 +303,8 @@ class LedgerActor(Actor):
                 wire, _ = self.ctx.federation.sign(
                     **entry_envelope(me), message=placed, msg_id=entry_id,
                     ts=max(_now_ms(), last_ts))
-                books.check(books.read(wire, subject))
+                entry = books.read(wire, subject)
+                books.check(entry)
                 stored = await self.stream.append(me, wire, entry_id,
                                                   self.chains.last_of.get(me, 0))
             except ChainMoved:
@@ -318,7 +319,7 @@ class LedgerActor(Actor):
                 return LedgerResult(False, UNREACHABLE, "the LEDGER stream cannot be "
                                     f"reached ({exc!r}); ask again with the same id to be "
                                     "sure it happens once", entry_id.hex())
-            if self.chains.take_own(Stored(stored, subject, wire)):
+            if self.chains.take_own(stored, entry):
                 await self.checkpoint.save(self.chains)
             else:
                 await self._caught_up()  # others' entries came first; if the stream is

@@ -12,6 +12,7 @@ books from the start, so every reader ends with the same books.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
@@ -33,7 +34,7 @@ from protocol.ledger import (
 )
 
 from .messages import EntryInfo
-from .stream import READ_BATCH, LedgerStream, Stored
+from .stream import LedgerStream, Stored
 
 MAX_KEPT = 1000  # entries of our own that ledger_get can show, newest kept
 PARALLEL_FROM = 64  # a read this long has its signatures checked in threads
@@ -96,32 +97,41 @@ class Chains:
         self._reset(self.peers if peers is None else peers)
 
     async def catch_up(self) -> None:
-        """Read and apply what the stream has past what we read; when it held entries
+        """Read and apply what the stream has past what we read; when it holds entries
         of signers we did not know, learn the peers' keys and, if that taught us any,
-        replay from the start."""
-        await self._read()
-        if self.unknown_signer:
-            peers = await self._peer_keys()
-            if any(self._known.get(name) != key for name, key in peers.items()):
-                self._reset(peers)
-                await self._read()
+        replay from the start. The keys are asked for at the first such entry, not
+        after reading on to the end (a replay whose keys are learnt that way would
+        otherwise read the stream twice)."""
+        stopped = await self._read(stop_at_unknown=not self.unknown_signer)
+        if not self.unknown_signer:
+            return
+        peers = await self._peer_keys()
+        if any(self._known.get(name) != key for name, key in peers.items()):
+            self._reset(peers)
+        elif not stopped:
+            return
+        await self._read(stop_at_unknown=False)
 
-    async def _read(self) -> None:
-        while True:
-            batch = await self.stream.read(self.after)
-            for stored, opened in zip(batch, await self._open(batch), strict=True):
-                self._take(stored, opened)
-                self.after = stored.seq
-            if len(batch) < READ_BATCH:  # the stream has no more now
-                return
+    async def _read(self, *, stop_at_unknown: bool) -> bool:
+        """Apply what the stream has past what we read; True if it stopped early, at an
+        entry whose signer we do not know (with `stop_at_unknown`)."""
+        async with contextlib.aclosing(self.stream.reads(self.after)) as batches:
+            async for batch in batches:  # the next one on its way meanwhile
+                for stored, opened in zip(batch, await self._open(batch), strict=True):
+                    self._take(stored.seq, stored.subject, opened)
+                    self.after = stored.seq
+                    if stop_at_unknown and self.unknown_signer:
+                        return True
+        return False
 
-    def take_own(self, stored: Stored) -> bool:
-        """Count an entry we just appended, at `stored.seq`, without reading it back:
+    def take_own(self, seq: int, entry: Entry) -> bool:
+        """Count an entry we just appended, at stream sequence `seq`, as the books read
+        it before appending it (its signature checked then), without reading it back:
         only when nothing else came into the stream before it (else False: read)."""
-        if stored.seq != self.after + 1:
+        if seq != self.after + 1:
             return False
-        self._take(stored, _opened(stored, self.keys))
-        self.after = stored.seq
+        self._take(seq, entry.subject, entry)
+        self.after = seq
         return True
 
     async def _open(self, batch: list[Stored]) -> list[Entry | ProtocolError]:
@@ -137,9 +147,9 @@ class Chains:
             for part in (batch[:half], batch[half:])))
         return [*parts[0], *parts[1]]
 
-    def _take(self, stored: Stored, opened: Entry | ProtocolError) -> None:
-        route = protocol.subjects.route(stored.subject)
-        chain = route.receiver if route and route.receiver else stored.subject
+    def _take(self, seq: int, subject: str, opened: Entry | ProtocolError) -> None:
+        """Apply what was read at stream sequence `seq` on `subject`."""
+        chain = _chain_of(subject)
         if chain in self.violations:
             return
         try:
@@ -153,17 +163,17 @@ class Chains:
             if exc.reason == protocol.reasons.UNKNOWN_KEY:
                 self.unknown_signer = True
             return
-        self.last_of[chain] = stored.seq
+        self.last_of[chain] = seq
         if entry.seq <= head:  # the books took it as a redelivery: no effect
             self.repeats.append(Replayed(
                 f"{chain}'s entry {entry.seq} (id {entry.id.hex()}) is in the stream again, "
-                f"at {stored.seq}; it counts once", subject=stored.subject))
+                f"at {seq}; it counts once", subject=subject))
             return
         self.entries += 1
-        info = describe(entry)
-        if entry.account == self.me or info.counterparty == self.me:
-            self.mine.append(info)
-            del self.mine[:-MAX_KEPT]
+        if entry.account == self.me or _counterparty(entry.record) == self.me:
+            self.mine.append(describe(entry))
+            if len(self.mine) > MAX_KEPT:
+                del self.mine[:-MAX_KEPT]
 
 
 def _opened(stored: Stored, keys: LedgerKeys) -> Entry | ProtocolError:
@@ -175,6 +185,30 @@ def _opened(stored: Stored, keys: LedgerKeys) -> Entry | ProtocolError:
 
 def _open_all(batch: list[Stored], keys: LedgerKeys) -> list[Entry | ProtocolError]:
     return [_opened(stored, keys) for stored in batch]
+
+
+_CHAINS: dict[str, str] = {}  # subject -> the chain it is, worked out once each
+
+
+def _chain_of(subject: str) -> str:
+    chain = _CHAINS.get(subject)
+    if chain is None:
+        route = protocol.subjects.route(subject)
+        chain = route.receiver if route and route.receiver else subject
+        if len(_CHAINS) >= 4096:  # bounded: forgetting only costs working it out again
+            _CHAINS.clear()
+        _CHAINS[subject] = chain
+    return chain
+
+
+def _counterparty(record: object) -> str:
+    """The other party describe() names: the payee of a transfer or hold, the rated peer."""
+    match record:
+        case Transfer() | Hold():
+            return record.to
+        case Rate():
+            return record.peer
+    return ""
 
 
 def describe(entry: Entry) -> EntryInfo:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,10 +131,34 @@ class LedgerStream:
     async def read(self, after: int, subject: str = SUBJECTS) -> list[Stored]:
         """The entries on `subject` (every chain, or one) stored after stream sequence
         `after`, in order, up to one batch; an empty list when there are none."""
-        return await self._get({"seq": after + 1, "next_by_subj": subject,
-                                "batch": READ_BATCH})
+        return await self._get(_batch_after(after, subject))
+
+    async def reads(self, after: int, subject: str = SUBJECTS) -> AsyncGenerator[list[Stored]]:
+        """Every entry on `subject` stored after `after`, batch by batch in order, until
+        a batch is shorter than READ_BATCH (the stream had no more). Each next batch is
+        asked for before this one is handed over, so that the stream sends it while the
+        caller works on this one."""
+        token, read = await self._ask(_batch_after(after, subject))
+        try:
+            while True:
+                batch = await self._answer(token, read)
+                if len(batch) < READ_BATCH:
+                    yield batch
+                    return
+                token, read = await self._ask(_batch_after(batch[-1].seq, subject))
+                yield batch
+        finally:
+            self._abandon(token, read)
 
     async def _get(self, request: dict[str, Any]) -> list[Stored]:
+        token, read = await self._ask(request)
+        try:
+            return await self._answer(token, read)
+        finally:
+            self._pending.pop(token, None)
+
+    async def _ask(self, request: dict[str, Any]) -> tuple[str, _Read]:
+        """Send a direct get; its answers collect in the _Read under its token."""
         if self._reads is None:
             raise nats.errors.ConnectionClosedError
         token = secrets.token_hex(16)
@@ -143,23 +168,46 @@ class LedgerStream:
             await self.fed.publish(f"{self.api}.DIRECT.GET.{STREAM}",
                                    json.dumps(request).encode(),
                                    reply=f"{self._prefix}.{token}")
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await read.done
-            except TimeoutError:
-                raise nats.errors.TimeoutError from None
+        except BaseException:
+            self._pending.pop(token, None)
+            raise
+        return token, read
+
+    async def _answer(self, token: str, read: _Read) -> list[Stored]:
+        """What the direct get under `token` answered, once it has all come."""
+        try:
+            async with asyncio.timeout(self.timeout):
+                await read.done
+        except TimeoutError:
+            raise nats.errors.TimeoutError from None
         finally:
             self._pending.pop(token, None)
         return sorted(read.got, key=lambda stored: stored.seq)
 
+    def _abandon(self, token: str, read: _Read) -> None:
+        """Stop waiting for the read under `token`: a batch asked ahead that its reader
+        no longer wants. Its answers may still be on their way: they are dropped as
+        they come (they are no strays), and the read forgotten once they end, or after
+        the timeout at the latest."""
+        if token not in self._pending or read.done.done():
+            self._pending.pop(token, None)
+            return
+        read.abandoned = True
+        asyncio.get_running_loop().call_later(self.timeout, self._pending.pop, token, None)
+
     async def _arrived(self, msg: Msg) -> None:
         """An answer to a read: an entry, or the status that ends the read."""
-        read = self._pending.get(msg.subject.rsplit(".", 1)[-1])
+        token = msg.subject.rsplit(".", 1)[-1]
+        read = self._pending.get(token)
         if read is None or read.done.done():
             self.fed.count_rejected(StrayReply.reason)  # late, or never asked
             return
         headers = msg.headers or {}
         status = headers.get("Status")
+        if read.abandoned:
+            if status or not read.many:  # its end: nothing more will come
+                self._pending.pop(token, None)
+            return
         if status or (not msg.data and "Nats-Sequence" not in headers):
             if status in (END_OF_BATCH, NOTHING_MORE):
                 read.done.set_result(None)
@@ -178,11 +226,16 @@ class LedgerStream:
             read.done.set_result(None)
 
 
+def _batch_after(after: int, subject: str) -> dict[str, Any]:
+    return {"seq": after + 1, "next_by_subj": subject, "batch": READ_BATCH}
+
+
 @dataclass
 class _Read:
     """A read in flight: what has come, and whether it is over."""
 
     many: bool
     got: list[Stored] = field(default_factory=list)
+    abandoned: bool = False  # no one waits for it any more
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())

@@ -101,6 +101,14 @@ ENTRY_KINDS: dict[str, type[Link]] = {
 def content(record: Link) -> dict[str, Any]:
     """What an entry says, without where it sits: two entries with one id are the same
     entry (a retry) exactly when their kinds and contents are equal."""
-    fields = kinds.encode(record)
-    del fields["seq"], fields["prev"]
-    return {"typ": kinds.kind_name(record), **fields}
+    # Every field of an entry kind is its own wire form (an int, str or bytes), so its
+    # encoding is the field's value: read the fields directly, as kinds.encode would.
+    names = _CONTENT.get(type(record))
+    if names is None:
+        names = _CONTENT[type(record)] = tuple(
+            field.name for field in dataclasses.fields(record)
+            if field.name not in ("seq", "prev"))
+    return {"typ": kinds.kind_name(record), **{name: getattr(record, name) for name in names}}
+
+
+_CONTENT: dict[type[Link], tuple[str, ...]] = {}

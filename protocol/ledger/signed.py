@@ -24,9 +24,36 @@ from .entries import MAX_AMOUNT, MAX_TEXT, SCORES, Hold, Link, Mint, Rate
 from .errors import BadEntry, LedgerError, WrongSigner
 
 ACTOR = subjects.LEDGER_ACTOR
-# A chain is its own replay protection (each position holds one entry), so an entry has no
-# replay window: it is read at any age.
-_NO_WINDOW = 2**64
+
+
+class _NoReplayCheck(ReplayGuard):
+    """A chain is its own replay protection (each position holds one entry), so an entry
+    has no replay window: it is read at any age, and its id is the books' to judge (the
+    same as a ReplayGuard made afresh for each entry, with a window of 2^64 ms: a ts is at
+    most 2^64 - 1, so that guard refuses nothing). Keeps nothing, so threads may share it."""
+
+    def admit(self, msg_id: bytes, ts_ms: int, now_ms: int, *, sender: bytes) -> None:
+        return None
+
+    def remember(self, msg_id: bytes, ts_ms: int, *, sender: bytes) -> None:
+        return None
+
+
+_NO_REPLAY_CHECK = _NoReplayCheck()
+_ACCOUNTS: dict[str, str] = {}  # the subjects of chains seen, and their accounts
+
+
+def _account_of(subject: str) -> str:
+    """The account whose chain `subject` is; WrongSubject when it is no chain's."""
+    account = _ACCOUNTS.get(subject)
+    if account is None:
+        route = subjects.route(subject)
+        if route is None or route.family != "ledger" or route.receiver is None:
+            raise WrongSubject("not the subject of a ledger chain", subject=subject)
+        if len(_ACCOUNTS) >= 4096:  # bounded: forgetting only costs working it out again
+            _ACCOUNTS.clear()
+        account = _ACCOUNTS[subject] = route.receiver
+    return account
 
 
 def entry_hash(body: bytes) -> bytes:
@@ -131,17 +158,13 @@ def check_entry(verified: Verified, subject: str, keys: LedgerKeys, *,
     """Steps 2 to 6 of §16.3 on a wire whose signature verified under `keys.keyring`
     (step 1, `protocol.verify_signature`: pure, so a reader replaying many entries may
     run it on other threads and this in stream order)."""
-    route = subjects.route(subject)
-    if route is None or route.family != "ledger" or route.receiver is None:
-        raise WrongSubject("not the subject of a ledger chain", subject=subject)
-    account = route.receiver
+    account = _account_of(subject)
     # Which key may sign what on a chain is the ledger's rule (wrong_signer, below), so
     # the envelope is opened as the chain's account's whichever trusted key signed it.
-    as_chain = Verified(verified.kid, verified.body,
-                        dataclasses.replace(verified.signer, entity=account))
+    as_chain = verified if verified.signer.entity == account else Verified(
+        verified.kid, verified.body, dataclasses.replace(verified.signer, entity=account))
     envelope = check_body(as_chain, subject=subject, local=f"{account}/{ACTOR}",
-                          replay=ReplayGuard(window_ms=_NO_WINDOW, future_ms=_NO_WINDOW),
-                          now=0, max_bytes=max_bytes)
+                          replay=_NO_REPLAY_CHECK, now=0, max_bytes=max_bytes)
     record = envelope.message
 
     def refused(error: type[LedgerError], detail: str) -> LedgerError:

@@ -29,9 +29,9 @@ def dump(books: Ledger, extra: dict[str, Any]) -> bytes:
     """The books and `extra` (the reader's own position, say) as bytes."""
     accounts = [[
         a.name, a.seq, a.head, a.ts, a.available, a.held,
-        [dataclasses.astuple(r) for r in a.results.values()],
+        [_fields(r) for r in a.results.values()],
         [[k, v] for k, v in a.contents.items()],
-        [dataclasses.astuple(h) for h in a.holds.values()],
+        [_fields(h) for h in a.holds.values()],
         [list(e) for e in a.expiries],
     ] for a in books._accounts.values()]
     state = {
@@ -39,10 +39,22 @@ def dump(books: Ledger, extra: dict[str, Any]) -> bytes:
         "accounts": accounts,
         "settled": [[*k, v] for k, v in books._settled.items()],
         "rated": [list(k) for k in books._rated],
-        "reputation": [dataclasses.astuple(r) for r in books._reputation.values()],
+        "reputation": [_fields(r) for r in books._reputation.values()],
         "extra": extra,
     }
     return msgpack.packb(state, use_bin_type=True)
+
+
+_NAMES: dict[type[Any], tuple[str, ...]] = {}
+
+
+def _fields(record: Applied | HoldState | Reputation) -> tuple[Any, ...]:
+    """dataclasses.astuple of a record whose fields are plain values (ints, str, bytes),
+    without its deep copy: a checkpoint writes one for every entry of the books."""
+    names = _NAMES.get(type(record))
+    if names is None:
+        names = _NAMES[type(record)] = tuple(f.name for f in dataclasses.fields(record))
+    return tuple([getattr(record, name) for name in names])
 
 
 def load(data: bytes, keys: LedgerKeys) -> tuple[Ledger, dict[str, Any]]:
