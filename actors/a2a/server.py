@@ -256,35 +256,22 @@ class EntityExecutor(AgentExecutor):
                 return
             item = found
         else:
+            item = Pending(goal_id(client, task_id), client, task_id, context_id,
+                           f"{client} (an A2A client) gives you a task:\n\n"
+                           + context.get_user_input()[:MAX_TEXT])
+            # On disk before the task is: a stored task that is not done is resumed.
+            await face.pending.add(item)
             if context.current_task is None:
                 await event_queue.enqueue_event(new_task(
                     task_id, context_id, TaskState.TASK_STATE_SUBMITTED,
                     history=[context.message]))
-            item = Pending(goal_id(client, task_id), client, task_id, context_id,
-                           f"{client} (an A2A client) gives you a task:\n\n"
-                           + context.get_user_input()[:MAX_TEXT])
         future = face.waiting.setdefault(item.goal_id,
                                          asyncio.get_running_loop().create_future())
-        after = await face.ctx.events.last_seq()  # the turn's steps come after this
         try:
-            await face.pending.add(item)
-            accepted = await face.hand_over(item)
-            if isinstance(accepted, str):
-                await face.pending.remove(item.goal_id)
-                await updater.failed(updater.new_agent_message(
-                    [new_text_part(f"not taken: {accepted}")]))
+            # A resumed task's answer may have come in before it ran again (A2AFace.open).
+            if not future.done() and not await self._work(item, updater, future):
                 return
-            await updater.start_work(updater.new_agent_message(
-                [new_text_part(f"working on it ({accepted.queued} ahead)")]))
-            await face.ctx.emit("a2a_task_started", task_id=task_id, client=client)
-            async with asyncio.TaskGroup() as tasks:
-                # It ends by itself once the future is done: a cancel can be lost in the
-                # event reader's wait (nats-py's next_msg), so it is not relied on.
-                tasks.create_task(self._relay_steps(updater, item.goal_id, after, future))
-                try:
-                    done = await future
-                finally:
-                    future.cancel()  # done already, or the execution was cancelled
+            done = future.result()
             for artifact in artifacts(done):
                 await updater.add_artifact(list(artifact.parts), name=artifact.name)
             message = updater.new_agent_message([new_text_part(done.text[:MAX_TEXT])])
@@ -297,6 +284,31 @@ class EntityExecutor(AgentExecutor):
         finally:
             if face.waiting.get(item.goal_id) is future:
                 del face.waiting[item.goal_id]
+
+    async def _work(self, item: Pending, updater: TaskUpdater,
+                    future: asyncio.Future[TurnDone]) -> bool:
+        """Hand the task to the orchestrator and relay its turn's steps until its answer
+        is in `future`; False if the orchestrator would not take it (the task failed)."""
+        face = self.face
+        after = await face.ctx.events.last_seq()  # the turn's steps come after this
+        accepted = await face.hand_over(item)
+        if isinstance(accepted, str):
+            await face.pending.remove(item.goal_id)
+            await updater.failed(updater.new_agent_message(
+                [new_text_part(f"not taken: {accepted}")]))
+            return False
+        await updater.start_work(updater.new_agent_message(
+            [new_text_part(f"working on it ({accepted.queued} ahead)")]))
+        await face.ctx.emit("a2a_task_started", task_id=item.task_id, client=item.client)
+        async with asyncio.TaskGroup() as tasks:
+            # It ends by itself once the future is done: a cancel can be lost in the
+            # event reader's wait (nats-py's next_msg), so it is not relied on.
+            tasks.create_task(self._relay_steps(updater, item.goal_id, after, future))
+            try:
+                await future
+            finally:
+                future.cancel()  # done already, or the execution was cancelled
+        return True
 
     async def _relay_steps(self, updater: TaskUpdater, goal: str, after: int,
                            until: asyncio.Future[TurnDone]) -> None:
