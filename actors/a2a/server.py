@@ -1,15 +1,17 @@
 """The entity's A2A face, on the web actor's port: its signed agent card and a2a-sdk's
-JSON-RPC endpoint (message/send and /stream, tasks/get, tasks/cancel, tasks/resubscribe),
-with a durable task store (SQLite in the data dir).
+JSON-RPC endpoint (A2A 1.0: SendMessage, SendStreamingMessage, GetTask, CancelTask,
+SubscribeToTask and the push-notification configs), with a durable task store (SQLite in
+the data dir).
 
 A message becomes a task run as a delegation to the orchestrator: a goal named
 `dlg-a2a-<client>.<task id>` from `peer:a2a-<client>`, so its turn has exactly a trusted
 peer's delegated task's rights (the workspace and the coder, nothing of the operator's),
 its events carry no content, and the orchestrator runs it again after a crash. The
 answer comes back as `turn_done` to the web actor and ends the task (an artifact with
-the answer). The tasks handed over are kept on disk (pending.py) until answered, so a
-restart of the daemon loses none: each is given to the orchestrator again, and its
-answer is written to the task even with no request left waiting for it.
+the answer, another with the commits the turn made). The tasks handed over are kept on
+disk (pending.py) until answered, so a restart of the daemon loses none: each is given
+to the orchestrator again, and its answer is written to the task even with no request
+left waiting for it.
 
 A task resumed after a restart runs through a2a-sdk's own machinery again (its active
 task, fed by this executor), so a client that re-subscribes to it gets the rest of its
@@ -208,10 +210,11 @@ class A2AFace:
     async def done(self, done: TurnDone) -> None:
         """A turn of an A2A task ended: to its waiting execution, or else to its record."""
         future = self.waiting.get(done.task_id)
-        if future is not None:
+        if future is not None and self.handler is not None:
             if not future.done():
                 future.set_result(done)
             return
+        self.waiting.pop(done.task_id, None)  # not serving yet (no port): nothing resumes it
         item = await self.pending.get(done.task_id)
         if item is None:
             return
