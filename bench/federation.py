@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
+import msgpack
 import nats
 import nats.errors
 import nats.js.errors
@@ -68,6 +69,9 @@ PEER_ACTOR = "peer"
 # see it, so the raw figure pays for nothing of entityd's.
 RAW_SUBJECT = subjects.request(B, A, "bench") + ".raw"
 WIRE_SUBJECT = subjects.request(B, A, "ping")
+# The local leg's raw counterpart: a request and its reply between two clients of A's leaf.
+RAW_LOCAL_SUBJECT = "bench.raw.local"
+CRYPTO_PAIRS = 2000  # sign+verify of a ping, timed alone for the ceiling
 # The raw durable baseline: a stream on B's leaf like its INBOX, on a subject one token
 # longer than a command (fed.cmd.<dst>.<src>.<op>) so that it overlaps no INBOX subject.
 RAW_STREAM = "BENCH-RAW"
@@ -252,18 +256,21 @@ def ping_wire(key_a: SigningKey) -> bytes:
 
 
 class Raw:
-    """Plain nats-py across the hub: requester on A's leaf, echoing responder on B's."""
+    """Plain nats-py: requester on A's leaf, echoing responder on B's (across the hub)
+    or, on RAW_LOCAL_SUBJECT, on A's leaf too."""
 
-    def __init__(self, requester: Client, payload: bytes) -> None:
+    def __init__(self, requester: Client, payload: bytes, subject: str = RAW_SUBJECT) -> None:
         self.requester = requester
         self.payload = payload
+        self.subject = subject
 
     @staticmethod
     async def respond(msg: Msg) -> None:
         await msg.respond(msg.data)
 
     async def call(self, i: int) -> None:
-        reply = await self.requester.request(RAW_SUBJECT, self.payload, timeout=REPLY_TIMEOUT_S)
+        reply = await self.requester.request(self.subject, self.payload,
+                                             timeout=REPLY_TIMEOUT_S)
         if reply.data != self.payload:
             raise BenchError("the raw responder answered with other bytes")
 
@@ -432,6 +439,8 @@ class Results:
     report: Figure
     link_p50_ms: float
     drain: Drain
+    raw_local: Figure
+    crypto_pair_s: float  # one Ed25519 sign and verify of a ping, in this process
 
     def ratios(self) -> dict[str, float]:
         return {
@@ -440,6 +449,25 @@ class Results:
             "report_vs_raw": self.report.rate / self.raw.rate,
             "report_vs_raw_js": self.report.rate / self.raw_js.rate,
         }
+
+    def fed_rr_ceiling(self) -> float:
+        """The best fed_rr could be if entityd added nothing but what a check_peer_alive
+        must do: its two legs (the local request to A's peer actor, A's ping to B) as
+        raw nats-py does them, and the Ed25519 of its four envelopes (request, ping,
+        pong, answer: four signs, four verifies)."""
+        raw = 1 / self.raw.rate
+        return raw / (raw + 1 / self.raw_local.rate + 4 * self.crypto_pair_s)
+
+
+def crypto_pair_seconds(key: SigningKey, n: int = CRYPTO_PAIRS) -> float:
+    """Seconds per Ed25519 sign and verify of a ping's body, timed alone."""
+    _, _, body, _ = msgpack.unpackb(ping_wire(key))
+    signed = protocol.DOMAIN + body
+    verify_key = key.verify_key
+    start = time.perf_counter()
+    for _ in range(n):
+        verify_key.verify(signed, key.sign(signed).signature)
+    return (time.perf_counter() - start) / n
 
 
 async def measure(fed: Federation, sizes: Sizes) -> Results:
@@ -455,6 +483,10 @@ async def measure(fed: Federation, sizes: Sizes) -> Results:
         stack.push_async_callback(wait_closed, responder, 5.0)
         await responder.subscribe(RAW_SUBJECT, cb=Raw.respond)
         await responder.flush()
+        local_responder = await nats.connect(fed[A].url, name="bench-raw-local-responder")
+        stack.push_async_callback(wait_closed, local_responder, 5.0)
+        await local_responder.subscribe(RAW_LOCAL_SUBJECT, cb=Raw.respond)
+        await local_responder.flush()
         requester = await nats.connect(fed[A].url, name="bench-raw-requester",
                                        inbox_prefix=subjects.inbox_prefix(A))
         stack.push_async_callback(wait_closed, requester, 5.0)
@@ -468,6 +500,8 @@ async def measure(fed: Federation, sizes: Sizes) -> Results:
             Figure("fed ping, wire level", WirePing(requester, key_a, public_b).call,
                    sizes.wire),
             Figure("ctl hop alone (check of itself)", LocalHop(client_a).call, sizes.ping),
+            Figure("raw nats-py rr on A's leaf", Raw(requester, payload, RAW_LOCAL_SUBJECT).call,
+                   sizes.raw),
         ]
         await interleaved(figures, sizes.rounds, sizes.warmup, cpu)
         for figure in figures:
@@ -492,8 +526,12 @@ async def measure(fed: Federation, sizes: Sizes) -> Results:
                 report, drain = await _reports(reports, sizes, cpu)
             finally:
                 watcher.cancel()
-    raw_fig, ping_fig, wire_fig, local_fig = figures
-    return Results(raw_fig, ping_fig, wire_fig, local_fig, raw_js, report, link_p50_ms, drain)
+    raw_fig, ping_fig, wire_fig, local_fig, raw_local = figures
+    crypto_s = crypto_pair_seconds(key_a)
+    print(f"Ed25519 sign+verify of a ping     {crypto_s * 1e6:8.1f} us (N={CRYPTO_PAIRS}, "
+          "in this process)", flush=True)
+    return Results(raw_fig, ping_fig, wire_fig, local_fig, raw_js, report, link_p50_ms, drain,
+                   raw_local, crypto_s)
 
 
 async def _reports(reports: Reports, sizes: Sizes, cpu: CpuMeter) -> tuple[Figure, Drain]:
@@ -629,6 +667,9 @@ def main(argv: list[str] | None = None) -> int:
     print("targets: " + ", ".join(f"{name} >= {t:.2f}" for name, t in TARGETS.items()))
     for name, value in results.ratios().items():
         print(f"ratio {name}: {value:.2f}")
+    print(f"ceiling fed_rr: {results.fed_rr_ceiling():.2f} (raw nats-py's two legs, across "
+          "the hub and on A's leaf, plus the 4 signs and 4 verifies of the check's envelopes "
+          "and nothing else)")
     return 0
 
 
