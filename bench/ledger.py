@@ -6,14 +6,18 @@ with the same headers on the same server, and `ledger verify`'s replay rate.
 money with `entityd economy mint`, and measures:
 
 1. ledger pay: `Pay` asked of the ledger actor with an EntityClient, as `entityctl pay`
-   does (ctl -> ledger actor: read the chain's news, sign, append with
-   Nats-Expected-Last-Subject-Sequence and Nats-Msg-Id, read it back), one at a time;
+   does (ctl -> ledger actor: sign, check against its books, append with
+   Nats-Expected-Last-Subject-Sequence and Nats-Msg-Id, count it, emit its event),
+   one at a time;
 2. raw JetStream: nats-py `js.publish` of a payload as large as a transfer entry, with
    the same two headers (compare-and-set on the last PubAck's sequence), into a stream
    made like LEDGER on the same server, one at a time;
 3. ledger balance: `BalanceGet` asked the same way: the ctl hop and one read of the
    stream finding nothing new, what a payment pays for before it appends;
-   (1-3 alternate in rounds, so that drift on the machine hits them alike)
+3b. ledger ctl hop alone: `LedgerGet` with limit 0, which the actor refuses before it
+   reads anything: the signed round trip bench -> daemon -> bench through the actor's
+   mailbox, the floor under a payment (a payment adds its append's round trip to it);
+   (1-3b alternate in rounds, so that drift on the machine hits them alike)
 4. and 5. 1 and 2 with several in flight: callers asking Pay at once (the actor appends
    one after another to its one chain), and raw publishers each on its own subject;
 6. read alone: the stream filled to `--entries` with valid chains of several accounts
@@ -22,8 +26,9 @@ money with `entityd economy mint`, and measures:
    verifying anything;
 7. ledger verify: `LedgerVerify` asked and timed: entries replayed per second.
 
-It prints each figure, then `ratio ledger_vs_js` (1/2) and `ratio ledger_vs_js_conc`
-(4/5). Nothing is asserted about timings.
+It prints each figure, then `ratio ledger_vs_js` (1/2), `ratio ledger_vs_js_conc`
+(4/5) and `ratio ctl_hop_vs_js` (3b/2: what ledger_vs_js would be if a payment cost no
+more than its ctl hop, with no append at all). Nothing is asserted about timings.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ import protocol
 from actors.ledger.messages import (
     Balance,
     BalanceGet,
+    LedgerGet,
     LedgerReport,
     LedgerResult,
     LedgerVerify,
@@ -63,6 +69,7 @@ from bench.rig import MINT_KEY, READY, READY_TIMEOUT_S, STOP_TIMEOUT_S, edit, ma
 from entityd import config as config_mod
 from entityd import identity, localauth, logs
 from entityd.client import EntityClient
+from entityd.errors import RemoteError
 from entityd.federated import FederationAccess
 from entityd.transport import Transport, wait_closed
 from protocol import Keyring
@@ -203,6 +210,24 @@ class LedgerBalance:
             raise BenchError(f"balance answered {result!r}")
 
 
+class LedgerHop:
+    """The ctl hop alone, through the ledger actor's mailbox: `LedgerGet` with limit 0,
+    which the actor refuses (bad_request) before it reads anything. What a payment costs
+    before the actor does any work of its own."""
+
+    def __init__(self, client: EntityClient) -> None:
+        self.client = client
+
+    async def call(self, i: int) -> None:
+        try:
+            result = await self.client.ask(LEDGER_ACTOR, LedgerGet("", 0), REPLY_TIMEOUT_S)
+        except RemoteError as refused:
+            if refused.code == protocol.reasons.BAD_REQUEST:
+                return
+            raise
+        raise BenchError(f"ledger_get with limit 0 answered {result!r}")
+
+
 class RawAppend:
     """js.publish with the ledger's two headers on its own subject: compare-and-set on
     the sequence of its own last PubAck, and a fresh Nats-Msg-Id."""
@@ -304,10 +329,12 @@ class Results:
     pay_conc: Burst
     raw_conc: Burst
     replay: Replay
+    hop: Figure
 
     def ratios(self) -> dict[str, float]:
         return {"ledger_vs_js": self.pay.rate / self.raw.rate,
-                "ledger_vs_js_conc": self.pay_conc.rate / self.raw_conc.rate}
+                "ledger_vs_js_conc": self.pay_conc.rate / self.raw_conc.rate,
+                "ctl_hop_vs_js": self.hop.rate / self.raw.rate}
 
 
 def transfer_size(key: SigningKey) -> int:
@@ -375,6 +402,8 @@ async def measure(entity: Entity, sizes: Sizes) -> Results:
         figures = [Figure("ledger pay (ledger actor)", pay.call, sizes.pay),
                    Figure("raw JetStream publish, CAS", raw.call, sizes.raw),
                    Figure("ledger balance (ctl hop, a read)", LedgerBalance(client).call,
+                          sizes.pay),
+                   Figure("ledger ctl hop alone (refused)", LedgerHop(client).call,
                           sizes.pay)]
         await interleaved(figures, sizes.rounds, sizes.warmup, meter)
         for figure in figures:
@@ -405,7 +434,7 @@ async def measure(entity: Entity, sizes: Sizes) -> Results:
         replay = Replay("ledger verify", report.entries, seconds,
                         meter.since(before, meter.sample()), report.chains)
         print("\n".join(replay.lines()), flush=True)
-    return Results(figures[0], figures[1], pay_conc, raw_conc, replay)
+    return Results(figures[0], figures[1], pay_conc, raw_conc, replay, figures[3])
 
 
 TARGETS = {"ledger_vs_js": 0.5}
