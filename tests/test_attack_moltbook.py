@@ -16,12 +16,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from actors.moltbook import ApiError, MoltbookError, RateLimited, RedirectRefused, Unreachable
+from actors.messages import ToolCall, ToolResult
+from actors.moltbook import (
+    ApiError,
+    MoltbookError,
+    MoltbookTools,
+    RateLimited,
+    RedirectRefused,
+    Unreachable,
+)
 from actors.moltbook.client import MAX_REDIRECTS, MoltbookClient
+from entityd.config import Config, EntitySection, MoltbookSection
 from tests.moltbook_server import Recorder
 
 pytestmark = pytest.mark.timeout(60)
@@ -50,6 +60,7 @@ class Hostile:
 
     def __init__(self) -> None:
         self.script: dict[str, Answer] = {}
+        self.default = Answer(200)  # to any path not scripted
         self.seen: list[Seen] = []
         hostile = self
 
@@ -64,7 +75,7 @@ class Hostile:
                 body = self.rfile.read(length) if length else b""
                 hostile.seen.append(Seen(self.command, self.path, dict(self.headers.items()),
                                          body))
-                answer = hostile.script.get(self.path, Answer(200))
+                answer = hostile.script.get(self.path, hostile.default)
                 # Written raw: a hostile server's bytes need not be what http.server allows.
                 head = f"HTTP/1.1 {answer.status} X\r\n".encode()
                 for name, value in [*answer.headers, ("Content-Length", str(len(answer.body))),
@@ -247,3 +258,60 @@ async def test_a_location_holding_the_key_is_refused_without_repeating_it() -> N
         assert other.seen == []
     assert KEY not in str(refused.value) and KEY not in str(unreadable.value)
     assert "no plain URL" in str(unreadable.value)
+
+
+# ---- what a hostile server's answers may hold -------------------------------------------
+
+HOSTILE_BODIES = [
+    b"[" * 100_000, b'{"a":' * 50_000, b"null", b"5", b'"text"', b"[]", b"[[]]",
+    b'{"posts": 5}', b'{"posts": [5, null, "x", {"id": null, "title": []}]}',
+    b'{"post": null}', b'{"post": "x"}', b'{"post": {"verification": "x"}}',
+    b'{"post": {"id": {"x": 1}, "verification": {"verification_code": 5, '
+    b'"challenge_text": null, "expires_at": "never"}}}',
+    b'{"verification_required": true, "verification": {"code": [], "challenge": {}}}',
+    b'{"comment": {"verification": {"verification_code": "c", "challenge_text": '
+    b'"' + b"A" * 100_000 + b'", "expires_at": 1e400}}}',
+    b'{"agent": {"created_at": "not a date", "karma": "x"}}',
+    b'{"agent": {"created_at": 1e400}}', b'{"agent": []}',
+    b'{"data": {"a": {"b": []}}}', b'{"conversations": {"x": 1}}',
+    b'{"success": false, "error": {"x": [1]}, "hint": 5}', b'{"results": [[]]}',
+    b'{"error": NaN, "success": false}', b'{"comments": [{"replies": [{"replies": 5}]}]}',
+    b'{"n": ' + b"1" * 5000 + b"}", b'{"status": 7}', b"\xff\xfe not utf-8",
+]
+TOOL_CALLS: list[tuple[str, dict[str, Any]]] = [
+    ("moltbook_home", {}), ("moltbook_feed", {}), ("moltbook_search", {"query": "x"}),
+    ("moltbook_read_post", {"post_id": "p1"}), ("moltbook_submolts", {}),
+    ("moltbook_submolts", {"name": "general"}), ("moltbook_read_dms", {}),
+    ("moltbook_read_dms", {"conversation_id": "c1"}),
+    ("moltbook_post", {"title": "a title", "content": "some content", "submolt": "general"}),
+    ("moltbook_comment", {"post_id": "p1", "content": "a comment here"}),
+    ("moltbook_vote", {"post_id": "p1", "direction": "up"}),
+    ("moltbook_follow", {"name": "someone"}), ("moltbook_join_submolt", {"name": "general"}),
+]
+
+
+@pytest.mark.parametrize("status", [200, 429, 500])
+@pytest.mark.parametrize("body", HOSTILE_BODIES, ids=[str(i) for i in range(len(HOSTILE_BODIES))])
+async def test_no_answer_of_a_hostile_server_is_an_internal_error_of_the_tools(
+        tmp_path: Path, body: bytes, status: int) -> None:
+    """Every tool, against a server answering `status` with `body` to everything: the
+    tools answer with a result (a refusal or what they read), never an exception."""
+    with Hostile() as server:
+        server.default = Answer(status, [("Retry-After", "0")] if status == 429 else [],
+                                body)
+        data = tmp_path / "entity-a"
+        data.mkdir()
+        config = Config(entity=EntitySection(name="entity-a", data_dir=str(data)),
+                        moltbook=MoltbookSection(base_url=server.base_url, timeout=10.0,
+                                                 dms="allow"))
+        tools = MoltbookTools(config, environ={"MOLTBOOK_API_KEY": KEY})
+        events: list[dict[str, Any]] = []
+
+        async def emit(typ: str, **data: Any) -> None:
+            events.append(data)
+
+        for tool, args in TOOL_CALLS:
+            result = await tools.call(ToolCall(tool, args, "entity-a/orchestrator"),
+                                      "entity-a/orchestrator", emit)
+            assert isinstance(result, ToolResult), tool
+            assert KEY not in json.dumps([result.output, result.error]), tool

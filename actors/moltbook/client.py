@@ -206,7 +206,7 @@ class MoltbookClient:
             raise Unreachable(f"Moltbook's answer to {endpoint} is over {MAX_BODY} bytes")
         text = self._scrub(raw.body.decode("utf-8", "replace"))
         try:
-            parsed = json.loads(text) if text.strip() else {}
+            parsed = _loads(text) if text.strip() else {}
         except ValueError:
             raise Unreachable(f"Moltbook answered {raw.status} to {endpoint} with something "
                               f"that is not JSON: {text[:120]!r}") from None
@@ -222,13 +222,22 @@ class MoltbookClient:
 
     def _said(self, raw: _Raw) -> str:
         try:
-            data = json.loads(self._scrub(raw.body.decode("utf-8", "replace")))
+            data = _loads(self._scrub(raw.body.decode("utf-8", "replace")))
         except ValueError:
             return ""
         return _error_of(data) if isinstance(data, dict) else ""
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "***") if self._key else text
+
+
+def _loads(text: str | bytes) -> Any:
+    """JSON from the server, or ValueError: a document nested past the parser's recursion
+    limit is as unreadable as one that is not JSON (not an error of ours)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep") from None
 
 
 def _plain_target(url: str, location: str) -> str | None:
@@ -275,7 +284,7 @@ def _asked_wait(raw: _Raw) -> float:
         if when is not None:
             return max(0.0, when.timestamp() - time.time())
     try:
-        data = json.loads(raw.body or b"{}")
+        data = _loads(raw.body or b"{}")
     except ValueError:
         data = {}
     if isinstance(data, dict):

@@ -94,7 +94,8 @@ def _comment_lines(comment: Any, depth: int, lines: list[str]) -> None:
         return
     lines.append(f"{'  ' * depth}- {comment.get('id')} {_name(comment.get('author'))} "
                  f"(+{comment.get('upvotes', 0)}): {_preview(comment.get('content'), 1000)}")
-    for reply in comment.get("replies") or []:
+    replies = comment.get("replies")
+    for reply in replies if isinstance(replies, list) else []:  # the server's: any shape
         _comment_lines(reply, depth + 1, lines)
 
 
