@@ -14,6 +14,7 @@ No server is configured by default, and a server's tools are offered only once
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,6 +74,10 @@ def _server(name: str, table: Any) -> McpServer:
     for path in read_only:
         if not path.startswith("/"):
             raise ConfigError(f"{where}.read_only", f"{path!r} is not an absolute path")
+        if os.path.normpath(path).split("/")[1] == "tmp":
+            raise ConfigError(f"{where}.read_only", f"{path!r} is under /tmp, which the "
+                              "sandbox replaces with a /tmp of its own, so the server would "
+                              "never see it; move it elsewhere (e.g. under /var/tmp or /opt)")
     env = table.get("env", {})
     if not isinstance(env, Mapping) or not all(
             isinstance(k, str) and ENV_NAME.fullmatch(k) and isinstance(v, str)

@@ -292,6 +292,11 @@ def test_the_config_is_checked_strictly() -> None:
         ({"notes": {"command": ["x"], "allowed_tools": [], "cwd": "/"}}, "mcp.servers.notes.cwd"),
         ({"notes": {"command": ["x"], "allowed_tools": [], "read_only": ["rel"]}},
          "mcp.servers.notes.read_only"),
+        # The sandbox has a /tmp of its own: a path there would never be seen.
+        ({"notes": {"command": ["x"], "allowed_tools": [], "read_only": ["/tmp/venv"]}},
+         "mcp.servers.notes.read_only"),
+        ({"notes": {"command": ["x"], "allowed_tools": [], "read_only": ["/./tmp//x/"]}},
+         "mcp.servers.notes.read_only"),
         ({"notes": {"command": ["x"], "allowed_tools": [], "env": {"A": 1}}},
          "mcp.servers.notes.env"),
         ({"no_tes": {"command": ["x"], "allowed_tools": []}}, "mcp.servers.no_tes"),
