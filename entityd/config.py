@@ -473,7 +473,11 @@ def _check_across(parts: Mapping[str, Any]) -> None:
          f"{parts['web'].host!r} is not a loopback address: the page would be reachable "
          "from the network; set web.allow_remote = true behind TLS (a reverse proxy), or "
          'web.host = "127.0.0.1"'),
-        ("services.host", parts["services"].host == parts["web"].host,
+        ("services.host", not _ip_literal(parts["services"].host),
+         f"{parts['services'].host!r} is a name: a browser sends a name's cookies to every "
+         "port of it, and the page answers to loopback names (localhost) too, so a service "
+         "could get the page's login; give an IP address (the default is \"127.0.0.2\")"),
+        ("services.host", _same_host(parts["services"].host, parts["web"].host),
          "is web.host too: a service (code the entity wrote) would get the browser's cookies "
          "for the page, its login among them; keep services.host = \"127.0.0.2\""),
         ("services.host", not _loopback(parts["services"].host),
@@ -486,6 +490,22 @@ def _check_across(parts: Mapping[str, Any]) -> None:
     ]:
         if wrong:
             raise ConfigError(where, problem)
+
+
+def _ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _same_host(one: str, other: str) -> bool:
+    """Whether two hosts are one address (127.0.0.1 and 127.000.0.1 are not two)."""
+    try:
+        return ipaddress.ip_address(one) == ipaddress.ip_address(other)
+    except ValueError:
+        return one.lower() == other.lower()
 
 
 def _loopback(host: str) -> bool:

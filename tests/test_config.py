@@ -361,3 +361,26 @@ def test_data_dir_from_env_is_resolved_against_the_config_directory(elsewhere: P
     path.write_text('[entity]\nname = "entity-a"\n')
     cfg = config_mod.load(path, environ={"ENTITYD_ENTITY_DATA_DIR": "from-env"})
     assert cfg.data_dir == (elsewhere / "from-env").resolve()
+
+
+@pytest.mark.parametrize(("services", "web", "why"), [
+    ("localhost", "127.0.0.1", "is a name"),  # the page answers as localhost too
+    ("LOCALHOST", "127.0.0.1", "is a name"),
+    ("127.0.0.1", "127.0.0.1", "is web.host too"),
+    ("127.000.000.001", "127.0.0.1", "is a name"),  # not an IP literal Python reads
+    ("::1", "0:0:0:0:0:0:0:1", "is web.host too"),  # one address, two spellings
+    ("10.0.0.5", "127.0.0.1", "not a loopback address"),
+])
+def test_a_services_host_that_could_share_the_pages_cookies_is_refused(
+    tmp_path: Path, services: str, web: str, why: str,
+) -> None:
+    """A browser sends a host's cookies to every port of it: a service preview (code the
+    entity wrote) on any host the page answers to would get the operator's login."""
+    err = load_error(tmp_path, f'[web]\nhost = "{web}"\n[services]\nhost = "{services}"\n')
+    assert err.key == "services.host"
+    assert why in err.problem
+
+
+def test_a_services_host_apart_from_the_page_loads(tmp_path: Path) -> None:
+    path = write(tmp_path, '[web]\nhost = "127.0.0.1"\n[services]\nhost = "127.0.0.3"\n')
+    assert config_mod.load(path, environ={}).services.host == "127.0.0.3"
