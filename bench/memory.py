@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import itertools
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -205,21 +206,44 @@ class _Clock:
         return time.time() - self.behind
 
 
-async def run(count: int, n_queries: int, directory: Path, scan_limit: int) -> None:
+async def _fill_store(store: MemoryStore, clock: _Clock, count: int) -> float:
+    """Fill `store` with `count` generated memories spread over a year; the insert rate."""
+    memories = generate(count)
+    year = 365 * 86400.0
+    start = time.perf_counter()
+    for i in range(0, count, BATCH):
+        clock.behind = year * (1 - i / count)
+        await store.import_memories(memories[i : i + BATCH])
+    elapsed = time.perf_counter() - start
+    clock.behind = 0.0
+    print(f"memories: {count} ({BATCH} per transaction) in {elapsed:.2f} s")
+    return count / elapsed
+
+
+def _base_file(base: Path, count: int) -> Path:
+    return base / f"memory-{count}.sqlite3"
+
+
+async def run(
+    count: int, n_queries: int, directory: Path, scan_limit: int, base: Path | None = None
+) -> None:
     path = directory / "memory.sqlite3"
     clock = _Clock()
-    store = await MemoryStore.open(path, scan_limit=scan_limit, clock=clock)
+    filled = _base_file(base, count) if base else None
+    if filled is not None and filled.exists():
+        await asyncio.to_thread(shutil.copyfile, filled, path)
+        print(f"memories: {count}, copied from {filled} (not filled: no insert rate)")
+        insert_rate = None
+        store = await MemoryStore.open(path, scan_limit=scan_limit, clock=clock)
+    else:
+        store = await MemoryStore.open(path, scan_limit=scan_limit, clock=clock)
+        insert_rate = await _fill_store(store, clock, count)
+        if filled is not None:
+            await store.close()  # checkpoints the WAL into the file, so one file is the copy
+            filled.parent.mkdir(parents=True, exist_ok=True)
+            await asyncio.to_thread(shutil.copyfile, path, filled)
+            store = await MemoryStore.open(path, scan_limit=scan_limit, clock=clock)
     try:
-        memories = generate(count)
-        year = 365 * 86400.0
-        start = time.perf_counter()
-        for i in range(0, count, BATCH):
-            clock.behind = year * (1 - i / count)
-            await store.import_memories(memories[i : i + BATCH])
-        elapsed = time.perf_counter() - start
-        clock.behind = 0.0
-        insert_rate = count / elapsed
-        print(f"memories: {count} ({BATCH} per transaction) in {elapsed:.2f} s")
 
         singles = generate(1000, seed=3)
         start = time.perf_counter()
@@ -254,7 +278,8 @@ async def run(count: int, n_queries: int, directory: Path, scan_limit: int) -> N
         print(f"recall mean ms: {statistics.fmean(samples):.3f}; max ms: {max(samples):.3f}")
         print(f"files: {size_mb:.1f} MB")
         print(f"single_insert_rate: {single_rate:.0f}/s")
-        print(f"insert_rate: {insert_rate:.0f}/s")
+        if insert_rate is not None:
+            print(f"insert_rate: {insert_rate:.0f}/s")
         print(f"recall_p50_ms: {_percentile(samples, 0.5):.3f}")
         print(f"recall_p99_ms: {_percentile(samples, 0.99):.3f}")
     finally:
@@ -270,6 +295,10 @@ def main() -> None:
     parser.add_argument("--scan-limit", type=int, default=SCAN_LIMIT,
                         help="matches ranked per recall pool (the store's default: %(default)s)")
     parser.add_argument("--dir", type=Path, help="where to put the database (default: a temp dir)")
+    parser.add_argument("--base", type=Path, metavar="DIR",
+                        help="keep the filled store in DIR (memory-N.sqlite3) and, when it is "
+                        "already there, start each run from a copy of it instead of filling "
+                        "(no insert rate then)")
     args = parser.parse_args()
     count = args.n or (10_000 if args.quick else 100_000)
     if count < 1:
@@ -278,10 +307,10 @@ def main() -> None:
         args.dir.mkdir(parents=True, exist_ok=True)
         for leftover in args.dir.glob("memory.sqlite3*"):
             leftover.unlink()
-        asyncio.run(run(count, args.queries, args.dir, args.scan_limit))
+        asyncio.run(run(count, args.queries, args.dir, args.scan_limit, args.base))
     else:
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
-            asyncio.run(run(count, args.queries, Path(tmp), args.scan_limit))
+            asyncio.run(run(count, args.queries, Path(tmp), args.scan_limit, args.base))
 
 
 if __name__ == "__main__":
