@@ -334,6 +334,32 @@ async def test_import_memories_is_searchable(store: MemoryStore) -> None:
     await store.check_index()
 
 
+async def test_bounded_pools_reach_an_old_memory_holding_every_word(
+    tmp_path: Path, clock: Clock
+) -> None:
+    """The OR pool holds only the newest matches of any word; the AND pool (ranked on the
+    store's second connection) still finds an old memory that holds all of them, and
+    both see a memory the moment it is added."""
+    store = await MemoryStore.open(tmp_path / "memory.sqlite3", clock=clock, scan_limit=5)
+    try:
+        old = (await store.add_memory("fact", "The kestrel hub rotates its falcon keys")).id
+        await store.import_memories(
+            NewMemory("fact", f"Kestrel note number {i}") for i in range(20)
+        )
+        await store.import_memories(
+            NewMemory("fact", f"Falcon note number {i}", origin="peer:entity-b")
+            for i in range(20)
+        )
+        hits = await ids(store, "kestrel falcon", limit=3)
+        assert hits[0] == old
+        assert old not in await ids(store, "kestrel falcon", origin="peer:entity-b")
+        assert await ids(store, "kestrel falcon", origin="operator", limit=1) == [old]
+        new = (await store.add_memory("fact", "Falcon and kestrel share a rack")).id
+        assert set(await ids(store, "kestrel falcon", limit=2)) == {old, new}
+    finally:
+        await store.close()
+
+
 # ---- todos -----------------------------------------------------------------------------
 
 

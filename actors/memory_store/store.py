@@ -25,18 +25,19 @@ from a merge, that they exist.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 
-from .database import MMAP_BYTES, connect
+from .database import MMAP_BYTES, connect, connect_reader
 from .log import ConversationLog
+from .pools import Pools
 from .records import (
     OPERATOR,
     Added,
@@ -53,11 +54,9 @@ from .records import (
 from .text import (
     better_text,
     jaccard,
-    match_expression,
     near_duplicates,
     normalise,
     query_terms,
-    quote,
     signature,
 )
 from .todos import Todos
@@ -90,8 +89,9 @@ class MemoryStore(Todos, ConversationLog, UsageLog):
         path: Path,
         clock: Callable[[], float],
         scan_limit: int = SCAN_LIMIT,
+        reader: aiosqlite.Connection | None = None,
     ) -> None:
-        super().__init__(db, path, clock)
+        super().__init__(db, path, clock, reader)
         self.scan_limit = scan_limit
 
     @classmethod
@@ -111,7 +111,13 @@ class MemoryStore(Todos, ConversationLog, UsageLog):
         matches ranked per recall pool (a very large value ranks every match)."""
         db = await connect(path, synchronous=synchronous, busy_timeout_ms=busy_timeout_ms,
                            mmap_bytes=mmap_bytes)
-        return cls(db, Path(path), clock, scan_limit)
+        try:
+            reader = await connect_reader(path, busy_timeout_ms=busy_timeout_ms,
+                                          mmap_bytes=mmap_bytes)
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, Path(path), clock, scan_limit, reader)
 
     async def add_memory(
         self, kind: str, text: str, importance: float = 0.5, source: str = "",
@@ -267,8 +273,7 @@ class MemoryStore(Todos, ConversationLog, UsageLog):
     async def _recall(
         self, query: str, limit: int, kinds: Sequence[str], origin: str, touch: bool
     ) -> list[Recalled]:
-        rows = await self._candidates(self._db, query, kinds, max(CANDIDATES, 4 * limit),
-                                      origin)
+        rows = await self._candidates(None, query, kinds, max(CANDIDATES, 4 * limit), origin)
         if not rows:
             return []
         now = self._clock()
@@ -305,47 +310,36 @@ class MemoryStore(Todos, ConversationLog, UsageLog):
         return hits
 
     async def _candidates(
-        self, db: aiosqlite.Connection, text: str, kinds: Sequence[str], count: int,
+        self, db: aiosqlite.Connection | None, text: str, kinds: Sequence[str], count: int,
         origin: str = "",
     ) -> list[sqlite3.Row]:
         """The `count` best live memories by BM25 from the two bounded pools (module doc),
         each row with its `rank` (negated BM25: lower is better); with `origin`, the
         pools hold only memories of that origin (so another origin's many matches cannot
-        crowd them out)."""
+        crowd them out). With `db` (a connection in a transaction) the pools are ranked
+        on it, one after the other; with None, at once, one on each of the store's
+        connections (pools.py)."""
         terms = query_terms(text)
         if not terms:
             return []
-        restrict = ""
-        if kinds:
-            restrict = " AND kind : (" + " OR ".join(quote(k) for k in dict.fromkeys(kinds)) + ")"
-        if origin:
-            pool = (
-                "SELECT * FROM (SELECT memories_fts.rowid AS id, memories_fts.rank AS r"
-                " FROM memories_fts JOIN memories AS o ON o.id = memories_fts.rowid"
-                " WHERE memories_fts MATCH ? AND o.origin = ?"
-                " ORDER BY memories_fts.rowid DESC LIMIT ?)"
-            )
-            scope: list[Any] = [origin, self.scan_limit]
+        pools = Pools(terms, kinds, origin, self.scan_limit, _MEMORY_COLUMNS_M)
+        statements = pools.statements(count)
+        conn = db or self._db
+        if len(statements) == 1:
+            return list(await conn.execute_fetchall(*statements[0]))
+        if db is None and self._reader is not None:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(c.execute_fetchall(*statement))
+                    for c, statement in zip((self._db, self._reader), statements, strict=True)
+                ]
+            results = [t.result() for t in tasks]
         else:
-            pool = (
-                "SELECT * FROM (SELECT rowid AS id, rank AS r FROM memories_fts"
-                " WHERE memories_fts MATCH ? ORDER BY rowid DESC LIMIT ?)"
-            )
-            scope = [self.scan_limit]
-        every = f"text : ({match_expression(terms, 'AND')}){restrict}"
-        args: list[Any] = [every, *scope]
-        pools = pool
-        if len(terms) > 1:
-            pools += " UNION ALL " + pool
-            args += [f"text : ({match_expression(terms, 'OR')}){restrict}", *scope]
-        return list(
-            await db.execute_fetchall(
-                f"SELECT {_MEMORY_COLUMNS_M}, top.rank AS rank FROM"
-                f" (SELECT id, min(r) AS rank FROM ({pools}) GROUP BY id ORDER BY rank LIMIT ?)"
-                " AS top JOIN memories AS m ON m.id = top.id",
-                (*args, count),
-            )
-        )
+            results = [await conn.execute_fetchall(*statement) for statement in statements]
+        merged = {row["id"]: row for result in results for row in result}
+        # Equal BM25 (common among short, alike memories): the older first, as one
+        # statement over both pools had it.
+        return sorted(merged.values(), key=lambda row: (row["rank"], row["id"]))[:count]
 
     async def check_index(self) -> None:
         """Raise sqlite3.DatabaseError if the FTS index disagrees with the live memories."""
