@@ -360,6 +360,18 @@ async def test_bounded_pools_reach_an_old_memory_holding_every_word(
         await store.close()
 
 
+async def test_a_kind_name_in_a_query_matches_text_not_the_kind(store: MemoryStore) -> None:
+    await store.add_memory("lesson", "Always check the port first")
+    await store.add_memory("reflection", "The reconnect backoff was too short")
+    told = (await store.add_memory("fact", "The lessons and reflections are in the wiki")).id
+    accented = (await store.add_memory("fact", "The lésson plan was late")).id
+    await store.add_memory("episode", "Deployed the hub for alice")
+    assert set(await ids(store, "lessons")) == {told, accented}
+    assert await ids(store, "reflecting") == [told]
+    assert await ids(store, "episodes") == []
+    assert await ids(store, "facts deployed") == await ids(store, "deployed")
+
+
 # ---- todos -----------------------------------------------------------------------------
 
 
