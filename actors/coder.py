@@ -1,5 +1,8 @@
 """The coder actor: a coding sub-agent on the git workspace; the daemon commits its work.
-It also shows the workspace's commits and diffs (for the entity's page) while it codes."""
+It also shows the workspace's commits and diffs (for the entity's page) while it codes.
+A `turn_cancel` from the orchestrator stops the coding task of that goal (running or
+waiting), unless it is committing already: its result says it was cancelled, and what it
+wrote stays uncommitted in the workspace, as after a failed task."""
 
 from __future__ import annotations
 
@@ -16,7 +19,15 @@ from .llm import LLMError
 from .llm.budget import LLMSource
 from .llm.cost import ModelCost
 from .llm.usage import UsageMeter
-from .messages import CodeResult, CodeTask, CommitDiff, CommitDiffGet, Commits, CommitsGet
+from .messages import (
+    CodeResult,
+    CodeTask,
+    CommitDiff,
+    CommitDiffGet,
+    Commits,
+    CommitsGet,
+    TurnCancel,
+)
 from .remote_tools import RemoteTools
 from .turn_scope import WORKSPACE_TOOLS
 from .workspace import GitError, Workspace
@@ -29,7 +40,7 @@ QUERIES = 8
 
 class CoderActor(Actor):
     name = "coder"
-    accepts = (CodeTask, CommitsGet, CommitDiffGet)
+    accepts = (CodeTask, CommitsGet, CommitDiffGet, TurnCancel)
 
     def __init__(self, llm: LLMSource, workspace: Workspace, max_steps: int,
                  cost: ModelCost | None = None) -> None:
@@ -43,6 +54,10 @@ class CoderActor(Actor):
         self._turn = asyncio.Lock()
         self._tasks = 0  # running and waiting
         self._queries = 0
+        # The coding tasks that a cancel may still stop (waiting, or in their loop), by
+        # goal id; and those a cancel did stop.
+        self._cancellable: dict[str, asyncio.Task[object]] = {}
+        self._cancelling: set[asyncio.Task[object]] = set()
 
     async def on_start(self) -> None:
         try:
@@ -74,14 +89,36 @@ class CoderActor(Actor):
                                           "workspace's history are running; retry later")
                 self._queries += 1
                 return Later(self._history(query))
+            case TurnCancel(task_id=task_id) if envelope.src == f"{self.ctx.entity}/orchestrator":
+                coding = self._cancellable.pop(task_id, None)
+                if coding is not None:
+                    self._cancelling.add(coding)
+                    coding.cancel()
+                return None
+            case TurnCancel():
+                return protocol.Error(reasons.NOT_ALLOWED, "only the orchestrator cancels a "
+                                      "coding task")
         raise TypeError(f"coder does not handle {envelope.typ}")
 
     async def _one_at_a_time(self, task: CodeTask) -> CodeResult:
+        current = asyncio.current_task()
+        assert current is not None
+        self._cancellable[task.task_id] = current
         try:
             async with self._turn:
                 return await self._code(task)
+        except asyncio.CancelledError:
+            # Stopped by a cancel (and by nothing else, such as a stop of the actor).
+            if current in self._cancelling and current.uncancel() == 0:
+                await self.ctx.emit("cancelled", task_id=task.task_id)
+                return CodeResult(False, "cancelled: the goal this task was for was "
+                                  "cancelled; what it wrote so far is left uncommitted")
+            raise
         finally:
             self._tasks -= 1
+            self._cancelling.discard(current)
+            if self._cancellable.get(task.task_id) is current:
+                del self._cancellable[task.task_id]
 
     async def _history(self, query: CommitsGet | CommitDiffGet
                        ) -> Commits | CommitDiff | protocol.Error:
@@ -120,6 +157,9 @@ class CoderActor(Actor):
                          self.max_steps, report)
         goal = task.goal if not task.context else f"{task.goal}\n\nContext:\n{task.context}"
         outcome = await loop.run(TaskStep(goal))
+        # Done coding: a cancel no longer stops it (not in the middle of its commit).
+        if self._cancellable.get(task.task_id) is asyncio.current_task():
+            del self._cancellable[task.task_id]
         if not outcome.ok:
             return CodeResult(False, outcome.answer, steps=outcome.steps)
         try:

@@ -199,6 +199,38 @@ class TurnDone:
     commits: list[str] = field(default_factory=list)
 
 
+@kind("goal_cancel")
+@dataclass(frozen=True, slots=True)
+class GoalCancel:
+    """Stop a goal of the orchestrator: one still queued never starts, a running turn stops
+    where it is (its coding task and sandbox commands with it). Its answer event and its
+    `turn_done` say `stopped` "cancelled", and the goal is answered: not run again after a
+    restart. Only entityctl (`<entity>/ctl`) and the actor the goal notifies (Goal.notify)
+    may cancel it; anyone else is refused with `not_allowed`, and a goal neither queued nor
+    running with `not_found`."""
+
+    task_id: str
+    reason: str = ""  # why, for the answer (its first 300 characters are kept)
+
+
+@kind("goal_cancelled")
+@dataclass(frozen=True, slots=True)
+class GoalCancelled:
+    task_id: str
+    was: str  # "queued": it never started; "running": its turn was stopped
+
+
+@kind("turn_cancel")
+@dataclass(frozen=True, slots=True)
+class TurnCancel:
+    """From the orchestrator, once a cancel stopped a goal's turn, to the coder and the tool
+    actor: stop that goal's coding task (unless it is committing already) and kill the
+    orchestrator's and the coder's shell command in flight. Refused with `not_allowed`
+    from any other actor."""
+
+    task_id: str
+
+
 @kind("goal_accepted")
 @dataclass(frozen=True, slots=True)
 class GoalAccepted:

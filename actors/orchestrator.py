@@ -5,6 +5,9 @@ They are accepted at once and queued; turns run one after another in `run`. Prog
 is published as events carrying the task id, ending with an `answer` event. An accepted
 goal is on disk before it is acknowledged (actors/goal_store.py): after a stop or a
 crash, the goals still queued are run and a turn cut short is answered with the reason.
+A goal may be cancelled (`goal_cancel`, by entityctl or the actor its goal notifies): a
+queued one never starts, a running turn is stopped where it is, and either is answered
+with `stopped` "cancelled" (and so never run again after a restart).
 
 Each turn has a scope (actors/turn_scope.py): whose turn it is decides the tools its model
 is offered, the memory it recalls, the token budget it spends and whether its events may
@@ -18,7 +21,7 @@ import asyncio
 import dataclasses
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +45,14 @@ from .llm.usage import UsageMeter
 from .messages import (
     Goal,
     GoalAccepted,
+    GoalCancel,
+    GoalCancelled,
     LogAppend,
     MemoryHits,
     MemorySearch,
     TodoItems,
     TodoList,
+    TurnCancel,
     TurnDone,
     Wake,
     WakeResult,
@@ -65,6 +71,9 @@ RECALL_LIMIT = 5
 REPORTS_KEPT = 20
 PROMPT_BALANCE_S = 3.0  # how long a turn waits to tell its prompt the balance
 AUTONOMY_WINDOW_S = 3600.0  # autonomy's turn and token budgets are per hour
+FINISHED_KEPT = 256  # goals answered lately, to tell a late cancel what became of them
+CANCEL_REASON_CHARS = 300
+CANCELLED = "cancelled"  # TurnOutcome.stopped of a cancelled goal
 INTERRUPTED = ("stopped: this goal's turn was cut short by a restart of the entity (or a "
                "crash of its orchestrator) and is not run again, since what it did so far "
                "may already have taken effect; give the goal again to retry it")
@@ -86,6 +95,21 @@ class AutonomyState:
             self.spent_reported = False
 
 
+@dataclass
+class Running:
+    """The turn running now, for a cancel to stop."""
+
+    goal: Goal
+    turn: asyncio.Task[None]
+    started: float = field(default_factory=time.monotonic)
+    tools: OrchestratorTools | None = None  # the turn's own tools (its commits), once made
+    llm: CountingLLM | None = None  # its tokens, once made
+    steps: int = 0
+    cancelled_by: str = ""  # set once a cancel stopped it: who, and why
+    reason: str = ""
+    answering: bool = False  # its agent loop is over: its answer is on the way, no cancel
+
+
 class CountingLLM:
     """Counts the tokens a turn uses, for the autonomy budget and the answer event."""
 
@@ -102,7 +126,7 @@ class CountingLLM:
 
 class OrchestratorActor(Actor):
     name = "orchestrator"
-    accepts = (Goal, Wake, PeerReportIn)
+    accepts = (Goal, GoalCancel, Wake, PeerReportIn)
 
     def __init__(self, llm: LLMSource, max_steps: int,
                  autonomy: AutonomySection | None = None,
@@ -122,7 +146,11 @@ class OrchestratorActor(Actor):
         self.grants = grants or (lambda peer: self.peers.default_trust)
         self._queue: asyncio.Queue[Goal] = asyncio.Queue(QUEUE_SIZE)
         self._busy = False
-        self._ids: set[str] = set()  # task ids queued or running
+        self._ids: dict[str, Goal] = {}  # the goals queued or running, by task id
+        self._cancelled: set[str] = set()  # queued goals cancelled: the run loop skips them
+        # Goals answered lately (task id -> (Goal.notify, "answered" | "cancelled")).
+        self._finished: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._running: Running | None = None
         self._pending: Counter[str] = Counter()  # goals queued or running, per paying peer
         self._reports: deque[PeerReportIn] = deque(maxlen=REPORTS_KEPT)
         self._auto = AutonomyState()
@@ -142,6 +170,8 @@ class OrchestratorActor(Actor):
         match envelope.message:
             case Goal() as goal:
                 return await self._accept(goal)
+            case GoalCancel() as cancel:
+                return await self._cancel(cancel, envelope.src)
             case Wake(reason) if envelope.src == f"{self.ctx.entity}/peer":
                 # A peer's wake names only the peer: its reason is its own words, which
                 # stay out of the turn and its events (the peer actor logs it).
@@ -161,6 +191,11 @@ class OrchestratorActor(Actor):
         ahead = self._queue.qsize() + int(self._busy)
         if task_id in self._ids:
             return GoalAccepted(task_id, ahead)  # given again (a peer actor restarted)
+        if self._finished.get(task_id, ("", ""))[1] == CANCELLED:
+            # Given again after its cancel (by an asker that missed the turn_done): the
+            # cancel stands.
+            return Error(reasons.NOT_ALLOWED, f"goal {task_id} was cancelled; give it a "
+                         "new task id to run it")
         payer = payer_of(goal)
         if payer:
             refused = self._peer_refusal(payer, goal.task_id.startswith(DELEGATED_PREFIX))
@@ -170,11 +205,11 @@ class OrchestratorActor(Actor):
             return Error(reasons.BUSY, f"{QUEUE_SIZE} goals are already queued; try later")
         goal = dataclasses.replace(goal, task_id=task_id,
                                    conversation=goal.conversation or task_id)
-        self._ids.add(task_id)  # before the store's await: the same goal twice is one
+        self._ids[task_id] = goal  # before the store's await: the same goal twice is one
         try:
             await self._goals.add(goal)  # on disk before it is acknowledged
         except BaseException:
-            self._ids.discard(task_id)
+            self._ids.pop(task_id, None)
             raise
         self._enqueue(goal)
         return GoalAccepted(task_id, ahead)
@@ -183,7 +218,7 @@ class OrchestratorActor(Actor):
         # Never full here: _accept checked before its one await, and the tick's wake
         # only accepts with the queue empty.
         self._queue.put_nowait(goal)
-        self._ids.add(goal.task_id)
+        self._ids[goal.task_id] = goal
         payer = payer_of(goal)
         if payer:
             self._pending[payer] += 1
@@ -232,19 +267,92 @@ class OrchestratorActor(Actor):
                 tg.create_task(self._tick())
             while True:
                 goal = await self._queue.get()
+                if goal.task_id in self._cancelled:  # answered when it was cancelled
+                    self._cancelled.discard(goal.task_id)
+                    continue
                 self._busy = True
+                # Set before any await: a cancel from here on stops this very task.
+                running = self._running = Running(goal, tg.create_task(self._work(goal)))
                 try:
-                    await self._goals.running(goal.task_id)
-                    await self._turn(goal)
-                    await self._goals.answered(goal.task_id)
+                    # wait(), not await: the turn's cancel must not cancel this loop.
+                    await asyncio.wait([running.turn])
+                    if running.turn.cancelled() and running.cancelled_by:
+                        await self._stopped(running)
+                    else:
+                        running.turn.result()  # a bug of ours in the turn: raised here
                 finally:
+                    self._running = None
                     self._busy = False
-                    self._ids.discard(goal.task_id)
-                    payer = payer_of(goal)
-                    if payer:
-                        self._pending[payer] -= 1
-                        if self._pending[payer] <= 0:
-                            del self._pending[payer]
+                    self._done(goal, CANCELLED if running.cancelled_by else "answered")
+
+    async def _work(self, goal: Goal) -> None:
+        await self._goals.running(goal.task_id)
+        await self._turn(goal)
+        await self._goals.answered(goal.task_id)
+
+    def _done(self, goal: Goal, how: str) -> None:
+        """`goal` is answered: no longer queued or running, and remembered a while."""
+        if self._ids.get(goal.task_id) is goal:
+            del self._ids[goal.task_id]
+        self._finished[goal.task_id] = (goal.notify, how)
+        while len(self._finished) > FINISHED_KEPT:
+            self._finished.popitem(last=False)
+        payer = payer_of(goal)
+        if payer:
+            self._pending[payer] -= 1
+            if self._pending[payer] <= 0:
+                del self._pending[payer]
+
+    async def _cancel(self, cancel: GoalCancel, src: str) -> GoalCancelled | Error:
+        """Cancel a goal for `src`, if it may: entityctl, or the actor the goal notifies."""
+        task_id = cancel.task_id
+        goal = self._ids.get(task_id)
+        notify, how = (goal.notify, "") if goal is not None else self._finished.get(
+            task_id, ("", ""))
+        if goal is None and not how:
+            return Error(reasons.NOT_FOUND, f"no goal {task_id!r} is queued or running at "
+                         f"{self.ctx.entity}")
+        if src != f"{self.ctx.entity}/ctl" and not (notify and src == notify):
+            return Error(reasons.NOT_ALLOWED, f"{src} may not cancel goal {task_id}: only "
+                         "entityctl and the actor its goal reports to may")
+        running = self._running
+        if goal is None or (running is not None and running.goal is goal
+                            and (running.answering or running.turn.done())):
+            return Error(reasons.NOT_FOUND, f"goal {task_id} was already {how or 'answered'}")
+        reason = " ".join(cancel.reason.split())[:CANCEL_REASON_CHARS]
+        if running is not None and running.goal is goal:
+            if not running.cancelled_by:
+                running.cancelled_by, running.reason = src, reason
+                running.turn.cancel()  # the run loop answers it (_stopped)
+            return GoalCancelled(task_id, "running")
+        # Still queued: answered now, and skipped when the run loop comes to it.
+        self._cancelled.add(task_id)
+        self._done(goal, CANCELLED)
+        await self._answer_cancelled(goal, src, reason, time.monotonic())
+        return GoalCancelled(task_id, "queued")
+
+    async def _stopped(self, running: Running) -> None:
+        """Answer a turn a cancel stopped, and stop the work it had asked for."""
+        goal = running.goal
+        for actor in ("coder", "tool"):  # its coding task and its sandbox commands
+            try:
+                await self.ctx.tell(f"{self.ctx.entity}/{actor}", TurnCancel(goal.task_id))
+            except EntitydError as exc:
+                self.ctx.log.warning("cancel_not_passed_on", to=actor, error=str(exc))
+        await self._answer_cancelled(goal, running.cancelled_by, running.reason,
+                                     running.started, running)
+
+    async def _answer_cancelled(self, goal: Goal, by: str, reason: str, started: float,
+                                running: Running | None = None) -> None:
+        scope = TurnScope.of(goal, self.grants)
+        text = f"stopped: this goal was cancelled by {by}" + (f": {reason}" if reason else "")
+        steps = running.steps if running is not None else 0
+        tools = running.tools if running is not None else None
+        tokens = running.llm.tokens if running is not None and running.llm else 0
+        await self._finish(goal, scope, TurnOutcome(False, text, steps, CANCELLED),
+                           tools or OrchestratorTools(self.ctx, goal.task_id, scope),
+                           started, tokens)
+        await self._goals.answered(goal.task_id)  # not run again after a restart
 
     async def _recover(self) -> None:
         """Run again the goals accepted before a stop or a crash and still queued (and a
@@ -257,7 +365,7 @@ class OrchestratorActor(Actor):
             # peer actor gives it again after a restart, which counts as the same goal).
             rerun = state is GoalState.QUEUED or goal.task_id.startswith(DELEGATED_PREFIX)
             if rerun and not self._queue.full():
-                self._enqueue(goal)
+                self._enqueue(goal)  # (a cancelled goal is answered: not pending here)
                 await self.ctx.emit("goal_resumed", task_id=goal.task_id, source=goal.source)
                 continue
             scope = TurnScope.of(goal, self.grants)
@@ -288,6 +396,7 @@ class OrchestratorActor(Actor):
 
     async def _turn(self, goal: Goal) -> None:
         started = time.monotonic()
+        running = self._running if self._running and self._running.goal is goal else None
         scope = TurnScope.of(goal, self.grants)
         await self.ctx.emit("turn_started", task_id=goal.task_id, source=goal.source,
                             **({} if scope.private else {"goal": goal.text[:500]}))
@@ -296,6 +405,8 @@ class OrchestratorActor(Actor):
         try:
             llm = CountingLLM(self._metered(self._llm(scope.payer), goal.task_id, scope.payer))
         except LLMError as exc:
+            if running is not None:
+                running.answering = True
             outcome = TurnOutcome(False, f"no model is available: {exc}", 0, "llm_error")
             await self._finish(goal, scope, outcome, tools, started, tokens=0)
             return
@@ -309,7 +420,12 @@ class OrchestratorActor(Actor):
                                          *services_tools, *a2a_tools,
                                          *await self._workspace_tools(scope)]))
 
+        if running is not None:
+            running.tools, running.llm = tools, llm
+
         async def report(step: Step) -> None:
+            if running is not None:
+                running.steps += 1
             # Asked at each step: a tool may just have brought a peer's words in.
             await self.ctx.emit("step", task_id=goal.task_id,
                                 **summarize(step, private=scope.private))
@@ -324,6 +440,8 @@ class OrchestratorActor(Actor):
         if not scope.owner:
             recalled += self._take_reports()
         outcome = await loop.run(TaskStep(goal.text, recalled))
+        if running is not None:
+            running.answering = True  # from here on, a cancel comes too late
         if outcome.stopped == "budget":
             await self.ctx.emit("budget_exhausted", task_id=goal.task_id,
                                 **({} if scope.private else {"reason": outcome.answer}))

@@ -7,6 +7,11 @@ schemas, and publishes an audit event `call` for every call. The Moltbook tools
 the orchestrator and entityctl only, and are offered to the orchestrator when a key is.
 The MCP tools (actors/mcp) answer beside the mailbox too (each call starts its server in
 the sandbox), for the orchestrator and the coder, and entityctl lists and approves them.
+
+Workspace calls run one at a time in arrival order. A shell command runs beside the
+mailbox (holding that order), so that a `turn_cancel` from the orchestrator, sent when it
+stops a turn, reaches it: a shell command running for the orchestrator or the coder is
+killed (its process group, as at its timeout) and answered as cancelled.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from entityd import Actor, Config, Later
-from protocol import Envelope
+from protocol import Envelope, Error, reasons
 
 from .mcp import McpApprove, McpApproved, McpList, McpListing
 from .mcp.tools import McpTools
-from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
+from .messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet, TurnCancel
 from .moltbook import MoltbookTools
 from .sandbox import (
     BadArguments,
@@ -54,7 +59,9 @@ _SECRETS = [
 
 class ToolActor(Actor):
     name = "tool"
-    accepts = (ToolCall, ToolSpecsGet, McpList, McpApprove)
+    accepts = (ToolCall, ToolSpecsGet, McpList, McpApprove, TurnCancel)
+    # Whose shell commands a turn's cancel kills: the orchestrator's and its coder's.
+    TURN_ACTORS = ("orchestrator", "coder")
 
     def __init__(self, config: Config, limits: SharedLimits | None = None) -> None:
         settings = config.sandbox
@@ -70,6 +77,9 @@ class ToolActor(Actor):
         self.unavailable = _contains(self.root, config.data_dir)
         self.moltbook = MoltbookTools(config)
         self.mcp = McpTools(config, limits)
+        self._order = asyncio.Lock()  # workspace calls, one at a time, in arrival order
+        self._shells: dict[asyncio.Task[object], str] = {}  # running shell calls: caller
+        self._cancelling: set[asyncio.Task[object]] = set()
 
     async def on_start(self) -> None:
         if self.mcp.problem:
@@ -96,7 +106,23 @@ class ToolActor(Actor):
             case ToolCall() as call if self.moltbook.owns(call.tool) or self.mcp.owns(call.tool):
                 return Later(self.call(call, envelope.src))
             case ToolCall() as call:
-                return await self.call(call)
+                await self._order.acquire()  # released when the call is answered
+                if call.tool == "shell":
+                    return Later(self._shell_call(call, envelope.src))
+                try:
+                    return await self.call(call)
+                finally:
+                    self._order.release()
+            case TurnCancel() if envelope.src == f"{self.ctx.entity}/orchestrator":
+                turn = {f"{self.ctx.entity}/{actor}" for actor in self.TURN_ACTORS}
+                for task, src in self._shells.items():
+                    if src in turn and task not in self._cancelling:
+                        self._cancelling.add(task)
+                        task.cancel()
+                return None
+            case TurnCancel():
+                return Error(reasons.NOT_ALLOWED, "only the orchestrator cancels a turn's "
+                             "shell commands")
             case ToolSpecsGet() if self.mcp.servers:  # may list the servers first
                 return Later(self.specs(envelope.src))
             case ToolSpecsGet():
@@ -111,6 +137,30 @@ class ToolActor(Actor):
                 return McpApproved(approve.server, error="only entityctl approves MCP tools")
             case _:
                 raise TypeError(f"tool does not handle {envelope.typ}")
+
+    async def _shell_call(self, call: ToolCall, src: str) -> ToolResult:
+        """A shell call beside the mailbox, holding the order lock (taken by `handle`)."""
+        current = asyncio.current_task()
+        assert current is not None
+        self._shells[current] = src
+        try:
+            return await self.call(call)
+        except asyncio.CancelledError:
+            # Killed by a turn's cancel (and by nothing else, such as a stop of the actor).
+            if current in self._cancelling and current.uncancel() == 0:
+                await self.ctx.emit("call", tool="shell", caller=call.caller[:MAX_TOOL_NAME],
+                                    ok=False, cancelled=True,
+                                    **({"private": True} if call.private else
+                                       {"summary": "shell call killed: its turn was "
+                                        "cancelled"}))
+                return ToolResult(ok=False, error="cancelled: the turn it ran for was "
+                                  "cancelled; the command and everything it started were "
+                                  "killed")
+            raise
+        finally:
+            del self._shells[current]
+            self._cancelling.discard(current)
+            self._order.release()
 
     async def specs(self, src: str) -> ToolSpecs:
         return ToolSpecs(tools=tool_specs() + self.moltbook.specs(src)

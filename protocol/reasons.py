@@ -129,7 +129,14 @@ NOT_FOUND = _reason(
     "not_found", "a `deliverable_get` for a deliverable the delegate does not keep "
     "(expired, or never made); a `commit_diff_get` whose `sha` names no commit on a branch "
     "of the workspace, or more than one; a `commits_get` whose `before` is not in HEAD's "
-    "history", counted="no")
+    "history; a `goal_cancel` of a goal that is neither queued nor running (unknown, "
+    "answered already, or cancelled already: the message says which, when it is known)",
+    counted="no")
+NOT_ALLOWED = _reason(
+    "not_allowed", "a `goal_cancel` to the orchestrator from an actor other than "
+    "`<entity>/ctl` and the actor the goal notifies (its `notify`), a `turn_cancel` "
+    "from any actor but the orchestrator; a `goal` given again with the task id "
+    "of a goal cancelled lately", counted="no")
 TIMEOUT = _reason(
     "timeout", "a peer's `talk` whose turn did not finish within `peers.talk_timeout`",
     counted="no")

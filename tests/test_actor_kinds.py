@@ -610,7 +610,8 @@ async def test_a_refused_request_says_why_and_names_what_the_actor_takes(
     with pytest.raises(RemoteError) as refused:
         await client.ask("orchestrator", Error("busy", "an error to the orchestrator"))
     assert refused.value.code == "unexpected_kind"
-    assert "orchestrator takes goal, peer_report_in, wake; not 'error'" in refused.value.message
+    assert ("orchestrator takes goal, goal_cancel, peer_report_in, wake; not 'error'"
+            in refused.value.message)
     subj = protocol.subjects.local(ENTITY, "health", "ping")
     wire = client.seal("entity", dst=f"{ENTITY}/health", subj=subj, record=protocol.Ping(),
                        enc=True)

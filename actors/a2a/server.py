@@ -11,7 +11,8 @@ answer comes back as `turn_done` to the web actor and ends the task (an artifact
 the answer, another with the commits the turn made). The tasks handed over are kept on
 disk (pending.py) until answered, so a restart of the daemon loses none: each is given
 to the orchestrator again, and its answer is written to the task even with no request
-left waiting for it.
+left waiting for it. Cancelling a task (CancelTask) cancels its goal too
+(`goal_cancel`): a turn running stops, a goal still queued never starts.
 
 A task resumed after a restart runs through a2a-sdk's own machinery again (its active
 task, fed by this executor), so a client that re-subscribes to it gets the rest of its
@@ -47,7 +48,7 @@ from starlette.routing import BaseRoute, Route
 from entityd import Config, Context, EntitydError
 from protocol import Error
 
-from ..messages import Goal, GoalAccepted, TurnDone
+from ..messages import Goal, GoalAccepted, GoalCancel, TurnDone
 from . import card
 from .messages import CardSign, CardSigned
 from .pending import Pending, PendingGoals
@@ -331,9 +332,18 @@ class EntityExecutor(AgentExecutor):
                                                 [new_text_part(step_line(event.data))]))
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
-        # The turn itself runs on (a turn has no cancel); its answer is dropped.
+        # The goal's turn is stopped too (or, still queued, never starts): the web actor
+        # is the actor the goal notifies, so the orchestrator takes its goal_cancel. Its
+        # turn_done then finds no execution waiting and no record: nothing more is written.
+        face = self.face
         task_id, client = context.task_id or "", context.call_context.user.user_name
-        await self.face.pending.remove(goal_id(client, task_id))
+        goal = goal_id(client, task_id)
+        await face.pending.remove(goal)
+        try:
+            await face.ctx.ask(f"{face.ctx.entity}/orchestrator",
+                               GoalCancel(goal, f"the A2A client {client} cancelled the task"))
+        except EntitydError as exc:  # not queued or running (answered, or never handed over)
+            face.ctx.log.info("a2a_cancel_no_turn", task_id=task_id, reason=str(exc)[:300])
         await TaskUpdater(event_queue, task_id, context.context_id or "").cancel()
 
 

@@ -15,6 +15,8 @@ from typing import Any
 from actors.messages import (
     Goal,
     GoalAccepted,
+    GoalCancel,
+    GoalCancelled,
     History,
     HistoryGet,
     MemoryHits,
@@ -103,6 +105,15 @@ def parser() -> argparse.ArgumentParser:
                    "task id.", 'entityctl task "tidy the README" && entityctl watch')
     task.add_argument("text")
     task.set_defaults(run=_task)
+
+    cancel = command(sub, "cancel", "Cancel a goal: a queued one never starts, a running "
+                     "turn stops where it is, with its coding task and sandbox commands "
+                     "(exit 3 when the goal is unknown or answered already).",
+                     "entityctl cancel 3f2a9c1b7d04 --reason 'not needed any more'")
+    cancel.add_argument("task_id", metavar="TASK_ID", help="the task id `ask`, `task` or "
+                        "`watch` showed")
+    cancel.add_argument("--reason", default="", help="why, for the goal's answer")
+    cancel.set_defaults(run=_cancel)
 
     memory = command(sub, "memory", "Search what the entity remembers.",
                      'entityctl memory search "unittest"')
@@ -216,6 +227,21 @@ def _print_answer(data: dict[str, Any], as_json: bool) -> int:
 async def _task(client: EntityClient, args: argparse.Namespace) -> int:
     accepted: GoalAccepted = await client.ask("orchestrator", Goal(args.text), args.timeout)
     print(f"task {accepted.task_id} queued ({accepted.queued} ahead)")
+    return 0
+
+
+async def _cancel(client: EntityClient, args: argparse.Namespace) -> int:
+    try:
+        cancelled: GoalCancelled = await client.ask(
+            "orchestrator", GoalCancel(args.task_id, args.reason), args.timeout)
+    except RemoteError as exc:
+        print(f"entityctl: task {args.task_id} not cancelled: {exc.code}: {exc.message}",
+              file=sys.stderr)
+        return EXIT_REFUSED
+    if cancelled.was == "queued":
+        print(f"task {cancelled.task_id} cancelled before it started")
+    else:
+        print(f"task {cancelled.task_id} cancelled: its turn was stopped")
     return 0
 
 
