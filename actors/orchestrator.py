@@ -87,6 +87,7 @@ class AutonomyState:
     turns: int = 0
     tokens: int = 0
     spent_reported: bool = False
+    model_spent_reported: bool = False  # the model budget, said once until it frees up
 
     def roll(self) -> None:
         """A new hour: a new budget."""
@@ -386,9 +387,24 @@ class OrchestratorActor(Actor):
                     await self.ctx.emit("autonomy_budget_spent", turns=self._auto.turns,
                                         tokens=self._auto.tokens, resumes_in_s=round(left))
                 continue
+            if await self._model_budget_spent():
+                continue
             result = await self._wake("wake:autonomy")
             await self.ctx.emit("autonomy_tick", started=result.started, reason=result.reason,
                                 task_id=result.task_id)
+
+    async def _model_budget_spent(self) -> bool:
+        """Whether the operator's model budget (llm.max_tokens_per_hour) is spent: a turn
+        started now would fail at its first call, so autonomy waits, saying so once."""
+        budget = self._llm.budget()
+        if budget.remaining() > 0:
+            self._auto.model_spent_reported = False
+            return False
+        if not self._auto.model_spent_reported:
+            self._auto.model_spent_reported = True
+            await self.ctx.emit("autonomy_paused", reason="model_budget_spent",
+                                limit=budget.limit, resumes_in_s=round(budget.frees_in()))
+        return True
 
     def _autonomy_spent(self) -> bool:
         return (self._auto.turns >= self.autonomy.max_turns

@@ -8,6 +8,7 @@ running the test in the real sandbox, and the lessons the orchestrator asks for.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -238,3 +239,46 @@ async def test_task_returns_at_once_and_the_answer_follows(tmp_path: Path) -> No
             assert data["text"] == "Hello from the entity."
         finally:
             await asyncio.to_thread(daemon.terminate)
+
+
+async def test_autonomy_waits_while_the_model_budget_is_spent(tmp_path: Path) -> None:
+    """A turn started with the model budget spent would fail at its first call: autonomy
+    says so once (autonomy_paused) and starts nothing until the budget frees up."""
+    script = [
+        Reply(content="Looked at the list.", usage={"prompt_tokens": 900,
+                                                    "completion_tokens": 100}),
+        Reply(content="[]"),
+    ]
+    async with ScriptedLLMServer(script) as llm:
+        config = make_entity_config(tmp_path, "entity-a", llm.base_url)
+        for old, new in (("enabled = false", "enabled = true"),
+                         ("interval = 600.0", "interval = 0.3"),
+                         ("max_tokens_per_hour = 400000", "max_tokens_per_hour = 500")):
+            edit(config, old, new)
+        daemon = DaemonProc(config, tmp_path / "entityd.log").start()
+        seen: list[tuple[str, dict[str, object]]] = []
+        try:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_ready"')
+            async with EntityClient(config_mod.load(config)) as client:
+                async with client.events() as events:
+                    code, _, err = await entityctl(config, "todo", "--add", "Tidy the notes")
+                    assert code == 0, err
+                    async with asyncio.timeout(60):
+                        async for event in events:
+                            seen.append((event.message.type, event.message.data))
+                            if event.message.type == "autonomy_paused":
+                                break
+                    asked = len(llm.requests)
+                    # Ten ticks later: nothing more was started, and the pause was said once.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(3.0):
+                            async for event in events:
+                                seen.append((event.message.type, event.message.data))
+        finally:
+            await asyncio.to_thread(daemon.terminate)
+        assert len(llm.requests) == asked
+    types = [t for t, _ in seen]
+    assert types.count("turn_started") == 1 and types.count("autonomy_paused") == 1
+    paused = next(d for t, d in seen if t == "autonomy_paused")
+    assert paused["reason"] == "model_budget_spent" and paused["limit"] == 500
+    assert 0 < int(str(paused["resumes_in_s"])) <= 3600
