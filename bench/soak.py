@@ -111,8 +111,9 @@ def _die_with_parent() -> None:
 def started_pair(keep: bool, max_turns: int | None) -> Iterator[Pair]:
     """`entityd up` on a copy of deploy/pair.toml in a temporary dir, until "pair ready";
     stopped (and its dir removed unless `keep`) however the block ends. With `max_turns`,
-    each entity is made beforehand with that autonomy budget per hour (and tokens in
-    proportion), which the federation file has no key for (`up` keeps it)."""
+    each entity is made beforehand with that autonomy budget per hour (and its autonomy
+    and model token budgets in proportion), which the federation file has no key for
+    (`up` keeps it)."""
     tmp = Path(tempfile.mkdtemp(prefix="bench-soak-"))
     file = tmp / "pair.toml"
     text = pair_copy(PAIR.read_text())
@@ -130,6 +131,10 @@ def started_pair(keep: bool, max_turns: int | None) -> Iterator[Pair]:
                 config = toml_set(config, "autonomy", "max_turns", str(max_turns))
                 config = toml_set(config, "autonomy", "max_tokens",
                                   str(max_turns * TOKENS_PER_TURN))
+                # The model budget in proportion too: spent, it pauses autonomy (rightly,
+                # for a paid model), which would leave the rest of the soak idle.
+                config = toml_set(config, "llm", "max_tokens_per_hour",
+                                  str(max(400_000, max_turns * TOKENS_PER_TURN)))
                 (data / config_mod.CONFIG_NAME).write_text(config)  # up sets the port
         with pair.up_log.open("wb") as log:
             proc = subprocess.Popen(
