@@ -74,6 +74,7 @@ AUTONOMY_WINDOW_S = 3600.0  # autonomy's turn and token budgets are per hour
 FINISHED_KEPT = 256  # goals answered lately, to tell a late cancel what became of them
 CANCEL_REASON_CHARS = 300
 CANCELLED = "cancelled"  # TurnOutcome.stopped of a cancelled goal
+RECANCEL_S = 0.5  # how soon a cancelled turn that is still running is cancelled again
 INTERRUPTED = ("stopped: this goal's turn was cut short by a restart of the entity (or a "
                "crash of its orchestrator) and is not run again, since what it did so far "
                "may already have taken effect; give the goal again to retry it")
@@ -276,7 +277,12 @@ class OrchestratorActor(Actor):
                 running = self._running = Running(goal, tg.create_task(self._work(goal)))
                 try:
                     # wait(), not await: the turn's cancel must not cancel this loop.
-                    await asyncio.wait([running.turn])
+                    while not running.turn.done():
+                        await asyncio.wait([running.turn], timeout=RECANCEL_S)
+                        if running.cancelled_by and not running.turn.done():
+                            # Again: a cancel can be lost (3.11's wait_for, as nats-py's
+                            # request uses it, returns a reply that came with the cancel).
+                            running.turn.cancel()
                     if running.turn.cancelled() and running.cancelled_by:
                         await self._stopped(running)
                     else:

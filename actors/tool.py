@@ -8,10 +8,11 @@ the orchestrator and entityctl only, and are offered to the orchestrator when a 
 The MCP tools (actors/mcp) answer beside the mailbox too (each call starts its server in
 the sandbox), for the orchestrator and the coder, and entityctl lists and approves them.
 
-Workspace calls run one at a time in arrival order. A shell command runs beside the
-mailbox (holding that order), so that a `turn_cancel` from the orchestrator, sent when it
-stops a turn, reaches it: a shell command running for the orchestrator or the coder is
-killed (its process group, as at its timeout) and answered as cancelled.
+Workspace calls run one at a time in arrival order, each beside the mailbox (a FIFO lock
+keeps the order), so that nothing waits behind a long shell command in the mailbox: a
+`turn_cancel` from the orchestrator, sent when it stops a turn, is handled at once, and a
+shell command running (or still waiting for its turn) for the orchestrator or the coder
+is killed (its process group, as at its timeout) and answered as cancelled.
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ class ToolActor(Actor):
         self.moltbook = MoltbookTools(config)
         self.mcp = McpTools(config, limits)
         self._order = asyncio.Lock()  # workspace calls, one at a time, in arrival order
-        self._shells: dict[asyncio.Task[object], str] = {}  # running shell calls: caller
-        self._cancelling: set[asyncio.Task[object]] = set()
+        # Shell calls not yet answered (running, or waiting for the lock): their callers.
+        self._shells: dict[asyncio.Future[ToolResult], str] = {}
+        self._cancelling: set[asyncio.Future[ToolResult]] = set()
 
     async def on_start(self) -> None:
         if self.mcp.problem:
@@ -106,13 +108,14 @@ class ToolActor(Actor):
             case ToolCall() as call if self.moltbook.owns(call.tool) or self.mcp.owns(call.tool):
                 return Later(self.call(call, envelope.src))
             case ToolCall() as call:
-                await self._order.acquire()  # released when the call is answered
-                if call.tool == "shell":
-                    return Later(self._shell_call(call, envelope.src))
-                try:
-                    return await self.call(call)
-                finally:
-                    self._order.release()
+                # Beside the mailbox, so that a long shell command never keeps the actor
+                # from a cancel (or anything else); in arrival order all the same: each
+                # call's task is made now and takes the FIFO lock at its first step.
+                work = asyncio.ensure_future(self._in_order(call))
+                if call.tool == "shell":  # known at once, for a cancel right behind it
+                    self._shells[work] = envelope.src
+                    work.add_done_callback(self._shell_done)
+                return Later(self._answer(work, call))
             case TurnCancel() if envelope.src == f"{self.ctx.entity}/orchestrator":
                 turn = {f"{self.ctx.entity}/{actor}" for actor in self.TURN_ACTORS}
                 for task, src in self._shells.items():
@@ -138,29 +141,30 @@ class ToolActor(Actor):
             case _:
                 raise TypeError(f"tool does not handle {envelope.typ}")
 
-    async def _shell_call(self, call: ToolCall, src: str) -> ToolResult:
-        """A shell call beside the mailbox, holding the order lock (taken by `handle`)."""
-        current = asyncio.current_task()
-        assert current is not None
-        self._shells[current] = src
-        try:
+    async def _in_order(self, call: ToolCall) -> ToolResult:
+        async with self._order:  # workspace calls, one at a time, in arrival order
             return await self.call(call)
+
+    def _shell_done(self, work: asyncio.Future[ToolResult]) -> None:
+        self._shells.pop(work, None)  # (`_cancelling` is `_answer`'s to clear: it reads it)
+
+    async def _answer(self, work: asyncio.Future[ToolResult], call: ToolCall) -> ToolResult:
+        """The call's result; a shell call a turn's cancel killed (running, or still
+        waiting for its turn) is answered as cancelled."""
+        try:
+            return await work
         except asyncio.CancelledError:
-            # Killed by a turn's cancel (and by nothing else, such as a stop of the actor).
-            if current in self._cancelling and current.uncancel() == 0:
-                await self.ctx.emit("call", tool="shell", caller=call.caller[:MAX_TOOL_NAME],
-                                    ok=False, cancelled=True,
-                                    **({"private": True} if call.private else
-                                       {"summary": "shell call killed: its turn was "
-                                        "cancelled"}))
-                return ToolResult(ok=False, error="cancelled: the turn it ran for was "
-                                  "cancelled; the command and everything it started were "
-                                  "killed")
-            raise
+            current = asyncio.current_task()
+            if work not in self._cancelling or (current is not None and current.cancelling()):
+                raise  # the actor stops: not a turn's cancel
+            await self.ctx.emit("call", tool="shell", caller=call.caller[:MAX_TOOL_NAME],
+                                ok=False, cancelled=True,
+                                **({"private": True} if call.private else
+                                   {"summary": "shell call killed: its turn was cancelled"}))
+            return ToolResult(ok=False, error="cancelled: the turn it ran for was "
+                              "cancelled; the command and everything it started were killed")
         finally:
-            del self._shells[current]
-            self._cancelling.discard(current)
-            self._order.release()
+            self._cancelling.discard(work)
 
     async def specs(self, src: str) -> ToolSpecs:
         return ToolSpecs(tools=tool_specs() + self.moltbook.specs(src)

@@ -329,3 +329,49 @@ async def test_an_a2a_cancel_stops_the_tasks_turn(tmp_path: Path) -> None:
             if entity.daemon.proc is not None and entity.daemon.proc.poll() is None:
                 entity.daemon.signal_stop()
                 entity.daemon.wait_stopped(20)
+
+
+async def test_an_a2a_cancel_right_after_the_send_leaves_no_turn_running(
+    tmp_path: Path,
+) -> None:
+    """A cancel that comes while the task's goal is still on its way to the orchestrator
+    (the client cancels at once) must not let the goal run on: each task ends CANCELED
+    and none of their goals calls the model after its cancel returned."""
+    from a2a.types import CancelTaskRequest, SendMessageConfiguration, TaskState
+
+    from tests.test_a2a_server import CLIENT, KEY, a2a_client, a2a_config, make, message
+    from tests.test_a2a_server import scripted_model as model_thread
+
+    calls: list[dict[str, Any]] = []
+
+    def counted(request: dict[str, Any]) -> Reply:
+        calls.append(request)
+        return model(request)
+
+    marks = [uuid.uuid4().hex[:12] for _ in range(6)]
+    with model_thread(counted) as base_url:
+        entity = make(tmp_path, "entity-a", base_url, a2a_config({CLIENT: KEY}))
+        entity.start()
+        try:
+            cancelled_at: dict[str, int] = {}
+            async with a2a_client(entity.url, streaming=False) as client:
+                for mark in marks:
+                    request = message(f"LONG-{mark} work for a while")
+                    request.configuration.CopyFrom(
+                        SendMessageConfiguration(return_immediately=True))
+                    task = [e async for e in client.send_message(request)][-1].task
+                    done = await client.cancel_task(CancelTaskRequest(id=task.id))
+                    assert done.status.state == TaskState.TASK_STATE_CANCELED
+                    cancelled_at[mark] = len(calls)
+                # Time for a goal that slipped past its cancel to reach the model.
+                final = [e async for e in client.send_message(message("and then"))][-1]
+                assert final.task.status.state == TaskState.TASK_STATE_COMPLETED, final
+                await asyncio.sleep(2.0)
+            for mark, at in cancelled_at.items():
+                later = [c for c in calls[at:] if f"LONG-{mark}" in json.dumps(c)]
+                assert not later, f"LONG-{mark} called the model after its cancel"
+                assert not sleeping(mark)
+        finally:
+            if entity.daemon.proc is not None and entity.daemon.proc.poll() is None:
+                entity.daemon.signal_stop()
+                entity.daemon.wait_stopped(20)

@@ -27,6 +27,7 @@ here is served. The card is public once serving, as A2A discovery expects.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from a2a.helpers.proto_helpers import new_task, new_text_artifact, new_text_message, new_text_part
@@ -63,6 +64,9 @@ TERMINAL = (TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED,
             TaskState.TASK_STATE_CANCELED, TaskState.TASK_STATE_REJECTED)
 
 STEP_WAIT_S = 0.5  # how soon the relay of steps sees its task end
+CANCELLED = "cancelled"  # TurnDone.stopped of a turn a goal_cancel stopped
+HAND_OVER_WAIT_S = 30.0  # how long a cancel waits for a goal on its way to the orchestrator
+CANCELLED_KEPT = 1024  # cancelled goals remembered, for a hand-over racing its cancel
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -99,6 +103,12 @@ class A2AFace:
         self.push_http = http_client(self.policy)
         # A task's answer, by goal id, for the execution waiting for it.
         self.waiting: dict[str, asyncio.Future[TurnDone]] = {}
+        # Goals on their way to the orchestrator (the ask not yet answered): a cancel
+        # waits for the hand-over, so that it finds the goal there to stop.
+        self.handing: dict[str, asyncio.Future[GoalAccepted | str]] = {}
+        # Goals whose task was cancelled lately: one not yet handed over never is, and
+        # one the orchestrator took while its cancel was on the way is cancelled there.
+        self.cancelled: OrderedDict[str, None] = OrderedDict()
         self.handler: DefaultRequestHandlerV2 | None = None
         self.url = ""
         self._card: str | None = None
@@ -171,6 +181,29 @@ class A2AFace:
         if isinstance(accepted, Error):
             return accepted.message
         return accepted if isinstance(accepted, GoalAccepted) else "no answer"
+
+    async def hand_over_unless_cancelled(self, item: Pending) -> GoalAccepted | str:
+        """hand_over, but not for a cancelled task; and a goal taken while its task's
+        cancel found nothing yet to stop is cancelled at once."""
+        if item.goal_id in self.cancelled:
+            return "cancelled"
+        accepted = await self.hand_over(item)
+        if isinstance(accepted, GoalAccepted) and item.goal_id in self.cancelled:
+            await self.cancel_goal(item.goal_id, item.client)
+        return accepted
+
+    async def cancel_goal(self, goal: str, client: str) -> None:
+        """goal_cancel to the orchestrator; a goal it does not hold is logged, not raised."""
+        try:
+            await self.ctx.ask(f"{self.ctx.entity}/orchestrator",
+                               GoalCancel(goal, f"the A2A client {client} cancelled the task"))
+        except EntitydError as exc:  # not queued or running (answered, or never handed over)
+            self.ctx.log.info("a2a_cancel_no_turn", goal=goal, reason=str(exc)[:300])
+
+    def mark_cancelled(self, goal: str) -> None:
+        self.cancelled[goal] = None
+        while len(self.cancelled) > CANCELLED_KEPT:
+            self.cancelled.popitem(last=False)
 
     async def resume(self) -> None:
         """After a restart: every task handed over and not answered runs again through
@@ -276,6 +309,9 @@ class EntityExecutor(AgentExecutor):
             if not future.done() and not await self._work(item, updater, future):
                 return
             done = future.result()
+            if done.stopped == CANCELLED:  # `cancel` writes the task's end (canceled)
+                await face.pending.remove(item.goal_id)
+                return
             for artifact in artifacts(done):
                 await updater.add_artifact(list(artifact.parts), name=artifact.name)
             message = updater.new_agent_message([new_text_part(done.text[:MAX_TEXT])])
@@ -295,7 +331,12 @@ class EntityExecutor(AgentExecutor):
         is in `future`; False if the orchestrator would not take it (the task failed)."""
         face = self.face
         after = await face.ctx.events.last_seq()  # the turn's steps come after this
-        accepted = await face.hand_over(item)
+        # Shielded: a2a-sdk cancels this execution right after `cancel`, and the ask may
+        # have reached the orchestrator by then; `cancel` awaits the hand-over instead.
+        handing = asyncio.ensure_future(face.hand_over_unless_cancelled(item))
+        face.handing[item.goal_id] = handing
+        handing.add_done_callback(lambda _: face.handing.pop(item.goal_id, None))
+        accepted = await asyncio.shield(handing)
         if isinstance(accepted, str):
             await face.pending.remove(item.goal_id)
             await updater.failed(updater.new_agent_message(
@@ -338,12 +379,12 @@ class EntityExecutor(AgentExecutor):
         face = self.face
         task_id, client = context.task_id or "", context.call_context.user.user_name
         goal = goal_id(client, task_id)
+        face.mark_cancelled(goal)  # first: a hand-over from now on stops or cancels itself
         await face.pending.remove(goal)
-        try:
-            await face.ctx.ask(f"{face.ctx.entity}/orchestrator",
-                               GoalCancel(goal, f"the A2A client {client} cancelled the task"))
-        except EntitydError as exc:  # not queued or running (answered, or never handed over)
-            face.ctx.log.info("a2a_cancel_no_turn", task_id=task_id, reason=str(exc)[:300])
+        handing = face.handing.get(goal)
+        if handing is not None:  # the orchestrator takes it now or never: then cancel it
+            await asyncio.wait({handing}, timeout=HAND_OVER_WAIT_S)
+        await face.cancel_goal(goal, client)
         await TaskUpdater(event_queue, task_id, context.context_id or "").cancel()
 
 
