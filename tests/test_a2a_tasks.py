@@ -348,3 +348,28 @@ async def test_the_commits_of_a_task_come_back_in_its_artifacts(entity: Entity) 
     commits = named["commits"].split("\n")
     assert len(commits) == 1 and re.fullmatch(r"[0-9a-f]{40}", commits[0]), named
     assert f"committed {commits[0][:12]}" in named["answer"], named
+
+
+async def test_one_client_cannot_see_cancel_or_follow_anothers_task(entity: Entity) -> None:
+    """Tasks are the client's own (a2a-sdk's store keeps each under the key's client):
+    another client's get, list, cancel and subscribe find nothing of them."""
+    from a2a.types import CancelTaskRequest, GetTaskRequest, ListTasksRequest
+
+    task_id = await start_task(entity.url, "SLUGGISH work that only its client may see")
+    async with a2a_client(entity.url, key=OTHER_KEY, streaming=False) as other:
+        with pytest.raises(Exception, match=r"(?i)not found"):
+            await other.get_task(GetTaskRequest(id=task_id))
+        listed = await other.list_tasks(ListTasksRequest())
+        assert task_id not in [t.id for t in listed.tasks]
+        with pytest.raises(Exception, match=r"(?i)not found"):
+            await other.cancel_task(CancelTaskRequest(id=task_id))
+    async with a2a_client(entity.url, key=OTHER_KEY) as other:
+        with pytest.raises(Exception, match=r"(?i)not found"):
+            async with asyncio.timeout(20):
+                async for _ in other.subscribe(SubscribeToTaskRequest(id=task_id)):
+                    pass
+    async with a2a_client(entity.url, streaming=False) as owner:
+        mine = await owner.list_tasks(ListTasksRequest())
+        assert task_id in [t.id for t in mine.tasks]
+        done = await until(owner, task_id, (TaskState.TASK_STATE_COMPLETED,), 60)
+        assert done.id == task_id  # the other client's cancel did not touch it
