@@ -317,6 +317,29 @@ def test_token_budget_window_slides() -> None:
     budget.check()
 
 
+def test_token_budget_memory_is_bounded_and_never_frees_early() -> None:
+    """A call every second for two hours: the budget keeps a record per 10 s at most
+    (one hour's worth), counts every token, and lets a token leave the window no sooner
+    than an hour after it was spent (at most 10 s later)."""
+    from actors.llm.budget import BUCKET_S, WINDOW_S
+
+    clock = FakeClock()
+    budget = TokenBudget(10**9, clock=clock)
+    spent_at = []
+    for _ in range(7200):
+        budget.spend(3)
+        spent_at.append(clock.now)
+        clock.now += 1.0
+        assert len(budget._spent) <= WINDOW_S / BUCKET_S + 1
+    exact = 3 * sum(1 for t in spent_at if t > clock.now - WINDOW_S)
+    assert exact <= budget.used() <= exact + 3 * BUCKET_S  # never less: never freed early
+    last = spent_at[-1]
+    clock.now = last + WINDOW_S - 0.5
+    assert budget.used() >= 3  # the last spend is still in its hour
+    clock.now = last + WINDOW_S
+    assert budget.used() == 0
+
+
 def test_step_budget_stops_past_the_limit() -> None:
     steps = StepBudget(2)
     steps.step()

@@ -21,6 +21,9 @@ PEER_SETTING = "peers.max_tokens_per_hour"
 MAX_PEER_BUDGETS = 1024
 
 
+BUCKET_S = 10.0  # spends within one such span of the clock share a record
+
+
 class TokenBudget:
     """At most `max_tokens_per_hour` tokens spent within any sliding hour; `setting`
     names the config key that sets it, for the message of a spent budget."""
@@ -36,6 +39,7 @@ class TokenBudget:
         self.owner = owner
         self._clock = clock
         self._spent: deque[tuple[float, int]] = deque()
+        self._last_bucket = -1
         self._total = 0
 
     def __repr__(self) -> str:
@@ -58,7 +62,15 @@ class TokenBudget:
         if tokens:
             now = self._clock()
             self._expire(now)
-            self._spent.append((now, tokens))
+            bucket = int(now // BUCKET_S)
+            if self._spent and bucket == self._last_bucket:
+                # One record for the spends of a few seconds, kept until the last of them
+                # leaves the window (never freed early): memory stays bounded whatever
+                # the call rate (at most WINDOW_S / BUCKET_S records).
+                self._spent[-1] = (now, self._spent[-1][1] + tokens)
+            else:
+                self._spent.append((now, tokens))
+                self._last_bucket = bucket
             self._total += tokens
 
     def frees_in(self) -> float:
