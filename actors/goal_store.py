@@ -11,10 +11,8 @@ from __future__ import annotations
 import dataclasses
 import json
 from enum import StrEnum
-from pathlib import Path
 
-import aiosqlite
-
+from .durable import DurableStore
 from .messages import Goal
 
 SCHEMA = """
@@ -32,31 +30,11 @@ class GoalState(StrEnum):
     RUNNING = "running"
 
 
-class GoalStore:
+class GoalStore(DurableStore):
     """Accepted, unanswered goals in one SQLite file (":memory:" keeps them only for the
     actor's life: the tests' orchestrators)."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
-        self._db: aiosqlite.Connection | None = None
-
-    async def open(self) -> None:
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        # FULL: a goal acknowledged is a goal on disk, even if the machine loses power.
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute(SCHEMA)
-
-    async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("the goal store is not open")
-        return self._db
+    schema = SCHEMA
+    holds = "goal store"
 
     async def add(self, goal: Goal) -> None:
         await self.db.execute(

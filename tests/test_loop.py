@@ -24,7 +24,8 @@ def _loop_of(daemon: DaemonProc) -> str:
 
 @pytest.mark.parametrize("choice", ["", "asyncio"])
 def test_the_daemon_runs_on_the_chosen_loop_and_serves(tmp_path: Path, choice: str) -> None:
-    pytest.importorskip("uvloop", reason="uvloop is a dependency on Linux; not installed here")
+    import uvloop  # noqa: F401  (a dependency on Linux: missing is a failure, not a skip)
+
     config = make_entity(tmp_path)
     env = child_env(ENTITYD_LOOP=choice) if choice else child_env()
     daemon = DaemonProc(config, tmp_path / "entityd.log", env=env).start()

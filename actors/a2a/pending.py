@@ -6,9 +6,8 @@ the task."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
-import aiosqlite
+from ..durable import DurableStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS pending (
@@ -30,27 +29,9 @@ class Pending:
     text: str
 
 
-class PendingGoals:
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
-        self._db: aiosqlite.Connection | None = None
-
-    async def open(self) -> None:
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute(SCHEMA)
-
-    async def close(self) -> None:
-        db, self._db = self._db, None
-        if db is not None:
-            await db.close()
-
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
-            raise RuntimeError("the A2A pending store is not open")
-        return self._db
+class PendingGoals(DurableStore):
+    schema = SCHEMA
+    holds = "A2A pending store"
 
     async def add(self, item: Pending) -> None:
         await self.db.execute("INSERT OR REPLACE INTO pending VALUES (?, ?, ?, ?, ?)",
