@@ -20,7 +20,7 @@ from nats.aio.client import Client
 
 from protocol import Keyring, Status
 
-from . import bus, eventlog, federation, identity, localauth
+from . import bus, eventlog, federation, heap, identity, localauth
 from .actor import Actor
 from .config import Config
 from .errors import EntitydError, NatsServerError
@@ -196,7 +196,10 @@ class Daemon:
             self.runtime.add(name, factory)
         async with asyncio.TaskGroup() as tg:
             await self.runtime.start(tg)
-            background = [tg.create_task(self._watch_server(), name="nats-server-watch")]
+            background = [
+                tg.create_task(self._watch_server(), name="nats-server-watch"),
+                tg.create_task(heap.trim_every(), name="heap-trim"),
+            ]
             if self.notifier.watchdog_interval:
                 background.append(tg.create_task(self._watchdog(), name="sd-watchdog"))
             self.notifier.ready(f"entity {cfg.name} serving")
