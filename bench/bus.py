@@ -228,6 +228,19 @@ def crypto_pairs(n: int) -> Figure:
     return Figure("crypto sign+verify", n, time.perf_counter() - start, "pairs/s")
 
 
+def crypto_signs(n: int) -> Figure:
+    """Ed25519 sign alone of one envelope-sized message, n times on this thread."""
+    key = SigningKey.generate()
+    _, _, body, _ = msgpack.unpackb(sample_wire())
+    signed = protocol.DOMAIN + body
+    for _ in range(min(n, 1_000)):
+        key.sign(signed)
+    start = time.perf_counter()
+    for _ in range(n):
+        key.sign(signed)
+    return Figure("crypto sign", n, time.perf_counter() - start, "signs/s")
+
+
 # ---- raw nats-py ---------------------------------------------------------------------
 
 
@@ -351,6 +364,7 @@ class Results:
     env_rr_conc: Figure
     raw_oneway: Figure
     crypto: Figure
+    sign: Figure
     env_oneway: Figure
     two: TwoProcess | None = None
 
@@ -367,21 +381,27 @@ class Results:
 
     def ceilings(self) -> dict[str, float]:
         """The best each request/reply ratio could be if entityd added nothing to raw
-        nats-py but the Ed25519 work the protocol requires of a request and its reply
-        (two signs and two verifies, timed here as `crypto`): raw / (raw + that), with
-        the crypto of concurrent requests spread over every core at best."""
-        floor = 2 / self.crypto.rate  # seconds of Ed25519 per request and reply
+        nats-py but the Ed25519 work a request and its reply need: raw / (raw + that),
+        with the crypto of concurrent requests spread over every core at best. Across
+        two processes that is two signs and two verifies (timed here as `crypto`); in
+        one process, two signs (`sign`): a process does not verify again what it signed
+        itself (protocol.envelope.SelfSigned)."""
         cores = os.cpu_count() or 1
 
-        def ceiling(raw: Figure, spread: int = 1) -> float:
+        def ceiling(raw: Figure, floor: float, spread: int = 1) -> float:
             return (1 / raw.rate) / (1 / raw.rate + floor / spread)
 
-        found = {"rr_seq": ceiling(self.raw_rr_seq),
-                 "rr_conc": ceiling(self.raw_rr_conc, cores)}
+        one, two = self.crypto_floors()
+        found = {"rr_seq": ceiling(self.raw_rr_seq, one),
+                 "rr_conc": ceiling(self.raw_rr_conc, one, cores)}
         if self.two is not None:
-            found["rr_seq_2p"] = ceiling(self.two.raw_rr_seq)
-            found["rr_conc_2p"] = ceiling(self.two.raw_rr_conc, cores)
+            found["rr_seq_2p"] = ceiling(self.two.raw_rr_seq, two)
+            found["rr_conc_2p"] = ceiling(self.two.raw_rr_conc, two, cores)
         return found
+
+    def crypto_floors(self) -> tuple[float, float]:
+        """Seconds of Ed25519 per request and reply: in one process, across two."""
+        return 2 / self.sign.rate, 2 / self.crypto.rate
 
 
 @dataclasses.dataclass
@@ -512,13 +532,15 @@ async def measure(url: str, sizes: Sizes) -> Results:
                 # Next to the figure it is compared with; it blocks the loop, but nothing
                 # is in flight then.
                 crypto = report(crypto_pairs(sizes.crypto))
+                sign = report(crypto_signs(sizes.crypto))
                 env_oneway = await timed(
                     "envelope one-way", sizes.env_oneway, env.oneway(sizes.env_oneway, w)
                 )
             finally:
                 await runtime.stop()
     return Results(
-        raw_rr_seq, env_rr_seq, raw_rr_conc, env_rr_conc, raw_oneway, crypto, env_oneway
+        raw_rr_seq, env_rr_seq, raw_rr_conc, env_rr_conc, raw_oneway, crypto, sign,
+        env_oneway
     )
 
 
@@ -559,9 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     print("targets: " + ", ".join(f"{name} >= {t:.2f}" for name, t in TARGETS.items()))
     for name, value in ratios.items():
         print(f"ratio {name}: {value:.2f}")
+    one, two = results.crypto_floors()
     print("ceilings (raw nats-py plus only the request's and reply's Ed25519, "
-          f"{2 / results.crypto.rate * 1e6:.0f} us; concurrent: spread over "
-          f"{os.cpu_count()} cores): "
+          f"{one * 1e6:.0f} us in one process, {two * 1e6:.0f} us across two; "
+          f"concurrent: spread over {os.cpu_count()} cores): "
           + ", ".join(f"{name} {value:.2f}" for name, value in results.ceilings().items()))
     return 0
 
