@@ -161,6 +161,10 @@ class SelfSigned:
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
         self._made: dict[bytes, bytes] = {}
+        # The signatures in the order made, a ring: the slot of the next one holds the
+        # oldest, forgotten as it is overwritten.
+        self._order: list[bytes | None] = [None] * capacity
+        self._next = 0
         self._lock = threading.Lock()
 
     @staticmethod
@@ -170,10 +174,13 @@ class SelfSigned:
     def add(self, kid: bytes, body: bytes, sig: bytes) -> None:
         mark = self._mark(kid, body)
         with self._lock:
-            made = self._made
-            made[sig] = mark
-            if len(made) > self.capacity:
-                made.pop(next(iter(made)), None)  # the oldest: insertion order
+            slot = self._next
+            oldest = self._order[slot]
+            if oldest is not None:
+                self._made.pop(oldest, None)
+            self._order[slot] = sig
+            self._next = (slot + 1) % self.capacity
+            self._made[sig] = mark
 
     def made(self, kid: bytes, body: bytes, sig: bytes) -> bool:
         """Whether this process signed exactly `body` with `kid`'s key as `sig`."""
@@ -183,6 +190,8 @@ class SelfSigned:
     def clear(self) -> None:
         with self._lock:
             self._made.clear()
+            self._order = [None] * self.capacity
+            self._next = 0
 
 
 SELF_SIGNED = SelfSigned()
