@@ -27,7 +27,7 @@ from actors.a2a.card import CARD_PATH, RPC_PATH
 from actors.web.api import Api
 from actors.web.app import Pages, build
 from actors.web.auth import LOGIN_TTL_S, LoginLinks, Sessions
-from actors.web.guard import Guard
+from actors.web.guard import Guard, is_loopback
 from actors.web.server import WebServer, bind
 from tests.web_helpers import Reply, request
 
@@ -75,9 +75,9 @@ class Page:
 
 
 @asynccontextmanager
-async def serve_page() -> AsyncIterator[Page]:
-    """The page's real routes and guard under real uvicorn on 127.0.0.1, its actors a
-    Recorder, its A2A routes stubs that note each call."""
+async def serve_page(host: str = "127.0.0.1", services_host: str = "") -> AsyncIterator[Page]:
+    """The page's real routes and guard under real uvicorn on `host` (reached through
+    127.0.0.1), its actors a Recorder, its A2A routes stubs that note each call."""
     sessions = Sessions(b"attack-secret-" * 4, 1.0, ENTITY)
     links = LoginLinks()
     actors = Recorder()
@@ -93,10 +93,11 @@ async def serve_page() -> AsyncIterator[Page]:
 
     routes = [Route(CARD_PATH, a2a_route, methods=["GET"]),
               Route(RPC_PATH, a2a_route, methods=["POST"])]
-    sock = bind("127.0.0.1", 0)
+    sock = bind(host, 0)
     port = sock.getsockname()[1]
     app = build(Api(actors, 5.0), Pages(sessions, links, secure=False),  # type: ignore[arg-type]
-                events, loopback_only=True, port=port, a2a=routes)
+                events, loopback_only=is_loopback(host), port=port, a2a=routes,
+                services_host=services_host)
     server = WebServer(app, sock)
     task = asyncio.create_task(server.serve())
     try:
@@ -250,6 +251,36 @@ async def test_a_host_naming_anything_but_this_loopback_page_is_refused(page: Pa
             reply = await page.send(method, path, headers={**session, "Host": host})
             assert (reply.status, error_of(reply)) == (421, "wrong_host"), (host, path)
     assert page.reached() == []
+
+
+async def test_a_page_on_every_address_serves_nothing_on_or_for_the_services_address() -> None:
+    """web.host = "0.0.0.0" (allow_remote) listens on the services' 127.0.0.2 too: a login
+    there would give the browser a cookie for 127.0.0.2, sent to every port of it, the
+    services' previews (code the entity wrote) among them. Nothing is served there."""
+    async with serve_page("0.0.0.0", services_host="127.0.0.2") as page:
+        p = page.port
+        session = page.signed_in()
+        services_url = f"http://127.0.0.2:{p}/"
+        for method, path in [("GET", "/login"), ("GET", f"/login?token={page.links.mint()}"),
+                             ("GET", "/api/status"), ("POST", "/api/todo"), ("GET", "/"),
+                             ("GET", "/static/app.js"), ("POST", RPC_PATH), ("GET", CARD_PATH)]:
+            body = b"{}" if method == "POST" else None
+            # Reached on the services' address, whatever Host it names.
+            for host in (f"127.0.0.2:{p}", f"127.0.0.1:{p}", "evil.example"):
+                reply = await request(services_url, method, path, body=body,
+                                      headers={**session, "Host": host})
+                assert (reply.status, error_of(reply)) == (421, "wrong_host"), (host, path)
+                assert "set-cookie" not in reply.headers
+            # Reached elsewhere, naming the services' address however spelled.
+            for host in (f"127.0.0.2:{p}", "127.0.0.2", f"[::ffff:127.0.0.2]:{p}",
+                         f"[::ffff:7f00:2]:{p}"):
+                reply = await page.send(method, path, headers={**session, "Host": host})
+                assert (reply.status, error_of(reply)) == (421, "wrong_host"), (host, path)
+                assert "set-cookie" not in reply.headers
+        assert page.reached() == []
+        # The page itself still answers on its other addresses.
+        assert (await page.send("GET", "/login")).status == 200
+        assert (await page.send("GET", "/api/status", headers=session)).status == 200
 
 
 def _without_host(port: int, path: str, cookie: str) -> int:

@@ -69,11 +69,11 @@ class WebActor(Actor):
         pages = Pages(self.sessions, self.links, secure=self.settings.allow_remote)
         port = int(sock.getsockname()[1])
         self.links.port = port
-        self.links.port = port
         a2a = self.a2a.routes(self.url_of(port)) if self.a2a is not None else []
         app = build(api, pages, event_stream(self.ctx.events, self._peer_keys,
                                              lambda: self.stopping),
-                    loopback_only=is_loopback(self.settings.host), port=port, a2a=a2a)
+                    loopback_only=is_loopback(self.settings.host), port=port, a2a=a2a,
+                    services_host=self.config.services.host)
         self.server = WebServer(app, sock)
         self.problem = ""
         self.ctx.log.info("web_serving", url=self.url)

@@ -82,7 +82,7 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
 
 
 def build(api: Api, pages: Pages, events: Handler, *, loopback_only: bool,
-          port: int, a2a: Sequence[BaseRoute] = ()) -> ASGIApp:
+          port: int, a2a: Sequence[BaseRoute] = (), services_host: str = "") -> ASGIApp:
     """The page's routes, then A2A's (actors/a2a/server.py: empty unless it serves)."""
     g = api.guarded
     routes: list[BaseRoute] = [
@@ -112,4 +112,4 @@ def build(api: Api, pages: Pages, events: Handler, *, loopback_only: bool,
     ]
     handlers = {404: _not_found, 405: _not_allowed}
     return Guard(Starlette(routes=routes, exception_handlers=handlers), pages.sessions,
-                 loopback_only=loopback_only, port=lambda: port)
+                 loopback_only=loopback_only, port=lambda: port, services_host=services_host)

@@ -2,8 +2,11 @@
 through untouched): where a request may come from, who sent it, and the headers every
 answer carries.
 
-In order: a page bound to loopback answers only loopback clients, and only for a Host
-naming loopback (a DNS-rebinding site cannot borrow the browser); a request body must say
+In order: nothing is served on, or for a Host naming, the address of the services'
+previews (a page reachable there, as it is when bound to every address, would give the
+browser a cookie for that host, which it then sends to every port of it: to code the
+entity wrote); a page bound to loopback answers only loopback clients, and only for a
+Host naming loopback (a DNS-rebinding site cannot borrow the browser); a request body must say
 its length, at most MAX_BODY_BYTES, so nobody buffers an unbounded one (not even before
 logging in); then every request but the login and the static files needs a valid session
 cookie; then every state-changing request needs the session's CSRF token in X-CSRF-Token
@@ -82,13 +85,33 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def ip_of(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address `host` spells (an IPv4-mapped IPv6 address as its IPv4 one), or None
+    for a name."""
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def host_name(host: str) -> str:
+    """The name or address of a Host header, without its port."""
+    if host.startswith("["):
+        return host[: host.find("]") + 1] if "]" in host else host
+    return host.rpartition(":")[0] if ":" in host else host
+
+
 class Guard:
     def __init__(self, app: ASGIApp, sessions: Sessions, *, loopback_only: bool,
-                 port: Callable[[], int]) -> None:
+                 port: Callable[[], int], services_host: str = "") -> None:
         self.app = app
         self.sessions = sessions
         self.loopback_only = loopback_only
         self.port = port
+        self.services_address = ip_of(services_host) if services_host else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -115,10 +138,13 @@ class Guard:
 
     def refusal(self, scope: Scope) -> tuple[int, str, str] | None:
         """(status, reason code, why) for a request that may not pass; None if it may."""
+        host = header(scope, b"host") or ""
+        if self._services_own(scope, host):
+            return 421, "wrong_host", ("this address is the services' previews' (code the "
+                                       "entity wrote), not the page's")
         client = scope.get("client") or ("", 0)
         if self.loopback_only and not is_loopback(client[0]):
             return 403, "not_loopback", "this page answers only on this machine"
-        host = header(scope, b"host") or ""
         if self.loopback_only and not self._own_host(host):
             return 421, "wrong_host", f"this page is not served for Host {host[:80]!r}"
         if header(scope, b"transfer-encoding") is not None:
@@ -144,6 +170,14 @@ class Guard:
             if not self._same_origin(scope, host):
                 return 403, "cross_site", "a request from another site is refused"
         return None
+
+    def _services_own(self, scope: Scope, host: str) -> bool:
+        """Whether the request came in on, or names, the services' address."""
+        if self.services_address is None:
+            return False
+        server = scope.get("server") or ("", 0)
+        named = (ip_of(str(server[0])), ip_of(host_name(host)), ip_of(host))
+        return self.services_address in named
 
     def _own_host(self, host: str) -> bool:
         name, _, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
