@@ -440,6 +440,7 @@ def from_mapping(
         data_dir = (base / data_dir).resolve()
     parts["entity"] = dataclasses.replace(entity, data_dir=str(data_dir))
     _check_across(parts)
+    mcp_servers.check_secrets(mcp, str(data_dir))
     parts["nats"] = _hub_link(parts["nats"], base)
     return Config(path=path, mcp=mcp, a2a=a2a, **parts)
 

@@ -74,7 +74,7 @@ def _server(name: str, table: Any) -> McpServer:
     for path in read_only:
         if not path.startswith("/"):
             raise ConfigError(f"{where}.read_only", f"{path!r} is not an absolute path")
-        if os.path.normpath(path).split("/")[1] == "tmp":
+        if "tmp" in (os.path.normpath(path).split("/")[1], os.path.realpath(path).split("/")[1]):
             raise ConfigError(f"{where}.read_only", f"{path!r} is under /tmp, which the "
                               "sandbox replaces with a /tmp of its own, so the server would "
                               "never see it; move it elsewhere (e.g. under /var/tmp or /opt)")
@@ -84,6 +84,26 @@ def _server(name: str, table: Any) -> McpServer:
             for k, v in env.items()):
         raise ConfigError(f"{where}.env", "must be a table of NAME = \"string\"")
     return McpServer(name, tuple(command), frozenset(allowed), tuple(read_only), dict(env))
+
+
+def check_secrets(servers: Mapping[str, McpServer], data_dir: str) -> None:
+    """No server may read the entity's data directory: its key, tokens and stores. A
+    `read_only` path that is it, lies inside it or holds it (`/`, `/home`, ...) is
+    refused, symbolic links followed on both sides."""
+    secret = os.path.realpath(data_dir)
+    for spec in servers.values():
+        for path in spec.read_only:
+            real = os.path.realpath(path)
+            if _within(real, secret) or _within(secret, real):
+                raise ConfigError(
+                    f"mcp.servers.{spec.name}.read_only",
+                    f"{path!r} would show the server the entity's data directory "
+                    f"({data_dir}), its key and tokens among what it holds; an MCP server "
+                    "is code from elsewhere: list only the paths it needs, outside it")
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def _strings(value: Any, key: str) -> list[str]:

@@ -23,7 +23,7 @@ import sys
 import sysconfig
 import tempfile
 import tomllib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -305,6 +305,40 @@ def test_the_config_is_checked_strictly() -> None:
         with pytest.raises(ConfigError) as raised:
             servers({"servers": tables})
         assert raised.value.key == key, (tables, raised.value)
+
+
+@pytest.fixture
+def var_tmp_path() -> Iterator[Path]:
+    """A directory outside /tmp (a server's read_only path may not be under /tmp)."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="entityd-test-") as made:
+        yield Path(made)
+
+
+def test_no_server_may_read_the_entitys_data_directory(var_tmp_path: Path) -> None:
+    """The data directory holds the entity's key and tokens: a read_only path that is it,
+    lies in it or holds it, through a symbolic link too, stops the start, naming the key;
+    so does a link into /tmp, which the server would never see."""
+    tmp_path = var_tmp_path
+    data = tmp_path / "var" / "entity-a"
+    data.mkdir(parents=True)
+    (tmp_path / "link-to-data").symlink_to(data)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link-to-tmp").symlink_to("/tmp")
+
+    def load(read_only: list[str]) -> Config:
+        text = (f'[entity]\nname = "entity-a"\ndata_dir = "{data}"\n'
+                f'[mcp.servers.notes]\ncommand = ["x"]\nallowed_tools = []\n'
+                f"read_only = {json.dumps(read_only)}\n")
+        return config_mod.from_mapping(tomllib.loads(text), path=tmp_path / "entityd.toml")
+
+    for bad in [str(data), f"{data}/", str(data / "identity"), str(tmp_path / "var"),
+                str(tmp_path), "/", str(tmp_path / "link-to-data"),
+                str(tmp_path / "link-to-data" / "nats"), str(tmp_path / "link-to-tmp")]:
+        with pytest.raises(ConfigError) as raised:
+            load([str(tmp_path / "elsewhere"), bad])
+        assert raised.value.key == "mcp.servers.notes.read_only", bad
+    sibling = tmp_path / "var" / "entity-a-tools"  # a name that starts like it
+    assert load([str(tmp_path / "elsewhere"), str(sibling)]).mcp["notes"].read_only
 
 
 class _RigClient:
