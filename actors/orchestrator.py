@@ -97,6 +97,16 @@ class AutonomyState:
             self.spent_reported = False
 
 
+def _cancel_until_done(turn: asyncio.Task[None]) -> None:
+    """Cancel `turn`, and again every RECANCEL_S while it runs on: a cancel can be lost
+    (3.11's wait_for, as nats-py's request uses it, returns a reply that came with the
+    cancel). Armed only by a cancel: a turn nobody cancels costs no timer."""
+    if turn.done():
+        return
+    turn.cancel()
+    asyncio.get_running_loop().call_later(RECANCEL_S, _cancel_until_done, turn)
+
+
 @dataclass
 class Running:
     """The turn running now, for a cancel to stop."""
@@ -277,12 +287,7 @@ class OrchestratorActor(Actor):
                 running = self._running = Running(goal, tg.create_task(self._work(goal)))
                 try:
                     # wait(), not await: the turn's cancel must not cancel this loop.
-                    while not running.turn.done():
-                        await asyncio.wait([running.turn], timeout=RECANCEL_S)
-                        if running.cancelled_by and not running.turn.done():
-                            # Again: a cancel can be lost (3.11's wait_for, as nats-py's
-                            # request uses it, returns a reply that came with the cancel).
-                            running.turn.cancel()
+                    await asyncio.wait([running.turn])
                     if running.turn.cancelled() and running.cancelled_by:
                         await self._stopped(running)
                     else:
@@ -330,7 +335,7 @@ class OrchestratorActor(Actor):
         if running is not None and running.goal is goal:
             if not running.cancelled_by:
                 running.cancelled_by, running.reason = src, reason
-                running.turn.cancel()  # the run loop answers it (_stopped)
+                _cancel_until_done(running.turn)  # the run loop answers it (_stopped)
             return GoalCancelled(task_id, "running")
         # Still queued: answered now, and skipped when the run loop comes to it.
         self._cancelled.add(task_id)
