@@ -51,6 +51,7 @@ import msgpack
 import nats
 from nacl.signing import SigningKey
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 import protocol
 from actors.ledger.messages import (
@@ -248,6 +249,31 @@ class RawAppend:
         self.last = ack.seq
 
 
+class RawRequest:
+    """nats-py request/reply, no envelope: to a responder on a second connection of this
+    process that answers each request with its bytes. What a ctl hop would cost if it
+    signed and verified nothing and the daemon did no work: the floor under any hop."""
+
+    SUBJECT = "benchecho.rr"  # outside the raw stream's subjects: no PubAck answers it
+
+    def __init__(self, nc: Client, responder: Client, payload: bytes) -> None:
+        self.nc = nc
+        self.responder = responder
+        self.payload = payload
+
+    async def open(self) -> None:
+        async def echo(msg: Msg) -> None:
+            await msg.respond(msg.data)
+
+        await self.responder.subscribe(self.SUBJECT, cb=echo)
+        await self.responder.flush()
+
+    async def call(self, i: int) -> None:
+        reply = await self.nc.request(self.SUBJECT, self.payload, timeout=REPLY_TIMEOUT_S)
+        if reply.data != self.payload:
+            raise BenchError("the raw echo answered other bytes")
+
+
 @dataclasses.dataclass
 class Burst:
     """n calls made by `in_flight` callers at once; from the first to the last answer."""
@@ -330,11 +356,28 @@ class Results:
     raw_conc: Burst
     replay: Replay
     hop: Figure
+    raw_rr: Figure
 
     def ratios(self) -> dict[str, float]:
         return {"ledger_vs_js": self.pay.rate / self.raw.rate,
                 "ledger_vs_js_conc": self.pay_conc.rate / self.raw_conc.rate,
                 "ctl_hop_vs_js": self.hop.rate / self.raw.rate}
+
+    def ceiling(self) -> float:
+        """The best `ledger_vs_js` could be if a payment's hop from the caller to the
+        daemon and back cost no more than a raw, unsigned request/reply on the same
+        server and its append no more than the raw one: raw append / (raw rr + raw
+        append). A payment needs both, one after the other."""
+        append, hop = 1 / self.raw.rate, 1 / self.raw_rr.rate
+        return append / (hop + append)
+
+
+def pay_request_wire(key: SigningKey) -> bytes:
+    """A Pay as the bench's EntityClient seals it to the ledger actor."""
+    wire, _ = protocol.seal(key, src=f"{A}/ctl", dst=f"{A}/{LEDGER_ACTOR}",
+                            subj=protocol.subjects.local(A, LEDGER_ACTOR, "pay"),
+                            message=Pay(PAYEE, 1, "bench"))
+    return wire
 
 
 def transfer_size(key: SigningKey) -> int:
@@ -398,13 +441,19 @@ async def measure(entity: Entity, sizes: Sizes) -> Results:
         await nc.jetstream().add_stream(dataclasses.replace(
             stream_config(), name=RAW_STREAM, subjects=[RAW_SUBJECTS]))
 
+        responder = await nats.connect(entity.url, name="bench-ledger-echo")
+        stack.push_async_callback(wait_closed, responder, 5.0)
+        raw_rr = RawRequest(nc, responder, b"x" * len(pay_request_wire(key)))
+        await raw_rr.open()
+
         pay, raw = LedgerPay(client), RawAppend(nc, "benchraw.seq", payload)
         figures = [Figure("ledger pay (ledger actor)", pay.call, sizes.pay),
                    Figure("raw JetStream publish, CAS", raw.call, sizes.raw),
                    Figure("ledger balance (ctl hop, a read)", LedgerBalance(client).call,
                           sizes.pay),
                    Figure("ledger ctl hop alone (refused)", LedgerHop(client).call,
-                          sizes.pay)]
+                          sizes.pay),
+                   Figure("raw nats-py request/reply", raw_rr.call, sizes.raw)]
         await interleaved(figures, sizes.rounds, sizes.warmup, meter)
         for figure in figures:
             print("\n".join(figure.lines()), flush=True)
@@ -434,7 +483,8 @@ async def measure(entity: Entity, sizes: Sizes) -> Results:
         replay = Replay("ledger verify", report.entries, seconds,
                         meter.since(before, meter.sample()), report.chains)
         print("\n".join(replay.lines()), flush=True)
-    return Results(figures[0], figures[1], pay_conc, raw_conc, replay, figures[3])
+    return Results(figures[0], figures[1], pay_conc, raw_conc, replay, figures[3],
+                   figures[4])
 
 
 TARGETS = {"ledger_vs_js": 0.5}
@@ -477,6 +527,8 @@ def main(argv: list[str] | None = None) -> int:
           + f", ledger verify >= {REPLAY_TARGET:,} entries/s at 100,000 entries")
     for name, value in results.ratios().items():
         print(f"ratio {name}: {value:.2f}")
+    print(f"ceiling ledger_vs_js: {results.ceiling():.2f} (an unsigned hop that cost only "
+          "its raw request/reply, then the raw append)")
     return 0
 
 
