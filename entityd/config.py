@@ -312,7 +312,11 @@ class ServicesSection:
 
 
 def _peer_name(name: str) -> str | None:
-    return None if subjects.valid_name(name) else "not an entity name ([a-z0-9-]{1,32})"
+    if not subjects.valid_name(name):
+        return "not an entity name ([a-z0-9-]{1,32})"
+    if name.startswith("a2a-"):  # actors/peer/link.py: the A2A clients' turns are a2a-<name>
+        return "no peer's name: a2a-<client> names an A2A client's turns"
+    return None
 
 
 def _peer_or_everyone(name: str) -> str | None:

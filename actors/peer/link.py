@@ -4,7 +4,10 @@ over fed.req and putting durable commands into a peer's JetStream INBOX.
 Keys: the entity's own, every peer pinned in the directory and every key fixed in
 [peer_keys]. A peer never seen before is pinned from its first heartbeat whose
 signature verifies under the key it carries (unless peers.pinning = "config"); after
-that, only that key speaks for that name.
+that, only that key speaks for that name. No name beginning `a2a-` is ever a peer: the
+A2A face runs a client's task as the turn of `peer:a2a-<client>` (actors/a2a/server.py),
+so a member of that name would be the client to the orchestrator (its memories, its
+token budget, its share of the queue).
 """
 
 from __future__ import annotations
@@ -28,6 +31,12 @@ from .store import OutboxRow, PeerStore
 
 ACTOR = "peer"
 PLAIN_KINDS = ("ping", "pong", "heartbeat", "error")
+A2A_OWNERS = "a2a-"  # the prefix of the A2A clients' turn owners: never a peer's name
+
+
+def reserved(name: str) -> bool:
+    """Whether `name` may not be a peer's: it names an A2A client's turns."""
+    return name.startswith(A2A_OWNERS)
 
 
 class UnknownPeer(Exception):
@@ -65,6 +74,8 @@ class FedLink:
         for peer in await self.store.peers():
             if peer.pinned_by == "config" and peer.name not in fixed:
                 continue  # a key once fixed in config and since removed is not trusted
+            if reserved(peer.name):
+                continue  # pinned by an entityd that did not reserve the name yet
             self._trust(peer.name, peer.public_key)
 
     async def close(self) -> None:
@@ -103,6 +114,9 @@ class FedLink:
         route = subjects.route(msg.subject)
         sender = route.sender if route else None
         new = False
+        if sender and reserved(sender):
+            raise protocol.UnknownKey(f"{sender} is no peer's name: {A2A_OWNERS}<client> "
+                                      "names an A2A client's turns here")
         if sender and sender not in self._keys and self.pinning == "first-sight":
             kid = _claimed_kid(msg.data)
             if kid is not None and kid not in self.keyring:
