@@ -22,6 +22,10 @@ SQLite file) go on.
 Who may call: a client presents its API key (`Authorization: Bearer KEY` or `X-API-Key`),
 checked against the sha256 digests in `[a2a] api_keys`; with none configured, nothing
 here is served. The card is public once serving, as A2A discovery expects.
+
+What a client can make the entity keep is bounded: a call's body is at most MAX_BODY
+bytes (a stored task keeps its messages whole), and the store keeps a client's newest
+MAX_TASKS tasks, dropping its oldest beyond them with their push configs.
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ from a2a.server.request_handlers import DefaultRequestHandlerV2
 from a2a.server.routes import create_jsonrpc_routes
 from a2a.server.routes.common import StarletteUser
 from a2a.server.tasks import DatabaseTaskStore, TaskUpdater
-from a2a.types import Artifact, TaskState
+from a2a.types import Artifact, Task, TaskState
 from a2a.utils.errors import TaskNotFoundError, UnsupportedOperationError
+from sqlalchemy import delete, literal_column, select
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from starlette.authentication import SimpleUser
 from starlette.requests import Request
@@ -67,6 +72,8 @@ STEP_WAIT_S = 0.5  # how soon the relay of steps sees its task end
 CANCELLED = "cancelled"  # TurnDone.stopped of a turn a goal_cancel stopped
 HAND_OVER_WAIT_S = 30.0  # how long a cancel waits for a goal on its way to the orchestrator
 CANCELLED_KEPT = 1024  # cancelled goals remembered, for a hand-over racing its cancel
+MAX_BODY = 64 * 1024  # bytes of one call: a message's text is cut at MAX_TEXT anyway
+MAX_TASKS = 1000  # tasks kept per client, the newest (the rest are dropped)
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -88,6 +95,35 @@ def api_key(request: Request) -> str:
     return request.headers.get("x-api-key", "")
 
 
+class TaskStore(DatabaseTaskStore):
+    """a2a-sdk's SQLite task store, keeping each client's newest MAX_TASKS tasks: a
+    client's older ones are dropped, with their push configs, as it saves a new one, so
+    no client can fill the disk with tasks."""
+
+    def __init__(self, engine: AsyncEngine, push_configs: PushConfigStore,
+                 max_tasks: int = MAX_TASKS) -> None:
+        super().__init__(engine)
+        self.push_configs = push_configs
+        self.max_tasks = max_tasks
+
+    async def save(self, task: Task, context: ServerCallContext) -> None:
+        new = await self.get(task.id, context) is None
+        await super().save(task, context)
+        if new:
+            await self._trim(self.owner_resolver(context))
+
+    async def _trim(self, owner: str) -> None:
+        tasks, configs = self.task_model, self.push_configs.config_model
+        # By rowid: the order the tasks were made in (an update keeps a row's rowid).
+        async with self.async_session_maker.begin() as session:
+            old = (await session.execute(
+                select(tasks.id).where(tasks.owner == owner)
+                .order_by(literal_column("rowid").desc()).offset(self.max_tasks))).scalars().all()
+            if old:
+                await session.execute(delete(tasks).where(tasks.id.in_(old)))
+                await session.execute(delete(configs).where(configs.task_id.in_(old)))
+
+
 class A2AFace:
     """What the web actor serves for A2A, and the answers it hands back to tasks."""
 
@@ -97,8 +133,8 @@ class A2AFace:
         self.pending = PendingGoals(config.data_dir / "a2a-pending.sqlite3")
         self.engine: AsyncEngine = create_async_engine(
             f"sqlite+aiosqlite:///{config.data_dir / 'a2a-tasks.sqlite3'}")
-        self.store = DatabaseTaskStore(self.engine)
         self.push_configs = PushConfigStore(self.engine)
+        self.store = TaskStore(self.engine, self.push_configs)
         self.policy = PushPolicy(config.a2a.push_host_allowed)
         self.push_http = http_client(self.policy)
         # A task's answer, by goal id, for the execution waiting for it.
@@ -163,6 +199,11 @@ class A2AFace:
                 return JSONResponse({"error": "unauthorized", "message": "an A2A call needs "
                                      "an API key: Authorization: Bearer KEY"},
                                     status_code=401, headers={"www-authenticate": "Bearer"})
+            # The page's guard let through only a body that says its length.
+            length = request.headers.get("content-length", "0")
+            if not length.isdigit() or int(length) > MAX_BODY:
+                return JSONResponse({"error": "too_large", "message": "an A2A call is at "
+                                     f"most {MAX_BODY} bytes"}, status_code=413)
             request.scope["user"] = SimpleUser(client)
             return await inner(request)
         return endpoint
