@@ -18,6 +18,7 @@ import pytest
 import protocol
 from actors.ledger.messages import HoldPlace, LedgerResult
 from actors.llm.scripted import Reply, ScriptedLLMServer
+from actors.peer.delegation import GOAL_PREFIX
 from actors.peer.messages import TaskOffer
 from bench.rig import Federation, Member, build, running
 from entityd import config as config_mod
@@ -26,6 +27,7 @@ from entityd.client import EntityClient
 from protocol import Sealer
 from tests.helpers import poll, wait_state
 from tests.peer_model import route
+from tests.test_goal_cancel import Watch
 
 pytestmark = pytest.mark.timeout(240)
 A, B = "entity-a", "entity-b"
@@ -147,6 +149,50 @@ async def test_a_rejected_delivery_and_a_missed_deadline_give_the_escrow_back(
             assert await money(b) == (0, 0)
             code, out, err = await a.ctl("tasks", "accept", late)  # too late to pay
             assert code == 3, out + err
+            for member in (a, b):
+                code, out, err = await member.ctl("ledger", "verify")
+                assert code == 0, out + err
+
+
+async def test_rejecting_a_task_before_its_delivery_stops_the_delegates_work(
+        tmp_path: Path) -> None:
+    """A priced task rejected while the delegate works on it is withdrawn: the escrow
+    comes back, the delegate's turn stops (its answer says cancelled) and both sides show
+    the task failed, withdrawn; nothing is delivered afterwards."""
+    def script(request: dict[str, Any]) -> Reply:
+        return route(request, coder_delay=3.0)  # b's coder takes ~9 s
+
+    async with ScriptedLLMServer(script) as llm:
+        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
+        async with running(fed):
+            await funded(fed, 100)
+            a, b = fed[A], fed[B]
+            async with EntityClient(config_mod.load(b.config)) as their_ctl, \
+                    their_ctl.events() as events, asyncio.TaskGroup() as tg:
+                watch = Watch()
+                follower = tg.create_task(watch.follow(events))
+                code, out, err = await a.ctl("delegate", B, "Write calc.add with a test",
+                                             "--price", "40")
+                assert code == 0, out + err
+                task = out.split("offered task ")[1].split()[0]
+                await wait_state(b, "in", ("working",), task_id=task)
+                assert await money(a) == (60, 40)
+
+                code, out, err = await a.ctl("tasks", "reject", task, "--reason",
+                                             "not needed any more")
+                assert code == 0, out + err
+                assert await money(a) == (100, 0)
+                theirs = await wait_state(b, "in", ("failed",), task_id=task)
+                assert "withdrawn" in theirs["note"] and theirs["money"] == "voided", theirs
+                answer = await watch.answer(f"{GOAL_PREFIX}{A}-{task}", 30)
+                assert (answer["ok"], answer["stopped"]) == (False, "cancelled"), answer
+                mine = await wait_state(a, "out", ("failed",), task_id=task)
+                assert "withdrawn" in mine["note"], mine
+                await asyncio.sleep(10)  # past when the coder would have finished
+                mine = next(t for t in await a.ctl_json("tasks") if t["task_id"] == task)
+                assert (mine["state"], mine["branch"]) == ("failed", ""), mine
+                assert await money(b) == (0, 0)
+                follower.cancel()
             for member in (a, b):
                 code, out, err = await member.ctl("ledger", "verify")
                 assert code == 0, out + err

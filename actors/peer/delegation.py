@@ -284,7 +284,9 @@ class Delegation:
         return ""
 
     async def _paid(self, peer: str, update: TaskUpdate) -> None:
-        """The delegator settled the escrow of a task it gave us."""
+        """The delegator settled the escrow of a task it gave us. Voided before we
+        delivered (the delegator rejected the task, or its deadline passed), the task is
+        withdrawn: its turn stops, and the delegator hears that it failed."""
         task = await self.store.task(update.task_id, "in", peer)
         if task is None:
             self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
@@ -292,8 +294,22 @@ class Delegation:
         if task.money != HELD:
             return  # a repeated word, or an offer we did not take
         money = POSTED if update.state == PAID else VOIDED
-        await self._save(dataclasses.replace(task, money=money), task.state, update.note,
-                         event=f"task_{update.state}")
+        task = await self._save(dataclasses.replace(task, money=money), task.state,
+                                update.note, event=f"task_{update.state}")
+        if money == VOIDED and task.state in ("accepted", "working"):
+            await self._withdrawn(task, update.note)
+
+    async def _withdrawn(self, task: TaskRow, why: str) -> None:
+        # Final first: the cancelled turn's end then finds nothing to deliver.
+        await self._finish(task, "failed", f"withdrawn: the delegator voided the escrow "
+                           f"before the delivery ({why})"[:1000])
+        if not task.goal_id:
+            return
+        try:
+            await self.turns.cancel(task.goal_id, f"{task.peer} withdrew the task")
+        except EntitydError as exc:
+            self.ctx.log.warning("withdrawn_turn_not_cancelled", task_id=task.task_id,
+                                 error=str(exc))
 
     async def resume(self) -> None:
         """After a restart: give unfinished tasks to the orchestrator again, and check

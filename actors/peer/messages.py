@@ -76,7 +76,10 @@ class TaskOffer:
 @kind("task_update")
 @dataclass(frozen=True, slots=True)
 class TaskUpdate:
-    """A step of a delegated task: accepted, rejected, progress, completed, failed."""
+    """A step of a delegated task: from the delegate accepted, rejected, progress,
+    completed, failed; from the delegator paid or unpaid once it settled the escrow. Unpaid
+    before the delegate delivered (the task rejected, or its deadline passed), the task is
+    withdrawn: the delegate stops its turn and answers failed."""
 
     task_id: str
     state: str

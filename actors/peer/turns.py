@@ -12,8 +12,10 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 from entityd import Context
+from entityd.errors import RemoteError
+from protocol import reasons
 
-from ..messages import Goal, GoalAccepted, TurnDone
+from ..messages import Goal, GoalAccepted, GoalCancel, TurnDone
 
 Listener = Callable[[TurnDone], Awaitable[None]]
 
@@ -36,6 +38,15 @@ class Turns:
         goal = dataclasses.replace(goal, private=True, notify=f"{self.ctx.entity}/peer")
         accepted: GoalAccepted = await self.ctx.ask(f"{self.ctx.entity}/orchestrator", goal)
         return accepted
+
+    async def cancel(self, task_id: str, reason: str) -> None:
+        """Stop the goal `task_id` this actor submitted (queued or running); nothing if it
+        was answered already."""
+        try:
+            await self.ctx.ask(f"{self.ctx.entity}/orchestrator", GoalCancel(task_id, reason))
+        except RemoteError as exc:
+            if exc.code != reasons.NOT_FOUND:
+                raise
 
     async def run(self, goal: Goal, timeout: float) -> TurnDone:
         """Give the orchestrator `goal` and wait for its outcome."""
