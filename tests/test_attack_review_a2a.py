@@ -4,9 +4,10 @@
   a client keeps, so one key could write a megabyte a call to the data dir for as long as
   it liked (60 calls wrote 54 MB in 5 s, and a ListTasks page held 45 MB). A call is now
   at most MAX_BODY bytes (413 `too_large`, nothing stored, checked against the running
-  daemon), and the store keeps a client's newest MAX_TASKS tasks, dropping the older ones
-  with their push configs (checked on a2a-sdk's SQLite store with a small bound, another
-  client's tasks untouched).
+  daemon), a task keeps its last MAX_HISTORY messages (a client can go on sending to its
+  running task: 40 sends kept 31 messages), and the store keeps a client's newest
+  MAX_TASKS tasks, dropping the older ones with their push configs (checked on a2a-sdk's
+  SQLite store with a small bound, another client's tasks untouched).
 - Malformed JSON-RPC (nested 60,000 deep, not JSON, a batch) gets a JSON-RPC error, and
   the entity then still answers a task.
 """
@@ -20,11 +21,20 @@ from typing import Any
 
 import httpx
 import pytest
-from a2a.types import ListTasksRequest, Task, TaskPushNotificationConfig, TaskState, TaskStatus
+from a2a.types import (
+    ListTasksRequest,
+    Message,
+    Part,
+    Role,
+    Task,
+    TaskPushNotificationConfig,
+    TaskState,
+    TaskStatus,
+)
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from actors.a2a.push import PushConfigStore
-from actors.a2a.server import MAX_BODY, TaskStore, call_context
+from actors.a2a.server import MAX_BODY, MAX_HISTORY, TaskStore, call_context
 from tests.test_a2a_server import CLIENT, KEY, Entity, a2a_config, make, scripted_model
 
 pytestmark = pytest.mark.timeout(180)
@@ -111,11 +121,18 @@ async def test_the_store_keeps_a_clients_newest_tasks(tmp_path: Path) -> None:
         await configs.set_info(first, TaskPushNotificationConfig(
             task_id=first, id="hook", url="https://hooks.example/x"), flood)
         rest = [await task(flood) for _ in range(5)]
-        # Saved again (an update, as each status is): still one task, not a new one.
+        # Saved again (an update, as each status is): still one task, not a new one; of
+        # the messages a client kept sending to it, the last MAX_HISTORY are kept.
         again = await store.get(rest[-1], flood)
         assert again is not None
         again.status.state = TaskState.TASK_STATE_WORKING
+        again.history.extend(Message(message_id=f"m{n}", role=Role.ROLE_USER,
+                                     parts=[Part(text=f"more {n}")]) for n in range(40))
         await store.save(again, flood)
+        stored = await store.get(rest[-1], flood)
+        assert stored is not None
+        assert [m.message_id for m in stored.history] == [
+            f"m{n}" for n in range(40 - MAX_HISTORY, 40)]
 
         kept = await store.list(ListTasksRequest(), flood)
         assert sorted(t.id for t in kept.tasks) == sorted(rest[-3:])

@@ -24,8 +24,10 @@ checked against the sha256 digests in `[a2a] api_keys`; with none configured, no
 here is served. The card is public once serving, as A2A discovery expects.
 
 What a client can make the entity keep is bounded: a call's body is at most MAX_BODY
-bytes (a stored task keeps its messages whole), and the store keeps a client's newest
-MAX_TASKS tasks, dropping its oldest beyond them with their push configs.
+bytes (a stored task keeps its messages whole), a task keeps its last MAX_HISTORY
+messages (a client may go on sending to a task of its own while it runs), and the store
+keeps a client's newest MAX_TASKS tasks, dropping its oldest beyond them with their push
+configs.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ HAND_OVER_WAIT_S = 30.0  # how long a cancel waits for a goal on its way to the 
 CANCELLED_KEPT = 1024  # cancelled goals remembered, for a hand-over racing its cancel
 MAX_BODY = 64 * 1024  # bytes of one call: a message's text is cut at MAX_TEXT anyway
 MAX_TASKS = 1000  # tasks kept per client, the newest (the rest are dropped)
+MAX_HISTORY = 16  # messages kept per task, the last
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
@@ -96,9 +99,9 @@ def api_key(request: Request) -> str:
 
 
 class TaskStore(DatabaseTaskStore):
-    """a2a-sdk's SQLite task store, keeping each client's newest MAX_TASKS tasks: a
-    client's older ones are dropped, with their push configs, as it saves a new one, so
-    no client can fill the disk with tasks."""
+    """a2a-sdk's SQLite task store, keeping each client's newest MAX_TASKS tasks (a
+    client's older ones are dropped, with their push configs, as it saves a new one) and
+    each task's last MAX_HISTORY messages, so no client can fill the disk with tasks."""
 
     def __init__(self, engine: AsyncEngine, push_configs: PushConfigStore,
                  max_tasks: int = MAX_TASKS) -> None:
@@ -108,6 +111,11 @@ class TaskStore(DatabaseTaskStore):
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
         new = await self.get(task.id, context) is None
+        if len(task.history) > MAX_HISTORY:
+            kept = Task()
+            kept.CopyFrom(task)
+            del kept.history[:len(kept.history) - MAX_HISTORY]
+            task = kept
         await super().save(task, context)
         if new:
             await self._trim(self.owner_resolver(context))
