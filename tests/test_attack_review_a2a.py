@@ -10,6 +10,9 @@
   SQLite store with a small bound, another client's tasks untouched).
 - Malformed JSON-RPC (nested 60,000 deep, not JSON, a batch) gets a JSON-RPC error, and
   the entity then still answers a task.
+- Push URLs: an IPv6 address that carries a private or loopback IPv4 address (6to4,
+  local-use NAT64, SIIT, IPv4-compatible) or a site-local one was judged public; a
+  translator or tunnel on the way would deliver it into the entity's network.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from a2a.types import (
 )
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from actors.a2a.push import PushConfigStore
+from actors.a2a.push import PushConfigStore, PushPolicy, PushRefused
 from actors.a2a.server import MAX_BODY, MAX_HISTORY, TaskStore, call_context
 from tests.test_a2a_server import CLIENT, KEY, Entity, a2a_config, make, scripted_model
 
@@ -142,3 +145,25 @@ async def test_the_store_keeps_a_clients_newest_tasks(tmp_path: Path) -> None:
             == sorted(others)  # another client's tasks are its own share
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("host", [
+    "[::7f00:1]",  # IPv4-compatible 127.0.0.1
+    "[::ffff:0:7f00:1]",  # SIIT's IPv4-translated 127.0.0.1
+    "[2002:7f00:1::]",  # 6to4 of 127.0.0.1
+    "[2002:a00:1::1]",  # 6to4 of 10.0.0.1
+    "[64:ff9b:1::a9fe:a9fe]",  # local-use NAT64 of 169.254.169.254 (metadata)
+    "[64:ff9b:1::a00:1]",  # local-use NAT64 of 10.0.0.1
+    "[fec0::1]",  # site-local
+])
+async def test_push_urls_hiding_a_private_ipv4_in_ipv6_are_refused(host: str) -> None:
+    policy = PushPolicy(lambda scheme, host, port: False)
+    with pytest.raises(PushRefused, match="not a public address"):
+        await policy.address(f"https://{host}/hook")
+
+
+async def test_push_urls_of_public_addresses_still_pass() -> None:
+    policy = PushPolicy(lambda scheme, host, port: False)
+    for host, address in (("[2002:808:808::1]", "2002:808:808::1"), ("[2606:4700::1111]",
+                          "2606:4700::1111"), ("[64:ff9b::808:808]", "64:ff9b::808:808")):
+        assert await policy.address(f"https://{host}/hook") == address

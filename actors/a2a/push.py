@@ -36,6 +36,12 @@ MAX_URL = 2048
 MAX_CONFIGS = 4  # per task and client: one event must not fan out to many POSTs
 TIMEOUT_S = 5.0
 NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv6 forms that carry an IPv4 address in their last 32 bits, which a translator or a
+# tunnel on the way may deliver to: the local-use NAT64 prefix, SIIT's IPv4-translated
+# and the old IPv4-compatible addresses (6to4 carries one too: `sixtofour`).
+EMBEDS_IPV4 = (NAT64, ipaddress.ip_network("64:ff9b:1::/48"),
+               ipaddress.ip_network("::ffff:0:0:0/96"), ipaddress.ip_network("::/96"))
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, but a private network's still
 
 
 class PushRefused(ValueError):
@@ -44,12 +50,16 @@ class PushRefused(ValueError):
 
 def public(address: str) -> bool:
     """Whether `address` is on the public internet (an IPv4 address inside an IPv6 one
-    is judged as itself)."""
+    is judged as itself, whichever form carries it)."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address):
+        if ip in SITE_LOCAL:
+            return False
         if ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        elif ip in NAT64:
+        elif ip.sixtofour is not None:
+            ip = ip.sixtofour
+        elif any(ip in net for net in EMBEDS_IPV4) and int(ip) & 0xFFFFFFFF:
             ip = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return ip.is_global and not ip.is_multicast
 
