@@ -18,7 +18,7 @@ import pytest
 import protocol
 from actors.ledger.messages import HoldPlace, LedgerResult
 from actors.llm.scripted import Reply, ScriptedLLMServer
-from actors.peer.delegation import GOAL_PREFIX
+from actors.peer.delegation import goal_of
 from actors.peer.messages import TaskOffer
 from bench.rig import Federation, Member, build, running
 from entityd import config as config_mod
@@ -184,7 +184,7 @@ async def test_rejecting_a_task_before_its_delivery_stops_the_delegates_work(
                 assert await money(a) == (100, 0)
                 theirs = await wait_state(b, "in", ("failed",), task_id=task)
                 assert "withdrawn" in theirs["note"] and theirs["money"] == "voided", theirs
-                answer = await watch.answer(f"{GOAL_PREFIX}{A}-{task}", 30)
+                answer = await watch.answer(goal_of(A, task), 30)
                 assert (answer["ok"], answer["stopped"]) == (False, "cancelled"), answer
                 mine = await wait_state(a, "out", ("failed",), task_id=task)
                 assert "withdrawn" in mine["note"], mine

@@ -61,6 +61,14 @@ GOAL_PREFIX = "dlg-"
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
+def goal_of(peer: str, task_id: str) -> str:
+    """The orchestrator's goal id for the task `task_id` of `peer`: one per peer and task,
+    since no peer name nor task id holds a '.' (with '-', "a" giving "b-x" and "a-b"
+    giving "x" named one goal, and either could stop the other's by withdrawing its own;
+    actors/a2a/server.py's goals are dlg-a2a-<client>.<task>, and no peer is a2a-*)."""
+    return f"{GOAL_PREFIX}{peer}.{task_id}"
+
+
 class Delegation:
     def __init__(self, ctx: Context, config: Config, store: PeerStore, turns: Turns,
                  workspace: Workspace, trust: Trust, send: Send,
@@ -322,7 +330,7 @@ class Delegation:
                 self._to_check.put_nowait((task.task_id, task.peer))
 
     async def _start(self, task: TaskRow) -> None:
-        goal_id = task.goal_id or f"{GOAL_PREFIX}{task.peer}-{task.task_id}"
+        goal_id = task.goal_id or goal_of(task.peer, task.task_id)
         if task.goal_id != goal_id:  # recorded first: the turn's end finds it by this id
             task = dataclasses.replace(task, goal_id=goal_id)
             await self.store.save_task(task)
