@@ -11,12 +11,16 @@
   a peer's pinned key, whatever `src` it names, is refused (`unknown_key`: the actors
   trust the entity's own key only): a member cannot cancel the entity's goals even
   where it reaches the entity's local bus (a leaf never forwards loc.>).
+- A talk's conversation is `peer-<peer>.<its name>`: with '-', the member "entity"
+  naming its conversation "a-x" wrote into entity-a's conversation "x"
+  (`entityctl history peer-entity-a-x`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,11 +32,12 @@ from nacl.signing import SigningKey
 
 import protocol
 from actors.llm import Reply, ScriptedLLMServer
-from actors.messages import Goal, GoalAccepted, GoalCancel
-from actors.peer.messages import Heartbeat, Peers, PeersGet
+from actors.messages import Goal, GoalAccepted, GoalCancel, History, HistoryGet
+from actors.peer.messages import Heartbeat, Peers, PeersGet, Talk
 from entityd import config as config_mod
 from entityd.client import EntityClient
 from entityd.errors import ConfigError, RemoteError
+from protocol import Sealer
 from tests.helpers import DaemonProc, make_entity, poll
 from tests.test_agent_e2e import make_entity_config
 from tests.test_config_peers import add_to_table
@@ -145,3 +150,37 @@ def test_a2a_client_names_are_no_peer_names_in_config(tmp_path: Path, table: str
     with pytest.raises(ConfigError) as caught:
         config_mod.load(config)
     assert f"{table}.a2a-ci-bot" in str(caught.value) and "A2A client" in str(caught.value)
+
+
+async def test_a_peer_talks_only_in_its_own_conversations(tmp_path: Path) -> None:
+    """A talk's conversation is the peer's: "entity" naming its conversation "a-x" wrote
+    into "peer-entity-a-x", which is entity-a's conversation "x"."""
+    async with ScriptedLLMServer(model) as llm, entity(tmp_path, llm) as client:
+        transport = client._transport
+        assert transport is not None
+        nc = transport.nc
+        attacker = SigningKey.generate()
+        await nc.publish(*heartbeat(attacker, "entity"))
+        await nc.flush()
+
+        async def discovered() -> bool:
+            return "entity" in await peer_names(client)
+
+        await poll(discovered, timeout=20, what="entity discovered")
+        subject = protocol.subjects.request(NAME, "entity", "talk")
+        wire, _ = Sealer(attacker).seal(client.entity_public, src="entity/peer",
+                                        dst=f"{NAME}/peer", subj=subject,
+                                        message=Talk("words for entity-a's log", "a-x"))
+        # (A reply inbox of the peer's own: the peer actor never answers on _l.*.)
+        inbox = f"_i.entity.{uuid.uuid4().hex}"
+        replies = await nc.subscribe(inbox, max_msgs=1)
+        await nc.publish(subject, wire, reply=inbox)
+        reply = await replies.next_msg(timeout=60)
+        body = msgpack.unpackb(msgpack.unpackb(reply.data)[2])
+        assert body["typ"] == "talk_reply", body
+
+        victims: History = await client.ask("memory", HistoryGet("peer-entity-a-x"), 10.0)
+        assert victims.entries == [], victims
+        everything: History = await client.ask("memory", HistoryGet("", 200), 10.0)
+        mine = {e.conversation for e in everything.entries if "entity-a's log" in e.content}
+        assert mine and all(c.startswith("peer-entity.") for c in mine), mine

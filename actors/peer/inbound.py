@@ -189,8 +189,9 @@ class Inbound:
             await self.rejections.note(protocol.TooLarge(too_long),
                                        subjects.request(self.ctx.entity, peer, "talk"), peer)
             return Error(reasons.TOO_LARGE, too_long)
-        # The peer's conversations are its own: it cannot name one of the operator's.
-        conversation = f"peer-{peer}" + (f"-{talk.conversation[:64]}" if talk.conversation
+        # The peer's conversations are its own: it cannot name one of the operator's, nor
+        # (after a '.', which no peer name holds) one of another peer's.
+        conversation = f"peer-{peer}" + (f".{talk.conversation[:64]}" if talk.conversation
                                          else "")
         goal = Goal(f"{peer} says to you: {talk.text}", f"talk-{protocol.new_id().hex()[:12]}",
                     conversation, f"peer:{peer}")
