@@ -110,7 +110,9 @@ class TaskStore(DatabaseTaskStore):
         self.max_tasks = max_tasks
 
     async def save(self, task: Task, context: ServerCallContext) -> None:
-        new = await self.get(task.id, context) is None
+        async with self.async_session_maker() as session:  # not `get`: no history read
+            new = (await session.execute(select(self.task_model.id).where(
+                self.task_model.id == task.id))).first() is None
         if len(task.history) > MAX_HISTORY:
             kept = Task()
             kept.CopyFrom(task)
