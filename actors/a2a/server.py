@@ -33,7 +33,6 @@ configs.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from a2a.helpers.proto_helpers import new_task, new_text_artifact, new_text_message, new_text_part
@@ -54,6 +53,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from entityd import Config, Context, EntitydError
+from entityd.recent import Recent
 from protocol import Error
 
 from ..messages import Goal, GoalAccepted, GoalCancel, TurnDone
@@ -154,7 +154,7 @@ class A2AFace:
         self.handing: dict[str, asyncio.Future[GoalAccepted | str]] = {}
         # Goals whose task was cancelled lately: one not yet handed over never is, and
         # one the orchestrator took while its cancel was on the way is cancelled there.
-        self.cancelled: OrderedDict[str, None] = OrderedDict()
+        self.cancelled: Recent[str] = Recent(CANCELLED_KEPT)
         self.handler: DefaultRequestHandlerV2 | None = None
         self.url = ""
         self._card: str | None = None
@@ -252,9 +252,7 @@ class A2AFace:
             self.ctx.log.info("a2a_cancel_no_turn", goal=goal, reason=str(exc)[:300])
 
     def mark_cancelled(self, goal: str) -> None:
-        self.cancelled[goal] = None
-        while len(self.cancelled) > CANCELLED_KEPT:
-            self.cancelled.popitem(last=False)
+        self.cancelled.add(goal)
 
     async def resume(self) -> None:
         """After a restart: every task handed over and not answered runs again through

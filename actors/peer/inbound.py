@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 import protocol
 from entityd import Context, EntitydError, PeersSection, RemoteError, Supervision
+from entityd.recent import Recent
 from protocol import (
     Envelope,
     Error,
@@ -58,6 +59,7 @@ from .turns import Turns
 REJECT_EVENTS_PER_SECOND = 10
 RETRY_S = 2.0  # a command whose handling failed for a passing reason is offered again
 MAX_SLOTS = 4096  # senders whose put-back commands are tracked (subject tokens)
+REPORTS_REMEMBERED = 4096  # report ids the orchestrator was told of, the latest
 MAX_DEFER_S = 600.0
 # op (the subject's last token) -> the one kind it carries: the permission checked is the
 # op's, so a kind on another op's subject would slip past it.
@@ -105,7 +107,9 @@ class Inbound:
         self.limiter = limiter
         self.supervision = supervision
         self.rejections = rejections
-        self._reports_told: set[bytes] = set()
+        # Reports the orchestrator was told of, so that a redelivered one is not told
+        # twice; bounded: a member reporting for days must not grow it forever.
+        self._reports_told: Recent[bytes] = Recent(REPORTS_REMEMBERED)
         # A peer over its rate limit is told so at most once a second: answering every
         # message of a flood would cost a signature each.
         self._told_limited = RateLimiter(60, 1)
