@@ -1,10 +1,10 @@
-"""entityd.recent.Recent: a bounded set that forgets the oldest."""
+"""actors.recent.Recent: a bounded set that forgets the oldest."""
 
 from __future__ import annotations
 
 import pytest
 
-from entityd.recent import Recent
+from actors.recent import Recent
 
 
 def test_it_keeps_the_last_distinct_items_and_forgets_the_oldest() -> None:

@@ -53,10 +53,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from entityd import Config, Context, EntitydError
-from entityd.recent import Recent
 from protocol import Error
 
 from ..messages import Goal, GoalAccepted, GoalCancel, TurnDone
+from ..recent import Recent
 from . import card
 from .messages import CardSign, CardSigned
 from .pending import Pending, PendingGoals

@@ -22,7 +22,6 @@ from nats.aio.msg import Msg
 
 import protocol
 from entityd import Context, EntitydError, PeersSection, RemoteError, Supervision
-from entityd.recent import Recent
 from protocol import (
     Envelope,
     Error,
@@ -37,6 +36,7 @@ from protocol import (
 )
 
 from ..messages import Goal, MemoryAdd, MemoryRef, Wake, WakeResult
+from ..recent import Recent
 from .calls import PeerCalls
 from .delegation import Delegation
 from .link import FedLink, UnknownPeer

@@ -11,8 +11,7 @@ import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable
 
-from entityd import Context
-from entityd.errors import RemoteError
+from entityd import Context, RemoteError
 from protocol import reasons
 
 from ..messages import Goal, GoalAccepted, GoalCancel, TurnDone
