@@ -29,8 +29,10 @@ async def test_a_disk_filler_is_killed_at_the_workspace_quota(tmp_path: Path) ->
     assert filler.over_quota and not filler.timed_out, filler
     assert "disk quota of 64 MiB" in filler.output
     used = scan(str(ws)).bytes
-    # Stopped soon after the quota: by the next look at the disk (0.1 s here).
-    assert 64 * MiB < used < 64 * MiB + 1024 * MiB, used
+    # Stopped soon after the quota: by the next look at the disk (0.1 s here). At the
+    # quota exactly is possible: the look counts allocated blocks, and a file being
+    # written may hold blocks beyond its end that the file system trims once it closes.
+    assert 64 * MiB <= used < 64 * MiB + 1024 * MiB, used
 
     # Over quota now: a call that does not grow the workspace runs, and can clean up.
     listed = await shell.run("ls | wc -l")
