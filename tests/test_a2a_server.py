@@ -7,6 +7,7 @@ restart), and a call without the right API key is refused."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import threading
@@ -103,9 +104,9 @@ def model() -> Iterator[str]:
         yield base_url
 
 
-@pytest.fixture
-def entity(model: str, tmp_path: Path) -> Iterator[Entity]:
-    found = make(tmp_path, "entity-a", model, a2a_config({CLIENT: KEY}))
+@contextlib.contextmanager
+def started(found: Entity) -> Iterator[Entity]:
+    """The entity's daemon, running until the block ends."""
     found.start()
     try:
         yield found
@@ -113,6 +114,12 @@ def entity(model: str, tmp_path: Path) -> Iterator[Entity]:
         if found.daemon.proc is not None and found.daemon.proc.poll() is None:
             found.daemon.signal_stop()
             found.daemon.wait_stopped(20)
+
+
+@pytest.fixture
+def entity(model: str, tmp_path: Path) -> Iterator[Entity]:
+    with started(make(tmp_path, "entity-a", model, a2a_config({CLIENT: KEY}))) as found:
+        yield found
 
 
 def message(text: str) -> SendMessageRequest:

@@ -49,6 +49,7 @@ from tests.test_a2a_server import (
     make,
     message,
     scripted_model,
+    started,
     until,
 )
 
@@ -174,14 +175,8 @@ def entity(model: str, tmp_path: Path, hooks: tuple[Hook, Hook, Hook]) -> Iterat
     receiver, redirector, _ = hooks
     extra = (a2a_config({CLIENT: KEY, OTHER: OTHER_KEY})
              + f'push_hosts = ["127.0.0.1:{receiver.port}", "127.0.0.1:{redirector.port}"]\n')
-    found = make(tmp_path, "entity-a", model, extra)
-    found.start()
-    try:
+    with started(make(tmp_path, "entity-a", model, extra)) as found:
         yield found
-    finally:
-        if found.daemon.proc is not None and found.daemon.proc.poll() is None:
-            found.daemon.signal_stop()
-            found.daemon.wait_stopped(20)
 
 
 async def start_task(url: str, text: str, push: str = "") -> str:

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,29 +37,17 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from actors.a2a.push import PushConfigStore, PushPolicy, PushRefused
 from actors.a2a.server import MAX_BODY, MAX_HISTORY, TaskStore, call_context
-from tests.test_a2a_server import CLIENT, KEY, Entity, a2a_config, make, scripted_model
+from tests import test_a2a_server
+from tests.test_a2a_server import KEY, Entity
 
 pytestmark = pytest.mark.timeout(180)
 
 HEADERS = {"Authorization": f"Bearer {KEY}", "A2A-Version": "1.0"}
 
 
-@pytest.fixture(scope="module")
-def model() -> Iterator[str]:
-    with scripted_model() as base_url:
-        yield base_url
-
-
-@pytest.fixture
-def entity(model: str, tmp_path: Path) -> Iterator[Entity]:
-    found = make(tmp_path, "entity-a", model, a2a_config({CLIENT: KEY}))
-    found.start()
-    try:
-        yield found
-    finally:
-        if found.daemon.proc is not None and found.daemon.proc.poll() is None:
-            found.daemon.signal_stop()
-            found.daemon.wait_stopped(20)
+# The A2A server tests' fixtures: a scripted model per module, an entity serving A2A.
+model = test_a2a_server.model
+entity = test_a2a_server.entity
 
 
 def send(text: str) -> dict[str, Any]:
