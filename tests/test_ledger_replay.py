@@ -14,7 +14,7 @@ import nats
 from nacl.signing import SigningKey
 
 import protocol
-from actors.ledger.chains import Chains
+from actors.ledger.chains import OPENING_AHEAD, Chains
 from actors.ledger.stream import READ_BATCH, LedgerStream, Stored
 from entityd.federated import FederationAccess
 from entityd.transport import Transport
@@ -23,7 +23,8 @@ from protocol.ledger import GENESIS, Mint, Transfer, entry_hash, seal_entry
 from tests.helpers import NatsServer
 
 ME, PAYER, PAYEE = "entity-a", "payer", "payee"
-ENTRIES = 2 * READ_BATCH + 40  # three batches, the last one short
+AHEAD = OPENING_AHEAD + 1  # batches read before the first is applied
+ENTRIES = 2 * AHEAD * READ_BATCH + 40  # twice that and a short one
 Opened = tuple[nats.NATS, LedgerStream, Counter[str]]  # the connection, the reader, refusals
 
 
@@ -97,14 +98,15 @@ async def test_a_replay_that_learns_a_signers_key_reads_the_stream_once(
                             {"treasury": bytes(_key("operator").verify_key)}, peer_keys,
                             verifier=verifier)
             await chains.catch_up()
-        # The payer's first transfer is the stream's second entry: the read stops there,
-        # learns the key and starts again, rather than reading on to the end first.
+        # The payer's first transfer is the stream's second entry: the read stops there
+        # (once the batches being opened by then are read), learns the key and starts
+        # again, rather than reading on to the end first.
         assert asked == 1
         assert chains.clean() and chains.entries == ENTRIES
         assert chains.books.balance(PAYER).available == 1
         assert chains.books.balance(PAYEE).available == ENTRIES - 1
         assert chains.books.audit() == []
-        assert len(read) <= ENTRIES + READ_BATCH, len(read)
+        assert len(read) <= ENTRIES + AHEAD * READ_BATCH < 2 * ENTRIES, len(read)
         assert read[-ENTRIES:] == list(range(1, ENTRIES + 1))
         await asyncio.sleep(0.2)  # the read-ahead given up at the stop has ended by now
         assert not rejected, rejected
@@ -128,3 +130,46 @@ async def test_a_read_ahead_given_up_is_dropped_without_a_stray(
         # The stream reads on as before from where the reader stopped.
         assert [stored.seq for stored in await stream.read(READ_BATCH)] == list(
             range(READ_BATCH + 1, 2 * READ_BATCH + 1))
+
+
+async def test_a_forged_entry_batches_into_a_long_read_stops_its_chain_there(
+        nats_server: NatsServer) -> None:
+    """The batches after the one being applied are opened meanwhile: what counts is
+    still decided in stream order, the forgery named at its place, nothing after it."""
+    async with _stream(nats_server) as (nc, stream, _):
+        await _fill(nc, ENTRIES)
+        forged_at = ENTRIES + 1
+        wire = bytearray(seal_entry(_key(PAYER), PAYER, Transfer(
+            seq=ENTRIES + 1, prev=GENESIS, to=PAYEE, amount=1),
+            entry_id=protocol.new_id(), ts=protocol.now_ms()))
+        wire[-3] ^= 1  # inside the signature, the wire's last field
+        js = nc.jetstream()
+        assert (await js.publish(protocol.subjects.ledger(PAYER), bytes(wire))).seq == (
+            forged_at)
+        await _fill_more(nc, ENTRIES + 1, 2 * READ_BATCH)  # well-formed, but after it
+
+        async def peer_keys() -> dict[str, bytes]:
+            return {PAYER: bytes(_key(PAYER).verify_key)}
+
+        with ThreadPoolExecutor(max_workers=2) as verifier:
+            chains = Chains(stream, ME, bytes(_key(ME).verify_key),
+                            {"treasury": bytes(_key("operator").verify_key)}, peer_keys,
+                            peers={PAYER: bytes(_key(PAYER).verify_key)},
+                            verifier=verifier)
+            await chains.catch_up()
+        assert chains.violations[PAYER].reason == protocol.reasons.BAD_SIGNATURE
+        assert chains.entries == ENTRIES
+        assert chains.last_of[PAYER] == ENTRIES
+        assert chains.after == forged_at + 2 * READ_BATCH
+        assert chains.books.balance(PAYEE).available == ENTRIES - 1
+
+
+async def _fill_more(nc: nats.NATS, after: int, n: int) -> None:
+    """n transfers of 1 on PAYER's chain, well signed, following a chain of `after`
+    entries whose last is not the one they link to (they are judged after a forgery)."""
+    js = nc.jetstream()
+    for seq in range(after + 1, after + n + 1):
+        wire = seal_entry(_key(PAYER), PAYER, Transfer(seq=seq, prev=GENESIS, to=PAYEE,
+                                                        amount=1),
+                          entry_id=protocol.new_id(), ts=protocol.now_ms())
+        await js.publish(protocol.subjects.ledger(PAYER), wire)

@@ -12,6 +12,7 @@ books from the start, so every reader ends with the same books.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 from collections.abc import Awaitable, Callable, Mapping
@@ -39,6 +40,9 @@ from .stream import LedgerStream, Stored
 _INFO_FIELDS = tuple(field.name for field in dataclasses.fields(EntryInfo))
 MAX_KEPT = 1000  # entries of our own that ledger_get can show, newest kept
 PARALLEL_FROM = 64  # a read this long has its signatures checked in threads
+OPENING_AHEAD = 2  # batches opened in the threads while an earlier one is applied
+
+Opened = Entry | ProtocolError
 
 
 class Chains:
@@ -116,14 +120,38 @@ class Chains:
 
     async def _read(self, *, stop_at_unknown: bool) -> bool:
         """Apply what the stream has past what we read; True if it stopped early, at an
-        entry whose signer we do not know (with `stop_at_unknown`)."""
-        async with contextlib.aclosing(self.stream.reads(self.after)) as batches:
-            async for batch in batches:  # the next one on its way meanwhile
-                for stored, opened in zip(batch, await self._open(batch), strict=True):
-                    self._take(stored.seq, stored.subject, opened)
-                    self.after = stored.seq
-                    if stop_at_unknown and self.unknown_signer:
-                        return True
+        entry whose signer we do not know (with `stop_at_unknown`).
+
+        A pipeline: while one batch is applied in stream order, the batches after it
+        are on their way from the stream and being opened (signatures checked) in the
+        threads, OPENING_AHEAD of them at most."""
+        opening: collections.deque[tuple[list[Stored], asyncio.Future[list[Opened]]]] = (
+            collections.deque())
+        try:
+            async with contextlib.aclosing(self.stream.reads(self.after)) as batches:
+                async for batch in batches:  # the next one on its way meanwhile
+                    opening.append((batch, asyncio.ensure_future(self._open(batch))))
+                    if len(opening) > OPENING_AHEAD:
+                        batch, opened = opening.popleft()
+                        if self._apply(batch, await opened, stop_at_unknown):
+                            return True
+            while opening:
+                batch, opened = opening.popleft()
+                if self._apply(batch, await opened, stop_at_unknown):
+                    return True
+            return False
+        finally:
+            for _, opened in opening:
+                opened.cancel()
+
+    def _apply(self, batch: list[Stored], opened: list[Opened], stop_at_unknown: bool
+               ) -> bool:
+        """Take a batch's entries in order; True if it stopped at an unknown signer."""
+        for stored, one in zip(batch, opened, strict=True):
+            self._take(stored.seq, stored.subject, one)
+            self.after = stored.seq
+            if stop_at_unknown and self.unknown_signer:
+                return True
         return False
 
     def take_own(self, seq: int, entry: Entry) -> bool:
@@ -136,7 +164,7 @@ class Chains:
         self.after = seq
         return True
 
-    async def _open(self, batch: list[Stored]) -> list[Entry | ProtocolError]:
+    async def _open(self, batch: list[Stored]) -> list[Opened]:
         """Each entry's signature and fields checked (what needs no books), a long
         batch in threads beside the loop."""
         keys = self.keys
