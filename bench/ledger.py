@@ -24,11 +24,21 @@ money with `entityd economy mint`, and measures:
    (signed here, their keys in the daemon's [peer_keys]), then read from the start by
    the actor's own reader (LedgerStream: batched direct gets) in this process, without
    verifying anything;
-7. ledger verify: `LedgerVerify` asked and timed: entries replayed per second.
+7. ledger verify: `LedgerVerify` asked and timed: entries replayed per second;
+8. Ed25519 alone: the signatures of (up to SAMPLED of) those entries checked with
+   PyNaCl in this process, on one thread and on a thread per core (libsodium runs
+   without the GIL): the floor under verify, whatever else it checks;
+9. checks alone: the same entries, their signatures already verified, checked as
+   entries (`check_entry`: the envelope's fields, the entry's kind and form) and
+   applied to fresh books (`Ledger.apply`: chain, balances), on one thread.
 
 It prints each figure, then `ratio ledger_vs_js` (1/2), `ratio ledger_vs_js_conc`
 (4/5) and `ratio ctl_hop_vs_js` (3b/2: what ledger_vs_js would be if a payment cost no
-more than its ctl hop, with no append at all). Nothing is asserted about timings.
+more than its ctl hop, with no append at all), and two ceilings: `ledger_vs_js`'s, and
+`ledger verify`'s: every core busy with each entry's read from the stream (6, the CPU
+of every process), its Ed25519 check (8) and its checks (9), the work verify does,
+timed piece by piece, with nothing waiting on anything. Nothing is asserted about
+timings.
 """
 
 from __future__ import annotations
@@ -44,12 +54,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, contextmanager
 from pathlib import Path
 
 import msgpack
 import nats
-from nacl.signing import SigningKey
+from nacl.signing import SigningKey, VerifyKey
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -74,7 +85,16 @@ from entityd.errors import RemoteError
 from entityd.federated import FederationAccess
 from entityd.transport import Transport, wait_closed
 from protocol import Keyring
-from protocol.ledger import GENESIS, Mint, Transfer, entry_hash, seal_entry
+from protocol.ledger import (
+    GENESIS,
+    Ledger,
+    LedgerKeys,
+    Mint,
+    Transfer,
+    check_entry,
+    entry_hash,
+    seal_entry,
+)
 
 A, PAYEE = "entity-a", "entity-b"
 LEDGER_ACTOR = protocol.subjects.LEDGER_ACTOR
@@ -83,7 +103,9 @@ RAW_SUBJECTS = "benchraw.>"
 MINTED = 10**12  # to entity-a, far more than the bench pays
 ACCOUNTS = 8  # the other chains the replay reads, beside entity-a's
 LOAD_WINDOW = 512  # publishes in flight while the stream is filled
+SAMPLED = 20_000  # entries whose Ed25519 check and other checks are timed alone (8, 9)
 REPLY_TIMEOUT_S = 10.0
+CORES = os.cpu_count() or 1
 VERIFY_TIMEOUT_S = 900.0
 PHASE_TIMEOUT_S = 600.0
 UNUSED_LLM_URL = "http://127.0.0.1:9/v1"  # the scripted provider needs some URL; none asked
@@ -321,6 +343,11 @@ class Replay:
     def rate(self) -> float:
         return self.entries / self.seconds
 
+    @property
+    def cpu_per_entry(self) -> float:
+        """CPU seconds per entry, every process measured together."""
+        return sum(u + s for u, s in self.cpu.values()) / self.entries
+
     def lines(self) -> list[str]:
         where = f" on {self.chains} chains" if self.chains else ""
         return [f"{self.name:<34} {self.rate:>8,.0f} entries/s  ({self.entries:,} "
@@ -357,6 +384,16 @@ class Results:
     replay: Replay
     hop: Figure
     raw_rr: Figure
+    reading: Replay
+    signatures: Replay  # Ed25519 alone, one thread
+    checks: Replay  # check_entry and Ledger.apply alone
+
+    def verify_ceiling(self) -> float:
+        """Entries/s `ledger verify` could reach with every core busy with its work and
+        nothing waiting: each entry's read from the stream (the CPU of every process on
+        the read: this one, nats-server), signature check and other checks."""
+        return CORES / sum(piece.cpu_per_entry
+                           for piece in (self.reading, self.signatures, self.checks))
 
     def ratios(self) -> dict[str, float]:
         return {"ledger_vs_js": self.pay.rate / self.raw.rate,
@@ -408,12 +445,14 @@ def chains(others: dict[str, SigningKey], mint_key: SigningKey, n: int) -> Itera
         yield protocol.subjects.ledger(name), wire
 
 
-async def fill(nc: Client, entity: Entity, total: int) -> int:
-    """Entries of the other accounts appended until the stream holds `total`; how many."""
+async def fill(nc: Client, entity: Entity, total: int,
+               sample: list[tuple[str, bytes]]) -> int:
+    """Entries of the other accounts appended until the stream holds `total`; how many.
+    The first SAMPLED of them are kept in `sample`."""
     js = nc.jetstream(timeout=REPLY_TIMEOUT_S)
     have = (await js.stream_info(STREAM)).state.messages
     wanted = max(0, total - have)
-    entries = chains(entity.others, entity.mint_key, wanted)
+    entries = kept(chains(entity.others, entity.mint_key, wanted), sample)
     for subject, wire in itertools.islice(entries, 1):
         await js.publish(subject, wire)  # alone: nats-py's first request sets up its inbox
     pending: list[asyncio.Task[object]] = []
@@ -427,6 +466,57 @@ async def fill(nc: Client, entity: Entity, total: int) -> int:
     if held != total and wanted:
         raise BenchError(f"LEDGER holds {held} entries, not {total}")
     return wanted
+
+
+def kept(entries: Iterator[tuple[str, bytes]], sample: list[tuple[str, bytes]]
+         ) -> Iterator[tuple[str, bytes]]:
+    for entry in entries:
+        if len(sample) < SAMPLED:
+            sample.append(entry)
+        yield entry
+
+
+def signatures_alone(entity: Entity, sample: list[tuple[str, bytes]], threads: int
+                     ) -> Replay:
+    """The Ed25519 checks of the sampled entries alone (PyNaCl, as the ledger actor makes
+    them, the body framed by the envelope's domain), split over `threads` threads."""
+    keys = {bytes(key.verify_key): key.verify_key
+            for key in [entity.mint_key, *entity.others.values()]}
+    signed = []
+    for _, wire in sample:
+        _, kid, body, sig = msgpack.unpackb(wire)
+        signed.append((keys[kid], protocol.envelope.DOMAIN + body, sig))
+
+    def check(part: list[tuple[VerifyKey, bytes, bytes]]) -> None:
+        for key, message, signature in part:
+            key.verify(message, signature)
+
+    parts = [signed[i::threads] for i in range(threads)]
+    cpu = time.process_time()
+    start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(check, parts))
+    seconds = time.perf_counter() - start
+    used = time.process_time() - cpu
+    name = f"Ed25519 alone, {threads} thread{'s' if threads > 1 else ''}"
+    return Replay(name, len(signed), seconds, {"bench": (used, 0.0)})
+
+
+def checks_alone(entity: Entity, sample: list[tuple[str, bytes]]) -> Replay:
+    """The sampled entries (a prefix of every bench chain), their signatures verified
+    beforehand, checked as entries and applied to fresh books, on this thread."""
+    keys = LedgerKeys({name: bytes(key.verify_key) for name, key in entity.others.items()},
+                      {"treasury": bytes(entity.mint_key.verify_key)})
+    verified = [(protocol.verify_signature(wire, subject=subject, keyring=keys.keyring),
+                 subject) for subject, wire in sample]
+    books = Ledger(keys)
+    cpu = time.process_time()
+    start = time.perf_counter()
+    for one, subject in verified:
+        books.apply(check_entry(one, subject, keys))
+    seconds = time.perf_counter() - start
+    return Replay("checks alone (check_entry, apply)", len(verified), seconds,
+                  {"bench": (time.process_time() - cpu, 0.0)})
 
 
 async def measure(entity: Entity, sizes: Sizes) -> Results:
@@ -468,7 +558,8 @@ async def measure(entity: Entity, sizes: Sizes) -> Results:
         print("\n".join(raw_conc.lines()), flush=True)
 
         t0 = time.perf_counter()
-        added = await fill(nc, entity, sizes.entries)
+        sample: list[tuple[str, bytes]] = []
+        added = await fill(nc, entity, sizes.entries, sample)
         print(f"  LEDGER filled to {sizes.entries:,} entries ({added:,} signed and appended "
               f"in {time.perf_counter() - t0:.1f} s)", flush=True)
         reading = await read_alone(nc, key, meter)
@@ -483,8 +574,12 @@ async def measure(entity: Entity, sizes: Sizes) -> Results:
         replay = Replay("ledger verify", report.entries, seconds,
                         meter.since(before, meter.sample()), report.chains)
         print("\n".join(replay.lines()), flush=True)
+        alone = [signatures_alone(entity, sample, n) for n in sorted({1, CORES})]
+        checks = checks_alone(entity, sample)
+        for piece in [*alone, checks]:
+            print("\n".join(piece.lines()), flush=True)
     return Results(figures[0], figures[1], pay_conc, raw_conc, replay, figures[3],
-                   figures[4])
+                   figures[4], reading, alone[0], checks)
 
 
 TARGETS = {"ledger_vs_js": 0.5}
@@ -529,6 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio {name}: {value:.2f}")
     print(f"ceiling ledger_vs_js: {results.ceiling():.2f} (an unsigned hop that cost only "
           "its raw request/reply, then the raw append)")
+    print(f"ceiling ledger verify: {results.verify_ceiling():,.0f} entries/s ({CORES} "
+          "cores busy with each entry's read, Ed25519 check and checks, nothing waiting)")
     return 0
 
 
