@@ -154,11 +154,13 @@ async def test_a_rejected_delivery_and_a_missed_deadline_give_the_escrow_back(
                 assert code == 0, out + err
 
 
+@pytest.mark.parametrize("price", [40, 0], ids=["priced", "unpaid"])
 async def test_rejecting_a_task_before_its_delivery_stops_the_delegates_work(
-        tmp_path: Path) -> None:
-    """A priced task rejected while the delegate works on it is withdrawn: the escrow
-    comes back, the delegate's turn stops (its answer says cancelled) and both sides show
-    the task failed, withdrawn; nothing is delivered afterwards."""
+        tmp_path: Path, price: int) -> None:
+    """A task rejected while the delegate works on it is withdrawn: a priced one's escrow
+    comes back (the delegate, told it was voided, stops), an unpaid one's delegate is told
+    so; either way its turn stops (its answer says cancelled) and both sides show the task
+    failed, withdrawn; nothing is delivered afterwards."""
     def script(request: dict[str, Any]) -> Reply:
         return route(request, coder_delay=3.0)  # b's coder takes ~9 s
 
@@ -171,19 +173,22 @@ async def test_rejecting_a_task_before_its_delivery_stops_the_delegates_work(
                     their_ctl.events() as events, asyncio.TaskGroup() as tg:
                 watch = Watch()
                 follower = tg.create_task(watch.follow(events))
+                priced = ["--price", str(price)] if price else []
                 code, out, err = await a.ctl("delegate", B, "Write calc.add with a test",
-                                             "--price", "40")
+                                             *priced)
                 assert code == 0, out + err
                 task = out.split("offered task ")[1].split()[0]
                 await wait_state(b, "in", ("working",), task_id=task)
-                assert await money(a) == (60, 40)
+                assert await money(a) == (100 - price, price)
 
                 code, out, err = await a.ctl("tasks", "reject", task, "--reason",
                                              "not needed any more")
                 assert code == 0, out + err
                 assert await money(a) == (100, 0)
                 theirs = await wait_state(b, "in", ("failed",), task_id=task)
-                assert "withdrawn" in theirs["note"] and theirs["money"] == "voided", theirs
+                assert "withdrawn" in theirs["note"], theirs
+                assert "not needed any more" in theirs["note"], theirs
+                assert theirs["money"] == ("voided" if price else ""), theirs
                 answer = await watch.answer(goal_of(A, task), 30)
                 assert (answer["ok"], answer["stopped"]) == (False, "cancelled"), answer
                 mine = await wait_state(a, "out", ("failed",), task_id=task)

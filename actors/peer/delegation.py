@@ -57,6 +57,7 @@ Send = Callable[[str, str, object], Awaitable[object]]  # (peer, op, message)
 
 FINAL = ("delivered", "completed", "failed", "rejected")
 PAID, UNPAID = "paid", "unpaid"  # the delegator's word to the delegate on its escrow
+WITHDRAWN = "withdrawn"  # the delegator's word on an unpaid task it no longer wants
 GOAL_PREFIX = "dlg-"
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
@@ -129,8 +130,10 @@ class Delegation:
             return PeerOutcome(task.peer, False, reasons.BAD_REQUEST,
                                f"task {task.task_id} is {task.state}, not delivered")
         if not task.price:
-            return PeerOutcome(task.peer, True, reasons.DONE, f"task {task.task_id} was "
-                               "unpaid: there is no escrow to settle")
+            if request.accept or task.state in FINAL:
+                return PeerOutcome(task.peer, True, reasons.DONE, f"task {task.task_id} "
+                                   "was unpaid: there is no escrow to settle")
+            return await self._withdraw(task, request.reason or "not needed any more")
         if task.money != HELD:
             return PeerOutcome(task.peer, False, reasons.HOLD_RESOLVED,
                                f"the escrow of task {task.task_id} is {task.money} already")
@@ -155,9 +158,22 @@ class Delegation:
         return PeerOutcome(task.peer, True, reasons.DONE,
                            f"task {task.task_id}: {note}", task.task_id)
 
+    async def _withdraw(self, task: TaskRow, reason: str) -> PeerOutcome:
+        """An unpaid task rejected before its delivery: the delegate is told to stop.
+        (A priced one is withdrawn by voiding its escrow, which the delegate can check.)"""
+        note = f"withdrawn: {reason}"[:1000]
+        await self._save(task, task.state, note, event="task_withdrawn")
+        await self.send(task.peer, "task", TaskUpdate(task.task_id, WITHDRAWN, reason[:1000]))
+        return PeerOutcome(task.peer, True, reasons.DONE,
+                           f"task {task.task_id} withdrawn: {task.peer} is told to stop",
+                           task.task_id)
+
     async def on_update(self, peer: str, update: TaskUpdate) -> None:
         if update.state in (PAID, UNPAID):
             await self._paid(peer, update)
+            return
+        if update.state == WITHDRAWN:
+            await self._called_off(peer, update)
             return
         task = await self.store.task(update.task_id, "out", peer)
         if task is None:
@@ -305,12 +321,25 @@ class Delegation:
         task = await self._save(dataclasses.replace(task, money=money), task.state,
                                 update.note, event=f"task_{update.state}")
         if money == VOIDED and task.state in ("accepted", "working"):
-            await self._withdrawn(task, update.note)
+            await self._withdrawn(task, f"the delegator voided the escrow before the "
+                                        f"delivery ({update.note})")
+
+    async def _called_off(self, peer: str, update: TaskUpdate) -> None:
+        """The delegator withdrew an unpaid task it gave us: its turn stops, and the
+        delegator hears that it failed. A priced task is withdrawn only through its
+        escrow (voided: `_paid`), so that what we were promised stays checkable."""
+        task = await self.store.task(update.task_id, "in", peer)
+        if task is None:
+            self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
+            return
+        if task.price or task.state not in ("accepted", "working"):
+            return  # priced, or over already
+        await self._withdrawn(task, f"the delegator withdrew it before the delivery "
+                                    f"({update.note})")
 
     async def _withdrawn(self, task: TaskRow, why: str) -> None:
         # Final first: the cancelled turn's end then finds nothing to deliver.
-        await self._finish(task, "failed", f"withdrawn: the delegator voided the escrow "
-                           f"before the delivery ({why})"[:1000])
+        await self._finish(task, "failed", f"withdrawn: {why}"[:1000])
         if not task.goal_id:
             return
         try:

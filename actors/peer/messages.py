@@ -79,7 +79,9 @@ class TaskUpdate:
     """A step of a delegated task: from the delegate accepted, rejected, progress,
     completed, failed; from the delegator paid or unpaid once it settled the escrow. Unpaid
     before the delegate delivered (the task rejected, or its deadline passed), the task is
-    withdrawn: the delegate stops its turn and answers failed."""
+    withdrawn: the delegate stops its turn and answers failed. An unpaid task (price 0) is
+    withdrawn by the delegator's withdrawn, with the same effect; a priced one only
+    through its escrow."""
 
     task_id: str
     state: str

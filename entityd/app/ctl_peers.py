@@ -107,7 +107,8 @@ def add_commands(sub: Any) -> None:
     delegate.set_defaults(run=_delegate)
 
     tasks = command(sub, "tasks", "List delegated tasks, both ways, with their state and "
-                    "money; `tasks accept|reject TASK` settles a delivered one.",
+                    "money; `tasks accept|reject TASK` settles a delivered one (reject "
+                    "before the delivery withdraws the task).",
                     "entityctl tasks\nentityctl tasks accept TASK")
     tasks.add_argument("action", nargs="?", choices=["accept", "reject"])
     tasks.add_argument("task", nargs="?", default="")
