@@ -959,9 +959,10 @@ async def test_a_hostile_last_event_id_gets_a_sane_stream(
 
 async def test_logging_out_needs_this_origin_not_a_token(sites: dict[str, Site]) -> None:
     """The page's Log out is a plain form (it cannot send the CSRF header): a POST from this
-    origin logs out; from another site it is refused."""
+    origin logs out; from another site it is refused. Logged out, the session is over: a
+    copy of its cookie (taken before) is refused too, and other sessions go on."""
     a = sites["entity-a"]
-    session = a.session()
+    session, other = a.session(), a.session()
     for headers in [{"Origin": EVIL}, {"Sec-Fetch-Site": "cross-site"}, {"Origin": "null"},
                     {"Origin": "null", "Sec-Fetch-Site": "same-site"},
                     {"Origin": f"http://127.0.0.1:{sites['entity-b'].port}"}]:
@@ -976,3 +977,36 @@ async def test_logging_out_needs_this_origin_not_a_token(sites: dict[str, Site])
     value, attributes = set_cookie(out)
     assert value == f"{a.sessions.cookie}=\"\"" or value == f"{a.sessions.cookie}="
     assert "max-age=0" in attributes, attributes
+    copied = await request(a.url, "GET", "/api/status", headers={"Cookie": session.cookie})
+    assert (copied.status, error_of(copied)) == (401, "no_session")
+    assert (await other.get("/api/status")).status == 200
+    revoked = json.loads((a.data / auth.REVOKED_FILE).read_text())
+    assert session.cookie.split("=", 1)[1].split(".")[1] in revoked
+    assert (a.data / auth.REVOKED_FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_logged_out_session_stays_out_after_a_restart(tmp_path: Path) -> None:
+    """What was logged out is kept (until it would have expired): a new Sessions over the
+    same files refuses it; a damaged file logs every session out rather than none."""
+    secret, revoked = b"s" * 64, tmp_path / auth.REVOKED_FILE
+    first = Sessions(secret, 12.0, "entity-a", revoked)
+    gone, kept = first.issue(), first.issue()
+    assert first.revoke(gone) and not first.valid(gone) and first.valid(kept)
+    assert not first.revoke("1.2.3") and not first.revoke(None)
+    again = Sessions(secret, 12.0, "entity-a", revoked)
+    assert not again.valid(gone) and again.valid(kept) and not again.damaged
+    # Expired entries leave the file at the next log out.
+    later = time.time() + 13 * 3600
+    late = again.issue(later)
+    assert again.revoke(late, later)
+    assert set(json.loads(revoked.read_text())) == {late.split(".")[1]}
+
+    for damage in (b"{not json", b"[1, 2]", b'{"a": "b"}', b"\xff\xfe"):
+        revoked.write_bytes(damage)
+        reset = Sessions(secret, 12.0, "entity-a", revoked)
+        assert reset.damaged and str(revoked) in reset.damaged
+        assert not reset.valid(kept)  # issued before: out, with the one logged out
+        fresh = reset.issue()
+        assert reset.valid(fresh)
+        assert Sessions(secret, 12.0, "entity-a", revoked).valid(fresh)  # rewritten whole
+        assert not Sessions(secret, 12.0, "entity-a", revoked).valid(kept)

@@ -18,7 +18,7 @@ from ..peer import keys
 from ..peer.messages import Peers, PeersGet
 from .api import Api
 from .app import Pages, build
-from .auth import LoginLinks, Sessions, load_secret
+from .auth import REVOKED_FILE, LoginLinks, Sessions, load_secret
 from .guard import is_loopback
 from .messages import WebLink, WebLogin
 from .server import WebServer, bind
@@ -46,8 +46,11 @@ class WebActor(Actor):
         self.a2a: A2AFace | None = None  # with [a2a] api_keys: the entity's A2A face
 
     async def on_start(self) -> None:
-        self.sessions = Sessions(load_secret(self.config.data_dir), self.settings.session_hours,
-                                 self.ctx.entity)
+        data = self.config.data_dir
+        self.sessions = Sessions(load_secret(data), self.settings.session_hours,
+                                 self.ctx.entity, data / REVOKED_FILE)
+        if self.sessions.damaged:  # every page logged out, rather than some let back in
+            self.ctx.log.warning("web_sessions_reset", problem=self.sessions.damaged)
         self.ctx.events.refresh = self._peer_keys
         if self.config.a2a.serving:
             from ..a2a.server import A2AFace

@@ -55,6 +55,8 @@ class Pages:
         return self._form("That is not this entity's web secret.", 403)
 
     async def logout(self, request: Request) -> Response:
+        # Ended here, not only forgotten by this browser: a copy of the cookie is void too.
+        self.sessions.revoke(session_cookie(request.scope, self.sessions.cookie))
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(self.sessions.cookie, path="/")
         return response

@@ -1,21 +1,27 @@
 """Who may use the page: a login secret in the data dir, one-time login links, signed
 session cookies and the CSRF token each session's state-changing requests carry.
 
-Sessions are stateless (an HMAC under the secret over the session's expiry and id), so
-a restarted web actor or daemon keeps its logged-in pages; rotating DATA_DIR/web.secret
-logs every page out. A login link is good once, for LOGIN_TTL_S.
+Sessions are an HMAC under the secret over the session's expiry and id, so a restarted
+web actor or daemon keeps its logged-in pages; rotating DATA_DIR/web.secret logs every
+page out. Logging out ends that one session for good, every copy of its cookie: its id
+is kept in DATA_DIR/web.revoked until it would have expired. A login link is good once,
+for LOGIN_TTL_S.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import os
 import secrets
 import time
 from pathlib import Path
 
 SECRET_FILE = "web.secret"
+REVOKED_FILE = "web.revoked"  # {session id: when it would have expired}, JSON
+MAX_REVOKED = 4096  # sessions logged out and not yet expired; the soonest to expire go first
+FLOOR = "*"  # in REVOKED_FILE: sessions expiring at or before this are all void
 COOKIE_PREFIX = "entityd_"  # + the entity: pages of two entities on one host differ by port only
 CSRF_HEADER = "x-csrf-token"
 LOGIN_TTL_S = 300.0
@@ -39,27 +45,69 @@ def load_secret(data_dir: Path) -> bytes:
 
 
 class Sessions:
-    """Issues and checks session cookies and their CSRF tokens."""
+    """Issues and checks session cookies and their CSRF tokens; ends a session at its
+    log out (kept in `revoked`, a file, when given)."""
 
-    def __init__(self, secret: bytes, hours: float, entity: str) -> None:
+    def __init__(self, secret: bytes, hours: float, entity: str,
+                 revoked: Path | None = None) -> None:
         self.cookie = COOKIE_PREFIX + entity.replace("-", "_")
         self._key = hashlib.sha256(b"entityd/web/session\x00" + secret).digest()
         self._secret = secret
         self.lifetime = hours * 3600.0
+        self._revoked_file = revoked
+        self._revoked, self.damaged = _read_revoked(revoked)
+        # Cookies expiring at or before this are void: every session of a time when what
+        # was logged out cannot be read back (a damaged file) is logged out with them.
+        self._floor = self._revoked.pop(FLOOR, 0)
+        if self.damaged:
+            self._floor = int(time.time() + self.lifetime)
+            self._save()
 
     def issue(self, now: float | None = None) -> str:
-        expires = int((now or time.time()) + self.lifetime)
+        expires = max(int((now or time.time()) + self.lifetime), self._floor + 1)
         body = f"{expires}.{secrets.token_hex(16)}"
         return f"{body}.{self._mac(b'session', body)}"
 
     def valid(self, cookie: str | None, now: float | None = None) -> bool:
-        if not cookie or cookie.count(".") != 2:
+        return self._session(cookie, now) is not None
+
+    def revoke(self, cookie: str | None, now: float | None = None) -> bool:
+        """End a valid session for good, for every copy of its cookie (a log out)."""
+        session = self._session(cookie, now)
+        if session is None:
             return False
+        expires, session_id = session
+        moment = now or time.time()
+        kept = {sid: until for sid, until in self._revoked.items() if until > moment}
+        while len(kept) >= MAX_REVOKED:
+            del kept[min(kept, key=kept.__getitem__)]
+        kept[session_id] = expires
+        self._revoked = kept
+        try:
+            self._save()
+        except OSError:  # ended all the same, until a restart
+            pass
+        return True
+
+    def _save(self) -> None:
+        if self._revoked_file is not None:
+            floor = {FLOOR: self._floor} if self._floor else {}
+            _write_private(self._revoked_file, json.dumps({**self._revoked, **floor}))
+
+    def _session(self, cookie: str | None, now: float | None) -> tuple[int, str] | None:
+        """A valid cookie's expiry and session id (None: not a live session of ours)."""
+        if not cookie or cookie.count(".") != 2:
+            return None
         body, _, mac = cookie.rpartition(".")
         if not _same(mac, self._mac(b"session", body)):
-            return False
-        expires = body.split(".", 1)[0]
-        return expires.isascii() and expires.isdigit() and int(expires) > (now or time.time())
+            return None
+        expires, _, session_id = body.partition(".")
+        if not (expires.isascii() and expires.isdigit()
+                and int(expires) > max(now or time.time(), self._floor)):
+            return None
+        if session_id in self._revoked:
+            return None
+        return int(expires), session_id
 
     def csrf(self, cookie: str) -> str:
         return self._mac(b"csrf", cookie)
@@ -72,6 +120,34 @@ class Sessions:
 
     def _mac(self, purpose: bytes, text: str) -> str:
         return hmac.new(self._key, purpose + b"\x00" + text.encode(), "sha256").hexdigest()
+
+
+def _read_revoked(path: Path | None) -> tuple[dict[str, int], str]:
+    """The sessions logged out, from `path` (none when it is missing), and what is wrong
+    with it when it cannot be read as written ('' when nothing is)."""
+    if path is None:
+        return {}, ""
+    try:
+        revoked = json.loads(path.read_bytes())
+        if not (isinstance(revoked, dict) and all(
+                isinstance(k, str) and type(v) is int for k, v in revoked.items())):
+            raise ValueError("not a JSON object of session ids and times")
+    except FileNotFoundError:
+        return {}, ""
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        return {}, f"{path} cannot be read ({exc})"
+    return revoked, ""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` with `text` at once (a new file renamed over it), mode 0600."""
+    spare = path.with_name(path.name + ".new")
+    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(spare, path)
 
 
 def _same(ours: str, theirs: str) -> bool:
