@@ -163,7 +163,9 @@ class CoderActor(Actor):
         if not outcome.ok:
             return CodeResult(False, outcome.answer, steps=outcome.steps)
         try:
-            message = f"{_title(task.goal)}\n\nentityd task {task.task_id}"
+            # A private task's goal is a peer's words: never in the workspace's history.
+            title = "a private task" if task.private else _title(task.goal)
+            message = f"{title}\n\nentityd task {task.task_id}"
             commit = await self.workspace.commit(message)
         except GitError as exc:
             return CodeResult(False, f"{outcome.answer}\n\nbut the commit failed: {exc}",

@@ -13,6 +13,7 @@ from .agent.loop import TurnOutcome
 from .llm import LLM, LLMError
 from .messages import Goal, MemoryAdd, MemoryRef
 from .turn_scope import TurnScope
+from .untrusted import json_loads
 
 MAX_LESSONS = 3
 
@@ -55,7 +56,7 @@ def parse_lessons(text: str) -> list[str]:
     if start < 0 or end <= start:
         return []
     try:
-        parsed = json.loads(text[start : end + 1])
+        parsed = json_loads(text[start : end + 1])
     except json.JSONDecodeError:
         return []
     if not isinstance(parsed, list):

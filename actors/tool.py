@@ -227,7 +227,9 @@ class ToolActor(Actor):
             raise BadArguments("the command contains a NUL byte, which no program can be given")
         if self.shell.unavailable:
             raise SandboxUnavailable(self.shell.unavailable)
-        verdict = classify(command)
+        # Off the loop: bashlex takes ~10-100 us a character (more on long pipelines), so
+        # a command near MAX_COMMAND would stall every actor of the daemon for seconds.
+        verdict = await asyncio.to_thread(classify, command)
         network = verdict.wants_network(self.settings.network_commands)
         run = await self.shell.run(command, network=network)
         data: dict[str, Any] = {

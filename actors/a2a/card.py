@@ -33,6 +33,8 @@ from google.protobuf.json_format import MessageToDict, ParseDict
 
 from entityd import Config
 
+from ..untrusted import json_loads
+
 KEY_EXTENSION = "urn:entityd:ed25519-public-key"
 ALGORITHM = "EdDSA"
 RPC_PATH = "/a2a"
@@ -126,7 +128,7 @@ def to_json(card: AgentCard) -> str:
 
 
 def from_json(text: str) -> AgentCard:
-    return ParseDict(json.loads(text), AgentCard(), ignore_unknown_fields=True)
+    return ParseDict(json_loads(text), AgentCard(), ignore_unknown_fields=True)
 
 
 def public_key_of(card: AgentCard) -> bytes | None:
@@ -154,7 +156,7 @@ def verify(card: AgentCard, public_key: bytes | None = None) -> bytes:
         raise ValueError("the card is not signed")
     for signature in card.signatures:
         try:
-            protected = json.loads(unb64url(signature.protected))
+            protected = json_loads(unb64url(signature.protected))
             if protected.get("alg") != ALGORITHM:
                 continue
             VerifyKey(key).verify(signing_input(card, signature.protected),

@@ -25,7 +25,8 @@ from . import card
 MAX_ANSWER = 8000
 
 # What a call to an agent raises when it did not answer as one.
-UNREACHABLE = (A2AClientError, httpx.HTTPError, ValueError)
+# RecursionError: an answer nested too deeply for the SDK's JSON parser (a hostile agent).
+UNREACHABLE = (A2AClientError, httpx.HTTPError, ValueError, RecursionError)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,8 @@ from typing import Any
 from entityd import ActorDeadError, AskTimeout, EntitydError, RemoteError
 from protocol import reasons
 
+from ..untrusted import json_loads
+
 
 class ToolFailed(Exception):
     """A tool could not do what was asked; the message is shown to the model."""
@@ -96,7 +98,7 @@ class Toolbox:
             known = ", ".join(self._tools) or "none"
             return Outcome(False, f"error: there is no tool {name!r}; the tools are: {known}")
         try:
-            arguments = json.loads(raw_arguments or "{}")
+            arguments = json_loads(raw_arguments or "{}")
         except json.JSONDecodeError as exc:
             return Outcome(False, f"error: the arguments of {name} are not valid JSON: {exc}")
         if not isinstance(arguments, dict):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urljoin, urlsplit
 
+from ..untrusted import json_loads
 from .errors import ApiError, KeyRefused, RateLimited, RedirectRefused, Unreachable
 from .limits import RequestPacer
 
@@ -232,12 +233,8 @@ class MoltbookClient:
 
 
 def _loads(text: str | bytes) -> Any:
-    """JSON from the server, or ValueError: a document nested past the parser's recursion
-    limit is as unreadable as one that is not JSON (not an error of ours)."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise ValueError("JSON nested too deep") from None
+    """JSON from the server, or ValueError (nested too deeply among the ways)."""
+    return json_loads(text)
 
 
 def _plain_target(url: str, location: str) -> str | None:

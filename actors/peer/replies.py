@@ -85,7 +85,7 @@ class Replies:
         except ProtocolError as exc:  # StrayReply among them
             self._rejected(exc.reason)
             return
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # unreadable: not ours
             self._rejected(StrayReply.reason)
             return
         future.set_result(value)

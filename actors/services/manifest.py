@@ -18,6 +18,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
+from ..untrusted import toml_loads
+
 NAME = re.compile(r"[a-z0-9-]{1,32}")
 RESTART = ("always", "on-failure", "never")
 KEYS = ("command", "ready", "restart", "files")
@@ -59,7 +61,7 @@ def parse(raw: bytes, max_services: int) -> dict[str, ServiceSpec]:
     if len(raw) > MAX_BYTES:
         raise ManifestError([f"the file is larger than {MAX_BYTES // 1024} KiB"])
     try:
-        document = tomllib.loads(raw.decode())
+        document = toml_loads(raw.decode())
     except UnicodeDecodeError:
         raise ManifestError(["the file is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:

@@ -5,7 +5,6 @@ anything; the actors do, as they do for entityctl."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -30,6 +29,7 @@ from ..messages import (
 )
 from ..peer.messages import PeerCheck, PeersGet, PeerTalk, TasksGet
 from ..services.messages import ServicesGet
+from ..untrusted import json_loads
 
 Handler = Callable[[Request], Awaitable[Response]]
 MAX_TEXT = 16_000
@@ -66,8 +66,8 @@ async def body_of(request: Request) -> dict[str, Any]:
     if len(raw) > MAX_BODY:
         raise BadRequest(f"the request body is over {MAX_BODY} bytes")
     try:
-        data = json.loads(raw or b"{}")
-    except (ValueError, RecursionError):
+        data = json_loads(raw or b"{}")
+    except ValueError:
         raise BadRequest("the request body is not JSON (or nested too deep)") from None
     if not isinstance(data, dict):
         raise BadRequest("the request body is not a JSON object")
