@@ -132,10 +132,12 @@ async def test_a_read_ahead_given_up_is_dropped_without_a_stray(
             range(READ_BATCH + 1, 2 * READ_BATCH + 1))
 
 
-async def test_a_forged_entry_batches_into_a_long_read_stops_its_chain_there(
+async def test_a_broken_entry_batches_into_a_long_read_stops_its_chain_there(
         nats_server: NatsServer) -> None:
     """The batches after the one being applied are opened meanwhile: what counts is
-    still decided in stream order, the forgery named at its place, nothing after it."""
+    still decided in stream order. A forgery (a bad signature: not the payer's writing)
+    is ignored; the payer's next entry, linked to the wrong place, stops its chain at
+    its place, and nothing after it counts."""
     async with _stream(nats_server) as (nc, stream, _):
         await _fill(nc, ENTRIES)
         forged_at = ENTRIES + 1
@@ -146,7 +148,7 @@ async def test_a_forged_entry_batches_into_a_long_read_stops_its_chain_there(
         js = nc.jetstream()
         assert (await js.publish(protocol.subjects.ledger(PAYER), bytes(wire))).seq == (
             forged_at)
-        await _fill_more(nc, ENTRIES + 1, 2 * READ_BATCH)  # well-formed, but after it
+        await _fill_more(nc, ENTRIES, 2 * READ_BATCH)  # signed, but linked to nothing
 
         async def peer_keys() -> dict[str, bytes]:
             return {PAYER: bytes(_key(PAYER).verify_key)}
@@ -157,16 +159,18 @@ async def test_a_forged_entry_batches_into_a_long_read_stops_its_chain_there(
                             peers={PAYER: bytes(_key(PAYER).verify_key)},
                             verifier=verifier)
             await chains.catch_up()
-        assert chains.violations[PAYER].reason == protocol.reasons.BAD_SIGNATURE
+        assert chains.ignored == 1 and "bad_signature" in chains.ignored_noted[0]
+        assert chains.violations[PAYER].reason == protocol.reasons.BROKEN_CHAIN
         assert chains.entries == ENTRIES
         assert chains.last_of[PAYER] == ENTRIES
-        assert chains.after == forged_at + 2 * READ_BATCH
+        assert chains.subject_last[PAYER] == chains.after == forged_at + 2 * READ_BATCH
         assert chains.books.balance(PAYEE).available == ENTRIES - 1
+        assert chains.clean() is False
 
 
 async def _fill_more(nc: nats.NATS, after: int, n: int) -> None:
-    """n transfers of 1 on PAYER's chain, well signed, following a chain of `after`
-    entries whose last is not the one they link to (they are judged after a forgery)."""
+    """n transfers of 1 on PAYER's chain, well signed, numbered after a chain of `after`
+    entries but linked to none of them (the first breaks the chain)."""
     js = nc.jetstream()
     for seq in range(after + 1, after + n + 1):
         wire = seal_entry(_key(PAYER), PAYER, Transfer(seq=seq, prev=GENESIS, to=PAYEE,

@@ -210,10 +210,9 @@ class LedgerActor(Actor):
             return LedgerReport(False, fresh.entries, 0, 0,
                                 [f"the LEDGER stream cannot be read: {exc!r}"])
         books = fresh.books
-        violations = ([str(exc) for exc in fresh.violations.values()]
-                      + [str(exc) for exc in fresh.repeats] + books.audit())
+        violations = [str(exc) for exc in fresh.violations.values()] + books.audit()
         return LedgerReport(not violations, fresh.entries, len(books.accounts()),
-                            books.supply, violations)
+                            books.supply, violations, fresh.ignored, fresh.ignored_noted)
 
     # ---- writing ------------------------------------------------------------------------
 
@@ -306,7 +305,7 @@ class LedgerActor(Actor):
                 entry = books.read(wire, subject)
                 books.check(entry)
                 stored = await self.stream.append(me, wire, entry_id,
-                                                  self.chains.last_of.get(me, 0))
+                                                  self.chains.subject_last.get(me, 0))
             except ChainMoved:
                 continue  # another writer came first: read its entry, then try again
             except LedgerError as exc:

@@ -1,12 +1,19 @@
 """The ledger actor's view of every chain: the books, replayed from the LEDGER stream in
 its order, each entry verified before it counts.
 
-An entry that breaks a rule (a forged, reordered or dropped entry, an overdraft) is not
+An entry its account wrote that breaks a rule (reordered, dropped, an overdraft) is not
 applied, and its chain counts for nothing past it: the first violation of each chain is
-kept and reported. A copy of an entry the chain holds already (replayed into the stream)
-changes nothing, and is reported too. An entry signed by a key we do not know yet (a peer
-never heard) is a violation only until the key is known: learning new keys replays the
-books from the start, so every reader ends with the same books.
+kept and reported. What is on a chain's subject but is no writing of its account's is
+*ignored*: it changes nothing and stops nothing, and is reported apart (PROTOCOL.md 16.3,
+"Not the account's"). The stream stores whatever is published on `ledger.<account>`,
+and not only by the account: any member can have the hub's JetStream publish a reply
+there (a PubAck, or a stored message from a direct get, sent to the reply subject it
+names), so a message that does not open, is not signed by a key allowed on the chain,
+or was not sealed for it, must not be able to stop the chain, or one member could freeze
+another's money. A copy of an entry the chain holds already is ignored the same way. An
+entry signed by a key we do not know yet, on the chain of an account whose key we do not
+know either (a peer never heard), stops its chain only until the key is known: learning
+new keys replays the books from the start, so every reader ends with the same books.
 """
 
 from __future__ import annotations
@@ -39,6 +46,17 @@ from .stream import LedgerStream, Stored
 
 _INFO_FIELDS = tuple(field.name for field in dataclasses.fields(EntryInfo))
 MAX_KEPT = 1000  # entries of our own that ledger_get can show, newest kept
+MAX_IGNORED_NOTED = 20  # ignored messages described for a report; the rest are counted
+# Refusals at steps 1 to 3 and 5 of PROTOCOL.md 16.3: the message was not sealed by a key
+# allowed on the chain, for the chain (so not written by its account, or not as an entry
+# of it). unknown_key only where the account's own key is known (else: learn it).
+NOT_THE_ACCOUNTS = frozenset({
+    protocol.reasons.TOO_LARGE, protocol.reasons.MALFORMED, protocol.reasons.BAD_VERSION,
+    protocol.reasons.UNKNOWN_KEY, protocol.reasons.BAD_SIGNATURE,
+    protocol.reasons.WRONG_SUBJECT, protocol.reasons.MALFORMED_BODY,
+    protocol.reasons.WRONG_SENDER, protocol.reasons.WRONG_DESTINATION,
+    protocol.reasons.UNKNOWN_KIND, protocol.reasons.BAD_PAYLOAD,
+    protocol.reasons.WRONG_SIGNER})
 PARALLEL_FROM = 64  # a read this long has its signatures checked in threads
 OPENING_AHEAD = 2  # batches opened in the threads while an earlier one is applied
 
@@ -68,8 +86,12 @@ class Chains:
         self.books = Ledger(self.keys)
         self.after = 0  # the stream sequence read up to
         self.last_of: dict[str, int] = {}  # each chain's last entry, by stream sequence
+        # The last stream sequence on each chain's subject, ignored messages included:
+        # what an append's compare-and-set must name.
+        self.subject_last: dict[str, int] = {}
         self.violations: dict[str, ProtocolError] = {}  # the first of each chain
-        self.repeats: list[ProtocolError] = []  # copies of entries the chains hold
+        self.ignored = 0  # messages on chains' subjects that are no entries of theirs
+        self.ignored_noted: list[str] = []  # the first MAX_IGNORED_NOTED of them, said
         self.unknown_signer = False
         self.entries = 0
         self.mine: list[EntryInfo] = []  # our entries and the ones naming us, oldest first
@@ -80,12 +102,14 @@ class Chains:
         return {name: key for name, key in self._known.items() if name != self.me}
 
     def clean(self) -> bool:
-        """Whether every entry read so far counted (nothing refused or repeated)."""
-        return not (self.violations or self.repeats or self.unknown_signer)
+        """Whether no chain was stopped (ignored messages change nothing: they do not
+        count against it)."""
+        return not (self.violations or self.unknown_signer)
 
     def state(self) -> dict[str, Any]:
         """Where this reader is, beside its books (for a checkpoint)."""
         return {"after": self.after, "last_of": self.last_of, "entries": self.entries,
+                "subject_last": self.subject_last, "ignored": self.ignored,
                 "mine": [tuple([getattr(info, name) for name in _INFO_FIELDS])
                          for info in self.mine]}  # astuple, without its deep copies
 
@@ -94,6 +118,9 @@ class Chains:
         and where state() said we were."""
         self.books = books
         self.after, self.last_of = state["after"], state["last_of"]
+        # (A checkpoint from before ignored messages were kept apart had none.)
+        self.subject_last = dict(state.get("subject_last", self.last_of))
+        self.ignored = state.get("ignored", 0)
         self.entries = state["entries"]
         self.mine = [EntryInfo(*info) for info in state["mine"]]
 
@@ -154,6 +181,19 @@ class Chains:
                 return True
         return False
 
+    def _not_the_accounts(self, chain: str, refused: ProtocolError) -> bool:
+        """Whether a message refused this way on `chain` cannot be its account's writing.
+        An unknown signer on the chain of an account whose key we do not know yet may be
+        that account: it stops the chain until the keys are learnt (catch_up)."""
+        if refused.reason not in NOT_THE_ACCOUNTS:
+            return False
+        return refused.reason != protocol.reasons.UNKNOWN_KEY or chain in self._known
+
+    def _ignore(self, seq: int, chain: str, why: str) -> None:
+        self.ignored += 1
+        if len(self.ignored_noted) < MAX_IGNORED_NOTED:
+            self.ignored_noted.append(f"stream sequence {seq} on {chain}'s chain: {why}")
+
     def take_own(self, seq: int, entry: Entry) -> bool:
         """Count an entry we just appended, at stream sequence `seq`, as the books read
         it before appending it (its signature checked then), without reading it back:
@@ -180,7 +220,11 @@ class Chains:
     def _take(self, seq: int, subject: str, opened: Entry | ProtocolError) -> None:
         """Apply what was read at stream sequence `seq` on `subject`."""
         chain = _chain_of(subject)
+        self.subject_last[chain] = seq
         if chain in self.violations:
+            return
+        if isinstance(opened, ProtocolError) and self._not_the_accounts(chain, opened):
+            self._ignore(seq, chain, str(opened))
             return
         try:
             if isinstance(opened, ProtocolError):
@@ -193,12 +237,12 @@ class Chains:
             if exc.reason == protocol.reasons.UNKNOWN_KEY:
                 self.unknown_signer = True
             return
-        self.last_of[chain] = seq
         if entry.seq <= head:  # the books took it as a redelivery: no effect
-            self.repeats.append(Replayed(
-                f"{chain}'s entry {entry.seq} (id {entry.id.hex()}) is in the stream again, "
-                f"at {seq}; it counts once", subject=subject))
+            self._ignore(seq, chain, str(Replayed(
+                f"{chain}'s entry {entry.seq} (id {entry.id.hex()}) is in the stream again; "
+                "it counts once", subject=subject)))
             return
+        self.last_of[chain] = seq
         self.entries += 1
         if entry.account == self.me or _counterparty(entry.record) == self.me:
             self.mine.append(describe(entry))

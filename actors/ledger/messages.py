@@ -95,6 +95,8 @@ class LedgerReport:
     chains: int
     supply: int  # the sum of every mint
     violations: list[str] = field(default_factory=list)  # the first of each chain
+    ignored: int = 0  # messages on the chains' subjects that are no entries (16.3)
+    ignored_noted: list[str] = field(default_factory=list)  # the first of them, said
 
 
 @kind("hold_place")

@@ -156,6 +156,11 @@ async def _ledger(client: EntityClient, args: argparse.Namespace) -> int:
                   f"{report.supply} minted")
             for violation in report.violations:
                 print(f"  {violation}")
+            if report.ignored:
+                print(f"ignored: {report.ignored} message(s) on the chains' subjects that "
+                      "are no entries of their accounts (they change nothing):")
+                for why in report.ignored_noted:
+                    print(f"  {why}")
         return 0 if report.ok else EXIT_VIOLATION
     entries: LedgerEntries = await client.ask("ledger", LedgerGet(args.peer, args.limit),
                                               args.timeout)
