@@ -95,7 +95,12 @@ class Acceptance:
         # exec leaves the mount point of its read-only .git placeholder; run makes its own.
         with contextlib.suppress(FileNotFoundError):
             (self.root / ".git").rmdir()
-        done = await shell.run(self.command)
+        # The delivery chooses every file the command sees, so it can always choose the
+        # verdict (code that exits 0 when imported, a conftest.py for pytest): auto-accept
+        # is for peers one trusts (README). PYTHONSAFEPATH only keeps a module it adds
+        # beside the tests (unittest.py) from standing in for the standard library's
+        # under `python3 -m`, the mistake that needs no intent.
+        done = await shell.run(f"export PYTHONSAFEPATH=1\n{self.command}")
         ran = f"`{self.command}` on {branch}"
         if done.exit_code == 0:
             return Verdict(PASSED, f"{PREFIX}{ran} passed", 0)
