@@ -12,6 +12,7 @@ landed, and other repositories inside the workspace are never entered or recorde
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
@@ -21,7 +22,7 @@ from pathlib import Path
 from entityd import SandboxSection
 
 from .sandbox import Shell, ToolError
-from .sandbox.cgroup import SharedLimits
+from .sandbox.cgroup import MiB, SharedLimits
 from .sandbox.paths import KEY_PATTERNS, WORKSPACE_MOUNT, protected_reason
 from .sandbox.scan import Scan
 
@@ -169,6 +170,16 @@ class Workspace:
         commit holds them.
         """
         await self.ensure()
+        # The quota's scan leaves .git out (the agent cannot write it), but every commit
+        # adds to it what the tree holds: a tree filled, committed, emptied and filled
+        # again would grow the history without end. Past the quota, no more commits.
+        held = await asyncio.to_thread(_bytes_under, self.path / ".git")
+        limit = self.shell.settings.workspace_mb * MiB
+        if held > limit:
+            raise GitError(f"the repository (.git) holds {held // MiB} MiB, past the "
+                           f"workspace's quota of {self.shell.settings.workspace_mb} MiB "
+                           "(sandbox.workspace_mb): nothing more is committed until an "
+                           "operator makes room (e.g. a fresh history, or a larger quota)")
         found = await self.shell.scan()
         # One look at the tree serves every git run of this commit: nothing else writes
         # the workspace meanwhile (agent commands run only inside tool calls).
@@ -331,3 +342,15 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
                 os.chown(entry.path, uid, gid, follow_symlinks=False)
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(entry.path)
+
+
+def _bytes_under(root: Path) -> int:
+    """The disk the files under `root` take (allocated blocks), links not followed."""
+    total = 0
+    for directory, _, files in os.walk(root, followlinks=False):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
+            except OSError:
+                continue  # gone meanwhile (git's own temporary files)
+    return total

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 from pathlib import Path
+
+import pytest
 
 from actors.sandbox import WORKSPACE_MOUNT
 from actors.sandbox.shell import Shell
-from actors.workspace import Workspace
+from actors.workspace import GitError, Workspace
 from tests.test_tool_actor import SANDBOX
 
 
@@ -85,3 +89,25 @@ async def test_sandboxes_starting_together_on_a_fresh_workspace_all_start(
     (path / "a.txt").write_text("a\n")
     made = await workspace.commit("first")
     assert made is not None and await workspace.head() == made.sha
+
+
+async def test_the_history_cannot_grow_past_the_quota(tmp_path: Path) -> None:
+    """The quota's scan leaves .git out, and the agent cannot write there, but each commit
+    adds to it what the tree holds: filled, committed, emptied and filled again, a tree
+    under its quota would grow the history without end. Past the quota, commits stop."""
+    small = dataclasses.replace(SANDBOX, workspace_mb=1)
+    workspace = Workspace(tmp_path / "ws", "entity-a", small)
+    await workspace.ensure()
+    commits = 0
+    with pytest.raises(GitError, match=r"repository \(\.git\) holds .* past the workspace's "
+                                       r"quota of 1 MiB"):
+        for round_ in range(6):  # 700 KB of noise a round: the history passes 1 MiB soon
+            (workspace.path / "blob.bin").write_bytes(os.urandom(700_000))
+            assert await workspace.commit(f"round {round_}") is not None
+            commits += 1
+            (workspace.path / "blob.bin").unlink()
+            assert await workspace.commit(f"round {round_} emptied") is not None
+    assert 1 <= commits < 6
+    (workspace.path / "small.txt").write_text("x\n")
+    with pytest.raises(GitError, match="nothing more is committed"):
+        await workspace.commit("still refused")
