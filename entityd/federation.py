@@ -286,7 +286,10 @@ def _cluster_block(cluster: HubCluster, server_name: str, insecure_plain: bool) 
 def treasurer_permissions() -> Permissions:
     """What the hub lets its treasurer do (`entityd economy`): make and read the LEDGER
     stream and append to any chain (a mint sits on the credited entity's chain), nothing
-    else: no update, purge or delete of LEDGER, no other stream, no federation subject."""
+    else: no update, purge or delete of LEDGER, no other stream, no federation subject.
+    No update because one could also give LEDGER a max_age or max_msgs that drops
+    entries; an operator grants it for a moment to give an old LEDGER its size limit
+    (deploy/FEDERATION.md, "The ledger's limits")."""
     api = "$JS.API"
     return Permissions(
         publish=(subjects.ledger("*"), f"{api}.STREAM.CREATE.LEDGER",

@@ -8,11 +8,18 @@ own server and makes it on first start. Either way two writers of one chain (a r
 daemon beside the old one, the operator minting) cannot both append at one position:
 each append names the stream sequence of the chain's last entry
 (Nats-Expected-Last-Subject-Sequence), and the server refuses it if another came first.
+
+Since the stream keeps what it takes for ever, it takes nothing larger than an entry can
+be (MAX_ENTRY_BYTES), and a read asks for a bounded number of bytes at a time
+(READ_MAX_BYTES), so that no member can fill the hub's disk with a few large messages
+on its own chain, nor make every reader hold them in memory by the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import json
 import secrets
 from collections.abc import AsyncGenerator
@@ -24,6 +31,7 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
 
 from entityd import FederationAccess, unsubscribe
 from protocol import StrayReply, subjects
@@ -34,13 +42,31 @@ STREAM = "LEDGER"
 SUBJECTS = "ledger.>"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed compare-and-set
 READ_BATCH = 256
+# The largest valid entry is a `rate` whose task and note are each MAX_TEXT (1024)
+# characters of four UTF-8 bytes, with 32-character names and the largest integers:
+# 8,610 bytes of wire (tests/test_ledger_stream_limits.py seals one of each kind). The
+# stream takes messages (headers included) up to about four times that, room for the
+# optional fields a later release may add, and refuses anything near the hub's
+# max_payload (2 MB).
+MAX_ENTRY_BYTES = 32 * 1024
+# What one batched read asks the server for at most: it stops once it has sent this
+# much, so a batch holds at most this and one entry more (an entry stored before the
+# stream had its limit may be as large as the server's max_payload), and a replay with
+# its few batches in flight a few MB.
+READ_MAX_BYTES = 1024 * 1024
 END_OF_BATCH = "204"  # the status closing a batch of direct gets
 NOTHING_MORE = "404"  # ... or answering one past the stream's end
 NO_RESPONDERS = "503"
+NUM_PENDING = "Nats-Num-Pending"  # on a batch's end: how many more there are after it
 
 
 class ChainMoved(Exception):
     """The chain gained an entry since we read it (another writer): read and retry."""
+
+
+class StreamUnbounded(Exception):
+    """The LEDGER stream there takes entries of any size (it was made before it had its
+    limit), and this login could not give it MAX_ENTRY_BYTES."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +77,35 @@ class Stored:
 
 
 def stream_config(replicas: int = 1) -> StreamConfig:
-    """The LEDGER stream: kept for ever, nothing deleted or purged, reads by direct get."""
+    """The LEDGER stream: kept for ever, nothing deleted or purged, reads by direct get,
+    no message larger than an entry can be."""
     return StreamConfig(
         name=STREAM, subjects=[SUBJECTS], retention=RetentionPolicy.LIMITS,
         discard=DiscardPolicy.NEW, storage=StorageType.FILE, num_replicas=replicas,
-        allow_direct=True, deny_delete=True, deny_purge=True, duplicate_window=120.0)
+        allow_direct=True, deny_delete=True, deny_purge=True, duplicate_window=120.0,
+        max_msg_size=MAX_ENTRY_BYTES)
+
+
+def unbounded(config: StreamConfig) -> bool:
+    """Whether a LEDGER stream as it is takes messages larger than MAX_ENTRY_BYTES (one
+    made before the stream had that limit: the server says -1, "none")."""
+    size = config.max_msg_size
+    return size is None or size <= 0 or size > MAX_ENTRY_BYTES
+
+
+async def bound(js: JetStreamContext, have: StreamConfig) -> StreamConfig:
+    """Give the existing LEDGER stream `have` the limit of MAX_ENTRY_BYTES, the rest of
+    its config unchanged; the config the server answers with. StreamUnbounded when the
+    server refuses it, or does not answer (a login that may not update streams: the
+    server drops the request)."""
+    try:
+        info = await js.update_stream(dataclasses.replace(have, max_msg_size=MAX_ENTRY_BYTES))
+    except nats.js.errors.APIError as exc:
+        raise StreamUnbounded(f"the server refused to update {STREAM}: {exc}") from exc
+    except nats.errors.TimeoutError as exc:
+        raise StreamUnbounded(f"no answer to the update of {STREAM} (a login that may "
+                              "not update streams gets none)") from exc
+    return info.config
 
 
 class LedgerStream:
@@ -72,15 +122,19 @@ class LedgerStream:
 
     async def start(self, *, create: bool) -> None:
         """Listen for answers; with `create` (an entity on its own), make the stream on
-        our own server unless it is there."""
+        our own server unless it is there, and give one made before it had its size
+        limit that limit (StreamUnbounded if the server refuses)."""
         await self.replies.start()
         self._reads = await self.fed.subscribe(f"{self._prefix}.*", cb=self._arrived)
         if create:
             js = self.fed.jetstream()
             try:
-                await js.stream_info(STREAM)
+                have = (await js.stream_info(STREAM)).config
             except nats.js.errors.NotFoundError:
                 await js.add_stream(stream_config())
+                return
+            if unbounded(have):
+                await bound(js, have)
 
     async def stop(self) -> None:
         await self.replies.stop()
@@ -130,19 +184,22 @@ class LedgerStream:
 
     async def read(self, after: int, subject: str = SUBJECTS) -> list[Stored]:
         """The entries on `subject` (every chain, or one) stored after stream sequence
-        `after`, in order, up to one batch; an empty list when there are none."""
+        `after`, in order, up to one batch (READ_BATCH entries, fewer when they pass
+        READ_MAX_BYTES); an empty list only when there are none."""
         return await self._get(_batch_after(after, subject))
 
     async def reads(self, after: int, subject: str = SUBJECTS) -> AsyncGenerator[list[Stored]]:
         """Every entry on `subject` stored after `after`, batch by batch in order, until
-        a batch is shorter than READ_BATCH (the stream had no more). Each next batch is
-        asked for before this one is handed over, so that the stream sends it while the
-        caller works on this one."""
+        the stream has no more: the server says none are left after a batch (a batch
+        cut short by READ_MAX_BYTES is no end), or, from a server that does not say,
+        a batch is shorter than READ_BATCH. Each next batch is asked for before this
+        one is handed over, so that the stream sends it while the caller works on this
+        one."""
         token, read = await self._ask(_batch_after(after, subject))
         try:
             while True:
                 batch = await self._answer(token, read)
-                if len(batch) < READ_BATCH:
+                if not batch or not read.more(len(batch)):
                     yield batch
                     return
                 token, read = await self._ask(_batch_after(batch[-1].seq, subject))
@@ -210,6 +267,8 @@ class LedgerStream:
             return
         if status or (not msg.data and "Nats-Sequence" not in headers):
             if status in (END_OF_BATCH, NOTHING_MORE):
+                with contextlib.suppress(KeyError, ValueError):
+                    read.pending = int(headers[NUM_PENDING])
                 read.done.set_result(None)
             else:  # 503: no stream answers; 408 and the like: the server's
                 read.done.set_exception(nats.errors.NoRespondersError()
@@ -227,7 +286,8 @@ class LedgerStream:
 
 
 def _batch_after(after: int, subject: str) -> dict[str, Any]:
-    return {"seq": after + 1, "next_by_subj": subject, "batch": READ_BATCH}
+    return {"seq": after + 1, "next_by_subj": subject, "batch": READ_BATCH,
+            "max_bytes": READ_MAX_BYTES}
 
 
 @dataclass
@@ -237,5 +297,12 @@ class _Read:
     many: bool
     got: list[Stored] = field(default_factory=list)
     abandoned: bool = False  # no one waits for it any more
+    pending: int | None = None  # what the server says is left after the batch, if it does
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def more(self, got: int) -> bool:
+        """Whether the stream holds more after this batch of `got` entries."""
+        if self.pending is not None:
+            return self.pending > 0
+        return got >= READ_BATCH

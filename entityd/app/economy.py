@@ -1,5 +1,6 @@
 """`entityd economy`: the federation operator's side of the ledger (DESIGN.md, "The
-economy"): make the LEDGER stream, and mint.
+economy"): make the LEDGER stream (or give one made before it had its size limit that
+limit), and mint.
 
 Money enters the ledger only by `mint` entries signed by an operator's mint key, which
 every entity lists in `[mint_keys]`. A mint sits on the credited entity's own chain, at
@@ -29,7 +30,17 @@ from nacl.signing import SigningKey
 from nats.aio.client import Client
 
 import protocol
-from actors.ledger.stream import STREAM, ChainMoved, LedgerStream, Stored, stream_config
+from actors.ledger.stream import (
+    MAX_ENTRY_BYTES,
+    STREAM,
+    ChainMoved,
+    LedgerStream,
+    Stored,
+    StreamUnbounded,
+    bound,
+    stream_config,
+    unbounded,
+)
 from protocol import Keyring
 from protocol.ledger import GENESIS, Entry, LedgerKeys, Mint, content, read_entry, seal_entry
 
@@ -53,7 +64,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "mint": "entityd economy mint entity-a 1000 --key ~/.config/entityd/mint.key "
                 "--hub nats://hub:4222 --data-dir /etc/entityd-hub/treasury",
     }
-    for name, text in (("init", "Make the LEDGER stream (once; idempotent)."),
+    for name, text in (("init", "Make the LEDGER stream, or give one made before it had "
+                                "its size limit that limit (idempotent)."),
                        ("mint", "Credit an entity with new money, signed by an operator's "
                                 "mint key.")):
         cmd = command(sub, name, text, examples[name])
@@ -157,6 +169,23 @@ async def _init(nc: Client, replicas: int) -> int:
               "purged, or has no direct gets: it is not a ledger; remove it by hand",
               file=sys.stderr)
         return 3
+    if unbounded(have):  # made before the stream had its size limit
+        try:
+            await bound(js, have)
+        except StreamUnbounded as exc:
+            denied = nc.last_error is not None and (
+                "permissions violation" in str(nc.last_error).lower())
+            print(f"entityd economy: {STREAM} takes messages of any size up to the "
+                  f"server's max_payload, kept for ever, and could not be limited to "
+                  f"{MAX_ENTRY_BYTES} bytes: "
+                  + ("this login may not update it (a hub's treasurer may not; "
+                     "deploy/FEDERATION.md, \"The ledger's limits\", says how to apply "
+                     "it)" if denied else str(exc)),
+                  file=sys.stderr)
+            return 3
+        print(f"{STREAM} is there ({have.num_replicas} replica(s)); it now takes "
+              f"messages of at most {MAX_ENTRY_BYTES} bytes")
+        return 0
     print(f"{STREAM} is there ({have.num_replicas} replica(s)); nothing to do")
     return 0
 
