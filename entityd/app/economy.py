@@ -175,14 +175,18 @@ async def _init(nc: Client, replicas: int) -> int:
         except StreamUnbounded as exc:
             denied = nc.last_error is not None and (
                 "permissions violation" in str(nc.last_error).lower())
-            print(f"entityd economy: {STREAM} takes messages of any size up to the "
-                  f"server's max_payload, kept for ever, and could not be limited to "
+            # A warning, not a failure: the ledger works as before without the limit,
+            # and a federation made before it must go on starting (`entityd up`).
+            print(f"entityd economy: warning: {STREAM} takes messages of any size up to "
+                  f"the server's max_payload, kept for ever, and could not be limited to "
                   f"{MAX_ENTRY_BYTES} bytes: "
                   + ("this login may not update it (a hub's treasurer may not; "
                      "deploy/FEDERATION.md, \"The ledger's limits\", says how to apply "
                      "it)" if denied else str(exc)),
                   file=sys.stderr)
-            return 3
+            print(f"{STREAM} is there ({have.num_replicas} replica(s)); without its size "
+                  "limit (see the warning)")
+            return 0
         print(f"{STREAM} is there ({have.num_replicas} replica(s)); it now takes "
               f"messages of at most {MAX_ENTRY_BYTES} bytes")
         return 0
