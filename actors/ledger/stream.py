@@ -35,6 +35,7 @@ from nats.js.client import JetStreamContext
 
 from entityd import FederationAccess, unsubscribe
 from protocol import StrayReply, subjects
+from protocol.ledger import MAX_ENTRY_BYTES
 
 from ..peer.replies import Replies
 
@@ -42,13 +43,10 @@ STREAM = "LEDGER"
 SUBJECTS = "ledger.>"
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code for a failed compare-and-set
 READ_BATCH = 256
-# The largest valid entry is a `rate` whose task and note are each MAX_TEXT (1024)
-# characters of four UTF-8 bytes, with 32-character names and the largest integers:
-# 8,610 bytes of wire (tests/test_ledger_stream_limits.py seals one of each kind). The
-# stream takes messages (headers included) up to about four times that, room for the
-# optional fields a later release may add, and refuses anything near the hub's
+# The stream takes messages (headers included) up to protocol.ledger's MAX_ENTRY_BYTES:
+# about four times the largest valid entry (a rate at its longest, 8,610 bytes of wire;
+# tests/test_ledger_stream_limits.py seals one of each kind), far under the hub's
 # max_payload (2 MB).
-MAX_ENTRY_BYTES = 32 * 1024
 # What one batched read asks the server for at most: it stops once it has sent this
 # much, so a batch holds at most this and one entry more (an entry stored before the
 # stream had its limit may be as large as the server's max_payload), and a replay with

@@ -34,6 +34,7 @@ from .errors import (
     WrongSigner,
 )
 from .signed import (
+    MAX_ENTRY_BYTES,
     Entry,
     LedgerKeys,
     check_entry,
@@ -48,6 +49,7 @@ __all__ = [
     "ENTRY_KINDS",
     "GENESIS",
     "MAX_AMOUNT",
+    "MAX_ENTRY_BYTES",
     "Applied",
     "BadEntry",
     "Balance",

@@ -16,7 +16,7 @@ from typing import TypedDict
 from nacl.signing import SigningKey
 
 from .. import subjects
-from ..envelope import MAX_WIRE_BYTES, Verified, check_body, seal, verify_signature
+from ..envelope import Verified, check_body, seal, verify_signature
 from ..errors import WrongSubject
 from ..keyring import Keyring
 from ..replay import ReplayGuard
@@ -24,6 +24,9 @@ from .entries import MAX_AMOUNT, MAX_TEXT, SCORES, Hold, Link, Mint, Rate
 from .errors import BadEntry, LedgerError, WrongSigner
 
 ACTOR = subjects.LEDGER_ACTOR
+# An entry's wire at most (PROTOCOL.md 16): four times the largest the kinds allow (a
+# rate at its longest, 8,610 bytes); the LEDGER stream takes no larger message.
+MAX_ENTRY_BYTES = 32 * 1024
 
 
 class _NoReplayCheck(ReplayGuard):
@@ -144,7 +147,7 @@ def seal_entry(key: SigningKey, account: str, record: Link, *, entry_id: bytes,
 
 
 def read_entry(wire: bytes, subject: str, keys: LedgerKeys, *,
-               max_bytes: int = MAX_WIRE_BYTES) -> Entry:
+               max_bytes: int = MAX_ENTRY_BYTES) -> Entry:
     """Open an entry stored on `subject` (PROTOCOL.md §16.3, steps 1 to 6); raise
     ProtocolError (a LedgerError for a ledger rule). The rules that depend on the chain
     and the balances are the books'."""
@@ -154,7 +157,7 @@ def read_entry(wire: bytes, subject: str, keys: LedgerKeys, *,
 
 
 def check_entry(verified: Verified, subject: str, keys: LedgerKeys, *,
-                max_bytes: int = MAX_WIRE_BYTES) -> Entry:
+                max_bytes: int = MAX_ENTRY_BYTES) -> Entry:
     """Steps 2 to 6 of §16.3 on a wire whose signature verified under `keys.keyring`
     (step 1, `protocol.verify_signature`: pure, so a reader replaying many entries may
     run it on other threads and this in stream order)."""
