@@ -9,6 +9,7 @@ nested kinds' records), fills defaults, and ignores keys it does not know.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -177,7 +178,12 @@ def _any(value: Any, where: str) -> Any:
 
 def _float(value: Any, where: str) -> Any:
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+        number = float(value)  # a msgpack int has at most 64 bits: never an overflow
+        if not math.isfinite(number):
+            # No field means "for ever" by an infinity, and a NaN compares false with
+            # everything: a deadline of either slips past every check made with < or >.
+            raise BadPayload(f"{where}: expected a finite float, got {number}")
+        return number
     raise _mismatch("float", value, where)
 
 

@@ -10,7 +10,10 @@ killed at any point and pick the task up where it was:
 A priced task is paid through an escrow on the delegator's chain (escrow.py): held
 before the offer, checked by the delegate before it accepts, posted when the delegator
 accepts the delivery, voided when it rejects it or the deadline passes; the delegate
-hears which (`paid` or `unpaid`), and both sides show the task's money state. With
+hears which (`paid` or `unpaid`), and both sides show the task's money state. The
+delegate takes that word as a hint only: it reads the hold again on the delegator's
+chain then, and before it hands over any of the work (the `completed` update, a piece of
+a kept deliverable), which it withholds once the hold no longer pays for it. With
 `[economy] auto_accept`, a priced delivery is accepted by itself once the operator's
 accept command passes on its branch (acceptance.py); otherwise it waits for them.
 
@@ -31,13 +34,13 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from entityd import Config, Context, EntitydError
-from protocol import reasons
+from protocol import Error, reasons
 
 from ..messages import Goal, TurnDone
 from ..workspace import GitError, Workspace
 from . import outcomes
 from .acceptance import PREFIX, Acceptance
-from .deliverable import Deliverables
+from .deliverable import KEEP_READ_S, Deliverables
 from .escrow import HELD, POSTED, VOIDED, Escrow, settled
 from .messages import (
     DeliverableChunk,
@@ -86,6 +89,8 @@ class Delegation:
         self._answers: asyncio.Queue[TurnDone] = asyncio.Queue()
         self.acceptance = Acceptance(config, workspace)
         self._to_check: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # (task id, peer)
+        # Kept deliverables whose escrow was read lately, as still paying: name -> when.
+        self._escrow_read: dict[str, float] = {}
         turns.listen(self._on_turn)
 
     # ---- as the delegator -------------------------------------------------------------
@@ -308,20 +313,35 @@ class Delegation:
         return ""
 
     async def _paid(self, peer: str, update: TaskUpdate) -> None:
-        """The delegator settled the escrow of a task it gave us. Voided before we
-        delivered (the delegator rejected the task, or its deadline passed), the task is
-        withdrawn: its turn stops, and the delegator hears that it failed."""
+        """The delegator says it settled the escrow of a task it gave us: a hint to read
+        the hold again on its chain, which alone sets the task's money (`paid` for a
+        hold still pending changes nothing). Voided before we delivered (the delegator
+        rejected the task, or its deadline passed), or `unpaid` while the hold still
+        stands, the task is withdrawn: its turn stops, and the delegator hears that it
+        failed (stopping costs us nothing; only working on would). EntitydError (the
+        ledger cannot be read): the word is handled again later."""
         task = await self.store.task(update.task_id, "in", peer)
         if task is None:
             self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
             return
         if task.money != HELD:
             return  # a repeated word, or an offer we did not take
-        money = POSTED if update.state == PAID else VOIDED
-        task = await self._save(dataclasses.replace(task, money=money), task.state,
-                                update.note, event=f"task_{update.state}")
-        if money == VOIDED and task.state in ("accepted", "working"):
-            await self._withdrawn(task, f"the delegator voided the escrow before the "
+        money, problem = await self.escrow.standing(task)
+        if money != HELD:
+            task = await self._save(dataclasses.replace(task, money=money), task.state,
+                                    update.note,
+                                    event=f"task_{PAID if money == POSTED else UNPAID}")
+        elif update.state == PAID:
+            self.ctx.log.warning("escrow_word_unfounded", peer=peer, task_id=task.task_id,
+                                 said=update.state)
+            return
+        if task.state not in ("accepted", "working"):
+            return
+        if money == VOIDED:
+            await self._withdrawn(task, "the escrow is no longer held before the delivery: "
+                                        f"{problem} ({update.note})")
+        elif money == HELD:
+            await self._withdrawn(task, "the delegator says it will not pay, before the "
                                         f"delivery ({update.note})")
 
     async def _called_off(self, peer: str, update: TaskUpdate) -> None:
@@ -398,6 +418,8 @@ class Delegation:
             except GitError as exc:
                 await self._finish(task, "failed", f"could not package the work: {exc}")
                 continue
+            if task.price and await self._not_paid_for(task):
+                continue
             try:
                 inline, size, digest = await self.deliverables.pack(_kept(task), patch)
             except ValueError as exc:
@@ -406,19 +428,63 @@ class Delegation:
             await self._finish(task, "completed", done.text[:4000], inline, len(done.commits),
                                size, digest)
 
+    async def _not_paid_for(self, task: TaskRow) -> bool:
+        """Whether a priced task's work is withheld at its delivery: its escrow no longer
+        pays for it, or cannot be read (the work is not given for nothing: the task
+        fails with why)."""
+        try:
+            return bool(await self._withheld(task))
+        except EntitydError as exc:
+            await self._finish(task, "failed", "the escrow could not be read before the "
+                               f"delivery, so nothing was handed over: {exc}"[:1000])
+            return True
+
     async def _finish(self, task: TaskRow, state: str, note: str, patch: bytes = b"",
                       commits: int = 0, size: int = 0, digest: str = "") -> None:
         await self._save(task, state, note)
         await self.send(task.peer, "task", TaskUpdate(task.task_id, state, note, patch, commits,
                                                       size, digest))
 
-    async def piece(self, peer: str, get: DeliverableGet) -> DeliverableChunk | None:
-        """A piece of the deliverable of a task `peer` delegated to us; None if not ours."""
+    async def piece(self, peer: str, get: DeliverableGet) -> DeliverableChunk | Error | None:
+        """A piece of the deliverable of a task `peer` delegated to us; None if not ours,
+        an error while its escrow does not pay for it. A held escrow is read again on the
+        delegator's chain once a fetch (at its first piece, or when not read lately), not
+        once a piece; voided (`withdrawn` on our side), the task fails."""
         task = await self.store.task(get.task_id, "in", peer)
         if task is None or task.state != "completed":
             return None
-        data = await self.deliverables.piece(_kept(task), get.offset, get.length)
+        name, now = _kept(task), time.monotonic()
+        if task.money == VOIDED:
+            return Error(reasons.NOT_FOUND, f"task {task.task_id}'s escrow was voided: "
+                         "its deliverable is not handed over")
+        read = self._escrow_read.get(name)
+        if task.money == HELD and (get.offset == 0 or read is None or now - read > KEEP_READ_S):
+            try:
+                why = await self._withheld(task)
+            except EntitydError as exc:
+                return Error(reasons.BUSY, f"{self.ctx.entity} cannot read the escrow of "
+                             f"task {task.task_id} now ({exc}); fetch it again later")
+            if why:
+                self._escrow_read.pop(name, None)
+                return Error(reasons.NOT_FOUND, f"task {task.task_id}'s deliverable is "
+                             f"not handed over: {why}")
+            self._escrow_read = {n: t for n, t in self._escrow_read.items()
+                                 if now - t <= KEEP_READ_S}
+            self._escrow_read[name] = now
+        data = await self.deliverables.piece(name, get.offset, get.length)
         return None if data is None else DeliverableChunk(data)
+
+    async def _withheld(self, task: TaskRow) -> str:
+        """Why a priced task given to us must not be handed over ('' when its escrow
+        still pays for it), read again on the delegator's chain, whatever the delegator
+        said: when it does not, the task fails, withdrawn. EntitydError when the ledger
+        cannot be read."""
+        money, problem = await self.escrow.standing(task)
+        if money != VOIDED:
+            return ""
+        why = f"withdrawn: the escrow is no longer held for {self.ctx.entity}: {problem}"
+        await self._finish(dataclasses.replace(task, money=VOIDED), "failed", why[:1000])
+        return why
 
     # ---- both -------------------------------------------------------------------------
 

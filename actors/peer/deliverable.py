@@ -138,13 +138,20 @@ class Deliverables:
 
     async def fetch(self, peer: str, task_id: str, size: int, sha256: str) -> bytes:
         """The whole deliverable from the delegate; PeerUnavailable while it cannot be
-        reached (the update is then handled again later), ValueError if it is corrupt."""
+        reached (the update is then handled again later), ValueError if it is corrupt or
+        bigger than a deliverable may be. The delegate chooses `size` and every piece:
+        no more than `size` (at most MAX_BYTES) is taken, nor a piece longer than asked."""
+        if not 0 < size <= MAX_BYTES:
+            raise ValueError(f"{peer} says it is {size} bytes; a deliverable is 1 to "
+                             f"{MAX_BYTES}")
         parts = []
+        digest = hashlib.sha256()
         offset = 0
         while offset < size:
+            length = min(self.chunk, size - offset)
             try:
                 got = await self.link.ask(peer, "fetch", DeliverableGet(
-                    task_id, offset, self.chunk), FETCH_TIMEOUT_S)
+                    task_id, offset, length), FETCH_TIMEOUT_S)
             except RemoteError as exc:
                 if exc.code == reasons.NOT_FOUND:  # expired (its ttl), or never kept
                     raise ValueError(f"{peer} no longer keeps it: {exc.message}") from None
@@ -156,9 +163,12 @@ class Deliverables:
                                       f"{peer}: {exc}") from None
             if not isinstance(got, DeliverableChunk) or not got.data:
                 raise ValueError(f"{peer} sent no data at offset {offset} of {size}")
+            if len(got.data) > length:
+                raise ValueError(f"{peer} sent {len(got.data)} bytes at offset {offset} of "
+                                 f"{size}, asked for {length}")
+            digest.update(got.data)
             parts.append(got.data)
             offset += len(got.data)
-        patch = b"".join(parts)
-        if len(patch) != size or hashlib.sha256(patch).hexdigest() != sha256:
-            raise ValueError("the fetched deliverable does not match its size and SHA-256")
-        return patch
+        if digest.hexdigest() != sha256:
+            raise ValueError("the fetched deliverable does not match its SHA-256")
+        return b"".join(parts)

@@ -1024,6 +1024,8 @@ def reject_bad_payload() -> dict[str, Any]:
         ("error int", "error", {"code": 7, "message": "x"}, "error code as an int"),
         ("status bool", "status", status(uptime_s=True), "uptime_s true: a bool is no number"),
         ("status str", "status", status(uptime_s="12.5"), "uptime_s as a str"),
+        ("status nan", "status", status(uptime_s=float("nan")), "uptime_s NaN: no number"),
+        ("status inf", "status", status(uptime_s=float("-inf")), "uptime_s -infinity"),
         ("status actors map", "status", status(actors={"coder": actor}), "actors as a map"),
         (
             "restarts float",
