@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import heapq
+import math
 import re
 import struct
 from collections.abc import Mapping
@@ -548,6 +549,9 @@ class Spec:
         accepted = {"str": (str,), "bin": (bytes,), "int": (int,), "float": (int, float),
                     "bool": (bool,)}[kind]
         if type(value) in accepted:  # type(): a bool is no int, an int no bool
+            # Section 11's types: a float is finite (a NaN or an infinity is bad_payload).
+            if kind == "float" and isinstance(value, float) and not math.isfinite(value):
+                return f"{where} is not a finite number but {value!r}"
             return ""
         return f"{where} is not a {kind} but a {type(value).__name__}"
 
