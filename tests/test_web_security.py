@@ -1010,3 +1010,20 @@ def test_a_logged_out_session_stays_out_after_a_restart(tmp_path: Path) -> None:
         assert reset.valid(fresh)
         assert Sessions(secret, 12.0, "entity-a", revoked).valid(fresh)  # rewritten whole
         assert not Sessions(secret, 12.0, "entity-a", revoked).valid(kept)
+
+
+def test_past_the_revocation_list_bound_no_logged_out_session_comes_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only so many logged-out sessions are kept; the soonest to expire make room, and
+    every cookie expiring by then is void with them (a few live ones logged out too)
+    rather than a revoked one valid again."""
+    monkeypatch.setattr(auth, "MAX_REVOKED", 3)
+    sessions = Sessions(b"s" * 64, 12.0, "entity-a", tmp_path / auth.REVOKED_FILE)
+    now = time.time()
+    cookies = [sessions.issue(now + minutes * 60) for minutes in range(5)]
+    for cookie in cookies:
+        assert sessions.revoke(cookie, now)
+    assert not any(sessions.valid(cookie, now) for cookie in cookies)
+    again = Sessions(b"s" * 64, 12.0, "entity-a", tmp_path / auth.REVOKED_FILE)
+    assert not any(again.valid(cookie, now) for cookie in cookies)
+    assert again.valid(again.issue(now), now)

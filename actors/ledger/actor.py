@@ -58,6 +58,11 @@ from .stream import ChainMoved, LedgerStream
 ACTOR = protocol.subjects.LEDGER_ACTOR
 CHECKPOINT = "ledger.checkpoint"  # in the data dir
 APPEND_ATTEMPTS = 3  # another writer came first this many times: give up, say so
+# Messages that are no entries (anyone can have the hub's JetStream store a reply on our
+# chain's subject) also fail the compare-and-set; for this long such failures use up no
+# attempt. (A flood of them can still outrun an append: PROTOCOL.md 16.3 and
+# deploy/FEDERATION.md say so.)
+APPEND_PATIENCE_S = 10.0
 STREAM_FAILURES = (nats.errors.Error, TimeoutError)
 # After a read of the stream failed, reads within this many seconds fail at once with the
 # same reason, rather than each waiting out the timeout again (a hub with no LEDGER stream
@@ -283,10 +288,15 @@ class LedgerActor(Actor):
         next attempt reads the stream first."""
         me = self.ctx.entity
         subject = protocol.subjects.ledger(me)
-        for attempt in range(APPEND_ATTEMPTS):
+        patience = time.monotonic() + APPEND_PATIENCE_S
+        attempt, moved = 0, False
+        while attempt < APPEND_ATTEMPTS:
             try:
-                if attempt:
+                if moved:
+                    head = self.chains.last_of.get(me)
                     await self._catch_up()
+                    if self.chains.last_of.get(me) == head and time.monotonic() < patience:
+                        attempt -= 1  # only what is no entry came between: try again
                 broken = self.chains.violations.get(me)
                 if broken is not None:
                     return LedgerResult(False, reasons.BROKEN_CHAIN, f"{me}'s chain holds an "
@@ -307,9 +317,11 @@ class LedgerActor(Actor):
                 stored = await self.stream.append(me, wire, entry_id,
                                                   self.chains.subject_last.get(me, 0))
             except ChainMoved:
+                attempt, moved = attempt + 1, True
                 continue  # another writer came first: read its entry, then try again
             except LedgerError as exc:
-                if not attempt:
+                if not moved:
+                    attempt, moved = attempt + 1, True
                     continue  # on books read up to date, the same refusal is final
                 return LedgerResult(False, exc.reason, exc.detail, entry_id.hex())
             except ProtocolError as exc:  # our own entry does not open: a bug of ours

@@ -12,8 +12,11 @@ names), so a message that does not open, is not signed by a key allowed on the c
 or was not sealed for it, must not be able to stop the chain, or one member could freeze
 another's money. A copy of an entry the chain holds already is ignored the same way. An
 entry signed by a key we do not know yet, on the chain of an account whose key we do not
-know either (a peer never heard), stops its chain only until the key is known: learning
-new keys replays the books from the start, so every reader ends with the same books.
+know either (a peer never heard), stops its chain until we ask for the peers' keys; if
+that does not teach the account's key, the chain is *unverifiable* here: not counted,
+its messages ignored, asked about again now and then (a key learnt replays the books
+from the start, so every reader ends with the same books). A subject under `ledger.`
+that names no account is no chain: what is on it is ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any
@@ -59,6 +63,7 @@ NOT_THE_ACCOUNTS = frozenset({
     protocol.reasons.WRONG_SIGNER})
 PARALLEL_FROM = 64  # a read this long has its signatures checked in threads
 OPENING_AHEAD = 2  # batches opened in the threads while an earlier one is applied
+RELEARN_S = 60.0  # how often the keys of unverifiable chains' accounts are asked again
 
 Opened = Entry | ProtocolError
 
@@ -93,6 +98,10 @@ class Chains:
         self.ignored = 0  # messages on chains' subjects that are no entries of theirs
         self.ignored_noted: list[str] = []  # the first MAX_IGNORED_NOTED of them, said
         self.unknown_signer = False
+        # Accounts whose chains hold entries of a key a refresh did not teach us.
+        self.unverifiable: set[str] = set()
+        self._relearnt = 0.0  # when the peers' keys were last asked for them
+        self._keys_fresh = False  # the peers' keys were asked for during this catch_up
         self.entries = 0
         self.mine: list[EntryInfo] = []  # our entries and the ones naming us, oldest first
 
@@ -110,6 +119,7 @@ class Chains:
         """Where this reader is, beside its books (for a checkpoint)."""
         return {"after": self.after, "last_of": self.last_of, "entries": self.entries,
                 "subject_last": self.subject_last, "ignored": self.ignored,
+                "unverifiable": sorted(self.unverifiable),
                 "mine": [tuple([getattr(info, name) for name in _INFO_FIELDS])
                          for info in self.mine]}  # astuple, without its deep copies
 
@@ -121,6 +131,7 @@ class Chains:
         # (A checkpoint from before ignored messages were kept apart had none.)
         self.subject_last = dict(state.get("subject_last", self.last_of))
         self.ignored = state.get("ignored", 0)
+        self.unverifiable = set(state.get("unverifiable", ()))
         self.entries = state["entries"]
         self.mine = [EntryInfo(*info) for info in state["mine"]]
 
@@ -135,15 +146,39 @@ class Chains:
         replay from the start. The keys are asked for at the first such entry, not
         after reading on to the end (a replay whose keys are learnt that way would
         otherwise read the stream twice)."""
+        self._keys_fresh = False
         stopped = await self._read(stop_at_unknown=not self.unknown_signer)
-        if not self.unknown_signer:
+        due = self.unverifiable and time.monotonic() - self._relearnt >= RELEARN_S
+        if not (self.unknown_signer or due):
             return
         peers = await self._peer_keys()
         if any(self._known.get(name) != key for name, key in peers.items()):
             self._reset(peers)
-        elif not stopped:
-            return
+            self._relearnt = time.monotonic()
+        else:
+            self._relearnt = time.monotonic()
+            self._unverifiable_now()
+            if not stopped:
+                return
+        self._keys_fresh = True  # an unknown account met from here on is unverifiable
         await self._read(stop_at_unknown=False)
+
+    def _unverifiable_now(self) -> None:
+        """The peers' keys were asked for and taught nothing: the chains stopped at a
+        key we do not know, of accounts we do not know, are unverifiable here, not
+        violated (a message anyone can have stored on `ledger.nobody` must not fail
+        everyone's `ledger verify` and checkpoints)."""
+        for chain, exc in list(self.violations.items()):
+            if exc.reason == protocol.reasons.UNKNOWN_KEY and chain not in self._known:
+                del self.violations[chain]
+                self._unverifiable(chain, exc)
+        self.unknown_signer = any(exc.reason == protocol.reasons.UNKNOWN_KEY
+                                  for exc in self.violations.values())
+
+    def _unverifiable(self, chain: str, exc: ProtocolError) -> None:
+        self.unverifiable.add(chain)
+        self._ignore(0, chain, f"{exc}; no key of {chain}'s is known here, so its chain "
+                     "is not counted")
 
     async def _read(self, *, stop_at_unknown: bool) -> bool:
         """Apply what the stream has past what we read; True if it stopped early, at an
@@ -192,7 +227,8 @@ class Chains:
     def _ignore(self, seq: int, chain: str, why: str) -> None:
         self.ignored += 1
         if len(self.ignored_noted) < MAX_IGNORED_NOTED:
-            self.ignored_noted.append(f"stream sequence {seq} on {chain}'s chain: {why}")
+            where = f"stream sequence {seq} on " if seq else ""
+            self.ignored_noted.append(f"{where}{chain}'s chain: {why}")
 
     def take_own(self, seq: int, entry: Entry) -> bool:
         """Count an entry we just appended, at stream sequence `seq`, as the books read
@@ -220,8 +256,14 @@ class Chains:
     def _take(self, seq: int, subject: str, opened: Entry | ProtocolError) -> None:
         """Apply what was read at stream sequence `seq` on `subject`."""
         chain = _chain_of(subject)
+        if not chain:
+            self._ignore(seq, subject, "no account's chain (ledger.<entity name>)")
+            return
         self.subject_last[chain] = seq
         if chain in self.violations:
+            return
+        if chain in self.unverifiable:
+            self._ignore(seq, chain, "on a chain whose account's key is not known here")
             return
         if isinstance(opened, ProtocolError) and self._not_the_accounts(chain, opened):
             self._ignore(seq, chain, str(opened))
@@ -233,6 +275,9 @@ class Chains:
             head = self.books.position(chain).seq - 1
             self.books.apply(entry)
         except ProtocolError as exc:
+            if exc.reason == protocol.reasons.UNKNOWN_KEY and self._keys_fresh:
+                self._unverifiable(chain, exc)  # (an account's own key is never unknown)
+                return
             self.violations[chain] = exc
             if exc.reason == protocol.reasons.UNKNOWN_KEY:
                 self.unknown_signer = True
@@ -265,10 +310,13 @@ _CHAINS: dict[str, str] = {}  # subject -> the chain it is, worked out once each
 
 
 def _chain_of(subject: str) -> str:
+    """The account whose chain `subject` is ('' for a subject that names none)."""
     chain = _CHAINS.get(subject)
     if chain is None:
-        route = protocol.subjects.route(subject)
-        chain = route.receiver if route and route.receiver else subject
+        account = subject.removeprefix("ledger.")
+        valid = (protocol.subjects.ledger(account) == subject
+                 and protocol.subjects.valid_name(account))
+        chain = account if valid else ""
         if len(_CHAINS) >= 4096:  # bounded: forgetting only costs working it out again
             _CHAINS.clear()
         _CHAINS[subject] = chain

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import secrets
 from collections.abc import AsyncGenerator
@@ -157,10 +158,16 @@ class LedgerStream:
                 return answer
             raise StrayReply
 
+        # The message id is the wire's digest, not the entry id: an id another member
+        # can foresee (an escrow's are made from the task) it could publish first, on
+        # its own chain, and the stream would refuse ours as a duplicate for its whole
+        # window. Nobody knows a wire's digest before it is sent; a resent wire (its
+        # PubAck lost) is still recognised. The entry id makes a retry exactly-once
+        # through the books (retry_of) and the compare-and-set.
         answer = await self.replies.request(
             subjects.ledger(account), wire, self.timeout, pub_ack,
             headers={"Nats-Expected-Last-Subject-Sequence": str(after),
-                     "Nats-Msg-Id": entry_id.hex()})
+                     "Nats-Msg-Id": hashlib.blake2b(wire, digest_size=16).hexdigest()})
         error = answer.get("error")
         if error:
             if error.get("err_code") == WRONG_LAST_SEQUENCE:

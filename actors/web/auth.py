@@ -20,7 +20,7 @@ from pathlib import Path
 
 SECRET_FILE = "web.secret"
 REVOKED_FILE = "web.revoked"  # {session id: when it would have expired}, JSON
-MAX_REVOKED = 4096  # sessions logged out and not yet expired; the soonest to expire go first
+MAX_REVOKED = 4096  # sessions logged out and not yet expired; past it, the floor rises
 FLOOR = "*"  # in REVOKED_FILE: sessions expiring at or before this are all void
 COOKIE_PREFIX = "entityd_"  # + the entity: pages of two entities on one host differ by port only
 CSRF_HEADER = "x-csrf-token"
@@ -80,7 +80,9 @@ class Sessions:
         moment = now or time.time()
         kept = {sid: until for sid, until in self._revoked.items() if until > moment}
         while len(kept) >= MAX_REVOKED:
-            del kept[min(kept, key=kept.__getitem__)]
+            # Forgetting one would let it back in: void every cookie expiring by then.
+            soonest = min(kept, key=kept.__getitem__)
+            self._floor = max(self._floor, kept.pop(soonest))
         kept[session_id] = expires
         self._revoked = kept
         try:
