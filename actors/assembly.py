@@ -23,7 +23,7 @@ from .services.actor import ServicesActor
 from .tool import ToolActor
 from .web.actor import WebActor
 from .web.auth import LoginLinks
-from .workspace import Workspace
+from .workspaces import Workspaces
 
 ActorFactory = Callable[[], Actor]
 # A ledger write waits for the stream up to this many times (appends the stream refused
@@ -76,7 +76,8 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
                     supervision: Supervision, limits: SharedLimits | None = None,
                     links: LoginLinks | None = None) -> dict[str, ActorFactory]:
     limits = limits or sandbox_limits(config)
-    workspace = Workspace(config.workspace_dir, config.name, config.sandbox, limits)
+    workspaces = Workspaces(config, limits)
+    workspace = workspaces.own
     trust = Trust(config.trust, config.peers.default_trust)
     steps = config.llm.max_steps_per_turn
     cost = ModelCost.of(config.llm, config.prices)  # what each call's tokens cost
@@ -84,13 +85,13 @@ def standard_actors(config: Config, status: Callable[[], Status], llm: SharedLLM
         HealthActor.name: lambda: HealthActor(status),
         MemoryActor.name: lambda: MemoryActor(config.memory_path),
         ToolActor.name: lambda: ToolActor(config, limits),
-        CoderActor.name: lambda: CoderActor(llm, workspace, steps, cost),
+        CoderActor.name: lambda: CoderActor(llm, workspaces, steps, cost),
         OrchestratorActor.name: lambda: OrchestratorActor(
             llm, steps, config.autonomy, config.peers, trust.allowed,
             goals_path=config.data_dir / "goals.sqlite3",
             ledger_timeout=LEDGER_ATTEMPTS * config.economy.append_timeout, cost=cost,
             a2a_agents=config.a2a.agents),
-        PeerActor.name: lambda: PeerActor(config, workspace, supervision),
+        PeerActor.name: lambda: PeerActor(config, workspaces, supervision),
         LedgerActor.name: lambda: LedgerActor(config),
         ServicesActor.name: lambda: ServicesActor(config, workspace),
     }

@@ -1,5 +1,7 @@
 """The coder actor: a coding sub-agent on the git workspace; the daemon commits its work.
-It also shows the workspace's commits and diffs (for the entity's page) while it codes.
+A peer's task codes and commits in that peer's workspace (actors/workspaces.py), never
+in the entity's own. It also shows the entity's own workspace's commits and diffs (for
+the entity's page) while it codes.
 A `turn_cancel` from the orchestrator stops the coding task of that goal (running or
 waiting), unless it is committing already: its result says it was cancelled, and what it
 wrote stays uncommitted in the workspace, as after a failed task."""
@@ -30,7 +32,8 @@ from .messages import (
 )
 from .remote_tools import RemoteTools
 from .turn_scope import WORKSPACE_TOOLS
-from .workspace import GitError, Workspace
+from .workspace import GitError
+from .workspaces import Workspaces
 
 # Coding tasks waiting for the one running, and queries of the history answered at once;
 # past these a request is answered `busy`.
@@ -42,11 +45,12 @@ class CoderActor(Actor):
     name = "coder"
     accepts = (CodeTask, CommitsGet, CommitDiffGet, TurnCancel)
 
-    def __init__(self, llm: LLMSource, workspace: Workspace, max_steps: int,
+    def __init__(self, llm: LLMSource, workspaces: Workspaces, max_steps: int,
                  cost: ModelCost | None = None) -> None:
         self._llm_factory = llm
         self.cost = cost  # None: its calls are not recorded in memory's usage
-        self.workspace = workspace
+        self.workspaces = workspaces
+        self.workspace = workspaces.own
         self.max_steps = max_steps
         self._tools = RemoteTools(self)
         # Tasks run one at a time, in arrival order, beside the mailbox: a query of the
@@ -144,7 +148,12 @@ class CoderActor(Actor):
             return CodeResult(False, f"the coder has no model: {exc}")
         if self.cost is not None:
             llm = UsageMeter(llm, self.ctx, task.task_id, self.cost, task.payer)
-        tools = await self._tools.get(private=task.private)
+        try:
+            workspace = self.workspaces.of(task.workspace)
+            await workspace.ensure()  # a repository before the agent writes a file there
+        except (ValueError, GitError) as exc:
+            return CodeResult(False, f"the coder has no workspace for this task: {exc}")
+        tools = await self._tools.get(private=task.private, workspace=task.workspace)
         if task.payer:  # a peer's task: the workspace, not whatever else the tool actor offers
             tools = [tool for tool in tools if tool.name in WORKSPACE_TOOLS]
         toolbox = Toolbox(tools)
@@ -166,7 +175,7 @@ class CoderActor(Actor):
             # A private task's goal is a peer's words: never in the workspace's history.
             title = "a private task" if task.private else _title(task.goal)
             message = f"{title}\n\nentityd task {task.task_id}"
-            commit = await self.workspace.commit(message)
+            commit = await workspace.commit(message)
         except GitError as exc:
             return CodeResult(False, f"{outcome.answer}\n\nbut the commit failed: {exc}",
                               steps=outcome.steps)

@@ -23,6 +23,9 @@ class ToolCall:
     args: dict[str, Any] = field(default_factory=dict)
     caller: str = ""  # who asked, for the audit event (e.g. "coder", "orchestrator")
     private: bool = False  # a peer's turn: the audit's summary goes to the log only
+    # Where it works: "" the entity's own workspace; a peer's name, the workspace of the
+    # tasks that peer delegated here (Config.workspace_of).
+    workspace: str = ""
 
 
 @kind("tool_result")
@@ -257,13 +260,14 @@ class WakeResult:
 @kind("code_task")
 @dataclass(frozen=True, slots=True)
 class CodeTask:
-    """Coding work for the coder actor, on the entity's git workspace."""
+    """Coding work for the coder actor, on the entity's git workspace (or a peer's)."""
 
     task_id: str
     goal: str
     context: str = ""
     private: bool = False  # no content in the coder's events (see Goal.private)
     payer: str = ""  # the peer whose token budget pays for it; empty: the operator's
+    workspace: str = ""  # "" the entity's own; a peer's name: its delegated tasks' (ToolCall)
 
 
 @kind("code_result")

@@ -504,9 +504,11 @@ class OrchestratorActor(Actor):
             return f"unknown just now ({exc})"
 
     async def _workspace_tools(self, scope: TurnScope) -> list[Tool]:
-        """The tool actor's tools, each audited privately once the turn is private."""
-        public = await self._tools.get(private=False)
-        private = {tool.name: tool for tool in await self._tools.get(private=True)}
+        """The tool actor's tools, each audited privately once the turn is private, in
+        the workspace of the turn's owner (a peer's task works in that peer's own)."""
+        public = await self._tools.get(private=False, workspace=scope.owner)
+        private = {tool.name: tool
+                   for tool in await self._tools.get(private=True, workspace=scope.owner)}
         return [either(tool, private[tool.name], scope) for tool in public]
 
     async def _finish(self, goal: Goal, scope: TurnScope, outcome: TurnOutcome,

@@ -103,7 +103,7 @@ class OrchestratorTools:
         result: CodeResult = await self._ask(
             "coder",
             CodeTask(self.task_id, str(args["goal"]), str(args.get("context", "")),
-                     self.scope.private, self.scope.payer),
+                     self.scope.private, self.scope.payer, self.scope.owner),
             timeout=CODER_TIMEOUT_S,
         )
         if result.commit:

@@ -26,29 +26,31 @@ class RemoteTools:
 
     def __init__(self, actor: Actor) -> None:
         self.actor = actor
-        self._tools: dict[bool, list[Tool]] = {}
+        self._specs: list[dict[str, Any]] | None = None
 
-    async def get(self, private: bool = False) -> list[Tool]:
-        """The tools; `private` for a peer's turn (see ToolCall.private)."""
-        if private not in self._tools:
-            ctx = self.actor.ctx
+    async def get(self, private: bool = False, workspace: str = "") -> list[Tool]:
+        """The tools; `private` for a peer's turn (see ToolCall.private), working in
+        `workspace` (ToolCall.workspace: "" the entity's own, else a peer's tasks')."""
+        ctx = self.actor.ctx
+        if self._specs is None:
             try:
                 specs: ToolSpecs = await ctx.ask(f"{ctx.entity}/{TOOL_ACTOR}", ToolSpecsGet())
             except EntitydError as exc:
                 # The turn goes on without them; the next turn asks again.
                 ctx.log.warning("tool_specs_unavailable", error=str(exc))
                 return []
-            self._tools[private] = [_wrap(ctx, self.actor.name, s["function"], private)
-                                    for s in specs.tools]
-        return self._tools[private]
+            self._specs = [s["function"] for s in specs.tools]
+        return [_wrap(ctx, self.actor.name, function, private, workspace)
+                for function in self._specs]
 
 
-def _wrap(ctx: Context, caller: str, function: dict[str, Any], private: bool) -> Tool:
+def _wrap(ctx: Context, caller: str, function: dict[str, Any], private: bool,
+          workspace: str) -> Tool:
     name = function["name"]
 
     async def run(args: dict[str, Any]) -> str:
         result: ToolResult = await ctx.ask(
-            f"{ctx.entity}/{TOOL_ACTOR}", ToolCall(name, args, caller, private),
+            f"{ctx.entity}/{TOOL_ACTOR}", ToolCall(name, args, caller, private, workspace),
             timeout=TOOL_TIMEOUT_S,
         )
         if not result.ok:

@@ -8,6 +8,10 @@ the orchestrator and entityctl only, and are offered to the orchestrator when a 
 The MCP tools (actors/mcp) answer beside the mailbox too (each call starts its server in
 the sandbox), for the orchestrator and the coder, and entityctl lists and approves them.
 
+A call works in the workspace it names (`ToolCall.workspace`): the entity's own, or the
+one of the tasks a peer delegated here, made at its first call (`Config.workspace_of`);
+each has its own confinement, shell and quota, and no call sees another's files.
+
 Workspace calls run one at a time in arrival order, each beside the mailbox (a FIFO lock
 keeps the order), so that nothing waits behind a long shell command in the mailbox: a
 `turn_cancel` from the orchestrator, sent when it stops a turn, is handled at once, and a
@@ -21,6 +25,7 @@ import asyncio
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +63,17 @@ _SECRETS = [
 ]
 
 
+@dataclass
+class Space:
+    """One workspace the tools work in."""
+
+    root: Path
+    confinement: Confinement
+    files: FileTools
+    shell: Shell
+    ready: bool = False  # created, handed to the sandbox's uid, its shell probed
+
+
 class ToolActor(Actor):
     name = "tool"
     accepts = (ToolCall, ToolSpecsGet, McpList, McpApprove, TurnCancel)
@@ -65,16 +81,14 @@ class ToolActor(Actor):
     TURN_ACTORS = ("orchestrator", "coder")
 
     def __init__(self, config: Config, limits: SharedLimits | None = None) -> None:
-        settings = config.sandbox
-        self.settings = settings
+        self.config = config
+        self.settings = config.sandbox
+        self.limits = limits
         self.root = Path(os.path.realpath(config.workspace_dir))
-        owner = (settings.uid, settings.gid) if os.geteuid() == 0 else None
-        self.workspace = Confinement(self.root, owner)
-        self.files = FileTools(self.workspace, FileLimits(
-            max_file_bytes=settings.file_size_mb * 1024 * 1024,
-            output_limit=settings.output_limit,
-        ))
-        self.shell = Shell(settings, self.root, limits)
+        own = self._space(self.root)
+        # The workspaces by the peer whose tasks work there ("": the entity's own).
+        self.spaces: dict[str, Space] = {"": own}
+        self.workspace, self.files, self.shell = own.confinement, own.files, own.shell
         self.unavailable = _contains(self.root, config.data_dir)
         self.moltbook = MoltbookTools(config)
         self.mcp = McpTools(config, limits)
@@ -99,6 +113,7 @@ class ToolActor(Actor):
             await self.ctx.emit("sandbox", available=False, reason=self.unavailable, shell=False)
             return
         reason = await self.shell.probe()
+        self.spaces[""].ready = True
         await self.ctx.emit("sandbox", available=True, shell=reason is None, reason=reason or "",
                             workspace=str(self.root), missing_hardening=list(self.shell.missing),
                             limits=self.shell.limits.description)
@@ -140,6 +155,38 @@ class ToolActor(Actor):
                 return McpApproved(approve.server, error="only entityctl approves MCP tools")
             case _:
                 raise TypeError(f"tool does not handle {envelope.typ}")
+
+    def _space(self, root: Path) -> Space:
+        settings = self.settings
+        owner = (settings.uid, settings.gid) if os.geteuid() == 0 else None
+        confinement = Confinement(root, owner)
+        files = FileTools(confinement, FileLimits(
+            max_file_bytes=settings.file_size_mb * 1024 * 1024,
+            output_limit=settings.output_limit,
+        ))
+        return Space(root, confinement, files, Shell(settings, root, self.limits))
+
+    async def _space_of(self, peer: str) -> Space:
+        """The workspace a call names, made ready at its first call."""
+        space = self.spaces.get(peer)
+        if space is None:
+            try:
+                path = self.config.workspace_of(peer)
+            except ValueError as exc:
+                raise BadArguments(f"no such workspace: {exc}") from None
+            root = Path(await asyncio.to_thread(os.path.realpath, path))
+            space = self.spaces.setdefault(peer, self._space(root))
+        if not space.ready:
+            try:
+                left = await asyncio.to_thread(prepare, space.root, space.confinement.owner)
+            except OSError as exc:
+                raise ToolError(f"cannot prepare the workspace of {peer}'s tasks: "
+                                f"{exc.strerror}") from None
+            if left:
+                self.ctx.log.warning("workspace_partly_prepared", left=left, peer=peer)
+            await space.shell.probe()
+            space.ready = True
+        return space
 
     async def _in_order(self, call: ToolCall) -> ToolResult:
         async with self._order:  # workspace calls, one at a time, in arrival order
@@ -184,7 +231,7 @@ class ToolActor(Actor):
                 raise ToolError(f"tools are unavailable: {self.unavailable}")
             else:
                 args = check_args(call.tool, call.args)
-                result = await self.dispatch(call.tool, args)
+                result = await self.dispatch(call.tool, args, await self._space_of(call.workspace))
         except ToolError as exc:
             result = ToolResult(ok=False, error=str(exc))
         except Exception as exc:
@@ -212,26 +259,26 @@ class ToolActor(Actor):
         )
         return result
 
-    async def dispatch(self, tool: str, args: dict[str, Any]) -> ToolResult:
+    async def dispatch(self, tool: str, args: dict[str, Any], space: Space) -> ToolResult:
         if tool == "shell":
-            return await self.run_shell(args["command"])
-        method = getattr(self.files, tool)
+            return await self.run_shell(args["command"], space.shell)
+        method = getattr(space.files, tool)
         output, data = await asyncio.to_thread(method, **args)
         return ToolResult(ok=True, output=output, data=data)
 
-    async def run_shell(self, command: str) -> ToolResult:
+    async def run_shell(self, command: str, shell: Shell) -> ToolResult:
         if len(command) > MAX_COMMAND:
             raise BadArguments(f"the command is {len(command)} characters; the limit is "
                                f"{MAX_COMMAND} (write a script file and run it)")
         if "\x00" in command:
             raise BadArguments("the command contains a NUL byte, which no program can be given")
-        if self.shell.unavailable:
-            raise SandboxUnavailable(self.shell.unavailable)
+        if shell.unavailable:
+            raise SandboxUnavailable(shell.unavailable)
         # Off the loop: bashlex takes ~10-100 us a character (more on long pipelines), so
         # a command near MAX_COMMAND would stall every actor of the daemon for seconds.
         verdict = await asyncio.to_thread(classify, command)
         network = verdict.wants_network(self.settings.network_commands)
-        run = await self.shell.run(command, network=network)
+        run = await shell.run(command, network=network)
         data: dict[str, Any] = {
             "exit_code": run.exit_code, "timed_out": run.timed_out, "cut_bytes": run.cut_bytes,
             "network": network, "duration_ms": round(run.duration * 1000),

@@ -27,6 +27,7 @@ from .mcp_servers import McpServer
 from .schema import hex_key, key, one_of, positive, table, tcp_port, url_of, zero_or_more
 
 CONFIG_NAME = "entityd.toml"
+PEER_WORKSPACES = "peer-workspaces"  # under DATA_DIR: one workspace per delegating peer
 PEER_PERMISSIONS = ("talk", "report", "delegate", "wake", "restart")
 PINNING = ("first-sight", "config")
 LLM_PROVIDERS = ("moonshot", "openrouter", "openai", "ollama", "custom", "scripted")
@@ -407,6 +408,16 @@ class Config:
     def workspace_dir(self) -> Path:
         """The entity's git workspace: the only place its tools may write."""
         return _under(self.data_dir, self.workspace.path, "workspace")
+
+    def workspace_of(self, peer: str = "") -> Path:
+        """Where a turn's tools work: the entity's own workspace (`peer` ""), or the one of
+        the tasks `peer` delegated here (DATA_DIR/peer-workspaces/<peer>), so that no
+        peer's task reads what another peer's, or the entity's own work, left behind."""
+        if not peer:
+            return self.workspace_dir
+        if not subjects.NAME_RE.match(peer):
+            raise ValueError(f"{peer[:40]!r} is not a peer's name ([a-z0-9-]{{1,32}})")
+        return self.data_dir / PEER_WORKSPACES / peer
 
     @property
     def memory_path(self) -> Path:

@@ -24,7 +24,7 @@ from actors.lessons import parse_lessons
 from actors.llm import Reply, ScriptedLLMServer, ScriptedToolCall
 from actors.messages import CodeResult, CodeTask, ToolCall, ToolResult
 from actors.tool import ToolActor
-from actors.workspace import Workspace
+from actors.workspaces import Workspaces
 from entityd import identity
 from entityd.config import Config, EntitySection, LlmSection
 from entityd.supervisor import ActorState
@@ -170,18 +170,19 @@ SECRET_GOAL = "PEERA-GOAL-7f3 build the private matcher"
 SECRET_CODE = "PEERA-CODE-7f3"
 
 
-async def seen_by_peer_b(nats_server: NatsServer, tmp_path: Path) -> str:
-    """Peer A's private task writes and commits its code; then peer B's task (its model is
-    the attacker) reads the workspace's history and files with the shell: what B's model
-    was shown."""
+async def seen_in_second_task(nats_server: NatsServer, tmp_path: Path, second: str
+                              ) -> tuple[str, Config]:
+    """Peer A's private task writes and commits its code; then a second private task, for
+    the peer `second` (its model is the attacker), reads the history and files of its
+    workspace with the shell: what that model was shown, and the config."""
     script = [
         Reply(tool_calls=[ScriptedToolCall("write_file", {
             "path": "matcher.py", "content": f"KEY_IDEA = '{SECRET_CODE}'\n"})]),
         Reply(content="done for a"),
         Reply(tool_calls=[ScriptedToolCall("shell", {
             "command": "git log -p --all | head -c 4000; cat .git/COMMIT_EDITMSG; "
-                       "git reflog; grep -rI PEERA . | head"})]),
-        Reply(content="done for b"),
+                       "git reflog; grep -rI PEERA . | head; ls -a; ls -a ..; ls /"})]),
+        Reply(content="done for the second"),
     ]
     data = tmp_path / ENTITY
     data.mkdir()
@@ -191,24 +192,25 @@ async def seen_by_peer_b(nats_server: NatsServer, tmp_path: Path) -> str:
                         sandbox=SANDBOX,
                         llm=LlmSection(provider="scripted", base_url=server.base_url,
                                        max_retries=0))
-        workspace = Workspace(config.workspace_dir, ENTITY, SANDBOX)
+        workspaces = Workspaces(config)
         llm = SharedLLM(config, environ={})
         try:
             async with running_actors(nats_server.url, ENTITY, {
                 "tool": lambda: ToolActor(config),
-                "coder": lambda: CoderActor(llm, workspace, 5),
+                "coder": lambda: CoderActor(llm, workspaces, 5),
             }) as running:
                 for task in (CodeTask("dlg-peer-a.1", SECRET_GOAL, private=True,
-                                      payer="peer-a"),
-                             CodeTask("dlg-peer-b.1", "look around", private=True,
-                                      payer="peer-b")):
+                                      payer="peer-a", workspace="peer-a"),
+                             CodeTask(f"dlg-{second}.2", "look around", private=True,
+                                      payer=second, workspace=second)):
                     env = await running.client.ask(f"{ENTITY}/ctl", f"{ENTITY}/coder",
                                                    task, 60.0)
                     assert isinstance(env.message, CodeResult) and env.message.ok, env.message
         finally:
             await llm.aclose()
         bodies = [r.body for r in server.requests if r.path.endswith("/chat/completions")]
-    return "".join(m["content"] for m in bodies[3]["messages"] if m["role"] == "tool")
+    seen = "".join(m["content"] for m in bodies[3]["messages"] if m["role"] == "tool")
+    return seen, config
 
 
 async def test_a_peers_private_goal_never_reaches_the_workspace(
@@ -216,19 +218,22 @@ async def test_a_peers_private_goal_never_reaches_the_workspace(
 ) -> None:
     """The coder committed a private task under its goal as the commit's subject, where
     the next task's shell reads it (`git log`, COMMIT_EDITMSG, the reflog): a peer's
-    private words in the workspace, for another peer's model to take home."""
-    seen = await seen_by_peer_b(nats_server, tmp_path)
-    assert "matcher.py" in seen, seen[:1500]  # B's shell did read the history
+    private words in the workspace, where the entity's page or a later model reads them."""
+    seen, _ = await seen_in_second_task(nats_server, tmp_path, "peer-a")
+    assert "matcher.py" in seen, seen[:1500]  # the shell did read the history
+    assert "a private task" in seen, seen[:1500]
     assert "PEERA-GOAL" not in seen, (
-        "peer B's model read peer A's private goal in the workspace:\n" + seen[:1500])
+        "a later model read peer A's private goal in the workspace:\n" + seen[:1500])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known limitation: a delegated task works in the entity's one workspace, so it can "
-    "read what earlier tasks (other peers' included) committed there; README, 'Delegation', "
-    "says so; per-delegator workspaces are not built yet"))
 async def test_a_peers_private_work_is_not_readable_in_another_peers_task(
     nats_server: NatsServer, tmp_path: Path,
 ) -> None:
-    seen = await seen_by_peer_b(nats_server, tmp_path)
-    assert SECRET_CODE not in seen, seen[:1500]
+    """One workspace for every delegated task let peer B's model read what peer A's task
+    had committed (`git log -p`, the files): each delegating peer's tasks now work in a
+    workspace of their own, and nothing of A's is under B's /workspace, its parent or /."""
+    seen, config = await seen_in_second_task(nats_server, tmp_path, "peer-b")
+    assert "does not have any commits yet" in seen, seen[:1500]  # B's own, empty history
+    assert SECRET_CODE not in seen and "matcher.py" not in seen, seen[:1500]
+    assert SECRET_CODE in (config.workspace_of("peer-a") / "matcher.py").read_text()
+    assert not (config.workspace_dir / "matcher.py").exists()  # not the entity's own either

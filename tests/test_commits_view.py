@@ -36,6 +36,8 @@ from actors.messages import (
     FileChange,
 )
 from actors.workspace import Workspace
+from actors.workspaces import Workspaces
+from entityd.config import Config, EntitySection, WorkspaceSection
 from entityd.errors import RemoteError
 from tests.helpers import NatsServer, RunningActors, running_actors
 from tests.test_tool_actor import SANDBOX
@@ -121,11 +123,13 @@ def _write(root: Path, files: dict[str | bytes, str | bytes]) -> None:
 
 @asynccontextmanager
 async def coder_rig(nats_server: NatsServer, root: Path) -> AsyncIterator[Rig]:
-    workspace = Workspace(root, ENTITY, SANDBOX)
+    workspaces = Workspaces(Config(entity=EntitySection(name=ENTITY, data_dir=str(root.parent)),
+                                   sandbox=SANDBOX, workspace=WorkspaceSection(path=str(root))))
+    workspace = workspaces.own
     gate = Gate()
     llm = Source(gate)
     async with running_actors(nats_server.url, ENTITY,
-                              {"coder": lambda: CoderActor(llm, workspace, 5)}) as actors:
+                              {"coder": lambda: CoderActor(llm, workspaces, 5)}) as actors:
         await workspace.ensure()  # what the coder's on_start does, waited for here
         yield Rig(actors, workspace, gate)
 

@@ -18,7 +18,7 @@ from actors.messages import CodeResult, CodeTask
 from actors.services.actor import ServicesActor
 from actors.services.tools import ServicesTools
 from actors.tool import ToolActor
-from actors.workspace import Workspace
+from actors.workspaces import Workspaces
 from entityd import identity
 from entityd.config import Config, EntitySection, LlmSection
 from tests.helpers import NatsServer, poll, running_actors
@@ -59,11 +59,12 @@ async def test_the_entity_writes_commits_and_serves_a_service(nats_server: NatsS
                         sandbox=SANDBOX, services=SERVICES,
                         llm=LlmSection(provider="scripted", base_url=server.base_url,
                                        max_retries=0))
-        workspace = Workspace(config.workspace_dir, ENTITY, SANDBOX)
+        workspaces = Workspaces(config)
+        workspace = workspaces.own
         llm = SharedLLM(config, environ={})
         actors = {
             "tool": lambda: ToolActor(config),
-            "coder": lambda: CoderActor(llm, workspace, 5),
+            "coder": lambda: CoderActor(llm, workspaces, 5),
             "services": lambda: ServicesActor(config, workspace),
         }
         try:

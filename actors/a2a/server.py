@@ -5,7 +5,8 @@ the data dir).
 
 A message becomes a task run as a delegation to the orchestrator: a goal named
 `dlg-a2a-<client>.<task id>` from `peer:a2a-<client>`, so its turn has exactly a trusted
-peer's delegated task's rights (the workspace and the coder, nothing of the operator's),
+peer's delegated task's rights (the workspace and the coder, nothing of the operator's;
+the workspace is the one kept for this client's tasks: actors/workspaces.py),
 its events carry no content, and the orchestrator runs it again after a crash. The
 answer comes back as `turn_done` to the web actor and ends the task (an artifact with
 the answer, another with the commits the turn made). The tasks handed over are kept on
@@ -319,8 +320,9 @@ def artifacts(done: TurnDone) -> list[Artifact]:
     found = [new_text_artifact("answer", done.text[:MAX_TEXT])]
     if done.commits:
         found.append(new_text_artifact("commits", "\n".join(done.commits[:MAX_COMMITS]),
-                                       description="the commits made in the entity's "
-                                       "workspace for this task, one id a line"))
+                                       description="the commits made for this task, one "
+                                       "id a line, in the workspace the entity keeps for "
+                                       "this client's tasks"))
     return found
 
 

@@ -26,7 +26,7 @@ from protocol import Envelope, Overloaded, ProtocolError, subjects
 from ..a2a import card
 from ..a2a.messages import CardSign, CardSigned
 from ..messages import TurnDone, Wake
-from ..workspace import Workspace
+from ..workspaces import Workspaces
 from .calls import PeerCalls
 from .delegation import Delegation
 from .deliverable import Deliverables
@@ -73,10 +73,11 @@ class PeerActor(Actor):
                PeerRestart, PeerDelegate, TaskSettle, CardSign)
     federated = True  # it speaks for the entity on the federation's subjects
 
-    def __init__(self, config: Config, workspace: Workspace, supervision: Supervision) -> None:
+    def __init__(self, config: Config, workspaces: Workspaces,
+                 supervision: Supervision) -> None:
         self.config = config
         self.settings = config.peers
-        self.workspace = workspace
+        self.workspaces = workspaces
         self.supervision = supervision
         self.trust = Trust(config.trust, config.peers.default_trust)
         self.limiter = RateLimiter.from_config(config.peers)
@@ -100,7 +101,7 @@ class PeerActor(Actor):
         self.turns = Turns(ctx)
         self.outbox = Outbox(link, store, ctx.log)
         self.delegation = Delegation(
-            ctx, self.config, store, self.turns, self.workspace, self.trust, self.outbox.send,
+            ctx, self.config, store, self.turns, self.workspaces, self.trust, self.outbox.send,
             Deliverables(link, self.config.protocol.max_message_bytes, self.settings))
         self.calls = PeerCalls(ctx, self.settings, link=link, store=store,
                                outbox=self.outbox, trust=self.trust)

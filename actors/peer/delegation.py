@@ -17,10 +17,11 @@ a kept deliverable), which it withholds once the hold no longer pays for it. Wit
 `[economy] auto_accept`, a priced delivery is accepted by itself once the operator's
 accept command passes on its branch (acceptance.py); otherwise it waits for them.
 
-The delegate runs the task as a turn of its orchestrator; when the turn commits code,
-the commits travel back as `git format-patch` output and land on the branch
-`delegated/<task_id>` of the delegator's workspace, beside its own work, where it can
-test them before merging. On restart the delegate gives unfinished tasks to its
+The delegate runs the task as a turn of its orchestrator, in the workspace it keeps for
+that delegator (actors/workspaces.py: never its own, nor another peer's); when the turn
+commits code, the commits travel back as `git format-patch` output and land on the
+branch `delegated/<task_id>` of the delegator's workspace, beside its own work, where it
+can test them before merging. On restart the delegate gives unfinished tasks to its
 orchestrator again; the delegator fails a task whose deadline passed without a result.
 """
 
@@ -37,7 +38,8 @@ from entityd import Config, Context, EntitydError
 from protocol import Error, reasons
 
 from ..messages import Goal, TurnDone
-from ..workspace import GitError, Workspace
+from ..workspace import GitError
+from ..workspaces import Workspaces
 from . import outcomes
 from .acceptance import PREFIX, Acceptance
 from .deliverable import KEEP_READ_S, Deliverables
@@ -75,19 +77,20 @@ def goal_of(peer: str, task_id: str) -> str:
 
 class Delegation:
     def __init__(self, ctx: Context, config: Config, store: PeerStore, turns: Turns,
-                 workspace: Workspace, trust: Trust, send: Send,
+                 workspaces: Workspaces, trust: Trust, send: Send,
                  deliverables: Deliverables) -> None:
         self.ctx = ctx
         self.config = config
         self.store = store
         self.turns = turns
-        self.workspace = workspace
+        self.workspaces = workspaces
+        self.workspace = workspaces.own  # where what we delegated lands
         self.trust = trust
         self.send = send
         self.deliverables = deliverables
         self.escrow = Escrow(ctx)
         self._answers: asyncio.Queue[TurnDone] = asyncio.Queue()
-        self.acceptance = Acceptance(config, workspace)
+        self.acceptance = Acceptance(config, workspaces.own)
         self._to_check: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # (task id, peer)
         # Kept deliverables whose escrow was read lately, as still paying: name -> when.
         self._escrow_read: dict[str, float] = {}
@@ -414,8 +417,8 @@ class Delegation:
                 await self._finish(task, "failed", done.text[:4000])
                 continue
             try:
-                patch = await self.workspace.format_patch(done.commits)
-            except GitError as exc:
+                patch = await self.workspaces.of(task.peer).format_patch(done.commits)
+            except (GitError, ValueError) as exc:
                 await self._finish(task, "failed", f"could not package the work: {exc}")
                 continue
             if task.price and await self._not_paid_for(task):

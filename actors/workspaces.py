@@ -1,0 +1,32 @@
+"""The entity's git workspaces: its own, and one for each peer whose delegated tasks work
+here (`Config.workspace_of`: DATA_DIR/peer-workspaces/<peer>), each a repository of its
+own. A peer's task reads and commits only in its peer's workspace, so it never sees the
+entity's own work or another peer's, and its commits are shipped from there; what a peer
+delivers to us still lands on a branch of our own workspace."""
+
+from __future__ import annotations
+
+from entityd import Config
+
+from .sandbox.cgroup import SharedLimits
+from .workspace import Workspace
+
+
+class Workspaces:
+    def __init__(self, config: Config, limits: SharedLimits | None = None) -> None:
+        self.config = config
+        self.limits = limits
+        self.own = Workspace(config.workspace_dir, config.name, config.sandbox, limits)
+        self._peers: dict[str, Workspace] = {}
+
+    def of(self, peer: str = "") -> Workspace:
+        """The workspace of `peer`'s tasks ("": the entity's own); ValueError for a name
+        that cannot be a peer's."""
+        if not peer:
+            return self.own
+        found = self._peers.get(peer)
+        if found is None:
+            found = Workspace(self.config.workspace_of(peer), self.config.name,
+                              self.config.sandbox, self.limits)
+            self._peers[peer] = found
+        return found
