@@ -417,7 +417,12 @@ class Config:
             return self.workspace_dir
         if not subjects.NAME_RE.match(peer):
             raise ValueError(f"{peer[:40]!r} is not a peer's name ([a-z0-9-]{{1,32}})")
-        return self.data_dir / PEER_WORKSPACES / peer
+        path = Path(os.path.abspath(self.data_dir / PEER_WORKSPACES / peer))
+        own = Path(os.path.abspath(self.workspace_dir))
+        if own == path or path in own.parents:
+            raise ValueError(f"the entity's workspace {own} lies in {path}, where {peer}'s "
+                             f"tasks work; move workspace.path out of DATA_DIR/{PEER_WORKSPACES}")
+        return path
 
     @property
     def memory_path(self) -> Path:

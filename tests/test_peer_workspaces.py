@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from actors.coder import CoderActor
 from actors.llm import ScriptedLLMServer, build_llm
 from actors.memory import MemoryActor
@@ -20,7 +22,7 @@ from actors.orchestrator import OrchestratorActor
 from actors.tool import ToolActor
 from actors.workspaces import Workspaces
 from entityd import identity
-from entityd.config import Config, EntitySection, LlmSection
+from entityd.config import Config, EntitySection, LlmSection, WorkspaceSection
 from protocol import ReplayGuard
 from tests.helpers import NatsServer, running_actors
 from tests.peer_model import route
@@ -102,3 +104,18 @@ async def test_a_peers_task_works_in_its_own_workspace(
     assert (b / "calc.py").exists() and "calc.py" in _git_log(b)
     assert not (config.workspace_dir / "calc.py").exists()
     assert "calc.py" not in _git_log(config.workspace_dir)
+
+
+def test_a_workspace_is_named_only_by_a_peers_name(tmp_path: Path) -> None:
+    config = Config(entity=EntitySection(name=ENTITY, data_dir=str(tmp_path)))
+    assert config.workspace_of("") == config.workspace_dir
+    assert config.workspace_of("peer-a") == tmp_path / "peer-workspaces" / "peer-a"
+    for bad in ("..", ".", "../workspace", "a/b", "Peer", "x" * 33, "a\x00", "peer-a\n"):
+        with pytest.raises(ValueError, match="not a peer's name"):
+            config.workspace_of(bad)
+    # The entity's own workspace configured where a peer's tasks work: refused, not shared.
+    inside = Config(entity=EntitySection(name=ENTITY, data_dir=str(tmp_path)),
+                    workspace=WorkspaceSection(path="peer-workspaces/peer-a/mine"))
+    with pytest.raises(ValueError, match=r"move workspace\.path"):
+        inside.workspace_of("peer-a")
+    assert inside.workspace_of("peer-b").name == "peer-b"
