@@ -11,7 +11,6 @@ from the start. Books that refused or repeated an entry are not written down at 
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import msgpack
@@ -19,6 +18,7 @@ import msgpack
 from protocol import ProtocolError
 from protocol.ledger import snapshot
 
+from ..private_file import replace_private
 from .chains import Chains
 
 SAVE_EVERY = 1000  # entries read between two checkpoints
@@ -64,17 +64,7 @@ class Checkpoint:
         data = msgpack.packb({"peers": chains.peers,
                               "books": snapshot.dump(chains.books, chains.state())},
                              use_bin_type=True)
-        await asyncio.to_thread(_write, self.path, data)
+        await asyncio.to_thread(replace_private, self.path, data)
         self.saved_at = chains.after
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Replace the file whole: a crash leaves the old checkpoint or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    partial = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(partial, path)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from ..private_file import replace_private
 
 FILE = "mcp-pins.json"
 
@@ -49,14 +50,4 @@ class Pins:
         servers = self.read()
         servers[server] = dict(sorted(hashes.items()))
         text = json.dumps({"servers": servers}, indent=2, sort_keys=True) + "\n"
-        temporary = self.path.with_name(f".{FILE}.{os.getpid()}.tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w") as file:
-                file.write(text)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            temporary.unlink(missing_ok=True)
-            raise
+        replace_private(self.path, text)

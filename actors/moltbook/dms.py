@@ -5,12 +5,12 @@ and dropped by `entityctl moltbook reject ID`."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from ..private_file import replace_private
 
 DMS_FILE = "moltbook-dms.json"
 MAX_PENDING = 100
@@ -64,12 +64,4 @@ class PendingDMs:
         self._write([item for item in self.all() if item.id != dm_id])
 
     def _write(self, items: list[PendingDM]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".moltbook-dms-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as out:  # mkstemp made it 0600
-                json.dump([asdict(item) for item in items], out)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_private(self.path, json.dumps([asdict(item) for item in items]))

@@ -5,11 +5,11 @@ verification failures in a row, and when its account was made, once Moltbook sai
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..private_file import replace_private
 
 STATE_FILE = "moltbook.state"
 DAY_S = 86400.0
@@ -55,15 +55,7 @@ class StateFile:
         state = self.state
         state.posts = state.posts[-1:]
         state.comments = [t for t in state.comments if t > now - DAY_S]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".moltbook-state-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as out:  # mkstemp made it 0600
-                json.dump(asdict(state), out)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        replace_private(self.path, json.dumps(asdict(state)))
 
 
 def _times(value: Any) -> list[float]:

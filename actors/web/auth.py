@@ -18,6 +18,8 @@ import secrets
 import time
 from pathlib import Path
 
+from ..private_file import replace_private
+
 SECRET_FILE = "web.secret"
 REVOKED_FILE = "web.revoked"  # {session id: when it would have expired}, JSON
 MAX_REVOKED = 4096  # sessions logged out and not yet expired; past it, the floor rises
@@ -94,7 +96,7 @@ class Sessions:
     def _save(self) -> None:
         if self._revoked_file is not None:
             floor = {FLOOR: self._floor} if self._floor else {}
-            _write_private(self._revoked_file, json.dumps({**self._revoked, **floor}))
+            replace_private(self._revoked_file, json.dumps({**self._revoked, **floor}))
 
     def _session(self, cookie: str | None, now: float | None) -> tuple[int, str] | None:
         """A valid cookie's expiry and session id (None: not a live session of ours)."""
@@ -139,17 +141,6 @@ def _read_revoked(path: Path | None) -> tuple[dict[str, int], str]:
     except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
         return {}, f"{path} cannot be read ({exc})"
     return revoked, ""
-
-
-def _write_private(path: Path, text: str) -> None:
-    """Replace `path` with `text` at once (a new file renamed over it), mode 0600."""
-    spare = path.with_name(path.name + ".new")
-    fd = os.open(spare, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(spare, path)
 
 
 def _same(ours: str, theirs: str) -> bool:
