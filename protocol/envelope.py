@@ -136,8 +136,24 @@ def seal(
     sig = key.sign(DOMAIN + body).signature
     kid = bytes(key.verify_key)
     SELF_SIGNED.add(kid, body, sig)
-    wire = msgpack.packb([VERSION, kid, body, sig], use_bin_type=True)
-    return wire, msg_id
+    return _wire(kid, body, sig), msg_id
+
+
+def _wire(kid: bytes, body: bytes, sig: bytes) -> bytes:
+    """msgpack [VERSION, kid, body, sig] as msgpack.packb writes it, put together by hand
+    (kid and sig have fixed lengths: only the body's bin header varies)."""
+    size = len(body)
+    if size < 0x100:
+        header = b"\xc4" + size.to_bytes(1, "big")
+    elif size < 0x10000:
+        header = b"\xc5" + size.to_bytes(2, "big")
+    else:
+        header = b"\xc6" + size.to_bytes(4, "big")
+    return b"".join((_WIRE_HEAD, kid, header, body, _SIG_HEAD, sig))
+
+
+_WIRE_HEAD = bytes((0x94, VERSION, 0xC4, KEY_BYTES))  # fixarray 4, the version, bin8 32
+_SIG_HEAD = bytes((0xC4, SIG_BYTES))
 
 
 class SelfSigned:
@@ -147,9 +163,10 @@ class SelfSigned:
     hear one another's events through NATS, and a process running `entityctl`'s
     requests beside the daemon's actors (the benches) likewise. Step 6 on such a wire
     can only say "valid": the same key, over the same body, made this very signature.
-    So `seal` remembers (signature -> key and a BLAKE2b-256 digest of the body) for the
-    last CAPACITY envelopes, and `verify_signature` takes a wire whose signature, key
-    and body all match one remembered as verified without running Ed25519. Anything
+    So `seal` remembers (signature -> key and the body, or past KEPT_BODY_MAX bytes a
+    BLAKE2b-256 digest of it) for the last CAPACITY envelopes, and `verify_signature`
+    takes a wire whose signature, key and body all match one remembered as verified
+    without running Ed25519. Anything
     else, a single bit of the body or the key changed included, is verified as always;
     step 5 (the key ring) still runs first, so a key removed from the ring is refused
     even for what it signed here. Reading is lock-free (one dict lookup, safe beside a
@@ -157,19 +174,28 @@ class SelfSigned:
     """
 
     CAPACITY = 4096
+    # A body up to this size is kept whole and compared byte for byte; a longer one by
+    # its digest. Whole bodies skip two BLAKE2b per envelope (one in `add`, one in
+    # `made`) and bound the memory to CAPACITY times this (4 MiB).
+    KEPT_BODY_MAX = 1024
 
     def __init__(self, capacity: int = CAPACITY) -> None:
         self.capacity = capacity
-        self._made: dict[bytes, bytes] = {}
+        # signature -> its mark (key, whether the body is kept whole, body or digest)
+        self._made: dict[bytes, tuple[bytes, bool, bytes]] = {}
         # The signatures in the order made, a ring: the slot of the next one holds the
         # oldest, forgotten as it is overwritten.
         self._order: list[bytes | None] = [None] * capacity
         self._next = 0
         self._lock = threading.Lock()
 
-    @staticmethod
-    def _mark(kid: bytes, body: bytes) -> bytes:
-        return kid + hashlib.blake2b(body, digest_size=32).digest()
+    @classmethod
+    def _mark(cls, kid: bytes, body: bytes) -> tuple[bytes, bool, bytes]:
+        """What identifies a body signed with `kid`: the body itself, or its digest, with
+        which of the two it is (a short body equal to a long one's digest is not it)."""
+        if len(body) <= cls.KEPT_BODY_MAX:
+            return kid, True, body
+        return kid, False, hashlib.blake2b(body, digest_size=32).digest()
 
     def add(self, kid: bytes, body: bytes, sig: bytes) -> None:
         mark = self._mark(kid, body)
