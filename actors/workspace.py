@@ -12,7 +12,6 @@ landed, and other repositories inside the workspace are never entered or recorde
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
@@ -170,24 +169,31 @@ class Workspace:
         commit holds them.
         """
         await self.ensure()
-        # The quota's scan leaves .git out (the agent cannot write it), but every commit
-        # adds to it what the tree holds: a tree filled, committed, emptied and filled
-        # again would grow the history without end. Past the quota, no more commits.
-        held = await asyncio.to_thread(_bytes_under, self.path / ".git")
+        found = await self.shell.scan()
+        # One look at the tree serves every git run of this commit: nothing else writes
+        # the workspace meanwhile (agent commands run only inside tool calls).
+        scanned = _SCANNED.set(found)
+        try:
+            await self._check_history_size()
+            return await self._commit(message, found)
+        finally:
+            _SCANNED.reset(scanned)
+
+    async def _check_history_size(self) -> None:
+        """The quota's scan leaves .git out (the agent cannot write it), but every commit
+        adds to it what the tree holds: a tree filled, committed, emptied and filled again
+        would grow the history without end. Past the quota, no more commits. git counts
+        its objects (loose, packed, garbage) in one run, whatever their number."""
+        counts = dict(line.partition(": ")[::2]
+                      for line in (await self.git("count-objects", "-v")).splitlines())
+        held = sum(int(counts.get(key, "0") or 0) for key in
+                   ("size", "size-pack", "size-garbage")) * 1024
         limit = self.shell.settings.workspace_mb * MiB
         if held > limit:
             raise GitError(f"the repository (.git) holds {held // MiB} MiB, past the "
                            f"workspace's quota of {self.shell.settings.workspace_mb} MiB "
                            "(sandbox.workspace_mb): nothing more is committed until an "
                            "operator makes room (e.g. a fresh history, or a larger quota)")
-        found = await self.shell.scan()
-        # One look at the tree serves every git run of this commit: nothing else writes
-        # the workspace meanwhile (agent commands run only inside tool calls).
-        scanned = _SCANNED.set(found)
-        try:
-            return await self._commit(message, found)
-        finally:
-            _SCANNED.reset(scanned)
 
     async def _commit(self, message: str, found: Scan) -> Commit | None:
         skipped = [f":(exclude,literal){path}" for path in (*found.nested_repos, *found.cut)]
@@ -344,13 +350,3 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
                     stack.append(entry.path)
 
 
-def _bytes_under(root: Path) -> int:
-    """The disk the files under `root` take (allocated blocks), links not followed."""
-    total = 0
-    for directory, _, files in os.walk(root, followlinks=False):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(directory, name)).st_blocks * 512
-            except OSError:
-                continue  # gone meanwhile (git's own temporary files)
-    return total
