@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from actors.services import proxy
 from actors.services.endpoint import SOCKET_NAME
 from actors.services.manifest import ManifestError, parse
 from actors.services.messages import ServiceLogs, ServiceLogsGet
@@ -274,6 +275,39 @@ async def test_the_proxy_reads_a_whole_request_head_and_bounds_it(rig: Rig) -> N
 
     text = await poll(logged, timeout=20, what="the service's log line of /last")
     assert "/x" in text and "/huge-head" not in text
+
+
+async def test_connections_that_send_no_request_give_their_slot_back(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local process opening MAX_CONNECTIONS connections and sending nothing held every
+    slot of the preview for 120 s each (the idle bound), again and again: a connection
+    now has HEAD_S to send its first request's head, then its slot is free again."""
+    monkeypatch.setattr(proxy, "MAX_CONNECTIONS", 4)
+    monkeypatch.setattr(proxy, "HEAD_S", 1.0)
+    await rig.commit({"app.py": service_app(listen_at=os.path.join("/workspace",
+                                                                   SOCKET_NAME)),
+                      "services.toml": MANIFEST.format(name="slots")})
+    await rig.event("service_ready", name="slots")
+    port = (await rig.services())["slots"].port
+    silent = [socket.create_connection((PREVIEW_HOST, port)) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.3)
+        try:  # every slot held: the next is closed at once, unanswered
+            refused = await asyncio.to_thread(raw_exchange, port, b"GET / HTTP/1.0\r\n",
+                                              f"Host: {PREVIEW_HOST}:{port}\r\n\r\n".encode())
+        except (ConnectionResetError, BrokenPipeError):
+            refused = b""
+        assert refused == b"", refused[:200]
+        await asyncio.sleep(1.5)  # past HEAD_S: the silent ones were closed
+        for conn in silent:
+            conn.settimeout(2)
+            assert conn.recv(1) == b""
+        answer = await asyncio.to_thread(raw_exchange, port, b"GET / HTTP/1.0\r\n",
+                                         f"Host: {PREVIEW_HOST}:{port}\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.0 200"), answer[:200]
+    finally:
+        for conn in silent:
+            conn.close()
 
 
 # ---- services.toml ---------------------------------------------------------------------

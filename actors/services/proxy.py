@@ -5,8 +5,8 @@ connection arrives.
 Which revision that is is read once per connection, with no await between the read and
 the count (`Revision.enter`), so a switch is atomic for new connections while the ones
 already open finish on the old revision, which is stopped only once they are done (or
-after the service's drain time). Connections are bounded in number, in the time to reach
-the service and in idle time.
+after the service's drain time). Connections are bounded in number, in the time to send
+the first request's head, in the time to reach the service and in idle time.
 
 Each connection's first request head is read before anything reaches the service, and
 its Host must name loopback (and this port, if it names one): a web page whose DNS name
@@ -34,6 +34,10 @@ log = get_logger("actors.services")
 MAX_CONNECTIONS = 64  # open at once per service; more are closed at once
 CONNECT_S = 5.0  # to reach the revision's socket
 IDLE_S = 120.0  # with no byte either way, a connection is closed
+# To send the first request's head: a connection holding a slot without a request (64 of
+# them would keep every browser out) is closed sooner than an idle one. A browser opens
+# a new connection for a request when its spare one was closed.
+HEAD_S = 15.0
 CHUNK = 1 << 16
 BACKLOG = 128
 MAX_HEAD = 1 << 16  # bytes of a request head (request line and headers)
@@ -130,7 +134,7 @@ class Proxy:
         """The first request's head, if its Host is this preview's; else None, the client
         told why (unless it sent no head at all)."""
         try:
-            async with asyncio.timeout(IDLE_S):
+            async with asyncio.timeout(HEAD_S):
                 head = await reader.readuntil(b"\r\n\r\n")
         except (asyncio.IncompleteReadError, TimeoutError, OSError):
             return None
