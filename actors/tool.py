@@ -50,6 +50,7 @@ from .sandbox import (
     tool_specs,
 )
 from .sandbox.cgroup import SharedLimits
+from .workspaces import peer_root
 
 MAX_COMMAND = 100_000  # characters in one shell command line
 SUMMARY_LIMIT = 160
@@ -171,10 +172,9 @@ class ToolActor(Actor):
         space = self.spaces.get(peer)
         if space is None:
             try:
-                path = self.config.workspace_of(peer)
+                root = await asyncio.to_thread(peer_root, self.config, peer)
             except ValueError as exc:
                 raise BadArguments(f"no such workspace: {exc}") from None
-            root = Path(await asyncio.to_thread(os.path.realpath, path))
             space = self.spaces.setdefault(peer, self._space(root))
         if not space.ready:
             try:

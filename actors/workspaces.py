@@ -6,6 +6,10 @@ delivers to us still lands on a branch of our own workspace."""
 
 from __future__ import annotations
 
+import os
+import stat
+from pathlib import Path
+
 from entityd import Config
 
 from .sandbox.cgroup import SharedLimits
@@ -26,7 +30,25 @@ class Workspaces:
             return self.own
         found = self._peers.get(peer)
         if found is None:
-            found = Workspace(self.config.workspace_of(peer), self.config.name,
+            found = Workspace(peer_root(self.config, peer), self.config.name,
                               self.config.sandbox, self.limits)
             self._peers[peer] = found
         return found
+
+
+def peer_root(config: Config, peer: str) -> Path:
+    """The directory of `peer`'s tasks, checked: a name that is no peer's, a workspace
+    configured beside it, or anything but a directory (or nothing yet) at its place raise
+    ValueError. No agent can write in DATA_DIR/peer-workspaces (the entity's workspace may
+    not hold it), so a link found there was put by someone else: refused, never followed.
+    Blocking (a stat)."""
+    given = config.workspace_of(peer)
+    path = Path(os.path.realpath(given.parent)) / given.name  # as the confinement sees it
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISDIR(mode):
+        raise ValueError(f"{path} is not a directory the daemon made (a link or a file): "
+                         "an operator should look at it and remove it")
+    return path

@@ -417,16 +417,25 @@ class Config:
             return self.workspace_dir
         if not subjects.NAME_RE.match(peer):
             raise ValueError(f"{peer[:40]!r} is not a peer's name ([a-z0-9-]{{1,32}})")
-        path = Path(os.path.abspath(self.data_dir / PEER_WORKSPACES / peer))
-        own = Path(os.path.abspath(self.workspace_dir))
-        if own == path or path in own.parents:
-            raise ValueError(f"the entity's workspace {own} lies in {path}, where {peer}'s "
-                             f"tasks work; move workspace.path out of DATA_DIR/{PEER_WORKSPACES}")
-        return path
+        problem = _peer_workspaces_problem(self.data_dir, self.workspace_dir)
+        if problem:
+            raise ValueError(f"{problem}; move workspace.path")
+        return Path(os.path.abspath(self.data_dir / PEER_WORKSPACES / peer))
 
     @property
     def memory_path(self) -> Path:
         return _under(self.data_dir, self.memory.path, "memory.sqlite3")
+
+
+def _peer_workspaces_problem(data_dir: Path, workspace: Path) -> str:
+    """Why the entity's workspace may not be where it is, beside the peers' (lexically:
+    neither may hold the other, or a shell of one could plant a link in the other)."""
+    own = Path(os.path.abspath(workspace))
+    peers = Path(os.path.abspath(data_dir / PEER_WORKSPACES))
+    if own == peers or peers in own.parents or own in peers.parents:
+        return (f"the entity's workspace {own} and {peers}, where the tasks peers delegate "
+                "work, overlap (one holds the other)")
+    return ""
 
 
 def _under(data_dir: Path, configured: str, default: str) -> Path:
@@ -473,7 +482,12 @@ def _check_across(parts: Mapping[str, Any]) -> None:
     peers: PeersSection = parts["peers"]
     economy: EconomySection = parts["economy"]
     least_inbox = 2 * parts["protocol"].max_message_bytes
+    data_dir = Path(parts["entity"].data_dir)
+    workspace = _under(data_dir, parts["workspace"].path, "workspace")
+    beside_peers = _peer_workspaces_problem(data_dir, workspace)
     for where, wrong, problem in [
+        ("workspace.path", beside_peers, f"{beside_peers}: give the workspace a path outside "
+         f"DATA_DIR/{PEER_WORKSPACES} (the default is DATA_DIR/workspace)"),
         ("nats.hub_url", nats.hub_url and nats.url, "only the embedded server joins a hub; "
          "clear nats.url or configure the leaf on the server nats.url points at"),
         ("runtime.backoff_max", runtime.backoff_max < runtime.backoff_initial,

@@ -23,7 +23,7 @@ from actors.turn_scope import TurnScope
 from actors.workspace import GitError
 from actors.workspaces import Workspaces
 from entityd import ConfigError, identity
-from entityd.config import Config, EntitySection, WorkspaceSection, load
+from entityd.config import Config, EntitySection, WorkspaceSection, from_mapping, load
 from tests.helpers import NatsServer
 from tests.test_tool_actor import ASK_TIMEOUT, ENTITY, SANDBOX, ToolRig, tool_rig
 
@@ -163,10 +163,6 @@ async def test_a_crash_during_a_peer_tasks_first_shell_bricks_its_workspace(
 
 # ---- what a peer workspace may resolve to ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="hole: the own-workspace guard (a3180b5) misses the "
-                   "workspace configured as DATA_DIR/peer-workspaces itself, and a peer's "
-                   "workspace root is never checked to lie under it, so a symlink there "
-                   "makes DATA_DIR a peer's workspace")
 @pytest.mark.skipif(not AS_ROOT, reason="the chown of the data dir needs a root daemon")
 async def test_a_peer_workspace_planted_as_a_symlink_becomes_the_data_dir(
         nats_server: NatsServer, tmp_path: Path) -> None:
@@ -177,7 +173,12 @@ async def test_a_peer_workspace_planted_as_a_symlink_becomes_the_data_dir(
     tool actor takes the realpath as the peer's workspace without checking it: DATA_DIR.
     Its first call chowns the whole data dir, keys included, to the sandbox's uid
     (prepare), and the peer's files and shell see the data dir (the goals, the memory,
-    the ledger's store). Expected: refused, and the key stays root's."""
+    the ledger's store). Now: such a config is refused at load, naming the key; built
+    anyway, the peer's workspace is refused; and a link at a peer's place in
+    DATA_DIR/peer-workspaces is never followed. The key stays root's."""
+    with pytest.raises(ConfigError, match=r"workspace\.path"):
+        from_mapping({"entity": {"name": ENTITY, "data_dir": str(tmp_path)},
+                      "workspace": {"path": "peer-workspaces"}})
     async with tool_rig(nats_server, tmp_path, workspace="peer-workspaces") as rig:
         started = await rig.event("sandbox")
         assert started.data["available"], started.data
@@ -190,9 +191,28 @@ async def test_a_peer_workspace_planted_as_a_symlink_becomes_the_data_dir(
         f"owner now uid {key.st_uid}")
 
 
+@pytest.mark.skipif(not AS_ROOT, reason="the chown of the data dir needs a root daemon")
+async def test_a_link_at_a_peers_place_is_not_followed(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """Whoever put it there (no agent can: no workspace holds DATA_DIR/peer-workspaces), a
+    link at a peer's place is refused by the tool actor and the coder's git alike, never
+    chowned, listed or mounted."""
+    async with tool_rig(nats_server, tmp_path) as rig:
+        await rig.event("sandbox")
+        place = rig.config.workspace_of(PEER)
+        place.parent.mkdir(parents=True, exist_ok=True)
+        place.symlink_to(rig.data_dir)
+        listed = await call(rig, PEER, "list_dir", path=".")
+        key = os.stat(rig.data_dir / "keys" / "entity.key")
+    assert not listed.ok and "not a directory the daemon made" in listed.error, listed
+    assert key.st_uid == 0
+    with pytest.raises(ValueError, match="not a directory the daemon made"):
+        Workspaces(rig.config).of(PEER)
+
+
 def test_the_own_workspace_may_not_hold_the_peer_workspaces(tmp_path: Path) -> None:
-    """Held in part: the entity's workspace inside a peer's is refused for that peer
-    (a3180b5); the parent of all of them is checked by the xfail above."""
+    """The entity's workspace inside a peer's is refused for that peer (a3180b5), as is
+    one holding them all (above)."""
     inside = Config(entity=EntitySection(name=ENTITY, data_dir=str(tmp_path)),
                     workspace=WorkspaceSection(path="peer-workspaces/peer-a"))
     with pytest.raises(ValueError, match=r"move workspace\.path"):

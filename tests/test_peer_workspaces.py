@@ -118,4 +118,5 @@ def test_a_workspace_is_named_only_by_a_peers_name(tmp_path: Path) -> None:
                     workspace=WorkspaceSection(path="peer-workspaces/peer-a/mine"))
     with pytest.raises(ValueError, match=r"move workspace\.path"):
         inside.workspace_of("peer-a")
-    assert inside.workspace_of("peer-b").name == "peer-b"
+    with pytest.raises(ValueError, match=r"move workspace\.path"):
+        inside.workspace_of("peer-b")  # any peer: the link could be planted at any name
