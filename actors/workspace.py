@@ -12,6 +12,7 @@ landed, and other repositories inside the workspace are never entered or recorde
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
@@ -157,6 +158,10 @@ class Workspace:
         if git_dir.is_symlink() or (git_dir.exists() and not git_dir.is_dir()):
             raise GitError(f"{git_dir} is not a directory (a gitfile or a symlink); the daemon "
                            "only uses a repository of its own: move it away")
+        if await asyncio.to_thread(_empty_dir, git_dir):
+            # The mount point of the sandbox's stand-in for a missing repository, left by
+            # a daemon killed during a run: no repository, so one is made.
+            await asyncio.to_thread(git_dir.rmdir)
         if not git_dir.exists():
             await self.run(["/bin/sh", "-c", 'git init -q -b main && cat > .git/info/exclude'],
                            input=EXCLUDE.encode())
@@ -315,6 +320,13 @@ class Workspace:
         git_dir = self.path / ".git"
         if git_dir.is_dir() and not git_dir.is_symlink() and git_dir.lstat().st_uid != uid:
             _chown_tree(git_dir, uid, gid)
+
+
+def _empty_dir(path: Path) -> bool:
+    try:
+        return path.is_dir() and not path.is_symlink() and not any(path.iterdir())
+    except OSError:
+        return False
 
 
 def _nul(items: Iterable[str]) -> bytes:

@@ -114,9 +114,6 @@ CRASHING_RUN = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="hole: a daemon killed during a shell call in a peer "
-                   "workspace with no repository yet leaves the empty .git mount point, and "
-                   "ensure() takes it for a repository: the peer's commits fail for good")
 async def test_a_crash_during_a_peer_tasks_first_shell_bricks_its_workspace(
         tmp_path: Path) -> None:
     """Attack (or plain bad luck): a peer's task starts with a long shell call. A peer's
