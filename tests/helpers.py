@@ -25,7 +25,7 @@ from bench.harness import child_env as child_env
 from bench.harness import ctl as ctl
 from bench.ports import free_port as free_port
 from bench.ports import free_port_range as free_port_range
-from bench.rig import Member
+from bench.rig import Federation, Member
 from bench.rig import make_entity as make_entity
 from entityd.actor import Actor
 from entityd.bus import barrier
@@ -160,3 +160,27 @@ async def wait_state(member: Member, direction: str, states: tuple[str, ...],
         what=lambda: f"{member.name}'s {direction} task in {states}\n"
                      + member.daemon.log()[-3000:])
     return found
+
+
+# ---- the economy, for tests of a federation (bench/rig.py) -----------------------------
+
+
+async def money(member: Member, of: str = "") -> tuple[int, int]:
+    """(available, held) of `member`'s account, or of `of`'s as `member` reads it."""
+    balance = await member.ctl_json("balance", *([of] if of else []))
+    return balance["available"], balance["held"]
+
+
+async def funded(fed: Federation, **amounts: int) -> None:
+    """The federation's LEDGER made, and each entity (entity_a=500: `entity-a`) minted
+    its amount by the operator."""
+    assert (await asyncio.to_thread(fed.economy, "init")).returncode == 0
+    for name, amount in amounts.items():
+        minted = await asyncio.to_thread(fed.economy, "mint", name.replace("_", "-"),
+                                         str(amount))
+        assert minted.returncode == 0, minted.stdout + minted.stderr
+
+
+async def hostile(member: Member) -> nats.NATS:
+    """A raw client on `member`'s leaf: its hub login, nothing of its daemon's rules."""
+    return await nats.connect(member.url, inbox_prefix=f"_i.{member.name}")

@@ -27,31 +27,18 @@ from actors.peer.deliverable import MAX_BYTES
 from actors.peer.escrow import entry_id
 from actors.peer.messages import DeliverableChunk, TaskOffer, TaskUpdate
 from actors.workspace import Workspace
-from bench.rig import Federation, Member, build, leaf_server, running
+from bench.rig import Member, build, leaf_server, running
 from entityd import config as config_mod
 from entityd import federation, identity
 from entityd.client import EntityClient
 from protocol import Sealer
-from tests.helpers import poll, wait_state
+from tests.helpers import funded, money, poll, wait_state
 from tests.peer_model import TEST_CALC, route
 from tests.test_tool_actor import SANDBOX
 
 pytestmark = pytest.mark.timeout(120)
 A, B = "entity-a", "entity-b"
 DIRECT_GET = f"$JS.{federation.HUB_DOMAIN}.API.DIRECT.GET.LEDGER"
-
-
-async def money(member: Member, of: str = "") -> tuple[int, int]:
-    balance = await member.ctl_json("balance", *([of] if of else []))
-    return balance["available"], balance["held"]
-
-
-async def funded(fed: Federation, **amounts: int) -> None:
-    assert (await asyncio.to_thread(fed.economy, "init")).returncode == 0
-    for name, amount in amounts.items():
-        minted = await asyncio.to_thread(fed.economy, "mint", name.replace("_", "-"),
-                                         str(amount))
-        assert minted.returncode == 0, minted.stdout + minted.stderr
 
 
 # ---- the ledger: another member's chain ----------------------------------------------

@@ -16,40 +16,22 @@ import time
 from pathlib import Path
 
 import msgpack
-import nats
 import pytest
 
 import protocol
 from actors.ledger.messages import HoldPlace, HoldResolve, LedgerResult
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.escrow import entry_id
-from bench.rig import Federation, Member, build, running
+from bench.rig import build, running
 from entityd import config as config_mod
 from entityd import federation
 from entityd.client import EntityClient
+from tests.helpers import funded, hostile, money
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(120)
 A, B = "entity-a", "entity-b"
 DIRECT_GET = f"$JS.{federation.HUB_DOMAIN}.API.DIRECT.GET.LEDGER"
-
-
-async def money(member: Member, of: str = "") -> tuple[int, int]:
-    balance = await member.ctl_json("balance", *([of] if of else []))
-    return balance["available"], balance["held"]
-
-
-async def funded(fed: Federation, **amounts: int) -> None:
-    assert (await asyncio.to_thread(fed.economy, "init")).returncode == 0
-    for name, amount in amounts.items():
-        minted = await asyncio.to_thread(fed.economy, "mint", name.replace("_", "-"),
-                                         str(amount))
-        assert minted.returncode == 0, minted.stdout + minted.stderr
-
-
-async def hostile(member: Member) -> nats.NATS:
-    """A raw client on `member`'s leaf: its hub login, nothing of its daemon's rules."""
-    return await nats.connect(member.url, inbox_prefix=f"_i.{member.name}")
 
 
 # ---- 1. the ledger: appends on a subject anyone can have JetStream write on ----------

@@ -25,17 +25,12 @@ from entityd import config as config_mod
 from entityd import identity
 from entityd.client import EntityClient
 from protocol import Sealer
-from tests.helpers import poll, wait_state
+from tests.helpers import funded, money, poll, wait_state
 from tests.peer_model import route
 from tests.test_goal_cancel import Watch
 
 pytestmark = pytest.mark.timeout(240)
 A, B = "entity-a", "entity-b"
-
-
-async def money(member: Member, of: str = "") -> tuple[int, int]:
-    balance = await member.ctl_json("balance", *([of] if of else []))
-    return balance["available"], balance["held"]
 
 
 async def settles(member: Member, direction: str, task_id: str, state: str) -> None:
@@ -48,10 +43,8 @@ async def settles(member: Member, direction: str, task_id: str, state: str) -> N
     await poll(shown, timeout=60, what=f"{member.name}'s task {task_id} {state}")
 
 
-async def funded(fed: Federation, amount: int) -> None:
-    assert (await asyncio.to_thread(fed.economy, "init")).returncode == 0
-    minted = await asyncio.to_thread(fed.economy, "mint", A, str(amount))
-    assert minted.returncode == 0, minted.stdout + minted.stderr
+async def a_funded(fed: Federation, amount: int) -> None:
+    await funded(fed, **{A: amount})
     await fed.discovered()
 
 
@@ -64,7 +57,7 @@ async def test_a_priced_task_is_paid_on_acceptance_and_both_sides_rate(tmp_path:
     async with ScriptedLLMServer(route) as llm:
         fed = build(tmp_path, [A, B], llm_url=llm.base_url)
         async with running(fed):
-            await funded(fed, 500)
+            await a_funded(fed, 500)
             a, b = fed[A], fed[B]
             code, out, err = await a.ctl("ask", call(
                 "delegate_to_peer", peer=B, title="Write calc.add with a test",
@@ -119,7 +112,7 @@ async def test_a_rejected_delivery_and_a_missed_deadline_give_the_escrow_back(
     async with ScriptedLLMServer(script) as llm:
         fed = build(tmp_path, [A, B], llm_url=llm.base_url)
         async with running(fed):
-            await funded(fed, 200)
+            await a_funded(fed, 200)
             a, b = fed[A], fed[B]
             code, out, err = await a.ctl("delegate", B, "Write calc.add with a test",
                                          "--price", "50", "--wait", timeout=150)
@@ -167,7 +160,7 @@ async def test_rejecting_a_task_before_its_delivery_stops_the_delegates_work(
     async with ScriptedLLMServer(script) as llm:
         fed = build(tmp_path, [A, B], llm_url=llm.base_url)
         async with running(fed):
-            await funded(fed, 100)
+            await a_funded(fed, 100)
             a, b = fed[A], fed[B]
             async with EntityClient(config_mod.load(b.config)) as their_ctl, \
                     their_ctl.events() as events, asyncio.TaskGroup() as tg:
@@ -223,7 +216,7 @@ async def test_an_offer_its_escrow_does_not_cover_is_refused(tmp_path: Path) -> 
     async with ScriptedLLMServer(route) as llm:
         fed = build(tmp_path, [A, B], llm_url=llm.base_url)
         async with running(fed):
-            await funded(fed, 100)
+            await a_funded(fed, 100)
             a, b = fed[A], fed[B]
             async with EntityClient(config_mod.load(a.config)) as client:
                 small: LedgerResult = await client.ask("ledger", HoldPlace(

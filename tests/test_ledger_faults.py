@@ -13,7 +13,7 @@ import pytest
 
 from actors.llm.scripted import ScriptedLLMServer
 from bench.rig import Federation, Member, build, edit, running
-from tests.helpers import poll
+from tests.helpers import funded, poll
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(240)
@@ -67,8 +67,7 @@ async def views_agree(fed: Federation) -> None:
 
 
 async def funded_pair(fed: Federation) -> None:
-    assert (await asyncio.to_thread(fed.economy, "init")).returncode == 0
-    assert (await asyncio.to_thread(fed.economy, "mint", A, "500")).returncode == 0
+    await funded(fed, **{A: 500})
     await fed.discovered()
 
 
