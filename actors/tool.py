@@ -49,10 +49,11 @@ from .sandbox import (
     prepare,
     tool_specs,
 )
-from .sandbox.cgroup import SharedLimits
+from .sandbox.cgroup import MiB, SharedLimits
 from .workspaces import peer_root
 
 MAX_COMMAND = 100_000  # characters in one shell command line
+GROWING_TOOLS = frozenset({"write_file", "str_replace"})  # checked against the quota first
 SUMMARY_LIMIT = 160
 MAX_ERROR = 2000  # characters of an error message sent back (it may quote the arguments)
 MAX_TOOL_NAME = 64  # characters of an unknown tool's name kept in events and logs
@@ -262,9 +263,21 @@ class ToolActor(Actor):
     async def dispatch(self, tool: str, args: dict[str, Any], space: Space) -> ToolResult:
         if tool == "shell":
             return await self.run_shell(args["command"], space.shell)
+        if tool in GROWING_TOOLS:
+            await self._room_for(args, space)
         method = getattr(space.files, tool)
         output, data = await asyncio.to_thread(method, **args)
         return ToolResult(ok=True, output=output, data=data)
+
+    async def _room_for(self, args: dict[str, Any], space: Space) -> None:
+        """Refuse a write that would take the workspace past its disk quota (the shell's
+        runs are bounded apart: actors/sandbox/shell.py)."""
+        found = await space.shell.scan()
+        grows = len(str(args.get("content", args.get("new", ""))).encode())
+        if grows > space.shell.room(found):
+            raise ToolError(f"the workspace holds {found.bytes // MiB} MiB of its disk quota "
+                            f"of {self.settings.workspace_mb} MiB (sandbox.workspace_mb): "
+                            "no room for this write; remove files to make room")
 
     async def run_shell(self, command: str, shell: Shell) -> ToolResult:
         if len(command) > MAX_COMMAND:

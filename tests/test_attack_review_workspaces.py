@@ -45,8 +45,6 @@ async def call(rig: ToolRig, workspace: str, tool: str, **args: object) -> ToolR
 
 # ---- disk: one quota per peer workspace, and what it does not count -------------------------
 
-@pytest.mark.xfail(strict=True, reason="hole: the quota is only polled every 0.1 s during a "
-                   "run and never after it, so a call that writes fast passes it unchecked")
 async def test_a_peer_fills_the_disk_past_its_quota_with_quick_calls(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: a peer's task runs a few calls that each fallocate a file of file_size_mb
@@ -70,8 +68,6 @@ async def test_a_peer_fills_the_disk_past_its_quota_with_quick_calls(
     assert used <= 8 * MiB + 64 * MiB, f"{used / MiB:.0f} MiB in a workspace of 8 MiB"
 
 
-@pytest.mark.xfail(strict=True, reason="hole: the quota counts allocated blocks only; empty "
-                   "files (inodes) are free, so a peer exhausts the file system's inodes")
 async def test_a_peer_spends_inodes_its_quota_does_not_count(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: empty files take an inode each and no block, so 40,000 of them cost a
@@ -301,3 +297,27 @@ def test_whose_workspace_each_turn_works_in() -> None:
     assert (wake.owner, wake.payer, wake.heard) == ("", "peer-a", set())
     a2a = scope("peer:a2a-bob", "dlg-a2a-bob.1")
     assert (a2a.owner, a2a.kind) == ("a2a-bob", "task")
+
+
+async def test_a_full_workspace_takes_no_more_writes_but_lets_files_go(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """The file tools wrote past the quota unchecked (only the shell's runs were watched),
+    and a call starting over quota could grow files until a look caught it. Now a write
+    that does not fit is refused; over quota, no file may grow in a shell call (its
+    RLIMIT_FSIZE is the room left, none), and removing files is what still works."""
+    sandbox = dataclasses.replace(SANDBOX, timeout=10.0, workspace_mb=1, file_size_mb=4)
+    async with tool_rig(nats_server, tmp_path, sandbox=sandbox) as rig:
+        await rig.event("sandbox")
+        filled = await call(rig, PEER, "shell", command="head -c 700000 /dev/zero > a && echo ok")
+        assert filled.ok, filled
+        refused = await call(rig, PEER, "write_file", path="b.txt", content="x" * 400_000)
+        assert not refused.ok and "no room for this write" in refused.error, refused
+        # Past the quota by other means (here: the host), a call can only make room.
+        root = rig.config.workspace_of(PEER)
+        (root / "c").write_bytes(b"\0" * 600_000)
+        grown = await call(rig, PEER, "shell", command="echo more >> a; echo $?")
+        assert "over its disk quota" in grown.output and os.path.getsize(root / "a") == 700_000
+        freed = await call(rig, PEER, "shell", command="rm a c && echo freed")
+        assert freed.ok and "freed" in freed.output, freed
+        written = await call(rig, PEER, "write_file", path="b.txt", content="x" * 400_000)
+        assert written.ok, written

@@ -17,6 +17,10 @@ from dataclasses import dataclass
 from .paths import is_protected_name
 
 MAX_ENTRIES = 1_000_000
+# What an entry costs at least, empty or not: it takes an inode, and a quota that counted
+# blocks only let millions of empty files through (the file system's inodes run out for
+# the ledger and every workspace beside it).
+ENTRY_COST = 4096
 MAX_DEPTH = 128
 MAX_CUT = 256
 # A directory holding all three is a git directory (a bare repository, or the target of a
@@ -33,7 +37,7 @@ class Scan:
     nested_repos: tuple[str, ...]  # directories below the root holding a .git entry, and
     #                                bare repositories (HEAD, objects and refs)
     cut: tuple[str, ...]  # directories at the depth bound, not looked into
-    bytes: int  # disk used (allocated blocks), the top .git excepted
+    bytes: int  # disk used (allocated blocks, ENTRY_COST at least each), the top .git excepted
     entries: int
     complete: bool  # False when the entry bound stopped the walk
     reason: str = ""  # why it is not complete
@@ -85,7 +89,7 @@ def scan(root: str, *, max_entries: int = MAX_ENTRIES, max_depth: int = MAX_DEPT
                 info = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            used += info.st_blocks * 512
+            used += max(info.st_blocks * 512, ENTRY_COST)
             if name in BARE:
                 frame.bare_marks |= BARE[name]
             if name.lower() == ".git":

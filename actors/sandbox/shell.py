@@ -203,20 +203,30 @@ class Shell:
 
     def argv(self, command: str, *, network: bool = False,
              found: Scan | None = None) -> list[str]:
-        """The full command line of a shell command (bash -c)."""
+        """The full command line of a shell command (bash -c). No file may grow past the
+        room left in the workspace's quota (RLIMIT_FSIZE; the quota is polled during the
+        run, and a quick call could otherwise write far past it before the first look):
+        over quota, no file may grow at all, and only removing files helps."""
+        room = None if found is None else self.room(found)
         return self.program_argv(["/bin/bash", "--noprofile", "--norc", "-c", command],
-                                 network=network, found=found)
+                                 network=network, found=found, fsize=room)
+
+    def room(self, found: Scan) -> int:
+        """Bytes the workspace may still grow by, as `found` saw it."""
+        return max(0, self.settings.workspace_mb * MiB - found.bytes)
 
     def program_argv(self, program: Sequence[str], *, network: bool = False,
                      found: Scan | None = None, git: bool = False,
-                     env: Mapping[str, str] | None = None) -> list[str]:
+                     env: Mapping[str, str] | None = None,
+                     fsize: int | None = None) -> list[str]:
         """prlimit, then (as root) the staging of the workspace and setpriv, then bwrap,
-        then `program`."""
+        then `program`; no file larger than file_size_mb (or `fsize`, if smaller)."""
         assert self.bwrap and self.prlimit
         s = self.settings
+        largest = s.file_size_mb * MiB if fsize is None else min(fsize, s.file_size_mb * MiB)
         argv = [
             self.prlimit, f"--cpu={s.cpu_seconds}", f"--as={s.memory_mb * MiB}",
-            f"--fsize={s.file_size_mb * MiB}", f"--nproc={s.max_processes}",
+            f"--fsize={largest}", f"--nproc={s.max_processes}",
             f"--nofile={s.max_open_files}", "--core=0", "--",
         ]
         if self.as_root:
@@ -364,6 +374,10 @@ class Shell:
         usage = cgroup.usage()
         output, cut = capture.text()
         s = self.settings
+        if self.room(found) == 0 and not over_quota:
+            output += (f"\n[the workspace is over its disk quota of {s.workspace_mb} MiB "
+                       "(sandbox.workspace_mb), so no file could grow in this call: remove "
+                       "files to make room]\n")
         if over_quota:
             output += (f"\n[killed: the workspace grew past its disk quota of "
                        f"{s.workspace_mb} MiB (sandbox.workspace_mb); remove files "
