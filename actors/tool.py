@@ -158,8 +158,8 @@ class ToolActor(Actor):
             case _:
                 raise TypeError(f"tool does not handle {envelope.typ}")
 
-    def _space(self, root: Path) -> Space:
-        settings = self.settings
+    def _space(self, root: Path, peer: str = "") -> Space:
+        settings = self.config.sandbox_of(peer)
         owner = (settings.uid, settings.gid) if os.geteuid() == 0 else None
         confinement = Confinement(root, owner)
         files = FileTools(confinement, FileLimits(
@@ -176,7 +176,7 @@ class ToolActor(Actor):
                 root = await asyncio.to_thread(peer_root, self.config, peer)
             except ValueError as exc:
                 raise BadArguments(f"no such workspace: {exc}") from None
-            space = self.spaces.setdefault(peer, self._space(root))
+            space = self.spaces.setdefault(peer, self._space(root, peer))
         if not space.ready:
             try:
                 left = await asyncio.to_thread(prepare, space.root, space.confinement.owner)
@@ -276,8 +276,8 @@ class ToolActor(Actor):
         grows = len(str(args.get("content", args.get("new", ""))).encode())
         if grows > space.shell.room(found):
             raise ToolError(f"the workspace holds {found.bytes // MiB} MiB of its disk quota "
-                            f"of {self.settings.workspace_mb} MiB (sandbox.workspace_mb): "
-                            "no room for this write; remove files to make room")
+                            f"of {space.shell.settings.workspace_mb} MiB: no room for this "
+                            "write; remove files to make room")
 
     async def run_shell(self, command: str, shell: Shell) -> ToolResult:
         if len(command) > MAX_COMMAND:
@@ -303,7 +303,7 @@ class ToolActor(Actor):
                      "it started were killed")
         elif run.over_quota:
             error = (f"killed: the workspace grew past its disk quota of "
-                     f"{self.settings.workspace_mb} MiB")
+                     f"{shell.settings.workspace_mb} MiB")
         elif run.exit_code != 0:
             error = f"exit code {run.exit_code}"
             if run.oom_killed:

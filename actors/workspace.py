@@ -197,8 +197,9 @@ class Workspace:
         if held > limit:
             raise GitError(f"the repository (.git) holds {held // MiB} MiB, past the "
                            f"workspace's quota of {self.shell.settings.workspace_mb} MiB "
-                           "(sandbox.workspace_mb): nothing more is committed until an "
-                           "operator makes room (e.g. a fresh history, or a larger quota)")
+                           "(sandbox.workspace_mb, or peer_workspace_mb): nothing more is "
+                           "committed until an operator makes room (e.g. a fresh history, "
+                           "or a larger quota)")
 
     async def _commit(self, message: str, found: Scan) -> Commit | None:
         skipped = [f":(exclude,literal){path}" for path in (*found.nested_repos, *found.cut)]

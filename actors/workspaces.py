@@ -31,7 +31,7 @@ class Workspaces:
         found = self._peers.get(peer)
         if found is None:
             found = Workspace(peer_root(self.config, peer), self.config.name,
-                              self.config.sandbox, self.limits)
+                              self.config.sandbox_of(peer), self.limits)
             self._peers[peer] = found
         return found
 

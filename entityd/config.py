@@ -152,6 +152,8 @@ class SandboxSection:
                                             '["pip"]')
     workspace_mb: int = key(4096, "disk quota of the workspace; a call that grows it past this "
                             "is killed", positive)
+    peer_workspace_mb: int = key(1024, "disk quota of each workspace a delegating peer's tasks "
+                                 "work in (DATA_DIR/peer-workspaces/<peer>)", positive)
 
 
 @dataclass(frozen=True)
@@ -408,6 +410,13 @@ class Config:
     def workspace_dir(self) -> Path:
         """The entity's git workspace: the only place its tools may write."""
         return _under(self.data_dir, self.workspace.path, "workspace")
+
+    def sandbox_of(self, peer: str = "") -> SandboxSection:
+        """The sandbox settings of the workspace `workspace_of(peer)`: a peer's has its
+        own quota (sandbox.peer_workspace_mb)."""
+        if not peer:
+            return self.sandbox
+        return dataclasses.replace(self.sandbox, workspace_mb=self.sandbox.peer_workspace_mb)
 
     def workspace_of(self, peer: str = "") -> Path:
         """Where a turn's tools work: the entity's own workspace (`peer` ""), or the one of

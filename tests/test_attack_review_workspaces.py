@@ -53,7 +53,7 @@ async def test_a_peer_fills_the_disk_past_its_quota_with_quick_calls(
     after the run. Five calls put 320 MiB into a workspace with an 8 MiB quota (a look
     that catches one mostly comes after its blocks are taken); repeated, one peer fills the disk
     that the ledger, JetStream and every other workspace share."""
-    sandbox = dataclasses.replace(SANDBOX, timeout=30.0, workspace_mb=8, file_size_mb=64)
+    sandbox = dataclasses.replace(SANDBOX, timeout=30.0, peer_workspace_mb=8, file_size_mb=64)
     async with tool_rig(nats_server, tmp_path, sandbox=sandbox) as rig:
         await rig.event("sandbox")
         root = rig.config.workspace_of(PEER)
@@ -75,7 +75,7 @@ async def test_a_peer_spends_inodes_its_quota_does_not_count(
     them. Unbounded (a 60 s call makes millions), they exhaust the inodes of the file
     system DATA_DIR lives on, for the ledger and every workspace. Counted at one 4 KiB
     block an inode, these are 160 MiB and the call is killed."""
-    sandbox = dataclasses.replace(SANDBOX, timeout=30.0, workspace_mb=64)
+    sandbox = dataclasses.replace(SANDBOX, timeout=30.0, peer_workspace_mb=64)
     async with tool_rig(nats_server, tmp_path, sandbox=sandbox) as rig:
         await rig.event("sandbox")
         result = await call(rig, PEER, "shell", command=(
@@ -305,7 +305,7 @@ async def test_a_full_workspace_takes_no_more_writes_but_lets_files_go(
     and a call starting over quota could grow files until a look caught it. Now a write
     that does not fit is refused; over quota, no file may grow in a shell call (its
     RLIMIT_FSIZE is the room left, none), and removing files is what still works."""
-    sandbox = dataclasses.replace(SANDBOX, timeout=10.0, workspace_mb=1, file_size_mb=4)
+    sandbox = dataclasses.replace(SANDBOX, timeout=10.0, peer_workspace_mb=1, file_size_mb=4)
     async with tool_rig(nats_server, tmp_path, sandbox=sandbox) as rig:
         await rig.event("sandbox")
         filled = await call(rig, PEER, "shell", command="head -c 700000 /dev/zero > a && echo ok")
@@ -316,7 +316,8 @@ async def test_a_full_workspace_takes_no_more_writes_but_lets_files_go(
         root = rig.config.workspace_of(PEER)
         (root / "c").write_bytes(b"\0" * 600_000)
         grown = await call(rig, PEER, "shell", command="echo more >> a; echo $?")
-        assert "over its disk quota" in grown.output and os.path.getsize(root / "a") == 700_000
+        assert "over its disk quota" in grown.output
+        assert (root / "a").stat().st_size == 700_000  # no byte more
         freed = await call(rig, PEER, "shell", command="rm a c && echo freed")
         assert freed.ok and "freed" in freed.output, freed
         written = await call(rig, PEER, "write_file", path="b.txt", content="x" * 400_000)

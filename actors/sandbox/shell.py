@@ -376,12 +376,12 @@ class Shell:
         s = self.settings
         if self.room(found) == 0 and not over_quota:
             output += (f"\n[the workspace is over its disk quota of {s.workspace_mb} MiB "
-                       "(sandbox.workspace_mb), so no file could grow in this call: remove "
-                       "files to make room]\n")
+                       "(sandbox.workspace_mb; peer_workspace_mb for a peer's), so no file "
+                       "could grow in this call: remove files to make room]\n")
         if over_quota:
             output += (f"\n[killed: the workspace grew past its disk quota of "
-                       f"{s.workspace_mb} MiB (sandbox.workspace_mb); remove files "
-                       "to make room]\n")
+                       f"{s.workspace_mb} MiB (sandbox.workspace_mb; peer_workspace_mb for "
+                       "a peer's); remove files to make room]\n")
         if usage.oom_kills:
             output += (f"\n[the call's memory limit was reached (sandbox.memory_mb = "
                        f"{s.memory_mb} MiB for all its processes together): the kernel "
