@@ -31,6 +31,7 @@ from .errors import ConfigError, EntitydError, IdentityError
 from .identity import KEY_DIR
 
 __all__ = [
+    "BOOKS_ACCOUNT",
     "HUB_ACCOUNT",
     "HUB_DOMAIN",
     "LEAF_PORT",
@@ -42,6 +43,7 @@ __all__ = [
     "entity_permissions",
     "hub_user_entry",
     "leaf_env",
+    "ledger_in_fed",
     "main",
     "make_entity_credentials",
     "parser",
@@ -61,6 +63,13 @@ SEED_FILE = "hub.nk"
 # printed, logged and diffed.
 SEED_ENV = "HUB_NKEY_SEED"
 HUB_ACCOUNT = "FED"
+# The account of the hub's JetStream, where the LEDGER stream lives; members reach it only
+# through FED's imports of two services: an append to `ledger.<self>` and a direct get
+# (as `ledger_get`). A service's answer goes back to its asker, so a member naming
+# another's chain as the reply subject of a request has nothing stored there (with the
+# stream in FED, JetStream's answers to such requests were stored as messages of that
+# chain: deploy/FEDERATION.md, "Replies aimed at another member's chain").
+BOOKS_ACCOUNT = "BOOKS"
 # Not a valid entity name (no '_' there), so no entity's default domain can take it.
 HUB_DOMAIN = "fed_hub"
 TREASURER = "treasury"  # the hub user of `entityd economy`; its reply inboxes: _i.treasury
@@ -106,9 +115,12 @@ def entity_permissions(name: str, hub_domain: str = HUB_DOMAIN) -> Permissions:
     """
     _check_name(name)
     _check_domain("hub domain", hub_domain)
+    # Direct gets both ways: through the BOOKS account's import, and (a hub made before
+    # it, its LEDGER in FED: `render_hub_conf`) on FED's own JetStream.
     return Permissions(
         publish=(f"fed.evt.{name}.>", f"fed.req.*.{name}.>", f"fed.cmd.*.{name}.>", "_i.*.>",
-                 subjects.ledger(name), f"$JS.{hub_domain}.API.DIRECT.GET.LEDGER"),
+                 subjects.ledger(name), subjects.LEDGER_GET,
+                 f"$JS.{hub_domain}.API.DIRECT.GET.LEDGER"),
         subscribe=(
             "fed.evt.>",
             f"fed.req.{name}.>",
@@ -388,7 +400,9 @@ def render_hub_conf(
     users = "".join(
         _indent(hub_user_entry(name, key, extra=grants.get(name), hub_domain=domain), 6)
         for name, key in entities
-    ) + (_indent(treasurer_entry(treasurer), 6) if treasurer else "")
+    )
+    keeper = _indent(treasurer_entry(treasurer), 6) if treasurer else ""
+    books = not ledger_in_fed(store_dir)
     client_tls = ""
     if not tls_cert and not hublink.is_loopback(host):
         client_tls = "# IN CLEAR, by --insecure-plain: this port is reachable beyond loopback.\n"
@@ -434,6 +448,53 @@ def render_hub_conf(
         f"    port: {leaf_port}\n"
         + tls
         + "}\n\n"
+        + (_books_accounts(users, keeper) if books else _fed_account(users + keeper))
+    )
+
+
+def ledger_in_fed(store_dir: str | Path) -> bool:
+    """Whether the hub's store holds a LEDGER stream in account FED: a hub made before
+    the BOOKS account keeps it there (moving it would need every entry copied, and the
+    readers' checkpoints made again), and so keeps the reply flood of
+    deploy/FEDERATION.md open."""
+    return (Path(store_dir) / "jetstream" / HUB_ACCOUNT / "streams" / "LEDGER").is_dir()
+
+
+def _books_accounts(users: str, treasurer: str) -> str:
+    """FED for the members, BOOKS for the hub's JetStream and its LEDGER stream: members
+    append and read through two imports, the treasurer logs in to BOOKS."""
+    return (
+        "accounts {\n"
+        f"  {HUB_ACCOUNT} {{\n"
+        "    users = [\n"
+        + users
+        + "    ]\n"
+        "    imports = [\n"
+        f'      {{ service: {{ account: {BOOKS_ACCOUNT}, subject: "ledger.*" }} }}\n'
+        f'      {{ service: {{ account: {BOOKS_ACCOUNT}, subject: "$JS.API.DIRECT.GET.LEDGER" }}, '
+        f'to: "{subjects.LEDGER_GET}" }}\n'
+        "    ]\n"
+        "  }\n"
+        f"  {BOOKS_ACCOUNT} {{\n"
+        "    jetstream: enabled\n"
+        "    users = [\n"
+        + treasurer
+        + "    ]\n"
+        "    exports = [\n"
+        '      { service: "ledger.*" }\n'
+        # A batched direct get answers with many messages (the entries, then the end).
+        '      { service: "$JS.API.DIRECT.GET.LEDGER", response_type: stream }\n'
+        "    ]\n"
+        "  }\n"
+        "}\n"
+    )
+
+
+def _fed_account(users: str) -> str:
+    """The layout of a hub whose LEDGER lives in FED (`ledger_in_fed`)."""
+    return (
+        "# LEDGER lives in account FED, where it was made: kept there (see\n"
+        "# deploy/FEDERATION.md, \"Replies aimed at another member's chain\").\n"
         "accounts {\n"
         f"  {HUB_ACCOUNT} {{\n"
         "    jetstream: enabled\n"
@@ -683,7 +744,8 @@ def _cmd_treasurer(data_dir: Path) -> int:
     print(f"# the treasurer (`entityd economy` on the hub): its hub login, 0600: {path}")
     print(f"# public nkey: {public}")
     print(f"# Render the hub with `hub-conf --treasurer {public} ...`, or add this entry to")
-    print(f"# accounts.{HUB_ACCOUNT}.users:")
+    print(f"# accounts.{BOOKS_ACCOUNT}.users (accounts.{HUB_ACCOUNT}.users on a hub whose LEDGER "
+          f"was made in {HUB_ACCOUNT}: see deploy/FEDERATION.md):")
     print(treasurer_entry(public), end="")
     return 0
 

@@ -38,6 +38,14 @@ def command(dst: str, src: str, op: str) -> str:
     return f"fed.cmd.{dst}.{src}.{op}"
 
 
+# Where a federation's members read the LEDGER stream by direct gets: the hub's FED
+# account imports the stream account's JetStream direct get under this subject
+# (entityd/federation.py), so that an answer goes back to the asker and never onto a
+# `ledger.>` subject the stream would take (deploy/FEDERATION.md). Not `ledger.*`: no
+# entity name holds a '_'.
+LEDGER_GET = "ledger_get"
+
+
 def ledger(account: str) -> str:
     """An account's chain of ledger entries in the LEDGER stream (PROTOCOL.md §16): only
     the account's ledger appends there, and every entity may read it."""

@@ -38,7 +38,8 @@ from tests.test_tool_actor import SANDBOX
 
 pytestmark = pytest.mark.timeout(120)
 A, B = "entity-a", "entity-b"
-DIRECT_GET = f"$JS.{federation.HUB_DOMAIN}.API.DIRECT.GET.LEDGER"
+# How members read LEDGER (the BOOKS account's direct get, imported into FED).
+DIRECT_GET = protocol.subjects.LEDGER_GET
 
 
 # ---- the ledger: another member's chain ----------------------------------------------

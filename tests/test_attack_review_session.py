@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import nats
 import pytest
 
 import protocol
@@ -31,7 +32,8 @@ from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(120)
 A, B = "entity-a", "entity-b"
-DIRECT_GET = f"$JS.{federation.HUB_DOMAIN}.API.DIRECT.GET.LEDGER"
+# How members read LEDGER (the BOOKS account's direct get, imported into FED).
+DIRECT_GET = protocol.subjects.LEDGER_GET
 
 
 # ---- 1. the ledger: appends on a subject anyone can have JetStream write on ----------
@@ -86,6 +88,87 @@ async def test_a_flood_of_replies_into_a_chain_does_not_starve_its_appends(
             refused = [out + err for code, out, err in paid if code != 0]
             assert not refused, refused  # a can still spend its own money
             assert await money(fed[A]) == (45, 0)
+
+
+async def last_on(nc: nats.NATS, account: str) -> int:
+    """The stream sequence of the last message on `account`'s chain, as a member reads it."""
+    answer = await nc.request(DIRECT_GET, json.dumps(
+        {"last_by_subj": protocol.subjects.ledger(account)}).encode(), timeout=5)
+    assert answer.headers is not None and "Nats-Sequence" in answer.headers, answer.headers
+    return int(answer.headers["Nats-Sequence"])
+
+
+async def stored_on(nc: nats.NATS, account: str, after: int) -> list[bytes]:
+    """Every message stored on `account`'s chain after stream sequence `after` (a batched
+    direct get, as members read)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(DIRECT_GET, json.dumps({
+            "seq": after + 1, "next_by_subj": protocol.subjects.ledger(account),
+            "batch": 1000}).encode(), reply=inbox)
+        found = []
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            if msg.headers and msg.headers.get("Status"):
+                return found
+            found.append(msg.data)
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_replies_aimed_at_a_chain_never_land_on_it(tmp_path: Path) -> None:
+    """The flood above, as fast as b can send it (the one the appender's patience could
+    not outlast: thousands a second), by both vectors: b's appends to its own chain with
+    the reply subject `ledger.entity-a` (the PubAck), and direct gets answered there. With
+    LEDGER in the hub's BOOKS account, reached through FED's imports, JetStream's answers
+    go back to the asker: nothing is stored on a's chain, and a pays as usual."""
+    async with ScriptedLLMServer(route) as llm:
+        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
+        async with running(fed):
+            await funded(fed, entity_a=50)
+            assert await money(fed[A]) == (50, 0)
+            nc = await hostile(fed[B])
+            before = await last_on(nc, A)
+            stop = asyncio.Event()
+            sent = 0
+
+            async def flood() -> None:
+                nonlocal sent
+                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
+                junk = await js.publish(protocol.subjects.ledger(B), b"not an entry")
+                request = json.dumps({"seq": junk.seq}).encode()
+                while not stop.is_set():
+                    for _ in range(5):
+                        await nc.publish(DIRECT_GET, request, reply=protocol.subjects.ledger(A))
+                        await nc.publish(protocol.subjects.ledger(B), b"junk",
+                                         reply=protocol.subjects.ledger(A))
+                        sent += 2
+                    await nc.flush()
+                    await asyncio.sleep(0.001)
+
+            flooding = asyncio.create_task(flood())
+            paid = []
+            try:
+                await asyncio.sleep(1.0)
+                for _ in range(3):
+                    paid.append(await fed[A].ctl("pay", B, "1", timeout=60))
+            finally:
+                stop.set()
+                await flooding
+            try:
+                landed = await stored_on(nc, A, before)
+            finally:
+                await nc.close()
+            assert sent > 2000, sent
+            refused = [out + err for code, out, err in paid if code != 0]
+            assert not refused, refused
+            assert await money(fed[A]) == (47, 0)
+            # a's three payments, and nothing else, came after: no PubAck, no copy.
+            assert len(landed) == 3, [wire[:60] for wire in landed]
+            assert not [w for w in landed if w in (b"junk", b"not an entry") or w[:1] == b"{"]
+            code, out, err = await fed[A].ctl("ledger", "verify")
+            assert code == 0, out + err
 
 
 async def test_an_id_another_member_can_foresee_is_not_taken_from_the_chain(

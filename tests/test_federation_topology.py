@@ -142,9 +142,10 @@ def test_public_names_exist() -> None:
     """The module's public surface is exactly these names: one added or dropped is a choice
     made here, in the open, not a side effect."""
     assert federation.__all__ == [
-        "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "TREASURER", "HubCluster",
-        "Permissions",
-        "check_public_key", "entity_permissions", "hub_user_entry", "leaf_env", "main",
+        "BOOKS_ACCOUNT", "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "TREASURER",
+        "HubCluster", "Permissions",
+        "check_public_key", "entity_permissions", "hub_user_entry", "leaf_env",
+        "ledger_in_fed", "main",
         "make_entity_credentials", "parser", "public_key", "read_seed", "render_hub_conf",
         "render_leaf_conf", "seed_path", "treasurer_entry", "treasurer_permissions",
     ]
@@ -182,7 +183,7 @@ def test_hub_user_entry_has_exactly_the_design_permissions() -> None:
     assert f"nkey: {public}" in entry
     assert (
         'publish: { allow: ["fed.evt.entity-a.>", "fed.req.*.entity-a.>", '
-        '"fed.cmd.*.entity-a.>", "_i.*.>", "ledger.entity-a", '
+        '"fed.cmd.*.entity-a.>", "_i.*.>", "ledger.entity-a", "ledger_get", '
         '"$JS.fed_hub.API.DIRECT.GET.LEDGER"] }'
     ) in entry
     assert (

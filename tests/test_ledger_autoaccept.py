@@ -21,11 +21,11 @@ from actors.workspace import Workspace
 from bench.rig import Member, build, edit, running
 from entityd import config as config_mod
 from protocol import subjects
-from tests.helpers import poll, wait_state
+from tests.helpers import money, poll, wait_state
 from tests.peer_model import route
 from tests.test_federation_security import unwrap
 from tests.test_git_escape import host_git
-from tests.test_ledger_escrow import call, funded, money, settles
+from tests.test_ledger_escrow import a_funded, call, settles
 from tests.test_tool_actor import SANDBOX
 
 pytestmark = pytest.mark.timeout(240)
@@ -104,7 +104,7 @@ async def test_passing_tests_pay_by_themselves_and_failing_ones_wait_for_the_ope
         auto_accept(a, "python3 -m unittest")
         checked = Checked()
         async with running(fed):
-            await funded(fed, 300)
+            await a_funded(fed, 300)
             await checked.start(a)
             try:
                 good = await delegate(a, "Write calc.add with a test", 100)
@@ -155,7 +155,7 @@ async def test_a_delivery_waiting_when_auto_accept_is_turned_on_is_checked_at_st
         fed = build(tmp_path, [A, B], llm_url=llm.base_url)
         a, b = fed[A], fed[B]
         async with running(fed):
-            await funded(fed, 100)
+            await a_funded(fed, 100)
             task = await delegate(a, "Write calc.add with a test", 30)
             mine = await wait_state(a, "out", ("delivered",), task_id=task)
             assert (mine["money"], mine["note"].startswith("auto-accept:")) == ("held", False)
@@ -224,7 +224,7 @@ async def test_delivered_code_cannot_reach_the_working_tree_or_the_next_commit(
         a, b = fed[A], fed[B]
         auto_accept(a, "python3 -m unittest && test -f ran.txt")
         async with running(fed):
-            await funded(fed, 100)
+            await a_funded(fed, 100)
             task = await delegate(a, "ATTACK tests", 40)
             await settles(a, "out", task, "posted")  # it ran, in the checkout, and passed
             assert await money(a) == (60, 0)

@@ -97,3 +97,33 @@ async def test_the_hub_keeps_each_chain_to_its_owner(tmp_path: Path) -> None:
             code, out, err = await fed[A].ctl("ledger", "verify")
             assert code == 0 and out.startswith("ok: 1 entries on 1 chains, 50 minted"), \
                 out + err
+
+
+async def test_a_hub_whose_ledger_was_made_in_fed_keeps_it_and_members_read_it(
+        tmp_path: Path) -> None:
+    """A hub made before the BOOKS account has its LEDGER stream in FED: rendered again
+    (an upgrade, `entityd up` at each start), it keeps that layout rather than start an
+    empty ledger beside the old one (no money lost), and members, who read through
+    `ledger_get` first, find no responder there and go on through FED's own JetStream."""
+    (tmp_path / "hub-store" / "jetstream" / federation.HUB_ACCOUNT / "streams"
+     / "LEDGER").mkdir(parents=True)  # what nats-server keeps of a LEDGER made in FED
+    async with ScriptedLLMServer(route) as llm:
+        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
+        conf = await asyncio.to_thread(lambda: (tmp_path / "hub.conf").read_text())
+        assert federation.BOOKS_ACCOUNT not in conf and "jetstream: enabled" in conf
+        async with running(fed):
+            made = await asyncio.to_thread(fed.economy, "init")
+            assert made.returncode == 0, made.stdout + made.stderr
+            minted = await asyncio.to_thread(fed.economy, "mint", A, "100")
+            assert minted.returncode == 0, minted.stdout + minted.stderr
+            assert (await balance(fed, A))["available"] == 100
+            code, out, err = await fed[A].ctl("pay", B, "30")
+            assert code == 0, out + err
+            await fed.discovered()
+
+            async def credited() -> bool:
+                return (await balance(fed, B))["available"] == 30
+
+            await poll(credited, timeout=30, what="b's balance from a's chain in FED")
+            code, out, err = await fed[B].ctl("ledger", "verify")
+            assert code == 0 and out.startswith("ok: 2 entries on 2 chains, 100 minted"), out + err

@@ -1,13 +1,17 @@
 """The LEDGER stream as the ledger actor reaches it: append to its own chain with
 compare-and-set, and read every chain in the stream's order.
 
-In a federation the stream lives in the hub's JetStream domain, where each entity may
-append only to `ledger.<itself>` and read the others through direct gets (the hub's
-permissions; no consumer, purge or delete). An entity on its own keeps the stream on its
-own server and makes it on first start. Either way two writers of one chain (a restarted
-daemon beside the old one, the operator minting) cannot both append at one position:
-each append names the stream sequence of the chain's last entry
-(Nats-Expected-Last-Subject-Sequence), and the server refuses it if another came first.
+In a federation the stream lives in the hub's JetStream, in an account of its own that
+members reach through two imports (entityd/federation.py): each entity may append only to
+`ledger.<itself>` and read the others through direct gets on `ledger_get` (the hub's
+permissions; no consumer, purge or delete). A hub made before that keeps the stream in the
+members' account, read by direct gets on its JetStream domain's API; a read that finds no
+responder on the one subject tries the other, and goes on with the one that answered.
+An entity on its own keeps the stream on its own server and makes it on first start.
+Either way two writers of one chain (a restarted daemon beside the old one, the operator
+minting) cannot both append at one position: each append names the stream sequence of
+the chain's last entry (Nats-Expected-Last-Subject-Sequence), and the server refuses it
+if another came first.
 
 Since the stream keeps what it takes for ever, it takes nothing larger than an entry can
 be (MAX_ENTRY_BYTES), and a read asks for a bounded number of bytes at a time
@@ -56,6 +60,10 @@ READ_MAX_BYTES = 1024 * 1024
 END_OF_BATCH = "204"  # the status closing a batch of direct gets
 NOTHING_MORE = "404"  # ... or answering one past the stream's end
 NO_RESPONDERS = "503"
+# How long a read waits on the other subject of direct gets when the usual one has no
+# responder: a hub of the other layout answers at once, the usual one's absence (a hub
+# down, a stream not made yet) is then told after this.
+PROBE_S = 1.0
 NUM_PENDING = "Nats-Num-Pending"  # on a batch's end: how many more there are after it
 
 
@@ -113,6 +121,9 @@ class LedgerStream:
         self.domain = domain
         self.timeout = timeout
         self.api = f"$JS.{domain}.API" if domain else "$JS.API"
+        # Where direct gets go, the one that answered last first.
+        self.routes = [subjects.LEDGER_GET] if domain else []
+        self.routes.append(f"{self.api}.DIRECT.GET.{STREAM}")
         self.replies = Replies(fed, fed.entity, fed.count_rejected)
         # Reads come back to one inbox of ours, each to a token of its own.
         self._prefix = f"{subjects.inbox_prefix(fed.entity)}.{secrets.token_hex(8)}"
@@ -200,26 +211,44 @@ class LedgerStream:
         a batch is shorter than READ_BATCH. Each next batch is asked for before this
         one is handed over, so that the stream sends it while the caller works on this
         one."""
-        token, read = await self._ask(_batch_after(after, subject))
+        batch, token, read = await self._first(_batch_after(after, subject))
         try:
             while True:
-                batch = await self._answer(token, read)
                 if not batch or not read.more(len(batch)):
                     yield batch
                     return
                 token, read = await self._ask(_batch_after(batch[-1].seq, subject))
                 yield batch
+                batch = await self._answer(token, read)
         finally:
             self._abandon(token, read)
 
     async def _get(self, request: dict[str, Any]) -> list[Stored]:
-        token, read = await self._ask(request)
-        try:
-            return await self._answer(token, read)
-        finally:
-            self._pending.pop(token, None)
+        batch, token, _ = await self._first(request)
+        self._pending.pop(token, None)
+        return batch
 
-    async def _ask(self, request: dict[str, Any]) -> tuple[str, _Read]:
+    async def _first(self, request: dict[str, Any]) -> tuple[list[Stored], str, _Read]:
+        """The answer to `request` (with its token and read). Where no stream answers on
+        the subject that answered last, the other is tried for a moment (PROBE_S); if it
+        answers, it is the one tried first from then on; else the first one's error."""
+        first, *others = self.routes
+        token, read = await self._ask(request, first)
+        try:
+            return await self._answer(token, read), token, read
+        except nats.errors.NoRespondersError as exc:
+            missing = exc
+        for other in others:
+            token, read = await self._ask(request, other)
+            try:
+                found = await self._answer(token, read, PROBE_S)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                continue
+            self.routes = [other, *(route for route in self.routes if route != other)]
+            return found, token, read
+        raise missing
+
+    async def _ask(self, request: dict[str, Any], route: str = "") -> tuple[str, _Read]:
         """Send a direct get; its answers collect in the _Read under its token."""
         if self._reads is None:
             raise nats.errors.ConnectionClosedError
@@ -227,7 +256,7 @@ class LedgerStream:
         read = _Read(many="batch" in request)
         self._pending[token] = read
         try:
-            await self.fed.publish(f"{self.api}.DIRECT.GET.{STREAM}",
+            await self.fed.publish(route or self.routes[0],
                                    json.dumps(request).encode(),
                                    reply=f"{self._prefix}.{token}")
         except BaseException:
@@ -235,10 +264,10 @@ class LedgerStream:
             raise
         return token, read
 
-    async def _answer(self, token: str, read: _Read) -> list[Stored]:
+    async def _answer(self, token: str, read: _Read, timeout: float = 0.0) -> list[Stored]:
         """What the direct get under `token` answered, once it has all come."""
         try:
-            async with asyncio.timeout(self.timeout):
+            async with asyncio.timeout(timeout or self.timeout):
                 await read.done
         except TimeoutError:
             raise nats.errors.TimeoutError from None
