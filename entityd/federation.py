@@ -482,8 +482,10 @@ def _books_accounts(users: str, treasurer: str) -> str:
         + "    ]\n"
         "    exports = [\n"
         '      { service: "ledger.*" }\n'
-        # A batched direct get answers with many messages (the entries, then the end).
-        '      { service: "$JS.API.DIRECT.GET.LEDGER", response_type: stream }\n'
+        # A batched direct get answers with many messages (the entries, then the end),
+        # at once; its way back is kept 10 s, not the 2 minutes of NATS's default.
+        '      { service: "$JS.API.DIRECT.GET.LEDGER", response_type: stream,\n'
+        '        response_threshold: "10s" }\n'
         "    ]\n"
         "  }\n"
         "}\n"
