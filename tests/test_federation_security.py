@@ -113,10 +113,10 @@ def add_observer(fed: Federation) -> None:
     """A hub user `observer` with full rights in the federation's account."""
     conf = fed.root / "hub.conf"
     text = conf.read_text()
-    tail = "    ]\n  }\n}\n"
-    assert text.endswith(tail), text[-200:]
+    head = f"  {federation.HUB_ACCOUNT} {{\n    users = [\n"
+    assert text.count(head) == 1, text[-800:]
     entry = f'      {{ user: "observer", password: "{OBSERVER_PASSWORD}" }}\n'
-    conf.write_text(text[: -len(tail)] + entry + tail)
+    conf.write_text(text.replace(head, head + entry))
 
 
 @pytest.fixture

@@ -265,11 +265,11 @@ async def test_a_replay_holds_a_bounded_batch_and_reads_on_to_the_end(
         asked = 0
         ask = stream._ask
 
-        async def counted(request: dict[str, Any]) -> tuple[str, Any]:
+        async def counted(request: dict[str, Any], route: str = "") -> tuple[str, Any]:
             nonlocal asked
             asked += 1
             assert request["max_bytes"] == READ_MAX_BYTES
-            return await ask(request)
+            return await ask(request, route)
 
         stream._ask = counted  # type: ignore[method-assign]
         got: list[int] = []
