@@ -312,6 +312,9 @@ async def test_a_full_workspace_takes_no_more_writes_but_lets_files_go(
         assert filled.ok, filled
         refused = await call(rig, PEER, "write_file", path="b.txt", content="x" * 400_000)
         assert not refused.ok and "no room for this write" in refused.error, refused
+        # The shell's files may grow by the room left, and a call stopped there says so.
+        stopped = await call(rig, PEER, "shell", command="head -c 400000 /dev/zero > b")
+        assert not stopped.ok and "room left in the workspace's disk quota" in stopped.output
         # Past the quota by other means (here: the host), a call can only make room.
         root = rig.config.workspace_of(PEER)
         (root / "c").write_bytes(b"\0" * 600_000)

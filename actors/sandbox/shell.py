@@ -79,6 +79,8 @@ STAGE_SCRIPT = (
 PROBE_TIMEOUT = 20.0
 KILL_GRACE = 5.0
 READ_CHUNK = 1 << 16
+# bash's exit code for a command killed by SIGXFSZ (a file past RLIMIT_FSIZE).
+FILE_TOO_LARGE_EXIT = 128 + 25
 QUOTA_POLL = 0.1  # seconds between two looks at the workspace's disk use during a run,
 QUOTA_POLL_SHARE = 4  # or this many times what one look took, for a large workspace
 # What the daemon's git may write in .git; config, hooks and info stay read-only even then.
@@ -374,10 +376,15 @@ class Shell:
         usage = cgroup.usage()
         output, cut = capture.text()
         s = self.settings
-        if self.room(found) == 0 and not over_quota:
+        room = self.room(found)
+        if room == 0 and not over_quota:
             output += (f"\n[the workspace is over its disk quota of {s.workspace_mb} MiB "
                        "(sandbox.workspace_mb; peer_workspace_mb for a peer's), so no file "
                        "could grow in this call: remove files to make room]\n")
+        elif room < s.file_size_mb * MiB and proc.returncode == FILE_TOO_LARGE_EXIT:
+            output += (f"\n[no file in this call may grow past {room} bytes, the room left "
+                       f"in the workspace's disk quota of {s.workspace_mb} MiB: remove "
+                       "files to make room]\n")
         if over_quota:
             output += (f"\n[killed: the workspace grew past its disk quota of "
                        f"{s.workspace_mb} MiB (sandbox.workspace_mb; peer_workspace_mb for "
