@@ -23,7 +23,7 @@ import protocol
 from actors.ledger.messages import HoldPlace, HoldResolve, LedgerResult
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.escrow import entry_id
-from bench.rig import build, running
+from bench.rig import Federation, build, running
 from entityd import config as config_mod
 from entityd import federation
 from entityd.client import EntityClient
@@ -37,6 +37,44 @@ DIRECT_GET = protocol.subjects.LEDGER_GET
 
 
 # ---- 1. the ledger: appends on a subject anyone can have JetStream write on ----------
+
+
+async def pays_under_flood(fed: Federation, nc: nats.NATS, payments: int, *,
+                           burst: int, pub_acks: bool, settle: float
+                           ) -> tuple[int, list[tuple[int, str, str]]]:
+    """entity-b (`nc`) keeps replies aimed at a's chain flowing, `burst` direct gets of its
+    own junk a millisecond (and as many appends of junk to its own chain whose PubAck is
+    aimed there, with `pub_acks`), while a pays b 1 credit `payments` times: how many
+    b sent, and each payment's (code, stdout, stderr)."""
+    stop = asyncio.Event()
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
+        junk = await js.publish(protocol.subjects.ledger(B), b"not an entry")
+        request = json.dumps({"seq": junk.seq}).encode()
+        while not stop.is_set():
+            for _ in range(burst):
+                await nc.publish(DIRECT_GET, request, reply=protocol.subjects.ledger(A))
+                sent += 1
+                if pub_acks:
+                    await nc.publish(protocol.subjects.ledger(B), b"junk",
+                                     reply=protocol.subjects.ledger(A))
+                    sent += 1
+            await nc.flush()
+            await asyncio.sleep(0.001)
+
+    flooding = asyncio.create_task(flood())
+    paid = []
+    try:
+        await asyncio.sleep(settle)
+        for _ in range(payments):
+            paid.append(await fed[A].ctl("pay", B, "1", timeout=60))
+    finally:
+        stop.set()
+        await flooding
+    return sent, paid
 
 
 async def test_a_flood_of_replies_into_a_chain_does_not_starve_its_appends(
@@ -58,31 +96,10 @@ async def test_a_flood_of_replies_into_a_chain_does_not_starve_its_appends(
             await funded(fed, entity_a=50)
             assert await money(fed[A]) == (50, 0)  # a has read its chain once
             nc = await hostile(fed[B])
-            stop = asyncio.Event()
-            sent = 0
-
-            async def flood() -> None:
-                nonlocal sent
-                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
-                junk = await js.publish(protocol.subjects.ledger(B), b"not an entry")
-                request = json.dumps({"seq": junk.seq}).encode()
-                while not stop.is_set():
-                    for _ in range(2):
-                        await nc.publish(DIRECT_GET, request,
-                                         reply=protocol.subjects.ledger(A))
-                        sent += 1
-                    await nc.flush()
-                    await asyncio.sleep(0.001)
-
-            flooding = asyncio.create_task(flood())
-            paid = []
             try:
-                await asyncio.sleep(0.5)
-                for _ in range(5):
-                    paid.append(await fed[A].ctl("pay", B, "1", timeout=30))
+                sent, paid = await pays_under_flood(fed, nc, 5, burst=2, pub_acks=False,
+                                                    settle=0.5)
             finally:
-                stop.set()
-                await flooding
                 await nc.close()
             assert sent > 200, sent
             refused = [out + err for code, out, err in paid if code != 0]
@@ -130,32 +147,7 @@ async def test_replies_aimed_at_a_chain_never_land_on_it(tmp_path: Path) -> None
             assert await money(fed[A]) == (50, 0)
             nc = await hostile(fed[B])
             before = await last_on(nc, A)
-            stop = asyncio.Event()
-            sent = 0
-
-            async def flood() -> None:
-                nonlocal sent
-                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
-                junk = await js.publish(protocol.subjects.ledger(B), b"not an entry")
-                request = json.dumps({"seq": junk.seq}).encode()
-                while not stop.is_set():
-                    for _ in range(5):
-                        await nc.publish(DIRECT_GET, request, reply=protocol.subjects.ledger(A))
-                        await nc.publish(protocol.subjects.ledger(B), b"junk",
-                                         reply=protocol.subjects.ledger(A))
-                        sent += 2
-                    await nc.flush()
-                    await asyncio.sleep(0.001)
-
-            flooding = asyncio.create_task(flood())
-            paid = []
-            try:
-                await asyncio.sleep(1.0)
-                for _ in range(3):
-                    paid.append(await fed[A].ctl("pay", B, "1", timeout=60))
-            finally:
-                stop.set()
-                await flooding
+            sent, paid = await pays_under_flood(fed, nc, 3, burst=5, pub_acks=True, settle=1.0)
             try:
                 landed = await stored_on(nc, A, before)
             finally:
