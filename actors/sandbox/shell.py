@@ -377,6 +377,13 @@ class Shell:
         output, cut = capture.text()
         s = self.settings
         room = self.room(found)
+        grew_unseen = not over_quota and await self._grew_past_quota(found.bytes)
+        if grew_unseen:
+            # Done before a look saw it (a quick call, or many small files): told, and
+            # the next call starts over quota (no file may grow in it).
+            over_quota = True
+            output += (f"\n[the workspace grew past its disk quota of {s.workspace_mb} MiB "
+                       "in this call: remove files to make room]\n")
         if room == 0 and not over_quota:
             output += (f"\n[the workspace is over its disk quota of {s.workspace_mb} MiB "
                        "(sandbox.workspace_mb; peer_workspace_mb for a peer's), so no file "
@@ -385,7 +392,7 @@ class Shell:
             output += (f"\n[no file in this call may grow past {room} bytes, the room left "
                        f"in the workspace's disk quota of {s.workspace_mb} MiB: remove "
                        "files to make room]\n")
-        if over_quota:
+        elif over_quota and not grew_unseen:
             output += (f"\n[killed: the workspace grew past its disk quota of "
                        f"{s.workspace_mb} MiB (sandbox.workspace_mb; peer_workspace_mb for "
                        "a peer's); remove files to make room]\n")
@@ -436,6 +443,15 @@ class Shell:
                     await proc.wait()
             raise
         return timed_out, not quota.cancelled() and quota.result()
+
+    async def _grew_past_quota(self, start: int) -> bool:
+        """One look after a run: whether it left the workspace past the quota, larger
+        than it found it."""
+        try:
+            found = await asyncio.to_thread(scan, self.workspace)
+        except OSError:
+            return False
+        return found.bytes > self.settings.workspace_mb * MiB and found.bytes > start
 
     async def _watch_quota(self, proc: asyncio.subprocess.Process, start: int) -> bool:
         """Kill the run once it has grown the workspace past the quota; a run that only
