@@ -12,8 +12,10 @@ A call works in the workspace it names (`ToolCall.workspace`): the entity's own,
 one of the tasks a peer delegated here, made at its first call (`Config.workspace_of`);
 each has its own confinement, shell and quota, and no call sees another's files.
 
-Workspace calls run one at a time in arrival order, each beside the mailbox (a FIFO lock
-keeps the order), so that nothing waits behind a long shell command in the mailbox: a
+A workspace's calls run one at a time in arrival order, each beside the mailbox (a FIFO
+lock per workspace keeps the order; calls in different workspaces do not wait for each
+other, so a peer's long command never holds up the entity's own tools), so that nothing
+waits behind a long shell command in the mailbox: a
 `turn_cancel` from the orchestrator, sent when it stops a turn, is handled at once, and a
 shell command running (or still waiting for its turn) for the orchestrator or the coder
 is killed (its process group, as at its timeout) and answered as cancelled.
@@ -94,7 +96,10 @@ class ToolActor(Actor):
         self.unavailable = _contains(self.root, config.data_dir)
         self.moltbook = MoltbookTools(config)
         self.mcp = McpTools(config, limits)
-        self._order = asyncio.Lock()  # workspace calls, one at a time, in arrival order
+        # Each workspace's calls, one at a time, in arrival order; workspaces apart, so
+        # one peer's long command (or its workspace's first preparation) never holds up
+        # the entity's own tools or another peer's.
+        self._orders: dict[str, tuple[asyncio.Lock, int]] = {}  # lock, its calls
         # Shell calls not yet answered (running, or waiting for the lock): their callers.
         self._shells: dict[asyncio.Future[ToolResult], str] = {}
         self._cancelling: set[asyncio.Future[ToolResult]] = set()
@@ -190,8 +195,20 @@ class ToolActor(Actor):
         return space
 
     async def _in_order(self, call: ToolCall) -> ToolResult:
-        async with self._order:  # workspace calls, one at a time, in arrival order
-            return await self.call(call)
+        name = call.workspace
+        lock, users = self._orders.get(name) or (asyncio.Lock(), 0)
+        self._orders[name] = (lock, users + 1)
+        try:
+            async with lock:
+                return await self.call(call)
+        finally:
+            # Kept while a call holds or waits for it, so a name never makes a lasting
+            # entry (one no workspace has is refused inside, by `_space_of`).
+            lock, users = self._orders[name]
+            if users == 1:
+                del self._orders[name]
+            else:
+                self._orders[name] = (lock, users - 1)
 
     def _shell_done(self, work: asyncio.Future[ToolResult]) -> None:
         self._shells.pop(work, None)  # (`_cancelling` is `_answer`'s to clear: it reads it)
