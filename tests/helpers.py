@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 import nats
 from nacl.signing import SigningKey
 from nats.aio.subscription import Subscription
+
+import protocol
+from actors.llm.scripted import ScriptedLLMServer
+from actors.llm.scripted.script import Script
 
 # Re-exported: the tests take ports, processes and entity data dirs from here, the same
 # the benches use (bench/rig.py, the federation rig, starts them too).
@@ -25,14 +30,15 @@ from bench.harness import child_env as child_env
 from bench.harness import ctl as ctl
 from bench.ports import free_port as free_port
 from bench.ports import free_port_range as free_port_range
-from bench.rig import Federation, Member
+from bench.rig import Federation, Member, build, running
 from bench.rig import make_entity as make_entity
+from entityd import identity
 from entityd.actor import Actor
 from entityd.bus import barrier
 from entityd.config import RuntimeSection
 from entityd.runtime import Runtime
 from entityd.transport import Transport
-from protocol import Keyring
+from protocol import Keyring, Sealer
 
 REPO = Path(__file__).resolve().parent.parent
 NATS_SERVER = str(BIN / "nats-server")
@@ -184,3 +190,87 @@ async def funded(fed: Federation, **amounts: int) -> None:
 async def hostile(member: Member) -> nats.NATS:
     """A raw client on `member`'s leaf: its hub login, nothing of its daemon's rules."""
     return await nats.connect(member.url, inbox_prefix=f"_i.{member.name}")
+
+
+@asynccontextmanager
+async def hostile_client(member: Member) -> AsyncIterator[nats.NATS]:
+    """`hostile(member)`, closed on the way out."""
+    nc = await hostile(member)
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+@asynccontextmanager
+async def scripted_federation(
+    root: Path, names: Sequence[str], script: Script, *,
+    prepare: Callable[[Federation], object] | None = None,
+) -> AsyncIterator[Federation]:
+    """A federation of `names` (bench.rig.build in `root`) on a scripted model serving
+    `script`, running; `prepare` is called on it after it is built, before it starts."""
+    async with ScriptedLLMServer(script) as llm:
+        fed = build(root, names, llm_url=llm.base_url)
+        if prepare is not None:
+            prepare(fed)
+        async with running(fed):
+            yield fed
+
+
+async def stored_on(nc: nats.NATS, subject: str, after: int = 0) -> list[tuple[int, bytes]]:
+    """(stream sequence, data) of every message on `subject` after stream sequence `after`,
+    as members read (a batched direct get through `ledger_get`, BOOKS' LEDGER)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(protocol.subjects.LEDGER_GET, json.dumps(
+            {"seq": after + 1, "next_by_subj": subject, "batch": 1000}).encode(), reply=inbox)
+        found = []
+        while True:
+            msg = await sub.next_msg(timeout=5)
+            if msg.headers and msg.headers.get("Status"):
+                return found
+            found.append((int((msg.headers or {})["Nats-Sequence"]), msg.data))
+    finally:
+        await sub.unsubscribe()
+
+
+async def last_on(nc: nats.NATS, account: str) -> int:
+    """The stream sequence of the last message on `account`'s chain, as a member reads it."""
+    answer = await nc.request(protocol.subjects.LEDGER_GET, json.dumps(
+        {"last_by_subj": protocol.subjects.ledger(account)}).encode(), timeout=5)
+    assert answer.headers is not None and "Nats-Sequence" in answer.headers, answer.headers
+    return int(answer.headers["Nats-Sequence"])
+
+
+async def command_into_inbox(sender: Member, receiver: Member, op: str,
+                             record: object) -> None:
+    """`record` from `sender` straight into `receiver`'s INBOX as the command `op`, sealed
+    with the sender's key as its daemon would (a member: its own key, its own hub login),
+    every field of the sender's choosing."""
+    sealer = Sealer(identity.load(sender.name, sender.data).signing_key)
+    subject = protocol.subjects.command(receiver.name, sender.name, op)
+    wire, msg_id = sealer.seal(identity.read_public(receiver.data), src=f"{sender.name}/peer",
+                               dst=f"{receiver.name}/peer", subj=subject, message=record)
+    async with hostile_client(sender) as nc:
+        await nc.jetstream().publish(subject, wire, headers={"Nats-Msg-Id": msg_id.hex()})
+
+
+async def task_by_id(member: Member, direction: str, task_id: str) -> dict[str, Any] | None:
+    """The member's task `task_id` in `direction` ("in" or "out"), if it has one."""
+    tasks = await member.ctl_json("tasks")
+    return next((t for t in tasks if t["task_id"] == task_id and t["direction"] == direction),
+                None)
+
+
+async def stopped(member: Member, grace: float = 20.0) -> int:
+    """The member's daemon sent SIGTERM: its exit code (-9: killed, still running after
+    `grace` s)."""
+    member.daemon.signal_stop()
+    return await asyncio.to_thread(member.daemon.wait_stopped, grace)
+
+
+def checkpoint_lines(member: Member) -> list[dict[str, Any]]:
+    """The `ledger_checkpoint` lines of the member's daemon log, parsed, oldest first."""
+    return [json.loads(line) for line in member.daemon.log().splitlines()
+            if '"ledger_checkpoint"' in line]

@@ -15,6 +15,7 @@ import re
 import secrets
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,10 @@ import nats.aio.msg
 import pytest
 
 import protocol
-from actors.llm.scripted import ScriptedLLMServer
 from bench.ports import free_port
-from bench.rig import Federation, build, running
+from bench.rig import Federation
 from entityd import federation
-from tests.helpers import funded, hostile, money
+from tests.helpers import funded, hostile_client, money, scripted_federation, stored_on
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
@@ -36,12 +36,12 @@ GET = protocol.subjects.LEDGER_GET  # the BOOKS direct get, as FED imports it
 LEGACY_GET = f"$JS.{federation.HUB_DOMAIN}.API.DIRECT.GET.LEDGER"  # LEDGER in FED
 
 
-def monitored(fed: Federation) -> int:
-    """The hub's monitoring port, added to the config `build` wrote (before it starts)."""
-    port = free_port()
-    conf = fed.root / "hub.conf"
-    conf.write_text(f'http: "127.0.0.1:{port}"\n' + conf.read_text())
-    return port
+def monitored(port: int) -> Callable[[Federation], None]:
+    """The hub's monitoring `port`, added to the config `build` wrote (before it starts)."""
+    def add(fed: Federation) -> None:
+        conf = fed.root / "hub.conf"
+        conf.write_text(f'http: "127.0.0.1:{port}"\n' + conf.read_text())
+    return add
 
 
 async def monitor(port: int, path: str) -> Any:
@@ -49,24 +49,6 @@ async def monitor(port: int, path: str) -> Any:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
             return json.loads(answer.read())
     return await asyncio.to_thread(get)
-
-
-async def stored_on(nc: nats.NATS, subject: str, after: int = 0) -> list[tuple[int, bytes]]:
-    """(stream sequence, data) of every message on `subject` after `after`, as members
-    read (a batched direct get through `ledger_get`)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish(GET, json.dumps({"seq": after + 1, "next_by_subj": subject,
-                                          "batch": 1000}).encode(), reply=inbox)
-        found = []
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            if msg.headers and msg.headers.get("Status"):
-                return found
-            found.append((int((msg.headers or {})["Nats-Sequence"]), msg.data))
-    finally:
-        await sub.unsubscribe()
 
 
 async def verified(fed: Federation, name: str, entries: str) -> None:
@@ -84,38 +66,33 @@ async def test_stream_headers_through_the_import_touch_no_other_chain(tmp_path: 
     a compare-and-set against a's chain. Held: the LEDGER config refuses each feature
     (rollup not permitted, TTL / atomic / schedules / counters disabled), the rest store
     junk on b's own chain only; a's chain is whole, a pays, verify passes."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            nc = await hostile(fed[B])
-            try:
-                refused = {}
-                for headers in [
-                    {"Nats-Rollup": "all"}, {"Nats-Rollup": "sub"}, {"Nats-TTL": "1s"},
-                    {"Nats-Batch-Id": "x", "Nats-Batch-Sequence": "1"},
-                    {"Nats-Schedule": "@at 2030-01-01T00:00:00Z",
-                     "Nats-Schedule-Target": protocol.subjects.ledger(A)},
-                    {"Nats-Incr": "1"},
-                ]:
-                    ack = json.loads((await nc.request(protocol.subjects.ledger(B), b"junk",
-                                                       headers=headers, timeout=5)).data)
-                    refused[next(iter(headers))] = ack.get("error", {}).get("description")
-                assert all(refused.values()), refused
-                for headers in [
-                    {"Nats-Marker-Reason": "Purge"},
-                    {"Nats-Expected-Last-Subject-Sequence-Subject": protocol.subjects.ledger(A),
-                     "Nats-Expected-Last-Subject-Sequence": "1"},
-                ]:
-                    await nc.request(protocol.subjects.ledger(B), b"junk", headers=headers,
-                                     timeout=5)
-                assert len(await stored_on(nc, protocol.subjects.ledger(A))) == 1  # the mint
-            finally:
-                await nc.close()
-            code, out, err = await fed[A].ctl("pay", B, "5")
-            assert code == 0, out + err
-            assert await money(fed[A]) == (45, 0)
-            await verified(fed, A, "2 entries on 2 chains, 50 minted")
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        async with hostile_client(fed[B]) as nc:
+            refused = {}
+            for headers in [
+                {"Nats-Rollup": "all"}, {"Nats-Rollup": "sub"}, {"Nats-TTL": "1s"},
+                {"Nats-Batch-Id": "x", "Nats-Batch-Sequence": "1"},
+                {"Nats-Schedule": "@at 2030-01-01T00:00:00Z",
+                 "Nats-Schedule-Target": protocol.subjects.ledger(A)},
+                {"Nats-Incr": "1"},
+            ]:
+                ack = json.loads((await nc.request(protocol.subjects.ledger(B), b"junk",
+                                                   headers=headers, timeout=5)).data)
+                refused[next(iter(headers))] = ack.get("error", {}).get("description")
+            assert all(refused.values()), refused
+            for headers in [
+                {"Nats-Marker-Reason": "Purge"},
+                {"Nats-Expected-Last-Subject-Sequence-Subject": protocol.subjects.ledger(A),
+                 "Nats-Expected-Last-Subject-Sequence": "1"},
+            ]:
+                await nc.request(protocol.subjects.ledger(B), b"junk", headers=headers,
+                                 timeout=5)
+            assert len(await stored_on(nc, protocol.subjects.ledger(A))) == 1  # the mint
+        code, out, err = await fed[A].ctl("pay", B, "5")
+        assert code == 0, out + err
+        assert await money(fed[A]) == (45, 0)
+        await verified(fed, A, "2 entries on 2 chains, 50 minted")
 
 
 async def test_answers_aimed_at_an_import_or_the_api_land_nowhere(tmp_path: Path) -> None:
@@ -125,29 +102,24 @@ async def test_answers_aimed_at_an_import_or_the_api_land_nowhere(tmp_path: Path
     re-entered an import would be stored on a's chain or become a request of b's making.
     Held: service answers are not routed through imports again; only b's own appends are
     stored (on b's chain)."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            nc = await hostile(fed[B])
-            try:
-                replies = [protocol.subjects.ledger(A), GET, LEGACY_GET,
-                           "$JS.API.DIRECT.GET.LEDGER"]
-                for reply in replies:
-                    await nc.publish(protocol.subjects.ledger(B),
-                                     json.dumps({"seq": 1}).encode(), reply=reply)
-                    for ask in ({"seq": 1}, {"seq": 1, "batch": 3},
-                                {"multi_last": ["ledger.>"], "batch": 10}):
-                        await nc.publish(GET, json.dumps(ask).encode(), reply=reply)
-                await nc.flush()
-                await asyncio.sleep(1.0)
-                assert len(await stored_on(nc, protocol.subjects.ledger(A))) == 1
-                assert len(await stored_on(nc, "ledger.>")) == 1 + len(replies)
-            finally:
-                await nc.close()
-            code, out, err = await fed[A].ctl("pay", B, "5")
-            assert code == 0, out + err
-            await verified(fed, A, "2 entries on 2 chains, 50 minted")
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        async with hostile_client(fed[B]) as nc:
+            replies = [protocol.subjects.ledger(A), GET, LEGACY_GET,
+                       "$JS.API.DIRECT.GET.LEDGER"]
+            for reply in replies:
+                await nc.publish(protocol.subjects.ledger(B),
+                                 json.dumps({"seq": 1}).encode(), reply=reply)
+                for ask in ({"seq": 1}, {"seq": 1, "batch": 3},
+                            {"multi_last": ["ledger.>"], "batch": 10}):
+                    await nc.publish(GET, json.dumps(ask).encode(), reply=reply)
+            await nc.flush()
+            await asyncio.sleep(1.0)
+            assert len(await stored_on(nc, protocol.subjects.ledger(A))) == 1
+            assert len(await stored_on(nc, "ledger.>")) == 1 + len(replies)
+        code, out, err = await fed[A].ctl("pay", B, "5")
+        assert code == 0, out + err
+        await verified(fed, A, "2 entries on 2 chains, 50 minted")
 
 
 # ---- 2. the reader's routes and inboxes ---------------------------------------------
@@ -175,19 +147,16 @@ async def test_a_member_who_knows_the_inbox_prefixes_cannot_answer_for_the_strea
     responder on both read routes, while a pays and reads. Held: the last token of each
     inbox is 128 random bits (the reader's, the envelope id for asks) that never leave a's
     leaf and the hub; b's subscriptions to `ledger_get` / the legacy API are refused."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        port = monitored(fed)
-        async with running(fed):
-            await funded(fed, entity_a=50, entity_b=10)
-            leafz = await monitor(port, "/leafz?subs=1")
-            seen = {sub for leaf in leafz["leafs"] for sub in leaf.get("subscriptions_list") or []}
-            prefixes = sorted({sub[:-2] for sub in seen
-                               if re.fullmatch(rf"_i\.{A}\.[^.>*]+\.\*", sub)})
-            assert len(prefixes) >= 2, seen  # the reader's, the replies' (and asks')
-            nc = await hostile(fed[B])
-            overheard: list[str] = []
-
+    port = free_port()
+    async with scripted_federation(tmp_path, [A, B], route, prepare=monitored(port)) as fed:
+        await funded(fed, entity_a=50, entity_b=10)
+        leafz = await monitor(port, "/leafz?subs=1")
+        seen = {sub for leaf in leafz["leafs"] for sub in leaf.get("subscriptions_list") or []}
+        prefixes = sorted({sub[:-2] for sub in seen
+                           if re.fullmatch(rf"_i\.{A}\.[^.>*]+\.\*", sub)})
+        assert len(prefixes) >= 2, seen  # the reader's, the replies' (and asks')
+        overheard: list[str] = []
+        async with hostile_client(fed[B]) as nc:
             async def answer(msg: nats.aio.msg.Msg) -> None:
                 if msg.reply.startswith(f"_i.{A}."):  # a's read (b's own stay on its leaf)
                     overheard.append(msg.reply)
@@ -218,11 +187,10 @@ async def test_a_member_who_knows_the_inbox_prefixes_cannot_answer_for_the_strea
             finally:
                 stop.set()
                 await flooding
-            await nc.close()
-            assert sent > 500, sent
-            assert not overheard, overheard
-            assert await money(fed[A]) == (47, 0)
-            await verified(fed, A, "5 entries on 2 chains, 60 minted")
+        assert sent > 500, sent
+        assert not overheard, overheard
+        assert await money(fed[A]) == (47, 0)
+        await verified(fed, A, "5 entries on 2 chains, 60 minted")
 
 
 # ---- 3. the old layout: nothing a member does makes the hub fall back to it ----------
@@ -234,25 +202,20 @@ async def test_a_member_cannot_make_the_hub_take_the_old_layout(tmp_path: Path) 
     through the hub's JetStream domain. Held: FED has no
     JetStream in the new layout and b's permissions allow no stream create; the store
     holds no FED stream, and the hub rendered again keeps BOOKS."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            nc = await hostile(fed[B])
-            config = json.dumps({"name": "LEDGER", "subjects": ["ledger.>"]}).encode()
-            try:
-                # (the bare $JS.API is b's own leaf's JetStream, not the hub's)
-                for op in ("STREAM.CREATE.LEDGER", "STREAM.CREATE.X", "STREAM.LIST"):
-                    with pytest.raises((nats.errors.NoRespondersError,
-                                        nats.errors.TimeoutError)):
-                        await nc.request(f"$JS.{federation.HUB_DOMAIN}.API.{op}", config,
-                                         timeout=2)
-            finally:
-                await nc.close()
-            store = tmp_path / "hub-store"
-            assert not federation.ledger_in_fed(store)
-            again = federation.render_hub_conf([], store_dir=store, leaf_host="127.0.0.1")
-            assert federation.BOOKS_ACCOUNT in again
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        config = json.dumps({"name": "LEDGER", "subjects": ["ledger.>"]}).encode()
+        async with hostile_client(fed[B]) as nc:
+            # (the bare $JS.API is b's own leaf's JetStream, not the hub's)
+            for op in ("STREAM.CREATE.LEDGER", "STREAM.CREATE.X", "STREAM.LIST"):
+                with pytest.raises((nats.errors.NoRespondersError,
+                                    nats.errors.TimeoutError)):
+                    await nc.request(f"$JS.{federation.HUB_DOMAIN}.API.{op}", config,
+                                     timeout=2)
+        store = tmp_path / "hub-store"
+        assert not federation.ledger_in_fed(store)
+        again = federation.render_hub_conf([], store_dir=store, leaf_host="127.0.0.1")
+        assert federation.BOOKS_ACCOUNT in again
 
 
 # ---- 4. the hub's work for one member ------------------------------------------------
@@ -270,27 +233,20 @@ async def test_a_flood_of_direct_gets_leaves_no_backlog_at_the_hub(tmp_path: Pat
     in FED the same flood took the hub to 1.7 GB). A longer flood takes the hub's memory
     and the ledger's reads for everyone. Safe: 5 s after the flood the hub holds no map
     of it and answers a's direct get at once."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        port = monitored(fed)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            nc = await hostile(fed[B])
-            victim = await hostile(fed[A])
-            try:
-                ask = json.dumps({"seq": 1}).encode()
-                began = time.monotonic()
-                while time.monotonic() - began < 15:
-                    for _ in range(1000):
-                        await nc.publish(GET, ask, reply="_i.nobody.x")
-                    await nc.flush()
-                await asyncio.sleep(5)
-                books = await monitor(port, "/accountz?acc=BOOKS")
-                held = len(books["account_detail"].get("responses") or {})
-                asked = time.monotonic()
-                await victim.request(GET, ask, timeout=30)
-                waited = time.monotonic() - asked
-            finally:
-                await nc.close()
-                await victim.close()
-            assert held < 1000 and waited < 0.5, (held, waited)
+    port = free_port()
+    async with scripted_federation(tmp_path, [A, B], route, prepare=monitored(port)) as fed:
+        await funded(fed, entity_a=50)
+        async with hostile_client(fed[B]) as nc, hostile_client(fed[A]) as victim:
+            ask = json.dumps({"seq": 1}).encode()
+            began = time.monotonic()
+            while time.monotonic() - began < 15:
+                for _ in range(1000):
+                    await nc.publish(GET, ask, reply="_i.nobody.x")
+                await nc.flush()
+            await asyncio.sleep(5)
+            books = await monitor(port, "/accountz?acc=BOOKS")
+            held = len(books["account_detail"].get("responses") or {})
+            asked = time.monotonic()
+            await victim.request(GET, ask, timeout=30)
+            waited = time.monotonic() - asked
+        assert held < 1000 and waited < 0.5, (held, waited)

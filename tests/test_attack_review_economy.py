@@ -21,18 +21,29 @@ import pytest
 
 import protocol
 from actors.ledger.messages import HoldPlace, HoldResolve, LedgerResult
-from actors.llm.scripted import Reply, ScriptedLLMServer
+from actors.llm.scripted import Reply
 from actors.peer.acceptance import Acceptance
 from actors.peer.deliverable import MAX_BYTES
 from actors.peer.escrow import entry_id
 from actors.peer.messages import DeliverableChunk, TaskOffer, TaskUpdate
 from actors.workspace import Workspace
-from bench.rig import Member, build, leaf_server, running
+from bench.rig import Member, leaf_server
 from entityd import config as config_mod
 from entityd import federation, identity
 from entityd.client import EntityClient
 from protocol import Sealer
-from tests.helpers import funded, money, poll, wait_state
+from tests.helpers import (
+    checkpoint_lines,
+    command_into_inbox,
+    funded,
+    hostile_client,
+    money,
+    poll,
+    scripted_federation,
+    stopped,
+    task_by_id,
+    wait_state,
+)
 from tests.peer_model import TEST_CALC, route
 from tests.test_tool_actor import SANDBOX
 
@@ -57,29 +68,24 @@ async def test_a_reply_into_anothers_chain_does_not_freeze_it(
     frozen (a can append nothing more) and `ledger verify` fails for everyone.
     `pub_ack`: the same with no direct get at all: b appends to its own chain with the
     reply subject `ledger.entity-a`, and the stream's PubAck (JSON) is stored there."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            nc = await nats.connect(fed[B].url, inbox_prefix=f"_i.{B}")
-            try:
-                if vector == "direct_get":
-                    js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
-                    junk = await js.publish(protocol.subjects.ledger(B), b"not an entry")
-                    await nc.publish(DIRECT_GET, json.dumps({"seq": junk.seq}).encode(),
-                                     reply=protocol.subjects.ledger(A))
-                else:
-                    await nc.publish(protocol.subjects.ledger(B), b"not an entry",
-                                     reply=protocol.subjects.ledger(A))
-                await nc.flush()
-                await asyncio.sleep(1.0)  # the hub answers at once; give it time to store
-            finally:
-                await nc.close()
-            code, out, err = await fed[A].ctl("pay", B, "5")
-            assert code == 0, out + err  # a can still spend its own money
-            assert await money(fed[A]) == (45, 0)
-            code, out, err = await fed[A].ctl("ledger", "verify")
-            assert code == 0, out + err
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        async with hostile_client(fed[B]) as nc:
+            if vector == "direct_get":
+                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
+                junk = await js.publish(protocol.subjects.ledger(B), b"not an entry")
+                await nc.publish(DIRECT_GET, json.dumps({"seq": junk.seq}).encode(),
+                                 reply=protocol.subjects.ledger(A))
+            else:
+                await nc.publish(protocol.subjects.ledger(B), b"not an entry",
+                                 reply=protocol.subjects.ledger(A))
+            await nc.flush()
+            await asyncio.sleep(1.0)  # the hub answers at once; give it time to store
+        code, out, err = await fed[A].ctl("pay", B, "5")
+        assert code == 0, out + err  # a can still spend its own money
+        assert await money(fed[A]) == (45, 0)
+        code, out, err = await fed[A].ctl("ledger", "verify")
+        assert code == 0, out + err
 
 
 async def test_the_ledger_stream_refuses_an_entry_no_reader_would_take(
@@ -90,18 +96,13 @@ async def test_the_ledger_stream_refuses_an_entry_no_reader_would_take(
     batches of 256 direct gets with no max_bytes (up to ~4 batches, 2 GB, in memory at
     once in a replay). No entry is larger than protocol.MAX_WIRE_BYTES; a bigger one
     should never be stored."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed)
-            nc = await nats.connect(fed[B].url, inbox_prefix=f"_i.{B}")
-            try:
-                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
-                big = b"\x00" * (protocol.MAX_WIRE_BYTES + 512 * 1024)
-                with pytest.raises(nats.js.errors.APIError):
-                    await js.publish(protocol.subjects.ledger(B), big)
-            finally:
-                await nc.close()
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed)
+        async with hostile_client(fed[B]) as nc:
+            js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
+            big = b"\x00" * (protocol.MAX_WIRE_BYTES + 512 * 1024)
+            with pytest.raises(nats.js.errors.APIError):
+                await js.publish(protocol.subjects.ledger(B), big)
 
 
 # ---- the escrow of paid delegation ---------------------------------------------------
@@ -112,21 +113,7 @@ async def offer(a: Member, b: Member, task_id: str, price: int, hold: bytes,
     """A TaskOffer from entity-a straight into b's INBOX, sealed with a's key: a hostile
     delegator choosing every field."""
     record = TaskOffer(task_id, "Write calc.add", "with a test", "", deadline, [], price, hold)
-    sealer = Sealer(identity.load(A, a.data).signing_key)
-    subject = protocol.subjects.command(B, A, "delegate")
-    wire, msg_id = sealer.seal(identity.read_public(b.data), src=f"{A}/peer",
-                               dst=f"{B}/peer", subj=subject, message=record)
-    nc = await nats.connect(a.url, inbox_prefix=f"_i.{A}")
-    try:
-        await nc.jetstream().publish(subject, wire, headers={"Nats-Msg-Id": msg_id.hex()})
-    finally:
-        await nc.close()
-
-
-async def task_in(member: Member, task_id: str) -> dict[str, Any] | None:
-    tasks = await member.ctl_json("tasks")
-    return next((t for t in tasks if t["task_id"] == task_id and t["direction"] == "in"),
-                None)
+    await command_into_inbox(a, b, "delegate", record)
 
 
 async def test_a_priced_offer_without_a_deadline_is_checked_against_its_holds_expiry(
@@ -135,20 +122,18 @@ async def test_a_priced_offer_without_a_deadline_is_checked_against_its_holds_ex
     the offer has one: a priced offer with deadline 0 ("none") backed by a hold that
     expires in a few seconds is taken, and the delegate works for money that is gone
     (released to the delegator by the deadline) before it can deliver."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=100)
-            await fed.discovered()
-            a, b = fed[A], fed[B]
-            async with EntityClient(config_mod.load(a.config)) as client:
-                held: LedgerResult = await client.ask("ledger", HoldPlace(
-                    B, 40, int((time.time() + 4) * 1000), "nodeadline"), 30)
-            assert held.ok, held
-            await offer(a, b, "nodeadline", 40, bytes.fromhex(held.id), deadline=0.0)
-            task = await poll(lambda: task_in(b, "nodeadline"), timeout=30,
-                              what="b recording the offer")
-            assert task["state"] == "rejected", task
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=100)
+        await fed.discovered()
+        a, b = fed[A], fed[B]
+        async with EntityClient(config_mod.load(a.config)) as client:
+            held: LedgerResult = await client.ask("ledger", HoldPlace(
+                B, 40, int((time.time() + 4) * 1000), "nodeadline"), 30)
+        assert held.ok, held
+        await offer(a, b, "nodeadline", 40, bytes.fromhex(held.id), deadline=0.0)
+        task = await poll(lambda: task_by_id(b, "in", "nodeadline"), timeout=30,
+                          what="b recording the offer")
+        assert task["state"] == "rejected", task
 
 
 # ---- delivered work ------------------------------------------------------------------
@@ -163,62 +148,59 @@ async def test_a_delegate_cannot_make_the_delegator_fetch_an_unbounded_deliverab
     given an unpaid task, answers `size` = 2^40 and ~900 KB pieces: entity-a's daemon
     buffers whatever b sends until it runs out of memory."""
 
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await fed.discovered()  # a pins b's key
-            a, b = fed[A], fed[B]
-            # b's operator swaps its daemon for a raw client on the same hub login.
-            b.daemon.signal_stop()
-            assert await asyncio.to_thread(b.daemon.wait_stopped, 20) == 0
-            leaf = leaf_server(B, b.data, f"nats-leaf://127.0.0.1:{fed.leaf_port}",
-                               federation.seed_path(b.data))
-            await asyncio.to_thread(leaf.start)
-            b_key = identity.load(B, b.data).signing_key
-            a_pub = identity.read_public(a.data)
-            sealer = Sealer(b_key)
-            served = 0
-            piece = b"x" * (900 * 1024)
-            nc = await nats.connect(leaf.url, inbox_prefix=f"_i.{B}")
-            try:
-                async def fetch(msg: nats.aio.msg.Msg) -> None:
-                    nonlocal served
-                    if served > MAX_BYTES + 8 * len(piece):
-                        return  # enough shown: let a's ask time out
-                    _, _, body, _ = msgpack.unpackb(msg.data, raw=False)
-                    request_id = msgpack.unpackb(body, raw=False)["id"]
-                    wire, _ = sealer.seal(a_pub, src=f"{B}/peer", dst=f"{A}/peer",
-                                          subj=msg.reply, message=DeliverableChunk(piece),
-                                          corr=request_id)
-                    served += len(piece)
-                    await nc.publish(msg.reply, wire)
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await fed.discovered()  # a pins b's key
+        a, b = fed[A], fed[B]
+        # b's operator swaps its daemon for a raw client on the same hub login.
+        assert await stopped(b) == 0
+        leaf = leaf_server(B, b.data, f"nats-leaf://127.0.0.1:{fed.leaf_port}",
+                           federation.seed_path(b.data))
+        await asyncio.to_thread(leaf.start)
+        b_key = identity.load(B, b.data).signing_key
+        a_pub = identity.read_public(a.data)
+        sealer = Sealer(b_key)
+        served = 0
+        piece = b"x" * (900 * 1024)
+        nc = await nats.connect(leaf.url, inbox_prefix=f"_i.{B}")
+        try:
+            async def fetch(msg: nats.aio.msg.Msg) -> None:
+                nonlocal served
+                if served > MAX_BYTES + 8 * len(piece):
+                    return  # enough shown: let a's ask time out
+                _, _, body, _ = msgpack.unpackb(msg.data, raw=False)
+                request_id = msgpack.unpackb(body, raw=False)["id"]
+                wire, _ = sealer.seal(a_pub, src=f"{B}/peer", dst=f"{A}/peer",
+                                      subj=msg.reply, message=DeliverableChunk(piece),
+                                      corr=request_id)
+                served += len(piece)
+                await nc.publish(msg.reply, wire)
 
-                await nc.subscribe(protocol.subjects.request(B, A, "fetch"), cb=fetch)
-                await nc.flush()
-                await asyncio.sleep(0.5)  # the subscription's interest reaches the hub
-                code, out, err = await a.ctl("delegate", B, "Write calc.add with a test")
-                assert code == 0, out + err
-                task_id = out.split("offered task ")[1].split()[0]
-                subject = protocol.subjects.command(A, B, "task")
-                wire, msg_id = sealer.seal(a_pub, src=f"{B}/peer", dst=f"{A}/peer",
-                                           subj=subject, message=TaskUpdate(
-                                               task_id, "completed", "done", b"", 1,
-                                               2**40, "00" * 32))
-                await nc.publish(subject, wire, headers={"Nats-Msg-Id": msg_id.hex()})
+            await nc.subscribe(protocol.subjects.request(B, A, "fetch"), cb=fetch)
+            await nc.flush()
+            await asyncio.sleep(0.5)  # the subscription's interest reaches the hub
+            code, out, err = await a.ctl("delegate", B, "Write calc.add with a test")
+            assert code == 0, out + err
+            task_id = out.split("offered task ")[1].split()[0]
+            subject = protocol.subjects.command(A, B, "task")
+            wire, msg_id = sealer.seal(a_pub, src=f"{B}/peer", dst=f"{A}/peer",
+                                       subj=subject, message=TaskUpdate(
+                                           task_id, "completed", "done", b"", 1,
+                                           2**40, "00" * 32))
+            await nc.publish(subject, wire, headers={"Nats-Msg-Id": msg_id.hex()})
 
-                async def over() -> dict[str, Any] | None:
-                    if served > MAX_BYTES + 4 * len(piece):
-                        return {"state": "still fetching", "served": served}
-                    tasks = await a.ctl_json("tasks")
-                    mine = next(t for t in tasks if t["task_id"] == task_id)
-                    return mine if mine["state"] in ("failed", "delivered") else None
+            async def over() -> dict[str, Any] | None:
+                if served > MAX_BYTES + 4 * len(piece):
+                    return {"state": "still fetching", "served": served}
+                tasks = await a.ctl_json("tasks")
+                mine = next(t for t in tasks if t["task_id"] == task_id)
+                return mine if mine["state"] in ("failed", "delivered") else None
 
-                outcome = await poll(over, timeout=60, what="a fetching or failing")
-                assert served <= MAX_BYTES, f"a took {served} bytes of a deliverable"
-                assert outcome["state"] == "failed", outcome
-            finally:
-                await nc.close()
-                await asyncio.to_thread(leaf.stop)
+            outcome = await poll(over, timeout=60, what="a fetching or failing")
+            assert served <= MAX_BYTES, f"a took {served} bytes of a deliverable"
+            assert outcome["state"] == "failed", outcome
+        finally:
+            await nc.close()
+            await asyncio.to_thread(leaf.stop)
 
 
 async def test_a_delegate_delivers_nothing_for_an_escrow_voided_behind_its_back(
@@ -232,27 +214,25 @@ async def test_a_delegate_delivers_nothing_for_an_escrow_voided_behind_its_back(
     def slow(request: dict[str, Any]) -> Reply:
         return route(request, coder_delay=1.5)  # b's coder takes ~6 s
 
-    async with ScriptedLLMServer(slow) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=100)
-            await fed.discovered()
-            a, b = fed[A], fed[B]
-            code, out, err = await a.ctl("delegate", B, "Write calc.add with a test",
-                                         "--price", "40")
-            assert code == 0, out + err
-            task_id = out.split("offered task ")[1].split()[0]
-            await wait_state(b, "in", ("working",), task_id=task_id, timeout=30)
-            async with EntityClient(config_mod.load(a.config)) as client:
-                voided: LedgerResult = await client.ask("ledger", HoldResolve(
-                    entry_id("hold", A, B, task_id), 0, "changed my mind"), 30)
-            assert voided.ok, voided
-            assert await money(a) == (100, 0)
-            theirs = await wait_state(b, "in", ("completed", "failed"), task_id=task_id,
-                                      timeout=40)
-            mine = await wait_state(a, "out", ("delivered", "failed", "working"),
-                                    task_id=task_id, timeout=20)
-            assert (theirs["state"], mine["branch"]) == ("failed", ""), (theirs, mine)
+    async with scripted_federation(tmp_path, [A, B], slow) as fed:
+        await funded(fed, entity_a=100)
+        await fed.discovered()
+        a, b = fed[A], fed[B]
+        code, out, err = await a.ctl("delegate", B, "Write calc.add with a test",
+                                     "--price", "40")
+        assert code == 0, out + err
+        task_id = out.split("offered task ")[1].split()[0]
+        await wait_state(b, "in", ("working",), task_id=task_id, timeout=30)
+        async with EntityClient(config_mod.load(a.config)) as client:
+            voided: LedgerResult = await client.ask("ledger", HoldResolve(
+                entry_id("hold", A, B, task_id), 0, "changed my mind"), 30)
+        assert voided.ok, voided
+        assert await money(a) == (100, 0)
+        theirs = await wait_state(b, "in", ("completed", "failed"), task_id=task_id,
+                                  timeout=40)
+        mine = await wait_state(a, "out", ("delivered", "failed", "working"),
+                                task_id=task_id, timeout=20)
+        assert (theirs["state"], mine["branch"]) == ("failed", ""), (theirs, mine)
 
 
 async def test_a_delivery_that_only_shadows_the_test_runner_is_not_paid_by_itself(
@@ -292,25 +272,18 @@ async def test_junk_on_a_members_own_chain_leaves_the_others_checkpoints_on(
     publish anything on ledger.entity-b, and the stream keeps it for ever) turns every
     other member's checkpoint off for good, so each of their restarts replays every
     chain from the start."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            await fed.discovered()
-            a = fed[A]
-            code, out, err = await a.ctl("pay", B, "5")
-            assert code == 0, out + err
-            nc = await nats.connect(fed[B].url, inbox_prefix=f"_i.{B}")
-            try:
-                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
-                await js.publish(protocol.subjects.ledger(B), b"not an entry")
-            finally:
-                await nc.close()
-            assert await money(a) == (45, 0)  # a has read the junk
-            a.daemon.signal_stop()
-            assert await asyncio.to_thread(a.daemon.wait_stopped, 20) == 0
-            a.start()
-            await a.ready()
-            lines = [json.loads(line) for line in a.daemon.log().splitlines()
-                     if '"ledger_checkpoint"' in line]
-            assert lines[-1]["used"] is True, lines[-1]
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        await fed.discovered()
+        a = fed[A]
+        code, out, err = await a.ctl("pay", B, "5")
+        assert code == 0, out + err
+        async with hostile_client(fed[B]) as nc:
+            js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
+            await js.publish(protocol.subjects.ledger(B), b"not an entry")
+        assert await money(a) == (45, 0)  # a has read the junk
+        assert await stopped(a) == 0
+        a.start()
+        await a.ready()
+        lines = checkpoint_lines(a)
+        assert lines[-1]["used"] is True, lines[-1]

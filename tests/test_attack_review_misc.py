@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import msgpack
+import nats
 import pytest
 from nacl.signing import SigningKey
 
@@ -78,6 +79,18 @@ async def peer_names(client: EntityClient) -> set[str]:
     return {p.name for p in peers.peers}
 
 
+async def introduced(client: EntityClient, nc: nats.NATS, key: SigningKey, name: str) -> None:
+    """`name`'s heartbeat, signed with `key`, published on `nc`; until the entity lists
+    `name` among its peers."""
+    await nc.publish(*heartbeat(key, name))
+    await nc.flush()
+
+    async def discovered() -> bool:
+        return name in await peer_names(client)
+
+    await poll(discovered, timeout=20, what=f"{name} discovered")
+
+
 async def rejected(client: EntityClient) -> dict[str, int]:
     status = await client.ask("health", protocol.StatusGet(), 10.0)
     return dict(status.rejected)
@@ -95,13 +108,7 @@ async def test_a_member_named_after_an_a2a_client_is_not_introduced(tmp_path: Pa
             await nc.publish(*heartbeat(squatter, "a2a-ci-bot"))
             await nc.flush()
             await asyncio.sleep(0.2)
-        await nc.publish(*heartbeat(honest, "entity-x"))
-        await nc.flush()
-
-        async def discovered() -> bool:
-            return "entity-x" in await peer_names(client)
-
-        await poll(discovered, timeout=20, what="entity-x discovered")
+        await introduced(client, nc, honest, "entity-x")
         names = await peer_names(client)
         assert "a2a-ci-bot" not in names, names
         assert (await rejected(client)).get("unknown_key", 0) >= before + 3
@@ -113,13 +120,7 @@ async def test_a_peer_key_on_a_local_mailbox_cannot_cancel_a_goal(tmp_path: Path
         assert transport is not None
         # A member the entity knows (its heartbeat pinned its key) ...
         member = SigningKey.generate()
-        await transport.nc.publish(*heartbeat(member, "entity-m"))
-        await transport.nc.flush()
-
-        async def discovered() -> bool:
-            return "entity-m" in await peer_names(client)
-
-        await poll(discovered, timeout=20, what="entity-m discovered")
+        await introduced(client, transport.nc, member, "entity-m")
         accepted = await client.ask("orchestrator", Goal("hello", "held-goal"), 10.0)
         assert isinstance(accepted, GoalAccepted)
         # ... sends goal_cancel on the orchestrator's mailbox as entityctl and as itself.
@@ -160,13 +161,7 @@ async def test_a_peer_talks_only_in_its_own_conversations(tmp_path: Path) -> Non
         assert transport is not None
         nc = transport.nc
         attacker = SigningKey.generate()
-        await nc.publish(*heartbeat(attacker, "entity"))
-        await nc.flush()
-
-        async def discovered() -> bool:
-            return "entity" in await peer_names(client)
-
-        await poll(discovered, timeout=20, what="entity discovered")
+        await introduced(client, nc, attacker, "entity")
         subject = protocol.subjects.request(NAME, "entity", "talk")
         wire, _ = Sealer(attacker).seal(client.entity_public, src="entity/peer",
                                         dst=f"{NAME}/peer", subj=subject,

@@ -21,13 +21,21 @@ import pytest
 
 import protocol
 from actors.ledger.messages import HoldPlace, HoldResolve, LedgerResult
-from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.escrow import entry_id
-from bench.rig import Federation, build, running
+from bench.rig import Federation
 from entityd import config as config_mod
 from entityd import federation
 from entityd.client import EntityClient
-from tests.helpers import funded, hostile, money
+from tests.helpers import (
+    checkpoint_lines,
+    funded,
+    hostile_client,
+    last_on,
+    money,
+    scripted_federation,
+    stopped,
+    stored_on,
+)
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(120)
@@ -90,48 +98,16 @@ async def test_a_flood_of_replies_into_a_chain_does_not_starve_its_appends(
     it up (~500 replies a second is enough). The junk changes nothing on the chain; it
     should not decide whether a may append. (A flood faster than a reader reads, some
     thousands a second, makes a's catch-up itself never end: `pay` hangs.)"""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            assert await money(fed[A]) == (50, 0)  # a has read its chain once
-            nc = await hostile(fed[B])
-            try:
-                sent, paid = await pays_under_flood(fed, nc, 5, burst=2, pub_acks=False,
-                                                    settle=0.5)
-            finally:
-                await nc.close()
-            assert sent > 200, sent
-            refused = [out + err for code, out, err in paid if code != 0]
-            assert not refused, refused  # a can still spend its own money
-            assert await money(fed[A]) == (45, 0)
-
-
-async def last_on(nc: nats.NATS, account: str) -> int:
-    """The stream sequence of the last message on `account`'s chain, as a member reads it."""
-    answer = await nc.request(DIRECT_GET, json.dumps(
-        {"last_by_subj": protocol.subjects.ledger(account)}).encode(), timeout=5)
-    assert answer.headers is not None and "Nats-Sequence" in answer.headers, answer.headers
-    return int(answer.headers["Nats-Sequence"])
-
-
-async def stored_on(nc: nats.NATS, account: str, after: int) -> list[bytes]:
-    """Every message stored on `account`'s chain after stream sequence `after` (a batched
-    direct get, as members read)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish(DIRECT_GET, json.dumps({
-            "seq": after + 1, "next_by_subj": protocol.subjects.ledger(account),
-            "batch": 1000}).encode(), reply=inbox)
-        found = []
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            if msg.headers and msg.headers.get("Status"):
-                return found
-            found.append(msg.data)
-    finally:
-        await sub.unsubscribe()
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        assert await money(fed[A]) == (50, 0)  # a has read its chain once
+        async with hostile_client(fed[B]) as nc:
+            sent, paid = await pays_under_flood(fed, nc, 5, burst=2, pub_acks=False,
+                                                settle=0.5)
+        assert sent > 200, sent
+        refused = [out + err for code, out, err in paid if code != 0]
+        assert not refused, refused  # a can still spend its own money
+        assert await money(fed[A]) == (45, 0)
 
 
 async def test_replies_aimed_at_a_chain_never_land_on_it(tmp_path: Path) -> None:
@@ -140,27 +116,23 @@ async def test_replies_aimed_at_a_chain_never_land_on_it(tmp_path: Path) -> None
     the reply subject `ledger.entity-a` (the PubAck), and direct gets answered there. With
     LEDGER in the hub's BOOKS account, reached through FED's imports, JetStream's answers
     go back to the asker: nothing is stored on a's chain, and a pays as usual."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            assert await money(fed[A]) == (50, 0)
-            nc = await hostile(fed[B])
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        assert await money(fed[A]) == (50, 0)
+        async with hostile_client(fed[B]) as nc:
             before = await last_on(nc, A)
             sent, paid = await pays_under_flood(fed, nc, 3, burst=5, pub_acks=True, settle=1.0)
-            try:
-                landed = await stored_on(nc, A, before)
-            finally:
-                await nc.close()
-            assert sent > 2000, sent
-            refused = [out + err for code, out, err in paid if code != 0]
-            assert not refused, refused
-            assert await money(fed[A]) == (47, 0)
-            # a's three payments, and nothing else, came after: no PubAck, no copy.
-            assert len(landed) == 3, [wire[:60] for wire in landed]
-            assert not [w for w in landed if w in (b"junk", b"not an entry") or w[:1] == b"{"]
-            code, out, err = await fed[A].ctl("ledger", "verify")
-            assert code == 0, out + err
+            landed = [data for _, data in await stored_on(nc, protocol.subjects.ledger(A),
+                                                          before)]
+        assert sent > 2000, sent
+        refused = [out + err for code, out, err in paid if code != 0]
+        assert not refused, refused
+        assert await money(fed[A]) == (47, 0)
+        # a's three payments, and nothing else, came after: no PubAck, no copy.
+        assert len(landed) == 3, [wire[:60] for wire in landed]
+        assert not [w for w in landed if w in (b"junk", b"not an entry") or w[:1] == b"{"]
+        code, out, err = await fed[A].ctl("ledger", "verify")
+        assert code == 0, out + err
 
 
 async def test_an_id_another_member_can_foresee_is_not_taken_from_the_chain(
@@ -177,28 +149,23 @@ async def test_an_id_another_member_can_foresee_is_not_taken_from_the_chain(
     id). The same holds for any entry whose id another member can know before it is
     appended (an id given with `pay --id`, say)."""
     task_id = "squatted"
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=100)
-            async with EntityClient(config_mod.load(fed[A].config)) as client:
-                held: LedgerResult = await client.ask("ledger", HoldPlace(
-                    B, 40, int((time.time() + 600) * 1000), task_id,
-                    entry_id("hold", A, B, task_id)), 30)
-                assert held.ok, held
-                nc = await hostile(fed[B])
-                try:
-                    js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
-                    await js.publish(protocol.subjects.ledger(B), b"not an entry",
-                                     headers={"Nats-Msg-Id": entry_id(
-                                         "void", A, B, task_id).hex()})
-                finally:
-                    await nc.close()
-                voided: LedgerResult = await client.ask("ledger", HoldResolve(
-                    entry_id("hold", A, B, task_id), 0, "withdrawn",
-                    entry_id("void", A, B, task_id)), 30)
-            assert voided.ok, voided
-            assert await money(fed[A]) == (100, 0)
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=100)
+        async with EntityClient(config_mod.load(fed[A].config)) as client:
+            held: LedgerResult = await client.ask("ledger", HoldPlace(
+                B, 40, int((time.time() + 600) * 1000), task_id,
+                entry_id("hold", A, B, task_id)), 30)
+            assert held.ok, held
+            async with hostile_client(fed[B]) as nc:
+                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
+                await js.publish(protocol.subjects.ledger(B), b"not an entry",
+                                 headers={"Nats-Msg-Id": entry_id(
+                                     "void", A, B, task_id).hex()})
+            voided: LedgerResult = await client.ask("ledger", HoldResolve(
+                entry_id("hold", A, B, task_id), 0, "withdrawn",
+                entry_id("void", A, B, task_id)), 30)
+        assert voided.ok, voided
+        assert await money(fed[A]) == (100, 0)
 
 
 async def test_a_message_of_an_unknown_key_on_a_chain_of_no_member_changes_nothing(
@@ -213,33 +180,26 @@ async def test_a_message_of_an_unknown_key_on_a_chain_of_no_member_changes_nothi
     restart replays every chain), and each read asks the peer actor for keys again. It is
     the junk of test_junk_on_a_members_own_chain_leaves_the_others_checkpoints_on, one
     subject over."""
-    async with ScriptedLLMServer(route) as llm:
-        fed = build(tmp_path, [A, B], llm_url=llm.base_url)
-        async with running(fed):
-            await funded(fed, entity_a=50)
-            await fed.discovered()
-            a = fed[A]
-            code, out, err = await a.ctl("pay", B, "5")
-            assert code == 0, out + err
-            stranger = msgpack.packb([1, os.urandom(32), b"\x80", os.urandom(64)],
-                                     use_bin_type=True)
-            nc = await hostile(fed[B])
-            try:
-                js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
-                junk = await js.publish(protocol.subjects.ledger(B), stranger)
-                await nc.publish(DIRECT_GET, json.dumps({"seq": junk.seq}).encode(),
-                                 reply=protocol.subjects.ledger("nobody"))
-                await nc.flush()
-                await asyncio.sleep(1.0)  # the hub answers at once; give it time to store
-            finally:
-                await nc.close()
-            assert await money(a) == (45, 0)  # a has read the junk
-            code, out, err = await a.ctl("ledger", "verify")
-            assert code == 0, out + err
-            a.daemon.signal_stop()
-            assert await asyncio.to_thread(a.daemon.wait_stopped, 20) == 0
-            a.start()
-            await a.ready()
-            lines = [json.loads(line) for line in a.daemon.log().splitlines()
-                     if '"ledger_checkpoint"' in line]
-            assert lines[-1]["used"] is True, lines[-1]
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await funded(fed, entity_a=50)
+        await fed.discovered()
+        a = fed[A]
+        code, out, err = await a.ctl("pay", B, "5")
+        assert code == 0, out + err
+        stranger = msgpack.packb([1, os.urandom(32), b"\x80", os.urandom(64)],
+                                 use_bin_type=True)
+        async with hostile_client(fed[B]) as nc:
+            js = nc.jetstream(domain=federation.HUB_DOMAIN, timeout=5)
+            junk = await js.publish(protocol.subjects.ledger(B), stranger)
+            await nc.publish(DIRECT_GET, json.dumps({"seq": junk.seq}).encode(),
+                             reply=protocol.subjects.ledger("nobody"))
+            await nc.flush()
+            await asyncio.sleep(1.0)  # the hub answers at once; give it time to store
+        assert await money(a) == (45, 0)  # a has read the junk
+        code, out, err = await a.ctl("ledger", "verify")
+        assert code == 0, out + err
+        assert await stopped(a) == 0
+        a.start()
+        await a.ready()
+        lines = checkpoint_lines(a)
+        assert lines[-1]["used"] is True, lines[-1]

@@ -10,24 +10,13 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from actors.coder import CoderActor
-from actors.llm import ScriptedLLMServer, build_llm
-from actors.memory import MemoryActor
-from actors.messages import Goal, GoalAccepted, ToolCall, ToolResult
-from actors.orchestrator import OrchestratorActor
-from actors.tool import ToolActor
-from actors.workspaces import Workspaces
-from entityd import identity
-from entityd.config import Config, EntitySection, LlmSection, WorkspaceSection
-from protocol import ReplayGuard
-from tests.helpers import NatsServer, running_actors
-from tests.peer_model import route
-from tests.test_failure_policy import ScriptedSource, next_event
-from tests.test_tool_actor import SANDBOX
+from actors.messages import Goal, ToolCall, ToolResult
+from entityd.config import Config, EntitySection, WorkspaceSection
+from tests.helpers import NatsServer
+from tests.orchestrator_rig import entity_config, orchestrator_rig
 
 ENTITY = "entity-w"
 OWN, OF_A = "OWNER-7c1", "PEERA-7c1"
@@ -41,10 +30,7 @@ def _git_log(path: Path) -> str:
 
 async def test_a_peers_task_works_in_its_own_workspace(
         nats_server: NatsServer, tmp_path: Path) -> None:
-    data = tmp_path / ENTITY
-    data.mkdir()
-    identity.create(data)
-    config = Config(entity=EntitySection(name=ENTITY, data_dir=str(data)), sandbox=SANDBOX)
+    config = entity_config(tmp_path, ENTITY)
     goals = [
         Goal(f'CALL write_file {{"path": "own.txt", "content": "{OWN}"}}', task_id="t1"),
         Goal(f'CALL write_file {{"path": "a.txt", "content": "{OF_A}"}}',
@@ -56,33 +42,17 @@ async def test_a_peers_task_works_in_its_own_workspace(
         Goal("peer-b delegated a task to you: add two numbers",
              task_id="dlg-peer-b.3", source="peer:peer-b", private=True),
     ]
-    async with ScriptedLLMServer(route) as server:
-        llm = build_llm(LlmSection(provider="scripted", base_url=server.base_url,
-                                   max_retries=0), environ={}, workspace=None, budget=None)
-        source = ScriptedSource(llm)
-        factories: dict[str, Any] = {
-            "memory": lambda: MemoryActor(tmp_path / "memory.db"),
-            "tool": lambda: ToolActor(config),
-            "coder": lambda: CoderActor(source, Workspaces(config), 6),
-            "orchestrator": lambda: OrchestratorActor(source, 6),
-        }
-        async with running_actors(nats_server.url, ENTITY, factories,
-                                  events=f"fed.evt.{ENTITY}.>") as running:
-            guard = ReplayGuard()
-            for goal in goals:
-                accepted = await running.client.ask(f"{ENTITY}/ctl",
-                                                    f"{ENTITY}/orchestrator", goal, 10.0)
-                assert isinstance(accepted.message, GoalAccepted), accepted.message
-                answer = await next_event(running, guard, "answer", timeout=60.0)
-                assert answer.data["task_id"] == goal.task_id, answer.data
-                assert answer.data["ok"] is True, answer.data
-            # A name that is no peer's names no workspace: refused, with the reason.
-            refused = await running.client.ask(f"{ENTITY}/ctl", f"{ENTITY}/tool", ToolCall(
-                "list_dir", {}, "ctl", workspace="../workspace"), 10.0)
-            assert isinstance(refused.message, ToolResult) and not refused.message.ok
-            assert "no such workspace" in refused.message.error, refused.message
-            await llm.aclose()
-        requests = [r.body for r in server.requests]
+    async with orchestrator_rig(nats_server, tmp_path, config, coder=True) as rig:
+        for goal in goals:
+            answer = await rig.answer(goal)
+            assert answer.data["task_id"] == goal.task_id, answer.data
+            assert answer.data["ok"] is True, answer.data
+        # A name that is no peer's names no workspace: refused, with the reason.
+        refused = await rig.running.client.ask(f"{ENTITY}/ctl", f"{ENTITY}/tool", ToolCall(
+            "list_dir", {}, "ctl", workspace="../workspace"), 10.0)
+        assert isinstance(refused.message, ToolResult) and not refused.message.ok
+        assert "no such workspace" in refused.message.error, refused.message
+    requests = [r.body for r in rig.server.requests]
 
     def tool_outputs(task: str) -> str:
         made = [r for r in requests if task in json.dumps(r["messages"][:2])]
