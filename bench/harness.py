@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from pathlib import Path
 from types import FrameType
@@ -164,6 +164,50 @@ class ServerProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             stop_process(self.proc, 10.0)
+
+
+class ReaderProc:
+    """The hub's books reader (entityd/books_reader.py) as a child process, its output in
+    a log: started once the hub is, ready once it logs so."""
+
+    READY = "books_reader_ready"
+
+    def __init__(self, keys: Path, members: Sequence[str], log: Path, *,
+                 die_with_parent: bool = False) -> None:
+        self.keys = keys
+        self.members = list(members)
+        self.log = log
+        self.die_with_parent = die_with_parent
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, hub_urls: Sequence[str], timeout: float = 60.0) -> ReaderProc:
+        before = self._said()
+        with self.log.open("ab") as output:
+            self.proc = subprocess.Popen(
+                [str(BIN / "python"), "-m", "entityd.books_reader", "--hub", ",".join(hub_urls),
+                 "--keys", str(self.keys), *(f"--member={m}" for m in self.members)],
+                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=child_env(), preexec_fn=_die_with_parent if self.die_with_parent else None)
+        deadline = time.monotonic() + timeout
+        while self._said() <= before:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise BenchError(f"the books reader did not start: "
+                                 f"{self.log.read_text(errors='replace')[-1500:]}")
+            time.sleep(0.05)
+        return self
+
+    def _said(self) -> int:
+        return self.log.read_text(errors="replace").count(self.READY) if self.log.exists() else 0
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            stop_process(self.proc, 10.0)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 class DaemonProc:

@@ -27,6 +27,7 @@ from bench.harness import (
     BIN,
     BenchError,
     DaemonProc,
+    ReaderProc,
     ServerProcess,
     child_env,
     ctl,
@@ -147,6 +148,7 @@ class Federation:
     llm: Any = None  # the scripted model server, when a test keeps it here
     treasury: Path | None = None  # the treasurer's dir (hub login, mint.key), from build
     nodes: dict[str, ServerProcess] = field(default_factory=dict)  # every hub server
+    reader: ReaderProc | None = None  # the hub's books reader: members read through it
 
     def __post_init__(self) -> None:
         self.nodes = self.nodes or {HUB_NAME: self.hub}
@@ -181,6 +183,8 @@ class Federation:
                 node.start()
             if len(self.nodes) > 1:
                 self.wait_cluster()
+            if self.reader is not None:
+                self.reader.start([node.url for node in self.nodes.values()])
             for leaf in self.leaves.values():
                 leaf.start()
             for member in self.members.values():
@@ -215,8 +219,12 @@ class Federation:
         for daemon in daemons:
             daemon.signal_stop()
         codes = [daemon.wait_stopped(STOP_TIMEOUT_S) for daemon in daemons]
-        for server in [*self.leaves.values(), *self.nodes.values()]:
-            server.stop()
+        for leaf in self.leaves.values():
+            leaf.stop()
+        if self.reader is not None:
+            self.reader.stop()
+        for node in self.nodes.values():
+            node.stop()
         return codes
 
     async def discovered(self, timeout: float = 30.0) -> None:
@@ -295,7 +303,16 @@ def build(
     nodes = _hub(root, {name: m.data for name, m in members.items()}, leaf_ports,
                  die_with_parent=die_with_parent, treasury=treasury)
     return Federation(root, next(iter(nodes.values())), leaf_ports[0], members,
-                      treasury=treasury, nodes=nodes)
+                      treasury=treasury, nodes=nodes,
+                      reader=reader_proc(root, names, die_with_parent=die_with_parent))
+
+
+def reader_proc(root: Path, names: Sequence[str], *, die_with_parent: bool = False
+                ) -> ReaderProc:
+    """The hub's books reader for `names`, its logins made in `root/books-reader` (as
+    `_hub` makes them), its log `root/books-reader.log`."""
+    return ReaderProc(root / federation.READER, names, root / f"{federation.READER}.log",
+                      die_with_parent=die_with_parent)
 
 
 def build_leaves(
@@ -315,7 +332,7 @@ def build_leaves(
                           hub_ca_file=str(tls[0]) if tls else "")
         for name in names
     }
-    return Federation(root, hub, leaf_port, leaves=leaves)
+    return Federation(root, hub, leaf_port, leaves=leaves, reader=reader_proc(root, names))
 
 
 def leaf_server(
@@ -349,6 +366,7 @@ def _hub(
              for name, data in data_dirs.items()]
     treasurer = (federation.make_entity_credentials(federation.TREASURER, treasury)[0]
                  if treasury else "")
+    reader = federation.reader_credentials(root / federation.READER)
     cert, key = tls or ("", "")
     route_ports = [free_port() for _ in leaf_ports] if len(leaf_ports) > 1 else []
     routes = tuple(f"nats-route://127.0.0.1:{port}" for port in route_ports)
@@ -364,7 +382,7 @@ def _hub(
         conf.write_text(federation.render_hub_conf(
             users, store_dir=root / f"{stem}-store", port=port, leaf_host="127.0.0.1",
             leaf_port=leaf_port, server_name=name, tls_cert=str(cert), tls_key=str(key),
-            grants=grants, treasurer=treasurer, cluster=cluster))
+            grants=grants, treasurer=treasurer, reader=reader, cluster=cluster))
         nodes[name] = ServerProcess([nats_server_binary(), "-c", str(conf)], port,
                                     root / f"{stem}.log", child_env(),
                                     die_with_parent=die_with_parent)

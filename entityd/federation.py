@@ -35,6 +35,7 @@ __all__ = [
     "HUB_ACCOUNT",
     "HUB_DOMAIN",
     "LEAF_PORT",
+    "READER",
     "SEED_ENV",
     "TREASURER",
     "HubCluster",
@@ -49,6 +50,8 @@ __all__ = [
     "parser",
     "public_key",
     "read_seed",
+    "reader_credentials",
+    "reader_permissions",
     "render_hub_conf",
     "render_leaf_conf",
     "seed_path",
@@ -73,6 +76,7 @@ BOOKS_ACCOUNT = "BOOKS"
 # Not a valid entity name (no '_' there), so no entity's default domain can take it.
 HUB_DOMAIN = "fed_hub"
 TREASURER = "treasury"  # the hub user of `entityd economy`; its reply inboxes: _i.treasury
+READER = "books-reader"  # the hub users of entityd/books_reader.py (one in FED, one in BOOKS)
 LEAF_PORT = 7422
 CLUSTER_PORT = 6222
 ROUTE_SCHEMES = ("nats-route://", "nats://")
@@ -115,11 +119,11 @@ def entity_permissions(name: str, hub_domain: str = HUB_DOMAIN) -> Permissions:
     """
     _check_name(name)
     _check_domain("hub domain", hub_domain)
-    # Direct gets both ways: through the BOOKS account's import, and (a hub made before
-    # it, its LEDGER in FED: `render_hub_conf`) on FED's own JetStream.
+    # Reads through the hub's books reader (its LEDGER in BOOKS), or (a hub made before
+    # BOOKS, its LEDGER in FED: `render_hub_conf`) by direct gets on FED's own JetStream.
     return Permissions(
         publish=(f"fed.evt.{name}.>", f"fed.req.*.{name}.>", f"fed.cmd.*.{name}.>", "_i.*.>",
-                 subjects.ledger(name), subjects.LEDGER_GET,
+                 subjects.ledger(name), subjects.ledger_read(name),
                  f"$JS.{hub_domain}.API.DIRECT.GET.LEDGER"),
         subscribe=(
             "fed.evt.>",
@@ -310,6 +314,16 @@ def treasurer_permissions() -> Permissions:
     )
 
 
+def reader_permissions() -> tuple[Permissions, Permissions]:
+    """What the hub lets its books reader (entityd/books_reader.py) do, in FED and in
+    BOOKS: take the members' asks and answer into their inboxes; direct gets of LEDGER
+    and their answers. Nothing else: no `ledger.*` (no answer of it lands on a chain),
+    no federation subject, no other stream."""
+    return (Permissions(publish=("_i.*.>",), subscribe=(subjects.ledger_read("*"),)),
+            Permissions(publish=("$JS.API.DIRECT.GET.LEDGER",),
+                        subscribe=(f"{subjects.inbox_prefix(READER)}.>",)))
+
+
 def hub_user_entry(name: str, public_nkey: str, *, extra: Permissions | None = None,
                    hub_domain: str = HUB_DOMAIN) -> str:
     """The hub's user entry for an entity: a NATS config map for `accounts.FED.users`.
@@ -355,6 +369,7 @@ def render_hub_conf(
     insecure_plain: bool = False,
     grants: Mapping[str, Permissions] | None = None,
     treasurer: str = "",
+    reader: tuple[str, str] = ("", ""),
     cluster: HubCluster | None = None,
 ) -> str:
     """A complete hub configuration: one nkey user per (name, public nkey) in account FED.
@@ -364,6 +379,8 @@ def render_hub_conf(
     port bound beyond loopback without them is refused unless `insecure_plain`.
     With `cluster`, the configuration of one node of a hub cluster (see HubCluster):
     render one per node, each with its own `server_name` and `store_dir`, the rest alike.
+    `reader` is the books reader's two public nkeys (its FED login's, its BOOKS login's:
+    `reader-user` makes them): members read the ledger only through it.
     """
     names = [name for name, _ in entities]
     if len(set(names)) != len(names):
@@ -395,14 +412,22 @@ def render_hub_conf(
     unknown = set(grants) - set(names)
     if unknown:
         raise ConfigError("grants", f"no such entity: {sorted(unknown)}")
-    if TREASURER in names:
-        raise ConfigError("entities", f"{TREASURER!r} is the treasurer's name, not an entity's")
+    for kept in (TREASURER, READER):
+        if kept in names:
+            raise ConfigError("entities", f"{kept!r} is a hub login's name, not an entity's")
+    if any(reader) and not all(reader):
+        raise ConfigError("--reader", "give the books reader's two nkeys (FED's and BOOKS')")
     users = "".join(
         _indent(hub_user_entry(name, key, extra=grants.get(name), hub_domain=domain), 6)
         for name, key in entities
     )
     keeper = _indent(treasurer_entry(treasurer), 6) if treasurer else ""
     books = not ledger_in_fed(store_dir)
+    fed_reader = books_reader = ""
+    if all(reader):  # (with LEDGER in FED, both its logins are FED's)
+        fed_perms, books_perms = reader_permissions()
+        fed_reader = _indent(_user_entry(READER, reader[0], fed_perms), 6)
+        books_reader = _indent(_user_entry(READER, reader[1], books_perms), 6)
     client_tls = ""
     if not tls_cert and not hublink.is_loopback(host):
         client_tls = "# IN CLEAR, by --insecure-plain: this port is reachable beyond loopback.\n"
@@ -448,7 +473,8 @@ def render_hub_conf(
         f"    port: {leaf_port}\n"
         + tls
         + "}\n\n"
-        + (_books_accounts(users, keeper) if books else _fed_account(users + keeper))
+        + (_books_accounts(users + fed_reader, keeper + books_reader) if books
+           else _fed_account(users + keeper + fed_reader + books_reader))
     )
 
 
@@ -460,9 +486,10 @@ def ledger_in_fed(store_dir: str | Path) -> bool:
     return (Path(store_dir) / "jetstream" / HUB_ACCOUNT / "streams" / "LEDGER").is_dir()
 
 
-def _books_accounts(users: str, treasurer: str) -> str:
+def _books_accounts(users: str, books_users: str) -> str:
     """FED for the members, BOOKS for the hub's JetStream and its LEDGER stream: members
-    append and read through two imports, the treasurer logs in to BOOKS."""
+    append through an import of `ledger.*` and read through the books reader, which logs
+    in to both; the treasurer logs in to BOOKS."""
     return (
         "accounts {\n"
         f"  {HUB_ACCOUNT} {{\n"
@@ -471,21 +498,15 @@ def _books_accounts(users: str, treasurer: str) -> str:
         + "    ]\n"
         "    imports = [\n"
         f'      {{ service: {{ account: {BOOKS_ACCOUNT}, subject: "ledger.*" }} }}\n'
-        f'      {{ service: {{ account: {BOOKS_ACCOUNT}, subject: "$JS.API.DIRECT.GET.LEDGER" }}, '
-        f'to: "{subjects.LEDGER_GET}" }}\n'
         "    ]\n"
         "  }\n"
         f"  {BOOKS_ACCOUNT} {{\n"
         "    jetstream: enabled\n"
         "    users = [\n"
-        + treasurer
+        + books_users
         + "    ]\n"
         "    exports = [\n"
         '      { service: "ledger.*" }\n'
-        # A batched direct get answers with many messages (the entries, then the end),
-        # at once; its way back is kept 10 s, not the 2 minutes of NATS's default.
-        '      { service: "$JS.API.DIRECT.GET.LEDGER", response_type: stream,\n'
-        '        response_threshold: "10s" }\n'
         "    ]\n"
         "  }\n"
         "}\n"
@@ -649,6 +670,9 @@ def parser() -> argparse.ArgumentParser:
     hub.add_argument("--treasurer", default="", metavar="NKEY",
                      help="admit the treasurer (`treasurer` makes its login), who makes the "
                      "LEDGER stream and mints with `entityd economy`")
+    hub.add_argument("--reader", default="", metavar="FED_NKEY,BOOKS_NKEY",
+                     help="admit the books reader (`reader-user` makes its logins), through "
+                     "which members read the ledger")
     hub.add_argument("--host", default="127.0.0.1", help="client listen address")
     hub.add_argument("--port", type=int, default=4222, help="client port")
     hub.add_argument("--leaf-host", default="0.0.0.0", help="leafnode listen address")
@@ -696,6 +720,12 @@ def parser() -> argparse.ArgumentParser:
     treasurer.add_argument("--data-dir", required=True, type=Path,
                            help="where its login is kept (0600)")
 
+    reader = command("reader-user", "Make (or show) the books reader's two hub logins "
+                     "(entityd/books_reader.py).",
+                     "entityd federation reader-user --keys /etc/entityd-hub/books-reader")
+    reader.add_argument("--keys", required=True, type=Path,
+                        help="where its logins are kept (0600)")
+
     leaf = command("leaf-conf", "Print an entity's leaf nats-server configuration.",
                    "entityd federation leaf-conf entity-a --data-dir ~/entities/entity-a "
                    "--hub-url tls://hub.example.net:7422 --hub-ca-file ca.crt")
@@ -723,6 +753,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_hub_conf(args)
         if args.command == "treasurer":
             return _cmd_treasurer(args.data_dir)
+        if args.command == "reader-user":
+            return _cmd_reader_user(args.keys)
         return _cmd_leaf_conf(args)
     except EntitydError as exc:
         print(f"entityd.federation: {exc}", file=sys.stderr)
@@ -749,6 +781,23 @@ def _cmd_treasurer(data_dir: Path) -> int:
     print(f"# accounts.{BOOKS_ACCOUNT}.users (accounts.{HUB_ACCOUNT}.users on a hub whose LEDGER "
           f"was made in {HUB_ACCOUNT}: see deploy/FEDERATION.md):")
     print(treasurer_entry(public), end="")
+    return 0
+
+
+def reader_credentials(keys: Path) -> tuple[str, str]:
+    """The books reader's two logins (FED's, BOOKS'), made once in `keys`: their public
+    nkeys."""
+    return (make_entity_credentials(READER, keys / "fed")[0],
+            make_entity_credentials(READER, keys / "books")[0])
+
+
+def _cmd_reader_user(keys: Path) -> int:
+    keys = keys.expanduser().resolve()
+    fed, books = reader_credentials(keys)
+    print(f"# the books reader (python -m entityd.books_reader --keys {keys} --member ...):")
+    print(f"# its logins, 0600, under {keys}; render the hub with `hub-conf --reader "
+          f"{fed},{books} ...`")
+    print(f"{fed},{books}")
     return 0
 
 
@@ -783,7 +832,7 @@ def _cmd_hub_conf(args: argparse.Namespace) -> int:
         leaf_host=args.leaf_host, leaf_port=args.leaf_port, server_name=args.server_name,
         tls_cert=cert, tls_key=key, insecure_plain=args.insecure_plain,
         treasurer=check_public_key(args.treasurer) if args.treasurer else "",
-        cluster=_cluster(args),
+        reader=_reader_keys(args.reader), cluster=_cluster(args),
     )
     if args.insecure_plain and not all(map(hublink.is_loopback, (args.leaf_host, args.host))):
         print(
@@ -793,6 +842,21 @@ def _cmd_hub_conf(args: argparse.Namespace) -> int:
         )
     print(text, end="")
     return 0
+
+
+def _reader_keys(given: str) -> tuple[str, str]:
+    if not given:
+        print("entityd.federation: warning: no --reader: members cannot read the ledger",
+              file=sys.stderr)
+        return ("", "")
+    fed, sep, books = given.partition(",")
+    try:
+        if not sep:
+            raise ConfigError("nkey", f"{given!r} is not two keys")
+        return check_public_key(fed), check_public_key(books)
+    except ConfigError as exc:
+        raise ConfigError("--reader", f"give FED_NKEY,BOOKS_NKEY as `reader-user` prints "
+                          f"them: {exc.problem}") from None
 
 
 def _cluster(args: argparse.Namespace) -> HubCluster | None:

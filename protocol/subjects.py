@@ -46,6 +46,18 @@ def command(dst: str, src: str, op: str) -> str:
 LEDGER_GET = "ledger_get"
 
 
+def literal(subject: str) -> bool:
+    """Whether `subject` names one subject (no wildcard token, no empty token)."""
+    return all(token and token not in ("*", ">") for token in subject.split("."))
+
+
+def ledger_read(entity: str) -> str:
+    """Where an entity asks the hub's books reader for ledger entries (entityd/
+    books_reader.py): only the entity itself may publish here, so the subject names the
+    asker, whose reads the reader bounds."""
+    return f"ledger_read.{entity}"
+
+
 def ledger(account: str) -> str:
     """An account's chain of ledger entries in the LEDGER stream (PROTOCOL.md §16): only
     the account's ledger appends there, and every entity may read it."""

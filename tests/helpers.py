@@ -217,28 +217,61 @@ async def scripted_federation(
             yield fed
 
 
+def _read_subject(nc: nats.NATS) -> tuple[str, str]:
+    """Where the member whose login `nc` is (`hostile`: inboxes `_i.<member>`) reads the
+    ledger (the hub's books reader), and a fresh inbox of its own."""
+    inbox = nc.new_inbox()
+    return protocol.subjects.ledger_read(inbox.split(".")[1]), inbox
+
+
+# A member the books reader stopped listening to (over its budget: a flood of its own)
+# finds no responder until its budget refills; a reader asks again, as members do.
+PAUSED_S = 15.0
+
+
 async def stored_on(nc: nats.NATS, subject: str, after: int = 0) -> list[tuple[int, bytes]]:
     """(stream sequence, data) of every message on `subject` after stream sequence `after`,
-    as members read (a batched direct get through `ledger_get`, BOOKS' LEDGER)."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    try:
-        await nc.publish(protocol.subjects.LEDGER_GET, json.dumps(
-            {"seq": after + 1, "next_by_subj": subject, "batch": 1000}).encode(), reply=inbox)
-        found = []
-        while True:
-            msg = await sub.next_msg(timeout=5)
-            if msg.headers and msg.headers.get("Status"):
-                return found
-            found.append((int((msg.headers or {})["Nats-Sequence"]), msg.data))
-    finally:
-        await sub.unsubscribe()
+    as members read (batched direct gets through the hub's books reader), page by page."""
+    found: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + PAUSED_S
+    while True:
+        read, inbox = _read_subject(nc)
+        sub = await nc.subscribe(inbox)
+        try:
+            await nc.publish(read, json.dumps(
+                {"seq": after + 1, "next_by_subj": subject, "batch": 256}).encode(), reply=inbox)
+            page: list[tuple[int, bytes]] = []
+            while True:
+                msg = await sub.next_msg(timeout=5)
+                status = (msg.headers or {}).get("Status")
+                if status:
+                    break
+                page.append((int((msg.headers or {})["Nats-Sequence"]), msg.data))
+        finally:
+            await sub.unsubscribe()
+        if status == "503" and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            continue
+        assert status in ("204", "404"), f"a read of {subject} ended {status}"
+        found += page
+        if len(page) < 256:
+            return found
+        after = found[-1][0]
 
 
 async def last_on(nc: nats.NATS, account: str) -> int:
     """The stream sequence of the last message on `account`'s chain, as a member reads it."""
-    answer = await nc.request(protocol.subjects.LEDGER_GET, json.dumps(
-        {"last_by_subj": protocol.subjects.ledger(account)}).encode(), timeout=5)
+    read, _ = _read_subject(nc)
+    ask = json.dumps({"last_by_subj": protocol.subjects.ledger(account)}).encode()
+    deadline = time.monotonic() + PAUSED_S
+    while True:
+        try:
+            answer = await nc.request(read, ask, timeout=5)
+            break
+        except nats.errors.NoRespondersError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
     assert answer.headers is not None and "Nats-Sequence" in answer.headers, answer.headers
     return int(answer.headers["Nats-Sequence"])
 

@@ -1,8 +1,9 @@
-"""Attack review of the BOOKS account (LEDGER in an account of its own, reached from FED
-through the `ledger.*` and `ledger_get` service imports; readers falling back to FED's
-JetStream domain when `ledger_get` has no responder) and of Transport.ask's own reply
-inbox, by a hostile member: its own hub login and key, any bytes on any subject its
-permissions let it publish, with any headers and any reply subject.
+"""Attack review of the BOOKS account (LEDGER in an account of its own: members append
+through the `ledger.*` service import and read through the hub's books reader on
+`ledger_read.<self>`; readers falling back to the older routes when the reader has no
+responder) and of Transport.ask's own reply inbox, by a hostile member: its own hub
+login and key, any bytes on any subject its permissions let it publish, with any
+headers and any reply subject.
 
 Each test asserts the safe behaviour; a hole still open is a strict xfail naming it.
 """
@@ -32,7 +33,8 @@ from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
 A, B = "entity-a", "entity-b"
-GET = protocol.subjects.LEDGER_GET  # the BOOKS direct get, as FED imports it
+READ_B = protocol.subjects.ledger_read(B)  # b's reads, through the hub's books reader
+OLD_GET = protocol.subjects.LEDGER_GET  # a direct get import of hubs before the reader
 LEGACY_GET = f"$JS.{federation.HUB_DOMAIN}.API.DIRECT.GET.LEDGER"  # LEDGER in FED
 
 
@@ -96,23 +98,23 @@ async def test_stream_headers_through_the_import_touch_no_other_chain(tmp_path: 
 
 
 async def test_answers_aimed_at_an_import_or_the_api_land_nowhere(tmp_path: Path) -> None:
-    """b asks both imports (an append to its chain, single, batched and multi-last direct
-    gets) naming as reply subject another import (`ledger.entity-a`, `ledger_get`), FED's
-    old JetStream API, BOOKS' own API subject (a `_R_` one b's leaf refuses itself): a reply that
-    re-entered an import would be stored on a's chain or become a request of b's making.
-    Held: service answers are not routed through imports again; only b's own appends are
-    stored (on b's chain)."""
+    """b asks the import and the reader (an append to its chain; single, batched and
+    multi-last reads) naming as reply subject the import (`ledger.entity-a`), the old
+    `ledger_get`, FED's old JetStream API, BOOKS' own API subject, a's read subject: a
+    reply that re-entered an import would be stored on a's chain or become a request of
+    b's making. Held: service answers are not routed through imports again, the reader
+    answers only into b's own inbox; only b's own appends are stored (on b's chain)."""
     async with scripted_federation(tmp_path, [A, B], route) as fed:
         await funded(fed, entity_a=50)
         async with hostile_client(fed[B]) as nc:
-            replies = [protocol.subjects.ledger(A), GET, LEGACY_GET,
-                       "$JS.API.DIRECT.GET.LEDGER"]
+            replies = [protocol.subjects.ledger(A), OLD_GET, LEGACY_GET,
+                       "$JS.API.DIRECT.GET.LEDGER", protocol.subjects.ledger_read(A)]
             for reply in replies:
                 await nc.publish(protocol.subjects.ledger(B),
                                  json.dumps({"seq": 1}).encode(), reply=reply)
                 for ask in ({"seq": 1}, {"seq": 1, "batch": 3},
                             {"multi_last": ["ledger.>"], "batch": 10}):
-                    await nc.publish(GET, json.dumps(ask).encode(), reply=reply)
+                    await nc.publish(READ_B, json.dumps(ask).encode(), reply=reply)
             await nc.flush()
             await asyncio.sleep(1.0)
             assert len(await stored_on(nc, protocol.subjects.ledger(A))) == 1
@@ -146,7 +148,8 @@ async def test_a_member_who_knows_the_inbox_prefixes_cannot_answer_for_the_strea
     would switch the reader to the legacy route) under random tokens, and subscribes as a
     responder on both read routes, while a pays and reads. Held: the last token of each
     inbox is 128 random bits (the reader's, the envelope id for asks) that never leave a's
-    leaf and the hub; b's subscriptions to `ledger_get` / the legacy API are refused."""
+    leaf and the hub; b's subscriptions to the read routes (a's `ledger_read`, every
+    member's, the old `ledger_get`, the legacy API) are refused."""
     port = free_port()
     async with scripted_federation(tmp_path, [A, B], route, prepare=monitored(port)) as fed:
         await funded(fed, entity_a=50, entity_b=10)
@@ -161,7 +164,8 @@ async def test_a_member_who_knows_the_inbox_prefixes_cannot_answer_for_the_strea
                 if msg.reply.startswith(f"_i.{A}."):  # a's read (b's own stay on its leaf)
                     overheard.append(msg.reply)
 
-            for subject in (GET, LEGACY_GET):
+            for subject in (protocol.subjects.ledger_read(A),
+                            protocol.subjects.ledger_read("*"), OLD_GET, LEGACY_GET):
                 await nc.subscribe(subject, cb=answer)
             mint = (await stored_on(nc, protocol.subjects.ledger(B)))[0]
             stop = asyncio.Event()
@@ -221,32 +225,62 @@ async def test_a_member_cannot_make_the_hub_take_the_old_layout(tmp_path: Path) 
 # ---- 4. the hub's work for one member ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="hole: one member's ledger_get flood is queued "
-                   "without bound at the hub (response maps, JetStream backlog)")
-async def test_a_flood_of_direct_gets_leaves_no_backlog_at_the_hub(tmp_path: Path) -> None:
-    """b publishes direct gets on `ledger_get` as fast as its link takes them (each with a
-    reply subject nobody listens on), for 15 s. The hub takes them far faster than
-    JetStream answers: each holds a response map in BOOKS (type stream: kept until its
-    10 s threshold) and a place in JetStream's direct-get queue, neither bounded per
-    member. Seen: ~2.4 million in 20 s; 12 s after the flood 100,000+ maps still held, hub
-    RSS 18 MB -> 550 MB and rising, every member's reads slowed to 1-2 s each (with LEDGER
-    in FED the same flood took the hub to 1.7 GB). A longer flood takes the hub's memory
-    and the ledger's reads for everyone. Safe: 5 s after the flood the hub holds no map
-    of it and answers a's direct get at once."""
+async def test_a_flood_of_reads_costs_the_hub_and_the_others_nothing(tmp_path: Path) -> None:
+    """b asks for reads on `ledger_read.entity-b` as fast as its link takes them, for 15 s:
+    batches of its chain into its own inbox (real work for the hub), and asks naming a
+    reply subject nobody listens on. Before the books reader (direct gets through a
+    service import), such a flood left 100,000+ response maps in BOOKS and a backlog in
+    JetStream's direct-get queue (unbounded for asks arriving over a leafnode): ~2.4
+    million asks in 20 s took the hub's RSS from 18 MB to 550 MB and every member's reads
+    to 1-2 s. Held now: the reader stops listening to b once it is over its budget (b's
+    asks then end at its own leaf), the hub grows by a few MB at most and holds no
+    response map, and a's reads during and after the flood are each answered at once."""
     port = free_port()
     async with scripted_federation(tmp_path, [A, B], route, prepare=monitored(port)) as fed:
-        await funded(fed, entity_a=50)
+        await funded(fed, entity_a=50, entity_b=10)
+        before = (await monitor(port, "/varz"))["mem"]
         async with hostile_client(fed[B]) as nc, hostile_client(fed[A]) as victim:
+            mine = json.dumps({"seq": 1, "next_by_subj": "ledger.>", "batch": 256}).encode()
+            read_a = protocol.subjects.ledger_read(A)
             ask = json.dumps({"seq": 1}).encode()
-            began = time.monotonic()
-            while time.monotonic() - began < 15:
-                for _ in range(1000):
-                    await nc.publish(GET, ask, reply="_i.nobody.x")
-                await nc.flush()
-            await asyncio.sleep(5)
-            books = await monitor(port, "/accountz?acc=BOOKS")
-            held = len(books["account_detail"].get("responses") or {})
+            stop = asyncio.Event()
+            sent = 0
+
+            async def flood() -> None:
+                nonlocal sent
+                inbox = nc.new_inbox()
+                while not stop.is_set():
+                    for i in range(1000):
+                        await nc.publish(READ_B, mine if i % 2 else ask,
+                                         reply=inbox if i % 2 else "_i.nobody.x")
+                    sent += 1000
+                    await nc.flush()
+
+            flooding = asyncio.create_task(flood())
+            waits = []
+            try:
+                began = time.monotonic()
+                while time.monotonic() - began < 15:
+                    asked = time.monotonic()
+                    answer = await victim.request(read_a, ask, timeout=10)
+                    waits.append(time.monotonic() - asked)
+                    assert (answer.headers or {}).get("Nats-Sequence") == "1", answer.headers
+                    await asyncio.sleep(0.2)
+                peak = (await monitor(port, "/varz"))["mem"]
+            finally:
+                stop.set()
+                await flooding
+            await asyncio.sleep(2)
             asked = time.monotonic()
-            await victim.request(GET, ask, timeout=30)
-            waited = time.monotonic() - asked
-        assert held < 1000 and waited < 0.5, (held, waited)
+            await victim.request(read_a, ask, timeout=10)
+            after = time.monotonic() - asked
+            books = await monitor(port, "/accountz?acc=BOOKS")
+        held = len(books["account_detail"].get("responses") or {})
+        log = (tmp_path / f"{federation.READER}.log").read_text()
+        print("FIGS", sent, (peak - before) / 2**20, held, sorted(waits)[-5:], len(waits), after)
+        assert sent > 50_000, sent
+        assert '"member": "entity-b"' in log and "ledger_reads_paused" in log, log[-2000:]
+        assert '"member": "entity-a"' not in log, log[-2000:]
+        grown = (peak - before) / 2**20
+        assert held == 0 and grown < 100, (held, grown)
+        assert max(waits) < 1.0 and after < 1.0, (sorted(waits)[-5:], after)

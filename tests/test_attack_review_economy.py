@@ -49,8 +49,8 @@ from tests.test_tool_actor import SANDBOX
 
 pytestmark = pytest.mark.timeout(120)
 A, B = "entity-a", "entity-b"
-# How members read LEDGER (the BOOKS account's direct get, imported into FED).
-DIRECT_GET = protocol.subjects.LEDGER_GET
+# How b reads LEDGER (asking the hub's books reader, which direct-gets BOOKS' stream).
+DIRECT_GET = protocol.subjects.ledger_read(B)
 
 
 # ---- the ledger: another member's chain ----------------------------------------------

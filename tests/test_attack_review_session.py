@@ -40,8 +40,8 @@ from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(120)
 A, B = "entity-a", "entity-b"
-# How members read LEDGER (the BOOKS account's direct get, imported into FED).
-DIRECT_GET = protocol.subjects.LEDGER_GET
+# How b reads LEDGER (asking the hub's books reader, which direct-gets BOOKS' stream).
+DIRECT_GET = protocol.subjects.ledger_read(B)
 
 
 # ---- 1. the ledger: appends on a subject anyone can have JetStream write on ----------

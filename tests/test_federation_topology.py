@@ -142,11 +142,13 @@ def test_public_names_exist() -> None:
     """The module's public surface is exactly these names: one added or dropped is a choice
     made here, in the open, not a side effect."""
     assert federation.__all__ == [
-        "BOOKS_ACCOUNT", "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "SEED_ENV", "TREASURER",
+        "BOOKS_ACCOUNT", "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "READER", "SEED_ENV",
+        "TREASURER",
         "HubCluster", "Permissions",
         "check_public_key", "entity_permissions", "hub_user_entry", "leaf_env",
         "ledger_in_fed", "main",
-        "make_entity_credentials", "parser", "public_key", "read_seed", "render_hub_conf",
+        "make_entity_credentials", "parser", "public_key", "read_seed", "reader_credentials",
+        "reader_permissions", "render_hub_conf",
         "render_leaf_conf", "seed_path", "treasurer_entry", "treasurer_permissions",
     ]
     assert all(hasattr(federation, name) for name in federation.__all__)
@@ -183,13 +185,51 @@ def test_hub_user_entry_has_exactly_the_design_permissions() -> None:
     assert f"nkey: {public}" in entry
     assert (
         'publish: { allow: ["fed.evt.entity-a.>", "fed.req.*.entity-a.>", '
-        '"fed.cmd.*.entity-a.>", "_i.*.>", "ledger.entity-a", "ledger_get", '
+        '"fed.cmd.*.entity-a.>", "_i.*.>", "ledger.entity-a", "ledger_read.entity-a", '
         '"$JS.fed_hub.API.DIRECT.GET.LEDGER"] }'
     ) in entry
     assert (
         'subscribe: { allow: ["fed.evt.>", "fed.req.entity-a.>", "fed.cmd.entity-a.>", '
         '"_i.entity-a.>"] }'
     ) in entry
+
+
+def test_the_books_readers_logins_are_made_once_and_admitted_by_hub_conf(
+        tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "entityd.federation", *args],
+            capture_output=True, text=True, timeout=30, env=child_env(), cwd=REPO,
+        )
+
+    keys = tmp_path / "books-reader"
+    made = run("reader-user", "--keys", str(keys))
+    assert made.returncode == 0, made.stderr
+    fed, books = made.stdout.strip().splitlines()[-1].split(",")
+    assert run("reader-user", "--keys", str(keys)).stdout == made.stdout  # kept, not remade
+    for account in ("fed", "books"):
+        seed = keys / account / "keys" / "hub.nk"
+        assert stat.S_IMODE(seed.stat().st_mode) == 0o600
+        assert seed.read_text().strip() not in made.stdout + made.stderr
+    public = federation.make_entity_credentials(A, tmp_path / A)[0]
+    entity = ("--entity", f"{A}={public}", "--store-dir", str(tmp_path / "hub"),
+              "--leaf-host", "127.0.0.1")
+    hub = run("hub-conf", *entity, "--reader", f"{fed},{books}")
+    assert hub.returncode == 0, hub.stderr
+    assert hub.stdout.count(f"# {federation.READER}") == 2 and "ledger_get" not in hub.stdout
+    (tmp_path / "hub.conf").write_text(hub.stdout)
+    checked = subprocess.run([NATS_SERVER, "-t", "-c", str(tmp_path / "hub.conf")],
+                             capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    bare = run("hub-conf", *entity)
+    assert bare.returncode == 0 and "members cannot read the ledger" in bare.stderr
+    for wrong in (fed, f"{fed},UNOTAKEY"):
+        refused = run("hub-conf", *entity, "--reader", wrong)
+        assert refused.returncode == 2 and "--reader" in refused.stderr + refused.stdout, (
+            refused.stderr)
+    with pytest.raises(ConfigError, match="hub login"):
+        federation.render_hub_conf([(federation.READER, public)], store_dir=tmp_path / "h",
+                                   leaf_host="127.0.0.1")
 
 
 def test_cli_prints_the_entry_and_a_hub_conf_that_nats_server_accepts(tmp_path: Path) -> None:

@@ -195,8 +195,9 @@ def not_an_envelope(msg: Captured) -> str:
     """Why a captured message is no envelope of the spec, or ''."""
     if msg.subject.startswith("$"):
         return f"JetStream or system API ({'.'.join(msg.subject.split('.')[:2])})"
-    if msg.subject == "ledger_get":  # PROTOCOL.md section 10: the hub's direct get of LEDGER
-        return "JetStream direct get (ledger_get)"
+    if msg.subject == "ledger_get" or msg.subject.startswith("ledger_read."):
+        # PROTOCOL.md section 10: reads of LEDGER (the hub's books reader, an older direct get)
+        return f"JetStream direct get ({msg.subject})"
     if "Status" in msg.headers and not msg.data:
         return f"NATS status {msg.headers['Status']}"
     if msg.subject.startswith(REPLY_FAMILIES) and msg.data.startswith(b"{"):

@@ -103,8 +103,8 @@ async def test_a_hub_whose_ledger_was_made_in_fed_keeps_it_and_members_read_it(
         tmp_path: Path) -> None:
     """A hub made before the BOOKS account has its LEDGER stream in FED: rendered again
     (an upgrade, `entityd up` at each start), it keeps that layout rather than start an
-    empty ledger beside the old one (no money lost), and members, who read through
-    `ledger_get` first, find no responder there and go on through FED's own JetStream."""
+    empty ledger beside the old one (no money lost), and members read it through the
+    books reader, which logs in to FED there and direct-gets FED's own JetStream."""
     (tmp_path / "hub-store" / "jetstream" / federation.HUB_ACCOUNT / "streams"
      / "LEDGER").mkdir(parents=True)  # what nats-server keeps of a LEDGER made in FED
     async with ScriptedLLMServer(route) as llm:

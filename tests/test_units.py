@@ -52,7 +52,8 @@ def _verify(*units: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_entity_and_hub_units_are_shipped() -> None:
-    assert [unit.name for unit in UNITS] == ["entityd-hub.service", "entityd@.service"]
+    assert [unit.name for unit in UNITS] == [
+        "entityd-books-reader.service", "entityd-hub.service", "entityd@.service"]
 
 
 @pytest.mark.skipif(SYSTEMD_ANALYZE is None,
@@ -100,6 +101,18 @@ def test_the_hub_unit_can_write_the_store_its_config_names() -> None:
     assert _settings(unit, "ExecStart") == [
         "/usr/local/bin/nats-server -c /etc/entityd-hub/hub.conf"]
     assert _settings(unit, "User") == ["entityd-hub"]
+
+
+def test_the_books_reader_unit_runs_beside_the_hub_as_its_user() -> None:
+    unit = DEPLOY / "entityd-books-reader.service"
+    assert _settings(unit, "User") == ["entityd-hub"]
+    assert _settings(unit, "Requires") == ["entityd-hub.service"]
+    (start,) = re.findall(r"^ExecStart=((?:.*\\\n)*.*)$", unit.read_text(), re.MULTILINE)
+    argv = start.replace("\\\n", " ").split()
+    assert argv[:3] == ["/opt/entityd/.venv/bin/python", "-m", "entityd.books_reader"]
+    assert argv[argv.index("--hub") + 1] == "nats://127.0.0.1:4222"  # hub.conf's client port
+    assert "port: 4222" in (DEPLOY / "hub.conf").read_text()
+    assert argv.count("--member") == 2
 
 
 def test_the_readme_has_the_section_the_units_point_to() -> None:

@@ -1,12 +1,15 @@
 """The LEDGER stream as the ledger actor reaches it: append to its own chain with
 compare-and-set, and read every chain in the stream's order.
 
-In a federation the stream lives in the hub's JetStream, in an account of its own that
-members reach through two imports (entityd/federation.py): each entity may append only to
-`ledger.<itself>` and read the others through direct gets on `ledger_get` (the hub's
-permissions; no consumer, purge or delete). A hub made before that keeps the stream in the
-members' account, read by direct gets on its JetStream domain's API; a read that finds no
-responder on the one subject tries the other, and goes on with the one that answered.
+In a federation the stream lives in the hub's JetStream, in an account of its own
+(entityd/federation.py): each entity may append only to `ledger.<itself>` (through an
+import) and reads every chain through the hub's books reader, asking on
+`ledger_read.<itself>` (entityd/books_reader.py), which answers as a direct get does, with
+a budget per member (the hub's permissions; no consumer, purge or delete). Hubs made
+before the reader took direct gets on `ledger_get`, and hubs made before that keep the
+stream in the members' account, read by direct gets on its JetStream domain's API; a read
+that finds no responder on one subject tries the others, and goes on with the one that
+answered.
 An entity on its own keeps the stream on its own server and makes it on first start.
 Either way two writers of one chain (a restarted daemon beside the old one, the operator
 minting) cannot both append at one position: each append names the stream sequence of
@@ -121,8 +124,9 @@ class LedgerStream:
         self.domain = domain
         self.timeout = timeout
         self.api = f"$JS.{domain}.API" if domain else "$JS.API"
-        # Where direct gets go, the one that answered last first.
-        self.routes = [subjects.LEDGER_GET] if domain else []
+        # Where reads go, the one that answered last first: the hub's books reader, a
+        # hub's direct get import from before it, a hub's own JetStream from before that.
+        self.routes = [subjects.ledger_read(fed.entity), subjects.LEDGER_GET] if domain else []
         self.routes.append(f"{self.api}.DIRECT.GET.{STREAM}")
         self.replies = Replies(fed, fed.entity, fed.count_rejected)
         # Reads come back to one inbox of ours, each to a token of its own.

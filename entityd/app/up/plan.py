@@ -5,6 +5,7 @@ written into each entity's config, the hub's config, and the list of processes.
 The layout under the federation's dir (start-pair.sh's, kept):
     hub/hub.conf, hub/hub.log, hub/jetstream/   the hub nats-server
     hub/treasury/                               the treasurer's login and mint.key
+    hub/books-reader/, hub/books-reader.log     the books reader's logins, its log
     NAME/                                       entity NAME's data dir (entityd.toml ...)
     run/                                        pid files and state of the running `up`
 """
@@ -62,7 +63,7 @@ class Child:
 
     name: str  # "hub", "demo-entity-a", "entity-a": its pid file's name
     label: str  # what the output calls it
-    kind: str  # "hub", "model" or "daemon"
+    kind: str  # "hub", "reader" (the hub's books reader), "model" or "daemon"
     argv: list[str]
     cwd: Path
     log: Path
@@ -130,13 +131,20 @@ def prepare(spec: Spec) -> Plan:
         ]:
             text = toml_set(text, section, key, json.dumps(value))
         config.write_text(text)
+    reader_keys = hub_dir / federation.READER
     hub_conf = hub_dir / "hub.conf"
     hub_conf.write_text(federation.render_hub_conf(
         users, store_dir=hub_dir / "jetstream", host=HOST, port=ports["hub"],
-        leaf_host=HOST, leaf_port=ports["leafnodes"], treasurer=treasurer))
+        leaf_host=HOST, leaf_port=ports["leafnodes"], treasurer=treasurer,
+        reader=federation.reader_credentials(reader_keys)))
     children = [Child("hub", "hub", "hub", [find_binary(), "-c", str(hub_conf)], hub_dir,
                       hub_dir / "hub.log",
-                      {"clients": ports["hub"], "leafnodes": ports["leafnodes"]})]
+                      {"clients": ports["hub"], "leafnodes": ports["leafnodes"]}),
+                Child(federation.READER, "books reader", "reader",
+                      [sys.executable, "-m", "entityd.books_reader",
+                       "--hub", f"nats://{HOST}:{ports['hub']}", "--keys", str(reader_keys),
+                       *(f"--member={name}" for name, _ in users)],
+                      hub_dir, hub_dir / f"{federation.READER}.log", {})]
     daemons = []
     for entity in spec.entities:
         data = spec.dir / entity.name

@@ -25,8 +25,9 @@ from .plan import HOST, Child, Plan, StartError, fund, say, show
 
 QUICK_DEATH_S = 30.0
 MAX_BACKOFF_EXPONENT = 5  # 32 s
-READY_TIMEOUT_S = {"hub": 20.0, "model": 20.0, "daemon": 60.0}
-READY_LINE = b'"entityd_ready"'
+READY_TIMEOUT_S = {"hub": 20.0, "reader": 20.0, "model": 20.0, "daemon": 60.0}
+# What a child logs once it serves (the others are ready once they listen on their port).
+READY_LINES = {"daemon": b'"entityd_ready"', "reader": b'"books_reader_ready"'}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -100,7 +101,8 @@ class Supervisor:
 
     async def _start_all(self, tg: asyncio.TaskGroup) -> None:
         plan = self.plan
-        for group in (plan.of_kind("hub"), None, plan.of_kind("model"), plan.of_kind("daemon")):
+        for group in (plan.of_kind("hub"), plan.of_kind("reader"), None, plan.of_kind("model"),
+                      plan.of_kind("daemon")):
             if group is None:
                 await fund(plan)
                 continue
@@ -170,7 +172,7 @@ class Supervisor:
         timeout = READY_TIMEOUT_S[child.kind]
         try:
             async with asyncio.timeout(timeout):
-                if child.kind == "daemon":
+                if child.kind in READY_LINES:
                     await until(self._logged_ready, proc)
                 else:
                     await until(_listening, next(iter(child.ports.values())))
@@ -189,13 +191,13 @@ class Supervisor:
 
     @staticmethod
     async def _logged_ready(proc: Running) -> bool:
-        """The daemon logged entityd_ready since its latest start (not an older run's)."""
-        return READY_LINE in _read_from(proc.child.log, proc.log_offset)
+        """The child logged its ready line since its latest start (not an older run's)."""
+        return READY_LINES[proc.child.kind] in _read_from(proc.child.log, proc.log_offset)
 
     async def stop_all(self) -> None:
         """Daemons first, so they drain while their models and the hub are still there."""
         self.stopping = True
-        for kinds in (("daemon",), ("model", "hub")):
+        for kinds in (("daemon",), ("reader", "model"), ("hub",)):
             group = [p for p in self.procs.values() if p.child.kind in kinds and p.proc]
             for proc in group:
                 assert proc.proc is not None
