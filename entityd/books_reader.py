@@ -142,12 +142,48 @@ class Budget:
         return max(0.0, (self.burst / 10 - self.tokens) / self.rate)
 
 
+# What the reader reads of an answer's headers, and forwards: the server's own, which it
+# writes after whatever headers the stored message carries (a member may store any on its
+# own chain: a `Status`, names nats-py will not publish, 32 KiB of them).
+ENTRY_HEADERS = ("Nats-Stream", "Nats-Sequence", "Nats-Subject", "Nats-Time-Stamp")
+END_HEADERS = ("Status", "Description", "Nats-Num-Pending", "Nats-Last-Sequence")
+
+
+class ServerHeaders(Client):
+    """nats-py's client, reading of a message's headers only the last `Name:` line of
+    each name the reader forwards (ENTRY_HEADERS, END_HEADERS): the server's, which come
+    last. The stored ones are never parsed, however many (a byte search, not a Python
+    loop over lines), so an entry made of headers costs the reader nothing more."""
+
+    @staticmethod
+    def _parse_header_lines(raw: bytes) -> dict[str, str]:
+        block = b"\r\n" + raw
+        out: dict[str, str] = {}
+        for name in ENTRY_HEADERS + END_HEADERS:
+            at = block.rfind(b"\r\n" + name.encode() + b":")
+            if at >= 0:
+                start = at + len(name) + 3
+                end = block.find(b"\r\n", start)
+                out[name] = block[start:end if end >= 0 else None].strip().decode(
+                    "ascii", "replace")
+        return out
+
+
+def forwarded(headers: dict[str, str]) -> dict[str, str]:
+    """What goes to the member of an answer's `headers`: an entry (it has the server's
+    Nats-Sequence) with the entry's headers only, else the end with its status."""
+    kept = ENTRY_HEADERS if "Nats-Sequence" in headers else END_HEADERS
+    return {name: headers[name] for name in kept if name in headers}
+
+
 class Books:
     """The reader's one client connection to BOOKS: direct gets, answered in line."""
 
     def __init__(self, nc: Client) -> None:
         self.nc = nc
-        self._prefix = f"{subjects.inbox_prefix(NAME)}.{secrets.token_hex(8)}"
+        # Not under `_i.`: on a hub whose LEDGER is in FED, this login is FED's, where
+        # every member may publish on `_i.*.>`.
+        self._prefix = f"{federation.READER_INBOX}.{secrets.token_hex(8)}"
         self._reads: dict[str, asyncio.Queue[Msg]] = {}
         self._sub: Subscription | None = None
 
@@ -173,10 +209,10 @@ class Books:
             async with asyncio.timeout(ANSWER_S):
                 while True:
                     msg = await arrived.get()
-                    headers = msg.headers or {}
+                    headers = forwarded(msg.headers or {})
                     await answer.publish(reply, msg.data, headers=headers or None)
                     sent += len(msg.data)
-                    if headers.get("Status") or not many:
+                    if "Nats-Sequence" not in headers or not many:
                         return sent
         finally:
             del self._reads[token]
@@ -256,15 +292,17 @@ class Line:
                 self.budget.spend(await self.books.read(ask, reply, self.nc) / ASK_BYTES)
             except TimeoutError:
                 await self._refuse(reply, "408", "the stream did not answer in time")
-            except nats.errors.Error as exc:
+            except (nats.errors.Error, ValueError) as exc:  # the read ends, said
                 log.warning("ledger_read_failed", member=self.member, error=str(exc))
+                await self._refuse(reply, "500", "the read failed on the hub")
 
     def stop(self) -> None:
         if self._resume is not None:
             self._resume.cancel()
 
 
-async def _connect(url: str, seed: Path, name: str, inbox: str = "") -> Client:
+async def _connect(url: str, seed: Path, name: str, inbox: str = "",
+                   client: type[Client] = Client) -> Client:
     said = [0.0]
 
     async def error(exc: Exception) -> None:  # a flood's drops, a lost hub: now and then
@@ -274,9 +312,10 @@ async def _connect(url: str, seed: Path, name: str, inbox: str = "") -> Client:
             log.warning("nats_error", connection=name, error=f"{type(exc).__name__}: {exc}")
 
     options: dict[str, Any] = {"inbox_prefix": inbox} if inbox else {}
-    return await nats.connect(url.split(","), nkeys_seed=str(seed), name=name,
-                              max_reconnect_attempts=-1,
-                              reconnect_time_wait=0.5, error_cb=error, **options)
+    nc = client()
+    await nc.connect(url.split(","), nkeys_seed=str(seed), name=name, max_reconnect_attempts=-1,
+                     reconnect_time_wait=1, error_cb=error, **options)
+    return nc
 
 
 async def serve(url: str, keys: Path, members: Sequence[str]) -> None:
@@ -284,7 +323,7 @@ async def serve(url: str, keys: Path, members: Sequence[str]) -> None:
     (`python -m entityd.federation reader-user` makes them), until cancelled. Logs
     `books_reader_ready` once every member's line listens."""
     books_nc = await _connect(url, seed(keys, "books"), f"{NAME} books",
-                              subjects.inbox_prefix(NAME))
+                              federation.READER_INBOX, ServerHeaders)
     lines: list[Line] = []
     try:
         books = Books(books_nc)

@@ -36,6 +36,7 @@ __all__ = [
     "HUB_DOMAIN",
     "LEAF_PORT",
     "READER",
+    "READER_INBOX",
     "SEED_ENV",
     "TREASURER",
     "HubCluster",
@@ -77,6 +78,8 @@ BOOKS_ACCOUNT = "BOOKS"
 HUB_DOMAIN = "fed_hub"
 TREASURER = "treasury"  # the hub user of `entityd economy`; its reply inboxes: _i.treasury
 READER = "books-reader"  # the hub users of entityd/books_reader.py (one in FED, one in BOOKS)
+# The reader's own reply inboxes: not under `_i.`, where members may publish.
+READER_INBOX = "_books_reader"
 LEAF_PORT = 7422
 CLUSTER_PORT = 6222
 ROUTE_SCHEMES = ("nats-route://", "nats://")
@@ -321,7 +324,7 @@ def reader_permissions() -> tuple[Permissions, Permissions]:
     no federation subject, no other stream."""
     return (Permissions(publish=("_i.*.>",), subscribe=(subjects.ledger_read("*"),)),
             Permissions(publish=("$JS.API.DIRECT.GET.LEDGER",),
-                        subscribe=(f"{subjects.inbox_prefix(READER)}.>",)))
+                        subscribe=(f"{READER_INBOX}.>",)))
 
 
 def hub_user_entry(name: str, public_nkey: str, *, extra: Permissions | None = None,

@@ -75,6 +75,25 @@ def test_the_budget_refills_at_its_rate_up_to_its_burst_and_answers_may_overdraw
     assert budget.refilled_in() == pytest.approx((0.3 - budget.tokens) / 10)
 
 
+def test_only_the_servers_own_headers_are_read_and_forwarded() -> None:
+    """A stored message's headers come first, the server's last: a `Status`, a name
+    nats-py would not publish, a Nats-Sequence of the member's choosing and thousands of
+    names stay behind; an entry goes on with its four headers, an end with its status."""
+    stored = (b"Status: 404\r\nBad(Key: v\r\nNats-Sequence: 999\r\n"
+              + b"".join(b"X-%d: y\r\n" % i for i in range(4000)))
+    server = (b"Nats-Stream: LEDGER\r\nNats-Subject: ledger.entity-b\r\n"
+              b"Nats-Sequence: 7\r\nNats-Time-Stamp: 2026-12-06T00:00:00Z\r\n"
+              b"Nats-Num-Pending: 3\r\n\r\n")
+    headers = books_reader.ServerHeaders._parse_header_lines(stored + server)
+    assert headers["Nats-Sequence"] == "7" and headers["Status"] == "404"
+    assert books_reader.forwarded(headers) == {
+        "Nats-Stream": "LEDGER", "Nats-Subject": "ledger.entity-b", "Nats-Sequence": "7",
+        "Nats-Time-Stamp": "2026-12-06T00:00:00Z"}
+    end = {"Status": "204", "Description": "EOB", "Nats-Num-Pending": "0",
+           "Nats-Last-Sequence": "7"}
+    assert books_reader.forwarded(end | {"X-Other": "1"}) == end
+
+
 def test_only_literal_subjects_are_answered() -> None:
     assert subjects.literal("_i.entity-b.abc.1")
     for wild in ("_i.entity-b.>", "_i.entity-b.*", "_i.entity-b..x", "_i.*.x"):

@@ -142,7 +142,8 @@ def test_public_names_exist() -> None:
     """The module's public surface is exactly these names: one added or dropped is a choice
     made here, in the open, not a side effect."""
     assert federation.__all__ == [
-        "BOOKS_ACCOUNT", "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "READER", "SEED_ENV",
+        "BOOKS_ACCOUNT", "HUB_ACCOUNT", "HUB_DOMAIN", "LEAF_PORT", "READER", "READER_INBOX",
+        "SEED_ENV",
         "TREASURER",
         "HubCluster", "Permissions",
         "check_public_key", "entity_permissions", "hub_user_entry", "leaf_env",

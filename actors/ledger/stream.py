@@ -298,7 +298,10 @@ class LedgerStream:
             self.fed.count_rejected(StrayReply.reason)  # late, or never asked
             return
         headers = msg.headers or {}
-        status = headers.get("Status")
+        # An entry is what carries the server's Nats-Sequence, whatever else it carries: a
+        # member may store any header on its own chain (a `Status` too), and the server
+        # hands it back with the entry (without the books reader: a hub's direct get).
+        status = None if "Nats-Sequence" in headers else headers.get("Status")
         if read.abandoned:
             if status or not read.many:  # its end: nothing more will come
                 self._pending.pop(token, None)
