@@ -33,7 +33,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -232,6 +232,7 @@ class Line:
         self.waiting: asyncio.Queue[tuple[dict[str, Any], str]] = asyncio.Queue(WAITING)
         self._sub: Subscription | None = None
         self._resume: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()  # an unsubscribe, a listen again
         self.paused = 0  # how many times
 
     async def work(self) -> None:
@@ -251,7 +252,7 @@ class Line:
         if self._sub is None:
             return  # paused: what was on its way when it was
         if not self.budget.take(time.monotonic()):
-            await self._pause("over its budget")
+            self._pause("over its budget")
             return
         if not msg.reply.startswith(self.inbox) or not subjects.literal(msg.reply):
             return  # an answer goes to the asker's own inbox or nowhere (it still counts)
@@ -263,27 +264,38 @@ class Line:
         try:
             self.waiting.put_nowait((ask, msg.reply))
         except asyncio.QueueFull:
-            await self._pause(f"{WAITING} asks waiting")
+            self._pause(f"{WAITING} asks waiting")
 
     async def _refuse(self, reply: str, status: str, why: str) -> None:
         with contextlib.suppress(nats.errors.Error):
             await self.nc.publish(reply, b"", headers={"Status": status, "Description": why})
 
-    async def _pause(self, why: str) -> None:
-        """Stop listening to this member until its budget has refilled."""
+    def _pause(self, why: str) -> None:
+        """Stop listening to this member until its budget has refilled. Nothing here
+        awaits: it runs in the subscription's own task, which the unsubscribe cancels, so
+        the unsubscribe goes in a task of its own, after the resume is set."""
         sub, self._sub = self._sub, None
         if sub is None:
             return
         self.paused += 1
-        with contextlib.suppress(nats.errors.Error):
-            await sub.unsubscribe()
         while not self.waiting.empty():
             self.waiting.get_nowait()
         wait = max(PAUSE_S, self.budget.refilled_in())
         log.warning("ledger_reads_paused", member=self.member, why=why, seconds=round(wait, 1),
                     times=self.paused)
         loop = asyncio.get_running_loop()
-        self._resume = loop.call_later(wait, lambda: loop.create_task(self.listen()))
+        self._resume = loop.call_later(wait, lambda: self._start(self.listen()))
+        self._start(self._drop(sub))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _drop(sub: Subscription) -> None:
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
 
     async def _work(self) -> None:
         while True:
@@ -299,6 +311,8 @@ class Line:
     def stop(self) -> None:
         if self._resume is not None:
             self._resume.cancel()
+        for task in self._tasks:
+            task.cancel()
 
 
 async def _connect(url: str, seed: Path, name: str, inbox: str = "",
