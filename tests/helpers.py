@@ -7,6 +7,7 @@ import inspect
 import json
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -307,3 +308,12 @@ def checkpoint_lines(member: Member) -> list[dict[str, Any]]:
     """The `ledger_checkpoint` lines of the member's daemon log, parsed, oldest first."""
     return [json.loads(line) for line in member.daemon.log().splitlines()
             if '"ledger_checkpoint"' in line]
+
+
+async def monitor(port: int, path: str) -> Any:
+    """What a nats-server's monitoring port (`http: 127.0.0.1:port` in its config) says at
+    `path` (/varz, /leafz?subs=1, /subsz, /accountz?acc=...)."""
+    def get() -> Any:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
+            return json.loads(answer.read())
+    return await asyncio.to_thread(get)

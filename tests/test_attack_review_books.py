@@ -15,10 +15,8 @@ import json
 import re
 import secrets
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import nats
 import nats.aio.msg
@@ -28,7 +26,14 @@ import protocol
 from bench.ports import free_port
 from bench.rig import Federation
 from entityd import federation
-from tests.helpers import funded, hostile_client, money, scripted_federation, stored_on
+from tests.helpers import (
+    funded,
+    hostile_client,
+    money,
+    monitor,
+    scripted_federation,
+    stored_on,
+)
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,13 +49,6 @@ def monitored(port: int) -> Callable[[Federation], None]:
         conf = fed.root / "hub.conf"
         conf.write_text(f'http: "127.0.0.1:{port}"\n' + conf.read_text())
     return add
-
-
-async def monitor(port: int, path: str) -> Any:
-    def get() -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return json.loads(answer.read())
-    return await asyncio.to_thread(get)
 
 
 async def verified(fed: Federation, name: str, entries: str) -> None:

@@ -16,10 +16,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import nats
 import nats.errors
@@ -30,7 +28,15 @@ from bench.ports import free_port
 from bench.rig import HUB_NAME, Federation
 from entityd import federation
 from protocol import subjects
-from tests.helpers import funded, hostile_client, money, poll, scripted_federation, stored_on
+from tests.helpers import (
+    funded,
+    hostile_client,
+    money,
+    monitor,
+    poll,
+    scripted_federation,
+    stored_on,
+)
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(180)
@@ -358,13 +364,6 @@ def legacy_hub(port: int) -> Callable[[Federation], None]:
         assert federation.BOOKS_ACCOUNT not in conf
         (fed.root / "hub.conf").write_text(f'http: "127.0.0.1:{port}"\n' + conf)
     return prepare
-
-
-async def monitor(port: int, path: str) -> Any:
-    def get() -> Any:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as answer:
-            return json.loads(answer.read())
-    return await asyncio.to_thread(get)
 
 
 async def test_on_a_hub_with_ledger_in_fed_no_member_reaches_the_readers_own_inbox(
