@@ -1,6 +1,11 @@
 """A fresh attack review: classes the earlier reviews (tests/test_attack*.py and the
 federation, replay and workspace reviews) did not try.
 
+- The EVENTS stream of an entity keeps its peers' events too (events.peers, on by
+  default) in one stream bounded by size that drops the oldest first: a member publishing
+  on its own fed.evt.<self>.> evicts the entity's own history (watch --since, the web
+  page's activity and its resumption).
+- The task list: an offer's title has no length limit and tasks are never pruned.
 - The operator's terminal: `entityctl` prints what a member chose (an incoming task's
   title, a delegate's note, a member's own signed events under `watch --all`) as it is.
   A member's ESC/CSI/OSC sequences then reach the operator's terminal: they can erase
@@ -17,11 +22,15 @@ import asyncio
 import time
 from pathlib import Path
 
+import nats.js.errors
 import pytest
 
 import protocol
 from actors.peer.messages import TaskOffer
+from bench.rig import Federation, edit
+from entityd import config as config_mod
 from entityd import identity
+from entityd.client import EntityClient
 from protocol import Event
 from tests.helpers import (
     BIN,
@@ -123,3 +132,42 @@ async def test_big_offers_of_a_member_leave_the_task_list_readable(tmp_path: Pat
         await asyncio.sleep(1.0)
         code, out, err = await a.ctl("tasks", "--json")
         assert code == 0, (out + err)[-2000:]
+
+
+EVENTS_BYTES = 1024 * 1024  # the test's size of a's EVENTS stream (256 MiB by default)
+
+
+@pytest.mark.xfail(strict=True, reason="one size-bounded, discard-old EVENTS stream keeps "
+                   "the entity's own events and every peer's (events.peers): a member "
+                   "flooding its own fed.evt.<self>.> evicts the entity's own history")
+async def test_a_members_events_do_not_evict_the_entitys_own(tmp_path: Path) -> None:
+    def small_stream(fed: Federation) -> None:
+        edit(fed[A].config, "max_bytes = 268435456", f"max_bytes = {EVENTS_BYTES}")
+
+    async with scripted_federation(tmp_path, [A, B], route, prepare=small_stream) as fed:
+        await fed.discovered()
+        a, b = fed[A], fed[B]
+        own = protocol.subjects.event(A, "peer", "peer_discovered")
+        async with EntityClient(config_mod.load(a.config)) as client:
+            assert client._transport is not None
+            js = client._transport.nc.jetstream()
+            stream = f"EVENTS-{A}"
+            first = await js.get_last_msg(stream, own)  # a's own, kept
+            assert first.seq
+            # b publishes junk under its own name only (the hub lets it), twice a's size.
+            async with hostile_client(b) as nc:
+                for n in range(2 * EVENTS_BYTES // (64 * 1024)):
+                    await nc.publish(f"fed.evt.{B}.peer.junk{n % 4}", b"j" * 64 * 1024)
+                await nc.flush()
+
+            async def flooded() -> bool:
+                info = await js.stream_info(stream)
+                return info.state.first_seq > first.seq or info.state.bytes >= (
+                    EVENTS_BYTES * 9 // 10)
+            await poll(flooded, timeout=30, what="b's junk in a's stream")
+            await asyncio.sleep(1.0)
+            try:
+                kept = (await js.get_last_msg(stream, own)).seq
+            except nats.js.errors.NotFoundError:
+                kept = 0  # evicted
+            assert kept == first.seq, (kept, first.seq)
