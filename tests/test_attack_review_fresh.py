@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nats.js.errors
@@ -36,7 +37,9 @@ from tests.helpers import (
     BIN,
     child_env,
     command_into_inbox,
+    free_port,
     hostile_client,
+    monitor,
     poll,
     scripted_federation,
     task_by_id,
@@ -171,3 +174,44 @@ async def test_a_members_events_do_not_evict_the_entitys_own(tmp_path: Path) -> 
             except nats.js.errors.NotFoundError:
                 kept = 0  # evicted
             assert kept == first.seq, (kept, first.seq)
+
+
+SUBS = 30_000  # distinct subscriptions a member opens on its own leaf
+SUBS_CAP = 10_000  # what one member should be allowed to hold at the hub, at most
+
+
+def hub_monitored(port: int) -> Callable[[Federation], None]:
+    def add(fed: Federation) -> None:
+        conf = fed.root / "hub.conf"
+        conf.write_text(f'http: "127.0.0.1:{port}"\n' + conf.read_text())
+    return add
+
+
+@pytest.mark.xfail(strict=True, reason="the hub sets no max_subscriptions for a member's "
+                   "leaf user: every subscription a member opens under _i.<self>.> (or "
+                   "fed.evt.>) is interest the hub keeps and propagates to every other "
+                   "leaf (each may publish on _i.*.>), so one member grows the hub's and "
+                   "the other members' servers' memory without bound")
+async def test_a_member_cannot_make_the_hub_hold_unbounded_subscriptions(
+        tmp_path: Path) -> None:
+    port = free_port()
+    async with scripted_federation(tmp_path, [A, B], route,
+                                   prepare=hub_monitored(port)) as fed:
+        await fed.discovered()
+        before = await monitor(port, "/varz")
+        async with hostile_client(fed[B]) as nc:
+            for n in range(SUBS):
+                await nc.subscribe(f"_i.{B}.s{n}")
+            await nc.flush()
+
+            async def settled() -> int | None:
+                leafz = await monitor(port, "/leafz")
+                held = max(leaf.get("subscriptions", 0) for leaf in leafz["leafs"])
+                return held if held >= SUBS_CAP else None
+            try:
+                held = await poll(settled, timeout=20, what="b's subscriptions at the hub")
+            except AssertionError:
+                held = 0
+            after = await monitor(port, "/varz")
+            assert held < SUBS_CAP, (held, before["subscriptions"], after["subscriptions"],
+                                     before["mem"], after["mem"])
