@@ -236,3 +236,35 @@ async def test_a_members_subject_reaches_the_entitys_own_watch_as_text(
         line = await watched_line(a.config, b"marker", "--since", "10m")
         assert "rejected" in line, line
         assert not controls(line), repr(line)
+
+
+async def test_the_json_outputs_carry_a_members_escapes_escaped(tmp_path: Path) -> None:
+    """Held: `--json` (tasks, watch) escapes every control character, so scripts and an
+    operator who pipes it see the member's bytes as text."""
+    async with scripted_federation(tmp_path, [A, B], route) as fed:
+        await fed.discovered()
+        a, b = fed[A], fed[B]
+        record = TaskOffer("esc2", f"Write calc.add{ESCAPES}", "", "", time.time() + 600,
+                           ["nonexistent-capability"], 0, b"")
+        await command_into_inbox(b, a, "delegate", record)
+        await poll(lambda: task_by_id(a, "in", "esc2"), timeout=30, what="a records it")
+        code, out, err = await a.ctl("tasks", "--json")
+        assert code == 0 and "esc2" in out, out + err
+        assert not controls(out.replace("\n", "")), repr(out)
+        async with hostile_client(b) as nc:
+            await nc.publish(f"fed.req.{A}.{B}.marker\x1b[2K", b"not an envelope")
+            await nc.flush()
+        line = await watched_line(a.config, b"marker", "--since", "10m", "--json")
+        assert not controls(line), repr(line)
+
+
+def test_the_web_page_never_renders_peer_text_as_html() -> None:
+    """Held: the page's script puts every value in with textContent (peer names, titles,
+    notes, events): no innerHTML, insertAdjacentHTML, outerHTML or document.write, so the
+    terminal class above has no HTML twin on the page."""
+    static = Path(__file__).resolve().parent.parent / "actors" / "web" / "static"
+    for script in static.glob("*.js"):
+        text = script.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                     "eval(", "new Function"):
+            assert sink not in text, (script.name, sink)
