@@ -6,6 +6,8 @@ federation, replay and workspace reviews) did not try.
   on its own fed.evt.<self>.> evicts the entity's own history (watch --since, the web
   page's activity and its resumption).
 - The task list: an offer's title has no length limit and tasks are never pruned.
+- The hub: no max_subscriptions for a member's leaf user; every subscription a member
+  opens is interest the hub keeps (about 1 KB each) and propagates.
 - The operator's terminal: `entityctl` prints what a member chose (an incoming task's
   title, a delegate's note, a member's own signed events under `watch --all`) as it is.
   A member's ESC/CSI/OSC sequences then reach the operator's terminal: they can erase
