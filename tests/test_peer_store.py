@@ -351,3 +351,28 @@ async def test_open_prunes(db_path: Path, clock: Callable[[float], None]) -> Non
         assert await again.outbox_row(row.id) is None
     finally:
         await again.close()
+
+
+async def test_a_members_refused_offers_are_kept_only_newest_first(store: PeerStore) -> None:
+    """A member's offers refused when they came (no work, no money) are kept to the newest
+    `keep`: a member sending offers without end cannot grow the store."""
+    for n in range(8):
+        await store.save_task(task_row(f"r{n}", direction="in", state="rejected",
+                                       created=float(n)))
+    kept = [task_row("work", direction="in", state="rejected", created=0.5, goal_id="dlg-1"),
+            task_row("paid", direction="in", state="rejected", created=0.6, money="voided"),
+            task_row("other", direction="in", state="rejected", created=0.7, peer="entity-c"),
+            task_row("mine", direction="out", state="rejected", created=0.8)]
+    for row in kept:
+        await store.save_task(row)
+    await store.forget_refused("entity-b", 3)
+    ids = [t.task_id for t in await store.tasks()]
+    assert ids == ["work", "paid", "other", "mine", "r5", "r6", "r7"]
+
+
+async def test_the_newest_tasks_come_oldest_first(store: PeerStore) -> None:
+    for n in (3, 1, 2, 5, 4):
+        await store.save_task(task_row(f"t{n}", created=float(n)))
+    assert [t.task_id for t in await store.tasks(newest=3)] == ["t3", "t4", "t5"]
+    assert [t.task_id for t in await store.tasks(("offered",), newest=2)] == ["t4", "t5"]
+    assert len(await store.tasks()) == 5

@@ -65,6 +65,15 @@ PAID, UNPAID = "paid", "unpaid"  # the delegator's word to the delegate on its e
 WITHDRAWN = "withdrawn"  # the delegator's word on an unpaid task it no longer wants
 GOAL_PREFIX = "dlg-"
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+# What a task keeps of the text a member chose, and what the task list shows of it: the
+# list answers in one message (at most LISTED tasks, newest first kept), so it must stay
+# far under an envelope's size whatever members sent.
+TITLE_MAX = 160
+NOTE_MAX = 300  # in the list; a task keeps up to peers.max_text_chars of its note
+LISTED = 200
+# Offers refused at once (no trust, a missing capability, too long) kept per member: the
+# newest, so that a member cannot grow the store (and the list) without bound.
+REFUSED_KEPT = 50
 
 
 def goal_of(peer: str, task_id: str) -> str:
@@ -293,17 +302,29 @@ class Delegation:
         reason = self._refusal(peer, offer, now)
         if not reason and offer.price:
             reason = await self.escrow.check(peer, offer)
-        task = TaskRow(offer.task_id, "in", peer, offer.title, offer.description,
-                       offer.deliverables, offer.deadline, list(offer.capabilities),
+        limit = self.config.peers.max_text_chars
+        task = TaskRow(offer.task_id, "in", peer, _clipped(offer.title, TITLE_MAX),
+                       offer.description[:limit], offer.deliverables[:limit], offer.deadline,
+                       [c[:64] for c in offer.capabilities[:32]],
                        "rejected" if reason else "accepted", reason, "", "", now, now,
                        max(offer.price, 0), offer.hold,
                        HELD if offer.price > 0 and not reason else "")
         await self._save(task, task.state, reason)
         await self.send(peer, "task", TaskUpdate(task.task_id, task.state, reason))
-        if not reason:
+        if reason:
+            await self.store.forget_refused(peer, REFUSED_KEPT)
+        else:
             await self._start(task)
 
     def _refusal(self, peer: str, offer: TaskOffer, now: float) -> str:
+        limit = self.config.peers.max_text_chars
+        for field in ("title", "description", "deliverables"):
+            size = len(getattr(offer, field))
+            if size > (TITLE_MAX if field == "title" else limit):
+                return (f"the task's {field} is {size} characters; {self.ctx.entity} takes "
+                        f"at most {TITLE_MAX if field == 'title' else limit}")
+        if len(offer.capabilities) > 32:
+            return "a task names at most 32 capabilities"
         if not self.trust.permits(peer, "delegate"):
             return f"{peer} is not trusted to delegate tasks to {self.ctx.entity}"
         missing = sorted(set(offer.capabilities) - set(self.config.peers.capabilities))
@@ -495,6 +516,7 @@ class Delegation:
                     goal_id: str = "", event: str = "") -> TaskRow:
         """Record the task's new state, announce it (as `event`, by default
         `task_<state>`), and return the row as saved."""
+        note = note[:self.config.peers.max_text_chars]
         saved = dataclasses.replace(task, state=state, note=note, branch=branch or task.branch,
                                     goal_id=goal_id or task.goal_id, updated=time.time())
         await self.store.save_task(saved)
@@ -505,9 +527,15 @@ class Delegation:
         return saved
 
     async def infos(self) -> list[TaskInfo]:
-        return [TaskInfo(t.task_id, t.direction, t.peer, t.title, t.state, t.note, t.branch,
-                         t.created, t.updated, t.price, t.money)
-                for t in await self.store.tasks()]
+        """The newest LISTED tasks, oldest first, their title and note clipped."""
+        return [TaskInfo(t.task_id, t.direction, t.peer, _clipped(t.title, TITLE_MAX),
+                         t.state, _clipped(t.note, NOTE_MAX), t.branch, t.created, t.updated,
+                         t.price, t.money)
+                for t in await self.store.tasks(newest=LISTED)]
+
+
+def _clipped(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
 
 
 def _kept(task: TaskRow) -> str:

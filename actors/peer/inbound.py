@@ -83,6 +83,9 @@ class Rejections:
         if now - window >= 1.0:
             window, count = now, 0
         if count < REJECT_EVENTS_PER_SECOND:
+            # The subject is the sender's choice (NATS takes ESC and the like in one):
+            # what goes into the log and the event shows any such character escaped.
+            subject = subject if subject.isprintable() else ascii(subject)
             self.ctx.log.warning("peer_envelope_rejected", reason=exc.reason, subject=subject,
                                  detail=exc.detail)
             await self.ctx.emit("rejected", reason=exc.reason, subject=subject,

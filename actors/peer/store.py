@@ -265,14 +265,28 @@ class PeerStore:
                               (goal_id,))
         return _task(row) if row else None
 
-    async def tasks(self, states: Sequence[str] = ()) -> list[TaskRow]:
+    async def tasks(self, states: Sequence[str] = (), *, newest: int = 0) -> list[TaskRow]:
+        """Tasks oldest first: those in `states` (any state if none), with `newest` only the
+        last that many."""
+        where, args = "", list(states)
         if states:
-            marks = ", ".join("?" * len(states))
+            where = f"WHERE state IN ({', '.join('?' * len(states))})"
+        if newest:
             rows = await self._all(
-                f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY created", states)
+                f"SELECT * FROM (SELECT rowid AS r, * FROM tasks {where}"
+                " ORDER BY created DESC, r DESC LIMIT ?) ORDER BY created, r", [*args, newest])
         else:
-            rows = await self._all("SELECT * FROM tasks ORDER BY created")
+            rows = await self._all(f"SELECT * FROM tasks {where} ORDER BY created", args)
         return [_task(r) for r in rows]
+
+    async def forget_refused(self, peer: str, keep: int) -> None:
+        """Keep only the newest `keep` of the offers from `peer` refused when they came
+        (nothing was done for them, no money held)."""
+        await self._db.execute(
+            "DELETE FROM tasks WHERE direction = 'in' AND peer = ? AND state = 'rejected'"
+            " AND goal_id = '' AND money = '' AND rowid NOT IN (SELECT rowid FROM tasks"
+            " WHERE direction = 'in' AND peer = ? AND state = 'rejected' AND goal_id = ''"
+            " AND money = '' ORDER BY created DESC, rowid DESC LIMIT ?)", (peer, peer, keep))
 
 
 def _peer(row: aiosqlite.Row) -> PeerRow:

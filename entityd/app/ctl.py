@@ -33,7 +33,16 @@ from .. import logs, loop
 from ..client import EntityClient, EntityDown
 from ..errors import ActorDeadError, AskTimeout, EntitydError, RemoteError
 from . import args as args_mod
-from . import ctl_a2a, ctl_ledger, ctl_mcp, ctl_moltbook, ctl_peers, ctl_services, ctl_watch
+from . import (
+    ctl_a2a,
+    ctl_ledger,
+    ctl_mcp,
+    ctl_moltbook,
+    ctl_peers,
+    ctl_services,
+    ctl_watch,
+    terminal,
+)
 from .args import command
 from .ctl_peers import print_json
 from .ctl_watch import render_progress
@@ -48,6 +57,11 @@ Command = Callable[[EntityClient, argparse.Namespace], Coroutine[Any, Any, int]]
 
 
 def main(argv: list[str] | None = None) -> int:
+    with terminal.safe_output():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parser().parse_args(argv)
     logs.configure("error", "console")
     try:

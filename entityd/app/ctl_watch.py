@@ -22,7 +22,9 @@ from ..client import EntityClient
 from ..errors import EntitydError
 from ..eventlog import EventReader
 from . import args as args_mod
+from . import terminal
 from .args import command
+from .terminal import visible
 
 PEERS_TIMEOUT_S = 5.0
 # ANSI foreground colours, the own entity's first; others by a hash of their name.
@@ -104,7 +106,10 @@ def _print(event: Envelope, seq: int | None, args: argparse.Namespace,
     line = render_progress(event)
     if args.all:
         line = f"{event.src_entity} {line}"
-    print(paint(event.src_entity, line), flush=True)
+    if paint.colour:
+        terminal.styled(paint(event.src_entity, visible(line)) + "\n")
+    else:
+        print(line, flush=True)
 
 
 def _colour_wanted() -> bool:
@@ -117,6 +122,7 @@ class Painter:
     colour: bool
 
     def __call__(self, entity: str, text: str) -> str:
+        """`text` in `entity`'s colour: `text` must be `visible` already."""
         if not self.colour:
             return text
         if entity == self.own:
