@@ -97,6 +97,14 @@ write_deadline: "10s"
 ping_interval: "20s"
 """
 _JS_LIMITS = ("max_memory_store: 256MB", "max_file_store: 8GB")
+# On the hub only: the subscriptions one connection may hold, a member's leaf included
+# (all its servers' interest in federation subjects: a member's daemon, its entityctl
+# and web clients need a few hundred). Without it one member opening subscriptions
+# without end grows the hub's memory (about 1 KB each) and, through the interest the hub
+# passes on, every other member's server. Not on a member's own server: its one
+# connection to the hub carries every member's interest.
+HUB_MAX_SUBSCRIPTIONS = 4096
+_HUB_LIMITS = f"max_subscriptions: {HUB_MAX_SUBSCRIPTIONS}\n"
 
 log = logs.get("entityd.federation")
 
@@ -466,6 +474,7 @@ def render_hub_conf(
         f"port: {port}\n"
         + client_tls
         + _LIMITS
+        + _HUB_LIMITS
         + "\njetstream {\n"
         f"    store_dir: {_quote(str(store_dir))}\n"
         f"    domain: {_quote(domain)}\n"
