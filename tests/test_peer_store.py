@@ -376,3 +376,18 @@ async def test_the_newest_tasks_come_oldest_first(store: PeerStore) -> None:
     assert [t.task_id for t in await store.tasks(newest=3)] == ["t3", "t4", "t5"]
     assert [t.task_id for t in await store.tasks(("offered",), newest=2)] == ["t4", "t5"]
     assert len(await store.tasks()) == 5
+
+
+async def test_a_peer_that_takes_nothing_neither_grows_the_outbox_nor_each_round(
+        store: PeerStore) -> None:
+    """Each retry round reads only the head of each peer's queue, and past its bound a
+    peer's oldest undelivered rows go (the newest kept, other peers untouched)."""
+    rows = [outbox_row(peer="entity-b", created=float(n)) for n in range(10)]
+    other = outbox_row(peer="entity-c", created=3.5)
+    dropped = [await store.enqueue(row, keep=6) for row in rows[:5]]
+    await store.enqueue(other, keep=6)
+    dropped += [await store.enqueue(row, keep=6) for row in rows[5:]]
+    assert dropped == [0] * 6 + [1] * 4
+    assert [r.id for r in await store.pending(per_peer=3)] == [
+        other.id, rows[4].id, rows[5].id, rows[6].id]
+    assert [r.id for r in await store.pending()] == [other.id, *(r.id for r in rows[4:])]

@@ -21,7 +21,7 @@ from structlog.typing import FilteringBoundLogger
 from protocol import ProtocolError
 
 from .link import FedLink, UnknownPeer, describe_failure, outbox_row
-from .store import OutboxRow, PeerStore
+from .store import UNDELIVERED_MAX, OutboxRow, PeerStore
 
 PUT_TIMEOUT_S = 2.0
 BACKOFF_INITIAL_S = 0.5
@@ -45,7 +45,11 @@ class Outbox:
         """Keep `message` for `peer` and have it sent; returns at once (with `now`, the
         caller makes the first attempt itself with try_now)."""
         row = outbox_row(peer, op, message, corr)
-        await self.store.enqueue(row)
+        dropped = await self.store.enqueue(row)
+        if dropped:
+            self.log.warning("peer_outbox_full", peer=peer, dropped=dropped,
+                             kept=UNDELIVERED_MAX,
+                             effect="the oldest messages it has not taken are dropped")
         if not now:
             self._kick.set()
         return row

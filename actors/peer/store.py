@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     landed REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (landed, created);
+CREATE INDEX IF NOT EXISTS outbox_peer ON outbox (peer, landed, created);
 CREATE TABLE IF NOT EXISTS inbound (
     id BLOB PRIMARY KEY,
     peer TEXT NOT NULL,
@@ -85,6 +86,12 @@ DROP TABLE tasks_by_id;
 # Landed outbox rows and handled ids are kept this long: long past JetStream's duplicate
 # window and any redelivery, so a late duplicate is still recognised.
 KEEP_S = 7 * 24 * 3600.0
+# A peer that takes nothing (its INBOX full or gone, on purpose or not) must not grow the
+# outbox without end, nor make every retry round read all it is owed: each round reads
+# at most the first HEAD_PER_PEER of a peer's rows (a round stops at a peer's first
+# failure), and past UNDELIVERED_MAX a peer's oldest undelivered rows are dropped.
+HEAD_PER_PEER = 64
+UNDELIVERED_MAX = 10_000
 
 
 @dataclass(frozen=True)
@@ -202,15 +209,30 @@ class PeerStore:
 
     # ---- the outbox -------------------------------------------------------------------
 
-    async def enqueue(self, row: OutboxRow) -> None:
+    async def enqueue(self, row: OutboxRow, *, keep: int = UNDELIVERED_MAX) -> int:
+        """Keep `row` to send; returns how many of the peer's oldest undelivered rows
+        were dropped to keep at most `keep` of them."""
         await self._db.execute(
             "INSERT OR IGNORE INTO outbox (id, peer, op, typ, payload, corr, created)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
             (row.id, row.peer, row.op, row.typ, row.payload, row.corr, row.created),
         )
+        count = await self._one("SELECT count(*) AS n FROM outbox"
+                                " WHERE peer = ? AND landed IS NULL", (row.peer,))
+        over = int(count["n"]) - keep if count else 0
+        if over <= 0:
+            return 0
+        await self._db.execute(
+            "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE peer = ?"
+            " AND landed IS NULL ORDER BY created, rowid LIMIT ?)", (row.peer, over))
+        return over
 
-    async def pending(self) -> list[OutboxRow]:
-        rows = await self._all("SELECT * FROM outbox WHERE landed IS NULL ORDER BY created")
+    async def pending(self, per_peer: int = HEAD_PER_PEER) -> list[OutboxRow]:
+        """Undelivered rows oldest first, at most the first `per_peer` of each peer."""
+        rows = await self._all(
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY peer"
+            " ORDER BY created, rowid) AS n FROM outbox WHERE landed IS NULL)"
+            " WHERE n <= ? ORDER BY created", (per_peer,))
         return [_outbox(r) for r in rows]
 
     async def outbox_row(self, msg_id: bytes) -> OutboxRow | None:
