@@ -4,6 +4,13 @@ sees) kept bounded by age and size, so an observer resumes exactly where it left
 The stream's sequence number is the event id: `entityctl watch --since` and the web
 page's server-sent events start from a time or after an id, then follow live. What is
 read back is verified like any envelope but for the replay step (PROTOCOL.md 6.1).
+
+When the stream keeps the peers' events too, any member can fill it (the hub lets each
+publish what it likes under its own name), and a full stream drops its oldest first: the
+entity's own history would go with them. So the entity's own events are also kept in a
+stream of their own, `EVENTS-<entity>-OWN`, sourced from the first with its own limits
+(a stream with subjects of its own could not overlap the first's); the entity's own
+history is read from there, and a member's flood costs only the federation's feed.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ import datetime
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -39,37 +47,57 @@ def stream_name(entity: str) -> str:
     return f"EVENTS-{entity}"
 
 
+def own_stream_name(entity: str) -> str:
+    """The entity's own events apart, when its EVENTS stream keeps its peers' too."""
+    return f"EVENTS-{entity}-OWN"
+
+
+def keeps_peers(config: Config) -> bool:
+    """Whether the EVENTS stream keeps every event the server sees: only on the entity's
+    own server (embedded, alone or a leaf of a federation): a shared server's other
+    entities keep their own streams, which may not overlap this one."""
+    return config.events.peers and config.embedded_nats
+
+
 def stream_subjects(config: Config) -> list[str]:
-    """The entity's own events; every event its server sees when the server is its own
-    (embedded, alone or a leaf of a federation): a shared server's other entities keep
-    their own streams, which may not overlap this one."""
-    if config.events.peers and config.embedded_nats:
+    """The entity's own events; every event its server sees when it `keeps_peers`."""
+    if keeps_peers(config):
         return [subjects.events_of("*")]
     return [subjects.events_of(config.name)]
 
 
+def stream_configs(config: Config) -> list[api.StreamConfig]:
+    """EVENTS, and when it keeps the peers' events the entity's own apart (each with
+    the `events` limits)."""
+    def kept(name: str, **source: Any) -> api.StreamConfig:
+        return api.StreamConfig(name=name, max_age=config.events.max_age,
+                                max_bytes=config.events.max_bytes,
+                                discard=api.DiscardPolicy.OLD,
+                                storage=api.StorageType.FILE, **source)
+
+    main = stream_name(config.name)
+    wanted = [kept(main, subjects=stream_subjects(config))]
+    if keeps_peers(config):
+        own = api.StreamSource(name=main, filter_subject=subjects.events_of(config.name))
+        wanted.append(kept(own_stream_name(config.name), sources=[own]))
+    return wanted
+
+
 async def ensure(nc: Client, config: Config) -> bool:
-    """Make or update the stream; False (logged) when the server has no JetStream for
-    it, and the entity then runs with live events only."""
-    wanted = api.StreamConfig(
-        name=stream_name(config.name),
-        subjects=stream_subjects(config),
-        max_age=config.events.max_age,
-        max_bytes=config.events.max_bytes,
-        discard=api.DiscardPolicy.OLD,
-        storage=api.StorageType.FILE,
-    )
+    """Make or update the streams; False (logged) when the server has no JetStream for
+    them, and the entity then runs with live events only."""
     js = nc.jetstream()
-    try:
+    for wanted in stream_configs(config):
         try:
-            await js.add_stream(wanted)
-        except nats.js.errors.BadRequestError:  # made before, with other limits
-            await js.update_stream(wanted)
-    except (nats.errors.Error, nats.js.errors.Error) as exc:
-        log.warning("events_stream_unavailable", stream=wanted.name, error=repr(exc),
-                    effect="events are published live but not kept; watch --since and "
-                           "the web page's resumption need JetStream")
-        return False
+            try:
+                await js.add_stream(wanted)
+            except nats.js.errors.BadRequestError:  # made before, with other limits
+                await js.update_stream(wanted)
+        except (nats.errors.Error, nats.js.errors.Error) as exc:
+            log.warning("events_stream_unavailable", stream=wanted.name, error=repr(exc),
+                        effect="events are published live but not kept; watch --since "
+                               "and the web page's resumption need JetStream")
+            return False
     return True
 
 
@@ -92,9 +120,12 @@ class Follower:
     """The verified events of one consumer, in stream order: iterate, or take the next
     with a timeout (None when none came: the stream stays where it was)."""
 
-    def __init__(self, reader: EventReader, sub: JetStreamContext.PushSubscription) -> None:
+    def __init__(self, reader: EventReader, sub: JetStreamContext.PushSubscription,
+                 skip: str = "") -> None:
         self._reader = reader
         self._sub = sub
+        # Events stored under this entity's name are passed over unread (not verified).
+        self._skip = subjects.events_of(skip)[:-1] if skip else ""
 
     async def next(self, timeout: float) -> StoredEvent | None:
         deadline = time.monotonic() + timeout
@@ -103,6 +134,8 @@ class Follower:
                 msg = await self._sub.next_msg(timeout=left)
             except nats.errors.TimeoutError:
                 return None
+            if self._skip and msg.subject.startswith(self._skip):
+                continue
             stored = await self._reader.stored(msg)
             if stored is not None:
                 return stored
@@ -115,7 +148,10 @@ class Follower:
         for _ in range(limit):
             if not self._sub.pending_msgs:
                 break
-            stored = await self._reader.stored(await self._sub.next_msg(timeout=1.0))
+            msg = await self._sub.next_msg(timeout=1.0)
+            if self._skip and msg.subject.startswith(self._skip):
+                continue
+            stored = await self._reader.stored(msg)
             if stored is not None:
                 found.append(stored)
         return found
@@ -131,32 +167,54 @@ class Follower:
 
 
 class EventReader:
-    """Reads one entity's EVENTS stream: verified events, from a position, then live.
+    """Reads one entity's EVENTS streams: verified events, from a position, then live.
 
-    `keyring` verifies the signers; `refresh` (optional) is awaited to add keys when an
-    event's signer is not in it yet (a peer's, pinned since), at most every few seconds.
-    Anything that fails verification is skipped and counted, never yielded.
+    By default the entity's own history (`EVENTS-<entity>-OWN` where its EVENTS stream
+    keeps its peers' too, else EVENTS itself); with `feed=True` EVENTS, the entity's own
+    events and its peers' as its server saw them (`watch --all`, the peers' events on
+    the web page). `keyring` verifies the signers; `refresh` (optional) is awaited to
+    add keys when an event's signer is not in it yet (a peer's, pinned since), at most
+    every few seconds. Anything that fails verification is skipped and counted, never
+    yielded.
     """
 
     def __init__(self, js: JetStreamContext, entity: str, keyring: Keyring, *,
                  max_bytes: int, refresh: KeySource | None = None) -> None:
         self.js = js
-        self.stream = stream_name(entity)
+        self.entity = entity
+        self.feed = stream_name(entity)
         self.keyring = keyring
         self.max_bytes = max_bytes
         self.refresh = refresh
         self.skipped = 0
         self._refreshed = 0.0
+        self._own: str | None = None
 
-    async def last_seq(self) -> int:
-        info = await self.js.stream_info(self.stream)
+    async def own_stream(self) -> str:
+        """The stream of the entity's own history (found once, then kept)."""
+        if self._own is None:
+            try:
+                await self.js.stream_info(own_stream_name(self.entity))
+            except nats.js.errors.NotFoundError:
+                self._own = self.feed
+            else:
+                self._own = own_stream_name(self.entity)
+        return self._own
+
+    async def keeps_peers(self) -> bool:
+        """Whether the feed holds more than the entity's own history."""
+        return await self.own_stream() != self.feed
+
+    async def last_seq(self, *, feed: bool = False) -> int:
+        info = await self.js.stream_info(self.feed if feed else await self.own_stream())
         return info.state.last_seq
 
     @contextlib.asynccontextmanager
-    async def follow(self, *, after: int | None = None, since: float | None = None
-                     ) -> AsyncIterator[Follower]:
+    async def follow(self, *, after: int | None = None, since: float | None = None,
+                     feed: bool = False, others: bool = False) -> AsyncIterator[Follower]:
         """Events with a sequence above `after`, or stored since the unix time `since`,
-        or (neither) only new ones; the consumer is live when the block is entered."""
+        or (neither) only new ones; the consumer is live when the block is entered. With
+        `others`, the entity's own events are passed over before they are verified."""
         config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.NEW)
         if after is not None:
             config = api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
@@ -165,10 +223,11 @@ class EventReader:
             config = api.ConsumerConfig(
                 deliver_policy=api.DeliverPolicy.BY_START_TIME,
                 opt_start_time=datetime.datetime.fromtimestamp(since, datetime.UTC))
-        sub = await self.js.subscribe(">", stream=self.stream, ordered_consumer=True,
+        stream = self.feed if feed else await self.own_stream()
+        sub = await self.js.subscribe(">", stream=stream, ordered_consumer=True,
                                       config=config, idle_heartbeat=5.0)
         try:
-            yield Follower(self, sub)
+            yield Follower(self, sub, self.entity if others else "")
         finally:
             with contextlib.suppress(nats.errors.Error, asyncio.CancelledError):
                 await sub.unsubscribe()

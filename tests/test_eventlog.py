@@ -93,7 +93,9 @@ async def test_events_are_kept_and_read_back_verified_from_an_id_and_a_time(
                                                              {"forged": True}))
             await nc.publish(subj, wire)
             await nc.flush()
-            info = await nc.jetstream().stream_info(stream_name(cfg.name))
+            # (read where the reader reads: the entity's own history, EVENTS-<e>-OWN)
+            assert await reader.own_stream() == f"{stream_name(cfg.name)}-OWN"
+            info = await nc.jetstream().stream_info(await reader.own_stream())
             await nc.close()
             async with reader.follow(after=seqs[-1]) as events:
                 result2 = ctl(config, "todo", "--add", "after the forgery")

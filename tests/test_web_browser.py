@@ -123,14 +123,16 @@ async def send(page: Page, text: str, to: str = "") -> None:
 
 
 async def page_seqs(page: Page) -> list[int]:
+    """The own events' sequence numbers in the page's list (its peers' are numbered in
+    the feed: data-feed-seq)."""
     seqs: list[int] = await page.eval_on_selector_all(
-        "#events li", "items => items.map((li) => Number(li.dataset.seq))")
+        "#events li[data-seq]", "items => items.map((li) => Number(li.dataset.seq))")
     return seqs
 
 
 async def stream_seqs(client: EntityClient, after: int, until: int) -> list[int]:
-    """The sequence numbers of the verified events in the entity's EVENTS stream (its
-    own and its peers') above `after` up to `until`, as a reader of its own reads them."""
+    """The sequence numbers of the verified events in the entity's own history above
+    `after` up to `until`, as a reader of its own reads them."""
     reader = client.event_reader()
     await add_peer_keys(client, reader)
     reader.refresh = lambda: add_peer_keys(client, reader)
@@ -142,6 +144,28 @@ async def stream_seqs(client: EntityClient, after: int, until: int) -> list[int]
             seqs.append(stored.seq)
     assert seqs[-1] == until
     return seqs
+
+
+async def assert_shows_the_feed_exactly(page: Page, client: EntityClient) -> None:
+    """The peers' events the page lists (numbered in the feed, EVENTS) are the feed's,
+    from where the page's view of it starts up to the last shown: none missing, none
+    twice, in order."""
+    start = int(str(await page.evaluate("sessionStorage.getItem('from')")).split(".")[1])
+    shown: list[int] = await page.eval_on_selector_all(
+        "#events li[data-feed-seq]", "items => items.map((li) => Number(li.dataset.feedSeq))")
+    assert shown and shown == sorted(set(shown)), shown
+    reader = client.event_reader()
+    await add_peer_keys(client, reader)
+    reader.refresh = lambda: add_peer_keys(client, reader)
+    expected: list[int] = []
+    async with reader.follow(after=start, feed=True) as events:
+        while not expected or expected[-1] < shown[-1]:
+            stored = await events.next(ASK_S)
+            assert stored is not None, f"the feed ends before {shown[-1]}"
+            if stored.entity != client.config.name:
+                expected.append(stored.seq)
+    assert shown == expected, (f"missing {sorted(set(expected) - set(shown))}, "
+                               f"extra {sorted(set(shown) - set(expected))}")
 
 
 async def mark(client: EntityClient, text: str) -> int:
@@ -164,7 +188,7 @@ async def assert_shows_the_stream_exactly(page: Page, client: EntityClient, unti
     """Every event the page lists, from where its view starts up to `until`, is the
     stream's: none missing, none twice, in order."""
     await page.wait_for_selector(f'#events li[data-seq="{until}"]', state="attached")
-    start = int(await page.evaluate("sessionStorage.getItem('from')"))
+    start = int(str(await page.evaluate("sessionStorage.getItem('from')")).split(".")[0])
     seqs = await page_seqs(page)
     assert len(seqs) == len(set(seqs)), "an event is shown twice"
     assert seqs == sorted(seqs), "events out of order"
@@ -361,6 +385,7 @@ async def test_a_reload_mid_stream_loses_and_doubles_no_event(pair: Pair) -> Non
         await flooding
         until = await mark(pair.clients[A], "after the reload")
         await assert_shows_the_stream_exactly(page, pair.clients[A], until)
+        await assert_shows_the_feed_exactly(page, pair.clients[A])
         seqs = await page_seqs(page)
         entities = set(await page.eval_on_selector_all(
             "#events li", "items => items.map((li) => li.dataset.entity)"))
@@ -391,6 +416,7 @@ async def test_a_restarted_web_actor_is_reconnected_to_and_resumed(pair: Pair) -
         await flooding
         until = await mark(pair.clients[A], "after the restart")
         await assert_shows_the_stream_exactly(page, pair.clients[A], until)
+        await assert_shows_the_feed_exactly(page, pair.clients[A])
         assert await page.evaluate("window.stayed === true")  # resumed, not reloaded
         await expect(page.locator("#events li", has_text="restart_requested")).to_have_count(1)
 

@@ -951,9 +951,13 @@ async def test_a_hostile_last_event_id_gets_a_sane_stream(
     assert start["event"] == "start"
     after = json.loads(start["data"])["after"]
     mine = next(e for e in events if is_todo_event(e, todo_id))
-    assert isinstance(after, int) and 0 <= after < int(mine["id"])
-    ids = [int(e["id"]) for e in events]
-    assert ids == sorted(set(ids)) and ids[0] > after  # in order, none twice, none before
+    assert isinstance(after, int) and 0 <= after < json.loads(mine["data"])["seq"]
+    # Own events (numbered in the own history; the peers' in the feed, as `feed_seq`) in
+    # order, none twice, none before; every id names the last own one sent (`OWN.FEED`).
+    seqs = [json.loads(e["data"])["seq"] for e in events]
+    own = [seq for seq in seqs if seq is not None]
+    assert own == sorted(set(own)) and own[0] > after
+    assert [int(e["id"].split(".")[0]) for e in events if json.loads(e["data"])["seq"]] == own
     assert (await session.get("/api/status")).status == 200
 
 

@@ -73,7 +73,7 @@ async def _stored(client: EntityClient, args: argparse.Namespace) -> int:
              if since else "from now")
     paint = Painter(client.config.name, colour=_colour_wanted())
     try:
-        async with reader.follow(since=since) as events:
+        async with reader.follow(since=since, feed=args.all) as events:
             print(f"watching {whose} events on {client.shown_url}, {start}; Ctrl-C stops",
                   file=sys.stderr, flush=True)
             async for stored in events:

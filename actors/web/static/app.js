@@ -78,8 +78,9 @@ function connect() {
   source.addEventListener("open", () => { live.textContent = "live"; live.className = "badge on"; });
   source.addEventListener("error", () => { live.textContent = "reconnecting"; live.className = "badge off"; });
   source.addEventListener("start", (message) => {
-    if (state.from === null) {
-      state.from = JSON.parse(message.data).after;
+    if (state.from === null) {  // "OWN" or "OWN.FEED": where the page's view starts
+      const start = JSON.parse(message.data);
+      state.from = start.feed_after === null ? `${start.after}` : `${start.after}.${start.feed_after}`;
       sessionStorage.setItem("from", state.from);
     }
   });
@@ -87,13 +88,17 @@ function connect() {
 }
 
 function onEvent(event) {
-  if (state.seen.has(event.seq)) return;
-  state.seen.add(event.seq);
+  // The entity's own events and its peers' come from two streams, each numbered apart.
+  const fromFeed = event.seq === null;
+  const key = fromFeed ? `feed-${event.feed_seq}` : event.seq;
+  if (state.seen.has(key)) return;
+  state.seen.add(key);
   const own = event.entity === state.entity;
   const list = document.getElementById("events");
   const detail = Object.entries(event.data).filter(([k]) => k !== "task_id")
     .map(([k, v]) => `${k}=${short(v, 160)}`).join(" ");
-  list.append(el("li", {class: own ? "own" : "peer", "data-seq": event.seq, "data-entity": event.entity},
+  const place = fromFeed ? {"data-feed-seq": event.feed_seq} : {"data-seq": event.seq};
+  list.append(el("li", {class: own ? "own" : "peer", ...place, "data-entity": event.entity},
     el("span", {class: "when"}, when(event.ts)), " ",
     el("span", {class: "who"}, `${event.entity}/${event.actor}`), " ",
     el("b", {}, event.type), " ", detail));
