@@ -52,3 +52,25 @@ def test_watch_paints_its_own_colours_around_visible_text() -> None:
     line = paint("entity-b", visible("b [peer] x \x1b]0;t\x07"))
     assert line.startswith("\x1b[") and line.endswith("\x1b[0m")
     assert "\x07" not in line and "\\x1b]0;t\\x07" in line
+
+
+def test_the_daemons_log_on_a_terminal_shows_what_others_chose_as_text(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """On a terminal (the console format) every string of a log line, a peer's reason or
+    a subject it chose, is made visible; the JSON lines escape them themselves."""
+    from entityd import logs
+    try:
+        logs.configure("info", "console")
+        logs.get("t").warning("peer_wake", reason="wake \x1b]52;c;Y3VybA==\x07 up\r")
+        err = capsys.readouterr().err
+        assert "\x1b" not in err and "\x07" not in err and "\r" not in err, repr(err)
+        assert "x1b]52;c;Y3VybA==" in err, err  # shown (structlog may quote it again)
+        logs.get("t").warning("peer\x1b[2J", subject="fed.req.a.b.x\x1b]0;t\x07")
+        err = capsys.readouterr().err
+        assert "\x1b" not in err and "\x07" not in err, repr(err)
+        logs.configure("info", "json")
+        logs.get("t").warning("peer_wake", reason="\x1b[2J")
+        err = capsys.readouterr().err
+        assert "\x1b" not in err and "\\u001b[2J" in err, repr(err)
+    finally:
+        logs.configure("error", "console")
