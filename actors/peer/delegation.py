@@ -66,11 +66,12 @@ WITHDRAWN = "withdrawn"  # the delegator's word on an unpaid task it no longer w
 GOAL_PREFIX = "dlg-"
 TASK_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 # What a task keeps of the text a member chose, and what the task list shows of it: the
-# list answers in one message (at most LISTED tasks, newest first kept), so it must stay
-# far under an envelope's size whatever members sent.
+# list answers in one message, so it holds the newest tasks (at most LISTED) only while
+# their text stays under LIST_BYTES, far under an envelope's size whatever members sent.
 TITLE_MAX = 160
-NOTE_MAX = 300  # in the list; a task keeps up to peers.max_text_chars of its note
+NOTE_MAX = 2000  # in the list; a task keeps up to peers.max_text_chars of its note
 LISTED = 200
+LIST_BYTES = 512 * 1024
 # Offers refused at once (no trust, a missing capability, too long) kept per member: the
 # newest, so that a member cannot grow the store (and the list) without bound.
 REFUSED_KEPT = 50
@@ -527,11 +528,19 @@ class Delegation:
         return saved
 
     async def infos(self) -> list[TaskInfo]:
-        """The newest LISTED tasks, oldest first, their title and note clipped."""
-        return [TaskInfo(t.task_id, t.direction, t.peer, _clipped(t.title, TITLE_MAX),
-                         t.state, _clipped(t.note, NOTE_MAX), t.branch, t.created, t.updated,
-                         t.price, t.money)
-                for t in await self.store.tasks(newest=LISTED)]
+        """The newest tasks, oldest first, their title and note clipped: at most LISTED,
+        and only as many as keep their text under LIST_BYTES."""
+        listed: list[TaskInfo] = []
+        size = 0
+        for t in reversed(await self.store.tasks(newest=LISTED)):
+            info = TaskInfo(t.task_id, t.direction, t.peer, _clipped(t.title, TITLE_MAX),
+                            t.state, _clipped(t.note, NOTE_MAX), t.branch, t.created,
+                            t.updated, t.price, t.money)
+            size += len(info.title.encode()) + len(info.note.encode()) + 256
+            if size > LIST_BYTES:
+                break
+            listed.append(info)
+        return listed[::-1]
 
 
 def _clipped(text: str, limit: int) -> str:
