@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import os
+import tarfile
 import textwrap
 import time
 import tracemalloc
@@ -475,3 +477,45 @@ async def test_an_mcp_server_cannot_fill_the_data_dirs_disk(
         path.unlink()
     assert held <= (sandbox.workspace_mb + sandbox.file_size_mb) * MiB, (
         f"{held / MiB:.0f} MiB written into DATA_DIR/mcp/fill, past any quota")
+
+
+# ---- a delegate's delivery on the delegator --------------------------------------------------
+
+async def test_a_hostile_delivery_lands_as_data_and_checks_out_as_data(tmp_path: Path) -> None:
+    """Held: a delegate's patch with a symlink to the delegator's key, an executable,
+    a `.gitattributes` naming filter, diff and merge drivers and a working-tree encoding,
+    and a file under a directory named like a hook, lands on delegated/<id> only: the
+    delegator's checkout and index are untouched, and the tree handed to the accept
+    command (git's tar of the branch) holds the link as a link, never the key's bytes."""
+    data = tmp_path / ENTITY
+    data.mkdir()
+    identity.create(data)
+    key_bytes = next((data / "keys").iterdir()).read_bytes()
+    theirs = Workspace(tmp_path / "b", "entity-b", SANDBOX)
+    await theirs.ensure()
+    (theirs.path / ".gitattributes").write_text(
+        "* filter=x diff=x merge=x\n*.txt working-tree-encoding=UTF-16\n")
+    (theirs.path / "run.sh").write_text("#!/bin/sh\ntouch /workspace/PWNED\n")
+    (theirs.path / "run.sh").chmod(0o755)
+    (theirs.path / "hooks").mkdir()
+    (theirs.path / "hooks" / "post-checkout").write_text("#!/bin/sh\ntouch PWNED\n")
+    (theirs.path / "notes.txt").write_bytes("\ufeffplain\n".encode("utf-16-le"))
+    (theirs.path / "key-link").symlink_to(next((data / "keys").iterdir()))
+    commit = await theirs.commit("the delivery")
+    assert commit is not None
+    patch = await theirs.format_patch([commit.sha])
+
+    mine = Workspace(data / "workspace", ENTITY, SANDBOX)
+    await mine.ensure()
+    (mine.path / "mine.txt").write_text("the agent's own work\n")
+    assert await mine.commit("mine") is not None
+    before = sorted(os.listdir(mine.path))
+    await mine.land("delegated/t1", patch)
+    tree = await mine.tree("delegated/t1")
+    assert sorted(os.listdir(mine.path)) == before  # nothing checked out here
+    assert not (mine.path / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert key_bytes not in tree and key_bytes.hex().encode() not in tree
+    with tarfile.open(fileobj=io.BytesIO(tree)) as archive:
+        members = {m.name.removeprefix("./"): m for m in archive.getmembers()}
+    assert members["key-link"].issym(), members["key-link"]
+    assert members["run.sh"].mode & 0o111
