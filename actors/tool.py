@@ -307,7 +307,7 @@ class ToolActor(Actor):
         # Off the loop: bashlex takes ~10-100 us a character (more on long pipelines), so
         # a command near MAX_COMMAND would stall every actor of the daemon for seconds.
         verdict = await asyncio.to_thread(classify, command)
-        network = verdict.wants_network(self.settings.network_commands)
+        network = verdict.wants_network(shell.settings.network_commands)
         run = await shell.run(command, network=network)
         data: dict[str, Any] = {
             "exit_code": run.exit_code, "timed_out": run.timed_out, "cut_bytes": run.cut_bytes,

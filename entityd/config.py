@@ -412,11 +412,15 @@ class Config:
         return _under(self.data_dir, self.workspace.path, "workspace")
 
     def sandbox_of(self, peer: str = "") -> SandboxSection:
-        """The sandbox settings of the workspace `workspace_of(peer)`: a peer's has its
-        own quota (sandbox.peer_workspace_mb)."""
+        """The sandbox settings of the workspace `workspace_of(peer)`: a peer's (or an A2A
+        client's) has its own quota (sandbox.peer_workspace_mb) and no network for any
+        program: a command let onto the network runs on the host's, loopback included
+        (the entity's service previews, its web page), and so does whatever that program
+        runs (a package's setup, a nested repository's git config)."""
         if not peer:
             return self.sandbox
-        return dataclasses.replace(self.sandbox, workspace_mb=self.sandbox.peer_workspace_mb)
+        return dataclasses.replace(self.sandbox, workspace_mb=self.sandbox.peer_workspace_mb,
+                                   network_commands=())
 
     def workspace_of(self, peer: str = "") -> Path:
         """Where a turn's tools work: the entity's own workspace (`peer` ""), or the one of

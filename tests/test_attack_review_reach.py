@@ -98,11 +98,6 @@ async def own_call(rig: ToolRig, tool: str, **args: object) -> ToolResult:
 
 # ---- the network a command is let onto -------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a command allowed the network gets the host's network namespace (bwrap --share-net), "
-    "loopback included, and a peer's delegated task gets sandbox.network_commands like the "
-    "entity's own turns: it reaches the unauthenticated service previews on 127.0.0.2 (the "
-    "entity's own services, serving its own workspace), and anything else on loopback"))
 async def test_a_peers_task_let_onto_the_network_reaches_nothing_on_loopback(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: the operator lets `curl` fetch from the internet (sandbox.network_commands).
@@ -166,12 +161,6 @@ async def _drain(subscription: object) -> AsyncIterator[object]:
             return
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the network is granted to a whole command line when the classifier's list of its "
-    "programs holds only allowed ones, but bash itself opens TCP (`> /dev/tcp/H/P`, a "
-    "redirection the classifier does not count as a program) and `env -S 'python3 x.py' "
-    "git` runs python3 where the classifier sees only `git` (it skips -S's value): any "
-    "code gets the network that was granted to one named program"))
 async def test_the_network_goes_to_the_named_program_and_nothing_else(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: only `git` is allowed the network. The agent (or a peer's task) runs

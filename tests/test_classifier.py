@@ -103,3 +103,33 @@ def test_network_only_when_every_program_that_needs_none_is_allowed() -> None:
     assert not classify("pip install x; python3 exfil.py").wants_network(allowed)
     assert not classify("python3 -c 'import socket'").wants_network(allowed)
     assert not classify("echo hi").wants_network(allowed)
+
+
+@pytest.mark.parametrize("command", [
+    "echo x > /dev/tcp/127.0.0.1/80; pip --version",   # bash opens the connection itself
+    "pip install x < /dev/udp/127.0.0.1/53",
+    "exec 3<>/dev/tcp/127.0.0.1/80",
+    "env -S 'python3 reach.py' pip",                  # env runs python3, not pip
+    "env -i pip install x",
+    "LD_PRELOAD=/workspace/x.so pip install x",       # code loaded into the program
+    "PIP_CONFIG_FILE=/workspace/c pip install x",
+    "X=1; pip install x",
+    "export LD_PRELOAD=/workspace/x.so; pip install x",
+    "./pip install x",                                # a file of the workspace named pip
+    "/workspace/bin/curl http://example.com",
+])
+def test_the_network_goes_to_a_plainly_named_program_only(command: str) -> None:
+    """What could run other code than the allowed program, or reach the network without
+    it, runs without the network (the command itself is not refused)."""
+    verdict = classify(command)
+    assert verdict.unclear, command
+    assert not verdict.wants_network(("pip", "curl", "env")), command
+
+
+def test_plain_commands_of_allowed_programs_keep_the_network() -> None:
+    allowed = ("pip", "git")
+    for command in ("pip install requests", "cd pkg && pip install .", "timeout 60 pip install x",
+                    "nice git fetch", "git fetch 2>&1 | tee log.txt"):
+        verdict = classify(command)
+        assert not verdict.unclear, (command, verdict.unclear)
+    assert classify("timeout 60 pip install x").wants_network(allowed)

@@ -66,28 +66,47 @@ NEUTRAL = {"cd", "echo", "printf", "true", "false", "test", "[", ":", "export", 
            "sleep", "exit"}
 
 
+# Builtins that change the environment the programs after them run with.
+ENVIRONMENT = {"export", "declare", "typeset", "readonly", "local", "alias", "shopt",
+               "enable", "hash", "ulimit", "umask", "trap"}
+# Redirections bash itself turns into network connections.
+NET_DEVICES = ("/dev/tcp/", "/dev/udp/")
+
+
 @dataclass(frozen=True)
 class Classification:
-    """An allowed command and the programs it runs (basenames, wrappers unwrapped)."""
+    """An allowed command and the programs it runs (basenames, wrappers unwrapped).
+
+    `unclear` names what in the command could run code other than the programs listed
+    or reach the network without them (an assignment such as LD_PRELOAD in front of a
+    program, a wrapper's options, bash's /dev/tcp): such a command runs, but without the
+    network, whatever its programs."""
 
     programs: tuple[str, ...] = field(default_factory=tuple)
+    unclear: str = ""
 
     def wants_network(self, allowed: tuple[str, ...]) -> bool:
-        """True when every program is allowed the network (or needs none) and one is."""
+        """True when every program is allowed the network (or needs none), one is, and
+        nothing in the command is unclear."""
         needing = [p for p in self.programs if p not in NEUTRAL]
-        return bool(needing) and all(p in allowed for p in needing)
+        return bool(needing) and not self.unclear and all(p in allowed for p in needing)
 
 
 def classify(command: str) -> Classification:
     """Classify `command`; raise CommandRefused with the reason when it is refused."""
     programs: list[str] = []
-    _Walker(programs).command_string(command, 0)
-    return Classification(tuple(programs))
+    walker = _Walker(programs)
+    walker.command_string(command, 0)
+    return Classification(tuple(programs), walker.unclear)
 
 
 class _Walker:
     def __init__(self, programs: list[str]) -> None:
         self.programs = programs
+        self.unclear = ""
+
+    def _unclear(self, why: str) -> None:
+        self.unclear = self.unclear or why
 
     def command_string(self, text: str, depth: int) -> None:
         if depth > MAX_DEPTH:
@@ -135,6 +154,8 @@ class _Walker:
 
     def simple(self, node: Any, depth: int) -> None:
         for part in node.parts:
+            if part.kind == "assignment":
+                self._unclear(f"an assignment ({part.word.split('=', 1)[0]}=)")
             if part.kind == "redirect":
                 self.redirect(part, depth)
             else:
@@ -145,6 +166,7 @@ class _Walker:
 
     def words(self, words: list[str], node: Any, depth: int) -> None:
         while words and "=" in words[0] and not words[0].startswith("="):
+            self._unclear(f"an assignment ({words[0].split('=', 1)[0]}=) before a program")
             words = words[1:]  # leading assignments (bashlex keeps some as words)
         if not words:
             return
@@ -152,7 +174,13 @@ class _Walker:
         args = words[1:]
         if program in PRIVILEGE:
             raise CommandRefused(PRIVILEGE[program])
+        if "/" in words[0]:
+            self._unclear(f"a program named by its path ({words[0][:40]})")
+        if program in ENVIRONMENT:
+            self._unclear(f"{program} changes what later programs run with")
         if program in WRAPPERS:
+            if args and (args[0].startswith("-") or "=" in args[0]):
+                self._unclear(f"{program} with options or assignments")
             if not (program == "command" and {"-v", "-V"} & set(args)):
                 self.words(_unwrap(args), node, depth)
             return
@@ -187,6 +215,8 @@ class _Walker:
         for sub in _substitutions(node):
             self.node(sub, depth)
         target = node.output
+        if hasattr(target, "word") and target.word.startswith(NET_DEVICES):
+            self._unclear(f"a redirection to {target.word.split('/')[2]} (bash's network)")
         if node.type not in WRITE_REDIRECTS or not hasattr(target, "word"):
             return
         reason = _write_target_reason(target.word)
