@@ -116,12 +116,13 @@ async def test_a_peers_task_let_onto_the_network_reaches_nothing_on_loopback(
     assert service.connections == 0, (result, bytes(service.received))
 
 
-async def test_a_peers_network_command_cannot_log_into_the_entitys_bus(
+async def test_a_network_command_cannot_log_into_the_entitys_bus(
         nats_server: NatsServer, tmp_path: Path) -> None:
-    """Held: the same peer's task, let onto the network, speaks NATS to the entity's own
-    embedded server on 127.0.0.1 (curl's telnet://: printf is neutral, curl allowed) and
-    publishes into a local mailbox. The server's token login (localauth) refuses it
-    before any subject is reached: nothing arrives on loc.>."""
+    """Held: a command of the entity's own turn let onto the network (a peer's task no
+    longer is, above) speaks NATS to the entity's own embedded server on 127.0.0.1
+    (curl's telnet://: printf is neutral, curl allowed) and publishes into a local
+    mailbox. The server's token login (localauth) refuses it before any subject is
+    reached: nothing arrives on loc.>."""
     data = tmp_path / "entity-bus"
     token = localauth.ensure(data)
     base = shipped_config()
@@ -138,7 +139,7 @@ async def test_a_peers_network_command_cannot_log_into_the_entitys_bus(
         sandbox = dataclasses.replace(NET_SANDBOX, network_commands=("curl",))
         async with tool_rig(nats_server, tmp_path, sandbox=sandbox) as rig:
             await rig.event("sandbox")
-            result = await peer_call(rig, "shell", command=(
+            result = await own_call(rig, "shell", command=(
                 "printf 'CONNECT {\"verbose\":true}\\r\\nPUB loc.entity-a.tool.x 2\\r\\n"
                 "hi\\r\\nPING\\r\\n' | "
                 f"curl -s --max-time 3 telnet://127.0.0.1:{port}"))
@@ -267,12 +268,6 @@ FLOODING_SERVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the daemon keeps whatever an MCP server lists: up to 100 pages, each one JSON line "
-    "of any length (the SDK's stdio reader buffers a line without bound, re-copying it at "
-    "every 64 KiB read), every tool parsed and kept; the server's sandbox bounds only the "
-    "server, so a configured server (before it is ever approved) makes the daemon hold "
-    "hundreds of MiB per listing and can run it out of memory"))
 async def test_an_mcp_servers_listing_cannot_fill_the_daemons_memory(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: a configured MCP server (a compromised package the operator listed, not
@@ -345,11 +340,6 @@ BACKTRACKING_SERVER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an MCP tool's output schema is not pinned (only its description and input schema "
-    "are), and the SDK's client checks each result against it with jsonschema in the "
-    "daemon's event loop: a `pattern` is Python's backtracking re, so one result freezes "
-    "every actor of the daemon (its sandbox.timeout cannot fire while the loop is held)"))
 async def test_an_mcp_result_cannot_freeze_the_daemons_loop(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: an approved MCP server (its package updated upstream) adds an output schema

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -33,6 +34,16 @@ if TYPE_CHECKING:  # the SDK (half a second to import) only once a server is use
     from mcp import ClientSession
 
 STDERR_TAIL = 600  # characters of the server's stderr quoted when it fails
+# What one session of a server may send the daemon, in all (a tool listing, a result):
+# the SDK reads a line without bound and parses whatever it gets, so a server could
+# otherwise make the daemon hold what it likes. Past it the server's output ends there
+# (in the sandbox, before the daemon reads it) and the session fails.
+SESSION_BYTES = 4 * 1024 * 1024
+MAX_TOOLS = 512  # tools one server may list
+# Inside the sandbox: the server, its standard output cut at SESSION_BYTES.
+# (dd hands on each read at once; head -c would wait for a full buffer.)
+_CAPPED = f'"$@" | dd bs=65536 iflag=count_bytes count={SESSION_BYTES} status=none'
+
 
 
 class ServerUnavailable(ToolError):
@@ -107,7 +118,8 @@ class Server:
         if missing:
             raise ServerUnavailable(f"mcp.servers.{self.spec.name}.read_only: {missing[0]} "
                                     "does not exist")
-        argv = sandbox.program_argv(self.spec.command, env=self.spec.env)
+        capped = ["/bin/sh", "-c", _CAPPED, "mcp-server", *self.spec.command]
+        argv = sandbox.program_argv(capped, env=self.spec.env)
         with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog:
             try:
                 async with asyncio.timeout(self.settings.timeout):
@@ -116,7 +128,7 @@ class Server:
                         params = StdioServerParameters(command=command[0], args=command[1:],
                                                        env=dict(HOST_ENV))
                         async with stdio_client(params, errlog=errlog) as (read, write):
-                            async with ClientSession(read, write) as session:
+                            async with _unchecked(ClientSession)(read, write) as session:
                                 await session.initialize()
                                 yield session
             except ToolError:
@@ -152,10 +164,30 @@ async def list_tools(session: ClientSession) -> list[ServedTool]:
             result = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor))
         tools += [ServedTool(t.name, t.description or "", dict(field(t, "input_schema") or {}))
                   for t in result.tools]
+        if len(tools) > MAX_TOOLS:
+            raise ServerUnavailable(f"the server lists more than {MAX_TOOLS} tools")
         cursor = field(result, "next_cursor")
         if not cursor:
             break
     return tools
+
+
+@functools.cache
+def _unchecked(session: type[Any]) -> type[Any]:
+    """The SDK's session without its check of a result's structured content against the
+    tool's outputSchema: that check runs on the event loop with Python's backtracking
+    regular expressions, so a server's schema (`"pattern": "^(a+)+$"`) and result could
+    hold every actor of the daemon for minutes. The daemon does not rely on it (it hands
+    the model the result's text, cut to the output limit)."""
+
+    class Unchecked(session):
+        async def validate_tool_result(self, name: str, result: Any) -> None:
+            return None
+
+        async def _validate_tool_result(self, name: str, result: Any) -> None:  # mcp 1
+            return None
+
+    return Unchecked
 
 
 def field(record: Any, name: str) -> Any:
