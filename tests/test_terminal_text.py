@@ -58,7 +58,10 @@ def test_the_daemons_log_on_a_terminal_shows_what_others_chose_as_text(
         capsys: pytest.CaptureFixture[str]) -> None:
     """On a terminal (the console format) every string of a log line, a peer's reason or
     a subject it chose, is made visible; the JSON lines escape them themselves."""
+    import structlog
+
     from entityd import logs
+    saved = structlog.get_config()  # bound to this test's captured stderr otherwise
     try:
         logs.configure("info", "console")
         logs.get("t").warning("peer_wake", reason="wake \x1b]52;c;Y3VybA==\x07 up\r")
@@ -73,4 +76,4 @@ def test_the_daemons_log_on_a_terminal_shows_what_others_chose_as_text(
         err = capsys.readouterr().err
         assert "\x1b" not in err and "\\u001b[2J" in err, repr(err)
     finally:
-        logs.configure("error", "console")
+        structlog.configure(**saved)
