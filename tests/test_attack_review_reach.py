@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.mcp import McpApprove, McpApproved, McpList
+from actors.mcp import McpApprove, McpApproved, McpList, McpListing
 from actors.messages import ToolCall, ToolResult, ToolSpecs, ToolSpecsGet
 from actors.peer.acceptance import CHECKOUT, Acceptance
 from actors.sandbox import classify
@@ -404,19 +404,15 @@ FILLING_SERVER = SERVE + textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an MCP server's directory (DATA_DIR/mcp/NAME, its /workspace) has no disk quota: the "
-    "session's command line gets no scan, no room (RLIMIT_FSIZE is only file_size_mb per "
-    "file) and no watch, unlike a shell call; run by a daemon that is not root (the shipped "
-    "unit), the directory is the sandbox uid's, so each listing or call of a configured "
-    "server adds files without bound to the file system of the data dir (ledger, JetStream)"))
 async def test_an_mcp_server_cannot_fill_the_data_dirs_disk(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: a configured server writes 40 files of file_size_mb (4 MiB here) into its
     own directory at every start. Each listing (the orchestrator's, `entityctl mcp list`)
     and each call starts it afresh, so the data dir's disk fills call by call. As root the
-    daemon makes the directory root's and the server cannot write it; the shipped unit
-    runs the daemon as its own user, the sandbox's uid, as emulated here."""
+    daemon makes the directory root's; the shipped unit runs the daemon as its own user,
+    the sandbox's uid, as emulated here. Held: the directory is mounted read-only (the
+    server's scratch is the sandbox's /tmp, in the session's memory), so nothing lands
+    there and the listing still works."""
     data = tmp_path / ENTITY
     data.mkdir(parents=True)
     identity.create(data)
@@ -434,13 +430,16 @@ async def test_an_mcp_server_cannot_fill_the_data_dirs_disk(
     async with running_actors(nats_server.url, ENTITY, {"tool": lambda: ToolActor(config)},
                               events=f"fed.evt.{ENTITY}.tool.>") as actors:
         for _ in range(2):  # two listings, as two `entityctl mcp list` would
-            await actors.client.ask(f"{ENTITY}/ctl", f"{ENTITY}/tool", McpList(), CALL_TIMEOUT)
+            reply = await actors.client.ask(f"{ENTITY}/ctl", f"{ENTITY}/tool", McpList(),
+                                            CALL_TIMEOUT)
+            listed = reply.message
+            assert isinstance(listed, McpListing), listed
+            assert listed.servers and not listed.servers[0].error, listed
     filled = list(server_dir.glob("fill-*"))
-    held = sum(p.stat().st_size for p in filled)  # 2 x 160 MiB
+    held = sum(p.stat().st_size for p in filled)  # 2 x 160 MiB while the hole was open
     for path in filled:
         path.unlink()
-    assert held <= (sandbox.workspace_mb + sandbox.file_size_mb) * MiB, (
-        f"{held / MiB:.0f} MiB written into DATA_DIR/mcp/fill, past any quota")
+    assert not filled, f"{held / MiB:.0f} MiB written into DATA_DIR/mcp/fill"
 
 
 # ---- a delegate's delivery on the delegator --------------------------------------------------

@@ -3,9 +3,12 @@
 The server runs under the sandbox's rules (actors/sandbox/shell.py): the unprivileged uid,
 bwrap with no network, a cleared environment (only what `env` adds), rlimits, a cgroup of
 its own, and a wall-clock limit (sandbox.timeout) on the whole session. Its working
-directory is a directory of its own, DATA_DIR/mcp/NAME, mounted at /workspace: no
+directory is a directory of its own, DATA_DIR/mcp/NAME, mounted read-only at /workspace: no
 workspace, no data dir, no keys; host paths it needs (a virtualenv) are mounted
-read-only when the config lists them under `read_only`.
+read-only when the config lists them under `read_only`. What it writes goes to the
+sandbox's /tmp (a tmpfs of sandbox.memory_mb, gone with the session): a server that
+could write its directory would fill the data dir's disk a session at a time, and
+could rewrite its own code after the operator approved its tools.
 
 A session lasts one listing or one call: each call starts the server anew, so the
 definitions checked against the pins are the ones of the process that runs the call.
@@ -28,6 +31,7 @@ from entityd import McpServer, SandboxSection
 
 from ..sandbox import Shell, ToolError
 from ..sandbox.cgroup import SharedLimits
+from ..sandbox.paths import WORKSPACE_MOUNT
 from ..sandbox.shell import HOST_ENV
 
 if TYPE_CHECKING:  # the SDK (half a second to import) only once a server is used
@@ -58,8 +62,8 @@ class ServedTool:
 
 
 class ServerSandbox(Shell):
-    """The shell tool's sandbox over the server's own directory, with the host paths the
-    config lists bound read-only at the same place."""
+    """The shell tool's sandbox over the server's own directory, bound read-only, with
+    the host paths the config lists bound read-only at the same place."""
 
     def __init__(self, settings: SandboxSection, directory: Path, read_only: Sequence[str],
                  limits: SharedLimits | None = None) -> None:
@@ -69,6 +73,9 @@ class ServerSandbox(Shell):
     def bwrap_args(self, *, network: bool, found: Any = None, git: bool = False,
                    env: Mapping[str, str] | None = None) -> list[str]:
         args = super().bwrap_args(network=network, found=found, git=git, env=env)
+        workspace = next(i for i in range(len(args) - 2)
+                         if args[i:i + 3] == ["--bind", self.source, WORKSPACE_MOUNT])
+        args[workspace] = "--ro-bind"
         # Before the root is made read-only: bwrap makes the mount points on it.
         at = next(i for i in range(len(args) - 1) if args[i:i + 2] == ["--remount-ro", "/"])
         binds = [part for path in self.read_only for part in ("--ro-bind", path, path)]
