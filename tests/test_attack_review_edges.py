@@ -18,6 +18,10 @@ reviews (tests/test_attack*.py) did not try.
   it, with no bound: two members cycling one escrow of a supply within MAX_AMOUNT (2^62)
   and rating once make the reputation's sum pass 2^64, which the ledger's checkpoint
   (msgpack) cannot write: OverflowError where the ledger actor saves its books.
+- A payload's int is any msgpack int, up to 2^64 - 1, and SQLite keeps 2^63 - 1 at most: a
+  task offer priced 2^63 raised OverflowError in the delegate's peer actor on every
+  delivery (`command_failed`, our-bug path), and after five it was dropped unanswered, so
+  the delegator never hears the refusal.
 
 Each test asserts the safe behaviour; a hole still open is a strict xfail naming it.
 """
@@ -177,3 +181,20 @@ def test_books_of_a_supply_within_the_limit_can_be_checkpointed() -> None:
     # What the ledger actor's checkpoint writes (actors/ledger/checkpoint.py), read back.
     books, _ = snapshot.load(snapshot.dump(chains.books, {}), chains.books.keys)
     assert books.reputation(x) == chains.books.reputation(x)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a price past 2^63 - 1 (a msgpack uint64) is no SQLite INTEGER: the offer raises "
+    "OverflowError in the peer actor each delivery and is dropped unanswered"))
+async def test_an_offer_priced_past_64_bits_is_refused_with_a_reason(tmp_path: Path) -> None:
+    async with scripted_federation(tmp_path, [A, B], answers_ok) as fed:
+        await fed.discovered()
+        a, b = fed[A], fed[B]
+        await command_into_inbox(b, a, "delegate", TaskOffer(
+            "priced", "say hello", "say hello", "", time.time() + 600, [], 2**63,
+            b"\x01" * 16))
+        task = await poll(lambda: task_by_id(a, "in", "priced"), timeout=12,
+                          what=lambda: "a records the offer; a's log: " + "\n".join(
+                              line[:300] for line in a.daemon.log().splitlines()
+                              if "command_failed" in line))
+        assert task["state"] == "rejected", task
