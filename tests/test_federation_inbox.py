@@ -13,6 +13,9 @@ takes only what the INBOX delivers.
   the daemon starts: every command in it is handled, nothing is dropped, and the
   per-sender limit reaches its setting once the backlog is gone. A consumer deleted under
   the daemon is made again.
+- A delegate that never answers the fetch of its deliverable (entity-b: its daemon
+  stopped, its hub login still sending) holds up its own commands only: entity-c's report
+  to entity-a is handled within seconds while entity-a's fetch from entity-b waits.
 - A deliverable over what its delegator may keep at the delegate fails its task, saying why.
 - Messages published on the consumer's delivery inbox from a local connection (the leaf
   does not forward it from the hub): no reply subject, junk, a valid command that the
@@ -27,7 +30,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import os
 import secrets
+import signal
 import statistics
 import sys
 import time
@@ -48,7 +53,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType,
 
 import protocol
 from actors.llm.scripted import ScriptedLLMServer
-from actors.peer.messages import PeerCheck, PeerCheckResult, Report
+from actors.peer.deliverable import FETCH_TIMEOUT_S
+from actors.peer.messages import PeerCheck, PeerCheckResult, Report, TaskUpdate
 from bench.rig import ALL, Federation, build, edit, running
 from entityd import config as entity_config
 from entityd import identity
@@ -56,7 +62,14 @@ from entityd.client import EntityClient
 from entityd.config import from_mapping
 from entityd.errors import ConfigError
 from protocol import Sealer
-from tests.helpers import DaemonProc, NatsServer, make_entity, poll, start_attacker
+from tests.helpers import (
+    DaemonProc,
+    NatsServer,
+    command_into_inbox,
+    make_entity,
+    poll,
+    start_attacker,
+)
 from tests.peer_model import route
 
 pytestmark = pytest.mark.timeout(240)
@@ -367,6 +380,57 @@ async def _at_least(sampler: Sampler, count: int) -> bool:
 
 async def _received(tap: Tap, peer: str, msg_id: str) -> bool:
     return any(e["peer"] == peer and e["id"] == msg_id for e in tap.data())
+
+
+# ---- a delegate that holds its delivery ---------------------------------------------------
+
+
+async def test_a_delegate_stalling_its_delivery_holds_up_no_other_members_commands(
+    trio: Federation,
+) -> None:
+    """entity-a delegates to entity-b, whose daemon then stands still (SIGSTOP: a hostile
+    delegate's daemon would simply not answer); entity-b's hub login says the task is
+    completed with a deliverable to fetch. entity-a asks entity-b for its first piece and
+    waits up to FETCH_TIMEOUT_S for an answer that never comes, then again, for as long as
+    entity-b stays silent. Meanwhile entity-c's report to entity-a must be handled within
+    seconds: one member's commands wait for that member only."""
+    a, b, c = trio[A], trio[B], trio[C]
+    await trio.discovered()
+    assert b.daemon.proc is not None
+    os.kill(b.daemon.proc.pid, signal.SIGSTOP)
+    try:
+        offered = await a.ctl_json("delegate", B, "a task whose delivery will stall")
+        assert offered["ok"], offered
+        task_id = offered["id"]
+        async with contextlib.AsyncExitStack() as stack:
+            at_a: NATS = await nats.connect(a.url)
+            stack.push_async_callback(at_a.close)
+            received, fetching = Tap(), Tap()
+            await at_a.subscribe(f"fed.evt.{A}.peer.report_received", cb=received.add)
+            await at_a.subscribe(f"fed.req.{B}.{A}.fetch", cb=fetching.add)
+            await at_a.flush()
+            await command_into_inbox(b, a, "task", TaskUpdate(
+                task_id, "completed", "done, fetch it", size=300_000, sha256="0" * 64))
+            await poll(lambda: _some(fetching), timeout=20.0, what="entity-a fetching")
+            sent = time.monotonic()
+            c_sent = await c.ctl_json("report", A, "entity-c reports while entity-b stalls")
+            assert c_sent["code"] == "delivered", c_sent
+            await poll(lambda: _received(received, C, c_sent["id"]),
+                       timeout=FETCH_TIMEOUT_S * 2, what="entity-c's report handled")
+            waited = time.monotonic() - sent
+            print(f"\nentity-c's report handled {waited:.1f} s after it was sent, entity-a "
+                  f"fetching from a silent entity-b ({FETCH_TIMEOUT_S:g} s per try)")
+            assert waited < FETCH_TIMEOUT_S / 3, (
+                f"entity-c's report waited {waited:.1f} s behind entity-b's delivery")
+            tasks = await a.ctl_json("tasks")
+            mine = next(t for t in tasks if t["task_id"] == task_id)
+            assert mine["state"] not in ("delivered", "completed"), mine  # still fetching
+    finally:
+        os.kill(b.daemon.proc.pid, signal.SIGCONT)
+
+
+async def _some(tap: Tap) -> bool:
+    return bool(tap.msgs)
 
 
 # ---- an older INBOX ---------------------------------------------------------------------

@@ -32,6 +32,7 @@ from .delegation import Delegation
 from .deliverable import Deliverables
 from .inbound import COMMANDS, Inbound, Rejections
 from .inbox import Inbox
+from .lanes import Lanes
 from .link import ACTOR, FedLink, inbox_stream
 from .messages import (
     Heartbeat,
@@ -224,15 +225,11 @@ class PeerActor(Actor):
                 f"{REQUEST_QUEUE} peer requests are waiting"))
 
     async def _consume(self) -> None:
+        """The INBOX's deliveries, in order per sender and senders side by side (lanes.py):
+        one member's slow command (a delivery fetched and landed) holds up no other's."""
         inbox = self._inbox
         assert inbox is not None, "on_start subscribes the INBOX"
-        while True:
-            msg = await inbox.next()
-            try:
-                await self._serve_command(msg)
-            except asyncio.CancelledError:
-                await _hand_back([msg, *inbox.queued()])
-                raise
+        await Lanes(self._serve_command).run(inbox.next, inbox.queued)
 
     async def _serve_command(self, msg: Msg) -> None:
         """One delivery: nothing a command does ends the actor. A failure while handling
@@ -312,15 +309,3 @@ def _attempt(msg: Msg) -> int:
         return int(msg.metadata.num_delivered)
     except Exception:
         return 1
-
-
-async def _hand_back(msgs: list[Msg]) -> None:
-    """Nak what a stopping actor will not handle, so the INBOX offers it again at once
-    (after a restart) instead of after the ack wait; acked ones are unaffected."""
-    try:
-        async with asyncio.timeout(1.0):
-            for msg in msgs:
-                with contextlib.suppress(Exception):
-                    await msg.nak()
-    except (TimeoutError, asyncio.CancelledError):
-        pass
