@@ -166,9 +166,6 @@ class Chains:
         self.put(payer, Post(0, GENESIS, hold, amount))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "settled sums per task and the reputation's weights are unbounded: a sybil pair's "
-    "escrow round trip of 2^62 and one rating pass 2^64, which the checkpoint cannot write"))
 def test_books_of_a_supply_within_the_limit_can_be_checkpointed() -> None:
     x, y = "entity-x", "entity-y"
     chains = Chains(x, y)

@@ -170,4 +170,4 @@ class ReputationInfo:
     account: str
     score: float  # the weighted mean, 1..5; 0 when nothing rated
     tasks: int  # rated settled escrows
-    weight: int  # the amount they settled
+    weight: int  # the amount they settled, as far as it counts (at most 2^63 - 1)

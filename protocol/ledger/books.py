@@ -166,7 +166,10 @@ class Ledger:
             account.available += hold.amount - record.amount
             self._account(hold.to).available += record.amount
             escrow = (account.name, hold.to, hold.task)
-            self._settled[escrow] = self._settled.get(escrow, 0) + record.amount
+            # Saturates (PROTOCOL.md 16.5): one escrow posted again and again adds up
+            # without bound, and the books must fit 64 bits on every reader.
+            self._settled[escrow] = min(self._settled.get(escrow, 0) + record.amount,
+                                        MAX_AMOUNT)
 
         return effect
 
@@ -195,10 +198,7 @@ class Ledger:
 
         def effect() -> None:
             self._rated.add((rater, peer, task))
-            before = self.reputation(peer)
-            self._reputation[peer] = Reputation(
-                peer, before.tasks + 1, before.weight + settled,
-                before.weighted + record.score * settled)
+            self._reputation[peer] = self.reputation(peer).rated(record.score, settled)
 
         return effect
 
@@ -233,7 +233,7 @@ class Ledger:
                 else hold for hold in known.holds.values()]
 
     def settled(self, payer: str, payee: str, task: str) -> int:
-        """What `payer`'s escrows for `task` paid `payee`."""
+        """What `payer`'s escrows for `task` paid `payee`, up to MAX_AMOUNT."""
         return self._settled.get((payer, payee, task), 0)
 
     def reputation(self, account: str) -> Reputation:

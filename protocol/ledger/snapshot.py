@@ -5,6 +5,11 @@ A snapshot is the reader's own cache, not evidence: it holds no signatures, so i
 trusted only as far as the file it is kept in, and only with the keys it was made with
 (LedgerKeys.fingerprint). A reader that cannot use one (another format, other keys, a stream that
 no longer holds the chain heads it names) replays from the start instead.
+
+Format 2 is format 1's layout from books whose sums over history stop at MAX_AMOUNT
+(PROTOCOL.md 16.5). A format 1 snapshot is still read when none of its sums passes
+MAX_AMOUNT: every sum only grows, so then none ever did, and the bounded rules would have
+built the very same books; else it is refused, and the reader replays.
 """
 
 from __future__ import annotations
@@ -15,10 +20,12 @@ from typing import Any
 import msgpack
 
 from .books import Ledger
+from .entries import MAX_AMOUNT
 from .signed import LedgerKeys
 from .state import Account, Applied, HoldState, Reputation
 
-FORMAT = 1
+FORMAT = 2
+READS = (1, FORMAT)  # the formats `load` takes
 
 
 class SnapshotError(ValueError):
@@ -62,7 +69,7 @@ def load(data: bytes, keys: LedgerKeys) -> tuple[Ledger, dict[str, Any]]:
     cannot be used."""
     try:
         state = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        if state.get("format") != FORMAT:
+        if state.get("format") not in READS:
             raise SnapshotError(f"format {state.get('format')!r}, not {FORMAT}")
         if state["keys"] != keys.fingerprint():
             raise SnapshotError("made with other keys")
@@ -82,6 +89,9 @@ def load(data: bytes, keys: LedgerKeys) -> tuple[Ledger, dict[str, Any]]:
         books._rated = {(r, p, t) for r, p, t in state["rated"]}
         books._reputation = {r[0]: Reputation(*r) for r in state["reputation"]}
         extra: dict[str, Any] = state["extra"]
+        if (any(v > MAX_AMOUNT for v in books._settled.values())
+                or any(r.weighted > MAX_AMOUNT for r in books._reputation.values())):
+            raise SnapshotError(f"sums past {MAX_AMOUNT}: books made before the bound")
     except SnapshotError:
         raise
     except Exception as exc:  # a damaged or foreign file: not worth more than a replay

@@ -7,7 +7,7 @@ import dataclasses
 import heapq
 from typing import Any, NamedTuple
 
-from .entries import GENESIS
+from .entries import GENESIS, MAX_AMOUNT
 
 PENDING, POSTED, VOIDED, EXPIRED = "pending", "posted", "voided", "expired"
 RESOLVED = (POSTED, VOIDED)
@@ -65,6 +65,15 @@ class Reputation:
     def score(self) -> float | None:
         """The weighted mean score, 1..5; None before any rating."""
         return self.weighted / self.weight if self.weight else None
+
+    def rated(self, score: int, settled: int) -> Reputation:
+        """With one more rating: it weighs `settled`, or the most that keeps `weighted`
+        within MAX_AMOUNT (PROTOCOL.md 16.5). So `weight` <= `weighted` <= MAX_AMOUNT,
+        and the mean is still exact over the weights counted: money cycled between two
+        accounts adds up without bound, and the books must fit 64 bits on every reader."""
+        weight = min(settled, (MAX_AMOUNT - self.weighted) // score)
+        return Reputation(self.account, self.tasks + 1, self.weight + weight,
+                          self.weighted + score * weight)
 
 
 class Position(NamedTuple):
