@@ -7,7 +7,7 @@ EntitydError
 ├── RuntimeStateError    an illegal lifecycle move ("cannot start a runtime twice")
 ├── ActorDeadError       the actor asked is stopped or the runtime is shutting down
 ├── AskTimeout           no reply within the deadline
-├── RemoteError          the other side answered with an `error` message
+├── RemoteError          the other side answered with an `error`, or an answer it could not open
 ├── PeerUnavailable      a peer cannot be reached now (what needs it is retried later)
 └── RestartBudgetExceeded  an actor crashed too often; the daemon must exit non-zero
 """

@@ -121,7 +121,12 @@ class Transport:
             raise ActorDeadError(f"cannot ask {dst}: the connection is closed") from None
         if reply.headers and reply.headers.get(Header.STATUS) == NO_RESPONDERS_STATUS:
             raise ActorDeadError(f"{dst} is not running (no responders on {subj})")
-        env = self.open(reply.data, subject=reply.subject, local=src, replay=self._reply_guard)
+        try:
+            env = self.open(reply.data, subject=reply.subject, local=src,
+                            replay=self._reply_guard)
+        except ProtocolError as exc:  # the asker's failure to read it, not a bug of ours
+            raise RemoteError(dst, exc.reason, f"its reply to {typ} was refused: "
+                              f"{exc.detail}") from None
         if env.corr != msg_id or env.src != dst:
             raise protocol.WrongSender(
                 f"reply from {env.src} for {env.corr!r} does not answer {dst}'s {msg_id.hex()}",
@@ -165,9 +170,17 @@ class Transport:
             waiter.set_result(msg)
 
     async def reply(self, request: Envelope, reply_to: str, message: object) -> None:
+        """Answer `request`; an answer larger than an envelope may be (no receiver would
+        open it) goes as an `error` saying so instead."""
         wire, _ = self.seal(
             src=request.dst, dst=request.src, subj=reply_to, message=message, corr=request.id
         )
+        if len(wire) > self.max_bytes:
+            wire, _ = self.seal(src=request.dst, dst=request.src, subj=reply_to, corr=request.id,
+                                message=protocol.Error(protocol.reasons.TOO_LARGE, (
+                                    f"the answer to {request.typ} would be {len(wire)} bytes, "
+                                    f"over the {self.max_bytes} an envelope may be "
+                                    "(protocol.max_message_bytes)")))
         await self._publish(reply_to, wire)
 
     async def refuse(self, msg: Msg, responder: str, error: ProtocolError) -> None:

@@ -3,6 +3,7 @@ outbox, handled commands and tasks, and that all of it survives closing and reop
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -108,6 +109,31 @@ async def test_seen_updates_last_seen_and_capabilities(store: PeerStore) -> None
     assert peer is not None
     assert (peer.last_seen, peer.capabilities) == (1240.0, ["chat"])
     assert peer.public_key == KEY_1 and peer.pinned_by == "first-sight"
+
+
+async def test_a_members_capabilities_are_kept_clipped_even_from_an_older_row(
+        db_path: Path) -> None:
+    """A heartbeat's capabilities are a member's words: kept to the first 32, each of 64
+    characters; a row an older entityd kept whole (1 MiB) reads back clipped too."""
+    store = await PeerStore.open(db_path)
+    try:
+        await store.pin("entity-b", KEY_1, "first-sight")
+        await store.pin("entity-c", KEY_2, "first-sight")
+        await store.seen("entity-b", ["x" * 1000] * 1000, 5.0)
+        peer = await store.peer("entity-b")
+        assert peer is not None and peer.capabilities == ["x" * 64] * 32
+    finally:
+        await store.close()
+    async with aiosqlite.connect(db_path) as db:  # as an older entityd left it
+        await db.execute("UPDATE peers SET capabilities = ? WHERE name = 'entity-c'",
+                         (json.dumps(["c" * 1000] * 1000),))
+        await db.commit()
+    store = await PeerStore.open(db_path)
+    try:
+        listed = {p.name: p.capabilities for p in await store.peers()}
+        assert listed["entity-c"] == ["c" * 64] * 32
+    finally:
+        await store.close()
 
 
 async def test_seen_of_an_unpinned_peer_adds_nothing(store: PeerStore) -> None:

@@ -80,6 +80,8 @@ class EchoActor(Actor):
 
     async def handle(self, envelope: Envelope) -> object | None:
         match envelope.message:
+            case Echo(text) if text.startswith("grow:"):
+                return Echo("x" * int(text.removeprefix("grow:")))
             case Echo(text):
                 await self.seen.add(text)
                 return Echo(text.upper())
@@ -146,6 +148,21 @@ async def rig(nats_server: NatsServer, request: pytest.FixtureRequest) -> AsyncI
 async def test_ask_round_trip_through_nats(rig: Rig) -> None:
     assert await rig.ask("echo", Echo("hello")) == Echo("HELLO")
     assert rig.seen == ["hello"]
+
+
+async def test_an_answer_too_large_to_open_is_an_error_and_the_actor_serves_on(
+        rig: Rig) -> None:
+    """An actor's answer larger than an envelope may be goes as an `error` saying so (no
+    receiver would open it): the asker gets a RemoteError (an EntitydError, which callers
+    handle) instead of a protocol failure of its own, and the actor keeps serving."""
+    with pytest.raises(RemoteError) as info:
+        await rig.ask("echo", Echo(f"grow:{protocol.MAX_WIRE_BYTES}"))
+    assert info.value.code == "too_large", info.value
+    assert "the answer to test_echo would be" in info.value.message, info.value
+    assert "protocol.max_message_bytes" in info.value.message
+    assert await rig.ask("echo", Echo("still here")) == Echo("STILL HERE")
+    echo = next(a for a in rig.runtime.actors() if a.name == "echo")
+    assert echo.restarts == 0
 
 
 async def test_actor_asks_and_tells_another_actor(rig: Rig) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 
 from entityd import Config, Context, EntitydError
 from protocol import Error, reasons
+from protocol.ledger import MAX_AMOUNT
 
 from ..messages import Goal, TurnDone
 from ..workspace import GitError
@@ -43,7 +44,7 @@ from ..workspaces import Workspaces
 from . import outcomes
 from .acceptance import PREFIX, Acceptance
 from .deliverable import KEEP_READ_S, Deliverables
-from .escrow import HELD, POSTED, VOIDED, Escrow, settled
+from .escrow import HELD, HOLD_ID_BYTES, POSTED, VOIDED, Escrow, settled
 from .messages import (
     DeliverableChunk,
     DeliverableGet,
@@ -55,7 +56,7 @@ from .messages import (
     TaskUpdate,
 )
 from .policy import Trust
-from .store import PeerStore, TaskRow
+from .store import CAPABILITIES_KEPT, PeerStore, TaskRow, kept_capabilities
 from .turns import Turns
 
 Send = Callable[[str, str, object], Awaitable[object]]  # (peer, op, message)
@@ -304,12 +305,15 @@ class Delegation:
         if not reason and offer.price:
             reason = await self.escrow.check(peer, offer)
         limit = self.config.peers.max_text_chars
+        # Kept only as the ledger could hold them (a member may send any int and bytes):
+        # a price within MAX_AMOUNT, a hold id of an entry's length.
+        price = offer.price if 0 < offer.price <= MAX_AMOUNT else 0
+        hold = offer.hold if price and len(offer.hold) == HOLD_ID_BYTES else b""
         task = TaskRow(offer.task_id, "in", peer, _clipped(offer.title, TITLE_MAX),
                        offer.description[:limit], offer.deliverables[:limit], offer.deadline,
-                       [c[:64] for c in offer.capabilities[:32]],
+                       kept_capabilities(offer.capabilities),
                        "rejected" if reason else "accepted", reason, "", "", now, now,
-                       max(offer.price, 0), offer.hold,
-                       HELD if offer.price > 0 and not reason else "")
+                       price, hold, HELD if price and not reason else "")
         await self._save(task, task.state, reason)
         await self.send(peer, "task", TaskUpdate(task.task_id, task.state, reason))
         if reason:
@@ -324,8 +328,8 @@ class Delegation:
             if size > (TITLE_MAX if field == "title" else limit):
                 return (f"the task's {field} is {size} characters; {self.ctx.entity} takes "
                         f"at most {TITLE_MAX if field == 'title' else limit}")
-        if len(offer.capabilities) > 32:
-            return "a task names at most 32 capabilities"
+        if len(offer.capabilities) > CAPABILITIES_KEPT:
+            return f"a task names at most {CAPABILITIES_KEPT} capabilities"
         if not self.trust.permits(peer, "delegate"):
             return f"{peer} is not trusted to delegate tasks to {self.ctx.entity}"
         missing = sorted(set(offer.capabilities) - set(self.config.peers.capabilities))
@@ -333,8 +337,8 @@ class Delegation:
             return f"{self.ctx.entity} lacks the capabilities {', '.join(missing)}"
         if offer.deadline and offer.deadline < now:
             return "the deadline has already passed"
-        if offer.price < 0:
-            return "a price is 0 (unpaid) or more"
+        if not 0 <= offer.price <= MAX_AMOUNT:
+            return f"a price is 0 (unpaid) to {MAX_AMOUNT}"
         return ""
 
     async def _paid(self, peer: str, update: TaskUpdate) -> None:

@@ -27,6 +27,8 @@ from . import outcomes
 from .messages import TaskOffer
 from .store import TaskRow
 
+HOLD_ID_BYTES = 16  # a hold is named by its ledger entry's id
+
 HELD, POSTED, VOIDED = "held", "posted", "voided"
 
 
@@ -57,7 +59,7 @@ class Escrow:
     async def check(self, delegator: str, offer: TaskOffer) -> str:
         """Why a priced offer cannot be taken ('' when its hold covers it until the
         deadline)."""
-        if len(offer.hold) != 16:
+        if len(offer.hold) != HOLD_ID_BYTES:
             return f"the task is priced at {offer.price} but names no hold"
         if not (math.isfinite(offer.deadline) and offer.deadline > time.time()):
             # With no end to the task, no hold could be checked to last until it.

@@ -91,6 +91,10 @@ KEEP_S = 7 * 24 * 3600.0
 # at most the first HEAD_PER_PEER of a peer's rows (a round stops at a peer's first
 # failure), and past UNDELIVERED_MAX a peer's oldest undelivered rows are dropped.
 HEAD_PER_PEER = 64
+# What is kept of capabilities a member names (its heartbeat, an offer): the peers list
+# answers in one message, so a member's words in it stay small whatever it sent.
+CAPABILITIES_KEPT = 32
+CAPABILITY_CHARS = 64
 UNDELIVERED_MAX = 10_000
 
 
@@ -204,7 +208,7 @@ class PeerStore:
         self._last_seen[name] = when
         await self._db.execute(
             "UPDATE peers SET last_seen = ?, capabilities = ? WHERE name = ?",
-            (when, json.dumps(capabilities), name),
+            (when, json.dumps(kept_capabilities(capabilities)), name),
         )
 
     # ---- the outbox -------------------------------------------------------------------
@@ -312,8 +316,16 @@ class PeerStore:
 
 
 def _peer(row: aiosqlite.Row) -> PeerRow:
+    # Clipped on reading too: a row an older entityd kept whole stays answerable.
     return PeerRow(row["name"], bytes(row["public_key"]), row["pinned_by"],
-                   json.loads(row["capabilities"]), row["first_seen"], row["last_seen"])
+                   kept_capabilities(json.loads(row["capabilities"])), row["first_seen"],
+                   row["last_seen"])
+
+
+def kept_capabilities(named: list[str]) -> list[str]:
+    """The first CAPABILITIES_KEPT of the capabilities a member named, each cut to
+    CAPABILITY_CHARS characters."""
+    return [str(c)[:CAPABILITY_CHARS] for c in named[:CAPABILITIES_KEPT]]
 
 
 def _outbox(row: aiosqlite.Row) -> OutboxRow:
