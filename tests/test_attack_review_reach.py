@@ -13,7 +13,9 @@ import contextlib
 import dataclasses
 import io
 import os
+import shutil
 import tarfile
+import tempfile
 import textwrap
 import time
 import tracemalloc
@@ -313,6 +315,66 @@ async def test_an_mcp_servers_listing_cannot_fill_the_daemons_memory(
     assert not [s for s in env.message.tools if s["function"]["name"].startswith("mcp__")]
     assert peak < 64 * MiB, f"the listing held {peak / MiB:.0f} MiB in the daemon"
 
+
+
+# Writes STDERR_MB MiB to its standard error, then fails (exits before it answers).
+LOUD_SERVER = textwrap.dedent("""
+    import sys
+
+    chunk = "e" * (1024 * 1024 - 1) + "\\n"
+    for _ in range(int(sys.argv[1])):
+        sys.stderr.write(chunk)
+    sys.stderr.write("the loud server's last words\\n")
+    sys.exit(3)
+""")
+STDERR_MB = 400
+
+
+async def test_an_mcp_servers_standard_error_fills_neither_disk_nor_memory(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """Attack: a configured server writes 400 MiB to its standard error and fails. The
+    daemon keeps only the end of it, to quote in the error: not a file in the host's
+    temporary directory that grows with what the server writes (its disk), nor all of
+    it read back to quote the end (its memory)."""
+    data = tmp_path / ENTITY
+    data.mkdir(parents=True)
+    identity.create(data)
+    config = Config(
+        entity=EntitySection(name=ENTITY, data_dir=str(data)),
+        sandbox=dataclasses.replace(SANDBOX, timeout=60.0),
+        mcp=servers({"servers": {"loud": {
+            "command": ["/usr/bin/python3", "server.py", str(STDERR_MB)],
+            "allowed_tools": ["none"]}}}))
+    (data / "mcp" / "loud").mkdir(parents=True)
+    (data / "mcp" / "loud" / "server.py").write_text(LOUD_SERVER)
+    temp = tempfile.gettempdir()
+    before = shutil.disk_usage(temp).used
+    most = 0
+
+    async def watch() -> None:
+        nonlocal most
+        while True:
+            most = max(most, shutil.disk_usage(temp).used - before)
+            await asyncio.sleep(0.02)
+
+    async with running_actors(nats_server.url, ENTITY, {"tool": lambda: ToolActor(config)},
+                              events=f"fed.evt.{ENTITY}.tool.>") as actors:
+        watching = asyncio.create_task(watch())
+        tracemalloc.start()
+        try:
+            env = await actors.client.ask(f"{ENTITY}/ctl", f"{ENTITY}/tool", McpList(),
+                                          CALL_TIMEOUT)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+            watching.cancel()
+    listed = env.message
+    assert isinstance(listed, McpListing), listed
+    (server,) = listed.servers
+    assert "the loud server's last words" in server.error, server.error[-300:]
+    assert peak < 64 * MiB, f"the daemon held {peak / MiB:.0f} MiB of the server's stderr"
+    assert most < STDERR_MB * MiB // 4, (
+        f"{most / MiB:.0f} MiB of {temp} used while the server wrote its stderr")
 
 
 # A server whose tool `echo` (approved as it is) later declares an output schema that the

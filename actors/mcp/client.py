@@ -21,11 +21,10 @@ import asyncio
 import contextlib
 import functools
 import os
-import tempfile
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from entityd import McpServer, SandboxSection
 
@@ -38,6 +37,8 @@ if TYPE_CHECKING:  # the SDK (half a second to import) only once a server is use
     from mcp import ClientSession
 
 STDERR_TAIL = 600  # characters of the server's stderr quoted when it fails
+STDERR_KEPT = 64 * 1024  # bytes of the end of its stderr the daemon keeps meanwhile
+STDERR_WAIT_S = 1.0  # for the rest of a failed server's stderr to arrive
 # What one session of a server may send the daemon, in all (a tool listing, a result):
 # the SDK reads a line without bound and parses whatever it gets, so a server could
 # otherwise make the daemon hold what it likes. Past it the server's output ends there
@@ -127,14 +128,16 @@ class Server:
                                     "does not exist")
         capped = ["/bin/sh", "-c", _CAPPED, "mcp-server", *self.spec.command]
         argv = sandbox.program_argv(capped, env=self.spec.env)
-        with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as errlog:
+        async with _tail(STDERR_KEPT) as errlog:
             try:
                 async with asyncio.timeout(self.settings.timeout):
                     async with sandbox.limits.call() as cgroup:
                         command = [*cgroup.prefix, *argv]
                         params = StdioServerParameters(command=command[0], args=command[1:],
                                                        env=dict(HOST_ENV))
-                        async with stdio_client(params, errlog=errlog) as (read, write):
+                        assert errlog.file is not None
+                        async with stdio_client(params, errlog=errlog.file) as (read, write):
+                            errlog.spawned()
                             async with _unchecked(ClientSession)(read, write) as session:
                                 await session.initialize()
                                 yield session
@@ -144,19 +147,78 @@ class Server:
                 ours = _first_tool_error(group)
                 if ours is not None:
                     raise ours from None
-                raise ServerUnavailable(self._failed(_describe(group), errlog)) from None
+                raise ServerUnavailable(await self._failed(_describe(group), errlog)) from None
             except TimeoutError:
-                raise ServerUnavailable(self._failed(
+                raise ServerUnavailable(await self._failed(
                     f"did not answer within {self.settings.timeout:g} s (sandbox.timeout)",
                     errlog)) from None
             except Exception as exc:  # the SDK's, anyio's, the process's: all the same here
-                raise ServerUnavailable(self._failed(_describe(exc), errlog)) from None
+                raise ServerUnavailable(await self._failed(_describe(exc), errlog)) from None
 
-    def _failed(self, what: str, errlog: Any) -> str:
-        errlog.seek(0)
-        stderr = errlog.read()[-STDERR_TAIL:].strip()
+    async def _failed(self, what: str, errlog: _Tail) -> str:
+        await errlog.ended(STDERR_WAIT_S)
+        stderr = errlog.text()[-STDERR_TAIL:].strip()
         text = f"MCP server {self.spec.name}: {what}"
         return text + (f"; its stderr ends: {stderr}" if stderr else "")
+
+
+class _Tail(asyncio.Protocol):
+    """The end of what the server writes to its standard error, kept in memory: its
+    stderr is a pipe the daemon reads as it comes, so however much a server writes there
+    fills no disk and no memory (a file would have filled the host's temporary directory,
+    up to RLIMIT_FSIZE, and then killed the server for talking)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.kept = bytearray()
+        self.file: TextIO | None = None  # the write end, handed to the server
+        self._ended = asyncio.Event()
+
+    def spawned(self) -> None:
+        """The server has its copy of the write end: the daemon's goes, so the pipe ends
+        when the server's processes are gone."""
+        if self.file is not None:
+            self.file.close()
+
+    async def ended(self, timeout: float) -> None:
+        """Until the server's processes closed their stderr (all of it read), or `timeout`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._ended.wait()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._ended.set()
+
+    def data_received(self, data: bytes) -> None:
+        self.kept += data
+        if len(self.kept) > 2 * self.size:
+            del self.kept[:-self.size]
+
+    def text(self) -> str:
+        return bytes(self.kept[-self.size:]).decode("utf-8", errors="replace")
+
+
+@contextlib.asynccontextmanager
+async def _tail(size: int) -> AsyncIterator[_Tail]:
+    read_fd, write_fd = os.pipe()
+    tail = _Tail(size)
+    loop = asyncio.get_running_loop()
+    transport = None
+    try:
+        reader = os.fdopen(read_fd, "rb", buffering=0)
+        read_fd = -1
+        transport, _ = await loop.connect_read_pipe(lambda: tail, reader)
+        tail.file = os.fdopen(write_fd, "w")
+        write_fd = -1
+        yield tail
+    finally:
+        for fd in (read_fd, write_fd):
+            if fd >= 0:
+                os.close(fd)
+        if tail.file is not None:
+            tail.file.close()  # the daemon's copy, if the server never started
+        if transport is not None:
+            transport.close()
 
 
 async def list_tools(session: ClientSession) -> list[ServedTool]:
