@@ -285,6 +285,25 @@ FLOODING_SERVER = SERVE + textwrap.dedent("""
 """)
 
 
+def mcp_entity(tmp_path: Path, name: str, source: str, *args: str, allowed: str,
+               **sandbox: object) -> tuple[Config, Path]:
+    """An entity's data dir (with its key) and config running the one MCP server `name`,
+    whose server.py is `source` (its own directory, DATA_DIR/mcp/NAME, made here), with
+    sandbox settings `sandbox` over the tests' own; (config, the server's directory)."""
+    data = tmp_path / ENTITY
+    data.mkdir(parents=True)
+    identity.create(data)
+    config = Config(
+        entity=EntitySection(name=ENTITY, data_dir=str(data)),
+        sandbox=dataclasses.replace(SANDBOX, **sandbox),  # type: ignore[arg-type]
+        mcp=servers({"servers": {name: {"command": ["/usr/bin/python3", "server.py", *args],
+                                        "allowed_tools": [allowed]}}}))
+    server_dir = data / "mcp" / name
+    server_dir.mkdir(parents=True)
+    (server_dir / "server.py").write_text(source)
+    return config, server_dir
+
+
 async def test_an_mcp_servers_listing_cannot_fill_the_daemons_memory(
         nats_server: NatsServer, tmp_path: Path) -> None:
     """Attack: a configured MCP server (a compromised package the operator listed, not
@@ -292,16 +311,7 @@ async def test_an_mcp_servers_listing_cannot_fill_the_daemons_memory(
     page. The orchestrator's first look at its tools lists them in the daemon's process;
     what the daemon holds grows with what the server sends, not with what it offers (one
     allowed tool, none approved)."""
-    data = tmp_path / ENTITY
-    data.mkdir(parents=True)
-    identity.create(data)
-    config = Config(
-        entity=EntitySection(name=ENTITY, data_dir=str(data)),
-        sandbox=dataclasses.replace(SANDBOX, timeout=90.0),
-        mcp=servers({"servers": {"big": {"command": ["/usr/bin/python3", "server.py"],
-                                         "allowed_tools": ["t0_0"]}}}))
-    (data / "mcp" / "big").mkdir(parents=True)
-    (data / "mcp" / "big" / "server.py").write_text(FLOODING_SERVER)
+    config, _ = mcp_entity(tmp_path, "big", FLOODING_SERVER, allowed="t0_0", timeout=90.0)
     async with running_actors(nats_server.url, ENTITY, {"tool": lambda: ToolActor(config)},
                               events=f"fed.evt.{ENTITY}.tool.>") as actors:
         tracemalloc.start()
@@ -336,17 +346,8 @@ async def test_an_mcp_servers_standard_error_fills_neither_disk_nor_memory(
     daemon keeps only the end of it, to quote in the error: not a file in the host's
     temporary directory that grows with what the server writes (its disk), nor all of
     it read back to quote the end (its memory)."""
-    data = tmp_path / ENTITY
-    data.mkdir(parents=True)
-    identity.create(data)
-    config = Config(
-        entity=EntitySection(name=ENTITY, data_dir=str(data)),
-        sandbox=dataclasses.replace(SANDBOX, timeout=60.0),
-        mcp=servers({"servers": {"loud": {
-            "command": ["/usr/bin/python3", "server.py", str(STDERR_MB)],
-            "allowed_tools": ["none"]}}}))
-    (data / "mcp" / "loud").mkdir(parents=True)
-    (data / "mcp" / "loud" / "server.py").write_text(LOUD_SERVER)
+    config, _ = mcp_entity(tmp_path, "loud", LOUD_SERVER, str(STDERR_MB), allowed="none",
+                           timeout=60.0)
     temp = tempfile.gettempdir()
     before = shutil.disk_usage(temp).used
     most = 0
@@ -410,17 +411,8 @@ async def test_an_mcp_result_cannot_freeze_the_daemons_loop(
     27 a's and a `!`. The call is not refused (the pin does not cover output schemas);
     the client's check backtracks for tens of seconds on the daemon's loop, where the
     bus, the heartbeats, the web page and every other actor wait."""
-    data = tmp_path / ENTITY
-    data.mkdir(parents=True)
-    identity.create(data)
-    config = Config(
-        entity=EntitySection(name=ENTITY, data_dir=str(data)),
-        sandbox=dataclasses.replace(SANDBOX, timeout=20.0),
-        mcp=servers({"servers": {"slow": {"command": ["/usr/bin/python3", "server.py"],
-                                          "allowed_tools": ["echo"]}}}))
-    server_dir = data / "mcp" / "slow"
-    server_dir.mkdir(parents=True)
-    (server_dir / "server.py").write_text(BACKTRACKING_SERVER)
+    config, server_dir = mcp_entity(tmp_path, "slow", BACKTRACKING_SERVER, allowed="echo",
+                                    timeout=20.0)
     async with running_actors(nats_server.url, ENTITY, {"tool": lambda: ToolActor(config)},
                               events=f"fed.evt.{ENTITY}.tool.>") as actors:
         env = await actors.client.ask(f"{ENTITY}/ctl", f"{ENTITY}/tool",
@@ -475,17 +467,10 @@ async def test_an_mcp_server_cannot_fill_the_data_dirs_disk(
     the sandbox's uid, as emulated here. Held: the directory is mounted read-only (the
     server's scratch is the sandbox's /tmp, in the session's memory), so nothing lands
     there and the listing still works."""
-    data = tmp_path / ENTITY
-    data.mkdir(parents=True)
-    identity.create(data)
-    sandbox = dataclasses.replace(SANDBOX, timeout=30.0, workspace_mb=16)
-    config = Config(
-        entity=EntitySection(name=ENTITY, data_dir=str(data)), sandbox=sandbox,
-        mcp=servers({"servers": {"fill": {"command": ["/usr/bin/python3", "server.py"],
-                                          "allowed_tools": ["none"]}}}))
-    server_dir = data / "mcp" / "fill"
-    (server_dir / ".git").mkdir(parents=True)  # as the daemon makes it (client.py)
-    (server_dir / "server.py").write_text(FILLING_SERVER)
+    config, server_dir = mcp_entity(tmp_path, "fill", FILLING_SERVER, allowed="none",
+                                    timeout=30.0, workspace_mb=16)
+    sandbox = config.sandbox
+    (server_dir / ".git").mkdir()  # as the daemon makes it (client.py)
     if os.geteuid() == 0:  # the shipped unit: the daemon's own uid is the sandbox's
         for path in (server_dir, server_dir / ".git", server_dir / "server.py"):
             os.chown(path, sandbox.uid, sandbox.gid)

@@ -104,6 +104,17 @@ class Tap:
         return [event_data(m) for m in self.msgs]
 
 
+async def taps(nc: NATS, *subjects: str) -> list[Tap]:
+    """A tap on each of `subjects`, subscribed (and flushed) on `nc`."""
+    tapped = []
+    for subject in subjects:
+        tap = Tap()
+        await nc.subscribe(subject, cb=tap.add)
+        tapped.append(tap)
+    await nc.flush()
+    return tapped
+
+
 async def status(client: EntityClient) -> Any:
     return await client.ask("health", protocol.StatusGet(), 10.0)
 
@@ -266,10 +277,7 @@ async def test_a_member_flooding_an_inbox_keeps_only_its_share_and_the_others_go
         b_client = await stack.enter_async_context(EntityClient(entity_config.load(b.config)))
         at_b: NATS = await nats.connect(b.url)
         stack.push_async_callback(at_b.close)
-        received, rejected = Tap(), Tap()
-        await at_b.subscribe(f"fed.evt.{B}.peer.report_received", cb=received.add)
-        await at_b.subscribe(f"fed.evt.{B}.peer.rejected", cb=rejected.add)
-        await at_b.flush()
+        (received,) = await taps(at_b, f"fed.evt.{B}.peer.report_received")
 
         before = [await check(b_client, A) for _ in range(PROBES)]
         baseline = statistics.median(before)
@@ -405,10 +413,8 @@ async def test_a_delegate_stalling_its_delivery_holds_up_no_other_members_comman
         async with contextlib.AsyncExitStack() as stack:
             at_a: NATS = await nats.connect(a.url)
             stack.push_async_callback(at_a.close)
-            received, fetching = Tap(), Tap()
-            await at_a.subscribe(f"fed.evt.{A}.peer.report_received", cb=received.add)
-            await at_a.subscribe(f"fed.req.{B}.{A}.fetch", cb=fetching.add)
-            await at_a.flush()
+            received, fetching = await taps(at_a, f"fed.evt.{A}.peer.report_received",
+                                            f"fed.req.{B}.{A}.fetch")
             await command_into_inbox(b, a, "task", TaskUpdate(
                 task_id, "completed", "done, fetch it", size=300_000, sha256="0" * 64))
             await poll(lambda: _some(fetching), timeout=20.0, what="entity-a fetching")
