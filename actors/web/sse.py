@@ -81,14 +81,14 @@ async def _start(reader: EventReader, request: Request,
     return Position(own, feed)
 
 
-async def _pump(follower: Any, own: bool, entity: str,
+async def _pump(follower: Any, own: bool,
                 queue: asyncio.Queue[tuple[bool, StoredEvent]], closed: asyncio.Event) -> None:
     """One stream's events into `queue` until `closed`. It waits at most PUMP_WAIT_S at a
     time: a cancel that nats-py's next_msg swallows (asyncio.wait_for in Python 3.11, when
     a message comes at the same moment) must not keep it, and the response, for ever."""
     while not closed.is_set():
         stored = await follower.next(PUMP_WAIT_S)
-        if stored is None or not (own or stored.entity != entity):
+        if stored is None:  # (the feed's follower passes the entity's own events over)
             continue
         while not closed.is_set():
             with contextlib.suppress(TimeoutError):
@@ -111,12 +111,12 @@ def event_stream(reader: EventReader, keys: Callable[[], Awaitable[None]],
             async with contextlib.AsyncExitStack() as stack:
                 pumps = [asyncio.create_task(_pump(
                     await stack.enter_async_context(reader.follow(after=at.own)),
-                    True, reader.entity, queue, closed))]
+                    True, queue, closed))]
                 if at.feed is not None:
                     pumps.append(asyncio.create_task(_pump(
                         await stack.enter_async_context(
                             reader.follow(after=at.feed, feed=True, others=True)),
-                        False, reader.entity, queue, closed)))
+                        False, queue, closed)))
                 try:
                     while not stopping():
                         try:
