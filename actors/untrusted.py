@@ -5,23 +5,69 @@ Python's parsers recurse once per nesting level, so a small document of brackets
 (`[[[...]]]`, a few kilobytes) raises RecursionError, which is no ValueError: a caller
 that catches only the parser's own error would crash on it. Here it is that parser's own
 error, saying the document is nested too deeply, like any other unreadable document.
+
+JSON also holds what nothing downstream can carry: an integer past 64 bits (msgpack and
+SQLite stop there; past 4,300 digits Python's int() itself raises) is refused like a
+syntax error, and a string's lone surrogate (`"\\ud800"`, no Unicode character) becomes
+U+FFFD, as undecodable bytes do elsewhere.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from typing import Any
 
 TOO_DEEP = "nested too deeply to read"
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+_DIGITS = 19  # of INT_MAX: a longer integer is past it before int() is asked
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+class _PastInt64(ValueError):
+    pass
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > _DIGITS:
+        raise _PastInt64(text[:24] + "...")
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise _PastInt64(text)
+    return value
 
 
 def json_loads(text: str | bytes) -> Any:
-    """json.loads; json.JSONDecodeError for a document nested past the recursion limit."""
+    """json.loads; json.JSONDecodeError for a document nested past the recursion limit
+    or holding an integer past 64 bits; lone surrogates in strings become U+FFFD."""
     try:
-        return json.loads(text)
+        value = json.loads(text, parse_int=_bounded_int)
     except RecursionError:
         raise json.JSONDecodeError(TOO_DEEP, "", 0) from None
+    except _PastInt64 as exc:
+        raise json.JSONDecodeError(f"the integer {exc} is past 64 bits (at most "
+                                   f"{INT_MAX})", "", 0) from None
+    raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
+    if _SURROGATE_ESCAPE.search(raw) or _SURROGATE.search(raw):
+        return _replace_surrogates(value)
+    return value
+
+
+def text(value: str) -> str:
+    """`value` with each lone surrogate (no Unicode character) made U+FFFD."""
+    return _SURROGATE.sub("\ufffd", value)
+
+
+def _replace_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return text(value)
+    if isinstance(value, list):
+        return [_replace_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
+    return value
 
 
 def toml_loads(text: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         EntitydError,
         PeerUnavailable,
         RemoteError,
+        Unsendable,
     )
     from .eventlog import EventReader, StoredEvent
     from .federated import FederationAccess
@@ -61,6 +62,7 @@ _HOMES = {
     "EntitydError": (".errors", "EntitydError"),
     "PeerUnavailable": (".errors", "PeerUnavailable"),
     "RemoteError": (".errors", "RemoteError"),
+    "Unsendable": (".errors", "Unsendable"),
     "EventReader": (".eventlog", "EventReader"),
     "StoredEvent": (".eventlog", "StoredEvent"),
     "FederationAccess": (".federated", "FederationAccess"),
@@ -103,6 +105,7 @@ __all__ = [
     "SandboxSection",
     "StoredEvent",
     "Supervision",
+    "Unsendable",
     "WebSection",
     "configure_logging",
     "get_logger",

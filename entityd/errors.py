@@ -8,6 +8,7 @@ EntitydError
 ├── ActorDeadError       the actor asked is stopped or the runtime is shutting down
 ├── AskTimeout           no reply within the deadline
 ├── RemoteError          the other side answered with an `error`, or an answer it could not open
+├── Unsendable           a message holds what the wire cannot carry (an int past 64 bits, ...)
 ├── PeerUnavailable      a peer cannot be reached now (what needs it is retried later)
 └── RestartBudgetExceeded  an actor crashed too often; the daemon must exit non-zero
 """
@@ -56,6 +57,11 @@ class RemoteError(EntitydError):
         self.src = src
         self.code = code
         self.message = message
+
+
+class Unsendable(EntitydError):
+    """What was to be sent holds what msgpack cannot carry (an integer past 64 bits, a
+    string with a lone surrogate): nothing was sent."""
 
 
 class PeerUnavailable(EntitydError):

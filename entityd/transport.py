@@ -21,7 +21,10 @@ import protocol
 from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, Verified, subjects
 from protocol.envelope import _unpack  # §4's decoding of a body, for §9.1
 
-from .errors import ActorDeadError, AskTimeout, RemoteError
+from .errors import ActorDeadError, AskTimeout, RemoteError, Unsendable
+from .logs import get
+
+log = get("entityd.transport")
 
 REPLY_PREFIXES = ("_i.", "_l.", "_INBOX.")
 
@@ -75,7 +78,13 @@ class Transport:
     def seal(
         self, *, src: str, dst: str, subj: str, message: object, corr: bytes | None = None
     ) -> tuple[bytes, bytes]:
-        return protocol.seal(self.key, src=src, dst=dst, subj=subj, message=message, corr=corr)
+        """Unsendable when the message holds what the wire cannot carry: the sender's
+        error to handle (a tool's observation, an error reply), never a crash."""
+        try:
+            return protocol.seal(self.key, src=src, dst=dst, subj=subj, message=message,
+                                 corr=corr)
+        except protocol.BadPayload as exc:
+            raise Unsendable(f"nothing sent to {dst}: {exc.detail}") from None
 
     def open(self, data: bytes, *, subject: str, local: str, replay: ReplayGuard) -> Envelope:
         return protocol.open(
@@ -170,11 +179,16 @@ class Transport:
             waiter.set_result(msg)
 
     async def reply(self, request: Envelope, reply_to: str, message: object) -> None:
-        """Answer `request`; an answer larger than an envelope may be (no receiver would
-        open it) goes as an `error` saying so instead."""
-        wire, _ = self.seal(
-            src=request.dst, dst=request.src, subj=reply_to, message=message, corr=request.id
-        )
+        """Answer `request`; an answer no receiver could open (larger than an envelope may
+        be, or holding what msgpack cannot carry) goes as an `error` saying so instead."""
+        try:
+            wire, _ = self.seal(
+                src=request.dst, dst=request.src, subj=reply_to, message=message,
+                corr=request.id)
+        except Unsendable as exc:
+            wire, _ = self.seal(src=request.dst, dst=request.src, subj=reply_to, corr=request.id,
+                                message=protocol.Error(protocol.reasons.BAD_PAYLOAD, (
+                                    f"the answer to {request.typ} could not be sent: {exc}")))
         if len(wire) > self.max_bytes:
             wire, _ = self.seal(src=request.dst, dst=request.src, subj=reply_to, corr=request.id,
                                 message=protocol.Error(protocol.reasons.TOO_LARGE, (
@@ -205,10 +219,16 @@ class Transport:
         await self._publish(msg.reply, wire)
 
     async def publish_event(self, actor: str, typ: str, message: object) -> None:
+        """An event; one holding what the wire cannot carry is logged and not sent (what
+        it reports happened all the same: the emitter goes on)."""
         subj = subjects.event(self.entity, actor, typ)
-        wire, _ = self.seal(
-            src=f"{self.entity}/{actor}", dst=protocol.BROADCAST, subj=subj, message=message
-        )
+        try:
+            wire, _ = self.seal(
+                src=f"{self.entity}/{actor}", dst=protocol.BROADCAST, subj=subj, message=message
+            )
+        except Unsendable as exc:
+            log.warning("event_not_sent", subject=subj, error=str(exc))
+            return
         await self._publish(subj, wire)
 
     async def _publish(self, subject: str, wire: bytes) -> None:

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgpack
 from nacl.exceptions import CryptoError
 from nacl.public import Box
 from nacl.signing import SigningKey, VerifyKey
 
 from . import kinds
-from .envelope import Envelope, _unpack, seal
+from .envelope import Envelope, _unpack, pack, seal
 from .errors import BadPayload
 
 
@@ -36,8 +35,9 @@ class Sealer:
 
     def encrypt(self, peer_key: bytes, message: object) -> tuple[str, bytes]:
         """(typ, nonce || ciphertext) of a registered record, for the holder of `peer_key`."""
-        plaintext = msgpack.packb(kinds.encode(message), use_bin_type=True)
-        return kinds.kind_name(message), bytes(self.box(peer_key).encrypt(plaintext))
+        typ = kinds.kind_name(message)
+        plaintext = pack(kinds.encode(message), typ)
+        return typ, bytes(self.box(peer_key).encrypt(plaintext))
 
     def seal(
         self, peer_key: bytes, *, src: str, dst: str, subj: str, message: object,

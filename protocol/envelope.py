@@ -24,6 +24,7 @@ from nacl.signing import SigningKey
 
 from . import kinds, subjects
 from .errors import (
+    BadPayload,
     Malformed,
     MalformedBody,
     ProtocolError,
@@ -94,6 +95,23 @@ def new_id() -> bytes:
     return os.urandom(ID_BYTES)
 
 
+def pack(value: Any, typ: str) -> bytes:
+    """msgpack of `value`; BadPayload for what it cannot encode (no receiver could read
+    such a message: the sender learns it here, as an error, not as a crash)."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)
+    except (OverflowError, UnicodeEncodeError, TypeError, ValueError) as exc:
+        raise BadPayload(f"a {typ} cannot be encoded: {_unencodable(exc)}") from None
+
+
+def _unencodable(exc: Exception) -> str:
+    if isinstance(exc, OverflowError):
+        return "an integer past 64 bits"
+    if isinstance(exc, UnicodeEncodeError):
+        return "a string that is not Unicode text (a lone surrogate)"
+    return f"{type(exc).__name__}: {exc}"[:200]
+
+
 def seal(
     key: SigningKey,
     *,
@@ -111,7 +129,8 @@ def seal(
     """Sign a message for `subj`; returns (wire bytes, envelope id).
 
     Pass a registered record as `message`, or a raw `typ` and `payload` (encrypted
-    payloads, test vectors).
+    payloads, test vectors). BadPayload when the payload holds what msgpack cannot carry
+    (an integer past 64 bits, a string that is no Unicode text: a lone surrogate).
     """
     if message is not None:
         typ = kinds.kind_name(message)
@@ -119,20 +138,17 @@ def seal(
     if typ is None:
         raise TypeError("seal() needs a message record or a typ")
     msg_id = msg_id if msg_id is not None else new_id()
-    body = msgpack.packb(
-        {
-            "id": msg_id,
-            "src": src,
-            "dst": dst,
-            "subj": subj,
-            "typ": typ,
-            "ts": ts if ts is not None else now_ms(),
-            "corr": corr,
-            "enc": enc,
-            "payload": payload,
-        },
-        use_bin_type=True,
-    )
+    body = pack({
+        "id": msg_id,
+        "src": src,
+        "dst": dst,
+        "subj": subj,
+        "typ": typ,
+        "ts": ts if ts is not None else now_ms(),
+        "corr": corr,
+        "enc": enc,
+        "payload": payload,
+    }, typ)
     sig = key.sign(DOMAIN + body).signature
     kid = bytes(key.verify_key)
     SELF_SIGNED.add(kid, body, sig)

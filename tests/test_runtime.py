@@ -16,7 +16,7 @@ import protocol
 from entityd.actor import Actor
 from entityd.bus import barrier
 from entityd.config import RuntimeSection
-from entityd.errors import RemoteError, RestartBudgetExceeded
+from entityd.errors import RemoteError, RestartBudgetExceeded, Unsendable
 from entityd.runtime import Runtime, RuntimeState
 from entityd.supervisor import ActorState
 from entityd.transport import Transport
@@ -82,6 +82,9 @@ class EchoActor(Actor):
         match envelope.message:
             case Echo(text) if text.startswith("grow:"):
                 return Echo("x" * int(text.removeprefix("grow:")))
+            case Echo("unsendable"):
+                await self.ctx.emit("said", text="\ud800")  # not sent, logged
+                return Echo("\udfff")
             case Echo(text):
                 await self.seen.add(text)
                 return Echo(text.upper())
@@ -163,6 +166,27 @@ async def test_an_answer_too_large_to_open_is_an_error_and_the_actor_serves_on(
     assert await rig.ask("echo", Echo("still here")) == Echo("STILL HERE")
     echo = next(a for a in rig.runtime.actors() if a.name == "echo")
     assert echo.restarts == 0
+
+
+async def test_what_the_wire_cannot_carry_is_an_error_to_its_sender_never_a_crash(
+        rig: Rig) -> None:
+    """An integer past 64 bits or a lone surrogate cannot be packed: asking or telling
+    with one raises Unsendable (an EntitydError) and sends nothing; an actor's answer or
+    event holding one becomes a `bad_payload` error, or is not sent, and the actor serves
+    on."""
+    for message in (Echo("\ud800"), Echo(2**64)):  # type: ignore[arg-type]
+        with pytest.raises(Unsendable, match="cannot be encoded"):
+            await rig.ask("echo", message)
+        with pytest.raises(Unsendable):
+            await rig.client.tell(f"{ENTITY}/ctl", f"{ENTITY}/echo", message)
+    with pytest.raises(RemoteError) as info:
+        await rig.ask("echo", Echo("unsendable"))
+    assert info.value.code == "bad_payload", info.value
+    assert "a string that is not Unicode text" in info.value.message, info.value
+    assert await rig.ask("echo", Echo("still here")) == Echo("STILL HERE")
+    echo = next(a for a in rig.runtime.actors() if a.name == "echo")
+    assert echo.restarts == 0
+    assert rig.seen == ["still here"]
 
 
 async def test_actor_asks_and_tells_another_actor(rig: Rig) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 from entityd import ActorDeadError, AskTimeout, EntitydError, RemoteError
 from protocol import reasons
 
-from ..untrusted import json_loads
+from ..untrusted import INT_MAX, INT_MIN, json_loads
 
 
 class ToolFailed(Exception):
@@ -128,14 +128,21 @@ def schema(required: dict[str, str], optional: dict[str, str] | None = None,
 
 
 def integer(value: Any, name: str) -> int:
-    """A tool argument that must be a whole number (a model may send 3, "3" or 3.0)."""
+    """A tool argument that must be a whole number (a model may send 3, "3" or 3.0) of
+    64 bits at most (what msgpack and SQLite carry)."""
+    number: int | None = None
     if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and len(value) <= 40:
         try:
-            return int(value.strip())
+            number = int(value.strip())
         except ValueError:
             pass
-    raise ToolFailed(f"{name} must be a whole number, got {value!r}")
+    if number is None:
+        raise ToolFailed(f"{name} must be a whole number, got {str(value)[:80]!r}")
+    if not INT_MIN <= number <= INT_MAX:
+        raise ToolFailed(f"{name} must be a whole number of 64 bits at most "
+                         f"({INT_MIN} to {INT_MAX})")
+    return number

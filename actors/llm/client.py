@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from entityd import LlmSection, get_logger
 
+from ..untrusted import text as untrusted_text
 from .budget import TokenBudget
 from .errors import BudgetExhausted, LLMError, LLMTimeout, ProviderError
 from .providers import NO_KEY, ResolvedProvider, resolve
@@ -306,40 +307,87 @@ def build_llm(
     )
 
 
+# More tokens than any call could use: a provider saying so is misreporting.
+USAGE_MAX = 2**31
+
+
 def _completion(
     response: ChatCompletion, messages: list[dict[str, Any]]
 ) -> tuple[Completion, bool]:
-    if not response.choices:
+    """The completion a provider's 200 answer holds; ProviderError when its shape is not
+    a chat completion's (the SDK builds its records without checking a field's type, so
+    a server's `choices: "abc"` or `content: 5` would otherwise reach the agent)."""
+    try:
+        return _shaped(response, messages)
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as exc:
+        raise ProviderError(200, f"the response is not a chat completion: "
+                            f"{type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _shaped(response: Any, messages: list[dict[str, Any]]) -> tuple[Completion, bool]:
+    choices = response.choices
+    if not choices:
         raise ProviderError(200, "the response has no choices")
-    choice = response.choices[0]
+    if not isinstance(choices, list):
+        raise TypeError(f"choices is a {type(choices).__name__}, not a list")
+    choice = choices[0]
     message = choice.message
+    content = _optional_text(message.content, "content")
     calls = [
-        ToolCallRequest(call.id, call.function.name, call.function.arguments or "")
-        for call in message.tool_calls or []
+        ToolCallRequest(_optional_text(call.id, "a tool call's id") or "",
+                        _text(call.function.name, "a tool call's name"),
+                        _optional_text(call.function.arguments, "a tool call's arguments") or "")
+        for call in _list(message.tool_calls, "tool_calls")
         if call.type == "function"
     ]
     reasoning = getattr(message, "reasoning_content", None)
     estimated = response.usage is None
     if response.usage is not None:
-        prompt = response.usage.prompt_tokens or 0
-        completion_tokens = response.usage.completion_tokens or 0
-        total = response.usage.total_tokens or prompt + completion_tokens
+        prompt = _tokens(response.usage.prompt_tokens, "prompt_tokens")
+        completion_tokens = _tokens(response.usage.completion_tokens, "completion_tokens")
+        total = _tokens(response.usage.total_tokens, "total_tokens") or prompt + completion_tokens
     else:
         # Some servers (older Ollama, vLLM without usage) report none: a rough guess,
         # four characters a token, keeps the hourly budget meaningful.
         prompt = max(1, len(json.dumps(messages)) // 4)
-        text = (message.content or "") + "".join(c.arguments for c in calls)
+        text = (content or "") + "".join(c.arguments for c in calls)
         completion_tokens = max(1, len(text) // 4)
         total = prompt + completion_tokens
     result = Completion(
-        content=message.content,
+        content=content,
         tool_calls=calls,
-        reasoning_content=reasoning if isinstance(reasoning, str) else None,
+        reasoning_content=untrusted_text(reasoning) if isinstance(reasoning, str) else None,
         usage=Usage(prompt, completion_tokens, total),
-        finish_reason=choice.finish_reason or "unknown",
-        model=response.model or "",
+        finish_reason=_optional_text(choice.finish_reason, "finish_reason") or "unknown",
+        model=_optional_text(response.model, "model") or "",
     )
     return result, estimated
+
+
+def _text(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} is a {type(value).__name__}, not a string")
+    return untrusted_text(value)  # a lone surrogate (no Unicode character) made U+FFFD
+
+
+def _optional_text(value: Any, what: str) -> str | None:
+    return None if value is None else _text(value, what)
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TypeError(f"{what} is a {type(value).__name__}, not a list")
+    return value
+
+
+def _tokens(value: Any, what: str) -> int:
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= USAGE_MAX:
+        raise ValueError(f"usage.{what} is {value!r}, not a count of tokens")
+    return value
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
