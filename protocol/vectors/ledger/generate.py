@@ -323,8 +323,42 @@ def reject_rating() -> dict[str, Any]:
                                   "beta": {"tasks": 1, "weight": 40, "weighted": 160}}})
 
 
+def bound_sums() -> dict[str, Any]:
+    c = Chains("bound_sums")
+    cap, half = 2**63 - 1, 2**62  # 16.5's bound; a supply within it
+    mint(c, "alpha", half, at(0))
+    for n, (payer, payee) in enumerate((("alpha", "beta"), ("beta", "alpha"),
+                                        ("alpha", "beta"))):
+        c.ok(f"{payer} holds 2^62 for {payee}'s task t-1", payer, "hold",
+             hold(payee, half, at(0) + DAY, "t-1"), name=f"h{n}", ts=at(1 + n))
+        c.ok(f"{payer} posts it: alpha to beta for t-1 has now settled "
+             f"{'2^63, kept as 2^63 - 1' if n == 2 else '2^62'}" if payer == "alpha" else
+             f"{payer} posts it", payer, "post", {"hold": c.id(f"h{n}"), "amount": half},
+             name=f"p{n}", ts=at(1 + n))
+    c.ok("beta rates alpha 5 for t-1: 2^62 + (2^63 - 1) settled, it weighs (2^63 - 1) // 5",
+         "beta", "rate", {"peer": "alpha", "task": "t-1", "score": 5}, name="r1", ts=at(5))
+    c.ok("alpha rates beta 1 for t-1: it weighs 2^63 - 1", "alpha", "rate",
+         {"peer": "beta", "task": "t-1", "score": 1}, name="r2", ts=at(5))
+    c.ok("beta holds 1 for alpha's task t-2", "beta", "hold", hold("alpha", 1, at(0) + DAY,
+                                                                   "t-2"), name="h3", ts=at(6))
+    c.ok("beta posts it", "beta", "post", {"hold": c.id("h3"), "amount": 1}, name="p3",
+         ts=at(6))
+    c.ok("beta rates alpha 5 for t-2: no room is left under the bound, it weighs 0", "beta",
+         "rate", {"peer": "alpha", "task": "t-2", "score": 5}, name="r3", ts=at(7))
+    fifth = cap // 5
+    return vector(c, "Money paid round and round settles without bound: the settled amount "
+                  "of a payer, payee and task stops at 2^63 - 1, and a rating weighs at most "
+                  "what keeps the rated account's weighted sum within 2^63 - 1 (16.5); one "
+                  "past the bound counts among the tasks with a weight of 0.",
+                  {"supply": half, "balances": balances(alpha=(1, 0), beta=(half - 1, 0)),
+                   "reputation": {"alpha": {"tasks": 2, "weight": fifth,
+                                            "weighted": 5 * fifth},
+                                  "beta": {"tasks": 1, "weight": cap, "weighted": cap}}})
+
+
 BUILDERS = (reject_broken_chain, reject_wrong_signer, reject_overdraft,
-            reject_hold_resolved, reject_hold_expired, reject_conflict, reject_rating)
+            reject_hold_resolved, reject_hold_expired, reject_conflict, reject_rating,
+            bound_sums)
 
 
 def render() -> dict[str, str]:
