@@ -14,7 +14,7 @@ from nacl.public import Box
 from nacl.signing import SigningKey, VerifyKey
 
 from . import kinds
-from .envelope import Envelope, _unpack, pack, seal
+from .envelope import Envelope, _unpack, encoded, pack, seal
 from .errors import BadPayload
 
 
@@ -35,8 +35,8 @@ class Sealer:
 
     def encrypt(self, peer_key: bytes, message: object) -> tuple[str, bytes]:
         """(typ, nonce || ciphertext) of a registered record, for the holder of `peer_key`."""
-        typ = kinds.kind_name(message)
-        plaintext = pack(kinds.encode(message), typ)
+        typ, payload = encoded(message)
+        plaintext = pack(payload, typ)
         return typ, bytes(self.box(peer_key).encrypt(plaintext))
 
     def seal(

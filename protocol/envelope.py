@@ -100,8 +100,19 @@ def pack(value: Any, typ: str) -> bytes:
     such a message: the sender learns it here, as an error, not as a crash)."""
     try:
         return msgpack.packb(value, use_bin_type=True)
-    except (OverflowError, UnicodeEncodeError, TypeError, ValueError) as exc:
+    except (OverflowError, UnicodeEncodeError, TypeError, ValueError, RecursionError) as exc:
         raise BadPayload(f"a {typ} cannot be encoded: {_unencodable(exc)}") from None
+
+
+def encoded(message: object) -> tuple[str, Any]:
+    """(kind, payload) of a registered record; BadPayload for lists and maps nested past
+    what Python's recursion reaches (a record holding such a value of type any)."""
+    typ = kinds.kind_name(message)
+    try:
+        return typ, kinds.encode(message)
+    except RecursionError:
+        raise BadPayload(f"a {typ} cannot be encoded: "
+                         f"{_unencodable(RecursionError())}") from None
 
 
 def _unencodable(exc: Exception) -> str:
@@ -109,6 +120,8 @@ def _unencodable(exc: Exception) -> str:
         return "an integer past 64 bits"
     if isinstance(exc, UnicodeEncodeError):
         return "a string that is not Unicode text (a lone surrogate)"
+    if isinstance(exc, RecursionError):
+        return "lists and maps nested too deeply"
     return f"{type(exc).__name__}: {exc}"[:200]
 
 
@@ -133,8 +146,7 @@ def seal(
     (an integer past 64 bits, a string that is no Unicode text: a lone surrogate).
     """
     if message is not None:
-        typ = kinds.kind_name(message)
-        payload = kinds.encode(message)
+        typ, payload = encoded(message)
     if typ is None:
         raise TypeError("seal() needs a message record or a typ")
     msg_id = msg_id if msg_id is not None else new_id()

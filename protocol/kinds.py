@@ -172,8 +172,30 @@ def _compile(hint: Any) -> Check:
     return _never(hint)
 
 
+# How deep lists and maps may nest in a value of type any (an event's data, say): what
+# a receiver renders or walks (the web page's JSON, entityctl watch) recurses once a
+# level, and msgpack alone reads about a thousand.
+ANY_DEPTH = 32
+
+
 def _any(value: Any, where: str) -> Any:
+    if isinstance(value, list | dict):
+        _within_depth(value, where)
     return value
+
+
+def _within_depth(value: Any, where: str, depth: int = 1) -> None:
+    """BadPayload when lists and maps nest in `value` past ANY_DEPTH levels (`value`
+    itself at `depth`)."""
+    stack = [(value, depth)]
+    while stack:
+        item, level = stack.pop()
+        if level > ANY_DEPTH:
+            raise BadPayload(f"{where}: lists and maps nested more than {ANY_DEPTH} levels "
+                             "deep")
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, level + 1) for child in children
+                     if isinstance(child, list | dict))
 
 
 def _float(value: Any, where: str) -> Any:
@@ -236,6 +258,7 @@ def _list_of(item: Check) -> Check:
         if not isinstance(value, list):
             raise BadPayload(f"{where}: expected a list, got {type(value).__name__}")
         if item is _any:
+            _within_depth(value, where)
             return list(value)  # a copy, as below, without a `where` per element
         return [item(v, f"{where}[{i}]") for i, v in enumerate(value)]
 
@@ -247,6 +270,7 @@ def _dict_of(key: Check, item: Check) -> Check:
         if not isinstance(value, dict):
             raise BadPayload(f"{where}: expected a map, got {type(value).__name__}")
         if item is _any:  # e.g. an event's data: only the keys have a type
+            _within_depth(value, where)
             return {key(k, f"{where} key"): v for k, v in value.items()}
         return {key(k, f"{where} key"): item(v, f"{where}[{k!r}]") for k, v in value.items()}
 

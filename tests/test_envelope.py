@@ -469,3 +469,31 @@ def test_the_package_lists_exactly_its_public_names() -> None:
     star: dict[str, Any] = {}
     exec("from protocol import *", star)
     assert set(listed) <= set(star)
+
+
+def nested(depth: int) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_value_of_type_any_nests_at_most_32_levels() -> None:
+    """An event's data (a map of *any*) holds lists and maps 32 levels deep, the map
+    itself the first; one more is bad_payload, before anything renders or walks it."""
+    ok = protocol.kinds.decode("event", {"type": "t", "actor": "a",
+                                         "data": {"x": nested(31)}})
+    assert ok.data["x"] == nested(31)
+    with pytest.raises(protocol.BadPayload, match="nested more than 32 levels"):
+        protocol.kinds.decode("event", {"type": "t", "actor": "a", "data": {"x": nested(32)}})
+
+
+def test_what_msgpack_cannot_carry_is_bad_payload_to_its_sender() -> None:
+    """seal() refuses, as BadPayload, an integer past 64 bits, a lone surrogate and lists
+    nested past what msgpack writes; nothing is signed."""
+    key = SigningKey.generate()
+    for data, says in (({"n": 2**64}, "past 64 bits"), ({"s": "\ud800"}, "lone surrogate"),
+                       ({"deep": nested(2000)}, "nested too deeply")):
+        with pytest.raises(protocol.BadPayload, match=says):
+            protocol.seal(key, src="entity-a/x", dst="*", subj="fed.evt.entity-a.x.t",
+                          message=protocol.Event("t", "x", data))

@@ -42,7 +42,12 @@ class Position:
 
 
 def _number(raw: str) -> int | None:
-    return int(raw) if raw.isascii() and raw.isdigit() and int(raw) < MAX_ID else None
+    """A sequence number, 0 to MAX_ID - 1 (no longer than MAX_ID's digits: int() refuses
+    a string of more than 4,300 digits with a ValueError)."""
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_ID))):
+        return None
+    number = int(raw)
+    return number if number < MAX_ID else None
 
 
 def resume_point(request: Request) -> tuple[int, int | None] | None:
