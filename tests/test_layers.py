@@ -36,7 +36,7 @@ RUNTIME_API = {
     "Config", "ConfigError", "Context", "EntitydError", "Envelope", "EventReader",
     "FederationAccess", "StoredEvent", "WebSection",
     "LlmSection", "Later", "McpServer", "PeerUnavailable", "PeersSection", "RemoteError",
-    "SandboxSection", "Supervision", "configure_logging", "get_logger", "kind",
+    "SandboxSection", "Supervision", "Unsendable", "configure_logging", "get_logger", "kind",
     "unsubscribe",
 }
 
