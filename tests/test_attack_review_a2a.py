@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from actors.a2a.push import PushConfigStore, PushPolicy, PushRefused
 from actors.a2a.server import MAX_BODY, MAX_HISTORY, TaskStore, call_context
+from entityd import config as config_mod
+from entityd.client import EntityClient
+from protocol import StatusGet
 from tests import test_a2a_server
 from tests.test_a2a_server import KEY, Entity
 
@@ -89,6 +93,78 @@ async def test_a_big_call_is_refused_and_malformed_ones_answered(entity: Entity)
         assert task["status"]["state"] == "TASK_STATE_COMPLETED", task
         assert [t["id"] for t in await listed(http, url)] == [task["id"]]
     assert entity.daemon.proc is not None and entity.daemon.proc.poll() is None
+
+
+def rpc(method: str, params: Any, ident: Any = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": ident, "method": method, "params": params}
+
+
+def nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+# Calls of every method with params of the wrong shape or edge values: each must get an
+# answer (a JSON-RPC error, or a result), never a 500 or a crashed actor.
+SHAPES: dict[str, dict[str, Any]] = {
+    "no_message": rpc("SendMessage", {}),
+    "message_a_list": rpc("SendMessage", {"message": [1, 2]}),
+    "parts_a_string": rpc("SendMessage", {"message": {"messageId": "m1", "role": "ROLE_USER",
+                                                      "parts": "hello"}}),
+    "text_an_int": rpc("SendMessage", {"message": {"messageId": "m2", "role": "ROLE_USER",
+                                                   "parts": [{"text": 2**64}]}}),
+    "role_unknown": rpc("SendMessage", {"message": {"messageId": "m3", "role": "ROLE_GOD",
+                                                    "parts": [{"text": "hi"}]}}),
+    "surrogate_text": rpc("SendMessage", {"message": {"messageId": "m4", "role": "ROLE_USER",
+                                                      "parts": [{"text": "\ud800"}]}}),
+    "unknown_task": rpc("SendMessage", {"message": {"messageId": "m5", "role": "ROLE_USER",
+                                                    "taskId": "no-such",
+                                                    "parts": [{"text": "x"}]}}),
+    "deep_metadata": rpc("SendMessage", {"message": {"messageId": "m6", "role": "ROLE_USER",
+                                                     "parts": [{"text": "x"}],
+                                                     "metadata": nested(60)}}),
+    "history_u64": rpc("SendMessage", {"message": {"messageId": "m7", "role": "ROLE_USER",
+                                                   "parts": [{"text": "x"}]},
+                                       "configuration": {"historyLength": 2**64}}),
+    "get_id_int": rpc("GetTask", {"id": 5}),
+    "get_id_list": rpc("GetTask", {"id": ["a"]}),
+    "get_history_negative": rpc("GetTask", {"id": "x", "historyLength": -1}),
+    "cancel_unknown": rpc("CancelTask", {"id": "no-such"}),
+    "list_page_u64": rpc("ListTasks", {"pageSize": 2**64}),
+    "list_page_negative": rpc("ListTasks", {"pageSize": -1, "pageToken": "\u0000junk"}),
+    "push_junk": rpc("CreateTaskPushNotificationConfig", {"taskId": "x", "config": 5}),
+    "unknown_method": rpc("Explode", {}),
+    "params_a_list": rpc("GetTask", [1, 2, 3]),
+    "id_an_object": rpc("GetTask", {"id": "x"}, ident={"a": 1}),
+    "stream_junk": rpc("SendStreamingMessage", {"message": "x"}),
+}
+
+
+async def test_calls_of_the_wrong_shape_are_answered_and_crash_no_actor(
+        entity: Entity) -> None:
+    """A client with a key sends every method with params of the wrong shape or edge
+    values (ints past 64 bits, a lone surrogate, 60 nested maps, unknown ids): each gets
+    an answer under 500, no actor of the entity restarts, and a task still runs."""
+    url = entity.url + "a2a"
+    config = config_mod.load(entity.data / "entityd.toml")
+    async with EntityClient(config) as client, httpx.AsyncClient(timeout=60) as http:
+        before = {a.name: a.restarts for a in (await client.ask(
+            "health", StatusGet(), 10.0)).actors}
+        for name, body in SHAPES.items():
+            raw = json.dumps(body).encode()  # a lone surrogate goes as \\ud800 (escaped)
+            reply = await http.post(url, content=raw,
+                                    headers={**HEADERS, "content-type": "application/json"})
+            assert reply.status_code < 500, f"{name}: {reply.status_code} {reply.text[:300]}"
+        after = {a.name: a.restarts for a in (await client.ask(
+            "health", StatusGet(), 10.0)).actors}
+        assert after == before, f"restarts before {before}, after {after}"
+        reply = await http.post(url, json=send("hello after all that"), headers=HEADERS)
+        assert reply.status_code == 200, reply.text[:300]
+        assert reply.json()["result"]["task"]["status"]["state"] == "TASK_STATE_COMPLETED"
+    crashed = [line for line in entity.daemon.log().splitlines() if '"actor_crashed"' in line]
+    assert not crashed, crashed[:3]
 
 
 async def test_the_store_keeps_a_clients_newest_tasks(tmp_path: Path) -> None:
