@@ -7,9 +7,9 @@ that catches only the parser's own error would crash on it. Here it is that pars
 error, saying the document is nested too deeply, like any other unreadable document.
 
 JSON also holds what nothing downstream can carry: an integer past 64 bits (msgpack and
-SQLite stop there; past 4,300 digits Python's int() itself raises) is refused like a
-syntax error, and a string's lone surrogate (`"\\ud800"`, no Unicode character) becomes
-U+FFFD, as undecodable bytes do elsewhere.
+SQLite stop there; past 4,300 digits Python's int() itself raises) and a string with a
+lone surrogate (`"\\ud800"`: no Unicode character, so no UTF-8) are refused like a syntax
+error.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ def _bounded_int(text: str) -> int:
 
 
 def json_loads(text: str | bytes) -> Any:
-    """json.loads; json.JSONDecodeError for a document nested past the recursion limit
-    or holding an integer past 64 bits; lone surrogates in strings become U+FFFD."""
+    """json.loads; json.JSONDecodeError for a document nested past the recursion limit,
+    holding an integer past 64 bits or a string with a lone surrogate."""
     try:
         value = json.loads(text, parse_int=_bounded_int)
     except RecursionError:
@@ -50,8 +50,9 @@ def json_loads(text: str | bytes) -> Any:
         raise json.JSONDecodeError(f"the integer {exc} is past 64 bits (at most "
                                    f"{INT_MAX})", "", 0) from None
     raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-    if _SURROGATE_ESCAPE.search(raw) or _SURROGATE.search(raw):
-        return _replace_surrogates(value)
+    if (_SURROGATE_ESCAPE.search(raw) or _SURROGATE.search(raw)) and _has_surrogate(value):
+        raise json.JSONDecodeError("a string holds a lone surrogate (\\ud800-\\udfff alone), "
+                                   "which is no Unicode character", "", 0)
     return value
 
 
@@ -60,14 +61,19 @@ def text(value: str) -> str:
     return _SURROGATE.sub("\ufffd", value)
 
 
-def _replace_surrogates(value: Any) -> Any:
-    if isinstance(value, str):
-        return text(value)
-    if isinstance(value, list):
-        return [_replace_surrogates(item) for item in value]
-    if isinstance(value, dict):
-        return {_replace_surrogates(k): _replace_surrogates(v) for k, v in value.items()}
-    return value
+def _has_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+    return False
 
 
 def toml_loads(text: str) -> dict[str, Any]:

@@ -15,6 +15,9 @@ EntitydError
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+
 
 class EntitydError(Exception):
     """Base of every error entityd raises on purpose."""
@@ -72,3 +75,40 @@ class RestartBudgetExceeded(EntitydError):
     def __init__(self, actor: str, restarts: int, window_s: float) -> None:
         super().__init__(f"actor {actor} crashed {restarts} times within {window_s:g} s; giving up")
         self.actor = actor
+
+
+# SQLite's primary result codes for a full disk and a failed read or write of the file
+# (an extended code carries the primary one in its low byte).
+_SQLITE_FULL, _SQLITE_IOERR = 13, 10
+_OUT_OF_SPACE = {errno.ENOSPC, errno.EDQUOT}
+
+
+def disk_full(exc: BaseException) -> str | None:
+    """What says the disk is full (or the storage failed a write) in `exc`, its causes,
+    the exception a library wrapped (sqlalchemy's `orig`) or a group's members; None when
+    nothing does. Not a bug of entityd's: a request that met it is refused, saying so,
+    and the actor goes on (entityd/supervisor.py)."""
+    seen: set[int] = set()
+    stack = [exc]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _OUT_OF_SPACE:
+            return f"{current.strerror or 'no space left'}"
+        if isinstance(current, sqlite3.Error) and _sqlite_storage(current):
+            return str(current)
+        if isinstance(current, BaseExceptionGroup):
+            stack.extend(current.exceptions)
+        stack.extend(e for e in (current.__cause__, current.__context__,
+                                 getattr(current, "orig", None))
+                     if isinstance(e, BaseException))
+    return None
+
+
+def _sqlite_storage(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF in (_SQLITE_FULL, _SQLITE_IOERR)
+    return any(words in str(exc) for words in ("database or disk is full", "disk I/O error"))

@@ -25,7 +25,7 @@ import protocol
 from protocol import ActorStatus, Envelope, reasons
 
 from .actor import Actor, Context, Later, refusal
-from .errors import ActorDeadError, RestartBudgetExceeded
+from .errors import ActorDeadError, RestartBudgetExceeded, disk_full
 from .events import RuntimeEvents
 from .logs import get
 from .mailbox import Mailbox, Rejecter, Stop
@@ -209,6 +209,8 @@ class Supervisor:
                 await self._abandoned(child, env, msg.reply)
                 raise
             except Exception as exc:
+                if await self._refused_for_storage(child, env, msg.reply, exc):
+                    continue
                 if msg.reply:
                     await self._answer(
                         env,
@@ -232,12 +234,29 @@ class Supervisor:
             await self._abandoned(child, env, reply_to)
             raise
         except Exception as exc:
+            if await self._refused_for_storage(child, env, reply_to, exc):
+                return
             if reply_to:
                 await self._answer(env, reply_to, protocol.Error(
                     reasons.ACTOR_CRASHED, f"{child.name} failed: {type(exc).__name__}"))
             raise
         if reply_to:
             await self._answer(env, reply_to, protocol.Ack() if result is None else result)
+
+    async def _refused_for_storage(self, child: Supervised, env: Envelope,
+                                   reply_to: str | None, exc: Exception) -> bool:
+        """A request that met a full disk (a write of SQLite or a file refused): not a bug
+        of the actor's, so no crash (a peer could otherwise send requests until the
+        restart budget stopped the daemon); the asker is told why, the actor goes on."""
+        full = disk_full(exc)
+        if full is None:
+            return False
+        log.warning("request_refused_disk_full", actor=child.name, typ=env.typ, error=full)
+        if reply_to:
+            await self._answer(env, reply_to, protocol.Error(reasons.UNAVAILABLE, (
+                f"{self.transport.entity}'s disk is full ({full}): {env.typ} was not done; "
+                "ask again once its data dir has room")))
+        return True
 
     async def _abandoned(self, child: Supervised, env: Envelope, reply_to: str | None) -> None:
         """Tell the asker of work cut short (a restart, a crash beside it, a stop) at

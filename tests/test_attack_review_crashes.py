@@ -32,10 +32,10 @@ provider serving it. Found:
 Fixed where each lives: `protocol.seal` refuses what msgpack cannot carry as BadPayload
 and the runtime makes it an error of the sender's (Unsendable, an EntitydError: a tool's
 observation; an answer becomes a `bad_payload` error; an event is logged, not sent);
-`untrusted.json_loads` refuses an integer past 64 bits as a decoding error and makes a lone
-surrogate U+FFFD; `toolbox.integer` takes 64 bits at most (a string or float of 2^63 went
-through to SQLite: a case found while fixing, below with the ones that held); the LLM
-client checks the answer's shape and usage (ProviderError). Every case now passes.
+`untrusted.json_loads` refuses an integer past 64 bits and a lone surrogate as decoding
+errors (the model reads why); `toolbox.integer` takes 64 bits at most (a string or
+float of 2^63 went through to SQLite: a case found while fixing, below with the ones that
+held); the LLM client checks the answer's shape and usage (ProviderError). Every case now passes.
 
 Real daemons on a real hub and leaves (bench.rig), the real LLM client over the scripted
 server (not a model), entityctl for every request, as the rest of the suite.

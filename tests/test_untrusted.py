@@ -25,12 +25,17 @@ def test_an_integer_past_64_bits_is_a_decoding_error(literal: str) -> None:
         json_loads(f'{{"n": [1, {literal}]}}')
 
 
-def test_a_lone_surrogate_becomes_the_replacement_character_and_packs() -> None:
-    read = json_loads('{"\\udfff": ["a\\ud800b", {"c": "\\uDBFF"}], "ok": "\\ud83d\\ude00"}')
-    assert read == {"\ufffd": ["a\ufffdb", {"c": "\ufffd"}], "ok": "\U0001f600"}
-    msgpack.packb(read)  # what went wrong before: UnicodeEncodeError
-    assert json_loads(b'"\\ud800"') == "\ufffd"
-    assert json_loads('"\ud800"') == "\ufffd"  # a str handed over with one in it
+@pytest.mark.parametrize("document", [
+    '{"a": "x\\ud800y"}', '{"\\udfff": 1}', '[[{"c": "\\uDBFF"}]]', b'"\\ud800"', '"\ud800"'])
+def test_a_lone_surrogate_is_a_decoding_error(document: str | bytes) -> None:
+    with pytest.raises(json.JSONDecodeError, match="lone surrogate"):
+        json_loads(document)
+
+
+def test_a_surrogate_pair_is_one_character_and_packs() -> None:
+    read = json_loads('{"ok": "\\ud83d\\ude00"}')
+    assert read == {"ok": "\U0001f600"}
+    assert msgpack.unpackb(msgpack.packb(read)) == read
 
 
 def test_a_document_nested_too_deeply_is_a_decoding_error() -> None:

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import msgpack
 
+from entityd import get_logger
 from protocol import ProtocolError
 from protocol.ledger import snapshot
 
 from ..private_file import replace_private
 from .chains import Chains
+
+log = get_logger("entityd.ledger")
 
 SAVE_EVERY = 1000  # entries read between two checkpoints
 
@@ -64,7 +67,11 @@ class Checkpoint:
         data = msgpack.packb({"peers": chains.peers,
                               "books": snapshot.dump(chains.books, chains.state())},
                              use_bin_type=True)
-        await asyncio.to_thread(replace_private, self.path, data)
+        try:
+            await asyncio.to_thread(replace_private, self.path, data)
+        except OSError as exc:  # a full disk: the books stand, the next start replays more
+            log.warning("ledger_checkpoint_not_saved", path=str(self.path), error=str(exc))
+            return
         self.saved_at = chains.after
 
 

@@ -15,6 +15,7 @@ so a recall takes about as long as its slower pool rather than both (store.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -101,8 +102,9 @@ class Database:
                 if self._reader is not None:
                     await self._reader.close()
             finally:
-                try:
-                    await self._db.execute("PRAGMA optimize")
+                try:  # a hint for the planner, best effort: a full disk refuses it
+                    with contextlib.suppress(sqlite3.Error):
+                        await self._db.execute("PRAGMA optimize")
                 finally:
                     await self._db.close()
 

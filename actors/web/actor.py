@@ -44,13 +44,14 @@ class WebActor(Actor):
         self.problem = "starting"
         self.stopping = False
         self.a2a: A2AFace | None = None  # with [a2a] api_keys: the entity's A2A face
+        self.sessions: Sessions | None = None
 
     async def on_start(self) -> None:
         data = self.config.data_dir
-        self.sessions = Sessions(load_secret(data), self.settings.session_hours,
-                                 self.ctx.entity, data / REVOKED_FILE)
-        if self.sessions.damaged:  # every page logged out, rather than some let back in
-            self.ctx.log.warning("web_sessions_reset", problem=self.sessions.damaged)
+        sessions = self.sessions = Sessions(load_secret(data), self.settings.session_hours,
+                                            self.ctx.entity, data / REVOKED_FILE)
+        if sessions.damaged:  # every page logged out, rather than some let back in
+            self.ctx.log.warning("web_sessions_reset", problem=sessions.damaged)
         self.ctx.events.refresh = self._peer_keys
         if self.config.a2a.serving:
             from ..a2a.server import A2AFace
@@ -69,6 +70,7 @@ class WebActor(Actor):
                 await self.ctx.emit("web_unavailable", reason=self.problem)
             return False
         api = Api(self.ctx, self.config.peers.talk_timeout)
+        assert self.sessions is not None, "on_start makes them before it listens"
         pages = Pages(self.sessions, self.links, secure=self.settings.allow_remote)
         port = int(sock.getsockname()[1])
         self.links.port = port
@@ -103,6 +105,10 @@ class WebActor(Actor):
 
     async def on_stop(self) -> None:
         self.stopping = True
+        if self.sessions is not None and not self.sessions.flush():
+            self.ctx.log.warning("web_logouts_not_saved",
+                                 problem="the data dir's disk is full: a log out since the "
+                                         "disk filled is lost at this restart")
         if self.server is not None:
             self.server.stop()
         if self.a2a is not None:

@@ -20,6 +20,9 @@ from .guard import ASGIApp, Guard, session_cookie
 
 STATIC = Path(str(resources.files("actors.web") / "static"))
 MAX_FORM = 4096
+UNSAVED_LOGOUT = ("Logged out for now, but the entity's disk is full and the log out is not "
+                  "saved yet: if the entity restarts before its disk has room, this session "
+                  "would be good again. Log out again once there is room.")
 
 
 class Pages:
@@ -57,7 +60,9 @@ class Pages:
     async def logout(self, request: Request) -> Response:
         # Ended here, not only forgotten by this browser: a copy of the cookie is void too.
         self.sessions.revoke(session_cookie(request.scope, self.sessions.cookie))
-        response = RedirectResponse("/login", status_code=303)
+        response: Response = RedirectResponse("/login", status_code=303)
+        if self.sessions.unsaved:  # not said done: a restart would let the cookie back in
+            response = self._form(UNSAVED_LOGOUT, 503)
         response.delete_cookie(self.sessions.cookie, path="/")
         return response
 

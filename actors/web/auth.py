@@ -57,6 +57,7 @@ class Sessions:
         self._secret = secret
         self.lifetime = hours * 3600.0
         self._revoked_file = revoked
+        self._unsaved = False  # a log out not yet written (the disk was full)
         self._revoked, self.damaged = _read_revoked(revoked)
         # Cookies expiring at or before this are void: every session of a time when what
         # was logged out cannot be read back (a damaged file) is logged out with them.
@@ -87,10 +88,26 @@ class Sessions:
             self._floor = max(self._floor, kept.pop(soonest))
         kept[session_id] = expires
         self._revoked = kept
+        self._unsaved = True
+        self.flush()
+        return True
+
+    @property
+    def unsaved(self) -> bool:
+        """A log out is not written yet (the disk was full): a restart now would undo it."""
+        return self._unsaved
+
+    def flush(self) -> bool:
+        """Write the log outs not written yet; False while that fails (a full disk): they
+        hold meanwhile, and are written at the next request or when the page stops, so a
+        restart after the disk has room does not let a logged-out cookie back in."""
+        if not self._unsaved:
+            return True
         try:
             self._save()
-        except OSError:  # ended all the same, until a restart
-            pass
+        except OSError:
+            return False
+        self._unsaved = False
         return True
 
     def _save(self) -> None:
@@ -100,6 +117,8 @@ class Sessions:
 
     def _session(self, cookie: str | None, now: float | None) -> tuple[int, str] | None:
         """A valid cookie's expiry and session id (None: not a live session of ours)."""
+        if self._unsaved:
+            self.flush()
         if not cookie or cookie.count(".") != 2:
             return None
         body, _, mac = cookie.rpartition(".")
