@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import protocol
 from entityd.actor import Actor
 from entityd.bus import barrier
 from entityd.config import RuntimeSection
-from entityd.errors import RemoteError, RestartBudgetExceeded, Unsendable
+from entityd.errors import RemoteError, RestartBudgetExceeded, Unsendable, disk_full
 from entityd.runtime import Runtime, RuntimeState
 from entityd.supervisor import ActorState
 from entityd.transport import Transport
@@ -82,6 +84,11 @@ class EchoActor(Actor):
         match envelope.message:
             case Echo(text) if text.startswith("grow:"):
                 return Echo("x" * int(text.removeprefix("grow:")))
+            case Echo("full"):  # a store's write refused, wrapped as a library would
+                try:
+                    raise sqlite3.OperationalError("database or disk is full")
+                except sqlite3.Error as exc:
+                    raise RuntimeError("the store failed") from exc
             case Echo("unsendable"):
                 await self.ctx.emit("said", text="\ud800")  # not sent, logged
                 return Echo("\udfff")
@@ -187,6 +194,37 @@ async def test_what_the_wire_cannot_carry_is_an_error_to_its_sender_never_a_cras
     echo = next(a for a in rig.runtime.actors() if a.name == "echo")
     assert echo.restarts == 0
     assert rig.seen == ["still here"]
+
+
+async def test_a_request_that_meets_a_full_disk_is_refused_and_no_crash(rig: Rig) -> None:
+    """A full disk is not a bug of the actor's: the asker is told (`unavailable`, the disk
+    is full), the actor serves on and no restart is counted."""
+    for _ in range(3):
+        with pytest.raises(RemoteError) as info:
+            await rig.ask("echo", Echo("full"))
+        assert info.value.code == "unavailable", info.value
+        assert "disk is full (database or disk is full)" in info.value.message, info.value
+    assert await rig.ask("echo", Echo("after")) == Echo("AFTER")
+    echo = next(a for a in rig.runtime.actors() if a.name == "echo")
+    assert echo.restarts == 0
+
+
+@pytest.mark.parametrize("exc", [
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+    ExceptionGroup("g", [ValueError("x"), OSError(errno.ENOSPC, "No space left on device")]),
+    sqlite3.OperationalError("disk I/O error"),
+])
+def test_what_says_the_disk_is_full(exc: BaseException) -> None:
+    assert disk_full(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    OSError(errno.EACCES, "Permission denied"), sqlite3.OperationalError("no such table: t"),
+    RuntimeError("bug"),
+])
+def test_what_does_not(exc: BaseException) -> None:
+    assert disk_full(exc) is None
 
 
 async def test_actor_asks_and_tells_another_actor(rig: Rig) -> None:
