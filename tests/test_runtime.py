@@ -160,19 +160,27 @@ async def test_ask_round_trip_through_nats(rig: Rig) -> None:
     assert rig.seen == ["hello"]
 
 
+async def refused_and_serving(rig: Rig, message: Echo, code: str, says: str) -> str:
+    """Asking echo `message` is refused with `code` saying `says`; echo answers the next
+    ask and never restarted. What the refusal said."""
+    with pytest.raises(RemoteError) as info:
+        await rig.ask("echo", message)
+    assert info.value.code == code, info.value
+    assert says in info.value.message, info.value
+    assert await rig.ask("echo", Echo("still here")) == Echo("STILL HERE")
+    echo = next(a for a in rig.runtime.actors() if a.name == "echo")
+    assert echo.restarts == 0
+    return info.value.message
+
+
 async def test_an_answer_too_large_to_open_is_an_error_and_the_actor_serves_on(
         rig: Rig) -> None:
     """An actor's answer larger than an envelope may be goes as an `error` saying so (no
     receiver would open it): the asker gets a RemoteError (an EntitydError, which callers
     handle) instead of a protocol failure of its own, and the actor keeps serving."""
-    with pytest.raises(RemoteError) as info:
-        await rig.ask("echo", Echo(f"grow:{protocol.MAX_WIRE_BYTES}"))
-    assert info.value.code == "too_large", info.value
-    assert "the answer to test_echo would be" in info.value.message, info.value
-    assert "protocol.max_message_bytes" in info.value.message
-    assert await rig.ask("echo", Echo("still here")) == Echo("STILL HERE")
-    echo = next(a for a in rig.runtime.actors() if a.name == "echo")
-    assert echo.restarts == 0
+    said = await refused_and_serving(rig, Echo(f"grow:{protocol.MAX_WIRE_BYTES}"), "too_large",
+                                     "the answer to test_echo would be")
+    assert "protocol.max_message_bytes" in said
 
 
 async def test_what_the_wire_cannot_carry_is_an_error_to_its_sender_never_a_crash(
@@ -186,13 +194,8 @@ async def test_what_the_wire_cannot_carry_is_an_error_to_its_sender_never_a_cras
             await rig.ask("echo", message)
         with pytest.raises(Unsendable):
             await rig.client.tell(f"{ENTITY}/ctl", f"{ENTITY}/echo", message)
-    with pytest.raises(RemoteError) as info:
-        await rig.ask("echo", Echo("unsendable"))
-    assert info.value.code == "bad_payload", info.value
-    assert "a string that is not Unicode text" in info.value.message, info.value
-    assert await rig.ask("echo", Echo("still here")) == Echo("STILL HERE")
-    echo = next(a for a in rig.runtime.actors() if a.name == "echo")
-    assert echo.restarts == 0
+    await refused_and_serving(rig, Echo("unsendable"), "bad_payload",
+                              "a string that is not Unicode text")
     assert rig.seen == ["still here"]
 
 
@@ -200,13 +203,8 @@ async def test_a_request_that_meets_a_full_disk_is_refused_and_no_crash(rig: Rig
     """A full disk is not a bug of the actor's: the asker is told (`unavailable`, the disk
     is full), the actor serves on and no restart is counted."""
     for _ in range(3):
-        with pytest.raises(RemoteError) as info:
-            await rig.ask("echo", Echo("full"))
-        assert info.value.code == "unavailable", info.value
-        assert "disk is full (database or disk is full)" in info.value.message, info.value
-    assert await rig.ask("echo", Echo("after")) == Echo("AFTER")
-    echo = next(a for a in rig.runtime.actors() if a.name == "echo")
-    assert echo.restarts == 0
+        await refused_and_serving(rig, Echo("full"), "unavailable",
+                                  "disk is full (database or disk is full)")
 
 
 @pytest.mark.parametrize("exc", [
