@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         PeerUnavailable,
         RemoteError,
         Unsendable,
+        disk_full,
     )
     from .eventlog import EventReader, StoredEvent
     from .federated import FederationAccess
@@ -63,6 +64,7 @@ _HOMES = {
     "PeerUnavailable": (".errors", "PeerUnavailable"),
     "RemoteError": (".errors", "RemoteError"),
     "Unsendable": (".errors", "Unsendable"),
+    "disk_full": (".errors", "disk_full"),
     "EventReader": (".eventlog", "EventReader"),
     "StoredEvent": (".eventlog", "StoredEvent"),
     "FederationAccess": (".federated", "FederationAccess"),
@@ -108,6 +110,7 @@ __all__ = [
     "Unsendable",
     "WebSection",
     "configure_logging",
+    "disk_full",
     "get_logger",
     "kind",
     "unsubscribe",

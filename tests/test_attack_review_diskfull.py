@@ -59,8 +59,18 @@ import pytest_asyncio
 
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.link import inbox_stream
+from actors.peer.messages import TaskOffer
 from bench.rig import Federation, Member, edit, enable_web
-from tests.helpers import DaemonProc, free_port, funded, poll, scripted_federation, stopped
+from tests.helpers import (
+    DaemonProc,
+    command_into_inbox,
+    free_port,
+    funded,
+    poll,
+    scripted_federation,
+    stopped,
+    task_by_id,
+)
 from tests.peer_model import route
 from tests.test_agent_e2e import entityctl, make_entity_config
 from tests.web_helpers import Session, log_in
@@ -337,3 +347,55 @@ async def test_six_requests_while_full_do_not_stop_the_daemon(tmp_path: Path) ->
                 if daemon.proc is not None and daemon.proc.poll() is None:
                     daemon.signal_stop()
                     await asyncio.to_thread(daemon.wait_stopped, 20)
+
+
+# ---- SQLite full while the INBOX still takes commands -----------------------------------
+
+
+@contextlib.contextmanager
+def bound(source: Path, where: Path) -> Iterator[None]:
+    """`source` bind-mounted at `where` (made), unmounted after."""
+    source.mkdir(parents=True, exist_ok=True)
+    where.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "--bind", str(source), str(where)], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+async def test_a_command_stored_while_only_sqlite_is_full_is_handled_once_there_is_room(
+        tmp_path: Path) -> None:
+    """entity-a's data dir is full but its JetStream store (DATA_DIR/nats) is elsewhere
+    with room: the INBOX takes entity-b's offer (entity-b is told it is stored), but the
+    peer actor cannot write it down. The peer actor gave a command up after five failed
+    handlings (5 s apart), so a disk full for half a minute dropped an offer the sender
+    had been told was stored; it must wait in the INBOX until there is room."""
+    with tmpfs(tmp_path / A) as mount, contextlib.ExitStack() as stack:
+        def store_elsewhere(fed: Federation) -> None:
+            stack.enter_context(bound(tmp_path / "a-nats", mount / "nats"))
+
+        async with scripted_federation(tmp_path, [A, B], route,
+                                       prepare=store_elsewhere) as fed:
+            await fed.discovered()
+            a, b = fed[A], fed[B]
+            filler = mount / FILLER
+            try:
+                assert fill(filler) > 0
+                await command_into_inbox(b, a, "delegate", TaskOffer(
+                    "while-full", "say hello", "say hello"))
+                await poll(lambda: _deferred(a), timeout=20, what="entity-a deferring it")
+                await asyncio.sleep(30)  # past five handlings 5 s apart
+                dropped = [line[:300] for line in a.daemon.log().splitlines()
+                           if '"command_failed"' in line and '"attempt": 5' in line]
+            finally:
+                filler.unlink(missing_ok=True)
+            task = await poll(lambda: task_by_id(a, "in", "while-full"), timeout=30,
+                              what="entity-a recording the offer once there is room")
+            assert task["state"] in ("accepted", "working", "completed", "delivered"), task
+            assert not dropped, dropped
+
+
+async def _deferred(member: Member) -> bool:
+    log = member.daemon.log()
+    return '"command_deferred_disk_full"' in log or '"command_failed"' in log

@@ -36,7 +36,8 @@ RUNTIME_API = {
     "Config", "ConfigError", "Context", "EntitydError", "Envelope", "EventReader",
     "FederationAccess", "StoredEvent", "WebSection",
     "LlmSection", "Later", "McpServer", "PeerUnavailable", "PeersSection", "RemoteError",
-    "SandboxSection", "Supervision", "Unsendable", "configure_logging", "get_logger", "kind",
+    "SandboxSection", "Supervision", "Unsendable", "configure_logging", "disk_full",
+    "get_logger", "kind",
     "unsubscribe",
 }
 

@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 import protocol
-from entityd import Actor, Config, Later, Supervision
+from entityd import Actor, Config, Later, Supervision, disk_full
 from protocol import Envelope, Overloaded, ProtocolError, subjects
 
 from ..a2a import card
@@ -234,12 +234,20 @@ class PeerActor(Actor):
     async def _serve_command(self, msg: Msg) -> None:
         """One delivery: nothing a command does ends the actor. A failure while handling
         it (our bug, the store, the connection) is logged and the command offered again
-        a few times, then dropped."""
+        a few times, then dropped; but one that met a full disk is offered again for as
+        long as the disk stays full (the sender was told its command is stored)."""
         try:
             await self.inbound.serve_command(msg)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            full = disk_full(exc)
+            if full is not None:
+                self.ctx.log.warning("command_deferred_disk_full", subject=msg.subject,
+                                     error=full)
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=COMMAND_RETRY_S)
+                return
             attempt = _attempt(msg)
             self.ctx.log.error("command_failed", subject=msg.subject, attempt=attempt,
                                error=f"{type(exc).__name__}: {exc}"[:500])
