@@ -23,7 +23,6 @@ TOO_DEEP = "nested too deeply to read"
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 _DIGITS = 19  # of INT_MAX: a longer integer is past it before int() is asked
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
 class _PastInt64(ValueError):
@@ -49,8 +48,7 @@ def json_loads(text: str | bytes) -> Any:
     except _PastInt64 as exc:
         raise json.JSONDecodeError(f"the integer {exc} is past 64 bits (at most "
                                    f"{INT_MAX})", "", 0) from None
-    raw = text.decode("utf-8", errors="replace") if isinstance(text, bytes) else text
-    if (_SURROGATE_ESCAPE.search(raw) or _SURROGATE.search(raw)) and _has_surrogate(value):
+    if _has_surrogate(value):
         raise json.JSONDecodeError("a string holds a lone surrogate (\\ud800-\\udfff alone), "
                                    "which is no Unicode character", "", 0)
     return value

@@ -96,7 +96,7 @@ def disk_full(exc: BaseException) -> str | None:
             continue
         seen.add(id(current))
         if isinstance(current, OSError) and current.errno in _OUT_OF_SPACE:
-            return f"{current.strerror or 'no space left'}"
+            return current.strerror or "no space left"
         if isinstance(current, sqlite3.Error) and _sqlite_storage(current):
             return str(current)
         if isinstance(current, BaseExceptionGroup):

@@ -110,9 +110,8 @@ def encoded(message: object) -> tuple[str, Any]:
     typ = kinds.kind_name(message)
     try:
         return typ, kinds.encode(message)
-    except RecursionError:
-        raise BadPayload(f"a {typ} cannot be encoded: "
-                         f"{_unencodable(RecursionError())}") from None
+    except RecursionError as exc:
+        raise BadPayload(f"a {typ} cannot be encoded: {_unencodable(exc)}") from None
 
 
 def _unencodable(exc: Exception) -> str:

@@ -184,10 +184,10 @@ def _any(value: Any, where: str) -> Any:
     return value
 
 
-def _within_depth(value: Any, where: str, depth: int = 1) -> None:
+def _within_depth(value: Any, where: str) -> None:
     """BadPayload when lists and maps nest in `value` past ANY_DEPTH levels (`value`
-    itself at `depth`)."""
-    stack = [(value, depth)]
+    itself the first)."""
+    stack = [(value, 1)]
     while stack:
         item, level = stack.pop()
         if level > ANY_DEPTH:

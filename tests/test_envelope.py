@@ -10,6 +10,7 @@ import msgpack
 import pytest
 from nacl.signing import SigningKey, VerifyKey
 
+import actors.messages  # noqa: F401  (registers tool_call, a kind with args of type any)
 import protocol
 from protocol import (
     MAX_WIRE_BYTES,
@@ -471,21 +472,30 @@ def test_the_package_lists_exactly_its_public_names() -> None:
     assert set(listed) <= set(star)
 
 
-def nested(depth: int) -> Any:
+def nested(depth: int, shape: str = "lists") -> Any:
+    """A leaf inside `depth` lists, maps, or lists and maps in turn."""
     value: Any = "leaf"
-    for _ in range(depth):
-        value = [value]
+    for level in range(depth):
+        as_map = shape == "maps" or (shape == "mixed" and level % 2 == 1)
+        value = {"k": value} if as_map else [value]
     return value
 
 
-def test_a_value_of_type_any_nests_at_most_32_levels() -> None:
-    """An event's data (a map of *any*) holds lists and maps 32 levels deep, the map
-    itself the first; one more is bad_payload, before anything renders or walks it."""
-    ok = protocol.kinds.decode("event", {"type": "t", "actor": "a",
-                                         "data": {"x": nested(31)}})
-    assert ok.data["x"] == nested(31)
+@pytest.mark.parametrize("shape", ["lists", "maps", "mixed"])
+@pytest.mark.parametrize(("typ", "record"), [
+    ("event", lambda inner: {"type": "t", "actor": "a", "data": {"x": inner}}),
+    ("tool_call", lambda inner: {"tool": "read_file", "args": {"x": inner}}),
+])
+def test_a_value_of_type_any_nests_at_most_32_levels(typ: str, record: Any,
+                                                      shape: str) -> None:
+    """An event's data or a tool call's args (maps of *any*) hold lists and maps 32
+    levels deep, the map itself the first, however they alternate; one more is
+    bad_payload, before anything renders or walks it. Width is not depth."""
+    ok = protocol.kinds.decode(typ, record(nested(31, shape)))
+    assert ok is not None
+    protocol.kinds.decode(typ, record([nested(30, shape)] * 1000))
     with pytest.raises(protocol.BadPayload, match="nested more than 32 levels"):
-        protocol.kinds.decode("event", {"type": "t", "actor": "a", "data": {"x": nested(32)}})
+        protocol.kinds.decode(typ, record(nested(32, shape)))
 
 
 def test_what_msgpack_cannot_carry_is_bad_payload_to_its_sender() -> None:

@@ -207,11 +207,20 @@ async def test_a_request_that_meets_a_full_disk_is_refused_and_no_crash(rig: Rig
                                   "disk is full (database or disk is full)")
 
 
+class Wrapped(Exception):
+    """As sqlalchemy wraps a driver's error: the original in `orig`, not the cause."""
+
+    def __init__(self, orig: BaseException) -> None:
+        super().__init__(f"(wrapped) {orig}")
+        self.orig = orig
+
+
 @pytest.mark.parametrize("exc", [
     OSError(errno.ENOSPC, "No space left on device"),
     OSError(errno.EDQUOT, "Disk quota exceeded"),
     ExceptionGroup("g", [ValueError("x"), OSError(errno.ENOSPC, "No space left on device")]),
     sqlite3.OperationalError("disk I/O error"),
+    Wrapped(sqlite3.OperationalError("database or disk is full")),
 ])
 def test_what_says_the_disk_is_full(exc: BaseException) -> None:
     assert disk_full(exc)

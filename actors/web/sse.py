@@ -28,6 +28,7 @@ BURST = 255  # events taken beside the one awaited, for one write
 QUEUED = 1024  # events read ahead of the browser
 PUMP_WAIT_S = 1.0
 MAX_ID = 2**63
+ID_DIGITS = len(str(MAX_ID))
 
 
 @dataclass
@@ -44,7 +45,7 @@ class Position:
 def _number(raw: str) -> int | None:
     """A sequence number, 0 to MAX_ID - 1 (no longer than MAX_ID's digits: int() refuses
     a string of more than 4,300 digits with a ValueError)."""
-    if not (raw.isascii() and raw.isdigit() and len(raw) <= len(str(MAX_ID))):
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= ID_DIGITS):
         return None
     number = int(raw)
     return number if number < MAX_ID else None
