@@ -28,6 +28,7 @@ from .logs import get
 from .natsserver import EmbeddedNatsServer, shipped_config
 from .runtime import Runtime
 from .sdnotify import Notifier
+from .storewatch import StoreWatch
 from .supervisor import Supervision
 from .transport import Transport, wait_closed
 
@@ -131,11 +132,24 @@ class Daemon:
         self.started_at = time.time()
         self._started_mono = time.monotonic()
         self._stop = asyncio.Event()
+        self.signalled = False  # a stop asked for by SIGTERM or SIGINT
+        self.restart_for = ""  # why the daemon stopped to be started again, if it did
         self._server: EmbeddedNatsServer | None = None
         self._nc: Client | None = None
         self.runtime: Runtime | None = None
 
     def request_stop(self) -> None:
+        self._stop.set()
+
+    def _signalled(self) -> None:
+        self.signalled = True
+        self.request_stop()
+
+    def request_restart(self, reason: str) -> None:
+        """Stop as for SIGTERM, to be started again by the caller (`entityd run` does,
+        in the same process, as systemd would): `restart_for` says why."""
+        log.warning("entityd_restarting", entity=self.config.name, reason=reason)
+        self.restart_for = reason
         self._stop.set()
 
     async def run(self) -> int:
@@ -146,7 +160,7 @@ class Daemon:
             loop = asyncio.get_running_loop()
             # Kept until the loop closes: a second SIGTERM during shutdown must not kill us.
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
+                loop.add_signal_handler(sig, self._signalled)
             return await self._run()
         finally:
             os.close(lock)
@@ -202,11 +216,18 @@ class Daemon:
             ]
             if self.notifier.watchdog_interval:
                 background.append(tg.create_task(self._watchdog(), name="sd-watchdog"))
+            if self._server is not None:
+                watch = StoreWatch(self._server.dir / "jetstream", self._server.log_path,
+                                   self.request_restart)
+                background.append(tg.create_task(watch.run(), name="nats-store-watch"))
             self.notifier.ready(f"entity {cfg.name} serving")
             log.info("entityd_ready", entity=cfg.name, nats=bus.shown_url(url))
             await self._stop.wait()
             log.info("entityd_stopping", entity=cfg.name)
-            self.notifier.stopping()
+            if self.restart_for and not self.signalled:
+                self.notifier.reloading()
+            else:
+                self.notifier.stopping()
             await self.runtime.stop()
             for task in background:
                 task.cancel()

@@ -1,10 +1,12 @@
-"""systemd notification (READY, WATCHDOG, STOPPING) over $NOTIFY_SOCKET, without libsystemd."""
+"""systemd notification (READY, WATCHDOG, STOPPING, RELOADING) over $NOTIFY_SOCKET, without
+libsystemd."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import time
 
 
 class Notifier:
@@ -37,3 +39,7 @@ class Notifier:
 
     def stopping(self) -> None:
         self.notify("STOPPING=1")
+
+    def reloading(self) -> None:
+        """The daemon restarts in its process: the next READY=1 says it serves again."""
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")

@@ -30,8 +30,9 @@ SQLite's FULL or IOERR, wherever wrapped: entityd.errors.disk_full) with `unavai
 saying the disk is full, and the actor goes on (no crash, no restart budget spent); the
 ledger's checkpoint is skipped with a warning when it cannot be written, `PRAGMA optimize`
 on close is best effort; a log out that cannot be written ends the session in that run and
-says so (503), written at the next request or at stop once there is room. Open (strict
-xfail): the embedded nats-server's JetStream after ENOSPC.
+says so (503), written at the next request or at stop once there is room. The embedded
+nats-server keeps a stream's write error until it restarts: the daemon watches its store's
+disk (entityd.storewatch) and restarts itself once it met a full disk and has room again.
 
 Held: reads, status, a payment (the LEDGER is on the hub) and the page's API while full;
 a peer's report refused by the INBOX is kept in the peer's outbox and delivered after the
@@ -60,7 +61,7 @@ import pytest_asyncio
 from actors.llm.scripted import ScriptedLLMServer
 from actors.peer.link import inbox_stream
 from actors.peer.messages import TaskOffer
-from bench.rig import Federation, Member, edit, enable_web
+from bench.rig import READY, Federation, Member, edit, enable_web
 from tests.helpers import (
     DaemonProc,
     command_into_inbox,
@@ -132,15 +133,25 @@ class Rig:
     def b(self) -> Member:
         return self.fed[B]
 
-    @contextlib.contextmanager
-    def full(self) -> Iterator[None]:
-        """entity-a's disk full for the block's length."""
+    @contextlib.asynccontextmanager
+    async def full(self) -> AsyncIterator[None]:
+        """entity-a's disk full for the block's length. Its daemon sees it (asserted: it
+        says so), and once the space is back it restarts by itself (asserted too: its
+        JetStream store may have met the full disk), unless the block stopped it."""
+        daemon = self.a.daemon
+        saw, restarted, ready = (daemon.log().count(needle) for needle in (
+            '"nats_store_disk_full"', '"entityd_restarting"', READY))
         filler = self.mount / FILLER
         assert fill(filler) > 0
         try:
+            await asyncio.to_thread(daemon.wait_log, '"nats_store_disk_full"', 10, saw + 1)
             yield
         finally:
             filler.unlink(missing_ok=True)
+        if daemon.proc is not None and daemon.proc.poll() is None:
+            await asyncio.to_thread(daemon.wait_log, '"entityd_restarting"', 40,
+                                    restarted + 1)
+            await asyncio.to_thread(daemon.wait_log, READY, 60, ready + 1)
 
     async def restarts(self) -> dict[str, int]:
         status = await self.a.ctl_json("status", timeout=20)
@@ -193,7 +204,7 @@ def refused_clearly(code: int, out: str, err: str) -> None:
 
 async def test_a_todo_added_while_full_is_refused_and_crashes_nothing(rig: Rig) -> None:
     before = await rig.restarts()
-    with rig.full():
+    async with rig.full():
         code, out, err = await rig.a.ctl("todo", "--add", "while full")
         after = await rig.restarts()
     assert after["memory"] == before["memory"], f"memory restarted: {out}{err}"
@@ -202,7 +213,7 @@ async def test_a_todo_added_while_full_is_refused_and_crashes_nothing(rig: Rig) 
 
 async def test_a_goal_while_full_is_refused_and_crashes_nothing(rig: Rig) -> None:
     before = await rig.restarts()
-    with rig.full():
+    async with rig.full():
         code, out, err = await rig.a.ctl("ask", "a goal while full")
         after = await rig.restarts()
     assert after["orchestrator"] == before["orchestrator"], f"crashed: {out}{err}"
@@ -211,7 +222,7 @@ async def test_a_goal_while_full_is_refused_and_crashes_nothing(rig: Rig) -> Non
 
 async def test_a_peers_talk_while_full_crashes_no_actor(rig: Rig) -> None:
     before = await rig.restarts()
-    with rig.full():
+    async with rig.full():
         _, out, err = await rig.b.ctl("talk", A, "hello while your disk is full")
         after = await rig.restarts()
     grown = {name: n - before[name] for name, n in after.items() if n != before[name]}
@@ -222,7 +233,7 @@ async def test_a_peers_talk_while_full_crashes_no_actor(rig: Rig) -> None:
 async def test_reads_and_a_payment_while_full_are_served(rig: Rig) -> None:
     """Held: nothing of these writes to entity-a's disk (the LEDGER is on the hub)."""
     before = await rig.restarts()
-    with rig.full():
+    async with rig.full():
         for args in (("status",), ("todo",), ("history",), ("balance",), ("pay", B, "3")):
             code, out, err = await rig.a.ctl(*args)
             assert code == 0, f"{args}: {out}{err}"
@@ -235,7 +246,7 @@ async def test_reads_and_a_payment_while_full_are_served(rig: Rig) -> None:
 
 async def test_a_report_sent_while_full_is_kept_by_the_sender(rig: Rig) -> None:
     """Held: the INBOX refuses it, and entity-b keeps it in its outbox and says so."""
-    with rig.full():
+    async with rig.full():
         code, out, err = await rig.b.ctl("report", A, "report sent while full")
         assert code == 0, out + err
         assert "kept and sent as soon as it can be" in out, out + err
@@ -257,11 +268,11 @@ async def jetstream_answers(member: Member) -> bool:
         await nc.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "on ENOSPC the embedded nats-server disables JetStream for good, or (seen too) a "
-    "stream's file store keeps its write error ('no space left on device' on every later "
-    "store); with the space back INBOX and EVENTS stay dead until a restart, unnoticed"))
 async def test_the_inbox_and_events_come_back_once_the_space_is_freed(rig: Rig) -> None:
+    """nats-server keeps a stream's write error for as long as it runs (every later store
+    to the INBOX timed out with the space back, until someone restarted the daemon): the
+    daemon now restarts by itself once the disk has room (`full()` waits for it), and the
+    report entity-b kept reaches entity-a."""
     assert not (rig.mount / FILLER).exists()
     await poll(lambda: remembers(rig.a, "report sent while full"), timeout=15,
                what="the report sent while full reaching entity-a")
@@ -273,7 +284,7 @@ async def test_the_inbox_and_events_come_back_once_the_space_is_freed(rig: Rig) 
 async def test_a_stop_while_full_exits_cleanly(rig: Rig) -> None:
     assert rig.page is not None
     mark = len(rig.a.daemon.log())
-    with rig.full():
+    async with rig.full():
         logout = await rig.page.post("/logout", {})
         rig.notes["logout"] = str(logout.status)
         rig.notes["logout_says"] = logout.text

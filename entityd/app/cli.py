@@ -126,7 +126,7 @@ def _run(path: Path) -> NoReturn:
     # main, with no traceback.
     from actors.assembly import StandardAssembly
 
-    from ..daemon import EXIT_FAILED, Daemon
+    from ..daemon import EXIT_FAILED, EXIT_OK, Daemon
 
     cfg = config_mod.load(path)
     logs.configure(cfg.log.level, cfg.log.format)
@@ -137,7 +137,15 @@ def _run(path: Path) -> NoReturn:
     daemon = Daemon(cfg, StandardAssembly(cfg, os.environ), on_fatal=give_up)
 
     async def serve() -> int:
+        nonlocal daemon
         code = await daemon.run()
+        # A daemon that stopped to be started again (its store met a full disk and has
+        # room again) is, with its config read again, as systemd would. No await
+        # between here and the new daemon's signal handlers: no SIGTERM falls between.
+        while code == EXIT_OK and daemon.restart_for and not daemon.signalled:
+            cfg = config_mod.load(path)
+            daemon = Daemon(cfg, StandardAssembly(cfg, os.environ), on_fatal=give_up)
+            code = await daemon.run()
         _exit_within(CLEANUP_WITHIN_S, code, daemon)
         return code
 
