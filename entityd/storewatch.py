@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +31,12 @@ FULL_BELOW = 1 << 20  # bytes free: the store may have met a full disk
 ROOM_ABOVE = 8 << 20  # bytes free: room for the server to write again
 SETTLE_S = 10.0  # after a start, how long before a restart is asked for
 LOG_READ_MAX = 1 << 20  # at most this much of the server's log read at each look
-# What the server logs when a write met a full disk or a quota (Go's syscall errors).
-FULL_SAYS = (b"no space left on device", b"disk quota exceeded")
+# What the server logs when a store met a full disk or a quota (Go's syscall errors at
+# the end of its own store's lines), and nothing a client can put in a line (a client's
+# name or subject comes after its address, never right after the level).
+FULL_SAYS = re.compile(rb"^\[\d+\] [^\[\n]*\[(?:ERR|WRN)\] (?:Filestore|JetStream) [^\n]*"
+                       rb"(?:no space left on device|disk quota exceeded)$",
+                       re.IGNORECASE | re.MULTILINE)
 
 
 def free_bytes(path: Path) -> int | None:
@@ -88,7 +93,7 @@ class StoreWatch:
 
     def look(self) -> bool:
         """One look; True when it is time to restart (and `on_room` was called)."""
-        said_full = any(words in self._log.new().lower() for words in FULL_SAYS)
+        said_full = FULL_SAYS.search(self._log.new()) is not None
         free = free_bytes(self.store)
         if free is None:
             return False

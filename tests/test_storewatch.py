@@ -91,10 +91,26 @@ def test_the_servers_log_saying_the_disk_filled_counts_though_it_has_room(
     log.write_text("[1] [INF] Server is ready\n")
     w = watch(small_disk, asked)
     with log.open("a") as out:
-        out.write("[1] [ERR] JetStream failed to store a msg on stream '$G > INBOX': write "
-                  "/x/1.blk: No space left on device\n")
+        out.write("[4490] 2026/12/06 22:56:20.460716 [ERR] JetStream failed to store a msg "
+                  "on stream '$G > INBOX': write /x/1.blk: no space left on device\n")
     assert not w.look() and w.met_full  # marked at this look; asked at the next
     assert w.look() and len(asked.reasons) == 1
+
+
+@pytest.mark.parametrize("line", [
+    # a client's name, a subject or a reason is what a client writes: never the store's
+    '[7] 2026/12/06 22:56:20.46 [ERR] 127.0.0.1:5 - cid:9 - "no space left on device"',
+    "[7] 2026/12/06 22:56:20.46 [INF] JetStream note: no space left on device",
+    "[7] 2026/12/06 22:56:20.46 [ERR] Filestore [S] fine\nno space left on device",
+])
+def test_a_line_a_client_could_write_is_not_the_store_saying_so(
+        small_disk: Path, line: str) -> None:
+    asked = Asked()
+    log = small_disk / "nats-server.log"
+    log.write_text("")
+    w = watch(small_disk, asked)
+    log.write_text(line + "\n")
+    assert not w.look() and not w.met_full and asked.reasons == []
 
 
 def test_a_watch_just_started_waits_before_it_asks(small_disk: Path) -> None:
