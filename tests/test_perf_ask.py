@@ -19,7 +19,7 @@ from entityd.actor import Actor
 from entityd.errors import ActorDeadError, AskTimeout
 from entityd.transport import Transport
 from protocol import Envelope, Keyring
-from tests.helpers import NatsServer, nats_connect, running_actors
+from tests.helpers import NatsServer, nats_connect, poll, running_actors
 
 ENTITY = "entity-a"
 
@@ -90,8 +90,8 @@ async def test_cancelled_ask_leaves_no_waiter(client: Transport, nats_server: Na
         await silent.subscribe(protocol.subjects.local(ENTITY, "mute", "*"))
         await silent.flush()
         ask = asyncio.create_task(client.ask(f"{ENTITY}/ctl", f"{ENTITY}/mute", Echo(1), 30))
-        await asyncio.sleep(0.1)
-        assert len(client._replies) == 1
+        await poll(lambda: len(client._replies) == 1, timeout=10, every=0.02,
+                   what="the ask waiting for its answer")
         ask.cancel()
         with pytest.raises(asyncio.CancelledError):
             await ask
