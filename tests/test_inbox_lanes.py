@@ -43,7 +43,7 @@ class Rig:
 
     async def next(self) -> Msg:
         while not self._buffer:
-            with contextlib.suppress(nats.errors.TimeoutError):
+            with contextlib.suppress(TimeoutError):  # fetch raises nats-py's or asyncio's
                 self._buffer += await self.psub.fetch(16, timeout=0.5)
         msg = self._buffer.pop(0)
         self.deliveries[msg.data.decode()] += 1
