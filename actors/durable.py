@@ -9,6 +9,8 @@ from typing import ClassVar
 
 import aiosqlite
 
+from .state_file import opened
+
 
 class DurableStore:
     schema: ClassVar[str] = ""  # one statement run at every open: CREATE ... IF NOT EXISTS
@@ -19,10 +21,19 @@ class DurableStore:
         self._db: aiosqlite.Connection | None = None
 
     async def open(self) -> None:
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute(self.schema)
+        """Open the file (made if missing); a damaged one is DamagedFile (state_file)."""
+        self._db = await opened(self.path, self._connect)
+
+    async def _connect(self) -> aiosqlite.Connection:
+        db = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=FULL")
+            await db.execute(self.schema)
+        except BaseException:
+            await db.close()
+            raise
+        return db
 
     async def close(self) -> None:
         db, self._db = self._db, None

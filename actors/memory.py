@@ -22,7 +22,15 @@ from entityd import Actor
 from protocol import Envelope, reasons
 
 from .llm.messages import UsageAdd, UsageGet, UsageHour, UsageReport, UsageTask
-from .memory_store import MAX_RECALL, MemoryStore, MemoryStoreError, Todo, UsageCall, UsageWindow
+from .memory_store import (
+    MAX_RECALL,
+    MemoryStore,
+    MemoryStoreError,
+    SchemaTooNew,
+    Todo,
+    UsageCall,
+    UsageWindow,
+)
 from .messages import (
     History,
     HistoryEntry,
@@ -39,6 +47,7 @@ from .messages import (
     TodoList,
     TodoUpdate,
 )
+from .state_file import opened
 
 MAX_HISTORY = 1000
 CLOSE_TIMEOUT = 10.0
@@ -61,7 +70,8 @@ class MemoryActor(Actor):
         return self._store
 
     async def on_start(self) -> None:
-        self._store = await MemoryStore.open(self.path, synchronous=self.synchronous)
+        self._store = await opened(self.path, lambda: MemoryStore.open(
+            self.path, synchronous=self.synchronous), newer=(SchemaTooNew,))
 
     async def on_stop(self) -> None:
         await self._close()

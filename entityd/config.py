@@ -465,6 +465,11 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(str(path), "no such file; create one with `entityd init NAME`") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {exc.start}); TOML files are "
+                          "UTF-8: fix or remove that byte") from None
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot be read: {exc.strerror or exc}") from None
     return from_mapping(raw, environ=os.environ if environ is None else environ, path=path)
 
 

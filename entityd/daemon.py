@@ -23,7 +23,7 @@ from protocol import Keyring, Status
 from . import bus, eventlog, federation, heap, identity, localauth
 from .actor import Actor
 from .config import Config
-from .errors import EntitydError, NatsServerError
+from .errors import ConfigError, DamagedFile, EntitydError, IdentityError, NatsServerError
 from .logs import get
 from .natsserver import EmbeddedNatsServer, shipped_config
 from .runtime import Runtime
@@ -36,6 +36,7 @@ log = get("entityd.daemon")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+EXIT_USAGE = 2  # a bad config, key or file of the data dir: fixed by an operator
 LOCK_NAME = "entityd.lock"
 
 
@@ -169,19 +170,20 @@ class Daemon:
         cfg = self.config
         log.info("entityd_starting", entity=cfg.name, public_key=self.identity.public_hex,
                  loop=type(asyncio.get_running_loop()).__module__.split(".")[0])
-        stopped = False
+        stopped = damaged = False
         try:
             await self._serve()
             stopped = True
         except* EntitydError as group:
             for exc in group.exceptions:
                 log.error("entityd_failed", reason=str(exc))
+                damaged = damaged or isinstance(exc, DamagedFile | IdentityError | ConfigError)
         finally:
             if not stopped and self.on_fatal is not None:
                 self.on_fatal()  # also for a bug of ours, which goes on up
             await self._shutdown(drain=stopped)
         if not stopped:
-            return EXIT_FAILED
+            return EXIT_USAGE if damaged else EXIT_FAILED
         log.info("entityd_stopped", entity=cfg.name)
         return EXIT_OK
 

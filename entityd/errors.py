@@ -3,6 +3,7 @@
 EntitydError
 ├── ConfigError          a config key has a bad value; names the key and the fix
 ├── IdentityError        the key file is missing, unreadable or readable by others
+├── DamagedFile          a file of the data dir cannot be used as it is; names it and the fix
 ├── NatsServerError      the embedded nats-server would not start or died
 ├── RuntimeStateError    an illegal lifecycle move ("cannot start a runtime twice")
 ├── ActorDeadError       the actor asked is stopped or the runtime is shutting down
@@ -36,6 +37,17 @@ class IdentityError(EntitydError):
 
 class NatsServerError(EntitydError):
     pass
+
+
+class DamagedFile(EntitydError):
+    """A file of the data dir the daemon keeps state in cannot be used as it is (torn,
+    garbled, of a newer version, a directory where a file belongs): nothing is guessed
+    and nothing is made afresh over it. An actor that meets one where it starts stops
+    the daemon (exit 2) with this message, instead of crashing and restarting on it."""
+
+    def __init__(self, path: object, problem: str, fix: str) -> None:
+        super().__init__(f"{path}: {problem}; {fix}")
+        self.path = str(path)
 
 
 class RuntimeStateError(EntitydError):

@@ -193,7 +193,10 @@ def read_seed(path: Path) -> str:
     except (nkeys.NkeysError, binascii.Error, ValueError, IndexError):
         prefix = None
     if prefix != nkeys.PREFIX_BYTE_USER:
-        raise IdentityError(f"{path} does not hold a NATS user nkey seed (SU...)")
+        raise IdentityError(f"{path} does not hold a NATS user nkey seed (SU...); restore it "
+                            "from a backup, or make a new hub login with `entityd "
+                            "federation hub-user NAME --data-dir DIR` and add its entry to "
+                            "the hub")
     return text
 
 

@@ -62,10 +62,12 @@ def write_key(path: Path, key: SigningKey) -> None:
         out.write(bytes(key).hex() + "\n")
 
 
-def read_private(path: Path, missing: str) -> str:
+def read_private(path: Path, missing: str,
+                 damaged: str = "restore it from a backup") -> str:
     """The stripped text of a secret file, refusing one that group or others can read.
 
-    `missing` is the hint given when the file does not exist.
+    `missing` is the hint given when the file does not exist, `damaged` when it cannot be
+    read as text (not a file, not UTF-8).
     """
     try:
         mode = path.stat().st_mode
@@ -82,6 +84,10 @@ def read_private(path: Path, missing: str) -> str:
         return path.read_text().strip()
     except PermissionError:
         raise IdentityError(f"cannot read {path}: permission denied") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = "it is not a file" if path.is_dir() else (
+            "it is not text" if isinstance(exc, UnicodeDecodeError) else str(exc))
+        raise IdentityError(f"cannot read {path}: {problem}; {damaged}") from None
 
 
 def read_key(path: Path) -> SigningKey:
@@ -97,7 +103,17 @@ def read_key(path: Path) -> SigningKey:
 
 
 def load(name: str, data_dir: Path) -> Identity:
-    return Identity(name, read_key(key_path(data_dir)))
+    """The entity's key; refused if it is not the one its public key file names (a key
+    changed by damage is another valid key: another identity, which no peer trusts)."""
+    key = read_key(key_path(data_dir))
+    if pub_path(data_dir).exists():
+        known = read_public(data_dir)
+        if bytes(key.verify_key) != known:
+            raise IdentityError(
+                f"{key_path(data_dir)} is not the key of {pub_path(data_dir)} (public key "
+                f"{known.hex()[:16]}..., the one peers and operators trust): restore the "
+                "key from a backup (a new key is a new identity)")
+    return Identity(name, key)
 
 
 def read_public(data_dir: Path) -> bytes:
@@ -105,7 +121,9 @@ def read_public(data_dir: Path) -> bytes:
     try:
         key = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError) as exc:
-        raise IdentityError(f"cannot read the entity's public key at {path}: {exc}") from None
+        raise IdentityError(f"cannot read the entity's public key at {path}: {exc}; restore "
+                            "it from a backup") from None
     if len(key) != 32:
-        raise IdentityError(f"{path} does not hold a 32-byte public key")
+        raise IdentityError(f"{path} does not hold a 32-byte public key; restore it from a "
+                            "backup")
     return key

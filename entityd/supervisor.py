@@ -25,7 +25,7 @@ import protocol
 from protocol import ActorStatus, Envelope, reasons
 
 from .actor import Actor, Context, Later, refusal
-from .errors import ActorDeadError, RestartBudgetExceeded, disk_full
+from .errors import ActorDeadError, DamagedFile, RestartBudgetExceeded, disk_full
 from .events import RuntimeEvents
 from .logs import get
 from .mailbox import Mailbox, Rejecter, Stop
@@ -145,6 +145,11 @@ class Supervisor:
                 requested = await self._serve_until_restart(actor, child)
             except asyncio.CancelledError:
                 child.state = ActorState.STOPPED
+                raise
+            except DamagedFile as exc:  # not the actor's bug: a restart would meet it again
+                child.state = ActorState.FAILED
+                log.error("actor_cannot_run", actor=child.name, phase=phase, file=exc.path,
+                          reason=str(exc))
                 raise
             except Exception as exc:
                 await self._crashed(actor, child, exc, phase)

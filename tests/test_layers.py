@@ -33,7 +33,7 @@ from tests.helpers import NatsServer
 ROOT = Path(__file__).resolve().parent.parent
 RUNTIME_API = {
     "PEER_PERMISSIONS", "Actor", "ActorDeadError", "AskTimeout", "AutonomySection",
-    "Config", "ConfigError", "Context", "EntitydError", "Envelope", "EventReader",
+    "Config", "ConfigError", "Context", "DamagedFile", "EntitydError", "Envelope", "EventReader",
     "FederationAccess", "StoredEvent", "WebSection",
     "LlmSection", "Later", "McpServer", "PeerUnavailable", "PeersSection", "RemoteError",
     "SandboxSection", "Supervision", "Unsendable", "configure_logging", "disk_full",

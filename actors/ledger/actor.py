@@ -95,8 +95,12 @@ class LedgerActor(Actor):
         except STREAM_FAILURES as exc:  # the stream is away: replay once it is back
             self.chains.restart()
             why_not = f"the stream cannot be read now: {exc!r}"
-        self.ctx.log.info("ledger_checkpoint", used=not why_not, after=self.chains.after,
-                          **({"why_not": why_not} if why_not else {}))
+        # A checkpoint there but not used (damaged, or of another stream) is worth a
+        # warning; none yet is the first start's ordinary case.
+        said = (self.ctx.log.warning if why_not and self.checkpoint.path.exists()
+                else self.ctx.log.info)
+        said("ledger_checkpoint", used=not why_not, after=self.chains.after,
+             **({"why_not": why_not} if why_not else {}))
 
     async def _catch_up(self) -> None:
         await self.chains.catch_up()

@@ -6,11 +6,17 @@ The file is the actor's own cache (0600 in the data dir, beside its key), not ev
 chain's last entry it names must be in the stream at the same place with the same hash
 (a stream made afresh, or another federation's, fails that), else the books are replayed
 from the start. Books that refused or repeated an entry are not written down at all.
+
+A damaged file is never trusted: it carries the BLAKE2b digest of what it holds (a torn
+or flipped byte that still decodes is caught), and the books it holds must pass their own
+audit (balances and holds add up to the supply, none below zero) before they are used; a
+file that fails either, or cannot be read at all, is set aside by replaying the chains.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import msgpack
@@ -38,10 +44,19 @@ class Checkpoint:
             data = await asyncio.to_thread(self.path.read_bytes)
         except FileNotFoundError:
             return "no checkpoint yet"
+        except OSError as exc:  # a directory, unreadable: replay, and a save says so
+            return f"the checkpoint cannot be read: {exc}"
         try:
-            kept = msgpack.unpackb(data, raw=False)
+            outer = msgpack.unpackb(data, raw=False)
+            body = outer["body"]
+            if not isinstance(body, bytes) or _digest(body) != outer["digest"]:
+                raise ValueError("what it holds does not match its digest (damaged)")
+            kept = msgpack.unpackb(body, raw=False)
             chains.restart({name: bytes(key) for name, key in kept["peers"].items()})
             chains.adopt(*snapshot.load(kept["books"], chains.keys))
+            wrong = chains.books.audit()
+            if wrong:
+                raise ValueError(f"its books do not add up ({wrong[0]})")
         except (snapshot.SnapshotError, KeyError, TypeError, ValueError) as exc:
             chains.restart()
             return f"the checkpoint cannot be used: {exc}"
@@ -64,9 +79,10 @@ class Checkpoint:
             return
         if not force and chains.after - self.saved_at < SAVE_EVERY:
             return
-        data = msgpack.packb({"peers": chains.peers,
+        body = msgpack.packb({"peers": chains.peers,
                               "books": snapshot.dump(chains.books, chains.state())},
                              use_bin_type=True)
+        data = msgpack.packb({"digest": _digest(body), "body": body}, use_bin_type=True)
         try:
             await asyncio.to_thread(replace_private, self.path, data)
         except OSError as exc:  # a full disk: the books stand, the next start replays more
@@ -75,3 +91,5 @@ class Checkpoint:
         self.saved_at = chains.after
 
 
+def _digest(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=32, person=b"entityd-ckpt").digest()

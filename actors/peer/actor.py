@@ -26,6 +26,7 @@ from protocol import Envelope, Overloaded, ProtocolError, subjects
 from ..a2a import card
 from ..a2a.messages import CardSign, CardSigned
 from ..messages import TurnDone, Wake
+from ..state_file import opened
 from ..workspaces import Workspaces
 from .calls import PeerCalls
 from .delegation import Delegation
@@ -95,7 +96,8 @@ class PeerActor(Actor):
 
     async def on_start(self) -> None:
         ctx, fed = self.ctx, self.ctx.federation
-        self.store = store = await PeerStore.open(self.config.data_dir / "peers.sqlite3")
+        path = self.config.data_dir / "peers.sqlite3"
+        self.store = store = await opened(path, lambda: PeerStore.open(path))
         self.link = link = FedLink(fed, store, pinning=self.settings.pinning)
         await link.load(self.config.peer_keys)
         self.rejections = Rejections(ctx)

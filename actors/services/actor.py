@@ -48,7 +48,7 @@ import contextlib
 import json
 import os
 
-from entityd import Actor, Config, Later
+from entityd import Actor, Config, DamagedFile, Later
 from protocol import Envelope
 
 from ..sandbox import ToolError
@@ -110,6 +110,9 @@ class ServicesActor(Actor):
 
     def _clean(self) -> None:
         """The revision directories of an earlier run go: services start from HEAD."""
+        if self.root.exists() and not self.root.is_dir():
+            raise DamagedFile(self.root, "not a directory", "remove it: the daemon makes "
+                              "it again (it holds only what services were built from HEAD)")
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             self.ports = {k: int(v) for k, v in json.loads(

@@ -18,9 +18,12 @@ import secrets
 import time
 from pathlib import Path
 
+from entityd import DamagedFile
+
 from ..private_file import replace_private
 
 SECRET_FILE = "web.secret"
+MIN_SECRET_CHARS = 32
 REVOKED_FILE = "web.revoked"  # {session id: when it would have expired}, JSON
 MAX_REVOKED = 4096  # sessions logged out and not yet expired; past it, the floor rises
 FLOOR = "*"  # in REVOKED_FILE: sessions expiring at or before this are all void
@@ -34,6 +37,8 @@ def load_secret(data_dir: Path) -> bytes:
     """DATA_DIR/web.secret (made on first use, mode 0600): what signs sessions, and what a
     person with the data dir may paste into the login form."""
     path = data_dir / SECRET_FILE
+    fix = (f"delete it (the daemon makes a new one at its start) or write a random secret "
+           f"of at least {MIN_SECRET_CHARS} characters in it")
     try:
         text = path.read_text().strip()
     except FileNotFoundError:
@@ -41,6 +46,13 @@ def load_secret(data_dir: Path) -> bytes:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(text + "\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = "not a file" if path.is_dir() else f"cannot be read ({exc})"
+        raise DamagedFile(path, problem, fix) from None
+    # An empty or short secret would sign sessions anyone could forge, and let anyone in.
+    if len(text) < MIN_SECRET_CHARS:
+        raise DamagedFile(path, f"holds {len(text)} characters, fewer than the "
+                          f"{MIN_SECRET_CHARS} a secret needs", fix)
     if path.stat().st_mode & 0o077:
         os.chmod(path, 0o600)
     return text.encode()
@@ -150,6 +162,9 @@ def _read_revoked(path: Path | None) -> tuple[dict[str, int], str]:
     with it when it cannot be read as written ('' when nothing is)."""
     if path is None:
         return {}, ""
+    if path.is_dir():  # no log out could be written there either
+        raise DamagedFile(path, "not a file", "remove it: the daemon then starts a new one "
+                          "(every page logged in before is logged out)")
     try:
         revoked = json.loads(path.read_bytes())
         if not (isinstance(revoked, dict) and all(
