@@ -59,8 +59,10 @@ class ActorDeadError(EntitydError):
 
 
 class AskTimeout(EntitydError):
-    def __init__(self, dst: str, typ: str, timeout: float) -> None:
-        super().__init__(f"no reply from {dst} to {typ} within {timeout:g} s")
+    def __init__(self, dst: str, typ: str, timeout: float, why: str = "") -> None:
+        """`why`: what became of the replies that came but were refused, if any did."""
+        super().__init__(f"no reply from {dst} to {typ} within {timeout:g} s"
+                         + (f"; {why}" if why else ""))
         self.dst = dst
         self.typ = typ
         self.timeout = timeout

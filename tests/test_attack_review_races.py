@@ -26,25 +26,26 @@ Held:
   ms, and announced as `rejected`), and no actor of anyone restarts. (Not tried: its
   durable commands, which the INBOX judges against the time it stored them.)
 
-Holes (strict xfails):
-- A delegate's delivery racing the delegator's reject: Delegation.on_update reads the
-  task, lands the patch (a git am in the sandbox, hundreds of ms), then saves the row it
-  read with state `delivered`; a reject settled meanwhile (escrow voided on the ledger,
-  the row saved `voided`, b told `unpaid`) is overwritten: a's task says `delivered`,
-  money `held`, while the hold is voided. `tasks accept` then fails `hold_resolved`, the
-  deadline's void fails the same every 5 s (`escrow_not_voided`), for ever.
-  (Delegation.settle/_settle save a stale row the same way: a reject settled while the
-  delivery lands can also put the task back to `working` with no branch.)
+Holes found, each fixed (each test failed before its fix):
+- A delegate's delivery racing the delegator's reject: Delegation.on_update read the
+  task, landed the patch (a git am in the sandbox, hundreds of ms), then saved the row it
+  had read; a reject settled meanwhile (escrow voided, b told `unpaid`) was overwritten:
+  a's task said `delivered`, money `held`, while the hold was voided, and `tasks accept`
+  and the deadline's void then failed `hold_resolved` for ever. Now every decision on a
+  task (a delivery, a verdict, the deadline, the accept command's check, the delegate's
+  turn ending, the delegator's word) holds that task's lock from its read to its save and
+  reads the row inside it (actors/peer/task_locks.py).
 - The state a SIGKILL (or an actor restart) between the ledger's post of an accept and
   the save of the task leaves (made here by posting the hold with the escrow's own entry
-  id, as Escrow.settle would): nothing reconciles it. Past the deadline
-  Delegation.expire voids, the ledger refuses `hold_resolved`, the warning repeats every
-  5 s; a's task stays `held` for ever, and b, never told `paid`, shows `held` though the
-  ledger paid it.
-- A member whose clock is 10 minutes ahead refuses a's ping as stale and answers with a
-  signed `stale_timestamp` error, dated by its own clock: a's reply guard drops that too,
-  so a's `check` says "unresponsive: no signed pong ... within 3 s" and a `talk` waits
-  out its whole timeout; neither says the clocks differ.
+  id): nothing reconciled it, and past the deadline the void was refused `hold_resolved`
+  every 5 s, for ever, b never told `paid`. Now a settlement refused `hold_resolved` reads
+  the hold from the ledger and records what it has (posted: paid; voided), telling the
+  delegate.
+- A member whose clock is 10 minutes ahead refuses a's ping as stale with a signed
+  `stale_timestamp` error dated by its own clock, which a's reply guard drops too: a's
+  `check` said "unresponsive: no signed pong" and nothing of the clocks. Now a request
+  whose replies all came and were refused says so when it times out (the reason, and for
+  a stale timestamp that the two clocks differ): the reply is still not taken.
 """
 
 from __future__ import annotations
@@ -221,9 +222,6 @@ async def test_a_rating_sent_twice_at_once_counts_once(fed: Federation) -> None:
     assert (await a.ctl_json("reputation", B))["tasks"] == before + 1
 
 
-@pytest.mark.xfail(strict=True, reason="Delegation.on_update saves the row it read before "
-                   "landing the patch: a reject settled meanwhile is overwritten, and a's "
-                   "task says delivered, money held, while the ledger has the hold voided")
 async def test_a_delivery_racing_a_reject_leaves_the_task_as_the_ledger_has_it(
         fed: Federation, tmp_path: Path) -> None:
     a = fed[A]
@@ -253,9 +251,6 @@ async def test_a_delivery_racing_a_reject_leaves_the_task_as_the_ledger_has_it(
             assert mine["branch"] == f"delegated/{task}", (offset, mine)
 
 
-@pytest.mark.xfail(strict=True, reason="nothing reconciles a task whose post reached the "
-                   "ledger but not the store: Delegation.expire's void is refused "
-                   "hold_resolved every 5 s, a's task stays held, b is never told paid")
 async def test_an_accept_cut_off_after_its_post_is_finished_by_the_deadline(
         fed: Federation) -> None:
     """A SIGKILL (or a restart of the peer actor) between the ledger's answer to an
@@ -342,9 +337,6 @@ async def test_a_member_ten_minutes_ahead_is_refused_and_crashes_nothing(
     assert c_ahead.daemon.proc is not None and c_ahead.daemon.proc.poll() is None
 
 
-@pytest.mark.xfail(strict=True, reason="the member ahead refuses a's ping with a "
-                   "stale_timestamp error dated by its own clock, which a's reply guard drops "
-                   "too: a's check says unresponsive, no word of the clocks")
 async def test_a_check_of_a_member_ten_minutes_ahead_says_why(
         fed: Federation, c_ahead: Member) -> None:
     code, out, err = await fed[A].ctl("check", C)

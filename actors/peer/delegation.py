@@ -42,7 +42,7 @@ from ..messages import Goal, TurnDone
 from ..workspace import GitError
 from ..workspaces import Workspaces
 from . import outcomes
-from .acceptance import PREFIX, Acceptance
+from .acceptance import PREFIX, Acceptance, Verdict
 from .deliverable import KEEP_READ_S, Deliverables
 from .escrow import HELD, HOLD_ID_BYTES, POSTED, VOIDED, Escrow, settled
 from .messages import (
@@ -57,6 +57,7 @@ from .messages import (
 )
 from .policy import Trust
 from .store import CAPABILITIES_KEPT, PeerStore, TaskRow, kept_capabilities
+from .task_locks import TaskLocks
 from .turns import Turns
 
 Send = Callable[[str, str, object], Awaitable[object]]  # (peer, op, message)
@@ -100,6 +101,7 @@ class Delegation:
         self.send = send
         self.deliverables = deliverables
         self.escrow = Escrow(ctx)
+        self.locks = TaskLocks()  # one decision at a time per task
         self._answers: asyncio.Queue[TurnDone] = asyncio.Queue()
         self.acceptance = Acceptance(config, workspaces.own)
         self._to_check: asyncio.Queue[tuple[str, str]] = asyncio.Queue()  # (task id, peer)
@@ -140,11 +142,16 @@ class Delegation:
     async def settle(self, request: TaskSettle) -> PeerOutcome:
         """The delegator's verdict on a task it delegated: accept the delivery (the
         escrow pays) or reject it (the escrow is voided)."""
-        task = next((t for t in await self.store.tasks()
-                     if t.task_id == request.task_id and t.direction == "out"), None)
-        if task is None:
+        found = next((t for t in await self.store.tasks()
+                      if t.task_id == request.task_id and t.direction == "out"), None)
+        if found is None:
             return PeerOutcome("", False, reasons.NOT_FOUND,
                                f"no task {request.task_id} was delegated by this entity")
+        async with self.locks.hold(found.task_id, "out", found.peer):
+            task = await self.store.task(found.task_id, "out", found.peer) or found
+            return await self._settle_as_asked(task, request)
+
+    async def _settle_as_asked(self, task: TaskRow, request: TaskSettle) -> PeerOutcome:
         if request.accept and task.state != "delivered":
             return PeerOutcome(task.peer, False, reasons.BAD_REQUEST,
                                f"task {task.task_id} is {task.state}, not delivered")
@@ -167,15 +174,37 @@ class Delegation:
                       why: str = "") -> PeerOutcome:
         result = await self.escrow.settle(task, amount, reason)
         if not settled(result):
+            if result.code == reasons.HOLD_RESOLVED:
+                await self._reconciled(task)
             return PeerOutcome(task.peer, False, result.code, result.text)
-        money, word = (POSTED, PAID) if amount else (VOIDED, UNPAID)
-        task = dataclasses.replace(task, money=money)
         note = f"{amount} of {task.price} paid" if amount else reason
         note += f" ({why})" if why else ""
-        await self._save(task, task.state, note, event=f"task_{word}")
-        await self.send(task.peer, "task", TaskUpdate(task.task_id, word, note))
+        await self._resolved(task, POSTED if amount else VOIDED, note)
         return PeerOutcome(task.peer, True, reasons.DONE,
                            f"task {task.task_id}: {note}", task.task_id)
+
+    async def _resolved(self, task: TaskRow, money: str, note: str) -> None:
+        """Record that the task's escrow was posted or voided, and tell the delegate."""
+        word = PAID if money == POSTED else UNPAID
+        task = dataclasses.replace(task, money=money)
+        await self._save(task, task.state, note, event=f"task_{word}")
+        await self.send(task.peer, "task", TaskUpdate(task.task_id, word, note))
+
+    async def _reconciled(self, task: TaskRow) -> None:
+        """The ledger says the task's hold was resolved already, though the task still
+        says held: a decision cut off between the ledger's answer and the task's save (a
+        kill, a restart). The task takes what the ledger has, and the delegate hears it;
+        else a deadline's void would be refused for ever and the delegate never told."""
+        try:
+            state, paid = await self.escrow.resolved(task)
+        except EntitydError as exc:
+            self.ctx.log.warning("escrow_not_read", task_id=task.task_id, error=str(exc))
+            return
+        if state == POSTED:
+            await self._resolved(task, POSTED, f"{paid} of {task.price} paid (found posted "
+                                 "on the ledger)")
+        elif state == VOIDED:
+            await self._resolved(task, VOIDED, "the escrow was found voided on the ledger")
 
     async def _withdraw(self, task: TaskRow, reason: str) -> PeerOutcome:
         """An unpaid task rejected before its delivery: the delegate is told to stop.
@@ -188,12 +217,18 @@ class Delegation:
                            task.task_id)
 
     async def on_update(self, peer: str, update: TaskUpdate) -> None:
-        if update.state in (PAID, UNPAID):
-            await self._paid(peer, update)
+        if update.state in (PAID, UNPAID, WITHDRAWN):  # on a task given to us
+            async with self.locks.hold(update.task_id, "in", peer):
+                if update.state == WITHDRAWN:
+                    await self._called_off(peer, update)
+                else:
+                    await self._paid(peer, update)
             return
-        if update.state == WITHDRAWN:
-            await self._called_off(peer, update)
-            return
+        async with self.locks.hold(update.task_id, "out", peer):
+            await self._progressed(peer, update)
+
+    async def _progressed(self, peer: str, update: TaskUpdate) -> None:
+        """The delegate's word on a task we gave it (landing its delivery)."""
         task = await self.store.task(update.task_id, "out", peer)
         if task is None:
             self.ctx.log.warning("task_update_unknown", peer=peer, task_id=update.task_id)
@@ -260,32 +295,45 @@ class Delegation:
             await self.ctx.emit("task_checked", task_id=task_id, peer=peer,
                                 branch=task.branch, outcome=verdict.outcome,
                                 exit_code=verdict.exit_code)
-            note = verdict.note
+            async with self.locks.hold(task_id, "out", peer):
+                await self._checked(task_id, peer, verdict)
+
+    async def _checked(self, task_id: str, peer: str, verdict: Verdict) -> None:
+        note = verdict.note
+        task = await self._waiting(task_id, peer)
+        if task is not None and verdict.passed:
+            paid = await self._settle(task, task.price, "", verdict.note)
+            if paid.ok:
+                return
+            note += (f", but the escrow could not be posted ({paid.text}); "
+                     "`entityctl tasks accept` tries again")
             task = await self._waiting(task_id, peer)
-            if task is not None and verdict.passed:
-                paid = await self._settle(task, task.price, "", verdict.note)
-                if paid.ok:
-                    continue
-                note += (f", but the escrow could not be posted ({paid.text}); "
-                         "`entityctl tasks accept` tries again")
-                task = await self._waiting(task_id, peer)
-            if task is not None:  # the operator decides, with what the delegate said
-                note += f"\n\nThe delegate's note: {task.note}" if task.note else ""
-                await self.store.save_task(dataclasses.replace(task, note=note[:8000],
-                                                               updated=time.time()))
+        if task is not None:  # the operator decides, with what the delegate said
+            note += f"\n\nThe delegate's note: {task.note}" if task.note else ""
+            await self.store.save_task(dataclasses.replace(task, note=note[:8000],
+                                                           updated=time.time()))
 
     async def expire(self) -> None:
         """Fail our offers whose deadline passed without a result, and void the escrow
         of every task of ours whose deadline passed before it was settled."""
         now = time.time()
-        for task in await self.store.tasks(("offered", "accepted", "working")):
+        unfinished = ("offered", "accepted", "working")
+        for task in await self.store.tasks(unfinished):
             if task.direction == "out" and task.deadline and now > task.deadline:
-                await self._save(task, "failed", "the deadline passed without a result")
+                async with self.locks.hold(task.task_id, "out", task.peer):
+                    fresh = await self.store.task(task.task_id, "out", task.peer)
+                    if fresh is not None and fresh.state in unfinished:
+                        await self._save(fresh, "failed",
+                                         "the deadline passed without a result")
         for task in await self.store.tasks():
             if (task.direction == "out" and task.money == HELD and task.deadline
                     and now > task.deadline):
-                done = await self._settle(task, 0, "the deadline passed before the "
-                                          "delivery was accepted")
+                async with self.locks.hold(task.task_id, "out", task.peer):
+                    fresh = await self.store.task(task.task_id, "out", task.peer)
+                    if fresh is None or fresh.money != HELD:
+                        continue
+                    done = await self._settle(fresh, 0, "the deadline passed before the "
+                                              "delivery was accepted")
                 if not done.ok:
                     self.ctx.log.warning("escrow_not_voided", task_id=task.task_id,
                                          reason=done.text)
@@ -436,26 +484,33 @@ class Delegation:
         """Finish the tasks whose turns ended (outside the event callback: git is slow)."""
         while True:
             done = await self._answers.get()
-            task = await self.store.task_by_goal(done.task_id)
-            if task is None or task.state in FINAL:
+            found = await self.store.task_by_goal(done.task_id)
+            if found is None:
                 continue
-            if not done.ok:
-                await self._finish(task, "failed", done.text[:4000])
-                continue
-            try:
-                patch = await self.workspaces.of(task.peer).format_patch(done.commits)
-            except (GitError, ValueError) as exc:
-                await self._finish(task, "failed", f"could not package the work: {exc}")
-                continue
-            if task.price and await self._not_paid_for(task):
-                continue
-            try:
-                inline, size, digest = await self.deliverables.pack(_kept(task), patch)
-            except ValueError as exc:
-                await self._finish(task, "failed", str(exc))
-                continue
-            await self._finish(task, "completed", done.text[:4000], inline, len(done.commits),
-                               size, digest)
+            async with self.locks.hold(found.task_id, "in", found.peer):
+                await self._turn_ended(found, done)
+
+    async def _turn_ended(self, found: TaskRow, done: TurnDone) -> None:
+        task = await self.store.task(found.task_id, "in", found.peer)
+        if task is None or task.state in FINAL:  # withdrawn meanwhile, say
+            return
+        if not done.ok:
+            await self._finish(task, "failed", done.text[:4000])
+            return
+        try:
+            patch = await self.workspaces.of(task.peer).format_patch(done.commits)
+        except (GitError, ValueError) as exc:
+            await self._finish(task, "failed", f"could not package the work: {exc}")
+            return
+        if task.price and await self._not_paid_for(task):
+            return
+        try:
+            inline, size, digest = await self.deliverables.pack(_kept(task), patch)
+        except ValueError as exc:
+            await self._finish(task, "failed", str(exc))
+            return
+        await self._finish(task, "completed", done.text[:4000], inline, len(done.commits),
+                           size, digest)
 
     async def _not_paid_for(self, task: TaskRow) -> bool:
         """Whether a priced task's work is withheld at its delivery: its escrow no longer

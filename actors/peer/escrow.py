@@ -75,6 +75,18 @@ class Escrow:
                        f"deadline {deadline_ms(offer.deadline)} ms")
         return problem and f"the escrow does not cover the task: {problem}"
 
+    async def resolved(self, task: TaskRow) -> tuple[str, int]:
+        """A priced task we gave, its hold as our own chain has it: (POSTED, what it
+        paid), (VOIDED, 0), or (HELD, 0) while pending. EntitydError when the ledger
+        cannot be read."""
+        hold: HoldInfo = await self.ctx.ask(self.ledger, HoldGet(self.ctx.entity, task.hold))
+        if hold.found and hold.task == task.task_id and hold.to == task.peer:
+            if hold.state == "posted":
+                return POSTED, hold.posted
+            if hold.state in ("voided", "expired"):
+                return VOIDED, 0
+        return HELD, 0
+
     async def standing(self, task: TaskRow) -> tuple[str, str]:
         """A priced task given to us, its escrow as the delegator's chain has it now:
         (HELD, '') while its hold is pending for us, for the task and at least the price

@@ -26,7 +26,7 @@ import protocol
 from entityd import AskTimeout, FederationAccess, RemoteError
 from protocol import Envelope, Keyring, ProtocolError, ReplayGuard, StrayReply, subjects
 
-from .replies import Replies
+from .replies import RefusedReplies, Replies
 from .store import OutboxRow, PeerStore
 
 ACTOR = "peer"
@@ -166,8 +166,8 @@ class FedLink:
 
         try:
             env, record = await self.reply_mux.request(subj, wire, timeout, answers)
-        except nats.errors.TimeoutError:
-            raise AskTimeout(f"{peer}/{ACTOR}", op, timeout) from None
+        except nats.errors.TimeoutError as exc:
+            raise AskTimeout(f"{peer}/{ACTOR}", op, timeout, _refused(exc)) from None
         if isinstance(record, protocol.Error):
             raise RemoteError(env.src, record.code, record.message)
         return record
@@ -203,6 +203,16 @@ class FedLink:
             raise nats.js.errors.NoStreamResponseError from None
         if "error" in answer:
             nats.js.errors.APIError.from_error(answer["error"])  # raises the fitting error
+
+
+def _refused(exc: nats.errors.TimeoutError) -> str:
+    """What became of a reply that came and was refused (a stale timestamp: the clocks)."""
+    if not isinstance(exc, RefusedReplies):
+        return ""
+    why = f"its reply was refused ({exc.refused.reason}: {exc.refused})"
+    if isinstance(exc.refused, protocol.StaleTimestamp):
+        why += "; the two hosts' clocks differ by more than the replay window: set them (NTP)"
+    return why
 
 
 def outbox_row(peer: str, op: str, message: object, corr: bytes | None = None) -> OutboxRow:

@@ -27,12 +27,26 @@ T = TypeVar("T")
 NO_RESPONDERS = "503"
 
 
+class RefusedReplies(nats.errors.TimeoutError):
+    """No reply was taken in time, but some came on the request's own subject and were
+    refused: `refused` is the last one's reason (only the peer and the server know that
+    subject, so it says why the peer's answer did not count, e.g. a clock far off)."""
+
+    def __init__(self, refused: ProtocolError) -> None:
+        super().__init__()
+        self.refused = refused
+
+    def __str__(self) -> str:
+        return f"nats: timeout; a reply came but was refused: {self.refused}"
+
+
 class Replies:
     def __init__(self, bus: FederationAccess, entity: str, rejected: Callable[[str], None]) -> None:
         self.bus = bus
         self.prefix = f"{subjects.inbox_prefix(entity)}.{secrets.token_hex(8)}"
         self._rejected = rejected
         self._pending: dict[str, tuple[asyncio.Future[Any], Callable[[Msg], Any]]] = {}
+        self._refused: dict[str, ProtocolError] = {}  # token -> its last reply refused
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -63,9 +77,12 @@ class Replies:
                 async with asyncio.timeout(timeout):
                     return await future
             except TimeoutError:
-                raise nats.errors.TimeoutError from None
+                refused = self._refused.get(token)
+                raise (RefusedReplies(refused) if refused else nats.errors.TimeoutError()
+                       ) from None
         finally:
             self._pending.pop(token, None)
+            self._refused.pop(token, None)
 
     async def _on_reply(self, msg: Msg) -> None:
         token = msg.subject.rsplit(".", 1)[-1]
@@ -84,6 +101,8 @@ class Replies:
             value = accept(msg)
         except ProtocolError as exc:  # StrayReply among them
             self._rejected(exc.reason)
+            if not isinstance(exc, StrayReply):
+                self._refused[token] = exc
             return
         except (ValueError, KeyError, TypeError, RecursionError):  # unreadable: not ours
             self._rejected(StrayReply.reason)
