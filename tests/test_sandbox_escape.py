@@ -23,6 +23,7 @@ from actors.messages import ToolResult
 from actors.sandbox import Shell
 from entityd import identity
 from tests.helpers import NatsServer
+from tests.test_sandbox_network import outward_address
 from tests.test_tool_actor import AS_ROOT, SANDBOX, ToolRig, tool_rig
 
 FAKE_API_KEY = "sk-test-escape-suite-4f9a1c"
@@ -178,16 +179,23 @@ async def test_tcp_to_the_host_nats_server(escape: Escape, nats_server: NatsServ
     )
     assert not python.ok and "CONNECTED" not in python.output
     assert "Connection refused" in python.output or "unreachable" in python.output
-    # Control: with the network shared, the same sandbox does connect to a listener on
-    # the host's loopback, so the failures above are the sandbox's doing. (The control
-    # does not use the nats-server port: the test server dies of SIGPIPE when it logs.)
-    with socket.create_server(("127.0.0.1", 0)) as listener:
+    # Control: the same sandbox let onto the network connects to a listener on the
+    # host's outward address, so the failures above are the sandbox's doing; and even
+    # so it does not reach the host's loopback (tests/test_sandbox_network.py). (The
+    # control does not use the nats-server port: the test server dies of SIGPIPE when it
+    # logs.)
+    outward = outward_address()
+    if outward is None:
+        return  # no address but loopback here: nothing to connect to outside
+    with socket.create_server((outward, 0)) as listener, \
+            socket.create_server(("127.0.0.1", 0)) as local:
         shared = Shell(SANDBOX, escape.ws)
         assert await shared.probe() is None
         control = await shared.run(
-            f"echo > /dev/tcp/127.0.0.1/{listener.getsockname()[1]} && echo CONNECTED",
+            f"echo > /dev/tcp/{outward}/{listener.getsockname()[1]} && echo CONNECTED; "
+            f"echo > /dev/tcp/127.0.0.1/{local.getsockname()[1]} && echo LOCAL",
             network=True)
-    assert control.exit_code == 0 and "CONNECTED" in control.output
+    assert "CONNECTED" in control.output and "LOCAL" not in control.output, control
 
 
 async def test_fork_bomb_is_bounded(escape: Escape) -> None:

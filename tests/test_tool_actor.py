@@ -251,8 +251,14 @@ async def test_shell_fails_closed_and_file_tools_still_work(nats_server: NatsSer
 
 async def test_programs_in_network_commands_get_the_network(nats_server: NatsServer,
                                                             tmp_path: Path) -> None:
-    listener = socket.create_server(("127.0.0.1", 0))
-    connect = (f"python3 -c \"import socket; socket.create_connection(('127.0.0.1', "
+    """The network of its own (tests/test_sandbox_network.py): the host's outward
+    address stands for the network."""
+    from tests.test_sandbox_network import outward_address
+    outward = outward_address()
+    if outward is None:
+        pytest.skip("this host has no address but loopback to stand for the network")
+    listener = socket.create_server((outward, 0))
+    connect = (f"python3 -c \"import socket; socket.create_connection(('{outward}', "
                f"{listener.getsockname()[1]}), timeout=2); print('connected')\"")
     allowed = dataclasses.replace(SANDBOX, network_commands=("python3",))
     async with tool_rig(nats_server, tmp_path, sandbox=allowed) as rig:

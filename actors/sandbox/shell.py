@@ -34,6 +34,7 @@ from pathlib import Path
 
 from entityd import SandboxSection, get_logger
 
+from . import netns
 from .cgroup import CallCgroup, CallLimits, SharedLimits
 from .errors import SandboxUnavailable, ToolError
 from .paths import WORKSPACE_MOUNT
@@ -154,6 +155,9 @@ class Shell:
             self.unavailable = await self._probe_run()
         if self.unavailable:
             log.warning("sandbox_unavailable", reason=self.unavailable)
+        elif self.settings.network_commands and netns.find() is None:
+            log.warning("sandbox_network_unavailable", reason=netns.MISSING,
+                        programs=list(self.settings.network_commands))
         return self.unavailable
 
     def _missing(self) -> str | None:
@@ -204,14 +208,14 @@ class Shell:
         return None
 
     def argv(self, command: str, *, network: bool = False,
-             found: Scan | None = None) -> list[str]:
+             found: Scan | None = None, relay: netns.Relay | None = None) -> list[str]:
         """The full command line of a shell command (bash -c). No file may grow past the
         room left in the workspace's quota (RLIMIT_FSIZE; the quota is polled during the
         run, and a quick call could otherwise write far past it before the first look):
         over quota, no file may grow at all, and only removing files helps."""
         room = None if found is None else self.room(found)
         return self.program_argv(["/bin/bash", "--noprofile", "--norc", "-c", command],
-                                 network=network, found=found, fsize=room)
+                                 network=network, found=found, fsize=room, relay=relay)
 
     def room(self, found: Scan) -> int:
         """Bytes the workspace may still grow by, as `found` saw it."""
@@ -220,9 +224,13 @@ class Shell:
     def program_argv(self, program: Sequence[str], *, network: bool = False,
                      found: Scan | None = None, git: bool = False,
                      env: Mapping[str, str] | None = None,
-                     fsize: int | None = None) -> list[str]:
+                     fsize: int | None = None,
+                     relay: netns.Relay | None = None) -> list[str]:
         """prlimit, then (as root) the staging of the workspace and setpriv, then bwrap,
-        then `program`; no file larger than file_size_mb (or `fsize`, if smaller)."""
+        then `program`; no file larger than file_size_mb (or `fsize`, if smaller). With
+        `network`, the sandbox's own network, which `relay` (netns.Relay) serves."""
+        if network and relay is None:
+            raise ToolError(netns.MISSING)
         assert self.bwrap and self.prlimit
         s = self.settings
         largest = s.file_size_mb * MiB if fsize is None else min(fsize, s.file_size_mb * MiB)
@@ -238,7 +246,7 @@ class Shell:
             argv += [self.setpriv, f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
                      "--no-new-privs", "--"]
         argv += [self.bwrap, *self.bwrap_args(network=network, found=found, git=git, env=env),
-                 "--", *program]
+                 *(relay.bwrap_args() if relay is not None else []), "--", *program]
         return argv
 
     def bwrap_args(self, *, network: bool, found: Scan | None = None, git: bool = False,
@@ -250,8 +258,8 @@ class Shell:
                 "--as-pid-1", "--hostname", "sandbox"]
         if "--disable-userns" in self.options:
             args.append("--disable-userns")
-        if network:
-            args.append("--share-net")
+        # With `network`, the network namespace stays the sandbox's own (--unshare-all):
+        # netns.Relay connects it to the network, never to the host's loopback.
         args += ["--ro-bind", "/usr", "/usr"]
         for name in SYSTEM_DIRS:
             path = "/" + name
@@ -365,14 +373,28 @@ class Shell:
         started = time.monotonic()
         found = await self.scan()
         capture = _Capture(self.settings.output_limit)
-        async with self._git_placeholder():
-            async with self.limits.call() as cgroup:
-                proc = await asyncio.create_subprocess_exec(
-                    *cgroup.prefix, *self.argv(command, network=network, found=found),
-                    stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.STDOUT, env=HOST_ENV, start_new_session=True,
-                )
-                timed_out, over_quota = await self._supervise(proc, capture, found.bytes)
+        relay = None
+        if network:
+            binary = netns.find()
+            if binary is None:
+                raise ToolError(netns.MISSING)
+            relay = netns.Relay(binary)
+        try:
+            async with self._git_placeholder():
+                async with self.limits.call() as cgroup:
+                    proc = await asyncio.create_subprocess_exec(
+                        *cgroup.prefix,
+                        *self.argv(command, network=network, found=found, relay=relay),
+                        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+                        stderr=asyncio.subprocess.STDOUT, env=HOST_ENV,
+                        start_new_session=True, pass_fds=relay.fds if relay else (),
+                    )
+                    if relay is not None:
+                        await self._relayed(proc, relay, cgroup)
+                    timed_out, over_quota = await self._supervise(proc, capture, found.bytes)
+        finally:
+            if relay is not None:
+                await relay.close()
         usage = cgroup.usage()
         output, cut = capture.text()
         s = self.settings
@@ -414,6 +436,20 @@ class Shell:
             oom_killed=usage.oom_kills > 0,
             tasks_refused=usage.refused_forks > 0,
         )
+
+    @staticmethod
+    async def _relayed(proc: asyncio.subprocess.Process, relay: netns.Relay,
+                       cgroup: CallCgroup) -> None:
+        """The sandbox's network up before its command runs; the run killed if not."""
+        relay.spawned()
+        try:
+            await relay.connect(cgroup.prefix, HOST_ENV)
+        except BaseException:
+            _kill(proc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(KILL_GRACE):
+                    await proc.wait()
+            raise
 
     async def _supervise(self, proc: asyncio.subprocess.Process, capture: _Capture,
                          start_bytes: int) -> tuple[bool, bool]:
