@@ -109,7 +109,10 @@ class Relay:
         if ready != b"1":
             raise ToolError("the sandbox's network could not be set up: slirp4netns "
                             f"failed ({await self._said()})")
-        os.write(self._block_w, b"1")
+        try:
+            os.write(self._block_w, b"1")
+        except OSError:  # bwrap is gone: why is in its output
+            raise ToolError("the sandbox ended before its network was up") from None
 
     async def _said(self) -> str:
         """What slirp4netns wrote on stderr, once it ended (cut short)."""

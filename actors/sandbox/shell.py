@@ -444,11 +444,17 @@ class Shell:
         relay.spawned()
         try:
             await relay.connect(cgroup.prefix, HOST_ENV)
-        except BaseException:
+        except BaseException as exc:
             _kill(proc)
+            said = b""
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(KILL_GRACE):
+                    if proc.stdout is not None:
+                        said = await proc.stdout.read(READ_CHUNK)
                     await proc.wait()
+            if isinstance(exc, ToolError) and said.strip():
+                last = said.decode(errors="replace").strip().splitlines()[-3:]
+                raise ToolError(f"{exc} ({' | '.join(last)[:500]})") from None
             raise
 
     async def _supervise(self, proc: asyncio.subprocess.Process, capture: _Capture,
