@@ -71,9 +71,13 @@ async def connect(
     connect_timeout: float = 5.0,
     retry_forever: bool = True,
     token: str | None = None,
+    reconnect: bool | None = None,
 ) -> Client:
     """Connect to `url` (with the entity's local `token` for its own embedded server);
-    the daemon retries forever, entityctl fails at once."""
+    the daemon retries forever, entityctl fails at once. A connection made reconnects
+    when lost as long as `reconnect` (default: `retry_forever`) says so: `entityctl
+    watch` follows a daemon that restarts, though its first connect fails at once."""
+    reconnects = retry_forever if reconnect is None else reconnect
     last_error = [0.0]
     shown = shown_url(url)
 
@@ -112,8 +116,8 @@ async def connect(
                 inbox_prefix=subjects.local_inbox_prefix(entity),
                 token=token,
                 connect_timeout=connect_timeout,
-                allow_reconnect=retry_forever,
-                max_reconnect_attempts=-1 if retry_forever else 0,
+                allow_reconnect=reconnects,
+                max_reconnect_attempts=-1 if reconnects else 0,
                 reconnect_time_wait=0.25,
                 ping_interval=10,
                 max_outstanding_pings=3,

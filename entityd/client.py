@@ -32,8 +32,11 @@ class EntityDown(ConnectionError):
 class EntityClient:
     """Speaks as `<entity>/ctl`, signing with the entity's own key or an operator key."""
 
-    def __init__(self, config: Config, key_file: Path | None = None) -> None:
+    def __init__(self, config: Config, key_file: Path | None = None, *,
+                 follows: bool = False) -> None:
+        """`follows`: the connection comes back when the daemon restarts (a watch)."""
         self.config = config
+        self.follows = follows
         path = key_file or identity.key_path(config.data_dir)
         self.key: SigningKey = identity.read_key(path)
         self.entity_public = identity.read_public(config.data_dir)
@@ -77,6 +80,7 @@ class EntityClient:
             connect_timeout=self.config.nats.connect_timeout,
             retry_forever=False,
             token=self._token(),
+            reconnect=self.follows,
         )
         keyring = Keyring()
         keyring.add(self.entity_public, self.config.name)
@@ -88,6 +92,11 @@ class EntityClient:
             max_bytes=self.config.protocol.max_message_bytes,
         )
         return self
+
+    def reconnects(self) -> int:
+        """How often the connection came back after it was lost (a daemon's restart)."""
+        assert self._transport is not None, "use `async with EntityClient(...)`"
+        return int(self._transport.nc.stats.get("reconnects", 0))
 
     async def __aexit__(
         self,

@@ -16,12 +16,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
+import nats.errors
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
 
-from protocol import Keyring, Status
+from protocol import Keyring, Status, subjects
 
 from . import bus, eventlog, federation, heap, identity, localauth
 from .actor import Actor
+from .bus import unsubscribe
 from .config import Config
 from .errors import ConfigError, DamagedFile, EntitydError, IdentityError, NatsServerError
 from .logs import get
@@ -216,8 +219,8 @@ class Daemon:
                 tg.create_task(self._watch_server(), name="nats-server-watch"),
                 tg.create_task(heap.trim_every(), name="heap-trim"),
             ]
-            if self.notifier.watchdog_interval:
-                background.append(tg.create_task(self._watchdog(), name="sd-watchdog"))
+            # Also without systemd: a server that stops answering is said in the log.
+            background.append(tg.create_task(self._watchdog(), name="sd-watchdog"))
             if self._server is not None:
                 watch = StoreWatch(self._server.dir / "jetstream", self._server.log_path,
                                    self.request_restart)
@@ -271,10 +274,35 @@ class Daemon:
             raise NatsServerError(f"the embedded nats-server exited unexpectedly (code {code})")
 
     async def _watchdog(self) -> None:
+        """Tell systemd the daemon is alive, but only while its NATS server answers: a
+        daemon whose server froze serves nothing, and systemd's WatchdogSec must see it.
+
+        The round trip is a message to itself on a local subject (never forwarded to a
+        hub), not nats-py's flush: a flush that times out leaves its PONG's future
+        cancelled, and the late PONG then breaks nats-py's read loop."""
+        assert self._nc is not None
         interval = self.notifier.watchdog_interval or 10.0
-        while True:
-            self.notifier.watchdog()
-            await asyncio.sleep(interval)
+        probe = f"{subjects.local_inbox_prefix(self.config.name)}.alive"
+        sub = await self._nc.subscribe(probe)
+        silent, sent = False, 0
+        try:
+            while True:
+                sent += 1
+                answered = await _round_trip(self._nc, sub, probe, sent, timeout=interval)
+                if answered:
+                    self.notifier.watchdog()
+                    if silent:
+                        log.info("nats_server_answers_again")
+                elif not silent:
+                    log.error("nats_server_not_answering", timeout_s=interval,
+                              effect="the systemd watchdog is not fed until it answers "
+                                     "again")
+                silent = not answered
+                await asyncio.sleep(interval)
+        finally:
+            # Gone before the connection drains: a drain waits for what a subscription
+            # without a callback holds unread.
+            await unsubscribe(sub)
 
     async def _shutdown(self, drain: bool) -> None:
         """Close the LLM client, the connection and the embedded server. A daemon that
@@ -316,6 +344,21 @@ class Daemon:
             rejected=dict(runtime.rejected) if runtime else {},
             sandbox=self.assembly.sandbox,
         )
+
+
+async def _round_trip(nc: Client, sub: Subscription, subject: str, n: int, *,
+                      timeout: float) -> bool:
+    """Whether message `n`, published on `subject`, came back on `sub` within `timeout`
+    (the ones of earlier rounds that come late are passed over)."""
+    mark = str(n).encode()
+    try:
+        await nc.publish(subject, mark)
+        async with asyncio.timeout(timeout):
+            while (await sub.next_msg(timeout=timeout)).data != mark:
+                pass
+    except (TimeoutError, nats.errors.Error):
+        return False
+    return True
 
 
 __all__ = ["Daemon", "build_keyring"]

@@ -26,10 +26,12 @@ class Notifier:
     def notify(self, state: str) -> None:
         if not self._address:
             return
-        # As sd_notify(3): a notification that cannot be sent is not an error of ours.
+        # As sd_notify(3): a notification that cannot be sent is not an error of ours; nor
+        # may it hold the daemon (this runs on its event loop): a socket whose reader is
+        # behind (its queue full) gets no notification rather than a wait.
         with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
             sock.connect(self._address)
-            sock.sendall(state.encode())
+            sock.send(state.encode(), socket.MSG_DONTWAIT)
 
     def ready(self, status: str = "") -> None:
         self.notify("READY=1" + (f"\nSTATUS={status}" if status else ""))

@@ -173,7 +173,7 @@ async def _run(cfg: config_mod.Config, args: argparse.Namespace) -> int:
     args.timeout_given = args.timeout is not None
     if args.command != "ask":
         args.timeout = args.timeout or REPLY_TIMEOUT_S
-    async with EntityClient(cfg, args.key) as client:
+    async with EntityClient(cfg, args.key, follows=getattr(args, "follows", False)) as client:
         return await command(client, args)
 
 

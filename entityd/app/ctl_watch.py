@@ -4,14 +4,18 @@ EVENTS stream (--since), and every entity's of the federation (--all), a colour 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 
 from actors.peer import keys
@@ -20,7 +24,7 @@ from protocol import Envelope
 
 from ..client import EntityClient
 from ..errors import EntitydError
-from ..eventlog import EventReader
+from ..eventlog import EventReader, Follower
 from . import args as args_mod
 from . import terminal
 from .args import command
@@ -30,6 +34,8 @@ PEERS_TIMEOUT_S = 5.0
 # ANSI foreground colours, the own entity's first; others by a hash of their name.
 COLOURS = ("36", "33", "35", "32", "34", "31", "96", "93", "95", "92")
 EXIT_NO_STREAM = 4
+FOLLOW_LOOK_S = 1.0  # how often a stored watch looks whether the daemon came back
+REFOLLOW_TRIES, REFOLLOW_PAUSE_S = 60, 0.5  # following on after a restart: for 30 s
 
 
 def add_commands(sub: Any) -> None:
@@ -43,7 +49,7 @@ def add_commands(sub: Any) -> None:
     watch.add_argument("--all", action="store_true",
                        help="every entity's events this entity's server sees (its peers'), "
                             "one colour each")
-    watch.set_defaults(run=watch_events)
+    watch.set_defaults(run=watch_events, follows=True)  # across the daemon's restarts
 
 
 async def watch_events(client: EntityClient, args: argparse.Namespace) -> int:
@@ -72,19 +78,49 @@ async def _stored(client: EntityClient, args: argparse.Namespace) -> int:
     start = (f"from {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}"
              if since else "from now")
     paint = Painter(client.config.name, colour=_colour_wanted())
+    last: int | None = None  # the stream sequence of the last event printed
+    said = False
     try:
-        async with reader.follow(since=since, feed=args.all) as events:
-            print(f"watching {whose} events on {client.shown_url}, {start}; Ctrl-C stops",
-                  file=sys.stderr, flush=True)
-            async for stored in events:
-                if args.all or stored.entity == client.config.name:
-                    _print(stored.envelope, stored.seq, args, paint)
+        while True:  # once, and again after each time the daemon came back (a restart)
+            reconnects = client.reconnects()
+            async with _following(reader, since if last is None else None, last,
+                                  args.all) as events:
+                if not said:
+                    print(f"watching {whose} events on {client.shown_url}, {start}; "
+                          "Ctrl-C stops", file=sys.stderr, flush=True)
+                    said = True
+                while client.reconnects() == reconnects:
+                    stored = await events.next(timeout=FOLLOW_LOOK_S)
+                    if stored is None:
+                        continue
+                    last = stored.seq
+                    if args.all or stored.entity == client.config.name:
+                        _print(stored.envelope, stored.seq, args, paint)
+            # The server the consumer lived on restarted: follow on after `last`.
     except nats.js.errors.NotFoundError:
         print(f"entityctl: {client.config.name} keeps no EVENTS stream (its NATS server "
               "has no JetStream for it, see its log's events_stream_unavailable): use "
               "`entityctl watch` without --since and --all", file=sys.stderr)
         return EXIT_NO_STREAM
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _following(reader: EventReader, since: float | None, after: int | None,
+                     feed: bool) -> AsyncIterator[Follower]:
+    """reader.follow, asked again for a while when it follows on after a restart (the
+    new daemon's server may not serve its stream for a moment)."""
+    async with contextlib.AsyncExitStack() as stack:
+        for attempt in range(REFOLLOW_TRIES):
+            try:  # only the follow's start is asked again, never what its user raises
+                events = await stack.enter_async_context(
+                    reader.follow(since=since, after=after, feed=feed))
+                break
+            except (nats.errors.Error, nats.js.errors.Error):
+                if after is None or attempt == REFOLLOW_TRIES - 1:
+                    raise
+            await asyncio.sleep(REFOLLOW_PAUSE_S)
+        yield events
 
 
 async def add_peer_keys(client: EntityClient, reader: EventReader) -> None:
