@@ -18,13 +18,11 @@ from typing import Protocol
 
 import nats.errors
 from nats.aio.client import Client
-from nats.aio.subscription import Subscription
 
-from protocol import Keyring, Status, subjects
+from protocol import Keyring, Status
 
 from . import bus, eventlog, federation, heap, identity, localauth
 from .actor import Actor
-from .bus import unsubscribe
 from .config import Config
 from .errors import ConfigError, DamagedFile, EntitydError, IdentityError, NatsServerError
 from .logs import get
@@ -41,6 +39,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2  # a bad config, key or file of the data dir: fixed by an operator
 LOCK_NAME = "entityd.lock"
+SERVER_PROBE = "$JS.API.INFO"  # what the watchdog asks the server, which answers itself
 
 
 def lock_data_dir(data_dir: Path) -> int:
@@ -277,32 +276,25 @@ class Daemon:
         """Tell systemd the daemon is alive, but only while its NATS server answers: a
         daemon whose server froze serves nothing, and systemd's WatchdogSec must see it.
 
-        The round trip is a message to itself on a local subject (never forwarded to a
-        hub), not nats-py's flush: a flush that times out leaves its PONG's future
-        cancelled, and the late PONG then breaks nats-py's read loop."""
+        The round trip is a request the server itself answers (JetStream's account info;
+        a server without JetStream answers "no responders", an answer too), not nats-py's
+        flush: a flush that times out leaves its PONG's future cancelled, and the late
+        PONG then breaks nats-py's read loop. No message of the daemon's own: every
+        subject of the entityd layout carries envelopes only."""
         assert self._nc is not None
         interval = self.notifier.watchdog_interval or 10.0
-        probe = f"{subjects.local_inbox_prefix(self.config.name)}.alive"
-        sub = await self._nc.subscribe(probe)
-        silent, sent = False, 0
-        try:
-            while True:
-                sent += 1
-                answered = await _round_trip(self._nc, sub, probe, sent, timeout=interval)
-                if answered:
-                    self.notifier.watchdog()
-                    if silent:
-                        log.info("nats_server_answers_again")
-                elif not silent:
-                    log.error("nats_server_not_answering", timeout_s=interval,
-                              effect="the systemd watchdog is not fed until it answers "
-                                     "again")
-                silent = not answered
-                await asyncio.sleep(interval)
-        finally:
-            # Gone before the connection drains: a drain waits for what a subscription
-            # without a callback holds unread.
-            await unsubscribe(sub)
+        silent = False
+        while True:
+            answered = await _answers(self._nc, timeout=interval)
+            if answered:
+                self.notifier.watchdog()
+                if silent:
+                    log.info("nats_server_answers_again")
+            elif not silent:
+                log.error("nats_server_not_answering", timeout_s=interval,
+                          effect="the systemd watchdog is not fed until it answers again")
+            silent = not answered
+            await asyncio.sleep(interval)
 
     async def _shutdown(self, drain: bool) -> None:
         """Close the LLM client, the connection and the embedded server. A daemon that
@@ -346,16 +338,12 @@ class Daemon:
         )
 
 
-async def _round_trip(nc: Client, sub: Subscription, subject: str, n: int, *,
-                      timeout: float) -> bool:
-    """Whether message `n`, published on `subject`, came back on `sub` within `timeout`
-    (the ones of earlier rounds that come late are passed over)."""
-    mark = str(n).encode()
+async def _answers(nc: Client, *, timeout: float) -> bool:
+    """Whether the server answered a request of its own API within `timeout`."""
     try:
-        await nc.publish(subject, mark)
-        async with asyncio.timeout(timeout):
-            while (await sub.next_msg(timeout=timeout)).data != mark:
-                pass
+        await nc.request(SERVER_PROBE, b"", timeout=timeout)
+    except nats.errors.NoRespondersError:
+        return True  # no JetStream there, but the server said so
     except (TimeoutError, nats.errors.Error):
         return False
     return True
