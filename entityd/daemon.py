@@ -280,12 +280,14 @@ class Daemon:
         a server without JetStream answers "no responders", an answer too), not nats-py's
         flush: a flush that times out leaves its PONG's future cancelled, and the late
         PONG then breaks nats-py's read loop. No message of the daemon's own: every
-        subject of the entityd layout carries envelopes only."""
+        subject of the entityd layout carries envelopes only. Only the daemon's own
+        (embedded) server is asked: an operator's server (nats.url) may not let this
+        user ask its API, and a refusal must not starve the watchdog."""
         assert self._nc is not None
         interval = self.notifier.watchdog_interval or 10.0
         silent = False
         while True:
-            answered = await _answers(self._nc, timeout=interval)
+            answered = self._server is None or await _answers(self._nc, timeout=interval)
             if answered:
                 self.notifier.watchdog()
                 if silent:
